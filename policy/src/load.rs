@@ -1,0 +1,521 @@
+//! Reading policy files: YAML text to typed [`Resource`]s, remembering where every field was
+//! written so that later checks can point at it.
+//!
+//! YAML is parsed by `saphyr` into a tree that carries positions; the tree is turned into JSON
+//! values (recording each field's position by its path, e.g. `spec.rules[0].from[1]`) and then
+//! deserialised into the typed documents with serde. Type errors thus come back with the same
+//! path, which is looked up to give file:line:col.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use saphyr::{LoadableYamlNode, MarkedYamlOwned, ScalarOwned, YamlDataOwned};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::diagnostic::{Diagnostic, Location, did_you_mean};
+use crate::resources::{API_VERSION, Document, Kind, Resource};
+
+/// Files larger than this are refused rather than parsed: policy files are small, and a huge
+/// file is a mistake (or an attack on the controller).
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Where each field of one document was written.
+#[derive(Clone, Debug, Default)]
+pub struct SpanIndex {
+    file: Option<Arc<Path>>,
+    /// Position of each value, by field path.
+    values: HashMap<String, (usize, usize)>,
+    /// Position of each mapping key, by the path of the field it names.
+    keys: HashMap<String, (usize, usize)>,
+}
+
+impl SpanIndex {
+    /// Where the value at `path` starts, falling back to the closest enclosing field that has a
+    /// position (a missing field points at its parent).
+    pub fn value(&self, path: &str) -> Option<Location> {
+        self.lookup(&self.values, path)
+    }
+
+    /// Where the key naming the field at `path` starts (for "unknown field" and friends),
+    /// falling back like [`SpanIndex::value`].
+    pub fn key(&self, path: &str) -> Option<Location> {
+        self.keys
+            .get(path)
+            .map(|&(l, c)| self.location(l, c))
+            .or_else(|| self.value(path))
+    }
+
+    fn lookup(&self, map: &HashMap<String, (usize, usize)>, path: &str) -> Option<Location> {
+        let mut p = path;
+        loop {
+            if let Some(&(l, c)) = map.get(p) {
+                return Some(self.location(l, c));
+            }
+            if p.is_empty() {
+                return None;
+            }
+            p = parent_path(p);
+        }
+    }
+
+    fn location(&self, line: usize, column: usize) -> Location {
+        Location {
+            file: self
+                .file
+                .clone()
+                .unwrap_or_else(|| Arc::from(Path::new("<input>"))),
+            line,
+            column,
+        }
+    }
+}
+
+/// The path of the field that contains `path`: `a.b[2]` → `a.b`, `a.b` → `a`, `a` → ``.
+fn parent_path(path: &str) -> &str {
+    match path.rfind(['.', '[']) {
+        Some(i) => &path[..i],
+        None => "",
+    }
+}
+
+/// A resource as loaded, with where it came from.
+#[derive(Clone, Debug)]
+pub struct LoadedDocument {
+    /// The typed resource.
+    pub resource: Resource,
+    /// The file it was read from.
+    pub file: Arc<Path>,
+    /// Its position in the file (0 for the first document).
+    pub index: usize,
+    /// Where its fields were written.
+    pub spans: SpanIndex,
+}
+
+impl LoadedDocument {
+    /// Where the value of field `path` was written.
+    pub fn at(&self, path: &str) -> Option<Location> {
+        self.spans.value(path)
+    }
+}
+
+/// A policy file read from disk.
+#[derive(Clone, Debug)]
+pub struct SourceFile {
+    /// The path, as it was found (relative to the current directory if the directory was).
+    pub path: Arc<Path>,
+    /// Its text.
+    pub text: String,
+}
+
+/// Why a policy directory could not be read at all (as opposed to being invalid).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The directory or one of its files could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// What could not be read.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is too large to be a policy file.
+    #[error("{path} is {size} bytes; policy files may be at most {MAX_FILE_BYTES} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// A file is not UTF-8.
+    #[error("{path} is not UTF-8 text")]
+    NotUtf8 {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Reads every `*.yaml` and `*.yml` file below `path` (or `path` itself if it is a file), in a
+/// stable order. Hidden files and directories (`.git`) are skipped.
+pub fn read_sources(path: &Path) -> Result<Vec<SourceFile>, ReadError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| ReadError::Io { path: p, source }
+    };
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    let mut files = Vec::new();
+    if meta.is_file() {
+        files.push(path.to_path_buf());
+    } else {
+        let mut stack = vec![path.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+                let entry = entry.map_err(io(&dir))?;
+                let p = entry.path();
+                let hidden = entry.file_name().to_string_lossy().starts_with('.');
+                let ty = entry.file_type().map_err(io(&p))?;
+                if hidden {
+                    continue;
+                }
+                if ty.is_dir() {
+                    stack.push(p);
+                } else if is_policy_file(&p) {
+                    files.push(p);
+                }
+            }
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let size = std::fs::metadata(&p).map_err(io(&p))?.len();
+            if size > MAX_FILE_BYTES {
+                return Err(ReadError::TooLarge { path: p, size });
+            }
+            let bytes = std::fs::read(&p).map_err(io(&p))?;
+            let text = String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8 { path: p.clone() })?;
+            Ok(SourceFile {
+                path: Arc::from(p.as_path()),
+                text,
+            })
+        })
+        .collect()
+}
+
+/// Whether a path names a policy file.
+pub fn is_policy_file(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+/// Parses the documents of one file. Problems are collected, never fatal: a document with an
+/// error is skipped and the others are still returned.
+pub fn parse_file(file: &Arc<Path>, text: &str) -> (Vec<LoadedDocument>, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let nodes = match MarkedYamlOwned::load_from_str(text) {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            let m = e.marker();
+            let loc = Location {
+                file: file.clone(),
+                line: m.line(),
+                column: m.col() + 1,
+            };
+            diags.push(
+                Diagnostic::error("yaml-syntax", format!("invalid YAML: {}", e.info()))
+                    .at(Some(loc))
+                    .help("check the indentation and quoting around this point"),
+            );
+            return (Vec::new(), diags);
+        }
+    };
+    let mut docs = Vec::new();
+    for (index, node) in nodes.into_iter().enumerate() {
+        let mut spans = SpanIndex {
+            file: Some(file.clone()),
+            ..SpanIndex::default()
+        };
+        let value = to_json(&node, String::new(), &mut spans, &mut diags);
+        if value.is_null() {
+            continue; // an empty document, e.g. after a trailing `---`
+        }
+        if let Some(resource) = to_resource(value, &spans, &mut diags) {
+            docs.push(LoadedDocument {
+                resource,
+                file: file.clone(),
+                index,
+                spans,
+            });
+        }
+    }
+    (docs, diags)
+}
+
+fn to_json(
+    node: &MarkedYamlOwned,
+    path: String,
+    spans: &mut SpanIndex,
+    diags: &mut Vec<Diagnostic>,
+) -> Value {
+    let start = node.span.start;
+    spans
+        .values
+        .insert(path.clone(), (start.line(), start.col() + 1));
+    match &node.data {
+        YamlDataOwned::Value(scalar) => scalar_to_json(scalar),
+        YamlDataOwned::Representation(s, _, _) => Value::String(s.clone()),
+        YamlDataOwned::Sequence(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| to_json(item, format!("{path}[{i}]"), spans, diags))
+                .collect(),
+        ),
+        YamlDataOwned::Mapping(map) => {
+            let mut out = Map::new();
+            for (k, v) in map {
+                let key = match &k.data {
+                    YamlDataOwned::Value(ScalarOwned::String(s)) => s.clone(),
+                    YamlDataOwned::Value(other) => match scalar_to_json(other) {
+                        Value::String(s) => s,
+                        v => v.to_string(),
+                    },
+                    _ => {
+                        diags.push(
+                            Diagnostic::error("yaml-key", "mapping keys must be plain text")
+                                .at(spans.value(&path).map(|l| Location {
+                                    line: k.span.start.line(),
+                                    column: k.span.start.col() + 1,
+                                    ..l
+                                }))
+                                .field(path.clone()),
+                        );
+                        continue;
+                    }
+                };
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                spans
+                    .keys
+                    .insert(child.clone(), (k.span.start.line(), k.span.start.col() + 1));
+                let value = to_json(v, child, spans, diags);
+                out.insert(key, value);
+            }
+            Value::Object(out)
+        }
+        YamlDataOwned::Tagged(_, inner) => to_json(inner, path, spans, diags),
+        YamlDataOwned::Alias(_) | YamlDataOwned::BadValue => Value::Null,
+    }
+}
+
+fn scalar_to_json(s: &ScalarOwned) -> Value {
+    match s {
+        ScalarOwned::Null => Value::Null,
+        ScalarOwned::Boolean(b) => Value::Bool(*b),
+        ScalarOwned::Integer(i) => Value::from(*i),
+        ScalarOwned::FloatingPoint(f) => {
+            serde_json::Number::from_f64(f.into_inner()).map_or(Value::Null, Value::Number)
+        }
+        ScalarOwned::String(s) => Value::String(s.clone()),
+    }
+}
+
+fn to_resource(value: Value, spans: &SpanIndex, diags: &mut Vec<Diagnostic>) -> Option<Resource> {
+    let Value::Object(obj) = &value else {
+        diags.push(
+            Diagnostic::error("not-a-resource", "a document must be a mapping with `kind`")
+                .at(spans.value(""))
+                .help("start the document with `apiVersion: sluice.dev/v1alpha1` and `kind:`"),
+        );
+        return None;
+    };
+    let mut ok = true;
+    match obj.get("apiVersion") {
+        Some(Value::String(v)) if v == API_VERSION => {}
+        Some(v) => {
+            ok = false;
+            diags.push(
+                Diagnostic::error("api-version", format!("unsupported apiVersion {v}"))
+                    .at(spans.value("apiVersion"))
+                    .field("apiVersion")
+                    .help(format!("use `apiVersion: {API_VERSION}`")),
+            );
+        }
+        None => {
+            ok = false;
+            diags.push(
+                Diagnostic::error("api-version", "missing `apiVersion`")
+                    .at(spans.value(""))
+                    .help(format!("add `apiVersion: {API_VERSION}`")),
+            );
+        }
+    }
+    let kind = match obj.get("kind") {
+        Some(Value::String(k)) => match Kind::parse(k) {
+            Some(kind) => Some(kind),
+            None => {
+                let names = Kind::ALL.map(Kind::as_str);
+                let help = match did_you_mean(k, &names) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("use one of {}", names.join(", ")),
+                };
+                diags.push(
+                    Diagnostic::error("unknown-kind", format!("unknown kind `{k}`"))
+                        .at(spans.value("kind"))
+                        .field("kind")
+                        .help(help),
+                );
+                None
+            }
+        },
+        _ => {
+            diags.push(
+                Diagnostic::error("unknown-kind", "missing or non-text `kind`")
+                    .at(spans.value("kind"))
+                    .help(format!(
+                        "add `kind:` with one of {}",
+                        Kind::ALL.map(Kind::as_str).join(", ")
+                    )),
+            );
+            None
+        }
+    };
+    let kind = kind.filter(|_| ok)?;
+    let resource = match kind {
+        Kind::Mesh => typed(value, spans, diags).map(Resource::Mesh),
+        Kind::Team => typed(value, spans, diags).map(Resource::Team),
+        Kind::MeshService => typed(value, spans, diags).map(Resource::MeshService),
+        Kind::AccessPolicy => typed(value, spans, diags).map(Resource::AccessPolicy),
+        Kind::Route => typed(value, spans, diags).map(Resource::Route),
+        Kind::CanaryPolicy => typed(value, spans, diags).map(Resource::CanaryPolicy),
+    };
+    resource
+}
+
+fn typed<S: DeserializeOwned>(
+    value: Value,
+    spans: &SpanIndex,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Document<S>> {
+    match serde_path_to_error::deserialize::<_, Document<S>>(value) {
+        Ok(doc) => Some(doc),
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            diags.push(serde_diagnostic(&path, &e.inner().to_string(), spans));
+            None
+        }
+    }
+}
+
+/// Turns a serde message into a diagnostic with a fix. serde's messages have a stable shape
+/// (`unknown field `x`, expected one of `a`, `b``), which is what is parsed here.
+fn serde_diagnostic(path: &str, msg: &str, spans: &SpanIndex) -> Diagnostic {
+    let backticked = |s: &str| -> Vec<String> {
+        s.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let field_of = |name: &str| {
+        if path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    if let Some(rest) = msg.strip_prefix("unknown field ") {
+        let names = backticked(rest);
+        let (unknown, expected) = names.split_first().map_or(("", &[][..]), |(u, e)| (u, e));
+        let help = match did_you_mean(unknown, expected) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None if expected.is_empty() => "remove it: this mapping takes no fields".to_owned(),
+            None => format!(
+                "remove it, or use one of {}",
+                expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        // serde_path_to_error's path already ends with the unknown key.
+        let field = path.to_owned();
+        return Diagnostic::error("unknown-field", format!("unknown field `{unknown}`"))
+            .at(spans.key(&field))
+            .field(field)
+            .help(help);
+    }
+    if let Some(rest) = msg.strip_prefix("unknown variant ") {
+        let names = backticked(rest);
+        let (unknown, expected) = names.split_first().map_or(("", &[][..]), |(u, e)| (u, e));
+        let help = match did_you_mean(unknown, expected) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!(
+                "use one of {}",
+                expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        return Diagnostic::error("invalid-value", format!("`{unknown}` is not a valid value"))
+            .at(spans.value(path))
+            .field(path)
+            .help(help);
+    }
+    if let Some(rest) = msg.strip_prefix("missing field ") {
+        let name = backticked(rest).into_iter().next().unwrap_or_default();
+        return Diagnostic::error("missing-field", format!("missing field `{name}`"))
+            .at(spans.value(path))
+            .field(field_of(&name))
+            .help(format!("add `{name}:` here"));
+    }
+    if let Some(rest) = msg.strip_prefix("invalid type: ") {
+        return Diagnostic::error("invalid-type", format!("wrong type: {rest}"))
+            .at(spans.value(path))
+            .field(path);
+    }
+    let (message, help) = match msg.split_once(" (") {
+        Some((m, h)) => (m.to_owned(), Some(h.trim_end_matches(')').to_owned())),
+        None => (msg.to_owned(), None),
+    };
+    Diagnostic::error("invalid-value", message)
+        .at(spans.value(path))
+        .field(path)
+        .maybe_help(help)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (Vec<LoadedDocument>, Vec<Diagnostic>) {
+        parse_file(&Arc::from(Path::new("t.yaml")), text)
+    }
+
+    #[test]
+    fn parses_several_documents_and_records_positions() {
+        let (docs, diags) = parse(
+            "apiVersion: sluice.dev/v1alpha1\nkind: Team\nmetadata: {name: a}\nspec: {}\n---\n\
+             apiVersion: sluice.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: p\nspec:\n  service: s\n  rules:\n    - from: [x, y]\n      allow: [\"GET /\"]\n      reason: r\n---\n",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(docs.len(), 2);
+        let loc = docs[1].at("spec.rules[0].from[1]").expect("position");
+        assert_eq!((loc.line, loc.column), (13, 17));
+        let missing = docs[1].at("spec.rules[0].nothing").expect("falls back to parent");
+        assert_eq!((missing.line, missing.column), (13, 7));
+    }
+
+    #[test]
+    fn unknown_field_points_at_key_and_suggests() {
+        let (_, diags) = parse(
+            "apiVersion: sluice.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: p}\nspec:\n  service: s\n  rules:\n    - from: [x]\n      alow: [\"GET /\"]\n      reason: r\n",
+        );
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        let d = &diags[0];
+        assert_eq!(d.message, "unknown field `alow`");
+        assert_eq!(d.field.as_deref(), Some("spec.rules[0].alow"));
+        assert_eq!(d.help.as_deref(), Some("did you mean `allow`?"));
+        let loc = d.location.as_ref().expect("location");
+        assert_eq!((loc.line, loc.column), (8, 7));
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let (_, diags) = parse("kind: Team\nspec: [a, b\n");
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].code, "yaml-syntax");
+        assert!(diags[0].location.is_some());
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let (_, diags) = parse("kind: Team\nkind: Route\n");
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(diags[0].message.contains("duplicated key"), "{}", diags[0].message);
+        assert_eq!(diags[0].location.as_ref().map(|l| l.line), Some(2));
+    }
+}

@@ -1,0 +1,593 @@
+//! The RPC notation: concrete calls ([`Rpc`]) and the patterns that grant or declare them
+//! ([`RpcPattern`]).
+//!
+//! | written                          | meaning                                             |
+//! |----------------------------------|-----------------------------------------------------|
+//! | `POST /v1/charges`               | exactly that method and path                        |
+//! | `GET /v1/charges/{id}`           | `{id}` is any one non-empty path segment            |
+//! | `GET /v1/*`                      | `/v1` and every path below it                       |
+//! | `* /v1/*`                        | the same, for any method                            |
+//! | `payments.v1.Payments/Refund`    | one gRPC method                                     |
+//! | `payments.v1.Payments/*`         | every method of a gRPC service                      |
+//!
+//! Paths are compared after normalisation ([`normalize_path`]): the query is dropped, empty and
+//! `.` segments are removed and `..` pops a segment, so `/v1//charges/./x/..` is `/v1/charges`.
+
+use std::fmt;
+
+/// A concrete call, as the proxy sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Rpc {
+    /// A plain HTTP request.
+    Http {
+        /// The method, uppercase (`GET`).
+        method: String,
+        /// The request path (a query string is ignored).
+        path: String,
+    },
+    /// A gRPC call (`POST /package.Service/Method` with `content-type: application/grpc`).
+    Grpc {
+        /// Fully-qualified service, e.g. `payments.v1.Payments`.
+        service: String,
+        /// Method name, e.g. `Refund`.
+        method: String,
+    },
+}
+
+impl Rpc {
+    /// An HTTP call.
+    pub fn http(method: impl Into<String>, path: impl Into<String>) -> Rpc {
+        Rpc::Http {
+            method: method.into().to_ascii_uppercase(),
+            path: path.into(),
+        }
+    }
+
+    /// A gRPC call.
+    pub fn grpc(service: impl Into<String>, method: impl Into<String>) -> Rpc {
+        Rpc::Grpc {
+            service: service.into(),
+            method: method.into(),
+        }
+    }
+
+    /// Parses the written form of a concrete call: `POST /v1/charges` or
+    /// `payments.v1.Payments/Refund`. Used by the CLI and the portal.
+    pub fn parse(s: &str) -> Result<Rpc, RpcSyntaxError> {
+        match RpcPattern::parse(s)? {
+            RpcPattern::Http { method, .. } if method.is_none() => Err(RpcSyntaxError::new(
+                s,
+                "a concrete call needs a method, not `*`",
+                "write e.g. `GET /v1/charges`",
+            )),
+            RpcPattern::Grpc { method: None, .. } => Err(RpcSyntaxError::new(
+                s,
+                "a concrete call names one gRPC method, not `*`",
+                "write e.g. `payments.v1.Payments/Refund`",
+            )),
+            RpcPattern::Http { .. } => {
+                let (method, path) = s.trim().split_once(' ').unwrap_or(("", s));
+                if path.contains('{') || path.trim_end().ends_with('*') {
+                    return Err(RpcSyntaxError::new(
+                        s,
+                        "a concrete call has no `{param}` or `*`",
+                        "write the path as it is requested, e.g. `GET /v1/charges/ch_1`",
+                    ));
+                }
+                Ok(Rpc::http(method, path.trim()))
+            }
+            RpcPattern::Grpc {
+                service,
+                method: Some(method),
+            } => Ok(Rpc::Grpc { service, method }),
+        }
+    }
+
+    /// Classifies a request: gRPC when the content type says so and the path has the
+    /// `/package.Service/Method` shape, HTTP otherwise.
+    pub fn from_request(method: &str, path: &str, content_type: Option<&str>) -> Rpc {
+        let is_grpc = content_type.is_some_and(|ct| ct.starts_with("application/grpc"));
+        if is_grpc {
+            let trimmed = path.split('?').next().unwrap_or("").trim_start_matches('/');
+            if let Some((service, method)) = trimmed.split_once('/') {
+                if !service.is_empty() && !method.is_empty() && !method.contains('/') {
+                    return Rpc::grpc(service, method);
+                }
+            }
+        }
+        Rpc::http(method, path)
+    }
+}
+
+impl fmt::Display for Rpc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rpc::Http { method, path } => {
+                let path = path.split('?').next().unwrap_or("");
+                write!(f, "{method} {path}")
+            }
+            Rpc::Grpc { service, method } => write!(f, "{service}/{method}"),
+        }
+    }
+}
+
+/// One segment of a path template.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Segment {
+    /// Must equal this text.
+    Literal(String),
+    /// `{name}`: any one non-empty segment.
+    Param(String),
+}
+
+/// A pattern that grants or declares calls.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RpcPattern {
+    /// `METHOD /path/{param}/*`.
+    Http {
+        /// `None` for `*` (any method); otherwise uppercase.
+        method: Option<String>,
+        /// The path segments before any trailing `*`.
+        segments: Vec<Segment>,
+        /// A trailing `*`: the path may continue with zero or more segments.
+        rest: bool,
+    },
+    /// `package.Service/Method` or `package.Service/*`.
+    Grpc {
+        /// Fully-qualified service.
+        service: String,
+        /// `None` for `*`.
+        method: Option<String>,
+    },
+}
+
+/// Why an RPC or pattern could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid RPC `{input}`: {reason}")]
+pub struct RpcSyntaxError {
+    /// What was written.
+    pub input: String,
+    /// What is wrong with it.
+    pub reason: String,
+    /// How to write it instead.
+    pub help: String,
+}
+
+impl RpcSyntaxError {
+    fn new(input: &str, reason: impl Into<String>, help: impl Into<String>) -> Self {
+        RpcSyntaxError {
+            input: input.to_owned(),
+            reason: reason.into(),
+            help: help.into(),
+        }
+    }
+}
+
+/// HTTP methods accepted in patterns, besides `*`.
+pub const HTTP_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+const HTTP_HELP: &str = "write `METHOD /path`, e.g. `GET /v1/charges/{id}` or `* /v1/*`";
+const GRPC_HELP: &str = "write `package.Service/Method` or `package.Service/*`";
+
+impl RpcPattern {
+    /// Parses the written notation (see the module docs).
+    pub fn parse(s: &str) -> Result<RpcPattern, RpcSyntaxError> {
+        let text = s.trim();
+        if text.is_empty() {
+            return Err(RpcSyntaxError::new(s, "it is empty", HTTP_HELP));
+        }
+        match text.split_once(char::is_whitespace) {
+            Some((method, path)) => Self::parse_http(s, method, path.trim()),
+            None if text.starts_with('/') => Err(RpcSyntaxError::new(
+                s,
+                "the HTTP method is missing",
+                format!("write `GET {text}`, or `* {text}` for any method"),
+            )),
+            None => Self::parse_grpc(s, text),
+        }
+    }
+
+    fn parse_http(input: &str, method: &str, path: &str) -> Result<RpcPattern, RpcSyntaxError> {
+        let method = if method == "*" {
+            None
+        } else {
+            let upper = method.to_ascii_uppercase();
+            if !HTTP_METHODS.contains(&upper.as_str()) {
+                let suggestion = crate::diagnostic::did_you_mean(&upper, HTTP_METHODS)
+                    .map(|m| format!("did you mean `{m}`? "))
+                    .unwrap_or_default();
+                return Err(RpcSyntaxError::new(
+                    input,
+                    format!("`{method}` is not an HTTP method"),
+                    format!("{suggestion}use one of {} or `*`", HTTP_METHODS.join(", ")),
+                ));
+            }
+            Some(upper)
+        };
+        if !path.starts_with('/') {
+            return Err(RpcSyntaxError::new(
+                input,
+                "the path must start with `/`",
+                HTTP_HELP,
+            ));
+        }
+        if path.contains(char::is_whitespace) || path.contains('?') || path.contains('#') {
+            return Err(RpcSyntaxError::new(
+                input,
+                "the path may not contain spaces, `?` or `#`",
+                HTTP_HELP,
+            ));
+        }
+        let raw: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let mut segments = Vec::with_capacity(raw.len());
+        let mut rest = false;
+        for (i, seg) in raw.iter().enumerate() {
+            let last = i + 1 == raw.len();
+            if *seg == "*" {
+                if !last {
+                    return Err(RpcSyntaxError::new(
+                        input,
+                        "`*` may only be the last path segment",
+                        "use `{name}` for one segment in the middle, e.g. `/v1/{id}/refunds`",
+                    ));
+                }
+                rest = true;
+            } else if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                let valid = !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(RpcSyntaxError::new(
+                        input,
+                        format!("`{seg}` is not a valid parameter"),
+                        "name parameters with letters, digits and `_`, e.g. `{id}`",
+                    ));
+                }
+                segments.push(Segment::Param(name.to_owned()));
+            } else if seg.contains(['{', '}', '*']) {
+                return Err(RpcSyntaxError::new(
+                    input,
+                    format!("segment `{seg}` mixes text with `{{`, `}}` or `*`"),
+                    "a segment is either literal text, a whole `{param}`, or a final `*`",
+                ));
+            } else if *seg == "." || *seg == ".." {
+                return Err(RpcSyntaxError::new(
+                    input,
+                    "`.` and `..` segments are not allowed in patterns",
+                    "write the normalised path",
+                ));
+            } else {
+                segments.push(Segment::Literal((*seg).to_owned()));
+            }
+        }
+        Ok(RpcPattern::Http {
+            method,
+            segments,
+            rest,
+        })
+    }
+
+    fn parse_grpc(input: &str, text: &str) -> Result<RpcPattern, RpcSyntaxError> {
+        let Some((service, method)) = text.split_once('/') else {
+            return Err(RpcSyntaxError::new(
+                input,
+                "it is neither `METHOD /path` nor `package.Service/Method`",
+                format!("{HTTP_HELP}; or {GRPC_HELP}"),
+            ));
+        };
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.split('.').all(|part| {
+                    part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                        && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                })
+        };
+        if !ident(service) {
+            return Err(RpcSyntaxError::new(
+                input,
+                format!("`{service}` is not a gRPC service name"),
+                GRPC_HELP,
+            ));
+        }
+        let method = if method == "*" {
+            None
+        } else if ident(method) && !method.contains('.') {
+            Some(method.to_owned())
+        } else {
+            return Err(RpcSyntaxError::new(
+                input,
+                format!("`{method}` is not a gRPC method name"),
+                GRPC_HELP,
+            ));
+        };
+        Ok(RpcPattern::Grpc {
+            service: service.to_owned(),
+            method,
+        })
+    }
+
+    /// Whether this pattern matches a concrete call. This is the reference semantics; the
+    /// compiled matchers in [`crate::authz`] must agree with it.
+    pub fn matches(&self, rpc: &Rpc) -> bool {
+        match (self, rpc) {
+            (
+                RpcPattern::Http {
+                    method,
+                    segments,
+                    rest,
+                },
+                Rpc::Http {
+                    method: m,
+                    path: p,
+                },
+            ) => {
+                if method.as_deref().is_some_and(|want| want != m) {
+                    return false;
+                }
+                let path = normalize_path(p);
+                let parts: Vec<&str> = path_segments(&path).collect();
+                if parts.len() < segments.len() || (!rest && parts.len() != segments.len()) {
+                    return false;
+                }
+                segments.iter().zip(&parts).all(|(seg, part)| match seg {
+                    Segment::Literal(l) => l == part,
+                    Segment::Param(_) => true,
+                })
+            }
+            (
+                RpcPattern::Grpc { service, method },
+                Rpc::Grpc {
+                    service: s,
+                    method: m,
+                },
+            ) => service == s && method.as_ref().is_none_or(|want| want == m),
+            _ => false,
+        }
+    }
+
+    /// Whether every call this pattern matches is also matched by `other`. Used to check that
+    /// grants only name endpoints the callee declares.
+    pub fn is_covered_by(&self, other: &RpcPattern) -> bool {
+        match (self, other) {
+            (
+                RpcPattern::Http {
+                    method: m1,
+                    segments: s1,
+                    rest: r1,
+                },
+                RpcPattern::Http {
+                    method: m2,
+                    segments: s2,
+                    rest: r2,
+                },
+            ) => {
+                let method_ok = match (m1, m2) {
+                    (_, None) => true,
+                    (Some(a), Some(b)) => a == b,
+                    (None, Some(_)) => false,
+                };
+                let len_ok = if *r2 {
+                    s1.len() >= s2.len()
+                } else {
+                    !r1 && s1.len() == s2.len()
+                };
+                method_ok
+                    && len_ok
+                    && s2.iter().zip(s1).all(|(b, a)| match (a, b) {
+                        (_, Segment::Param(_)) => true,
+                        (Segment::Literal(x), Segment::Literal(y)) => x == y,
+                        (Segment::Param(_), Segment::Literal(_)) => false,
+                    })
+            }
+            (
+                RpcPattern::Grpc {
+                    service: s1,
+                    method: m1,
+                },
+                RpcPattern::Grpc {
+                    service: s2,
+                    method: m2,
+                },
+            ) => {
+                s1 == s2
+                    && match (m1, m2) {
+                        (_, None) => true,
+                        (Some(a), Some(b)) => a == b,
+                        (None, Some(_)) => false,
+                    }
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether this pattern and `other` can match a common call.
+    pub fn overlaps(&self, other: &RpcPattern) -> bool {
+        match (self, other) {
+            (
+                RpcPattern::Http {
+                    method: m1,
+                    segments: s1,
+                    rest: r1,
+                },
+                RpcPattern::Http {
+                    method: m2,
+                    segments: s2,
+                    rest: r2,
+                },
+            ) => {
+                let method_ok = m1.is_none() || m2.is_none() || m1 == m2;
+                let len_ok = match (r1, r2) {
+                    (true, true) => true,
+                    (true, false) => s2.len() >= s1.len(),
+                    (false, true) => s1.len() >= s2.len(),
+                    (false, false) => s1.len() == s2.len(),
+                };
+                method_ok
+                    && len_ok
+                    && s1.iter().zip(s2).all(|(a, b)| match (a, b) {
+                        (Segment::Literal(x), Segment::Literal(y)) => x == y,
+                        _ => true,
+                    })
+            }
+            (RpcPattern::Grpc { .. }, RpcPattern::Grpc { .. }) => {
+                self.is_covered_by(other) || other.is_covered_by(self)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for RpcPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RpcPattern::Http {
+                method,
+                segments,
+                rest,
+            } => {
+                write!(f, "{} ", method.as_deref().unwrap_or("*"))?;
+                for seg in segments {
+                    match seg {
+                        Segment::Literal(l) => write!(f, "/{l}")?,
+                        Segment::Param(p) => write!(f, "/{{{p}}}")?,
+                    }
+                }
+                match (segments.is_empty(), rest) {
+                    (_, true) => f.write_str("/*"),
+                    (true, false) => f.write_str("/"),
+                    (false, false) => Ok(()),
+                }
+            }
+            RpcPattern::Grpc { service, method } => {
+                write!(f, "{service}/{}", method.as_deref().unwrap_or("*"))
+            }
+        }
+    }
+}
+
+/// Normalises a request path for matching: drops the query and fragment, empty and `.`
+/// segments, and resolves `..` (never above the root).
+pub fn normalize_path(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let mut out: Vec<&str> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut s = String::with_capacity(path.len().max(1));
+    for seg in &out {
+        s.push('/');
+        s.push_str(seg);
+    }
+    if s.is_empty() {
+        s.push('/');
+    }
+    s
+}
+
+/// The segments of a normalised path.
+pub fn path_segments(normalized: &str) -> impl Iterator<Item = &str> {
+    normalized.split('/').filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RpcPattern {
+        RpcPattern::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn parses_and_displays_every_notation() {
+        for s in [
+            "POST /v1/charges",
+            "GET /v1/charges/{id}",
+            "GET /v1/*",
+            "* /v1/*",
+            "GET /",
+            "* /*",
+            "payments.v1.Payments/Refund",
+            "payments.v1.Payments/*",
+        ] {
+            assert_eq!(p(s).to_string(), s);
+        }
+        assert_eq!(p("get /v1//charges/").to_string(), "GET /v1/charges");
+    }
+
+    #[test]
+    fn rejects_malformed_patterns_with_help() {
+        let cases = [
+            ("", "it is empty"),
+            ("/v1/charges", "the HTTP method is missing"),
+            ("FETCH /v1", "`FETCH` is not an HTTP method"),
+            ("GET v1", "the path must start with `/`"),
+            ("GET /v1/*/x", "`*` may only be the last path segment"),
+            ("GET /v1/{}", "`{}` is not a valid parameter"),
+            ("GET /v1/a{b}", "segment `a{b}` mixes text"),
+            ("GET /v1/../x", "`.` and `..` segments are not allowed"),
+            ("payments.v1.Payments", "it is neither"),
+            ("payments..v1/Refund", "is not a gRPC service name"),
+            ("payments.v1.Payments/Re.fund", "is not a gRPC method name"),
+        ];
+        for (input, want) in cases {
+            let err = RpcPattern::parse(input).expect_err(input);
+            assert!(err.reason.contains(want), "{input}: {}", err.reason);
+            assert!(!err.help.is_empty());
+        }
+        let err = RpcPattern::parse("GTE /x").expect_err("typo");
+        assert!(err.help.contains("did you mean `GET`"), "{}", err.help);
+    }
+
+    #[test]
+    fn matches_templates_wildcards_and_grpc() {
+        let get = |path: &str| Rpc::http("GET", path);
+        assert!(p("GET /v1/charges/{id}").matches(&get("/v1/charges/ch_1")));
+        assert!(!p("GET /v1/charges/{id}").matches(&get("/v1/charges")));
+        assert!(!p("GET /v1/charges/{id}").matches(&get("/v1/charges/ch_1/x")));
+        assert!(!p("POST /v1/charges/{id}").matches(&get("/v1/charges/ch_1")));
+        assert!(p("* /v1/*").matches(&get("/v1")));
+        assert!(p("* /v1/*").matches(&get("/v1/a/b?x=1")));
+        assert!(!p("* /v1/*").matches(&get("/v2/a")));
+        assert!(p("GET /v1/charges").matches(&get("/v1//charges/./")));
+        assert!(!p("GET /admin").matches(&get("/v1/../x/admin")));
+        assert!(p("GET /admin").matches(&get("/v1/../admin")));
+        let refund = Rpc::grpc("payments.v1.Payments", "Refund");
+        assert!(p("payments.v1.Payments/Refund").matches(&refund));
+        assert!(p("payments.v1.Payments/*").matches(&refund));
+        assert!(!p("payments.v1.Payments/Charge").matches(&refund));
+        assert!(!p("* /*").matches(&refund), "HTTP patterns never match gRPC calls");
+    }
+
+    #[test]
+    fn coverage_and_overlap() {
+        assert!(p("GET /v1/charges/{id}").is_covered_by(&p("GET /v1/charges/{x}")));
+        assert!(p("GET /v1/charges/ch_1").is_covered_by(&p("GET /v1/charges/{id}")));
+        assert!(!p("GET /v1/charges/{id}").is_covered_by(&p("GET /v1/charges/ch_1")));
+        assert!(p("GET /v1/a/b").is_covered_by(&p("* /v1/*")));
+        assert!(!p("* /v1/*").is_covered_by(&p("GET /v1/*")));
+        assert!(p("a.B/C").is_covered_by(&p("a.B/*")));
+        assert!(p("GET /v1/*").overlaps(&p("GET /v1/charges/{id}")));
+        assert!(!p("GET /v1/x").overlaps(&p("GET /v2/x")));
+    }
+
+    #[test]
+    fn classifies_requests() {
+        assert_eq!(
+            Rpc::from_request("POST", "/payments.v1.Payments/Refund", Some("application/grpc")),
+            Rpc::grpc("payments.v1.Payments", "Refund")
+        );
+        assert_eq!(
+            Rpc::from_request("POST", "/v1/charges", Some("application/json")),
+            Rpc::http("POST", "/v1/charges")
+        );
+        assert_eq!(Rpc::parse("get /v1/x").map(|r| r.to_string()).ok(), Some("GET /v1/x".into()));
+        assert!(Rpc::parse("GET /v1/{id}").is_err());
+    }
+}
