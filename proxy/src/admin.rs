@@ -1,0 +1,141 @@
+//! The admin listener: `/metrics`, `/ready`, `/live`, `/config` and `/shutdown`.
+//!
+//! It is plain HTTP/1.1 on loopback by default and is not part of the proxied path, so it keeps
+//! answering (e.g. `/ready` → 503) while the proxy drains.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::drain;
+use crate::metrics::Metrics;
+use crate::routing::Router;
+
+/// What the admin endpoints read or trigger.
+#[derive(Debug)]
+pub struct Admin {
+    /// Exported by `/metrics`.
+    pub metrics: Metrics,
+    /// Summarised by `/config`.
+    pub router: Arc<Router>,
+    /// Whether draining started (`/ready` turns 503).
+    pub drain: drain::Observer,
+    /// Woken by `/shutdown`.
+    pub shutdown: Arc<Notify>,
+    /// Reported by `/config`.
+    pub proxy_id: String,
+}
+
+/// Serves admin requests until the process exits.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let rsp = admin.handle(&req, peer);
+                async move { Ok::<_, Infallible>(rsp) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "admin connection error");
+            }
+        });
+    }
+}
+
+type AdminResponse = http::Response<Full<Bytes>>;
+
+impl Admin {
+    fn handle(&self, req: &http::Request<Incoming>, peer: SocketAddr) -> AdminResponse {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n"),
+            (&Method::GET, "/ready") if self.drain.is_draining() => {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            }
+            (&Method::GET, "/ready") => reply(StatusCode::OK, "text/plain", "ready\n"),
+            (&Method::GET, "/metrics") => match self.metrics.encode() {
+                Ok(text) => reply(StatusCode::OK, "text/plain; version=0.0.4", text),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
+            },
+            (&Method::GET, "/config") => reply(
+                StatusCode::OK,
+                "application/json",
+                self.config_json().to_string(),
+            ),
+            // Anyone who can reach the admin port must not be able to stop the workload's
+            // traffic, so only local callers may.
+            (&Method::POST, "/shutdown") if !peer.ip().is_loopback() => reply(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "shutdown is only allowed from loopback\n",
+            ),
+            (&Method::POST, "/shutdown") => {
+                self.shutdown.notify_one();
+                reply(StatusCode::OK, "text/plain", "draining\n")
+            }
+            (_, "/live" | "/ready" | "/metrics" | "/config" | "/shutdown") => reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "method not allowed\n",
+            ),
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        }
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        let table = self.router.table();
+        let services: Vec<_> = table
+            .source
+            .services
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "addresses": s.addresses,
+                    "versions": s.versions.iter().map(|v| serde_json::json!({
+                        "name": v.name, "weight": v.weight, "endpoints": v.endpoints.len(),
+                    })).collect::<Vec<_>>(),
+                    "environments": s.environments.keys().collect::<Vec<_>>(),
+                    "rules": s.rules.len(),
+                    "timeout_ms": s.timeout_ms,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "proxy_id": self.proxy_id,
+            "snapshot": { "version": table.version, "services": services },
+            "draining": self.drain.is_draining(),
+        })
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> AdminResponse {
+    let mut rsp = http::Response::new(Full::new(body.into()));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    rsp
+}

@@ -1,0 +1,213 @@
+//! Wires configuration, listeners, routing, admin and shutdown into a running proxy.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tower::util::BoxCloneSyncService;
+
+use crate::config::{Config, LogFormat};
+use crate::http::ServerConfig;
+use crate::http::forward::Forward;
+use crate::http::layers::Routes;
+use crate::http::stack::{Stack, StackConfig};
+use crate::listen::{self, Dispatch, Listener, Mode};
+use crate::metrics::{Metrics, TrafficLabels};
+use crate::routing::{Router, watch};
+use crate::{Direction, admin, drain};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The snapshot named by the configuration is unreadable or invalid. A bad configuration
+    /// (exit 64), unlike a bad reload which keeps the last good table.
+    #[error("routing snapshot {path}: {reason}")]
+    Snapshot {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A listener could not bind.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Anything else at startup.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Installs the global tracing subscriber according to `config`.
+pub fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Plain => builder.try_init(),
+    };
+}
+
+/// Runs the proxy until SIGTERM, SIGINT or `POST /shutdown`, then drains.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let metrics = Metrics::new().map_err(|e| StartError::Other(e.to_string()))?;
+    let router = Arc::new(Router::new(
+        config.unknown_destinations,
+        config.service.clone(),
+    ));
+    let loaded = match &config.snapshot {
+        None => None,
+        Some(path) => {
+            let fail = |reason: String| StartError::Snapshot {
+                path: path.display().to_string(),
+                reason,
+            };
+            let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+            let table = router.load(&bytes).map_err(|e| fail(e.to_string()))?;
+            metrics.snapshot_reload(true);
+            tracing::info!(version = %table.version, services = table.services.len(), "routing snapshot loaded");
+            Some((path.clone(), bytes))
+        }
+    };
+
+    let proxy_id: Arc<str> = config.proxy_id.as_str().into();
+    let forward = Forward::new(config.connect_timeout);
+    let inbound_labels = TrafficLabels {
+        dst_service: config.service.clone(),
+        dst_version: config.service_version.clone(),
+        route: "default".into(),
+        ..TrafficLabels::default()
+    };
+    let stack = |routes| {
+        BoxCloneSyncService::new(Stack::build(StackConfig {
+            proxy_id: proxy_id.clone(),
+            routes,
+            metrics: metrics.clone(),
+            forward: forward.clone(),
+        }))
+    };
+    let dispatch = Arc::new(Dispatch {
+        inbound_http: stack(Routes::Inbound(inbound_labels.clone())),
+        outbound_http: stack(Routes::Outbound(router.clone())),
+        router: router.clone(),
+        inbound_labels,
+        metrics: metrics.clone(),
+        detect_timeout: config.detect_timeout,
+        connect_timeout: config.connect_timeout,
+        opaque_ports: config.opaque_ports.clone(),
+        server: ServerConfig {
+            header_read_timeout: std::time::Duration::from_secs(30),
+        },
+    });
+
+    let mut listeners = Vec::new();
+    let mut bound = BTreeMap::new();
+    let bind = |direction, mode, addr| async move {
+        Listener::bind(direction, mode, addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    if let Some(addr) = config.inbound_addr {
+        let l = bind(Direction::Inbound, Mode::Transparent, addr).await?;
+        bound.insert("inbound".to_owned(), serde_json::json!(l.local));
+        listeners.push(l);
+    }
+    if let Some(addr) = config.outbound_addr {
+        let l = bind(Direction::Outbound, Mode::Transparent, addr).await?;
+        bound.insert("outbound".to_owned(), serde_json::json!(l.local));
+        listeners.push(l);
+    }
+    let mut explicit = Vec::new();
+    for e in &config.explicit {
+        let l = bind(e.direction, Mode::Explicit(e.target), e.listen).await?;
+        explicit.push(serde_json::json!({
+            "direction": e.direction.as_str(), "listen": l.local, "target": e.target,
+        }));
+        listeners.push(l);
+    }
+    bound.insert("explicit".to_owned(), serde_json::json!(explicit));
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.admin_addr,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    bound.insert("admin".to_owned(), serde_json::json!(admin_addr));
+
+    let (signal, watch) = drain::channel();
+    let shutdown = Arc::new(Notify::new());
+    let admin = Arc::new(admin::Admin {
+        metrics: metrics.clone(),
+        router: router.clone(),
+        drain: watch.observer(),
+        shutdown: shutdown.clone(),
+        proxy_id: config.proxy_id.clone(),
+    });
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin));
+    for l in listeners {
+        tracing::info!(direction = %l.direction, mode = ?l.mode, addr = %l.local, "listening");
+        tokio::spawn(listen::accept_loop(l, dispatch.clone(), watch.clone()));
+    }
+    drop(watch);
+    let watcher = loaded.map(|(path, bytes)| {
+        tokio::spawn(watch::watch(
+            router.clone(),
+            path,
+            config.snapshot_poll,
+            metrics.clone(),
+            bytes,
+        ))
+    });
+    tracing::info!(admin = %admin_addr, proxy_id = %config.proxy_id, "sluice-proxy started");
+    if let Some(path) = &config.listen_addrs_file {
+        write_atomically(path, &serde_json::json!(bound).to_string())
+            .map_err(|e| StartError::Other(format!("{}: {e}", path.display())))?;
+    }
+
+    wait_for_shutdown(&shutdown).await;
+    tracing::info!(deadline = ?config.drain_deadline, "draining");
+    let outcome = signal.drain(config.drain_deadline).await;
+    tracing::info!(?outcome, "drained; exiting");
+    admin_task.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    Ok(())
+}
+
+async fn wait_for_shutdown(admin: &Notify) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers; only /shutdown will stop the proxy");
+            admin.notified().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = admin.notified() => tracing::info!("shutdown requested via admin"),
+    }
+}
+
+/// Readers polling for the file never see it half-written.
+fn write_atomically(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(tmp, path)
+}

@@ -1,0 +1,386 @@
+//! Proxy configuration, read from `SLUICE_PROXY_*` environment variables.
+//!
+//! Everything is parsed up front and *all* problems are reported together, so an operator
+//! fixing a pod spec sees every mistake in one restart instead of one per restart.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::Direction;
+
+/// Address of the transparent inbound listener, or `off`. Default `0.0.0.0:4143`.
+pub const ENV_INBOUND_ADDR: &str = "SLUICE_PROXY_INBOUND_ADDR";
+/// Address of the transparent outbound listener, or `off`. Default `127.0.0.1:4140`.
+pub const ENV_OUTBOUND_ADDR: &str = "SLUICE_PROXY_OUTBOUND_ADDR";
+/// Address of the admin listener (`/metrics`, `/ready`, ...). Default `127.0.0.1:4191`.
+pub const ENV_ADMIN_ADDR: &str = "SLUICE_PROXY_ADMIN_ADDR";
+/// `plain` (default) or `json`.
+pub const ENV_LOG_FORMAT: &str = "SLUICE_PROXY_LOG_FORMAT";
+/// A `tracing` filter, e.g. `info` (default) or `sluice_proxy=debug`.
+pub const ENV_LOG: &str = "SLUICE_PROXY_LOG";
+/// How long in-flight work may continue after SIGTERM, e.g. `30s` (default).
+pub const ENV_DRAIN_DEADLINE: &str = "SLUICE_PROXY_DRAIN_DEADLINE";
+/// How long to wait for a client's first bytes before treating it as opaque TCP. Default `1s`.
+pub const ENV_DETECT_TIMEOUT: &str = "SLUICE_PROXY_DETECT_TIMEOUT";
+/// Upstream connect timeout. Default `3s`.
+pub const ENV_CONNECT_TIMEOUT: &str = "SLUICE_PROXY_CONNECT_TIMEOUT";
+/// Comma-separated destination ports that skip protocol detection (server-speaks-first
+/// protocols such as MySQL or SMTP would otherwise wait for the detect timeout).
+pub const ENV_OPAQUE_PORTS: &str = "SLUICE_PROXY_OPAQUE_PORTS";
+/// Explicit (no iptables) outbound listeners: `LISTEN=TARGET,...` where `LISTEN` is a port or
+/// `ip:port` (ip defaults to 127.0.0.1) and `TARGET` is the `ip:port` treated as the original
+/// destination, e.g. `15001=10.96.0.10:80`.
+pub const ENV_EXPLICIT_OUTBOUND: &str = "SLUICE_PROXY_EXPLICIT_OUTBOUND";
+/// Explicit inbound listeners, same syntax as [`ENV_EXPLICIT_OUTBOUND`].
+pub const ENV_EXPLICIT_INBOUND: &str = "SLUICE_PROXY_EXPLICIT_INBOUND";
+/// Path of the routing snapshot (JSON, see [`crate::routing::table`]). Unset: no services
+/// are known and all outbound traffic passes through.
+pub const ENV_SNAPSHOT: &str = "SLUICE_PROXY_SNAPSHOT";
+/// How often the snapshot file is checked for changes. Default `1s`.
+pub const ENV_SNAPSHOT_POLL: &str = "SLUICE_PROXY_SNAPSHOT_POLL";
+/// `passthrough` (default) or `refuse`: what to do with outbound traffic to an address that no
+/// service in the snapshot owns.
+pub const ENV_UNKNOWN_DESTINATIONS: &str = "SLUICE_PROXY_UNKNOWN_DESTINATIONS";
+/// Name of the workload's own service, used as `src_service` outbound and `dst_service`
+/// inbound.
+pub const ENV_SERVICE: &str = "SLUICE_PROXY_SERVICE";
+/// The workload's own version, used as `dst_version` inbound.
+pub const ENV_SERVICE_VERSION: &str = "SLUICE_PROXY_SERVICE_VERSION";
+/// This proxy's id for loop detection. Default: random per process.
+pub const ENV_PROXY_ID: &str = "SLUICE_PROXY_ID";
+/// If set, the proxy writes the addresses it actually bound (JSON) to this file once all
+/// listeners are up. Lets tests and tooling use port 0.
+pub const ENV_LISTEN_ADDRS_FILE: &str = "SLUICE_PROXY_LISTEN_ADDRS_FILE";
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// What to do with outbound traffic no service owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownDestinations {
+    /// Forward to the original destination.
+    Passthrough,
+    /// Refuse (HTTP 403 / closed connection).
+    Refuse,
+}
+
+/// A listener that forwards to a fixed target instead of reading the original destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExplicitListener {
+    /// Inbound or outbound rules apply.
+    pub direction: Direction,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Treated as the connection's original destination.
+    pub target: SocketAddr,
+}
+
+/// The whole proxy configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// See [`ENV_INBOUND_ADDR`].
+    pub inbound_addr: Option<SocketAddr>,
+    /// See [`ENV_OUTBOUND_ADDR`].
+    pub outbound_addr: Option<SocketAddr>,
+    /// See [`ENV_ADMIN_ADDR`].
+    pub admin_addr: SocketAddr,
+    /// See [`ENV_LOG_FORMAT`].
+    pub log_format: LogFormat,
+    /// See [`ENV_LOG`].
+    pub log_filter: String,
+    /// See [`ENV_DRAIN_DEADLINE`].
+    pub drain_deadline: Duration,
+    /// See [`ENV_DETECT_TIMEOUT`].
+    pub detect_timeout: Duration,
+    /// See [`ENV_CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// See [`ENV_OPAQUE_PORTS`].
+    pub opaque_ports: BTreeSet<u16>,
+    /// See [`ENV_EXPLICIT_OUTBOUND`] and [`ENV_EXPLICIT_INBOUND`].
+    pub explicit: Vec<ExplicitListener>,
+    /// See [`ENV_SNAPSHOT`].
+    pub snapshot: Option<PathBuf>,
+    /// See [`ENV_SNAPSHOT_POLL`].
+    pub snapshot_poll: Duration,
+    /// See [`ENV_UNKNOWN_DESTINATIONS`].
+    pub unknown_destinations: UnknownDestinations,
+    /// See [`ENV_SERVICE`].
+    pub service: String,
+    /// See [`ENV_SERVICE_VERSION`].
+    pub service_version: String,
+    /// See [`ENV_PROXY_ID`].
+    pub proxy_id: String,
+    /// See [`ENV_LISTEN_ADDRS_FILE`].
+    pub listen_addrs_file: Option<PathBuf>,
+}
+
+/// One bad variable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The variable name.
+    pub var: &'static str,
+    /// What it was set to.
+    pub value: String,
+    /// What is wrong and what would be right.
+    pub reason: String,
+}
+
+/// Every bad variable at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} invalid configuration variable(s):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigErrors> {
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads configuration through `get`, so tests need not touch the process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let mut p = Parser {
+            get: &get,
+            errors: Vec::new(),
+        };
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let config = Config {
+            inbound_addr: p.optional_addr(ENV_INBOUND_ADDR, "0.0.0.0:4143"),
+            outbound_addr: p.optional_addr(ENV_OUTBOUND_ADDR, "127.0.0.1:4140"),
+            admin_addr: p
+                .optional_addr(ENV_ADMIN_ADDR, "127.0.0.1:4191")
+                .unwrap_or(SocketAddr::new(loopback, 4191)),
+            log_format: p.parse(ENV_LOG_FORMAT, LogFormat::Plain, |s| match s {
+                "plain" => Ok(LogFormat::Plain),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected `plain` or `json`".into()),
+            }),
+            log_filter: p.get(ENV_LOG).unwrap_or_else(|| "info".into()),
+            drain_deadline: p.duration(ENV_DRAIN_DEADLINE, Duration::from_secs(30)),
+            detect_timeout: p.duration(ENV_DETECT_TIMEOUT, Duration::from_secs(1)),
+            connect_timeout: p.duration(ENV_CONNECT_TIMEOUT, Duration::from_secs(3)),
+            opaque_ports: p.parse(ENV_OPAQUE_PORTS, BTreeSet::new(), parse_ports),
+            explicit: {
+                let mut v = p.parse(ENV_EXPLICIT_OUTBOUND, Vec::new(), |s| {
+                    parse_explicit(s, Direction::Outbound)
+                });
+                v.extend(p.parse(ENV_EXPLICIT_INBOUND, Vec::new(), |s| {
+                    parse_explicit(s, Direction::Inbound)
+                }));
+                v
+            },
+            snapshot: p
+                .get(ENV_SNAPSHOT)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            snapshot_poll: p.duration(ENV_SNAPSHOT_POLL, Duration::from_secs(1)),
+            unknown_destinations: p.parse(
+                ENV_UNKNOWN_DESTINATIONS,
+                UnknownDestinations::Passthrough,
+                |s| match s {
+                    "passthrough" => Ok(UnknownDestinations::Passthrough),
+                    "refuse" => Ok(UnknownDestinations::Refuse),
+                    _ => Err("expected `passthrough` or `refuse`".into()),
+                },
+            ),
+            service: p.get(ENV_SERVICE).unwrap_or_default(),
+            service_version: p.get(ENV_SERVICE_VERSION).unwrap_or_default(),
+            proxy_id: p
+                .get(ENV_PROXY_ID)
+                .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
+            listen_addrs_file: p.get(ENV_LISTEN_ADDRS_FILE).map(PathBuf::from),
+        };
+        if p.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(p.errors))
+        }
+    }
+}
+
+/// Collects errors instead of stopping at the first one.
+struct Parser<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Parser<'_> {
+    fn get(&self, var: &str) -> Option<String> {
+        (self.get)(var).map(|s| s.trim().to_owned())
+    }
+
+    fn parse<T>(
+        &mut self,
+        var: &'static str,
+        default: T,
+        f: impl FnOnce(&str) -> Result<T, String>,
+    ) -> T {
+        let Some(value) = self.get(var) else {
+            return default;
+        };
+        match f(&value) {
+            Ok(v) => v,
+            Err(reason) => {
+                self.errors.push(ConfigError { var, value, reason });
+                default
+            }
+        }
+    }
+
+    fn optional_addr(&mut self, var: &'static str, default: &str) -> Option<SocketAddr> {
+        let default = default.parse().ok();
+        self.parse(var, default, |s| match s {
+            "off" => Ok(None),
+            _ => s
+                .parse()
+                .map(Some)
+                .map_err(|_| "expected `ip:port` (e.g. 127.0.0.1:4140) or `off`".into()),
+        })
+    }
+
+    fn duration(&mut self, var: &'static str, default: Duration) -> Duration {
+        self.parse(var, default, |s| {
+            humantime::parse_duration(s).map_err(|e| format!("expected a duration like `5s`: {e}"))
+        })
+    }
+}
+
+fn parse_ports(s: &str) -> Result<BTreeSet<u16>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|&n| n != 0)
+                .ok_or_else(|| format!("`{p}` is not a port (1-65535)"))
+        })
+        .collect()
+}
+
+fn parse_explicit(s: &str, direction: Direction) -> Result<Vec<ExplicitListener>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|entry| {
+            let (listen, target) = entry.split_once('=').ok_or_else(|| {
+                format!("`{entry}`: expected LISTEN=TARGET, e.g. 15001=10.0.0.1:80")
+            })?;
+            let listen = match listen.trim().parse::<u16>() {
+                Ok(port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+                Err(_) => listen
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("`{listen}`: expected a port or ip:port"))?,
+            };
+            let target = target
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{target}`: expected ip:port"))?;
+            Ok(ExplicitListener {
+                direction,
+                listen,
+                target,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).expect("defaults are valid");
+        assert_eq!(c.inbound_addr, Some("0.0.0.0:4143".parse().expect("addr")));
+        assert_eq!(
+            c.outbound_addr,
+            Some("127.0.0.1:4140".parse().expect("addr"))
+        );
+        assert_eq!(c.admin_addr, "127.0.0.1:4191".parse().expect("addr"));
+        assert_eq!(c.log_format, LogFormat::Plain);
+        assert_eq!(c.drain_deadline, Duration::from_secs(30));
+        assert_eq!(c.unknown_destinations, UnknownDestinations::Passthrough);
+        assert!(c.explicit.is_empty());
+    }
+
+    #[test]
+    fn reports_every_error_at_once() {
+        let errs = parse(&[
+            (ENV_INBOUND_ADDR, "nope"),
+            (ENV_LOG_FORMAT, "xml"),
+            (ENV_DRAIN_DEADLINE, "soon"),
+            (ENV_OPAQUE_PORTS, "3306,0,abc"),
+            (ENV_EXPLICIT_OUTBOUND, "15001"),
+            (ENV_UNKNOWN_DESTINATIONS, "drop"),
+        ])
+        .expect_err("all invalid");
+        let vars: Vec<_> = errs.0.iter().map(|e| e.var).collect();
+        assert_eq!(
+            vars,
+            [
+                ENV_INBOUND_ADDR,
+                ENV_LOG_FORMAT,
+                ENV_DRAIN_DEADLINE,
+                ENV_OPAQUE_PORTS,
+                ENV_EXPLICIT_OUTBOUND,
+                ENV_UNKNOWN_DESTINATIONS
+            ]
+        );
+        let text = errs.to_string();
+        assert!(text.starts_with("6 invalid"), "{text}");
+    }
+
+    #[test]
+    fn explicit_listeners_and_off() {
+        let c = parse(&[
+            (ENV_INBOUND_ADDR, "off"),
+            (
+                ENV_EXPLICIT_OUTBOUND,
+                "15001=10.0.0.1:80, 127.0.0.2:0=[::1]:8080",
+            ),
+            (ENV_EXPLICIT_INBOUND, "15002=127.0.0.1:9090"),
+            (ENV_LOG_FORMAT, "json"),
+        ])
+        .expect("valid");
+        assert_eq!(c.inbound_addr, None);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.explicit.len(), 3);
+        assert_eq!(
+            c.explicit[0].listen,
+            "127.0.0.1:15001".parse().expect("addr")
+        );
+        assert_eq!(c.explicit[1].target, "[::1]:8080".parse().expect("addr"));
+        assert_eq!(c.explicit[2].direction, Direction::Inbound);
+    }
+}

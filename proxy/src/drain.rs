@@ -1,0 +1,106 @@
+//! Graceful shutdown: a signal that tells every listener and connection to wind down, and a
+//! count of who is still working so shutdown can wait for them (up to a deadline).
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+/// The owner's side: trigger the drain and wait for it.
+#[derive(Debug)]
+pub struct Signal {
+    tx: watch::Sender<bool>,
+    // Every `Watch` holds a sender clone; when `recv` yields `None`, all of them are gone.
+    done_rx: mpsc::Receiver<()>,
+}
+
+/// A participant's side: learn that draining started, and keep shutdown waiting while held.
+#[derive(Clone, Debug)]
+pub struct Watch {
+    rx: watch::Receiver<bool>,
+    _held: mpsc::Sender<()>,
+}
+
+/// Creates a connected pair.
+pub fn channel() -> (Signal, Watch) {
+    let (tx, rx) = watch::channel(false);
+    let (done_tx, done_rx) = mpsc::channel(1);
+    (Signal { tx, done_rx }, Watch { rx, _held: done_tx })
+}
+
+/// How a drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every participant finished.
+    Drained,
+    /// The deadline passed with work still running.
+    DeadlineExceeded,
+}
+
+impl Signal {
+    /// Tells all participants to drain and waits until they all have, or `deadline` passes.
+    pub async fn drain(mut self, deadline: Duration) -> Outcome {
+        let _ = self.tx.send(true);
+        match tokio::time::timeout(deadline, self.done_rx.recv()).await {
+            Ok(_) => Outcome::Drained,
+            Err(_) => Outcome::DeadlineExceeded,
+        }
+    }
+}
+
+impl Watch {
+    /// Resolves once draining has started.
+    pub async fn signaled(&mut self) {
+        // An error means the Signal was dropped, which also means "stop".
+        let _ = self.rx.wait_for(|draining| *draining).await;
+    }
+
+    /// Whether draining has started.
+    pub fn is_draining(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// A view that reports draining without keeping shutdown waiting (for `/ready`).
+    pub fn observer(&self) -> Observer {
+        Observer(self.rx.clone())
+    }
+}
+
+/// Sees whether draining started, but does not count as outstanding work.
+#[derive(Clone, Debug)]
+pub struct Observer(watch::Receiver<bool>);
+
+impl Observer {
+    /// Whether draining has started.
+    pub fn is_draining(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waits_for_watchers() {
+        let (signal, watch) = channel();
+        let mut w = watch.clone();
+        drop(watch);
+        let worker = tokio::spawn(async move {
+            w.signaled().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(w);
+        });
+        assert_eq!(signal.drain(Duration::from_secs(5)).await, Outcome::Drained);
+        worker.await.expect("worker");
+    }
+
+    #[tokio::test]
+    async fn deadline() {
+        let (signal, watch) = channel();
+        assert_eq!(
+            signal.drain(Duration::from_millis(20)).await,
+            Outcome::DeadlineExceeded
+        );
+        drop(watch);
+    }
+}

@@ -1,0 +1,141 @@
+//! The one place where a failure becomes an HTTP (or gRPC) response.
+//!
+//! Each layer has its own small error type; [`ProxyError`] gathers them and [`to_response`]
+//! decides status codes, so the mapping is consistent and reviewable in one screen.
+
+use http::{HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::{Body, Response};
+use crate::routing::RouteError;
+
+/// The request already passed through this proxy in this direction.
+#[derive(Debug, thiserror::Error)]
+#[error("request loop: this request already passed through proxy {0}")]
+pub struct LoopDetected(pub String);
+
+/// The route's timeout passed before the upstream sent response headers.
+#[derive(Debug, thiserror::Error)]
+#[error("no response headers from upstream within {0:?}")]
+pub struct RequestTimeout(pub std::time::Duration);
+
+/// Sending the request upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// No connection could be made.
+    #[error("connect to upstream {target}: {source}")]
+    Connect {
+        /// The endpoint.
+        target: std::net::SocketAddr,
+        /// Why.
+        source: super::BoxError,
+    },
+    /// The upstream connection failed or sent something invalid.
+    #[error("upstream {target}: {source}")]
+    Upstream {
+        /// The endpoint.
+        target: std::net::SocketAddr,
+        /// Why.
+        source: super::BoxError,
+    },
+    /// The request cannot be expressed upstream (e.g. an unusable URI).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The stack was assembled wrongly (no routing decision reached the forwarder).
+    #[error("internal: {0}")]
+    Internal(&'static str),
+}
+
+/// Any failure in the HTTP stack.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// See [`LoopDetected`].
+    #[error(transparent)]
+    Loop(#[from] LoopDetected),
+    /// See [`RouteError`].
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// See [`RequestTimeout`].
+    #[error(transparent)]
+    Timeout(#[from] RequestTimeout),
+    /// See [`ForwardError`].
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+}
+
+impl ProxyError {
+    /// HTTP status, gRPC code, and a short stable reason for the `sluice-proxy-error` header.
+    fn classify(&self) -> (StatusCode, u32, &'static str) {
+        use ForwardError as F;
+        match self {
+            ProxyError::Loop(_) => (StatusCode::LOOP_DETECTED, 13, "loop"),
+            ProxyError::Route(RouteError::Refused(_)) => (StatusCode::FORBIDDEN, 7, "refused"),
+            ProxyError::Route(RouteError::NoEndpoints { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, 14, "no-endpoints")
+            }
+            ProxyError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, 4, "timeout"),
+            ProxyError::Forward(F::Connect { .. }) => (StatusCode::BAD_GATEWAY, 14, "connect"),
+            ProxyError::Forward(F::Upstream { .. }) => (StatusCode::BAD_GATEWAY, 14, "upstream"),
+            ProxyError::Forward(F::BadRequest(_)) => (StatusCode::BAD_REQUEST, 13, "bad-request"),
+            ProxyError::Forward(F::Internal(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, 13, "internal")
+            }
+        }
+    }
+}
+
+/// Turns an error into the response the client sees. gRPC clients get a trailers-only
+/// response (HTTP 200 with `grpc-status`), because that is what their libraries understand.
+pub fn to_response(err: &ProxyError, grpc: bool) -> Response {
+    let (status, grpc_code, reason) = err.classify();
+    let message = err.to_string();
+    let mut rsp = if grpc {
+        let mut rsp = http::Response::new(empty());
+        let h = rsp.headers_mut();
+        h.insert("content-type", HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(grpc_code));
+        let encoded: String =
+            percent_encoding::utf8_percent_encode(&message, percent_encoding::CONTROLS).to_string();
+        if let Ok(v) = HeaderValue::from_str(&encoded) {
+            h.insert("grpc-message", v);
+        }
+        rsp
+    } else {
+        let mut rsp = http::Response::new(text(format!("sluice-proxy: {message}\n")));
+        *rsp.status_mut() = status;
+        rsp.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        rsp
+    };
+    rsp.headers_mut()
+        .insert("sluice-proxy-error", HeaderValue::from_static(reason));
+    rsp
+}
+
+fn empty() -> Body {
+    Full::default()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn text(s: String) -> Body {
+    Full::from(s).map_err(|never| match never {}).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let e = ProxyError::from(LoopDetected("p".into()));
+        assert_eq!(to_response(&e, false).status(), StatusCode::LOOP_DETECTED);
+        let e = ProxyError::from(RequestTimeout(std::time::Duration::from_secs(1)));
+        let rsp = to_response(&e, true);
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(rsp.headers()["grpc-status"], "4");
+        assert_eq!(rsp.headers()["sluice-proxy-error"], "timeout");
+    }
+}

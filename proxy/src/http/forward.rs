@@ -1,0 +1,232 @@
+//! The innermost service: sends the request to the chosen endpoint over a pooled connection
+//! and relays the response (and, for `101 Switching Protocols`, the upgraded stream).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use http::uri::{Authority, Scheme, Uri};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tower::Service;
+
+use super::errors::{ForwardError, ProxyError};
+use super::{Body, BoxError, BoxFuture, Request, Response, headers};
+use crate::routing::InFlight;
+use crate::tcp::{self, TcpError};
+
+/// Where the route layer decided to send a request.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The endpoint.
+    pub addr: SocketAddr,
+    /// Timeout to response headers.
+    pub timeout: Option<Duration>,
+    /// Keeps the endpoint's in-flight count up until the response body is done.
+    pub in_flight: Option<Arc<InFlight>>,
+}
+
+/// Idle pooled connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends requests upstream, keeping one connection pool per endpoint and HTTP version.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    pools: Arc<Pools>,
+}
+
+#[derive(Debug)]
+struct Pools {
+    h1: DashMap<SocketAddr, Client<Connector, Body>>,
+    h2: DashMap<SocketAddr, Client<Connector, Body>>,
+    connect_timeout: Duration,
+}
+
+impl Forward {
+    /// A forwarder with empty pools.
+    pub fn new(connect_timeout: Duration) -> Forward {
+        Forward {
+            pools: Arc::new(Pools {
+                h1: DashMap::new(),
+                h2: DashMap::new(),
+                connect_timeout,
+            }),
+        }
+    }
+
+    fn client(&self, addr: SocketAddr, h2: bool) -> Client<Connector, Body> {
+        let map = if h2 { &self.pools.h2 } else { &self.pools.h1 };
+        if let Some(c) = map.get(&addr) {
+            return c.clone();
+        }
+        map.entry(addr)
+            .or_insert_with(|| {
+                // The pool is keyed by endpoint, not by the URI's authority: the connector
+                // ignores the URI so the request keeps the Host/:authority the client sent.
+                let connector = Connector {
+                    addr,
+                    timeout: self.pools.connect_timeout,
+                };
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .http2_only(h2)
+                    .build(connector)
+            })
+            .clone()
+    }
+}
+
+impl Service<Request> for Forward {
+    type Response = Response;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<Response, ProxyError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let target = req
+                .extensions_mut()
+                .remove::<Target>()
+                .ok_or(ForwardError::Internal("no routing decision"))?;
+            let h2 = req.version() == http::Version::HTTP_2;
+            *req.uri_mut() = absolute_uri(&req, target.addr)?;
+            let upgrade = headers::is_upgrade(req.headers());
+            let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
+            let mut rsp = this
+                .client(target.addr, h2)
+                .request(req)
+                .await
+                .map_err(|e| client_error(e, target.addr))?;
+            let switching = rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+            if let (true, Some(downstream)) = (switching, downstream) {
+                let upstream = hyper::upgrade::on(&mut rsp);
+                tokio::spawn(relay_upgrade(
+                    downstream,
+                    upstream,
+                    target.in_flight.clone(),
+                ));
+            }
+            headers::strip_hop_by_hop(rsp.headers_mut(), switching);
+            Ok(rsp.map(|body| {
+                Guarded {
+                    inner: body.map_err(BoxError::from).boxed_unsync(),
+                    _in_flight: target.in_flight,
+                }
+                .boxed_unsync()
+            }))
+        })
+    }
+}
+
+/// The legacy client needs an absolute URI. Keep the authority the client used (or its Host
+/// header) so virtual hosting works; the connector decides where bytes actually go.
+fn absolute_uri(req: &Request, target: SocketAddr) -> Result<Uri, ForwardError> {
+    let authority = match req.uri().authority() {
+        Some(a) => a.clone(),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .map_or_else(|| Authority::try_from(target.to_string()), Ok)
+            .map_err(|e| ForwardError::BadRequest(e.to_string()))?,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts).map_err(|e| ForwardError::BadRequest(e.to_string()))
+}
+
+fn client_error(e: hyper_util::client::legacy::Error, target: SocketAddr) -> ForwardError {
+    if e.is_connect() {
+        ForwardError::Connect {
+            target,
+            source: Box::new(e),
+        }
+    } else {
+        ForwardError::Upstream {
+            target,
+            source: Box::new(e),
+        }
+    }
+}
+
+/// Copies bytes between the two upgraded connections (e.g. a WebSocket) until both close.
+async fn relay_upgrade(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _in_flight: Option<Arc<InFlight>>,
+) {
+    let (down, up) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+    if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(%error, "upgraded connection ended with an error");
+    }
+}
+
+/// Connects to one fixed endpoint, whatever the URI says.
+#[derive(Clone, Debug)]
+struct Connector {
+    addr: SocketAddr,
+    timeout: Duration,
+}
+
+impl Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = TcpError;
+    type Future = BoxFuture<Result<TokioIo<TcpStream>, TcpError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), TcpError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let (addr, timeout) = (self.addr, self.timeout);
+        Box::pin(async move { tcp::connect(addr, timeout).await.map(TokioIo::new) })
+    }
+}
+
+/// A response body that keeps the endpoint counted as busy (for power of two choices) until
+/// the stream is finished or dropped.
+struct Guarded {
+    inner: Body,
+    _in_flight: Option<Arc<InFlight>>,
+}
+
+impl http_body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

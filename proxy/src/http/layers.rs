@@ -1,0 +1,246 @@
+//! The per-request layers between hyper and the forwarder, outermost first in
+//! [`super::stack::Stack::build`]. Each one is a small `tower::Service` wrapper.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::HeaderValue;
+use tower::Service;
+
+use super::errors::{self, LoopDetected, ProxyError, RequestTimeout};
+use super::forward::Target;
+use super::headers;
+use super::{BoxFuture, ConnCtx, Request, Response, RouteInfo, RouteSlot, Svc};
+use crate::Direction;
+use crate::metrics::TrafficLabels;
+use crate::routing::Router;
+
+/// Every layer is always ready; see [`Svc`].
+macro_rules! always_ready {
+    ($err:ty) => {
+        type Response = Response;
+        type Error = $err;
+        type Future = BoxFuture<Result<Response, $err>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), $err>> {
+            Poll::Ready(Ok(()))
+        }
+    };
+}
+
+/// Turns every [`ProxyError`] into a response via [`errors::to_response`], so layers above
+/// this one (metrics, logs) see failures as ordinary responses.
+#[derive(Clone, Debug)]
+pub struct Errors<S> {
+    pub(super) inner: S,
+}
+
+impl<S: Svc<ProxyError>> Service<Request> for Errors<S> {
+    always_ready!(Infallible);
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let grpc = headers::is_grpc(req.headers());
+        let direction = req.extensions().get::<ConnCtx>().map(|c| c.direction);
+        let fut = self.inner.clone().call(req);
+        Box::pin(async move {
+            Ok(fut.await.unwrap_or_else(|error| {
+                tracing::debug!(?direction, %error, "request failed in proxy");
+                errors::to_response(&error, grpc)
+            }))
+        })
+    }
+}
+
+/// One access-log line per request, at response headers, on target `sluice_proxy::access`.
+/// The path is logged without its query string, which often carries secrets.
+#[derive(Clone, Debug)]
+pub struct AccessLog<S> {
+    pub(super) inner: S,
+}
+
+impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
+    always_ready!(Infallible);
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let start = Instant::now();
+        let ctx = req.extensions().get::<ConnCtx>().cloned();
+        let slot = req
+            .extensions()
+            .get::<RouteSlot>()
+            .cloned()
+            .unwrap_or_default();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let version = req.version();
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)?
+                    .to_str()
+                    .ok()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let fut = self.inner.clone().call(req);
+        Box::pin(async move {
+            let rsp = fut.await?;
+            let route = slot.get();
+            let labels = route.map(|r| &r.labels);
+            tracing::info!(
+                target: "sluice_proxy::access",
+                direction = ctx.as_ref().map_or("", |c| c.direction.as_str()),
+                client = %ctx.as_ref().map(|c| c.client.to_string()).unwrap_or_default(),
+                orig_dst = %ctx.as_ref().map(|c| c.orig_dst.to_string()).unwrap_or_default(),
+                target = %route.map(|r| r.target.to_string()).unwrap_or_default(),
+                %method,
+                %authority,
+                %path,
+                version = ?version,
+                status = rsp.status().as_u16(),
+                latency_ms = start.elapsed().as_secs_f64() * 1000.0,
+                dst_service = labels.map_or("", |l| l.dst_service.as_str()),
+                dst_version = labels.map_or("", |l| l.dst_version.as_str()),
+                route = labels.map_or("", |l| l.route.as_str()),
+                environment = labels.map_or("", |l| l.environment.as_str()),
+                error = rsp.headers().get("sluice-proxy-error").and_then(|v| v.to_str().ok()).unwrap_or(""),
+                "request"
+            );
+            Ok(rsp)
+        })
+    }
+}
+
+/// Rejects a request that this proxy already forwarded in the same direction (e.g. the
+/// original destination is the proxy itself), answering 508 instead of recursing until file
+/// descriptors run out.
+#[derive(Clone, Debug)]
+pub struct LoopDetect<S> {
+    pub(super) inner: S,
+    pub(super) proxy_id: Arc<str>,
+}
+
+impl<S: Svc<ProxyError>> Service<Request> for LoopDetect<S> {
+    always_ready!(ProxyError);
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let direction = req.extensions().get::<ConnCtx>().map(|c| c.direction);
+        if let Some(marker) = direction.and_then(|d| hop_marker(&self.proxy_id, d))
+            && headers::has_hop(req.headers(), &marker)
+        {
+            let err = LoopDetected(self.proxy_id.to_string());
+            return Box::pin(async move { Err(err.into()) });
+        }
+        self.inner.clone().call(req)
+    }
+}
+
+/// The loop-detection marker this proxy adds in `direction`.
+pub fn hop_marker(proxy_id: &str, direction: Direction) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("{proxy_id};{direction}")).ok()
+}
+
+/// How requests get their target.
+#[derive(Clone, Debug)]
+pub enum Routes {
+    /// To the local workload at the original destination, with these labels.
+    Inbound(TrafficLabels),
+    /// Through the routing table.
+    Outbound(Arc<Router>),
+}
+
+/// Decides where the request goes and records it for the forwarder ([`Target`]) and for the
+/// outer layers ([`RouteSlot`]). Runs before [`Sanitize`] because routing may read
+/// mesh-owned headers (the environment header) that sanitizing removes.
+#[derive(Clone, Debug)]
+pub struct Route<S> {
+    pub(super) inner: S,
+    pub(super) routes: Routes,
+}
+
+impl<S: Svc<ProxyError>> Service<Request> for Route<S> {
+    always_ready!(ProxyError);
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let Some(dst) = req.extensions().get::<ConnCtx>().map(|c| c.orig_dst) else {
+            let err = errors::ForwardError::Internal("request without connection context");
+            return Box::pin(async move { Err(err.into()) });
+        };
+        let decision = match &self.routes {
+            Routes::Inbound(labels) => crate::routing::Decision {
+                target: dst,
+                labels: labels.clone(),
+                timeout: None,
+                in_flight: None,
+            },
+            Routes::Outbound(router) => match router.route_http(dst, req.headers()) {
+                Ok(d) => d,
+                Err(e) => return Box::pin(async move { Err(e.into()) }),
+            },
+        };
+        if let Some(slot) = req.extensions().get::<RouteSlot>() {
+            slot.set(RouteInfo {
+                labels: decision.labels,
+                target: decision.target,
+            });
+        }
+        req.extensions_mut().insert(Target {
+            addr: decision.target,
+            timeout: decision.timeout,
+            in_flight: decision.in_flight.map(Arc::new),
+        });
+        self.inner.clone().call(req)
+    }
+}
+
+/// Header hygiene: drops hop-by-hop headers and every `sluice-*` header the client sent, then
+/// adds this proxy's hop marker.
+#[derive(Clone, Debug)]
+pub struct Sanitize<S> {
+    pub(super) inner: S,
+    pub(super) proxy_id: Arc<str>,
+}
+
+impl<S: Svc<ProxyError>> Service<Request> for Sanitize<S> {
+    always_ready!(ProxyError);
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let upgrade = headers::is_upgrade(req.headers());
+        let direction = req.extensions().get::<ConnCtx>().map(|c| c.direction);
+        let h = req.headers_mut();
+        headers::strip_hop_by_hop(h, upgrade);
+        headers::strip_mesh_headers(h);
+        if let Some(marker) = direction.and_then(|d| hop_marker(&self.proxy_id, d)) {
+            h.insert(headers::HOP_HEADER, marker);
+        }
+        self.inner.clone().call(req)
+    }
+}
+
+/// Fails the request with 504 when the route's timeout passes before response headers.
+/// Bodies are not limited: long streams (gRPC streaming, downloads) are legitimate.
+#[derive(Clone, Debug)]
+pub struct Timeout<S> {
+    pub(super) inner: S,
+}
+
+impl<S: Svc<ProxyError>> Service<Request> for Timeout<S> {
+    always_ready!(ProxyError);
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let timeout = req.extensions().get::<Target>().and_then(|t| t.timeout);
+        let fut = self.inner.clone().call(req);
+        match timeout {
+            None => fut,
+            Some(t) => Box::pin(async move {
+                tokio::time::timeout(t, fut)
+                    .await
+                    .unwrap_or_else(|_| Err(RequestTimeout(t).into()))
+            }),
+        }
+    }
+}

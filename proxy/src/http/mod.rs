@@ -1,0 +1,172 @@
+//! HTTP/1.1, HTTP/2 and gRPC proxying.
+//!
+//! A connection detected as HTTP is served by hyper; every request then runs through a tower
+//! stack assembled by [`stack::Stack`], one layer per concern (metrics, access log, error
+//! responses, loop detection, routing, header hygiene, timeout, forwarding). Bodies are
+//! streamed frame by frame in both directions and never buffered whole.
+
+pub mod errors;
+pub mod forward;
+pub mod headers;
+pub mod layers;
+pub mod observe;
+pub mod stack;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::Service;
+
+use crate::Direction;
+use crate::drain;
+use crate::metrics::TrafficLabels;
+pub use errors::ProxyError;
+
+/// Errors carried inside bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type used throughout the stack: streaming, type-erased.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+/// A request inside the stack.
+pub type Request = http::Request<Body>;
+/// A response inside the stack.
+pub type Response = http::Response<Body>;
+/// The future every stack service returns.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A service in the stack that fails with `E`. Every layer is `Clone` and always ready (flow
+/// control happens in hyper, per connection and per stream), so layers call a clone of their
+/// inner service without `poll_ready`.
+pub trait Svc<E>:
+    Service<Request, Response = Response, Error = E, Future = BoxFuture<Result<Response, E>>>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, E> Svc<E> for S where
+    S: Service<Request, Response = Response, Error = E, Future = BoxFuture<Result<Response, E>>>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Facts about the connection a request arrived on, in every request's extensions.
+#[derive(Clone, Debug)]
+pub struct ConnCtx {
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// Where the client meant to connect.
+    pub orig_dst: SocketAddr,
+}
+
+/// What routing decided, for layers outside the route layer (metrics, access log).
+#[derive(Clone, Debug)]
+pub struct RouteInfo {
+    /// Labels for metrics and logs.
+    pub labels: TrafficLabels,
+    /// The endpoint chosen.
+    pub target: SocketAddr,
+}
+
+/// Filled once by the route layer; read by the outer layers after the response. Per request,
+/// so it is never contended.
+#[derive(Clone, Debug, Default)]
+pub struct RouteSlot(Arc<OnceLock<RouteInfo>>);
+
+impl RouteSlot {
+    /// Records the decision (later calls are ignored).
+    pub fn set(&self, info: RouteInfo) {
+        let _ = self.0.set(info);
+    }
+
+    /// The decision, if routing got that far.
+    pub fn get(&self) -> Option<&RouteInfo> {
+        self.0.get()
+    }
+}
+
+/// Which HTTP version detection found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2 prior knowledge.
+    Http2,
+}
+
+/// Connection-level HTTP settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerConfig {
+    /// How long a client may take to send request headers (slowloris guard).
+    pub header_read_timeout: Duration,
+}
+
+/// Serves one client connection with `svc` until it closes. When draining starts, HTTP/1
+/// stops keep-alive after the in-flight request and HTTP/2 sends GOAWAY, so clients move to
+/// another instance without seeing errors.
+pub async fn serve<I, S>(
+    io: I,
+    version: Version,
+    ctx: ConnCtx,
+    svc: S,
+    config: ServerConfig,
+    mut drain: drain::Watch,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Svc<Infallible>,
+{
+    let hyper_svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+        req.extensions_mut().insert(ctx.clone());
+        req.extensions_mut().insert(RouteSlot::default());
+        svc.clone().call(req)
+    });
+    let io = TokioIo::new(io);
+    match version {
+        Version::Http1 => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(config.header_read_timeout);
+            let conn = builder.serve_connection(io, hyper_svc).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => res,
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        Version::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            let conn = builder.serve_connection(io, hyper_svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => res,
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    }
+}

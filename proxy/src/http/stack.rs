@@ -1,0 +1,106 @@
+//! Assembles the per-request stack, linkerd2-proxy style: start from the innermost service
+//! and `push_*` one layer per concern on top of it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use super::forward::Forward;
+use super::layers::{AccessLog, Errors, LoopDetect, Route, Routes, Sanitize, Timeout};
+use super::observe::Observe;
+use super::{ProxyError, Svc};
+use crate::metrics::Metrics;
+
+/// A stack under construction; `S` is everything pushed so far.
+#[derive(Clone, Debug)]
+pub struct Stack<S>(S);
+
+/// Inputs for [`Stack::build`].
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    /// This proxy's loop-detection id.
+    pub proxy_id: Arc<str>,
+    /// How targets are chosen.
+    pub routes: Routes,
+    /// Metrics sink.
+    pub metrics: Metrics,
+    /// Shared upstream connection pools.
+    pub forward: Forward,
+}
+
+impl Stack<Forward> {
+    /// The full stack for one listener direction, outermost layer last.
+    pub fn build(config: StackConfig) -> impl Svc<Infallible> {
+        Stack::new(config.forward)
+            .push_timeout()
+            .push_sanitize(config.proxy_id.clone())
+            .push_route(config.routes)
+            .push_loop_detect(config.proxy_id)
+            .push_errors()
+            .push_access_log()
+            .push_metrics(config.metrics)
+            .into_inner()
+    }
+}
+
+impl<S> Stack<S> {
+    /// Starts from the innermost service.
+    pub fn new(inner: S) -> Self {
+        Stack(inner)
+    }
+
+    /// The finished service.
+    pub fn into_inner(self) -> S {
+        self.0
+    }
+}
+
+impl<S: Svc<ProxyError>> Stack<S> {
+    /// Per-route timeout to response headers (504).
+    pub fn push_timeout(self) -> Stack<Timeout<S>> {
+        Stack(Timeout { inner: self.0 })
+    }
+
+    /// Strips hop-by-hop and `sluice-*` headers, adds the hop marker.
+    pub fn push_sanitize(self, proxy_id: Arc<str>) -> Stack<Sanitize<S>> {
+        Stack(Sanitize {
+            inner: self.0,
+            proxy_id,
+        })
+    }
+
+    /// Chooses the target (routing table outbound, original destination inbound).
+    pub fn push_route(self, routes: Routes) -> Stack<Route<S>> {
+        Stack(Route {
+            inner: self.0,
+            routes,
+        })
+    }
+
+    /// Answers 508 to requests this proxy already forwarded.
+    pub fn push_loop_detect(self, proxy_id: Arc<str>) -> Stack<LoopDetect<S>> {
+        Stack(LoopDetect {
+            inner: self.0,
+            proxy_id,
+        })
+    }
+
+    /// Maps every error to a response, in one place.
+    pub fn push_errors(self) -> Stack<Errors<S>> {
+        Stack(Errors { inner: self.0 })
+    }
+}
+
+impl<S: Svc<Infallible>> Stack<S> {
+    /// One access-log line per request.
+    pub fn push_access_log(self) -> Stack<AccessLog<S>> {
+        Stack(AccessLog { inner: self.0 })
+    }
+
+    /// Golden-signal metrics.
+    pub fn push_metrics(self, metrics: Metrics) -> Stack<Observe<S>> {
+        Stack(Observe {
+            inner: self.0,
+            metrics,
+        })
+    }
+}
