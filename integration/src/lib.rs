@@ -1,1 +1,227 @@
-//! Shared helpers for the end-to-end tests in `tests/`.
+//! Shared helpers for the end-to-end tests in `tests/`: building and running the real
+//! `sluice-proxy` binary, test upstream servers, and skipping tests whose tools are missing.
+//!
+//! Everything binds to 127.0.0.1 port 0 (or to addresses inside network namespaces a test
+//! creates), so tests can run in parallel and never touch other hosts.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod netns;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The `sluice-proxy` binary, built once per test process with the same profile as the tests.
+pub fn proxy_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "sluice-proxy",
+                "--bin",
+                "sluice-proxy",
+            ])
+            .current_dir(&workspace)
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "cargo build -p sluice-proxy failed"
+        );
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target"));
+        let bin = target.join("debug").join("sluice-proxy");
+        assert!(bin.exists(), "{} not found after build", bin.display());
+        bin
+    })
+}
+
+/// Prints why a test is skipped. Tests call this and return early when a tool or privilege
+/// is missing; CI has everything, so there they run.
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// Whether `bin` is on PATH.
+pub fn have(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether we run as root.
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// A running `sluice-proxy`, killed on drop.
+#[derive(Debug)]
+pub struct Proxy {
+    child: Child,
+    /// Scratch directory holding the log, the listen-address file and any snapshot.
+    pub dir: tempfile::TempDir,
+    /// What the proxy reported binding (`SLUICE_PROXY_LISTEN_ADDRS_FILE`).
+    pub addrs: serde_json::Value,
+}
+
+/// How to start a proxy.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyOptions {
+    /// Extra `SLUICE_PROXY_*` variables (they override the test defaults).
+    pub env: Vec<(String, String)>,
+    /// Run through this command prefix (e.g. `ip netns exec ns`).
+    pub wrapper: Vec<String>,
+}
+
+impl ProxyOptions {
+    /// Adds a variable.
+    pub fn env(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.env.push((k.to_owned(), v.into()));
+        self
+    }
+}
+
+impl Proxy {
+    /// Starts the proxy with loopback port-0 listeners plus `opts`, and waits until it has
+    /// bound everything.
+    pub fn start(opts: ProxyOptions) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addrs_file = dir.path().join("addrs.json");
+        let log = std::fs::File::create(dir.path().join("proxy.log")).expect("log file");
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(proxy_bin());
+                c
+            }
+            None => Command::new(proxy_bin()),
+        };
+        let defaults = [
+            ("SLUICE_PROXY_INBOUND_ADDR", "127.0.0.1:0"),
+            ("SLUICE_PROXY_OUTBOUND_ADDR", "127.0.0.1:0"),
+            ("SLUICE_PROXY_ADMIN_ADDR", "127.0.0.1:0"),
+            ("SLUICE_PROXY_LOG_FORMAT", "json"),
+            ("SLUICE_PROXY_SNAPSHOT_POLL", "50ms"),
+        ];
+        for (k, v) in defaults {
+            cmd.env(k, v);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        cmd.env("SLUICE_PROXY_LISTEN_ADDRS_FILE", &addrs_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut child = cmd.spawn().expect("spawn sluice-proxy");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addrs = loop {
+            if let Ok(text) = std::fs::read_to_string(&addrs_file) {
+                break serde_json::from_str(&text).expect("addrs json");
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(dir.path().join("proxy.log")).unwrap_or_default();
+                panic!("sluice-proxy exited early ({status}):\n{log}");
+            }
+            assert!(Instant::now() < deadline, "sluice-proxy did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Proxy { child, dir, addrs }
+    }
+
+    fn addr(&self, v: &serde_json::Value) -> SocketAddr {
+        v.as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {v}"))
+    }
+
+    /// The admin listener.
+    pub fn admin(&self) -> SocketAddr {
+        self.addr(&self.addrs["admin"])
+    }
+
+    /// The transparent outbound listener.
+    pub fn outbound(&self) -> SocketAddr {
+        self.addr(&self.addrs["outbound"])
+    }
+
+    /// The `i`th explicit listener (outbound ones first, in configuration order).
+    pub fn explicit(&self, i: usize) -> SocketAddr {
+        self.addr(&self.addrs["explicit"][i]["listen"])
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The proxy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Peak resident set size in KiB (`VmHWM`), from /proc.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- sluice-proxy log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Writes `contents` to `path` so that a poller never sees a partial file.
+pub fn write_atomically(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).expect("write");
+    std::fs::rename(tmp, path).expect("rename");
+}
+
+/// A free loopback port (bound then released). Only for the rare test that must configure
+/// a port before the proxy starts; everything else uses port 0.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}

@@ -84,9 +84,11 @@ impl Classification {
     }
 }
 
-/// Buckets in milliseconds, from sub-millisecond proxy overhead to multi-second timeouts.
-const LATENCY_BUCKETS_MS: &[f64] = &[
-    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+/// Bucket bounds in seconds, at round millisecond values (0.5 ms … 10 s) so that millisecond
+/// thresholds (canary analysis speaks milliseconds) fall exactly on a bucket edge. The unit is
+/// seconds because `promtool check metrics` rejects `_ms` and `_milliseconds` names.
+const LATENCY_BUCKETS_S: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 ];
 
 impl Metrics {
@@ -114,10 +116,10 @@ impl Metrics {
         )?;
         let latency = HistogramVec::new(
             HistogramOpts::new(
-                "sluice_proxy_response_latency_ms",
-                "Time from receiving request headers to sending response headers, in milliseconds.",
+                "sluice_proxy_response_latency_seconds",
+                "Time from receiving request headers to sending response headers.",
             )
-            .buckets(LATENCY_BUCKETS_MS.to_vec()),
+            .buckets(LATENCY_BUCKETS_S.to_vec()),
             &with(&["classification"]),
         )?;
         registry.register(Box::new(latency.clone()))?;
@@ -183,7 +185,7 @@ impl Metrics {
         l: &TrafficLabels,
         status: u16,
         grpc: Option<Option<u32>>,
-        latency_ms: f64,
+        latency: std::time::Duration,
     ) {
         let class = Classification::of(status, grpc);
         let base = traffic(direction, l);
@@ -198,7 +200,9 @@ impl Metrics {
         self.responses.with_label_values(&labels).inc();
         let mut labels = base.to_vec();
         labels.push(class.as_str());
-        self.latency.with_label_values(&labels).observe(latency_ms);
+        self.latency
+            .with_label_values(&labels)
+            .observe(latency.as_secs_f64());
     }
 
     /// Handles for one opaque TCP connection's counters, resolved once per connection so the
@@ -305,7 +309,13 @@ mod tests {
             ..TrafficLabels::default()
         };
         m.request(Direction::Outbound, &l);
-        m.response(Direction::Outbound, &l, 200, Some(Some(0)), 3.0);
+        m.response(
+            Direction::Outbound,
+            &l,
+            200,
+            Some(Some(0)),
+            std::time::Duration::from_millis(3),
+        );
         let text = m.encode().expect("encode");
         assert!(text.contains("sluice_proxy_requests_total{"), "{text}");
         assert!(text.contains(r#"grpc_status="0""#), "{text}");

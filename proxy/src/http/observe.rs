@@ -59,7 +59,7 @@ impl<S: Svc<Infallible>> Service<Request> for Observe<S> {
                 labels,
                 status,
                 grpc_status,
-                latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+                latency: start.elapsed(),
             };
             Ok(rsp.map(|inner| {
                 ObservedBody {
@@ -82,7 +82,7 @@ struct Recorder {
     labels: TrafficLabels,
     status: u16,
     grpc_status: Option<Option<u32>>,
-    latency_ms: f64,
+    latency: std::time::Duration,
 }
 
 /// Watches the response stream for trailers and records the response when the stream is
@@ -122,13 +122,8 @@ impl http_body::Body for ObservedBody {
 impl Drop for ObservedBody {
     fn drop(&mut self) {
         if let Some(r) = self.recorder.take() {
-            r.metrics.response(
-                r.direction,
-                &r.labels,
-                r.status,
-                r.grpc_status,
-                r.latency_ms,
-            );
+            r.metrics
+                .response(r.direction, &r.labels, r.status, r.grpc_status, r.latency);
         }
     }
 }

@@ -1,0 +1,158 @@
+//! HTTP/1.1 and HTTP/2 through the proxy with curl, header hygiene, loops and upstream errors.
+
+use sluice_integration::client::curl;
+use sluice_integration::{Proxy, ProxyOptions, free_port, have, skip, upstream};
+
+fn explicit_to(target: std::net::SocketAddr) -> ProxyOptions {
+    ProxyOptions::default()
+        .env(
+            "SLUICE_PROXY_EXPLICIT_OUTBOUND",
+            format!("127.0.0.1:0={target}"),
+        )
+        .env("SLUICE_PROXY_ID", "testproxy")
+}
+
+fn split_response(out: &std::process::Output) -> (String, serde_json::Value) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.rsplit_once("\r\n\r\n").unwrap_or((&text, ""));
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (head.to_owned(), json)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_http1_keepalive_chunked_and_expect_continue() {
+    if !have("curl") {
+        return skip("curl_http1", "curl not installed");
+    }
+    let up = upstream::http("web").await;
+    let proxy = Proxy::start(explicit_to(up.addr));
+    let base = format!("http://{}", proxy.explicit(0));
+
+    let out = curl(&["-i", &format!("{base}/hello?x=1")]).await;
+    assert!(out.status.success(), "{out:?}");
+    let (head, json) = split_response(&out);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(json["name"], "web");
+    assert_eq!(json["path"], "/hello");
+    assert_eq!(json["version"], "HTTP/1.1");
+    // The Host the client used is preserved, not replaced with the endpoint address.
+    assert_eq!(json["headers"]["host"], proxy.explicit(0).to_string());
+
+    // Two URLs in one curl run share the keep-alive connection.
+    let out = curl(&["-v", &format!("{base}/a"), &format!("{base}/b")]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Re-using") || stderr.contains("Reusing"),
+        "{stderr}"
+    );
+
+    // A chunked upload that waits for `100 Continue` arrives whole.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("body");
+    std::fs::write(&file, vec![b'a'; 300_000]).expect("write");
+    let out = curl(&[
+        "-H",
+        "Expect: 100-continue",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{base}/count"),
+    ])
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "300000", "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_http2_prior_knowledge() {
+    if !have("curl") {
+        return skip("curl_http2", "curl not installed");
+    }
+    let up = upstream::http("h2").await;
+    let proxy = Proxy::start(explicit_to(up.addr));
+    let out = curl(&[
+        "-i",
+        "--http2-prior-knowledge",
+        &format!("http://{}/x", proxy.explicit(0)),
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let (head, json) = split_response(&out);
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    assert_eq!(json["version"], "HTTP/2.0");
+    assert_eq!(json["name"], "h2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spoofed_mesh_headers_and_hop_by_hop_are_stripped() {
+    if !have("curl") {
+        return skip("spoofed_headers", "curl not installed");
+    }
+    let up = upstream::http("web").await;
+    let proxy = Proxy::start(explicit_to(up.addr));
+    let out = curl(&[
+        "-i",
+        "-H",
+        "sluice-identity: spiffe://evil",
+        "-H",
+        "Sluice-Proxy-Hop: someone;outbound",
+        "-H",
+        "Connection: x-private",
+        "-H",
+        "x-private: 1",
+        "-H",
+        "x-normal: kept",
+        &format!("http://{}/", proxy.explicit(0)),
+    ])
+    .await;
+    let (head, json) = split_response(&out);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let h = &json["headers"];
+    assert!(h.get("sluice-identity").is_none(), "{h}");
+    assert!(h.get("x-private").is_none(), "{h}");
+    assert_eq!(h["x-normal"], "kept");
+    // Only the proxy's own marker remains.
+    assert_eq!(h["sluice-proxy-hop"], "testproxy;outbound");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_loop_gets_508() {
+    if !have("curl") {
+        return skip("request_loop", "curl not installed");
+    }
+    // A listener whose target is itself: every request comes straight back.
+    let port = free_port();
+    let proxy = Proxy::start(
+        ProxyOptions::default()
+            .env(
+                "SLUICE_PROXY_EXPLICIT_OUTBOUND",
+                format!("{port}=127.0.0.1:{port}"),
+            )
+            .env("SLUICE_PROXY_ID", "looper"),
+    );
+    let out = curl(&["-i", &format!("http://{}/", proxy.explicit(0))]).await;
+    let (head, _) = split_response(&out);
+    assert!(head.starts_with("HTTP/1.1 508"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sluice-proxy-error: loop"),
+        "{head}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_upstream_is_502() {
+    if !have("curl") {
+        return skip("unreachable_upstream", "curl not installed");
+    }
+    let closed = free_port();
+    let proxy = Proxy::start(explicit_to(([127, 0, 0, 1], closed).into()));
+    let out = curl(&["-i", &format!("http://{}/", proxy.explicit(0))]).await;
+    let (head, _) = split_response(&out);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sluice-proxy-error: connect"),
+        "{head}"
+    );
+}
