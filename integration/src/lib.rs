@@ -81,8 +81,10 @@ pub struct Proxy {
 pub struct ProxyOptions {
     /// Extra `SLUICE_PROXY_*` variables (they override the test defaults).
     pub env: Vec<(String, String)>,
-    /// Run through this command prefix (e.g. `ip netns exec ns`).
+    /// Run through this command prefix (e.g. `ip netns exec ns setpriv ...`).
     pub wrapper: Vec<String>,
+    /// Make the scratch directory world-writable (for a proxy running as another uid).
+    pub shared_dir: bool,
 }
 
 impl ProxyOptions {
@@ -98,6 +100,11 @@ impl Proxy {
     /// bound everything.
     pub fn start(opts: ProxyOptions) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
+        if opts.shared_dir {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+                .expect("chmod");
+        }
         let addrs_file = dir.path().join("addrs.json");
         let log = std::fs::File::create(dir.path().join("proxy.log")).expect("log file");
         let mut cmd = match opts.wrapper.split_first() {
@@ -155,6 +162,11 @@ impl Proxy {
     /// The transparent outbound listener.
     pub fn outbound(&self) -> SocketAddr {
         self.addr(&self.addrs["outbound"])
+    }
+
+    /// The transparent inbound listener.
+    pub fn inbound(&self) -> SocketAddr {
+        self.addr(&self.addrs["inbound"])
     }
 
     /// The `i`th explicit listener (outbound ones first, in configuration order).
