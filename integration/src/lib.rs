@@ -22,17 +22,21 @@ pub fn proxy_bin() -> &'static Path {
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "sluice-proxy",
-                "--bin",
-                "sluice-proxy",
-            ])
-            .current_dir(&workspace)
-            .status();
+        // Same profile as the tests, so `cargo test --release` measures an optimised proxy.
+        let release = !cfg!(debug_assertions);
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "sluice-proxy",
+            "--bin",
+            "sluice-proxy",
+        ]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.current_dir(&workspace).status();
         assert!(
             status.is_ok_and(|s| s.success()),
             "cargo build -p sluice-proxy failed"
@@ -40,7 +44,8 @@ pub fn proxy_bin() -> &'static Path {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace.join("target"));
-        let bin = target.join("debug").join("sluice-proxy");
+        let profile = if release { "release" } else { "debug" };
+        let bin = target.join(profile).join("sluice-proxy");
         assert!(bin.exists(), "{} not found after build", bin.display());
         bin
     })
