@@ -137,7 +137,12 @@ where
     candidates
         .into_iter()
         .map(AsRef::as_ref)
-        .map(|c| (strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()), c))
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()),
+                c,
+            )
+        })
         .filter(|(d, c)| *d <= (c.len().max(input.len()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -260,8 +265,14 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(did_you_mean("alow", ["allow", "from", "reason"]), Some("allow"));
-        assert_eq!(did_you_mean("Acesspolicy", ["AccessPolicy", "Route"]), Some("AccessPolicy"));
+        assert_eq!(
+            did_you_mean("alow", ["allow", "from", "reason"]),
+            Some("allow")
+        );
+        assert_eq!(
+            did_you_mean("Acesspolicy", ["AccessPolicy", "Route"]),
+            Some("AccessPolicy")
+        );
         assert_eq!(did_you_mean("zzz", ["allow", "from"]), None);
     }
 

@@ -54,4 +54,4 @@ pub mod validate;
 
 pub use diagnostic::Diagnostic;
 // pub use snapshot::Snapshot;
-// pub use validate::PolicySet;
+pub use validate::PolicySet;

@@ -175,7 +175,8 @@ pub fn read_sources(path: &Path) -> Result<Vec<SourceFile>, ReadError> {
                 return Err(ReadError::TooLarge { path: p, size });
             }
             let bytes = std::fs::read(&p).map_err(io(&p))?;
-            let text = String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8 { path: p.clone() })?;
+            let text =
+                String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8 { path: p.clone() })?;
             Ok(SourceFile {
                 path: Arc::from(p.as_path()),
                 text,
@@ -186,10 +187,7 @@ pub fn read_sources(path: &Path) -> Result<Vec<SourceFile>, ReadError> {
 
 /// Whether a path names a policy file.
 pub fn is_policy_file(p: &Path) -> bool {
-    matches!(
-        p.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    )
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
 /// Parses the documents of one file. Problems are collected, never fatal: a document with an
@@ -420,7 +418,11 @@ fn serde_diagnostic(path: &str, msg: &str, spans: &SpanIndex) -> Diagnostic {
             None if expected.is_empty() => "remove it: this mapping takes no fields".to_owned(),
             None => format!(
                 "remove it, or use one of {}",
-                expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+                expected
+                    .iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         // serde_path_to_error's path already ends with the unknown key.
@@ -437,7 +439,11 @@ fn serde_diagnostic(path: &str, msg: &str, spans: &SpanIndex) -> Diagnostic {
             Some(s) => format!("did you mean `{s}`?"),
             None => format!(
                 "use one of {}",
-                expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+                expected
+                    .iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         return Diagnostic::error("invalid-value", format!("`{unknown}` is not a valid value"))
@@ -485,7 +491,9 @@ mod tests {
         assert_eq!(docs.len(), 2);
         let loc = docs[1].at("spec.rules[0].from[1]").expect("position");
         assert_eq!((loc.line, loc.column), (13, 17));
-        let missing = docs[1].at("spec.rules[0].nothing").expect("falls back to parent");
+        let missing = docs[1]
+            .at("spec.rules[0].nothing")
+            .expect("falls back to parent");
         assert_eq!((missing.line, missing.column), (13, 7));
     }
 
@@ -515,7 +523,11 @@ mod tests {
     fn duplicate_keys_are_refused() {
         let (_, diags) = parse("kind: Team\nkind: Route\n");
         assert_eq!(diags.len(), 1, "{diags:?}");
-        assert!(diags[0].message.contains("duplicated key"), "{}", diags[0].message);
+        assert!(
+            diags[0].message.contains("duplicated key"),
+            "{}",
+            diags[0].message
+        );
         assert_eq!(diags[0].location.as_ref().map(|l| l.line), Some(2));
     }
 }

@@ -235,8 +235,8 @@ impl RpcPattern {
                 }
                 rest = true;
             } else if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                let valid = !name.is_empty()
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                let valid =
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !valid {
                     return Err(RpcSyntaxError::new(
                         input,
@@ -279,7 +279,9 @@ impl RpcPattern {
         let ident = |s: &str| {
             !s.is_empty()
                 && s.split('.').all(|part| {
-                    part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    part.chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                         && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 })
         };
@@ -317,10 +319,7 @@ impl RpcPattern {
                     segments,
                     rest,
                 },
-                Rpc::Http {
-                    method: m,
-                    path: p,
-                },
+                Rpc::Http { method: m, path: p },
             ) => {
                 if method.as_deref().is_some_and(|want| want != m) {
                     return false;
@@ -562,7 +561,10 @@ mod tests {
         assert!(p("payments.v1.Payments/Refund").matches(&refund));
         assert!(p("payments.v1.Payments/*").matches(&refund));
         assert!(!p("payments.v1.Payments/Charge").matches(&refund));
-        assert!(!p("* /*").matches(&refund), "HTTP patterns never match gRPC calls");
+        assert!(
+            !p("* /*").matches(&refund),
+            "HTTP patterns never match gRPC calls"
+        );
     }
 
     #[test]
@@ -580,14 +582,21 @@ mod tests {
     #[test]
     fn classifies_requests() {
         assert_eq!(
-            Rpc::from_request("POST", "/payments.v1.Payments/Refund", Some("application/grpc")),
+            Rpc::from_request(
+                "POST",
+                "/payments.v1.Payments/Refund",
+                Some("application/grpc")
+            ),
             Rpc::grpc("payments.v1.Payments", "Refund")
         );
         assert_eq!(
             Rpc::from_request("POST", "/v1/charges", Some("application/json")),
             Rpc::http("POST", "/v1/charges")
         );
-        assert_eq!(Rpc::parse("get /v1/x").map(|r| r.to_string()).ok(), Some("GET /v1/x".into()));
+        assert_eq!(
+            Rpc::parse("get /v1/x").map(|r| r.to_string()).ok(),
+            Some("GET /v1/x".into())
+        );
         assert!(Rpc::parse("GET /v1/{id}").is_err());
     }
 }
