@@ -841,10 +841,15 @@ fn check_backends(
     for (i, b) in backends.iter().enumerate() {
         let f = format!("{field}[{i}]");
         if !versions.contains(&b.version) && !service.is_empty() {
+            // No "did you mean": an unknown version is usually a new one, not a typo.
             let help = if versions.is_empty() {
                 format!("declare it in MeshService `{service}` under `spec.versions`")
             } else {
-                suggestion(&b.version, versions, "version")
+                format!(
+                    "`{service}` declares {}; add `{}` to its `spec.versions` to route to it",
+                    versions.join(", "),
+                    b.version
+                )
             };
             ctx.error(
                 "unknown-version",
