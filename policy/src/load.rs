@@ -190,9 +190,44 @@ pub fn is_policy_file(p: &Path) -> bool {
     matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
+/// A document that names its kind and name but could not be read in full. Its name still
+/// counts as declared, so that references to it do not cascade into more errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokenDocument {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its namespace (`default` when unset).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// What one file yielded.
+#[derive(Clone, Debug, Default)]
+pub struct ParsedFile {
+    /// The documents that were read in full.
+    pub documents: Vec<LoadedDocument>,
+    /// Documents that were recognisable but broken.
+    pub broken: Vec<BrokenDocument>,
+    /// Every problem found.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
 /// Parses the documents of one file. Problems are collected, never fatal: a document with an
 /// error is skipped and the others are still returned.
-pub fn parse_file(file: &Arc<Path>, text: &str) -> (Vec<LoadedDocument>, Vec<Diagnostic>) {
+pub fn parse_file(file: &Arc<Path>, text: &str) -> ParsedFile {
+    let mut out = ParsedFile::default();
+    let (docs, diags) = parse_documents(file, text, &mut out.broken);
+    out.documents = docs;
+    out.diagnostics = diags;
+    out
+}
+
+fn parse_documents(
+    file: &Arc<Path>,
+    text: &str,
+    broken: &mut Vec<BrokenDocument>,
+) -> (Vec<LoadedDocument>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let nodes = match MarkedYamlOwned::load_from_str(text) {
         Ok(nodes) => nodes,
@@ -221,7 +256,13 @@ pub fn parse_file(file: &Arc<Path>, text: &str) -> (Vec<LoadedDocument>, Vec<Dia
         if value.is_null() {
             continue; // an empty document, e.g. after a trailing `---`
         }
-        if let Some(resource) = to_resource(value, &spans, &mut diags) {
+        let identity = broken_identity(&value);
+        let before = diags.len();
+        let resource = to_resource(value, &spans, &mut diags);
+        if resource.is_none() && diags.len() > before {
+            broken.extend(identity);
+        }
+        if let Some(resource) = resource {
             docs.push(LoadedDocument {
                 resource,
                 file: file.clone(),
@@ -291,6 +332,20 @@ fn to_json(
         YamlDataOwned::Tagged(_, inner) => to_json(inner, path, spans, diags),
         YamlDataOwned::Alias(_) | YamlDataOwned::BadValue => Value::Null,
     }
+}
+
+fn broken_identity(value: &Value) -> Option<BrokenDocument> {
+    let kind = Kind::parse(value.get("kind")?.as_str()?)?;
+    let meta = value.get("metadata")?;
+    Some(BrokenDocument {
+        kind,
+        namespace: meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(crate::resources::DEFAULT_NAMESPACE)
+            .to_owned(),
+        name: meta.get("name")?.as_str()?.to_owned(),
+    })
 }
 
 fn scalar_to_json(s: &ScalarOwned) -> Value {
@@ -478,7 +533,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> (Vec<LoadedDocument>, Vec<Diagnostic>) {
-        parse_file(&Arc::from(Path::new("t.yaml")), text)
+        let f = parse_file(&Arc::from(Path::new("t.yaml")), text);
+        (f.documents, f.diagnostics)
     }
 
     #[test]

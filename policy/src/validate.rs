@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::diagnostic::{Diagnostic, Location, did_you_mean};
-use crate::load::{LoadedDocument, ReadError, SourceFile, parse_file, read_sources};
+use crate::load::{
+    BrokenDocument, LoadedDocument, ReadError, SourceFile, parse_file, read_sources,
+};
 use crate::resources::{
     AccessPolicySpec, Backend, CanaryPolicySpec, Document, EphemeralMode, Kind, MeshServiceSpec,
     MeshSpec, PolicyMode, Resource, RouteSpec, TeamSpec,
@@ -189,16 +191,18 @@ impl PolicySet {
     pub fn from_sources(files: &[SourceFile]) -> Result<PolicySet, LoadError> {
         let mut diags = Vec::new();
         let mut docs = Vec::new();
+        let mut broken = Vec::new();
         for f in files {
-            let (d, problems) = parse_file(&f.path, &f.text);
-            docs.extend(d);
-            diags.extend(problems);
+            let parsed = parse_file(&f.path, &f.text);
+            docs.extend(parsed.documents);
+            broken.extend(parsed.broken);
+            diags.extend(parsed.diagnostics);
         }
         let sources: HashMap<PathBuf, String> = files
             .iter()
             .map(|f| (f.path.to_path_buf(), f.text.clone()))
             .collect();
-        let mut set = check(docs, &mut diags);
+        let mut set = check(docs, &broken, &mut diags);
         set.sources = sources;
         if diags.iter().any(Diagnostic::is_error) {
             diags.sort_by_key(|d| (!d.is_error(), d.location.clone()));
@@ -314,7 +318,11 @@ fn label_help(s: &str) -> String {
     }
 }
 
-fn check(docs: Vec<LoadedDocument>, diags: &mut Vec<Diagnostic>) -> PolicySet {
+fn check(
+    docs: Vec<LoadedDocument>,
+    broken: &[BrokenDocument],
+    diags: &mut Vec<Diagnostic>,
+) -> PolicySet {
     // Pass 1: names, duplicates and the index of what exists.
     let mut seen: HashMap<(Kind, ObjectRef), Option<Location>> = HashMap::new();
     let mut unique = Vec::with_capacity(docs.len());
@@ -385,6 +393,12 @@ fn check(docs: Vec<LoadedDocument>, diags: &mut Vec<Diagnostic>) -> PolicySet {
         .filter(|d| d.resource.kind() == Kind::Team)
         .map(|d| d.resource.metadata().name.clone())
         .collect();
+    // Names of documents that failed to parse: already reported, so references to them are not.
+    let broken_names = |kind: Kind, r: &ObjectRef| {
+        broken
+            .iter()
+            .any(|b| b.kind == kind && b.namespace == r.namespace && b.name == r.name)
+    };
     let versions_of = |svc: &ObjectRef| -> Option<Vec<String>> {
         service_names.get(svc).and_then(|d| match &d.resource {
             Resource::MeshService(s) => Some(s.spec.versions.clone()),
@@ -423,6 +437,9 @@ fn check(docs: Vec<LoadedDocument>, diags: &mut Vec<Diagnostic>) -> PolicySet {
             if service_names.contains_key(&r) {
                 return Some(r);
             }
+            if broken_names(Kind::MeshService, &r) {
+                return None;
+            }
             let names: Vec<String> = service_names.keys().map(ToString::to_string).collect();
             ctx.error(
                 "unknown-service",
@@ -446,7 +463,8 @@ fn check(docs: Vec<LoadedDocument>, diags: &mut Vec<Diagnostic>) -> PolicySet {
                 set.teams.insert(c.key(), c);
             }
             Resource::MeshService(d) => {
-                if !team_names.contains(&d.spec.team) {
+                let team_ref = ObjectRef::new(d.metadata.namespace(), &d.spec.team);
+                if !team_names.contains(&d.spec.team) && !broken_names(Kind::Team, &team_ref) {
                     ctx.error(
                         "unknown-team",
                         "spec.team",

@@ -66,7 +66,10 @@ fn render(list: &[Expected]) -> String {
             Severity::Error => "expect",
             Severity::Warning => "warning",
         };
-        out.push_str(&format!("    # {tag}: {}:{} {}: {}\n", e.line, e.column, e.code, e.message));
+        out.push_str(&format!(
+            "    # {tag}: {}:{} {}: {}\n",
+            e.line, e.column, e.code, e.message
+        ));
         if let Some(h) = &e.help {
             out.push_str(&format!("    # help: {h}\n"));
         }
@@ -94,7 +97,10 @@ fn every_invalid_file_reports_exactly_its_expected_diagnostics() {
     let mut cases: Vec<_> = std::fs::read_dir("tests/invalid")
         .expect("tests/invalid")
         .map(|e| e.expect("entry").path())
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('_')))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('_'))
+        })
         .collect();
     cases.sort();
     assert!(cases.len() >= 15, "the table has {} cases", cases.len());
