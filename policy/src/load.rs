@@ -421,30 +421,94 @@ fn to_resource(value: Value, spans: &SpanIndex, diags: &mut Vec<Diagnostic>) -> 
         }
     };
     let kind = kind.filter(|_| ok)?;
-    let resource = match kind {
+    match kind {
         Kind::Mesh => typed(value, spans, diags).map(Resource::Mesh),
         Kind::Team => typed(value, spans, diags).map(Resource::Team),
         Kind::MeshService => typed(value, spans, diags).map(Resource::MeshService),
         Kind::AccessPolicy => typed(value, spans, diags).map(Resource::AccessPolicy),
         Kind::Route => typed(value, spans, diags).map(Resource::Route),
         Kind::CanaryPolicy => typed(value, spans, diags).map(Resource::CanaryPolicy),
-    };
-    resource
+    }
 }
 
+/// Deserialises one document, reporting every field error rather than only the first: after an
+/// error the offending field is removed and the document is tried again. A "missing field" for
+/// a field removed that way is not reported (it was already, as what was wrong with it).
 fn typed<S: DeserializeOwned>(
-    value: Value,
+    mut value: Value,
     spans: &SpanIndex,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Document<S>> {
-    match serde_path_to_error::deserialize::<_, Document<S>>(value) {
-        Ok(doc) => Some(doc),
-        Err(e) => {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            diags.push(serde_diagnostic(&path, &e.inner().to_string(), spans));
-            None
+    /// Enough for any real document; bounds the work on hostile input.
+    const MAX_ERRORS_PER_DOCUMENT: usize = 32;
+    let mut removed: Vec<String> = Vec::new();
+    let mut reported = 0;
+    while reported < MAX_ERRORS_PER_DOCUMENT {
+        let err = match serde_path_to_error::deserialize::<_, Document<S>>(&value) {
+            Ok(doc) if reported == 0 => return Some(doc),
+            Ok(_) => return None,
+            Err(e) => e,
+        };
+        let path = err.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = err.inner().to_string();
+        let diagnostic = serde_diagnostic(&path, &message, spans);
+        let already_reported = diagnostic.code == "missing-field"
+            && diagnostic
+                .field
+                .as_ref()
+                .is_some_and(|f| removed.contains(f));
+        if already_reported {
+            return None;
         }
+        // "unknown field `alow`, did you mean `allow`?" already explains why `allow` is missing.
+        if diagnostic.code == "unknown-field" {
+            let suggested = diagnostic
+                .help
+                .as_deref()
+                .and_then(|h| h.strip_prefix("did you mean `"))
+                .and_then(|h| h.strip_suffix("`?"));
+            if let Some(name) = suggested {
+                let parent = parent_path(&path);
+                removed.push(if parent.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{parent}.{name}")
+                });
+            }
+        }
+        diags.push(diagnostic);
+        reported += 1;
+        let segments: Vec<&serde_path_to_error::Segment> = err.path().iter().collect();
+        if message.starts_with("missing field") || !remove_field(&mut value, &segments) {
+            return None;
+        }
+        removed.push(path);
+    }
+    None
+}
+
+/// Removes the mapping entry at `path`; false if the path does not end in a mapping key.
+fn remove_field(value: &mut Value, path: &[&serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for seg in parents {
+        let next = match (seg, node) {
+            (Segment::Map { key }, Value::Object(m)) => m.get_mut(key),
+            (Segment::Seq { index }, Value::Array(a)) => a.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    match (last, node) {
+        (Segment::Map { key }, Value::Object(m)) => m.remove(key).is_some(),
+        _ => false,
     }
 }
 

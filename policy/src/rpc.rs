@@ -89,10 +89,12 @@ impl Rpc {
         let is_grpc = content_type.is_some_and(|ct| ct.starts_with("application/grpc"));
         if is_grpc {
             let trimmed = path.split('?').next().unwrap_or("").trim_start_matches('/');
-            if let Some((service, method)) = trimmed.split_once('/') {
-                if !service.is_empty() && !method.is_empty() && !method.contains('/') {
-                    return Rpc::grpc(service, method);
-                }
+            if let Some((service, method)) = trimmed.split_once('/')
+                && !service.is_empty()
+                && !method.is_empty()
+                && !method.contains('/')
+            {
+                return Rpc::grpc(service, method);
             }
         }
         Rpc::http(method, path)

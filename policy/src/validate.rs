@@ -341,15 +341,15 @@ fn check(
                 Some(label_help(&meta.name)),
             );
         }
-        if let Some(ns) = &meta.namespace {
-            if !is_dns_label(ns) {
-                ctx.error(
-                    "invalid-name",
-                    "metadata.namespace",
-                    format!("`{ns}` is not a valid namespace"),
-                    Some(label_help(ns)),
-                );
-            }
+        if let Some(ns) = &meta.namespace
+            && !is_dns_label(ns)
+        {
+            ctx.error(
+                "invalid-name",
+                "metadata.namespace",
+                format!("`{ns}` is not a valid namespace"),
+                Some(label_help(ns)),
+            );
         }
         let kind = doc.resource.kind();
         let first = if kind == Kind::Mesh {
@@ -600,15 +600,15 @@ fn check(
                             Some("give it `backends` or an `environment`".into()),
                         );
                     }
-                    if let Some(env) = &rule.environment {
-                        if !is_dns_label(env) {
-                            ctx.error(
-                                "invalid-name",
-                                &format!("{base}.environment"),
-                                format!("`{env}` is not a valid environment name"),
-                                Some(label_help(env)),
-                            );
-                        }
+                    if let Some(env) = &rule.environment
+                        && !is_dns_label(env)
+                    {
+                        ctx.error(
+                            "invalid-name",
+                            &format!("{base}.environment"),
+                            format!("`{env}` is not a valid environment name"),
+                            Some(label_help(env)),
+                        );
                     }
                     check_backends(
                         &mut ctx,
@@ -1032,15 +1032,15 @@ fn check_canary(ctx: &mut Ctx<'_>, spec: &CanaryPolicySpec, teams: &[String]) {
                 );
             }
         }
-        if let Some(r) = &m.relative {
-            if !(r.margin >= 0.0 && r.margin.is_finite()) {
-                ctx.error(
-                    "invalid-value",
-                    &format!("{base}.relative.margin"),
-                    format!("margin {} must be zero or more", r.margin),
-                    None,
-                );
-            }
+        if let Some(r) = &m.relative
+            && !(r.margin >= 0.0 && r.margin.is_finite())
+        {
+            ctx.error(
+                "invalid-value",
+                &format!("{base}.relative.margin"),
+                format!("margin {} must be zero or more", r.margin),
+                None,
+            );
         }
         if let Some(t) = &m.threshold {
             match (t.min, t.max) {
