@@ -53,5 +53,5 @@ pub mod snapshot;
 pub mod validate;
 
 pub use diagnostic::Diagnostic;
-// pub use snapshot::Snapshot;
+pub use snapshot::Snapshot;
 pub use validate::PolicySet;
