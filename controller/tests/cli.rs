@@ -191,3 +191,165 @@ fn schema_prints_the_combined_schema() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(v["oneOf"].as_array().map(Vec::len), Some(6));
 }
+
+const SHOP: &str = "examples/shop/policy";
+
+fn explain(from: &str, to: &str, rpc: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "policy", "explain", SHOP, "--from", from, "--to", to, "--rpc", rpc,
+    ];
+    args.extend_from_slice(extra);
+    sluice(&args)
+}
+
+#[test]
+fn explain_names_the_rule_that_allows_a_call() {
+    let o = explain("checkout", "payments", "POST /v1/charges", &[]);
+    assert_eq!(code(&o), EXIT_OK, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("checkout → payments: POST /v1/charges"),
+        "{out}"
+    );
+    assert!(out.contains("\nallowed\n"), "{out}");
+    assert!(
+        out.contains("rule `charge-cards` of AccessPolicy `payments-callers`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("grant:    Checkout charges the customer's card"),
+        "{out}"
+    );
+    assert!(!out.contains("request:"), "{out}");
+}
+
+#[test]
+fn explain_a_denial_gives_the_access_request_link() {
+    let o = explain(
+        "checkout",
+        "payments",
+        "GET /v1/charges/ch_42",
+        &["--env", "pr-7"],
+    );
+    assert_eq!(code(&o), EXIT_NO);
+    let out = stdout(&o);
+    assert!(out.contains("\ndenied\n"), "{out}");
+    assert!(
+        out.contains(
+            "request:  http://localhost:7070/access/new?from=checkout&to=payments\
+             &rpc=GET%20%2Fv1%2Fcharges%2Fch_42&env=pr-7"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("review:   required"), "{out}");
+    assert!(out.contains("endpoint: GET /v1/charges/{id}"), "{out}");
+}
+
+#[test]
+fn explain_accepts_a_declared_endpoint_template() {
+    let o = explain(
+        "checkout",
+        "payments",
+        "GET /v1/charges/{id}",
+        &["--format", "json"],
+    );
+    assert_eq!(code(&o), EXIT_NO);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["allowed"], false);
+    assert_eq!(v["verdict"], "deny");
+    assert_eq!(v["reason"], "no-rule-allows");
+    assert_eq!(v["rpc"], "GET /v1/charges/{id}");
+    assert_eq!(v["alreadyGranted"], serde_json::json!(["POST /v1/charges"]));
+    assert!(
+        v["accessRequestUrl"]
+            .as_str()
+            .is_some_and(|u| u.contains("rpc=GET%20%2Fv1%2Fcharges%2F%7Bid%7D"))
+    );
+}
+
+#[test]
+fn explain_json_for_an_allowed_call() {
+    let o = explain(
+        "frontend",
+        "catalog",
+        "GET /v1/products/p-1",
+        &["--format", "json"],
+    );
+    assert_eq!(code(&o), EXIT_OK);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["verdict"], "allow");
+    assert_eq!(v["policy"], "catalog-callers");
+    assert_eq!(v["rule"], "browse");
+    assert_eq!(v["pattern"], "GET /v1/products/*");
+    assert!(v.get("accessRequestUrl").is_none());
+}
+
+#[test]
+fn explain_unauthenticated_callers_and_exemptions() {
+    let o = explain("unauthenticated", "payments", "GET /healthz", &[]);
+    assert_eq!(code(&o), EXIT_OK);
+    assert!(stdout(&o).contains("grant:    kubelet probes"));
+    let o = explain("unauthenticated", "payments", "POST /v1/charges", &[]);
+    assert_eq!(code(&o), EXIT_NO);
+    assert!(stdout(&o).contains("no mesh identity"), "{}", stdout(&o));
+}
+
+#[test]
+fn explain_grpc_calls() {
+    let o = explain("checkout", "payments", "payments.v1.Payments/Refund", &[]);
+    assert_eq!(code(&o), EXIT_NO);
+    assert!(stdout(&o).contains("endpoint: payments.v1.Payments/Refund"));
+}
+
+#[test]
+fn explain_rejects_bad_questions_with_exit_2() {
+    let o = explain("checkot", "payments", "POST /v1/charges", &[]);
+    assert_eq!(code(&o), EXIT_ERROR);
+    assert!(
+        stderr(&o).contains("did you mean `checkout`?"),
+        "{}",
+        stderr(&o)
+    );
+    let o = explain("checkout", "paymens", "POST /v1/charges", &[]);
+    assert_eq!(code(&o), EXIT_ERROR);
+    let o = explain("checkout", "payments", "POST v1/charges", &[]);
+    assert_eq!(code(&o), EXIT_ERROR);
+    assert!(stderr(&o).contains("must start with `/`"), "{}", stderr(&o));
+    let o = sluice(&[
+        "policy",
+        "explain",
+        "examples/invalid",
+        "--from",
+        "checkout",
+        "--to",
+        "payments",
+        "--rpc",
+        "POST /v1/charges",
+    ]);
+    assert_eq!(code(&o), EXIT_ERROR);
+    assert!(stdout(&o).is_empty());
+    assert!(stderr(&o).contains("unknown field `alow`"));
+}
+
+#[test]
+fn explain_audit_mode_allows_but_says_it_would_deny() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("audit.yaml"),
+        "apiVersion: sluice.dev/v1alpha1\nkind: Team\nmetadata: {name: t}\nspec: {}\n---\n\
+         apiVersion: sluice.dev/v1alpha1\nkind: MeshService\nmetadata: {name: a}\nspec: {team: t}\n---\n\
+         apiVersion: sluice.dev/v1alpha1\nkind: MeshService\nmetadata: {name: b}\nspec: {team: t}\n---\n\
+         apiVersion: sluice.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: b-callers}\n\
+         spec: {service: b, mode: audit}\n",
+    )
+    .expect("write");
+    let path = dir.path().to_string_lossy().into_owned();
+    let o = sluice(&[
+        "policy", "explain", &path, "--from", "a", "--to", "b", "--rpc", "GET /x",
+    ]);
+    assert_eq!(code(&o), EXIT_OK, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("would be denied"), "{out}");
+    assert!(out.contains("request:  "), "{out}");
+}
