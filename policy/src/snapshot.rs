@@ -117,6 +117,10 @@ impl PolicySet {
     /// [`PolicySet::from_str`] loads it back.
     pub fn to_bundle(&self) -> String {
         let mut out = String::new();
+        let resources = self.resources();
+        // `resources()` does not list the Mesh document (the set keeps only its spec), so it
+        // is written here, unless a later `resources()` starts listing it itself.
+        let listed = resources.iter().any(|r| r.kind() == Kind::Mesh);
         let mesh = Document {
             api_version: API_VERSION.to_owned(),
             kind: Kind::Mesh.as_str().to_owned(),
@@ -126,8 +130,10 @@ impl PolicySet {
             },
             spec: self.mesh.clone(),
         };
-        push_document(&mut out, &mesh);
-        for resource in self.resources() {
+        if !listed {
+            push_document(&mut out, &mesh);
+        }
+        for resource in resources {
             match &resource {
                 Resource::Mesh(d) => push_document(&mut out, d),
                 Resource::Team(d) => push_document(&mut out, d),
