@@ -426,6 +426,13 @@ spec:
     }
 
     #[test]
+    fn snapshots_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<Snapshot>();
+        shareable::<std::sync::Arc<Snapshot>>();
+    }
+
+    #[test]
     fn access_request_link_fills_the_mesh_template() {
         let snap = load(SET).compile();
         let link = snap.access_request_link(
