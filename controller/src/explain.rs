@@ -139,22 +139,26 @@ fn resolve_service(snapshot: &Snapshot, written: &str) -> Result<ObjectRef, CliE
 /// (`GET /v1/charges/{id}`), which is explained for "any id": a `{param}` segment is matched
 /// only by patterns that accept any value there, which is exactly the question asked.
 fn parse_call(written: &str) -> Result<Rpc, CliError> {
-    match Rpc::parse(written) {
-        Ok(rpc) => Ok(rpc),
-        Err(concrete_error) => match RpcPattern::parse(written) {
-            Ok(RpcPattern::Http {
-                method: Some(method),
+    let concrete_error = match Rpc::parse(written) {
+        Ok(rpc) => return Ok(rpc),
+        Err(e) => e,
+    };
+    match RpcPattern::parse(written) {
+        Ok(
+            template @ RpcPattern::Http {
+                method: Some(_),
                 rest: false,
                 ..
-            }) => {
-                let template = RpcPattern::parse(written)
-                    .map(|p| p.to_string())
-                    .unwrap_or_default();
-                let path = template.split_once(' ').map_or("/", |(_, path)| path);
-                Ok(Rpc::http(method, path))
+            },
+        ) => {
+            // The canonical form is `METHOD /path/{param}`: use its path as written.
+            let canonical = template.to_string();
+            match canonical.split_once(' ') {
+                Some((method, path)) => Ok(Rpc::http(method, path)),
+                None => Err(concrete_error.into()),
             }
-            _ => Err(concrete_error.into()),
-        },
+        }
+        _ => Err(concrete_error.into()),
     }
 }
 

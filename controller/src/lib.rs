@@ -246,7 +246,8 @@ where
             let _ = write!(out, "{e}");
         }
         Err(CliError::Usage(e)) => {
-            let _ = write!(err, "{}", e.render().ansi());
+            // Plain text: stderr may be piped, and usage errors are short enough without colour.
+            let _ = write!(err, "{e}");
         }
         Err(e) => {
             let _ = writeln!(err, "error: {e}");

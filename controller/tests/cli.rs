@@ -179,6 +179,7 @@ fn bad_arguments_are_exit_2_and_help_is_exit_0() {
     let o = sluice(&["policy", "check"]);
     assert_eq!(code(&o), EXIT_ERROR);
     assert!(stderr(&o).contains("Usage"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains('\x1b'), "no colour on a pipe");
     let o = sluice(&["policy", "check", "--help"]);
     assert_eq!(code(&o), EXIT_OK);
     assert!(stdout(&o).contains("--format"));
