@@ -66,7 +66,7 @@ impl Rpc {
                 "write e.g. `payments.v1.Payments/Refund`",
             )),
             RpcPattern::Http { .. } => {
-                let (method, path) = s.trim().split_once(' ').unwrap_or(("", s));
+                let (method, path) = s.trim().split_once(char::is_whitespace).unwrap_or(("", s));
                 if path.contains('{') || path.trim_end().ends_with('*') {
                     return Err(RpcSyntaxError::new(
                         s,
@@ -467,6 +467,40 @@ impl fmt::Display for RpcPattern {
     }
 }
 
+/// Why a request path is refused before any policy is consulted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("ambiguous request path: {0}")]
+pub struct AmbiguousPath(pub &'static str);
+
+/// Refuses paths that the proxy and the application could read differently.
+///
+/// Matching works on the path as sent. An application that decodes `%2e%2e`, `%2f` or `\`
+/// before routing would see `/public/%2e%2e/admin` as `/admin`, which a `GET /public/*`
+/// exemption must not let through. Such paths are refused (the proxy answers 400) rather than
+/// decoded, because decoding them differently from the application is the very risk.
+pub fn check_request_path(path: &str) -> Result<(), AmbiguousPath> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    if path.contains('\\') {
+        return Err(AmbiguousPath("`\\` in the path"));
+    }
+    let bytes = path.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'%' {
+            let escaped = bytes.get(i + 1..i + 3).map(|h| h.to_ascii_lowercase());
+            match escaped.as_deref() {
+                Some(b"2e") => return Err(AmbiguousPath("an encoded `.` (%2e) in the path")),
+                Some(b"2f") => return Err(AmbiguousPath("an encoded `/` (%2f) in the path")),
+                Some(b"5c") => return Err(AmbiguousPath("an encoded `\\` (%5c) in the path")),
+                _ => {}
+            }
+        }
+        if b.is_ascii_control() {
+            return Err(AmbiguousPath("a control character in the path"));
+        }
+    }
+    Ok(())
+}
+
 /// Normalises a request path for matching: drops the query and fragment, empty and `.`
 /// segments, and resolves `..` (never above the root).
 pub fn normalize_path(path: &str) -> String {
@@ -582,6 +616,22 @@ mod tests {
     }
 
     #[test]
+    fn refuses_paths_an_application_could_read_differently() {
+        assert!(check_request_path("/v1/charges/ch_1?q=%2e%2e").is_ok());
+        assert!(check_request_path("/v1/ch%41rges").is_ok());
+        for bad in [
+            "/public/%2e%2e/admin",
+            "/public/%2E./x",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a\tb",
+        ] {
+            assert!(check_request_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn classifies_requests() {
         assert_eq!(
             Rpc::from_request(
@@ -600,5 +650,9 @@ mod tests {
             Some("GET /v1/x".into())
         );
         assert!(Rpc::parse("GET /v1/{id}").is_err());
+        assert_eq!(
+            Rpc::parse("GET\t/v1/x").ok(),
+            Some(Rpc::http("GET", "/v1/x"))
+        );
     }
 }

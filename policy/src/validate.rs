@@ -295,6 +295,22 @@ fn suggestion<'a>(
     }
 }
 
+/// Teams own services across namespaces, so a bare team name is looked up in the referring
+/// document's namespace first and then in `default`; `namespace/team` is exact.
+fn resolve_team(ns: &str, name: &str, teams: &[ObjectRef]) -> ObjectRef {
+    let own = ObjectRef::parse_in(ns, name);
+    if name.contains('/') || teams.contains(&own) {
+        return own;
+    }
+    let shared = ObjectRef::new(crate::resources::DEFAULT_NAMESPACE, name);
+    if teams.contains(&shared) { shared } else { own }
+}
+
+fn team_suggestion(input: &str, teams: &[ObjectRef]) -> String {
+    let names: Vec<String> = teams.iter().map(ToString::to_string).collect();
+    suggestion(input, &names, "team")
+}
+
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -388,10 +404,13 @@ fn check(
             (ObjectRef::new(m.namespace(), &m.name), d)
         })
         .collect();
-    let team_names: Vec<String> = unique
+    let team_refs: Vec<ObjectRef> = unique
         .iter()
         .filter(|d| d.resource.kind() == Kind::Team)
-        .map(|d| d.resource.metadata().name.clone())
+        .map(|d| {
+            let m = d.resource.metadata();
+            ObjectRef::new(m.namespace(), &m.name)
+        })
         .collect();
     // Names of documents that failed to parse: already reported, so references to them are not.
     let broken_names = |kind: Kind, r: &ObjectRef| {
@@ -432,6 +451,28 @@ fn check(
             location: doc.at(""),
         };
         let ns = doc.resource.metadata().namespace().to_owned();
+        // A policy may only govern services of its own namespace: otherwise anyone who can
+        // write policy in one namespace could grant themselves access to another's services.
+        let own_service_ref = |ctx: &mut Ctx<'_>, name: &str| -> Option<String> {
+            match name.split_once('/') {
+                Some((other, bare)) if other != ns => {
+                    ctx.error(
+                        "cross-namespace",
+                        "spec.service",
+                        format!(
+                            "this {} in namespace `{ns}` cannot govern `{name}`",
+                            doc.resource.kind()
+                        ),
+                        Some(format!(
+                            "move this document into namespace `{other}` and write `service: {bare}`"
+                        )),
+                    );
+                    None
+                }
+                Some((_, bare)) => Some(bare.to_owned()),
+                None => Some(name.to_owned()),
+            }
+        };
         let service_ref = |ctx: &mut Ctx<'_>, field: &str, name: &str| -> Option<ObjectRef> {
             let r = ObjectRef::parse_in(&ns, name);
             if service_names.contains_key(&r) {
@@ -463,13 +504,13 @@ fn check(
                 set.teams.insert(c.key(), c);
             }
             Resource::MeshService(d) => {
-                let team_ref = ObjectRef::new(d.metadata.namespace(), &d.spec.team);
-                if !team_names.contains(&d.spec.team) && !broken_names(Kind::Team, &team_ref) {
+                let team_ref = resolve_team(d.metadata.namespace(), &d.spec.team, &team_refs);
+                if !team_refs.contains(&team_ref) && !broken_names(Kind::Team, &team_ref) {
                     ctx.error(
                         "unknown-team",
                         "spec.team",
-                        format!("no Team `{}` is declared", d.spec.team),
-                        Some(suggestion(&d.spec.team, &team_names, "team")),
+                        format!("no Team `{team_ref}` is declared"),
+                        Some(team_suggestion(&d.spec.team, &team_refs)),
                     );
                 }
                 let endpoints = check_service(&mut ctx, &d.spec);
@@ -486,7 +527,8 @@ fn check(
                 );
             }
             Resource::AccessPolicy(d) => {
-                let callee = service_ref(&mut ctx, "spec.service", &d.spec.service);
+                let callee = own_service_ref(&mut ctx, &d.spec.service)
+                    .and_then(|name| service_ref(&mut ctx, "spec.service", &name));
                 let declared = callee.as_ref().map(&endpoints_of).unwrap_or_default();
                 let mut rules = Vec::new();
                 for (i, rule) in d.spec.rules.iter().enumerate() {
@@ -521,18 +563,7 @@ fn check(
                     for (j, rpc) in rule.allow.iter().enumerate() {
                         let field = format!("{base}.allow[{j}]");
                         if let Some(p) = parse_rpc(&mut ctx, &field, rpc) {
-                            if !declared.is_empty() && !declared.iter().any(|e| e.overlaps(&p)) {
-                                let callee = callee.as_ref().map(ToString::to_string);
-                                ctx.warning(
-                                    "undeclared-endpoint",
-                                    &field,
-                                    format!(
-                                        "`{p}` matches no endpoint that {} declares",
-                                        callee.as_deref().unwrap_or("the service")
-                                    ),
-                                    Some("add it to the MeshService's `endpoints`, or fix the pattern".into()),
-                                );
-                            }
+                            warn_undeclared(&mut ctx, &field, &p, &declared, callee.as_ref());
                             allow.push(p);
                         }
                     }
@@ -544,6 +575,30 @@ fn check(
                             Some("say why this access exists; reviewers read it".into()),
                         );
                     }
+                    if let Some(name) = &rule.name {
+                        let field = format!("{base}.name");
+                        if !is_dns_label(name) {
+                            ctx.error(
+                                "invalid-name",
+                                &field,
+                                format!("`{name}` is not a valid rule name"),
+                                Some(label_help(name)),
+                            );
+                        }
+                        let earlier = d.spec.rules[..i]
+                            .iter()
+                            .position(|r| r.name.as_deref() == Some(name.as_str()));
+                        if let Some(first) = earlier {
+                            ctx.error(
+                                "duplicate",
+                                &field,
+                                format!("rule name `{name}` is used twice in this policy"),
+                                Some(format!(
+                                    "denials and metrics name rules; rename this one or rules[{first}]"
+                                )),
+                            );
+                        }
+                    }
                     rules.push(CheckedRule {
                         name: Arc::from(rule.name.clone().unwrap_or_else(|| format!("rules[{i}]"))),
                         from,
@@ -554,9 +609,21 @@ fn check(
                 }
                 let mut unauthenticated = Vec::new();
                 for (i, ex) in d.spec.unauthenticated.iter().enumerate() {
-                    if let Some(p) =
-                        parse_rpc(&mut ctx, &format!("spec.unauthenticated[{i}].rpc"), &ex.rpc)
-                    {
+                    let base = format!("spec.unauthenticated[{i}]");
+                    if ex.reason.trim().is_empty() {
+                        ctx.error(
+                            "empty",
+                            &format!("{base}.reason"),
+                            "`reason` is empty".to_owned(),
+                            Some(
+                                "say who needs this without an identity, e.g. `kubelet probes`"
+                                    .into(),
+                            ),
+                        );
+                    }
+                    let field = format!("{base}.rpc");
+                    if let Some(p) = parse_rpc(&mut ctx, &field, &ex.rpc) {
+                        warn_undeclared(&mut ctx, &field, &p, &declared, callee.as_ref());
                         unauthenticated.push((p, ex.reason.clone()));
                     }
                 }
@@ -576,7 +643,8 @@ fn check(
                 }
             }
             Resource::Route(d) => {
-                let svc = service_ref(&mut ctx, "spec.service", &d.spec.service);
+                let svc = own_service_ref(&mut ctx, &d.spec.service)
+                    .and_then(|name| service_ref(&mut ctx, "spec.service", &name));
                 let versions = svc.as_ref().and_then(&versions_of).unwrap_or_default();
                 let svc_name = svc.as_ref().map(ToString::to_string).unwrap_or_default();
                 check_backends(
@@ -585,7 +653,6 @@ fn check(
                     &d.spec.backends,
                     &versions,
                     &svc_name,
-                    true,
                 );
                 for (i, rule) in d.spec.rules.iter().enumerate() {
                     let base = format!("spec.rules[{i}]");
@@ -616,7 +683,6 @@ fn check(
                         &rule.backends,
                         &versions,
                         &svc_name,
-                        false,
                     );
                 }
                 if let Some(svc) = svc {
@@ -644,8 +710,9 @@ fn check(
                 }
             }
             Resource::CanaryPolicy(d) => {
-                let svc = service_ref(&mut ctx, "spec.service", &d.spec.service);
-                check_canary(&mut ctx, &d.spec, &team_names);
+                let svc = own_service_ref(&mut ctx, &d.spec.service)
+                    .and_then(|name| service_ref(&mut ctx, "spec.service", &name));
+                check_canary(&mut ctx, &d.spec, &ns, &team_refs);
                 if let Some(svc) = svc {
                     if let Some(prev) = set.canaries.get(&svc) {
                         let help = prev
@@ -849,10 +916,8 @@ fn check_backends(
     backends: &[Backend],
     versions: &[String],
     service: &str,
-    allow_empty: bool,
 ) {
     if backends.is_empty() {
-        let _ = allow_empty;
         return;
     }
     let mut total: u64 = 0;
@@ -904,7 +969,7 @@ fn check_backends(
     }
 }
 
-fn check_canary(ctx: &mut Ctx<'_>, spec: &CanaryPolicySpec, teams: &[String]) {
+fn check_canary(ctx: &mut Ctx<'_>, spec: &CanaryPolicySpec, ns: &str, teams: &[ObjectRef]) {
     let generated = spec.step_weight.is_some() || spec.max_weight.is_some();
     match (spec.steps.is_empty(), generated) {
         (false, true) => ctx.error(
@@ -1064,13 +1129,35 @@ fn check_canary(ctx: &mut Ctx<'_>, spec: &CanaryPolicySpec, teams: &[String]) {
         check_url(ctx, "spec.analysis.provider.prometheus.address", &p.address);
     }
     for (i, t) in spec.notify.teams.iter().enumerate() {
-        if !teams.contains(t) {
+        let team = resolve_team(ns, t, teams);
+        if !teams.contains(&team) {
             ctx.error(
                 "unknown-team",
                 &format!("spec.notify.teams[{i}]"),
-                format!("no Team `{t}` is declared"),
-                Some(suggestion(t, teams, "team")),
+                format!("no Team `{team}` is declared"),
+                Some(team_suggestion(t, teams)),
             );
         }
     }
+}
+
+/// Warns when a grant or exemption matches nothing the callee declares: usually a typo, and
+/// the portal could never offer it.
+fn warn_undeclared(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    pattern: &RpcPattern,
+    declared: &[RpcPattern],
+    callee: Option<&ObjectRef>,
+) {
+    if declared.is_empty() || declared.iter().any(|e| e.overlaps(pattern)) {
+        return;
+    }
+    let callee = callee.map_or_else(|| "the service".to_owned(), ToString::to_string);
+    ctx.warning(
+        "undeclared-endpoint",
+        field,
+        format!("`{pattern}` matches no endpoint that {callee} declares"),
+        Some("add it to the MeshService's `endpoints`, or fix the pattern".into()),
+    );
 }
