@@ -56,12 +56,6 @@ pub(crate) fn run(
             return Err(e.into());
         }
     };
-    if report.sources.is_empty() {
-        if args.format == Format::Json {
-            print_read_error_json(out, "no policy files")?;
-        }
-        return Err(CliError::NoPolicyFiles(args.dir.clone()));
-    }
     let counts = count_documents(&report.sources);
     match args.format {
         Format::Json => {

@@ -83,9 +83,6 @@ pub(crate) fn run(
             return Err(CliError::PolicyInvalid);
         }
     };
-    if set.sources.is_empty() {
-        return Err(CliError::NoPolicyFiles(args.dir.clone()));
-    }
     let snapshot = set.compile();
     let service = resolve_service(&snapshot, &args.to)?;
     let caller = if args.from == UNAUTHENTICATED {

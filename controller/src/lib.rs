@@ -190,9 +190,6 @@ pub enum CliError {
     /// The policy files could not be read.
     #[error(transparent)]
     Read(#[from] sluice_policy::load::ReadError),
-    /// The path exists but holds no policy files, which is almost always a wrong path.
-    #[error("no policy files (*.yaml, *.yml) under {}", .0.display())]
-    NoPolicyFiles(PathBuf),
     /// `explain` needs a valid set; the problems were already printed.
     #[error("the policy set is invalid; run `sluice policy check` for details")]
     PolicyInvalid,

@@ -226,7 +226,9 @@ pub fn render(d: &Diagnostic, sources: &dyn SourceText, style: Style) -> String 
             .and_then(|t| t.lines().nth(loc.line.saturating_sub(1)));
         gutter = loc.line.to_string().len() + 1;
         let pad = " ".repeat(gutter);
-        let _ = writeln!(out, "{pad}{}-->{} {loc}", style.accent, style.reset);
+        // As rustc does: the arrow sits one column left of the gutter bar.
+        let arrow_pad = " ".repeat(gutter - 1);
+        let _ = writeln!(out, "{arrow_pad}{}-->{} {loc}", style.accent, style.reset);
         if let Some(text) = line_text {
             let _ = writeln!(out, "{pad}{}|{}", style.accent, style.reset);
             let _ = writeln!(
@@ -292,7 +294,7 @@ mod tests {
         let text = render(&d, &sources, Style::plain());
         assert_eq!(
             text,
-            "error[unknown-field]: unknown field `alow`\n  --> p.yaml:2:3\n  |\n2 |   alow: x\n  |   ^\n  = field: spec.alow\n  = help: did you mean `allow`?\n"
+            "error[unknown-field]: unknown field `alow`\n --> p.yaml:2:3\n  |\n2 |   alow: x\n  |   ^\n  = field: spec.alow\n  = help: did you mean `allow`?\n"
         );
     }
 }

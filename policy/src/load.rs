@@ -128,6 +128,13 @@ pub enum ReadError {
         /// Its size.
         size: u64,
     },
+    /// The path holds no `*.yaml` or `*.yml` file: almost always a wrong path, and an empty
+    /// policy set would deny every call.
+    #[error("{path} holds no policy files (*.yaml, *.yml)")]
+    NoPolicyFiles {
+        /// The path given.
+        path: PathBuf,
+    },
     /// A file is not UTF-8.
     #[error("{path} is not UTF-8 text")]
     NotUtf8 {
@@ -167,6 +174,11 @@ pub fn read_sources(path: &Path) -> Result<Vec<SourceFile>, ReadError> {
         }
     }
     files.sort();
+    if files.is_empty() {
+        return Err(ReadError::NoPolicyFiles {
+            path: path.to_path_buf(),
+        });
+    }
     files
         .into_iter()
         .map(|p| {
