@@ -1,5 +1,14 @@
-//! `sluice`: the control plane and the command-line interface.
+//! `sluice`: the command-line interface. Everything lives in the library so tests can run it
+//! in-process; this only connects it to the real process.
 
-fn main() {
-    let _ = sluice_policy::resources::API_VERSION;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let code = sluice_controller::run(
+        std::env::args_os(),
+        sluice_controller::Terminal::detect(),
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    );
+    ExitCode::from(code)
 }

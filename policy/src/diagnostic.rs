@@ -137,7 +137,12 @@ where
     candidates
         .into_iter()
         .map(AsRef::as_ref)
-        .map(|c| (strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()), c))
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()),
+                c,
+            )
+        })
         .filter(|(d, c)| *d <= (c.len().max(input.len()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -221,7 +226,9 @@ pub fn render(d: &Diagnostic, sources: &dyn SourceText, style: Style) -> String 
             .and_then(|t| t.lines().nth(loc.line.saturating_sub(1)));
         gutter = loc.line.to_string().len() + 1;
         let pad = " ".repeat(gutter);
-        let _ = writeln!(out, "{pad}{}-->{} {loc}", style.accent, style.reset);
+        // As rustc does: the arrow sits one column left of the gutter bar.
+        let arrow_pad = " ".repeat(gutter - 1);
+        let _ = writeln!(out, "{arrow_pad}{}-->{} {loc}", style.accent, style.reset);
         if let Some(text) = line_text {
             let _ = writeln!(out, "{pad}{}|{}", style.accent, style.reset);
             let _ = writeln!(
@@ -260,8 +267,14 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(did_you_mean("alow", ["allow", "from", "reason"]), Some("allow"));
-        assert_eq!(did_you_mean("Acesspolicy", ["AccessPolicy", "Route"]), Some("AccessPolicy"));
+        assert_eq!(
+            did_you_mean("alow", ["allow", "from", "reason"]),
+            Some("allow")
+        );
+        assert_eq!(
+            did_you_mean("Acesspolicy", ["AccessPolicy", "Route"]),
+            Some("AccessPolicy")
+        );
         assert_eq!(did_you_mean("zzz", ["allow", "from"]), None);
     }
 
@@ -281,7 +294,7 @@ mod tests {
         let text = render(&d, &sources, Style::plain());
         assert_eq!(
             text,
-            "error[unknown-field]: unknown field `alow`\n  --> p.yaml:2:3\n  |\n2 |   alow: x\n  |   ^\n  = field: spec.alow\n  = help: did you mean `allow`?\n"
+            "error[unknown-field]: unknown field `alow`\n --> p.yaml:2:3\n  |\n2 |   alow: x\n  |   ^\n  = field: spec.alow\n  = help: did you mean `allow`?\n"
         );
     }
 }

@@ -37,8 +37,18 @@
 //! let checkout = Caller::service("default", "checkout");
 //! let decision = snapshot.decide(&checkout, "default", "payments", &Rpc::http("POST", "/v1/charges"));
 //! assert!(decision.is_allowed());
+//! assert_eq!(decision.policy.as_deref(), Some("payments-callers"));
+//! assert_eq!(decision.rule.as_deref(), Some("rules[0]"));
 //! let decision = snapshot.decide(&checkout, "default", "payments", &Rpc::http("GET", "/v1/charges"));
 //! assert!(!decision.is_allowed());
+//! assert_eq!(
+//!     decision.explain(),
+//!     "denied: no rule of AccessPolicy `payments-callers` allows this caller to make this call"
+//! );
+//! // What the controller ships to proxies: it loads back to the same snapshot version.
+//! let bundle = set.to_bundle();
+//! let shipped = PolicySet::from_str("bundle", &bundle).expect("valid");
+//! assert_eq!(shipped.compile().version(), snapshot.version());
 //! ```
 #![warn(missing_docs)]
 
@@ -53,5 +63,5 @@ pub mod snapshot;
 pub mod validate;
 
 pub use diagnostic::Diagnostic;
-// pub use snapshot::Snapshot;
-// pub use validate::PolicySet;
+pub use snapshot::Snapshot;
+pub use validate::PolicySet;

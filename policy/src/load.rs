@@ -128,6 +128,13 @@ pub enum ReadError {
         /// Its size.
         size: u64,
     },
+    /// The path holds no `*.yaml` or `*.yml` file: almost always a wrong path, and an empty
+    /// policy set would deny every call.
+    #[error("{path} holds no policy files (*.yaml, *.yml)")]
+    NoPolicyFiles {
+        /// The path given.
+        path: PathBuf,
+    },
     /// A file is not UTF-8.
     #[error("{path} is not UTF-8 text")]
     NotUtf8 {
@@ -167,6 +174,11 @@ pub fn read_sources(path: &Path) -> Result<Vec<SourceFile>, ReadError> {
         }
     }
     files.sort();
+    if files.is_empty() {
+        return Err(ReadError::NoPolicyFiles {
+            path: path.to_path_buf(),
+        });
+    }
     files
         .into_iter()
         .map(|p| {
@@ -175,7 +187,8 @@ pub fn read_sources(path: &Path) -> Result<Vec<SourceFile>, ReadError> {
                 return Err(ReadError::TooLarge { path: p, size });
             }
             let bytes = std::fs::read(&p).map_err(io(&p))?;
-            let text = String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8 { path: p.clone() })?;
+            let text =
+                String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8 { path: p.clone() })?;
             Ok(SourceFile {
                 path: Arc::from(p.as_path()),
                 text,
@@ -186,15 +199,47 @@ pub fn read_sources(path: &Path) -> Result<Vec<SourceFile>, ReadError> {
 
 /// Whether a path names a policy file.
 pub fn is_policy_file(p: &Path) -> bool {
-    matches!(
-        p.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    )
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+/// A document that names its kind and name but could not be read in full. Its name still
+/// counts as declared, so that references to it do not cascade into more errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokenDocument {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its namespace (`default` when unset).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// What one file yielded.
+#[derive(Clone, Debug, Default)]
+pub struct ParsedFile {
+    /// The documents that were read in full.
+    pub documents: Vec<LoadedDocument>,
+    /// Documents that were recognisable but broken.
+    pub broken: Vec<BrokenDocument>,
+    /// Every problem found.
+    pub diagnostics: Vec<Diagnostic>,
 }
 
 /// Parses the documents of one file. Problems are collected, never fatal: a document with an
 /// error is skipped and the others are still returned.
-pub fn parse_file(file: &Arc<Path>, text: &str) -> (Vec<LoadedDocument>, Vec<Diagnostic>) {
+pub fn parse_file(file: &Arc<Path>, text: &str) -> ParsedFile {
+    let mut out = ParsedFile::default();
+    let (docs, diags) = parse_documents(file, text, &mut out.broken);
+    out.documents = docs;
+    out.diagnostics = diags;
+    out
+}
+
+fn parse_documents(
+    file: &Arc<Path>,
+    text: &str,
+    broken: &mut Vec<BrokenDocument>,
+) -> (Vec<LoadedDocument>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let nodes = match MarkedYamlOwned::load_from_str(text) {
         Ok(nodes) => nodes,
@@ -223,7 +268,13 @@ pub fn parse_file(file: &Arc<Path>, text: &str) -> (Vec<LoadedDocument>, Vec<Dia
         if value.is_null() {
             continue; // an empty document, e.g. after a trailing `---`
         }
-        if let Some(resource) = to_resource(value, &spans, &mut diags) {
+        let identity = broken_identity(&value);
+        let before = diags.len();
+        let resource = to_resource(value, &spans, &mut diags);
+        if resource.is_none() && diags.len() > before {
+            broken.extend(identity);
+        }
+        if let Some(resource) = resource {
             docs.push(LoadedDocument {
                 resource,
                 file: file.clone(),
@@ -293,6 +344,20 @@ fn to_json(
         YamlDataOwned::Tagged(_, inner) => to_json(inner, path, spans, diags),
         YamlDataOwned::Alias(_) | YamlDataOwned::BadValue => Value::Null,
     }
+}
+
+fn broken_identity(value: &Value) -> Option<BrokenDocument> {
+    let kind = Kind::parse(value.get("kind")?.as_str()?)?;
+    let meta = value.get("metadata")?;
+    Some(BrokenDocument {
+        kind,
+        namespace: meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(crate::resources::DEFAULT_NAMESPACE)
+            .to_owned(),
+        name: meta.get("name")?.as_str()?.to_owned(),
+    })
 }
 
 fn scalar_to_json(s: &ScalarOwned) -> Value {
@@ -368,30 +433,94 @@ fn to_resource(value: Value, spans: &SpanIndex, diags: &mut Vec<Diagnostic>) -> 
         }
     };
     let kind = kind.filter(|_| ok)?;
-    let resource = match kind {
+    match kind {
         Kind::Mesh => typed(value, spans, diags).map(Resource::Mesh),
         Kind::Team => typed(value, spans, diags).map(Resource::Team),
         Kind::MeshService => typed(value, spans, diags).map(Resource::MeshService),
         Kind::AccessPolicy => typed(value, spans, diags).map(Resource::AccessPolicy),
         Kind::Route => typed(value, spans, diags).map(Resource::Route),
         Kind::CanaryPolicy => typed(value, spans, diags).map(Resource::CanaryPolicy),
-    };
-    resource
+    }
 }
 
+/// Deserialises one document, reporting every field error rather than only the first: after an
+/// error the offending field is removed and the document is tried again. A "missing field" for
+/// a field removed that way is not reported (it was already, as what was wrong with it).
 fn typed<S: DeserializeOwned>(
-    value: Value,
+    mut value: Value,
     spans: &SpanIndex,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Document<S>> {
-    match serde_path_to_error::deserialize::<_, Document<S>>(value) {
-        Ok(doc) => Some(doc),
-        Err(e) => {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            diags.push(serde_diagnostic(&path, &e.inner().to_string(), spans));
-            None
+    /// Enough for any real document; bounds the work on hostile input.
+    const MAX_ERRORS_PER_DOCUMENT: usize = 32;
+    let mut removed: Vec<String> = Vec::new();
+    let mut reported = 0;
+    while reported < MAX_ERRORS_PER_DOCUMENT {
+        let err = match serde_path_to_error::deserialize::<_, Document<S>>(&value) {
+            Ok(doc) if reported == 0 => return Some(doc),
+            Ok(_) => return None,
+            Err(e) => e,
+        };
+        let path = err.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = err.inner().to_string();
+        let diagnostic = serde_diagnostic(&path, &message, spans);
+        let already_reported = diagnostic.code == "missing-field"
+            && diagnostic
+                .field
+                .as_ref()
+                .is_some_and(|f| removed.contains(f));
+        if already_reported {
+            return None;
         }
+        // "unknown field `alow`, did you mean `allow`?" already explains why `allow` is missing.
+        if diagnostic.code == "unknown-field" {
+            let suggested = diagnostic
+                .help
+                .as_deref()
+                .and_then(|h| h.strip_prefix("did you mean `"))
+                .and_then(|h| h.strip_suffix("`?"));
+            if let Some(name) = suggested {
+                let parent = parent_path(&path);
+                removed.push(if parent.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{parent}.{name}")
+                });
+            }
+        }
+        diags.push(diagnostic);
+        reported += 1;
+        let segments: Vec<&serde_path_to_error::Segment> = err.path().iter().collect();
+        if message.starts_with("missing field") || !remove_field(&mut value, &segments) {
+            return None;
+        }
+        removed.push(path);
+    }
+    None
+}
+
+/// Removes the mapping entry at `path`; false if the path does not end in a mapping key.
+fn remove_field(value: &mut Value, path: &[&serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for seg in parents {
+        let next = match (seg, node) {
+            (Segment::Map { key }, Value::Object(m)) => m.get_mut(key),
+            (Segment::Seq { index }, Value::Array(a)) => a.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    match (last, node) {
+        (Segment::Map { key }, Value::Object(m)) => m.remove(key).is_some(),
+        _ => false,
     }
 }
 
@@ -420,7 +549,11 @@ fn serde_diagnostic(path: &str, msg: &str, spans: &SpanIndex) -> Diagnostic {
             None if expected.is_empty() => "remove it: this mapping takes no fields".to_owned(),
             None => format!(
                 "remove it, or use one of {}",
-                expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+                expected
+                    .iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         // serde_path_to_error's path already ends with the unknown key.
@@ -437,7 +570,11 @@ fn serde_diagnostic(path: &str, msg: &str, spans: &SpanIndex) -> Diagnostic {
             Some(s) => format!("did you mean `{s}`?"),
             None => format!(
                 "use one of {}",
-                expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+                expected
+                    .iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         return Diagnostic::error("invalid-value", format!("`{unknown}` is not a valid value"))
@@ -472,7 +609,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> (Vec<LoadedDocument>, Vec<Diagnostic>) {
-        parse_file(&Arc::from(Path::new("t.yaml")), text)
+        let f = parse_file(&Arc::from(Path::new("t.yaml")), text);
+        (f.documents, f.diagnostics)
     }
 
     #[test]
@@ -485,7 +623,9 @@ mod tests {
         assert_eq!(docs.len(), 2);
         let loc = docs[1].at("spec.rules[0].from[1]").expect("position");
         assert_eq!((loc.line, loc.column), (13, 17));
-        let missing = docs[1].at("spec.rules[0].nothing").expect("falls back to parent");
+        let missing = docs[1]
+            .at("spec.rules[0].nothing")
+            .expect("falls back to parent");
         assert_eq!((missing.line, missing.column), (13, 7));
     }
 
@@ -515,7 +655,11 @@ mod tests {
     fn duplicate_keys_are_refused() {
         let (_, diags) = parse("kind: Team\nkind: Route\n");
         assert_eq!(diags.len(), 1, "{diags:?}");
-        assert!(diags[0].message.contains("duplicated key"), "{}", diags[0].message);
+        assert!(
+            diags[0].message.contains("duplicated key"),
+            "{}",
+            diags[0].message
+        );
         assert_eq!(diags[0].location.as_ref().map(|l| l.line), Some(2));
     }
 }

@@ -66,7 +66,7 @@ impl Rpc {
                 "write e.g. `payments.v1.Payments/Refund`",
             )),
             RpcPattern::Http { .. } => {
-                let (method, path) = s.trim().split_once(' ').unwrap_or(("", s));
+                let (method, path) = s.trim().split_once(char::is_whitespace).unwrap_or(("", s));
                 if path.contains('{') || path.trim_end().ends_with('*') {
                     return Err(RpcSyntaxError::new(
                         s,
@@ -89,10 +89,12 @@ impl Rpc {
         let is_grpc = content_type.is_some_and(|ct| ct.starts_with("application/grpc"));
         if is_grpc {
             let trimmed = path.split('?').next().unwrap_or("").trim_start_matches('/');
-            if let Some((service, method)) = trimmed.split_once('/') {
-                if !service.is_empty() && !method.is_empty() && !method.contains('/') {
-                    return Rpc::grpc(service, method);
-                }
+            if let Some((service, method)) = trimmed.split_once('/')
+                && !service.is_empty()
+                && !method.is_empty()
+                && !method.contains('/')
+            {
+                return Rpc::grpc(service, method);
             }
         }
         Rpc::http(method, path)
@@ -235,8 +237,8 @@ impl RpcPattern {
                 }
                 rest = true;
             } else if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                let valid = !name.is_empty()
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                let valid =
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !valid {
                     return Err(RpcSyntaxError::new(
                         input,
@@ -279,7 +281,9 @@ impl RpcPattern {
         let ident = |s: &str| {
             !s.is_empty()
                 && s.split('.').all(|part| {
-                    part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    part.chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                         && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 })
         };
@@ -317,10 +321,7 @@ impl RpcPattern {
                     segments,
                     rest,
                 },
-                Rpc::Http {
-                    method: m,
-                    path: p,
-                },
+                Rpc::Http { method: m, path: p },
             ) => {
                 if method.as_deref().is_some_and(|want| want != m) {
                     return false;
@@ -466,6 +467,40 @@ impl fmt::Display for RpcPattern {
     }
 }
 
+/// Why a request path is refused before any policy is consulted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("ambiguous request path: {0}")]
+pub struct AmbiguousPath(pub &'static str);
+
+/// Refuses paths that the proxy and the application could read differently.
+///
+/// Matching works on the path as sent. An application that decodes `%2e%2e`, `%2f` or `\`
+/// before routing would see `/public/%2e%2e/admin` as `/admin`, which a `GET /public/*`
+/// exemption must not let through. Such paths are refused (the proxy answers 400) rather than
+/// decoded, because decoding them differently from the application is the very risk.
+pub fn check_request_path(path: &str) -> Result<(), AmbiguousPath> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    if path.contains('\\') {
+        return Err(AmbiguousPath("`\\` in the path"));
+    }
+    let bytes = path.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'%' {
+            let escaped = bytes.get(i + 1..i + 3).map(|h| h.to_ascii_lowercase());
+            match escaped.as_deref() {
+                Some(b"2e") => return Err(AmbiguousPath("an encoded `.` (%2e) in the path")),
+                Some(b"2f") => return Err(AmbiguousPath("an encoded `/` (%2f) in the path")),
+                Some(b"5c") => return Err(AmbiguousPath("an encoded `\\` (%5c) in the path")),
+                _ => {}
+            }
+        }
+        if b.is_ascii_control() {
+            return Err(AmbiguousPath("a control character in the path"));
+        }
+    }
+    Ok(())
+}
+
 /// Normalises a request path for matching: drops the query and fragment, empty and `.`
 /// segments, and resolves `..` (never above the root).
 pub fn normalize_path(path: &str) -> String {
@@ -562,7 +597,10 @@ mod tests {
         assert!(p("payments.v1.Payments/Refund").matches(&refund));
         assert!(p("payments.v1.Payments/*").matches(&refund));
         assert!(!p("payments.v1.Payments/Charge").matches(&refund));
-        assert!(!p("* /*").matches(&refund), "HTTP patterns never match gRPC calls");
+        assert!(
+            !p("* /*").matches(&refund),
+            "HTTP patterns never match gRPC calls"
+        );
     }
 
     #[test]
@@ -578,16 +616,43 @@ mod tests {
     }
 
     #[test]
+    fn refuses_paths_an_application_could_read_differently() {
+        assert!(check_request_path("/v1/charges/ch_1?q=%2e%2e").is_ok());
+        assert!(check_request_path("/v1/ch%41rges").is_ok());
+        for bad in [
+            "/public/%2e%2e/admin",
+            "/public/%2E./x",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a\tb",
+        ] {
+            assert!(check_request_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn classifies_requests() {
         assert_eq!(
-            Rpc::from_request("POST", "/payments.v1.Payments/Refund", Some("application/grpc")),
+            Rpc::from_request(
+                "POST",
+                "/payments.v1.Payments/Refund",
+                Some("application/grpc")
+            ),
             Rpc::grpc("payments.v1.Payments", "Refund")
         );
         assert_eq!(
             Rpc::from_request("POST", "/v1/charges", Some("application/json")),
             Rpc::http("POST", "/v1/charges")
         );
-        assert_eq!(Rpc::parse("get /v1/x").map(|r| r.to_string()).ok(), Some("GET /v1/x".into()));
+        assert_eq!(
+            Rpc::parse("get /v1/x").map(|r| r.to_string()).ok(),
+            Some("GET /v1/x".into())
+        );
         assert!(Rpc::parse("GET /v1/{id}").is_err());
+        assert_eq!(
+            Rpc::parse("GET\t/v1/x").ok(),
+            Some(Rpc::http("GET", "/v1/x"))
+        );
     }
 }

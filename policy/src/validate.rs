@@ -1,1 +1,1163 @@
-//! TODO
+//! Checking a policy set as a whole, and the checked form the compiler consumes.
+//!
+//! Parsing ([`crate::load`]) catches what one document can get wrong on its own: syntax, unknown
+//! fields, wrong types. This module catches what only the whole set can: duplicate names,
+//! references to services, teams and versions that do not exist, malformed RPC patterns,
+//! weights that do not add up. Every problem is reported, each with a position and a fix.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::diagnostic::{Diagnostic, Location, did_you_mean};
+use crate::load::{
+    BrokenDocument, LoadedDocument, ReadError, SourceFile, parse_file, read_sources,
+};
+use crate::resources::{
+    AccessPolicySpec, Backend, CanaryPolicySpec, Document, EphemeralMode, Kind, MeshServiceSpec,
+    MeshSpec, PolicyMode, Resource, RouteSpec, TeamSpec,
+};
+use crate::rpc::RpcPattern;
+
+/// A namespaced name, e.g. `default/payments`. Displayed without the namespace when it is
+/// `default`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct ObjectRef {
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// A reference to `name` in `namespace`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses `name` (in `namespace`) or `other-namespace/name`.
+    pub fn parse_in(namespace: &str, s: &str) -> Self {
+        match s.split_once('/') {
+            Some((ns, name)) => ObjectRef::new(ns, name),
+            None => ObjectRef::new(namespace, s),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace == crate::resources::DEFAULT_NAMESPACE {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// Where a resource was written.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// The file.
+    pub file: Arc<Path>,
+    /// Position of the document's start.
+    pub location: Option<Location>,
+}
+
+/// A checked resource: the document as written, and where.
+#[derive(Clone, Debug)]
+pub struct Checked<S> {
+    /// The document.
+    pub doc: Document<S>,
+    /// Where it was written.
+    pub origin: Origin,
+}
+
+impl<S> Checked<S> {
+    /// The resource's namespaced name.
+    pub fn key(&self) -> ObjectRef {
+        ObjectRef::new(self.doc.metadata.namespace(), &self.doc.metadata.name)
+    }
+}
+
+/// Who a grant is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CallerSelector {
+    /// `*`: any service with a mesh identity.
+    AnyService,
+    /// One service.
+    Service(ObjectRef),
+}
+
+/// An access rule after checking: callers resolved, patterns parsed.
+#[derive(Clone, Debug)]
+pub struct CheckedRule {
+    /// The rule's name (`rules[N]` when unnamed).
+    pub name: Arc<str>,
+    /// The callers it grants.
+    pub from: Vec<CallerSelector>,
+    /// The endpoints it grants.
+    pub allow: Vec<RpcPattern>,
+    /// Why it exists.
+    pub reason: String,
+    /// How ephemeral environments reach the callee.
+    pub ephemeral: EphemeralMode,
+}
+
+/// An AccessPolicy after checking.
+#[derive(Clone, Debug)]
+pub struct CheckedAccessPolicy {
+    /// The policy's name.
+    pub name: Arc<str>,
+    /// The callee.
+    pub service: ObjectRef,
+    /// Enforce or audit.
+    pub mode: PolicyMode,
+    /// The grants.
+    pub rules: Vec<CheckedRule>,
+    /// Endpoints callable without identity, with the reason.
+    pub unauthenticated: Vec<(RpcPattern, String)>,
+    /// The document as written.
+    pub source: Checked<AccessPolicySpec>,
+}
+
+/// A MeshService after checking.
+#[derive(Clone, Debug)]
+pub struct CheckedService {
+    /// Its declared endpoints, parsed, in the order written.
+    pub endpoints: Vec<RpcPattern>,
+    /// The document as written.
+    pub source: Checked<MeshServiceSpec>,
+}
+
+/// A valid policy set: every reference resolves and every pattern parses. Build it with
+/// [`PolicySet::load`], [`PolicySet::from_sources`] or [`PolicySet::from_str`]; compile it into
+/// a [`crate::Snapshot`] with [`PolicySet::compile`].
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    /// Mesh-wide settings (defaults when no `Mesh` document exists).
+    pub mesh: MeshSpec,
+    /// Teams by name.
+    pub teams: BTreeMap<ObjectRef, Checked<TeamSpec>>,
+    /// Services by name.
+    pub services: BTreeMap<ObjectRef, CheckedService>,
+    /// Access policies, in file order.
+    pub access_policies: Vec<CheckedAccessPolicy>,
+    /// Routes by service.
+    pub routes: BTreeMap<ObjectRef, Checked<RouteSpec>>,
+    /// Canary policies by service.
+    pub canaries: BTreeMap<ObjectRef, Checked<CanaryPolicySpec>>,
+    /// Problems that do not make the set invalid.
+    pub warnings: Vec<Diagnostic>,
+    /// The files the set was read from, and their text (for snippets in diagnostics).
+    pub sources: HashMap<PathBuf, String>,
+}
+
+/// Why a policy set could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Nothing could be read (exit code 2 in the CLI).
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// It was read but is invalid (exit code 1 in the CLI). Holds every problem, errors first.
+    #[error("{} error(s) in the policy set", .diagnostics.iter().filter(|d| d.is_error()).count())]
+    Invalid {
+        /// All diagnostics, errors and warnings.
+        diagnostics: Vec<Diagnostic>,
+        /// The files read, for rendering snippets.
+        sources: HashMap<PathBuf, String>,
+    },
+}
+
+impl PolicySet {
+    /// Reads, parses and checks every policy file under `path`.
+    pub fn load(path: &Path) -> Result<PolicySet, LoadError> {
+        let files = read_sources(path)?;
+        PolicySet::from_sources(&files)
+    }
+
+    /// Parses and checks one YAML text, named `file` in diagnostics.
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(file: &str, text: &str) -> Result<PolicySet, LoadError> {
+        PolicySet::from_sources(&[SourceFile {
+            path: Arc::from(Path::new(file)),
+            text: text.to_owned(),
+        }])
+    }
+
+    /// Parses and checks a set of files.
+    pub fn from_sources(files: &[SourceFile]) -> Result<PolicySet, LoadError> {
+        let mut diags = Vec::new();
+        let mut docs = Vec::new();
+        let mut broken = Vec::new();
+        for f in files {
+            let parsed = parse_file(&f.path, &f.text);
+            docs.extend(parsed.documents);
+            broken.extend(parsed.broken);
+            diags.extend(parsed.diagnostics);
+        }
+        let sources: HashMap<PathBuf, String> = files
+            .iter()
+            .map(|f| (f.path.to_path_buf(), f.text.clone()))
+            .collect();
+        let mut set = check(docs, &broken, &mut diags);
+        set.sources = sources;
+        if diags.iter().any(Diagnostic::is_error) {
+            diags.sort_by_key(|d| (!d.is_error(), d.location.clone()));
+            return Err(LoadError::Invalid {
+                diagnostics: diags,
+                sources: set.sources,
+            });
+        }
+        set.warnings = diags;
+        Ok(set)
+    }
+
+    /// Resources per kind, for summaries (`loaded 4 services, 2 teams, …`).
+    pub fn counts(&self) -> BTreeMap<Kind, usize> {
+        let mut m = BTreeMap::new();
+        m.insert(Kind::Mesh, 1);
+        m.insert(Kind::Team, self.teams.len());
+        m.insert(Kind::MeshService, self.services.len());
+        m.insert(Kind::AccessPolicy, self.access_policies.len());
+        m.insert(Kind::Route, self.routes.len());
+        m.insert(Kind::CanaryPolicy, self.canaries.len());
+        m
+    }
+
+    /// The resources as written, in a stable order: what the controller ships to proxies.
+    pub fn resources(&self) -> Vec<Resource> {
+        let mut out = Vec::new();
+        out.extend(self.teams.values().map(|t| Resource::Team(t.doc.clone())));
+        out.extend(
+            self.services
+                .values()
+                .map(|s| Resource::MeshService(s.source.doc.clone())),
+        );
+        out.extend(
+            self.access_policies
+                .iter()
+                .map(|p| Resource::AccessPolicy(p.source.doc.clone())),
+        );
+        out.extend(self.routes.values().map(|r| Resource::Route(r.doc.clone())));
+        out.extend(
+            self.canaries
+                .values()
+                .map(|c| Resource::CanaryPolicy(c.doc.clone())),
+        );
+        out
+    }
+}
+
+/// Builds diagnostics for one document.
+struct Ctx<'a> {
+    doc: &'a LoadedDocument,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, code: &'static str, field: &str, message: String, help: Option<String>) {
+        self.diags.push(
+            Diagnostic::error(code, message)
+                .at(self.doc.at(field))
+                .field(field)
+                .maybe_help(help),
+        );
+    }
+
+    fn warning(&mut self, code: &'static str, field: &str, message: String, help: Option<String>) {
+        self.diags.push(
+            Diagnostic::warning(code, message)
+                .at(self.doc.at(field))
+                .field(field)
+                .maybe_help(help),
+        );
+    }
+}
+
+fn suggestion<'a>(
+    input: &str,
+    candidates: impl IntoIterator<Item = &'a String>,
+    what: &str,
+) -> String {
+    let all: Vec<&String> = candidates.into_iter().collect();
+    match did_you_mean(input, all.iter().map(|s| s.as_str())) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None if all.is_empty() => format!("declare the {what} first"),
+        None => {
+            let mut names: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+            names.sort_unstable();
+            names.truncate(8);
+            format!("declared {what}s: {}", names.join(", "))
+        }
+    }
+}
+
+/// Teams own services across namespaces, so a bare team name is looked up in the referring
+/// document's namespace first and then in `default`; `namespace/team` is exact.
+fn resolve_team(ns: &str, name: &str, teams: &[ObjectRef]) -> ObjectRef {
+    let own = ObjectRef::parse_in(ns, name);
+    if name.contains('/') || teams.contains(&own) {
+        return own;
+    }
+    let shared = ObjectRef::new(crate::resources::DEFAULT_NAMESPACE, name);
+    if teams.contains(&shared) { shared } else { own }
+}
+
+fn team_suggestion(input: &str, teams: &[ObjectRef]) -> String {
+    let names: Vec<String> = teams.iter().map(ToString::to_string).collect();
+    suggestion(input, &names, "team")
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn label_help(s: &str) -> String {
+    let fixed: String = s
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let fixed = fixed.trim_matches('-');
+    if is_dns_label(fixed) {
+        format!("use lowercase letters, digits and `-`, e.g. `{fixed}`")
+    } else {
+        "use lowercase letters, digits and `-` (at most 63)".to_owned()
+    }
+}
+
+fn check(
+    docs: Vec<LoadedDocument>,
+    broken: &[BrokenDocument],
+    diags: &mut Vec<Diagnostic>,
+) -> PolicySet {
+    // Pass 1: names, duplicates and the index of what exists.
+    let mut seen: HashMap<(Kind, ObjectRef), Option<Location>> = HashMap::new();
+    let mut unique = Vec::with_capacity(docs.len());
+    for doc in docs {
+        let meta = doc.resource.metadata();
+        let key = ObjectRef::new(meta.namespace(), &meta.name);
+        let mut ctx = Ctx {
+            doc: &doc,
+            diags: &mut *diags,
+        };
+        if !is_dns_label(&meta.name) {
+            ctx.error(
+                "invalid-name",
+                "metadata.name",
+                format!("`{}` is not a valid name", meta.name),
+                Some(label_help(&meta.name)),
+            );
+        }
+        if let Some(ns) = &meta.namespace
+            && !is_dns_label(ns)
+        {
+            ctx.error(
+                "invalid-name",
+                "metadata.namespace",
+                format!("`{ns}` is not a valid namespace"),
+                Some(label_help(ns)),
+            );
+        }
+        let kind = doc.resource.kind();
+        let first = if kind == Kind::Mesh {
+            seen.iter()
+                .find(|((k, _), _)| *k == Kind::Mesh)
+                .map(|(_, l)| l.clone())
+        } else {
+            seen.get(&(kind, key.clone())).cloned()
+        };
+        if let Some(first) = first {
+            let (message, what) = if kind == Kind::Mesh {
+                ("a second `Mesh` document".to_owned(), "merge the two")
+            } else {
+                (
+                    format!("duplicate {kind} `{key}`"),
+                    "rename one of them, or remove the copy",
+                )
+            };
+            let help = match first {
+                Some(l) => format!("the first is at {l}; {what}"),
+                None => what.to_owned(),
+            };
+            ctx.error("duplicate", "metadata.name", message, Some(help));
+            continue;
+        }
+        seen.insert((kind, key), doc.at(""));
+        unique.push(doc);
+    }
+
+    let mut set = PolicySet::default();
+    let service_names: HashMap<ObjectRef, &LoadedDocument> = unique
+        .iter()
+        .filter(|d| d.resource.kind() == Kind::MeshService)
+        .map(|d| {
+            let m = d.resource.metadata();
+            (ObjectRef::new(m.namespace(), &m.name), d)
+        })
+        .collect();
+    let team_refs: Vec<ObjectRef> = unique
+        .iter()
+        .filter(|d| d.resource.kind() == Kind::Team)
+        .map(|d| {
+            let m = d.resource.metadata();
+            ObjectRef::new(m.namespace(), &m.name)
+        })
+        .collect();
+    // Names of documents that failed to parse: already reported, so references to them are not.
+    let broken_names = |kind: Kind, r: &ObjectRef| {
+        broken
+            .iter()
+            .any(|b| b.kind == kind && b.namespace == r.namespace && b.name == r.name)
+    };
+    let versions_of = |svc: &ObjectRef| -> Option<Vec<String>> {
+        service_names.get(svc).and_then(|d| match &d.resource {
+            Resource::MeshService(s) => Some(s.spec.versions.clone()),
+            _ => None,
+        })
+    };
+    let endpoints_of = |svc: &ObjectRef| -> Vec<RpcPattern> {
+        service_names
+            .get(svc)
+            .and_then(|d| match &d.resource {
+                Resource::MeshService(s) => Some(
+                    s.spec
+                        .endpoints
+                        .iter()
+                        .filter_map(|e| RpcPattern::parse(&e.rpc).ok())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+
+    // Pass 2: each kind's own checks and its references.
+    for doc in &unique {
+        let mut ctx = Ctx {
+            doc,
+            diags: &mut *diags,
+        };
+        let origin = Origin {
+            file: doc.file.clone(),
+            location: doc.at(""),
+        };
+        let ns = doc.resource.metadata().namespace().to_owned();
+        // A policy may only govern services of its own namespace: otherwise anyone who can
+        // write policy in one namespace could grant themselves access to another's services.
+        let own_service_ref = |ctx: &mut Ctx<'_>, name: &str| -> Option<String> {
+            match name.split_once('/') {
+                Some((other, bare)) if other != ns => {
+                    ctx.error(
+                        "cross-namespace",
+                        "spec.service",
+                        format!(
+                            "this {} in namespace `{ns}` cannot govern `{name}`",
+                            doc.resource.kind()
+                        ),
+                        Some(format!(
+                            "move this document into namespace `{other}` and write `service: {bare}`"
+                        )),
+                    );
+                    None
+                }
+                Some((_, bare)) => Some(bare.to_owned()),
+                None => Some(name.to_owned()),
+            }
+        };
+        let service_ref = |ctx: &mut Ctx<'_>, field: &str, name: &str| -> Option<ObjectRef> {
+            let r = ObjectRef::parse_in(&ns, name);
+            if service_names.contains_key(&r) {
+                return Some(r);
+            }
+            if broken_names(Kind::MeshService, &r) {
+                return None;
+            }
+            let names: Vec<String> = service_names.keys().map(ToString::to_string).collect();
+            ctx.error(
+                "unknown-service",
+                field,
+                format!("no MeshService `{r}` is declared"),
+                Some(suggestion(name, &names, "service")),
+            );
+            None
+        };
+        match &doc.resource {
+            Resource::Mesh(d) => {
+                check_mesh(&mut ctx, &d.spec);
+                set.mesh = d.spec.clone();
+            }
+            Resource::Team(d) => {
+                check_team(&mut ctx, &d.spec);
+                let c = Checked {
+                    doc: d.clone(),
+                    origin,
+                };
+                set.teams.insert(c.key(), c);
+            }
+            Resource::MeshService(d) => {
+                let team_ref = resolve_team(d.metadata.namespace(), &d.spec.team, &team_refs);
+                if !team_refs.contains(&team_ref) && !broken_names(Kind::Team, &team_ref) {
+                    ctx.error(
+                        "unknown-team",
+                        "spec.team",
+                        format!("no Team `{team_ref}` is declared"),
+                        Some(team_suggestion(&d.spec.team, &team_refs)),
+                    );
+                }
+                let endpoints = check_service(&mut ctx, &d.spec);
+                let c = Checked {
+                    doc: d.clone(),
+                    origin,
+                };
+                set.services.insert(
+                    c.key(),
+                    CheckedService {
+                        endpoints,
+                        source: c,
+                    },
+                );
+            }
+            Resource::AccessPolicy(d) => {
+                let callee = own_service_ref(&mut ctx, &d.spec.service)
+                    .and_then(|name| service_ref(&mut ctx, "spec.service", &name));
+                let declared = callee.as_ref().map(&endpoints_of).unwrap_or_default();
+                let mut rules = Vec::new();
+                for (i, rule) in d.spec.rules.iter().enumerate() {
+                    let base = format!("spec.rules[{i}]");
+                    let mut from = Vec::new();
+                    if rule.from.is_empty() {
+                        ctx.error(
+                            "empty",
+                            &format!("{base}.from"),
+                            "`from` lists no callers".to_owned(),
+                            Some("name the calling services, or `*` for any meshed service".into()),
+                        );
+                    }
+                    for (j, caller) in rule.from.iter().enumerate() {
+                        if caller == "*" {
+                            from.push(CallerSelector::AnyService);
+                        } else if let Some(r) =
+                            service_ref(&mut ctx, &format!("{base}.from[{j}]"), caller)
+                        {
+                            from.push(CallerSelector::Service(r));
+                        }
+                    }
+                    if rule.allow.is_empty() {
+                        ctx.error(
+                            "empty",
+                            &format!("{base}.allow"),
+                            "`allow` lists no endpoints".to_owned(),
+                            Some("list the endpoints, e.g. `POST /v1/charges`".into()),
+                        );
+                    }
+                    let mut allow = Vec::new();
+                    for (j, rpc) in rule.allow.iter().enumerate() {
+                        let field = format!("{base}.allow[{j}]");
+                        if let Some(p) = parse_rpc(&mut ctx, &field, rpc) {
+                            warn_undeclared(&mut ctx, &field, &p, &declared, callee.as_ref());
+                            allow.push(p);
+                        }
+                    }
+                    if rule.reason.trim().is_empty() {
+                        ctx.error(
+                            "empty",
+                            &format!("{base}.reason"),
+                            "`reason` is empty".to_owned(),
+                            Some("say why this access exists; reviewers read it".into()),
+                        );
+                    }
+                    if let Some(name) = &rule.name {
+                        let field = format!("{base}.name");
+                        if !is_dns_label(name) {
+                            ctx.error(
+                                "invalid-name",
+                                &field,
+                                format!("`{name}` is not a valid rule name"),
+                                Some(label_help(name)),
+                            );
+                        }
+                        let earlier = d.spec.rules[..i]
+                            .iter()
+                            .position(|r| r.name.as_deref() == Some(name.as_str()));
+                        if let Some(first) = earlier {
+                            ctx.error(
+                                "duplicate",
+                                &field,
+                                format!("rule name `{name}` is used twice in this policy"),
+                                Some(format!(
+                                    "denials and metrics name rules; rename this one or rules[{first}]"
+                                )),
+                            );
+                        }
+                    }
+                    rules.push(CheckedRule {
+                        name: Arc::from(rule.name.clone().unwrap_or_else(|| format!("rules[{i}]"))),
+                        from,
+                        allow,
+                        reason: rule.reason.clone(),
+                        ephemeral: rule.ephemeral,
+                    });
+                }
+                let mut unauthenticated = Vec::new();
+                for (i, ex) in d.spec.unauthenticated.iter().enumerate() {
+                    let base = format!("spec.unauthenticated[{i}]");
+                    if ex.reason.trim().is_empty() {
+                        ctx.error(
+                            "empty",
+                            &format!("{base}.reason"),
+                            "`reason` is empty".to_owned(),
+                            Some(
+                                "say who needs this without an identity, e.g. `kubelet probes`"
+                                    .into(),
+                            ),
+                        );
+                    }
+                    let field = format!("{base}.rpc");
+                    if let Some(p) = parse_rpc(&mut ctx, &field, &ex.rpc) {
+                        warn_undeclared(&mut ctx, &field, &p, &declared, callee.as_ref());
+                        unauthenticated.push((p, ex.reason.clone()));
+                    }
+                }
+                if let Some(service) = callee {
+                    let source = Checked {
+                        doc: d.clone(),
+                        origin,
+                    };
+                    set.access_policies.push(CheckedAccessPolicy {
+                        name: Arc::from(d.metadata.name.as_str()),
+                        service,
+                        mode: d.spec.mode,
+                        rules,
+                        unauthenticated,
+                        source,
+                    });
+                }
+            }
+            Resource::Route(d) => {
+                let svc = own_service_ref(&mut ctx, &d.spec.service)
+                    .and_then(|name| service_ref(&mut ctx, "spec.service", &name));
+                let versions = svc.as_ref().and_then(&versions_of).unwrap_or_default();
+                let svc_name = svc.as_ref().map(ToString::to_string).unwrap_or_default();
+                check_backends(
+                    &mut ctx,
+                    "spec.backends",
+                    &d.spec.backends,
+                    &versions,
+                    &svc_name,
+                );
+                for (i, rule) in d.spec.rules.iter().enumerate() {
+                    let base = format!("spec.rules[{i}]");
+                    if let Some(rpc) = &rule.matches.rpc {
+                        parse_rpc(&mut ctx, &format!("{base}.match.rpc"), rpc);
+                    }
+                    if rule.backends.is_empty() && rule.environment.is_none() {
+                        ctx.error(
+                            "empty",
+                            &base,
+                            "the rule sends traffic nowhere".to_owned(),
+                            Some("give it `backends` or an `environment`".into()),
+                        );
+                    }
+                    if let Some(env) = &rule.environment
+                        && !is_dns_label(env)
+                    {
+                        ctx.error(
+                            "invalid-name",
+                            &format!("{base}.environment"),
+                            format!("`{env}` is not a valid environment name"),
+                            Some(label_help(env)),
+                        );
+                    }
+                    check_backends(
+                        &mut ctx,
+                        &format!("{base}.backends"),
+                        &rule.backends,
+                        &versions,
+                        &svc_name,
+                    );
+                }
+                if let Some(svc) = svc {
+                    if let Some(prev) = set.routes.get(&svc) {
+                        let help = prev
+                            .origin
+                            .location
+                            .as_ref()
+                            .map(|l| format!("the first is at {l}; merge their rules"));
+                        ctx.error(
+                            "duplicate",
+                            "spec.service",
+                            format!("a second Route for `{svc}`"),
+                            help,
+                        );
+                    } else {
+                        set.routes.insert(
+                            svc,
+                            Checked {
+                                doc: d.clone(),
+                                origin,
+                            },
+                        );
+                    }
+                }
+            }
+            Resource::CanaryPolicy(d) => {
+                let svc = own_service_ref(&mut ctx, &d.spec.service)
+                    .and_then(|name| service_ref(&mut ctx, "spec.service", &name));
+                check_canary(&mut ctx, &d.spec, &ns, &team_refs);
+                if let Some(svc) = svc {
+                    if let Some(prev) = set.canaries.get(&svc) {
+                        let help = prev
+                            .origin
+                            .location
+                            .as_ref()
+                            .map(|l| format!("the first is at {l}; keep one"));
+                        ctx.error(
+                            "duplicate",
+                            "spec.service",
+                            format!("a second CanaryPolicy for `{svc}`"),
+                            help,
+                        );
+                    } else {
+                        set.canaries.insert(
+                            svc,
+                            Checked {
+                                doc: d.clone(),
+                                origin,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+    set
+}
+
+fn parse_rpc(ctx: &mut Ctx<'_>, field: &str, text: &str) -> Option<RpcPattern> {
+    match RpcPattern::parse(text) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            ctx.error("invalid-rpc", field, e.to_string(), Some(e.help));
+            None
+        }
+    }
+}
+
+fn check_url(ctx: &mut Ctx<'_>, field: &str, url: &str) {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url
+            .split_once("://")
+            .is_some_and(|(_, rest)| !rest.is_empty())
+        && !url.contains(char::is_whitespace);
+    if !ok {
+        ctx.error(
+            "invalid-url",
+            field,
+            format!("`{url}` is not an http(s) URL"),
+            Some("write a full URL, e.g. `https://hooks.slack.com/services/…`".into()),
+        );
+    }
+}
+
+fn check_mesh(ctx: &mut Ctx<'_>, spec: &MeshSpec) {
+    let td = &spec.trust_domain;
+    if td.is_empty() || !td.split('.').all(is_dns_label) {
+        ctx.error(
+            "invalid-name",
+            "spec.trustDomain",
+            format!("`{td}` is not a valid trust domain"),
+            Some("use a DNS name such as `shop.local`".into()),
+        );
+    }
+    check_url(ctx, "spec.accessRequestUrl", &spec.access_request_url);
+    let mut rest = spec.access_request_url.as_str();
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('}') else {
+            ctx.error(
+                "invalid-template",
+                "spec.accessRequestUrl",
+                "unclosed `{` in the link template".to_owned(),
+                Some(
+                    "placeholders are `{caller}`, `{service}`, `{rpc}` and `{environment}`".into(),
+                ),
+            );
+            break;
+        };
+        let name = &after[..end];
+        if !crate::link::PLACEHOLDERS.contains(&name) {
+            let help = match did_you_mean(name, crate::link::PLACEHOLDERS) {
+                Some(s) => format!("did you mean `{{{s}}}`?"),
+                None => {
+                    "placeholders are `{caller}`, `{service}`, `{rpc}` and `{environment}`".into()
+                }
+            };
+            ctx.error(
+                "invalid-template",
+                "spec.accessRequestUrl",
+                format!("unknown placeholder `{{{name}}}` in the link template"),
+                Some(help),
+            );
+        }
+        rest = &after[end + 1..];
+    }
+}
+
+fn check_team(ctx: &mut Ctx<'_>, spec: &TeamSpec) {
+    let mut emails: HashMap<&str, usize> = HashMap::new();
+    for (i, m) in spec.members.iter().enumerate() {
+        let field = format!("spec.members[{i}].email");
+        let valid = m.email.split_once('@').is_some_and(|(user, host)| {
+            !user.is_empty() && host.contains('.') && !m.email.contains(' ')
+        });
+        if !valid {
+            ctx.error(
+                "invalid-email",
+                &field,
+                format!("`{}` is not an email address", m.email),
+                None,
+            );
+        }
+        if let Some(first) = emails.insert(m.email.as_str(), i) {
+            ctx.error(
+                "duplicate",
+                &field,
+                format!("`{}` is listed twice", m.email),
+                Some(format!("remove it here or at spec.members[{first}]")),
+            );
+        }
+    }
+    for (i, c) in spec.channels.iter().enumerate() {
+        let base = format!("spec.channels[{i}]");
+        match (&c.slack, &c.webhook) {
+            (Some(url), None) => check_url(ctx, &format!("{base}.slack"), url),
+            (None, Some(url)) => check_url(ctx, &format!("{base}.webhook"), url),
+            _ => ctx.error(
+                "invalid-channel",
+                &base,
+                "a channel needs exactly one of `slack` or `webhook`".to_owned(),
+                Some("split it into two channels".into()),
+            ),
+        }
+    }
+}
+
+fn check_service(ctx: &mut Ctx<'_>, spec: &MeshServiceSpec) -> Vec<RpcPattern> {
+    let mut ports = HashMap::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        let field = format!("spec.ports[{i}].port");
+        if p.port == 0 {
+            ctx.error(
+                "invalid-port",
+                &field,
+                "port 0 is not a port".to_owned(),
+                Some("use 1-65535".into()),
+            );
+        }
+        if let Some(first) = ports.insert(p.port, i) {
+            ctx.error(
+                "duplicate",
+                &field,
+                format!("port {} is declared twice", p.port),
+                Some(format!("remove it here or at spec.ports[{first}]")),
+            );
+        }
+    }
+    let mut versions = HashMap::new();
+    for (i, v) in spec.versions.iter().enumerate() {
+        let field = format!("spec.versions[{i}]");
+        if !is_dns_label(v) {
+            ctx.error(
+                "invalid-name",
+                &field,
+                format!("`{v}` is not a valid version name"),
+                Some(label_help(v)),
+            );
+        }
+        if let Some(first) = versions.insert(v.as_str(), i) {
+            ctx.error(
+                "duplicate",
+                &field,
+                format!("version `{v}` is declared twice"),
+                Some(format!("remove it here or at spec.versions[{first}]")),
+            );
+        }
+    }
+    let mut out: Vec<RpcPattern> = Vec::new();
+    for (i, e) in spec.endpoints.iter().enumerate() {
+        let field = format!("spec.endpoints[{i}].rpc");
+        if let Some(p) = parse_rpc(ctx, &field, &e.rpc) {
+            if let Some(first) = out.iter().position(|q| *q == p) {
+                ctx.error(
+                    "duplicate",
+                    &field,
+                    format!("endpoint `{p}` is declared twice"),
+                    Some(format!("remove it here or at spec.endpoints[{first}]")),
+                );
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn check_backends(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    backends: &[Backend],
+    versions: &[String],
+    service: &str,
+) {
+    if backends.is_empty() {
+        return;
+    }
+    let mut total: u64 = 0;
+    for (i, b) in backends.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        if !versions.contains(&b.version) && !service.is_empty() {
+            // No "did you mean": an unknown version is usually a new one, not a typo.
+            let help = if versions.is_empty() {
+                format!("declare it in MeshService `{service}` under `spec.versions`")
+            } else {
+                format!(
+                    "`{service}` declares {}; add `{}` to its `spec.versions` to route to it",
+                    versions.join(", "),
+                    b.version
+                )
+            };
+            ctx.error(
+                "unknown-version",
+                &format!("{f}.version"),
+                format!("`{service}` declares no version `{}`", b.version),
+                Some(help),
+            );
+        }
+        if b.weight > 100 {
+            ctx.error(
+                "invalid-weight",
+                &format!("{f}.weight"),
+                format!("weight {} is over 100", b.weight),
+                Some("weights are percentages".into()),
+            );
+        }
+        if backends[..i].iter().any(|o| o.version == b.version) {
+            ctx.error(
+                "duplicate",
+                &format!("{f}.version"),
+                format!("version `{}` is listed twice", b.version),
+                Some("list each version once and add up its weight".into()),
+            );
+        }
+        total += u64::from(b.weight);
+    }
+    if total != 100 {
+        ctx.error(
+            "invalid-weight",
+            field,
+            format!("weights add up to {total}, not 100"),
+            Some("make the weights add up to 100 (they are percentages)".into()),
+        );
+    }
+}
+
+fn check_canary(ctx: &mut Ctx<'_>, spec: &CanaryPolicySpec, ns: &str, teams: &[ObjectRef]) {
+    let generated = spec.step_weight.is_some() || spec.max_weight.is_some();
+    match (spec.steps.is_empty(), generated) {
+        (false, true) => ctx.error(
+            "conflict",
+            "spec.steps",
+            "both `steps` and `stepWeight`/`maxWeight` are set".to_owned(),
+            Some("keep `steps`, or remove it and keep `stepWeight` with `maxWeight`".into()),
+        ),
+        (true, false) => ctx.error(
+            "missing-field",
+            "spec",
+            "no steps: give `steps`, or `stepWeight` and `maxWeight`".to_owned(),
+            Some("e.g. `steps: [{weight: 5}, {weight: 25}, {weight: 50}]`".into()),
+        ),
+        _ => {}
+    }
+    if generated {
+        match (spec.step_weight, spec.max_weight) {
+            (Some(s), Some(m)) => {
+                if !(1..=100).contains(&s) {
+                    ctx.error(
+                        "invalid-weight",
+                        "spec.stepWeight",
+                        format!("stepWeight {s} is outside 1-100"),
+                        None,
+                    );
+                }
+                if !(1..=100).contains(&m) {
+                    ctx.error(
+                        "invalid-weight",
+                        "spec.maxWeight",
+                        format!("maxWeight {m} is outside 1-100"),
+                        None,
+                    );
+                }
+                if s > m {
+                    ctx.error(
+                        "invalid-weight",
+                        "spec.stepWeight",
+                        format!("stepWeight {s} is larger than maxWeight {m}"),
+                        None,
+                    );
+                }
+            }
+            (Some(_), None) => ctx.error(
+                "missing-field",
+                "spec.stepWeight",
+                "`stepWeight` needs `maxWeight`".into(),
+                Some("add `maxWeight:`".into()),
+            ),
+            (None, Some(_)) => ctx.error(
+                "missing-field",
+                "spec.maxWeight",
+                "`maxWeight` needs `stepWeight`".into(),
+                Some("add `stepWeight:`".into()),
+            ),
+            (None, None) => {}
+        }
+    }
+    let mut last = 0;
+    for (i, step) in spec.steps.iter().enumerate() {
+        let f = format!("spec.steps[{i}].weight");
+        if !(1..=100).contains(&step.weight) {
+            ctx.error(
+                "invalid-weight",
+                &f,
+                format!("weight {} is outside 1-100", step.weight),
+                None,
+            );
+        } else if step.weight <= last {
+            ctx.error(
+                "invalid-weight",
+                &f,
+                format!(
+                    "weight {} does not rise above the previous step's {last}",
+                    step.weight
+                ),
+                Some("each step must send more traffic to the canary than the one before".into()),
+            );
+        }
+        last = last.max(step.weight);
+    }
+    let a = &spec.analysis;
+    if !(a.alpha > 0.0 && a.alpha < 0.5) {
+        ctx.error(
+            "invalid-value",
+            "spec.analysis.alpha",
+            format!("alpha {} is outside (0, 0.5)", a.alpha),
+            Some("0.01 means a 1% chance of rolling back a healthy canary".into()),
+        );
+    }
+    let mut names = HashMap::new();
+    for (i, m) in a.metrics.iter().enumerate() {
+        let base = format!("spec.analysis.metrics[{i}]");
+        if let Some(first) = names.insert(m.name.as_str(), i) {
+            ctx.error(
+                "duplicate",
+                &format!("{base}.name"),
+                format!("metric `{}` is checked twice", m.name),
+                Some(format!("rename it, or merge with metrics[{first}]")),
+            );
+        }
+        if m.relative.is_none() && m.threshold.is_none() {
+            ctx.error(
+                "missing-field",
+                &base,
+                format!("metric `{}` checks nothing", m.name),
+                Some("add `relative: {margin: …}` and/or `threshold: {min|max: …}`".into()),
+            );
+        }
+        if let Some(q) = m.quantile {
+            if m.signal != crate::resources::Signal::Latency {
+                ctx.error(
+                    "invalid-value",
+                    &format!("{base}.quantile"),
+                    "`quantile` only applies to `latency`".into(),
+                    None,
+                );
+            } else if !(q > 0.0 && q < 1.0) {
+                ctx.error(
+                    "invalid-value",
+                    &format!("{base}.quantile"),
+                    format!("quantile {q} is outside (0, 1)"),
+                    Some("e.g. 0.99 for p99".into()),
+                );
+            }
+        }
+        if let Some(r) = &m.relative
+            && !(r.margin >= 0.0 && r.margin.is_finite())
+        {
+            ctx.error(
+                "invalid-value",
+                &format!("{base}.relative.margin"),
+                format!("margin {} must be zero or more", r.margin),
+                None,
+            );
+        }
+        if let Some(t) = &m.threshold {
+            match (t.min, t.max) {
+                (None, None) => ctx.error(
+                    "missing-field",
+                    &format!("{base}.threshold"),
+                    "the threshold sets neither `min` nor `max`".into(),
+                    None,
+                ),
+                (Some(lo), Some(hi)) if lo > hi => ctx.error(
+                    "invalid-value",
+                    &format!("{base}.threshold"),
+                    format!("min {lo} is above max {hi}"),
+                    None,
+                ),
+                _ => {}
+            }
+        }
+    }
+    if let Some(p) = &a.provider.prometheus {
+        check_url(ctx, "spec.analysis.provider.prometheus.address", &p.address);
+    }
+    for (i, t) in spec.notify.teams.iter().enumerate() {
+        let team = resolve_team(ns, t, teams);
+        if !teams.contains(&team) {
+            ctx.error(
+                "unknown-team",
+                &format!("spec.notify.teams[{i}]"),
+                format!("no Team `{team}` is declared"),
+                Some(team_suggestion(t, teams)),
+            );
+        }
+    }
+}
+
+/// Warns when a grant or exemption matches nothing the callee declares: usually a typo, and
+/// the portal could never offer it.
+fn warn_undeclared(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    pattern: &RpcPattern,
+    declared: &[RpcPattern],
+    callee: Option<&ObjectRef>,
+) {
+    if declared.is_empty() || declared.iter().any(|e| e.overlaps(pattern)) {
+        return;
+    }
+    let callee = callee.map_or_else(|| "the service".to_owned(), ToString::to_string);
+    ctx.warning(
+        "undeclared-endpoint",
+        field,
+        format!("`{pattern}` matches no endpoint that {callee} declares"),
+        Some("add it to the MeshService's `endpoints`, or fix the pattern".into()),
+    );
+}

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshServiceSpec {
     /// Name of the [`Team`](super::TeamSpec) that owns this service. Its members approve access
-    /// requests and receive its rollout notifications.
+    /// requests and receive its rollout notifications. Looked up in the service's namespace,
+    /// then in `default`; write `namespace/team` to be explicit.
     pub team: String,
     /// How sensitive the service is. `open` services may have access granted on request without
     /// review (if the caller's team allows it); `restricted` ones always need review.
