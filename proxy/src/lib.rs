@@ -16,12 +16,14 @@ pub mod config;
 pub mod detect;
 pub mod drain;
 pub mod http;
+pub mod identity;
 pub mod init;
 pub mod io;
 pub mod listen;
 pub mod metrics;
 pub mod routing;
 pub mod tcp;
+pub mod tls;
 
 /// Which side of the workload a connection is on. Every listener, metric and log line is
 /// tagged with it because the two sides have different trust and routing rules.

@@ -1,0 +1,267 @@
+//! Certificates from the controller: generate a key here, send only a CSR over `Certify` with
+//! the bootstrap token, and renew at about 70% of the lifetime.
+//!
+//! While the controller is away the proxy keeps serving with the certificate it has and retries
+//! with exponential backoff and jitter (so a mesh of proxies does not stampede a controller
+//! that comes back). Each renewal uses a fresh key pair.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rand::Rng;
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sluice_api::v1::mesh_client::MeshClient;
+use sluice_api::v1::{CertifyRequest, Workload};
+
+use super::{Credentials, CredentialsError, IdentityStore, SpiffeId};
+
+/// Renew when this fraction of the lifetime has passed (before jitter).
+pub const RENEW_AT: f64 = 0.7;
+/// First retry delay after a failed `Certify`.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Deadline for one `Certify` call, connection included.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the bootstrap token comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Token {
+    /// Given directly (`SLUICE_PROXY_IDENTITY_TOKEN`).
+    Value(String),
+    /// Read from a file at every attempt, because projected tokens are rotated in place
+    /// (`SLUICE_PROXY_IDENTITY_TOKEN_FILE`).
+    File(PathBuf),
+}
+
+/// How to reach the controller and who we are.
+#[derive(Clone, Debug)]
+pub struct CertifyConfig {
+    /// The controller's gRPC address, e.g. `http://127.0.0.1:7071`.
+    pub controller: String,
+    /// The bootstrap token.
+    pub token: Token,
+    /// The workload this proxy fronts.
+    pub workload: Workload,
+}
+
+/// Why one `Certify` attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CertifyError {
+    /// The token file is unreadable.
+    #[error("bootstrap token {path}: {source}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Key or CSR generation failed.
+    #[error("generating the key or CSR: {0}")]
+    Csr(String),
+    /// The controller address is not a URI.
+    #[error("controller address `{0}` is not a URI like http://127.0.0.1:7071")]
+    Address(String),
+    /// The controller could not be reached.
+    #[error("controller {addr} unreachable: {reason}")]
+    Unreachable {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The controller refused.
+    #[error("controller refused: {0}")]
+    Refused(tonic::Status),
+    /// What came back is not usable.
+    #[error("the issued certificate is unusable: {0}")]
+    Credentials(#[from] CredentialsError),
+    /// It is for someone else.
+    #[error("the controller issued `{got}` but this proxy fronts namespace `{namespace}` service `{service}`")]
+    WrongIdentity {
+        /// What the certificate says.
+        got: SpiffeId,
+        /// Ours.
+        namespace: String,
+        /// Ours.
+        service: String,
+    },
+}
+
+impl CertifyError {
+    /// Errors that retrying cannot fix (the token or the workload is wrong) are still retried,
+    /// since an operator may fix them underneath us, but they are logged louder.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, CertifyError::Refused(s)
+            if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument))
+    }
+}
+
+/// Asks for one certificate.
+pub async fn certify(config: &CertifyConfig) -> Result<Credentials, CertifyError> {
+    let token = match &config.token {
+        Token::Value(t) => t.clone(),
+        Token::File(path) => tokio::fs::read_to_string(path)
+            .await
+            .map_err(|source| CertifyError::Token {
+                path: path.clone(),
+                source,
+            })?
+            .trim()
+            .to_owned(),
+    };
+    // The key pair is created and kept here; only its public half leaves, inside the CSR.
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| CertifyError::Csr(e.to_string()))?;
+    let csr = CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .map_err(|e| CertifyError::Csr(e.to_string()))?;
+    let endpoint = tonic::transport::Endpoint::from_shared(config.controller.clone())
+        .map_err(|_| CertifyError::Address(config.controller.clone()))?
+        .connect_timeout(CALL_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    let unreachable = |reason: String| CertifyError::Unreachable {
+        addr: config.controller.clone(),
+        reason,
+    };
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| unreachable(error_chain(&e)))?;
+    let rsp = MeshClient::new(channel)
+        .certify(CertifyRequest {
+            workload: Some(config.workload.clone()),
+            csr_der: csr.der().to_vec(),
+            token,
+        })
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                unreachable(status.message().to_owned())
+            }
+            _ => CertifyError::Refused(status),
+        })?
+        .into_inner();
+    let mut chain = vec![CertificateDer::from(rsp.certificate_der)];
+    chain.extend(rsp.chain_der.into_iter().map(CertificateDer::from));
+    let roots = rsp
+        .trust_roots_der
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let creds = Credentials::new(chain, key, roots)?;
+    let w = &config.workload;
+    if creds.id.namespace != w.namespace || creds.id.service != w.service {
+        return Err(CertifyError::WrongIdentity {
+            got: creds.id,
+            namespace: w.namespace.clone(),
+            service: w.service.clone(),
+        });
+    }
+    Ok(creds)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// When to renew `creds`: 70% of the way through its lifetime, ±5% jitter so that proxies
+/// started together do not renew together.
+pub fn renew_delay(creds: &Credentials, now: SystemTime, rng: &mut impl Rng) -> Duration {
+    let lifetime = creds
+        .not_after
+        .duration_since(creds.not_before)
+        .unwrap_or_default();
+    let at = creds.not_before + lifetime.mul_f64(RENEW_AT + rng.random_range(-0.05..=0.05));
+    at.duration_since(now).unwrap_or_default()
+}
+
+/// The next backoff: doubled, capped, with full jitter in the upper half.
+pub fn next_backoff(current: Duration, rng: &mut impl Rng) -> (Duration, Duration) {
+    let next = (current * 2).min(BACKOFF_MAX);
+    let sleep = current.mul_f64(rng.random_range(0.5..=1.0));
+    (sleep, next)
+}
+
+/// Tries to get the first certificate within `wait`; the proxy then starts either way (it
+/// serves plaintext and keeps trying in [`renew`]).
+pub async fn first(config: &CertifyConfig, store: &IdentityStore, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match tokio::time::timeout_at(deadline, certify(config)).await {
+            Ok(Ok(creds)) => return store.set(creds),
+            Ok(Err(error)) => tracing::warn!(%error, "no mesh certificate yet; retrying"),
+            Err(_) => break,
+        }
+        let (sleep, next) = next_backoff(backoff, &mut rand::rng());
+        backoff = next;
+        if tokio::time::timeout_at(deadline, tokio::time::sleep(sleep))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    tracing::warn!(controller = %config.controller, "starting without a mesh certificate; inbound mTLS is refused until one arrives");
+}
+
+/// Keeps the certificate fresh forever.
+pub async fn renew(config: CertifyConfig, store: Arc<IdentityStore>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let delay = match store.current() {
+            Some(creds) => renew_delay(&creds, SystemTime::now(), &mut rand::rng()),
+            None => Duration::ZERO,
+        };
+        tokio::time::sleep(delay).await;
+        loop {
+            match certify(&config).await {
+                Ok(creds) => {
+                    store.set(creds);
+                    backoff = BACKOFF_MIN;
+                    break;
+                }
+                Err(error) => {
+                    let expires = store.current().map(|c| c.not_after);
+                    if error.is_permanent() {
+                        tracing::error!(%error, ?expires, "certificate renewal refused; still serving with the current certificate");
+                    } else {
+                        tracing::warn!(%error, ?expires, "certificate renewal failed; still serving with the current certificate");
+                    }
+                    let (sleep, next) = next_backoff(backoff, &mut rand::rng());
+                    backoff = next;
+                    tokio::time::sleep(sleep).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_with_jitter() {
+        let mut rng = rand::rng();
+        let mut b = BACKOFF_MIN;
+        for _ in 0..20 {
+            let (sleep, next) = next_backoff(b, &mut rng);
+            assert!(sleep <= b && sleep >= b / 2);
+            assert!(next <= BACKOFF_MAX);
+            b = next;
+        }
+        assert_eq!(b, BACKOFF_MAX);
+    }
+}
