@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use crate::drain;
 use crate::metrics::Metrics;
-use crate::routing::Router;
+use crate::state::SharedState;
 
 /// What the admin endpoints read or trigger.
 #[derive(Debug)]
@@ -25,7 +25,7 @@ pub struct Admin {
     /// Exported by `/metrics`.
     pub metrics: Metrics,
     /// Summarised by `/config`.
-    pub router: Arc<Router>,
+    pub state: Arc<SharedState>,
     /// Whether draining started (`/ready` turns 503).
     pub drain: drain::Observer,
     /// Woken by `/shutdown`.
@@ -104,7 +104,8 @@ impl Admin {
     }
 
     fn config_json(&self) -> serde_json::Value {
-        let table = self.router.table();
+        let state = self.state.current();
+        let table = &state.routing;
         let services: Vec<_> = table
             .source
             .services

@@ -14,20 +14,22 @@ use crate::http::layers::Routes;
 use crate::http::stack::{Stack, StackConfig};
 use crate::listen::{self, Dispatch, Listener, Mode};
 use crate::metrics::{Metrics, TrafficLabels};
-use crate::routing::{Router, watch};
+use crate::routing::Router;
+use crate::state::{ConfigSource, SharedState, SourceError};
 use crate::{Direction, admin, drain};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The snapshot named by the configuration is unreadable or invalid. A bad configuration
-    /// (exit 64), unlike a bad reload which keeps the last good table.
-    #[error("routing snapshot {path}: {reason}")]
-    Snapshot {
-        /// The file.
-        path: String,
+    /// The configured source (policy directory, endpoints or snapshot file) is unreadable or
+    /// invalid at startup. A bad configuration (exit 64), unlike a bad reload, which keeps
+    /// the state in force.
+    #[error("{source_name}: {error}")]
+    Config {
+        /// Which source.
+        source_name: String,
         /// What is wrong.
-        reason: String,
+        error: SourceError,
     },
     /// A listener could not bind.
     #[error("bind {addr}: {source}")]
@@ -58,24 +60,23 @@ pub fn init_tracing(config: &Config) {
 /// Runs the proxy until SIGTERM, SIGINT or `POST /shutdown`, then drains.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let metrics = Metrics::new().map_err(|e| StartError::Other(e.to_string()))?;
-    let router = Arc::new(Router::new(
-        config.unknown_destinations,
-        config.service.clone(),
-    ));
-    let loaded = match &config.snapshot {
-        None => None,
-        Some(path) => {
-            let fail = |reason: String| StartError::Snapshot {
-                path: path.display().to_string(),
-                reason,
-            };
-            let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-            let table = router.load(&bytes).map_err(|e| fail(e.to_string()))?;
-            metrics.snapshot_reload(true);
-            tracing::info!(version = %table.version, services = table.services.len(), "routing snapshot loaded");
-            Some((path.clone(), bytes))
+    let shared = Arc::new(SharedState::new(config.workload()));
+    let source = ConfigSource::from_config(&config);
+    let loaded = source.load_initial(&shared).map_err(|error| {
+        if let SourceError::Policy { diagnostics } = &error {
+            for d in diagnostics {
+                tracing::error!("{d}");
+            }
         }
-    };
+        StartError::Config {
+            source_name: source.describe(),
+            error,
+        }
+    })?;
+    if source != ConfigSource::None {
+        metrics.snapshot_reload(true);
+    }
+    let router = Arc::new(Router::new(shared.clone(), config.unknown_destinations));
 
     let proxy_id: Arc<str> = config.proxy_id.as_str().into();
     let forward = Forward::new(config.connect_timeout);
@@ -148,7 +149,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let shutdown = Arc::new(Notify::new());
     let admin = Arc::new(admin::Admin {
         metrics: metrics.clone(),
-        router: router.clone(),
+        state: shared.clone(),
         drain: watch.observer(),
         shutdown: shutdown.clone(),
         proxy_id: config.proxy_id.clone(),
@@ -159,15 +160,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tokio::spawn(listen::accept_loop(l, dispatch.clone(), watch.clone()));
     }
     drop(watch);
-    let watcher = loaded.map(|(path, bytes)| {
-        tokio::spawn(watch::watch(
-            router.clone(),
-            path,
-            config.snapshot_poll,
-            metrics.clone(),
-            bytes,
-        ))
-    });
+    let watcher = tokio::spawn(source.watch(
+        shared.clone(),
+        config.snapshot_poll,
+        metrics.clone(),
+        loaded,
+    ));
     tracing::info!(admin = %admin_addr, proxy_id = %config.proxy_id, "sluice-proxy started");
     if let Some(path) = &config.listen_addrs_file {
         write_atomically(path, &serde_json::json!(bound).to_string())
@@ -179,9 +177,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let outcome = signal.drain(config.drain_deadline).await;
     tracing::info!(?outcome, "drained; exiting");
     admin_task.abort();
-    if let Some(w) = watcher {
-        w.abort();
-    }
+    watcher.abort();
     Ok(())
 }
 

@@ -36,10 +36,19 @@ pub const ENV_OPAQUE_PORTS: &str = "SLUICE_PROXY_OPAQUE_PORTS";
 pub const ENV_EXPLICIT_OUTBOUND: &str = "SLUICE_PROXY_EXPLICIT_OUTBOUND";
 /// Explicit inbound listeners, same syntax as [`ENV_EXPLICIT_OUTBOUND`].
 pub const ENV_EXPLICIT_INBOUND: &str = "SLUICE_PROXY_EXPLICIT_INBOUND";
-/// Path of the routing snapshot (JSON, see [`crate::routing::table`]). Unset: no services
-/// are known and all outbound traffic passes through.
+/// Standalone config source: a policy directory (the YAML `sluice policy check` reads),
+/// watched for changes. Excludes [`ENV_SNAPSHOT`]. See [`crate::state::source`].
+pub const ENV_POLICY_DIR: &str = "SLUICE_PROXY_POLICY_DIR";
+/// With [`ENV_POLICY_DIR`]: a JSON file `{"services": [...]}` saying where services run (see
+/// [`crate::state::endpoints`]), watched with the directory. Unset: no service has instances.
+pub const ENV_ENDPOINTS: &str = "SLUICE_PROXY_ENDPOINTS";
+/// Config source: a snapshot file, JSON shaped like the controller API's `ProxyConfig`
+/// (`{"version", "policyBundle", "services"}`), watched for changes. Excludes
+/// [`ENV_POLICY_DIR`]. With neither set no services are known and outbound traffic follows
+/// [`ENV_UNKNOWN_DESTINATIONS`].
 pub const ENV_SNAPSHOT: &str = "SLUICE_PROXY_SNAPSHOT";
-/// How often the snapshot file is checked for changes. Default `1s`.
+/// How often the config source (policy directory, endpoints, snapshot file) is checked for
+/// changes. Default `1s`.
 pub const ENV_SNAPSHOT_POLL: &str = "SLUICE_PROXY_SNAPSHOT_POLL";
 /// `passthrough` (default) or `refuse`: what to do with outbound traffic to an address that no
 /// service in the snapshot owns.
@@ -49,6 +58,12 @@ pub const ENV_UNKNOWN_DESTINATIONS: &str = "SLUICE_PROXY_UNKNOWN_DESTINATIONS";
 pub const ENV_SERVICE: &str = "SLUICE_PROXY_SERVICE";
 /// The workload's own version, used as `dst_version` inbound.
 pub const ENV_SERVICE_VERSION: &str = "SLUICE_PROXY_SERVICE_VERSION";
+/// The workload's namespace. Default `default`.
+pub const ENV_NAMESPACE: &str = "SLUICE_PROXY_NAMESPACE";
+/// The workload's environment: `stable` (default) or an ephemeral one such as `pr-42`.
+pub const ENV_ENVIRONMENT: &str = "SLUICE_PROXY_ENVIRONMENT";
+/// The workload instance's unique name (pod name). Default: the proxy id.
+pub const ENV_INSTANCE: &str = "SLUICE_PROXY_INSTANCE";
 /// This proxy's id for loop detection. Default: random per process.
 pub const ENV_PROXY_ID: &str = "SLUICE_PROXY_ID";
 /// If set, the proxy writes the addresses it actually bound (JSON) to this file once all
@@ -107,6 +122,10 @@ pub struct Config {
     pub opaque_ports: BTreeSet<u16>,
     /// See [`ENV_EXPLICIT_OUTBOUND`] and [`ENV_EXPLICIT_INBOUND`].
     pub explicit: Vec<ExplicitListener>,
+    /// See [`ENV_POLICY_DIR`].
+    pub policy_dir: Option<PathBuf>,
+    /// See [`ENV_ENDPOINTS`].
+    pub endpoints: Option<PathBuf>,
     /// See [`ENV_SNAPSHOT`].
     pub snapshot: Option<PathBuf>,
     /// See [`ENV_SNAPSHOT_POLL`].
@@ -117,6 +136,12 @@ pub struct Config {
     pub service: String,
     /// See [`ENV_SERVICE_VERSION`].
     pub service_version: String,
+    /// See [`ENV_NAMESPACE`].
+    pub namespace: String,
+    /// See [`ENV_ENVIRONMENT`].
+    pub environment: String,
+    /// See [`ENV_INSTANCE`].
+    pub instance: String,
     /// See [`ENV_PROXY_ID`].
     pub proxy_id: String,
     /// See [`ENV_LISTEN_ADDRS_FILE`].
@@ -152,6 +177,17 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Config {
+    /// The local workload's identity.
+    pub fn workload(&self) -> crate::state::Workload {
+        crate::state::Workload {
+            namespace: self.namespace.clone(),
+            service: self.service.clone(),
+            version: self.service_version.clone(),
+            environment: self.environment.clone(),
+            instance: self.instance.clone(),
+        }
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigErrors> {
         Config::from_lookup(|k| std::env::var(k).ok())
@@ -164,7 +200,7 @@ impl Config {
             errors: Vec::new(),
         };
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let config = Config {
+        let mut config = Config {
             inbound_addr: p.optional_addr(ENV_INBOUND_ADDR, "0.0.0.0:4143"),
             outbound_addr: p.optional_addr(ENV_OUTBOUND_ADDR, "127.0.0.1:4140"),
             admin_addr: p
@@ -189,10 +225,9 @@ impl Config {
                 }));
                 v
             },
-            snapshot: p
-                .get(ENV_SNAPSHOT)
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from),
+            policy_dir: p.path(ENV_POLICY_DIR),
+            endpoints: p.path(ENV_ENDPOINTS),
+            snapshot: p.path(ENV_SNAPSHOT),
             snapshot_poll: p.duration(ENV_SNAPSHOT_POLL, Duration::from_secs(1)),
             unknown_destinations: p.parse(
                 ENV_UNKNOWN_DESTINATIONS,
@@ -205,11 +240,33 @@ impl Config {
             ),
             service: p.get(ENV_SERVICE).unwrap_or_default(),
             service_version: p.get(ENV_SERVICE_VERSION).unwrap_or_default(),
+            namespace: p.non_empty(ENV_NAMESPACE, "default"),
+            environment: p.non_empty(ENV_ENVIRONMENT, crate::state::endpoints::STABLE),
+            instance: p.get(ENV_INSTANCE).unwrap_or_default(),
             proxy_id: p
                 .get(ENV_PROXY_ID)
                 .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
             listen_addrs_file: p.get(ENV_LISTEN_ADDRS_FILE).map(PathBuf::from),
         };
+        if config.instance.is_empty() {
+            config.instance = config.proxy_id.clone();
+        }
+        // Two sources would race each other; an endpoints file without a policy directory
+        // would be silently ignored. Both are mistakes worth stopping for.
+        if let (Some(_), Some(snapshot)) = (&config.policy_dir, &config.snapshot) {
+            p.errors.push(ConfigError {
+                var: ENV_SNAPSHOT,
+                value: snapshot.display().to_string(),
+                reason: format!("set either {ENV_POLICY_DIR} or {ENV_SNAPSHOT}, not both"),
+            });
+        }
+        if let (None, Some(endpoints)) = (&config.policy_dir, &config.endpoints) {
+            p.errors.push(ConfigError {
+                var: ENV_ENDPOINTS,
+                value: endpoints.display().to_string(),
+                reason: format!("only used with {ENV_POLICY_DIR}, which is not set"),
+            });
+        }
         if p.errors.is_empty() {
             Ok(config)
         } else {
@@ -227,6 +284,16 @@ struct Parser<'a> {
 impl Parser<'_> {
     fn get(&self, var: &str) -> Option<String> {
         (self.get)(var).map(|s| s.trim().to_owned())
+    }
+
+    fn path(&self, var: &str) -> Option<PathBuf> {
+        self.get(var).filter(|s| !s.is_empty()).map(PathBuf::from)
+    }
+
+    fn non_empty(&self, var: &str, default: &str) -> String {
+        self.get(var)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| default.to_owned())
     }
 
     fn parse<T>(
@@ -332,6 +399,23 @@ mod tests {
         assert_eq!(c.drain_deadline, Duration::from_secs(30));
         assert_eq!(c.unknown_destinations, UnknownDestinations::Passthrough);
         assert!(c.explicit.is_empty());
+        let w = c.workload();
+        assert_eq!(
+            (w.namespace.as_str(), w.environment.as_str()),
+            ("default", "stable")
+        );
+        assert_eq!(w.instance, c.proxy_id);
+    }
+
+    #[test]
+    fn one_config_source_at_a_time() {
+        let errs =
+            parse(&[(ENV_POLICY_DIR, "/p"), (ENV_SNAPSHOT, "/s.json")]).expect_err("both sources");
+        assert_eq!(errs.0[0].var, ENV_SNAPSHOT);
+        let errs = parse(&[(ENV_ENDPOINTS, "/e.json")]).expect_err("no dir");
+        assert_eq!(errs.0[0].var, ENV_ENDPOINTS);
+        let c = parse(&[(ENV_POLICY_DIR, "/p"), (ENV_ENDPOINTS, "/e.json")]).expect("valid");
+        assert_eq!(c.endpoints, Some(PathBuf::from("/e.json")));
     }
 
     #[test]

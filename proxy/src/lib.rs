@@ -1,9 +1,10 @@
 //! `sluice-proxy` owns Sluice's data plane: the per-workload sidecar that intercepts inbound and
 //! outbound TCP (via iptables or explicit port mappings), detects the protocol of each
 //! connection, proxies HTTP/1.1, HTTP/2 and gRPC per request and everything else as opaque TCP,
-//! routes outbound traffic from an immutable, hot-swapped [`routing::RoutingTable`], and exports
-//! golden-signal metrics, access logs and an admin endpoint. It does not decide policy: the
-//! `sluice-policy` crate (and later the control plane) compiles what the routing table says.
+//! routes outbound traffic, and exports golden-signal metrics, access logs and an admin
+//! endpoint. Everything it acts on is one immutable, hot-swapped [`state::ProxyState`]: the
+//! policy `Snapshot` compiled by the `sluice-policy` crate, where services run, and the routing
+//! table compiled from both, loaded from a [`state::ConfigSource`].
 //!
 //! The binary (`src/main.rs`) is a thin wrapper around [`app::run`] and [`init::run`] so that
 //! integration tests and benchmarks can drive the same code.
@@ -22,6 +23,7 @@ pub mod io;
 pub mod listen;
 pub mod metrics;
 pub mod routing;
+pub mod state;
 pub mod tcp;
 pub mod tls;
 

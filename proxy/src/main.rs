@@ -63,7 +63,7 @@ fn run() -> ExitCode {
     };
     match runtime.block_on(app::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ app::StartError::Snapshot { .. }) => {
+        Err(e @ app::StartError::Config { .. }) => {
             tracing::error!(error = %e, "bad configuration");
             ExitCode::from(EXIT_CONFIG)
         }

@@ -1,26 +1,24 @@
 //! The outbound routing decision: original destination → service → version (by rule,
 //! environment or weight) → endpoint (power of two choices) → target address and timeout.
 //!
-//! The [`RoutingTable`] is immutable and lives in an [`ArcSwap`]: a reload compiles a whole new
-//! table and swaps the pointer, so the request path never takes a lock. The only shared mutable
-//! state is each endpoint's in-flight counter (an atomic).
+//! The [`RoutingTable`] is immutable and is part of the [`ProxyState`] behind the proxy's one
+//! `ArcSwap` ([`SharedState`]): a reload builds a whole new state and swaps the pointer, so the
+//! request path never takes a lock. The only shared mutable state is each endpoint's
+//! in-flight counter (an atomic, in [`Counters`]).
 
 pub mod pick;
 pub mod table;
-pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use dashmap::DashMap;
 use http::HeaderMap;
 
 use crate::config::UnknownDestinations;
 use crate::metrics::TrafficLabels;
-pub use pick::InFlight;
+use crate::state::{ProxyState, SharedState};
+pub use pick::{Counters, InFlight};
 pub use table::{RoutingTable, TableError};
 use table::{Rule, Service, Version};
 
@@ -53,44 +51,34 @@ pub enum RouteError {
     },
 }
 
-/// Makes routing decisions against the current table.
+/// Makes routing decisions against the routing table of the state in force.
 #[derive(Debug)]
 pub struct Router {
-    table: ArcSwap<RoutingTable>,
-    // Outlives tables so that a reload does not forget how loaded each endpoint is.
-    counters: DashMap<SocketAddr, Arc<AtomicUsize>>,
+    state: Arc<SharedState>,
     unknown: UnknownDestinations,
     src_service: String,
 }
 
 impl Router {
-    /// A router with an empty table.
-    pub fn new(unknown: UnknownDestinations, src_service: impl Into<String>) -> Router {
+    /// A router reading `state` on every decision; `src_service` labels outbound traffic.
+    pub fn new(state: Arc<SharedState>, unknown: UnknownDestinations) -> Router {
+        let src_service = state.local().service.clone();
         Router {
-            table: ArcSwap::from_pointee(RoutingTable::default()),
-            counters: DashMap::new(),
+            state,
             unknown,
-            src_service: src_service.into(),
+            src_service,
         }
     }
 
-    /// Compiles a snapshot and swaps it in; on error the current table stays.
-    pub fn load(&self, json: &[u8]) -> Result<Arc<RoutingTable>, TableError> {
-        let counter = |addr| self.counters.entry(addr).or_default().clone();
-        let table = Arc::new(RoutingTable::from_json(json, &counter)?);
-        self.table.store(table.clone());
-        Ok(table)
-    }
-
-    /// The table in force.
-    pub fn table(&self) -> Arc<RoutingTable> {
-        self.table.load_full()
+    /// The state in force (for `/config` and tests).
+    pub fn state(&self) -> Arc<ProxyState> {
+        self.state.current()
     }
 
     /// Routes an HTTP request by its original destination and headers.
     pub fn route_http(&self, dst: SocketAddr, headers: &HeaderMap) -> Result<Decision, RouteError> {
-        let table = self.table.load();
-        let Some(svc) = table.by_addr.get(&dst) else {
+        let state = self.state.load();
+        let Some(svc) = state.routing.by_addr.get(&dst) else {
             return self.unknown(dst);
         };
         let rule = svc.rules.iter().find(|r| rule_matches(r, headers));
@@ -114,8 +102,8 @@ impl Router {
 
     /// Routes an opaque TCP connection: no headers, so only the default split applies.
     pub fn route_tcp(&self, dst: SocketAddr) -> Result<Decision, RouteError> {
-        let table = self.table.load();
-        let Some(svc) = table.by_addr.get(&dst) else {
+        let state = self.state.load();
+        let Some(svc) = state.routing.by_addr.get(&dst) else {
             return self.unknown(dst);
         };
         let version = &svc.versions[pick::weighted(&svc.split, &mut rand::rng())];
@@ -191,10 +179,22 @@ mod tests {
                   "backends":[{"version":"v2","weight":1}],"timeout_ms":50},
                  {"name":"qa","match":{"baggage":{"team":"qa"}},"environment":"pr-1"}]}]}"#;
 
+    fn shared() -> Arc<SharedState> {
+        let shared = Arc::new(SharedState::new(crate::state::Workload {
+            service: "me".into(),
+            ..Default::default()
+        }));
+        let routing =
+            RoutingTable::from_json(SNAPSHOT.as_bytes(), shared.counters()).expect("valid");
+        shared.store(ProxyState {
+            routing,
+            ..ProxyState::empty()
+        });
+        shared
+    }
+
     fn router() -> Router {
-        let r = Router::new(UnknownDestinations::Passthrough, "me");
-        r.load(SNAPSHOT.as_bytes()).expect("valid");
-        r
+        Router::new(shared(), UnknownDestinations::Passthrough)
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -258,17 +258,10 @@ mod tests {
             .route_http(other, &HeaderMap::new())
             .expect("passthrough");
         assert_eq!(d.target, other);
-        let refuse = Router::new(UnknownDestinations::Refuse, "me");
+        let refuse = Router::new(shared(), UnknownDestinations::Refuse);
         assert!(matches!(
             refuse.route_tcp(other),
             Err(RouteError::Refused(_))
         ));
-    }
-
-    #[test]
-    fn bad_reload_keeps_old_table() {
-        let r = router();
-        assert!(r.load(b"{").is_err());
-        assert_eq!(r.table().version, "7");
     }
 }

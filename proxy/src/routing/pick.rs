@@ -3,6 +3,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::net::SocketAddr;
+
+use dashmap::DashMap;
 use rand::Rng;
 
 use super::table::{Endpoint, Split};
@@ -39,6 +42,18 @@ pub fn p2c<'a>(endpoints: &'a [Endpoint], rng: &mut impl Rng) -> Option<&'a Endp
             let load = |e: &Endpoint| e.in_flight.load(Ordering::Relaxed);
             Some(if load(eb) < load(ea) { eb } else { ea })
         }
+    }
+}
+
+/// In-flight counters per endpoint address. They outlive routing tables, so a reload does
+/// not forget how loaded each endpoint is.
+#[derive(Debug, Default)]
+pub struct Counters(DashMap<SocketAddr, Arc<AtomicUsize>>);
+
+impl Counters {
+    /// The counter for `addr`, created at zero on first use.
+    pub fn get(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
+        self.0.entry(addr).or_default().clone()
     }
 }
 

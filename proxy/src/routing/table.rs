@@ -44,6 +44,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::pick::Counters;
+
 /// The snapshot file.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -231,19 +233,30 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// Parses and compiles a snapshot file's contents. `counter` hands out the in-flight
     /// counter for an endpoint so load survives reloads.
-    pub fn from_json(
-        json: &[u8],
-        counter: &dyn Fn(SocketAddr) -> Arc<AtomicUsize>,
-    ) -> Result<RoutingTable, TableError> {
+    pub fn from_json(json: &[u8], counters: &Counters) -> Result<RoutingTable, TableError> {
         let snapshot: Snapshot = serde_json::from_slice(json)?;
-        RoutingTable::compile(snapshot, counter)
+        RoutingTable::compile_legacy(snapshot, counters)
+    }
+
+    /// Compiles the routes of a policy snapshot against where services run. Transitional:
+    /// routes still come only from the legacy snapshot format, so this table is empty.
+    pub fn compile(
+        policy: &sluice_policy::Snapshot,
+        _endpoints: &crate::state::Endpoints,
+        _counters: &Counters,
+    ) -> Result<RoutingTable, TableError> {
+        Ok(RoutingTable {
+            version: policy.version().to_owned(),
+            ..RoutingTable::default()
+        })
     }
 
     /// Compiles a parsed snapshot, rejecting anything the router could not act on.
-    pub fn compile(
+    pub fn compile_legacy(
         snapshot: Snapshot,
-        counter: &dyn Fn(SocketAddr) -> Arc<AtomicUsize>,
+        counters: &Counters,
     ) -> Result<RoutingTable, TableError> {
+        let counter = |addr| counters.get(addr);
         let bad = |s: String| TableError::Invalid(s);
         let mut by_addr = HashMap::new();
         let mut services = Vec::new();
@@ -375,8 +388,8 @@ fn make_split<'a>(
 mod tests {
     use super::*;
 
-    fn counter(_: SocketAddr) -> Arc<AtomicUsize> {
-        Arc::default()
+    fn counter() -> Counters {
+        Counters::default()
     }
 
     #[test]
@@ -386,7 +399,7 @@ mod tests {
                         {"name":"v2","weight":1,"endpoints":["127.0.0.1:2"]}],
             "environments":{"pr-1":["127.0.0.1:3"]},
             "rules":[{"match":{"headers":{"X-Beta":"1"}},"backends":[{"version":"v2","weight":1}]}]}]}"#;
-        let t = RoutingTable::from_json(json, &counter).expect("valid");
+        let t = RoutingTable::from_json(json, &counter()).expect("valid");
         let s = &t.by_addr[&"10.0.0.1:80".parse().expect("addr")];
         assert_eq!(s.split.0, vec![(0, 9), (1, 1)]);
         assert_eq!(&*s.rules[0].name, "rules[0]");
@@ -406,7 +419,7 @@ mod tests {
         ];
         for json in cases {
             assert!(
-                RoutingTable::from_json(json, &counter).is_err(),
+                RoutingTable::from_json(json, &counter()).is_err(),
                 "{}",
                 String::from_utf8_lossy(json)
             );
