@@ -7,15 +7,20 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tower::util::BoxCloneSyncService;
 
+use crate::authz::{Authorizer, Reporter};
 use crate::config::{Config, LogFormat};
 use crate::http::ServerConfig;
 use crate::http::forward::Forward;
+use crate::http::forward::MeshOut;
 use crate::http::layers::Routes;
 use crate::http::stack::{Stack, StackConfig};
+use crate::identity::certify::CertifyConfig;
+use crate::identity::{self, IdentityStore};
 use crate::listen::{self, Dispatch, Listener, Mode};
 use crate::metrics::{Metrics, TrafficLabels};
 use crate::routing::Router;
 use crate::state::{ConfigSource, SharedState, SourceError};
+use crate::tls::MeshTls;
 use crate::{Direction, admin, drain};
 
 /// Why the proxy could not start.
@@ -39,6 +44,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The configured identity files are unusable.
+    #[error("mesh identity: {0}")]
+    Identity(String),
     /// Anything else at startup.
     #[error("{0}")]
     Other(String),
@@ -79,24 +87,49 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let router = Arc::new(Router::new(shared.clone(), config.unknown_destinations));
 
     let proxy_id: Arc<str> = config.proxy_id.as_str().into();
-    let forward = Forward::new(config.connect_timeout);
+    let (tls, identity_tasks) = start_identity(&config).await?;
+    let reporter = match &config.controller_addr {
+        Some(addr) => Reporter::spawn(
+            addr.clone(),
+            config.proxy_id.clone(),
+            config.denial_report_interval,
+            metrics.clone(),
+        ),
+        None => Reporter::disabled(metrics.clone()),
+    };
+    let authorizer = config.authz.then(|| {
+        Arc::new(Authorizer::new(
+            shared.clone(),
+            &config.proxy_id,
+            metrics.clone(),
+            reporter,
+        ))
+    });
+    let forward = Forward::new(
+        config.connect_timeout,
+        tls.clone().map(|tls| MeshOut {
+            tls,
+            namespace: config.namespace.clone(),
+        }),
+    );
     let inbound_labels = TrafficLabels {
         dst_service: config.service.clone(),
         dst_version: config.service_version.clone(),
         route: "default".into(),
         ..TrafficLabels::default()
     };
-    let stack = |routes| {
+    let stack = |routes, authorizer| {
         BoxCloneSyncService::new(Stack::build(StackConfig {
             proxy_id: proxy_id.clone(),
             routes,
             metrics: metrics.clone(),
             forward: forward.clone(),
+            authorizer,
         }))
     };
     let dispatch = Arc::new(Dispatch {
-        inbound_http: stack(Routes::Inbound(inbound_labels.clone())),
-        outbound_http: stack(Routes::Outbound(router.clone())),
+        inbound_http: stack(Routes::Inbound(inbound_labels.clone()), authorizer.clone()),
+        outbound_http: stack(Routes::Outbound(router.clone()), None),
         router: router.clone(),
         inbound_labels,
         metrics: metrics.clone(),
@@ -106,6 +139,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         server: ServerConfig {
             header_read_timeout: std::time::Duration::from_secs(30),
         },
+        tls,
+        authorizer,
+        namespace: config.namespace.clone(),
     });
 
     let mut listeners = Vec::new();
@@ -177,6 +213,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let outcome = signal.drain(config.drain_deadline).await;
     tracing::info!(?outcome, "drained; exiting");
     admin_task.abort();
+    for t in identity_tasks {
+        t.abort();
+    }
     watcher.abort();
     Ok(())
 }
@@ -200,6 +239,49 @@ async fn wait_for_shutdown(admin: &Notify) {
         _ = admin.notified() => tracing::info!("shutdown requested via admin"),
     }
 }
+
+/// Loads or requests the first certificate, and starts what keeps it fresh. Files that are
+/// configured but unusable stop the start (a misconfiguration); an unreachable controller does
+/// not (the proxy serves plaintext and keeps trying).
+async fn start_identity(
+    config: &Config,
+) -> Result<(Option<Arc<MeshTls>>, Vec<tokio::task::JoinHandle<()>>), StartError> {
+    let store = Arc::new(IdentityStore::new());
+    let mut tasks = Vec::new();
+    if let Some(dir) = &config.identity_dir {
+        identity::files::load_into(dir, &store).map_err(|e| StartError::Identity(e.to_string()))?;
+        tasks.push(tokio::spawn(identity::files::watch(
+            dir.clone(),
+            store.clone(),
+            config.identity_poll,
+        )));
+    } else if let (Some(token), Some(controller)) =
+        (&config.identity_token, &config.controller_addr)
+    {
+        let certify = CertifyConfig {
+            controller: controller.clone(),
+            token: token.clone(),
+            workload: sluice_api::v1::Workload {
+                namespace: config.namespace.clone(),
+                service: config.service.clone(),
+                version: config.service_version.clone(),
+                environment: config.environment.clone(),
+                instance: config.instance.clone(),
+            },
+        };
+        identity::certify::first(&certify, &store, FIRST_CERTIFICATE_WAIT).await;
+        tasks.push(tokio::spawn(identity::certify::renew(
+            certify,
+            store.clone(),
+        )));
+    } else {
+        return Ok((None, tasks));
+    }
+    Ok((Some(Arc::new(MeshTls::new(store))), tasks))
+}
+
+/// How long startup waits for the first certificate before serving without one.
+const FIRST_CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Readers polling for the file never see it half-written.
 fn write_atomically(path: &std::path::Path, contents: &str) -> std::io::Result<()> {

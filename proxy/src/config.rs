@@ -69,6 +69,24 @@ pub const ENV_PROXY_ID: &str = "SLUICE_PROXY_ID";
 /// If set, the proxy writes the addresses it actually bound (JSON) to this file once all
 /// listeners are up. Lets tests and tooling use port 0.
 pub const ENV_LISTEN_ADDRS_FILE: &str = "SLUICE_PROXY_LISTEN_ADDRS_FILE";
+/// The controller's gRPC address (`http://127.0.0.1:7071`): certificates (`Certify`) and
+/// denial reports (`ReportDenials`).
+pub const ENV_CONTROLLER_ADDR: &str = "SLUICE_PROXY_CONTROLLER_ADDR";
+/// The bootstrap token proving which workload this proxy fronts, for `Certify`.
+pub const ENV_IDENTITY_TOKEN: &str = "SLUICE_PROXY_IDENTITY_TOKEN";
+/// A file holding the bootstrap token (re-read at every renewal). Excludes
+/// [`ENV_IDENTITY_TOKEN`].
+pub const ENV_IDENTITY_TOKEN_FILE: &str = "SLUICE_PROXY_IDENTITY_TOKEN_FILE";
+/// Instead of the controller: a directory with `cert.pem`, `key.pem` and `roots.pem`, polled
+/// for changes (standalone and tests).
+pub const ENV_IDENTITY_DIR: &str = "SLUICE_PROXY_IDENTITY_DIR";
+/// How often [`ENV_IDENTITY_DIR`] is checked. Default `1s`.
+pub const ENV_IDENTITY_POLL: &str = "SLUICE_PROXY_IDENTITY_POLL";
+/// `enforce` or `off`: inbound authorization. Default `enforce` when the proxy has a mesh
+/// identity source or a policy directory, `off` otherwise (a bare proxy only forwards).
+pub const ENV_AUTHZ: &str = "SLUICE_PROXY_AUTHZ";
+/// How often denials are reported to the controller. Default `1s`.
+pub const ENV_DENIAL_REPORT_INTERVAL: &str = "SLUICE_PROXY_DENIAL_REPORT_INTERVAL";
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +164,18 @@ pub struct Config {
     pub proxy_id: String,
     /// See [`ENV_LISTEN_ADDRS_FILE`].
     pub listen_addrs_file: Option<PathBuf>,
+    /// See [`ENV_CONTROLLER_ADDR`].
+    pub controller_addr: Option<String>,
+    /// See [`ENV_IDENTITY_TOKEN`] and [`ENV_IDENTITY_TOKEN_FILE`].
+    pub identity_token: Option<crate::identity::certify::Token>,
+    /// See [`ENV_IDENTITY_DIR`].
+    pub identity_dir: Option<PathBuf>,
+    /// See [`ENV_IDENTITY_POLL`].
+    pub identity_poll: Duration,
+    /// See [`ENV_AUTHZ`].
+    pub authz: bool,
+    /// See [`ENV_DENIAL_REPORT_INTERVAL`].
+    pub denial_report_interval: Duration,
 }
 
 /// One bad variable.
@@ -247,7 +277,61 @@ impl Config {
                 .get(ENV_PROXY_ID)
                 .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
             listen_addrs_file: p.get(ENV_LISTEN_ADDRS_FILE).map(PathBuf::from),
+            controller_addr: p
+                .get(ENV_CONTROLLER_ADDR)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    if s.contains("://") {
+                        s
+                    } else {
+                        format!("http://{s}")
+                    }
+                }),
+            identity_token: match (p.get(ENV_IDENTITY_TOKEN), p.path(ENV_IDENTITY_TOKEN_FILE)) {
+                (Some(t), None) if !t.is_empty() => Some(crate::identity::certify::Token::Value(t)),
+                (_, Some(f)) => Some(crate::identity::certify::Token::File(f)),
+                _ => None,
+            },
+            identity_dir: p.path(ENV_IDENTITY_DIR),
+            identity_poll: p.duration(ENV_IDENTITY_POLL, Duration::from_secs(1)),
+            authz: false,
+            denial_report_interval: p.duration(ENV_DENIAL_REPORT_INTERVAL, Duration::from_secs(1)),
         };
+        let mesh_member = config.identity_dir.is_some()
+            || config.identity_token.is_some()
+            || config.policy_dir.is_some();
+        config.authz = p.parse(ENV_AUTHZ, mesh_member, |s| match s {
+            "enforce" => Ok(true),
+            "off" => Ok(false),
+            _ => Err("expected `enforce` or `off`".into()),
+        });
+        if let (Some(_), Some(_)) = (p.get(ENV_IDENTITY_TOKEN), p.get(ENV_IDENTITY_TOKEN_FILE)) {
+            p.errors.push(ConfigError {
+                var: ENV_IDENTITY_TOKEN_FILE,
+                value: p.get(ENV_IDENTITY_TOKEN_FILE).unwrap_or_default(),
+                reason: format!(
+                    "set either {ENV_IDENTITY_TOKEN} or {ENV_IDENTITY_TOKEN_FILE}, not both"
+                ),
+            });
+        }
+        if config.identity_token.is_some() && config.controller_addr.is_none() {
+            p.errors.push(ConfigError {
+                var: ENV_CONTROLLER_ADDR,
+                value: String::new(),
+                reason: "a bootstrap token is set, so the controller address is needed to use it (e.g. http://127.0.0.1:7071)".into(),
+            });
+        }
+        if config.identity_token.is_some() && config.identity_dir.is_some() {
+            p.errors.push(ConfigError {
+                var: ENV_IDENTITY_DIR,
+                value: config
+                    .identity_dir
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+                reason: "set either an identity directory or a bootstrap token, not both".into(),
+            });
+        }
         if config.instance.is_empty() {
             config.instance = config.proxy_id.clone();
         }

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod config;
 pub mod detect;
 pub mod drain;

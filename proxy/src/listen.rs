@@ -10,15 +10,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use nix::sys::socket::{SockaddrIn, SockaddrIn6, getsockopt, sockopt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tower::util::BoxCloneSyncService;
 
+use crate::authz::{self, Authorizer};
 use crate::detect::{self, Protocol};
 use crate::drain;
 use crate::http::{self, ConnCtx, Request, Response, ServerConfig};
+use crate::identity::SpiffeId;
 use crate::io::PrefixedIo;
 use crate::metrics::{Metrics, TrafficLabels};
 use crate::routing::{Decision, Router};
+use crate::tls::MeshTls;
 use crate::{Direction, tcp};
 
 /// A finished per-request stack, type-erased so listeners can hold one per direction.
@@ -81,6 +85,12 @@ pub struct Dispatch {
     pub opaque_ports: BTreeSet<u16>,
     /// HTTP server settings.
     pub server: ServerConfig,
+    /// Mesh mTLS, when this proxy has (or is getting) a mesh identity.
+    pub tls: Option<Arc<MeshTls>>,
+    /// Inbound authorization for opaque TCP (HTTP is authorized per request in the stack).
+    pub authorizer: Option<Arc<Authorizer>>,
+    /// Namespace assumed for destination services (for the identity they must present).
+    pub namespace: String,
 }
 
 /// Accepts connections until draining starts; each connection keeps a drain watch so
@@ -156,31 +166,102 @@ impl Dispatch {
             direction,
             client,
             orig_dst,
+            peer: None,
         };
-        let version = match protocol {
-            Protocol::Http1 => http::Version::Http1,
-            Protocol::Http2 => http::Version::Http2,
-            // mTLS seam: the next issue terminates (inbound) or originates (outbound) TLS
-            // here. Until then a client's own TLS is relayed untouched, like any opaque stream.
-            Protocol::Tls | Protocol::Opaque => return self.forward_tcp(io, ctx).await,
-        };
-        let stack = match direction {
+        match (protocol, direction, &self.tls) {
+            // A peer proxy's mTLS: terminate it, learn the caller, then serve what is inside.
+            (Protocol::Tls, Direction::Inbound, Some(tls)) => {
+                self.serve_mtls(io, ctx, tls, drain).await;
+            }
+            // Without a mesh identity a client's own TLS is relayed untouched, like any
+            // opaque stream.
+            (Protocol::Tls | Protocol::Opaque, _, _) => self.forward_tcp(io, ctx).await,
+            (Protocol::Http1, _, _) => self.serve_http(io, http::Version::Http1, ctx, drain).await,
+            (Protocol::Http2, _, _) => self.serve_http(io, http::Version::Http2, ctx, drain).await,
+        }
+    }
+
+    async fn serve_http<I>(&self, io: I, version: http::Version, ctx: ConnCtx, drain: drain::Watch)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let stack = match ctx.direction {
             Direction::Inbound => self.inbound_http.clone(),
             Direction::Outbound => self.outbound_http.clone(),
         };
+        let client = ctx.client;
         if let Err(error) = http::serve(io, version, ctx, stack, self.server, drain).await {
             tracing::debug!(%client, %error, "HTTP connection ended with an error");
         }
     }
 
-    async fn forward_tcp(&self, io: PrefixedIo<TcpStream>, ctx: ConnCtx) {
+    /// Inbound mesh mTLS. A handshake that fails (wrong CA, expired, no or foreign SPIFFE ID)
+    /// closes the connection: the caller's proxy logs the TLS alert, and we count it.
+    async fn serve_mtls(
+        &self,
+        io: PrefixedIo<TcpStream>,
+        mut ctx: ConnCtx,
+        tls: &MeshTls,
+        drain: drain::Watch,
+    ) {
+        let (stream, peer) = match tls.accept(io).await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                self.metrics.tls_failure(ctx.direction);
+                tracing::info!(client = %ctx.client, %error, "mesh TLS refused");
+                return;
+            }
+        };
+        tracing::debug!(client = %ctx.client, %peer, "mesh TLS accepted");
+        ctx.peer = Some(Arc::new(peer));
+        // ALPN says what flows inside; a peer that offered none sends opaque TCP or HTTP
+        // that is detected as usual.
+        let version = match stream.get_ref().1.alpn_protocol() {
+            Some(crate::tls::ALPN_H2) => Some(http::Version::Http2),
+            Some(crate::tls::ALPN_HTTP1) => Some(http::Version::Http1),
+            _ => None,
+        };
+        if let Some(version) = version {
+            return self.serve_http(stream, version, ctx, drain).await;
+        }
+        match detect::detect(stream, self.detect_timeout).await {
+            Ok((Protocol::Http1, io)) => {
+                self.serve_http(io, http::Version::Http1, ctx, drain).await
+            }
+            Ok((Protocol::Http2, io)) => {
+                self.serve_http(io, http::Version::Http2, ctx, drain).await
+            }
+            Ok((_, io)) => self.forward_tcp(io, ctx).await,
+            Err(error) => {
+                tracing::debug!(client = %ctx.client, %error, "mTLS connection failed during detection")
+            }
+        }
+    }
+
+    async fn forward_tcp<I>(&self, io: I, ctx: ConnCtx)
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
         let decision = match ctx.direction {
-            Direction::Inbound => Ok(Decision {
-                target: ctx.orig_dst,
-                labels: self.inbound_labels.clone(),
-                timeout: None,
-                in_flight: None,
-            }),
+            Direction::Inbound => {
+                // Opaque TCP is authorized once, for the whole connection.
+                if let Some(authorizer) = &self.authorizer {
+                    let id = format!("{:032x}", rand::random::<u128>());
+                    if authorizer
+                        .check(ctx.peer.as_deref(), &authz::tcp_rpc(), &id)
+                        .is_err()
+                    {
+                        // Logged and counted by the authorizer; TCP has no way to say more.
+                        return;
+                    }
+                }
+                Ok(Decision {
+                    target: ctx.orig_dst,
+                    labels: self.inbound_labels.clone(),
+                    timeout: None,
+                    in_flight: None,
+                })
+            }
             Direction::Outbound => self.router.route_tcp(ctx.orig_dst),
         };
         let decision = match decision {
@@ -190,8 +271,25 @@ impl Dispatch {
                 return;
             }
         };
+        // Outbound to a mesh service with an identity to show: wrap the stream in mTLS.
+        let expected = match (&self.tls, ctx.direction) {
+            (Some(tls), Direction::Outbound) if !decision.labels.dst_service.is_empty() => {
+                tls.trust_domain().map(|td| {
+                    SpiffeId::new(
+                        td,
+                        self.namespace.clone(),
+                        decision.labels.dst_service.clone(),
+                    )
+                })
+            }
+            _ => None,
+        };
+        let mesh = match (&self.tls, &expected) {
+            (Some(tls), Some(id)) => Some((tls.as_ref(), id)),
+            _ => None,
+        };
         let metrics = self.metrics.tcp(ctx.direction, &decision.labels);
-        match tcp::forward(io, decision.target, self.connect_timeout, metrics).await {
+        match tcp::forward_via(io, decision.target, self.connect_timeout, mesh, metrics).await {
             Ok((sent, received)) => tracing::debug!(
                 client = %ctx.client, target = %decision.target, sent, received, "TCP connection closed"
             ),

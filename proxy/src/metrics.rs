@@ -48,6 +48,26 @@ pub struct Metrics {
     tcp_write_bytes: IntCounterVec,
     tcp_active: IntGaugeVec,
     snapshot_reloads: IntCounterVec,
+    authz_allow: IntCounterVec,
+    authz_deny: IntCounterVec,
+    authz_would_deny: IntCounterVec,
+    denial_reports: IntCounterVec,
+    tls_failures: IntCounterVec,
+}
+
+/// Labels of the authorization counters. `rpc` is the granting or declared *pattern*
+/// (`GET /v1/charges/{id}`), never the raw path, and `caller` is a service name, so the
+/// label space is bounded by the policy, not by traffic.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthzLabels<'a> {
+    /// The callee.
+    pub service: &'a str,
+    /// The caller's service, or `unauthenticated`.
+    pub caller: &'a str,
+    /// The matched pattern, or `undeclared`.
+    pub rpc: &'a str,
+    /// The deciding policy, the governing ones, or `mesh-default`.
+    pub policy: &'a str,
 }
 
 /// How a response counts for error-rate purposes.
@@ -157,7 +177,38 @@ impl Metrics {
             "Routing snapshot loads, by result (ok or error).",
             &["result"],
         )?;
+        let authz = ["service", "caller", "rpc", "policy"];
+        let authz_allow = counter(
+            "sluice_proxy_authz_allow_total",
+            "Inbound calls (requests, or TCP connections) that policy allowed.",
+            &authz,
+        )?;
+        let authz_deny = counter(
+            "sluice_proxy_authz_deny_total",
+            "Inbound calls that policy denied.",
+            &authz,
+        )?;
+        let authz_would_deny = counter(
+            "sluice_proxy_authz_would_deny_total",
+            "Inbound calls that an audit-mode policy let through but would deny.",
+            &authz,
+        )?;
+        let denial_reports = counter(
+            "sluice_proxy_denial_reports_total",
+            "Denials sent to the controller (result=sent) or dropped (result=dropped).",
+            &["result"],
+        )?;
+        let tls_failures = counter(
+            "sluice_proxy_tls_handshake_failures_total",
+            "Mesh TLS handshakes that failed or presented an unacceptable identity.",
+            &["direction"],
+        )?;
         Ok(Metrics {
+            authz_allow,
+            authz_deny,
+            authz_would_deny,
+            denial_reports,
+            tls_failures,
             registry,
             requests,
             responses,
@@ -229,6 +280,39 @@ impl Metrics {
     pub fn snapshot_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.snapshot_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Counts an authorization decision.
+    pub fn authz(&self, verdict: sluice_policy::authz::Verdict, l: &AuthzLabels<'_>) {
+        use sluice_policy::authz::Verdict;
+        let c = match verdict {
+            Verdict::Allow => &self.authz_allow,
+            Verdict::AuditDeny => &self.authz_would_deny,
+            Verdict::Deny => &self.authz_deny,
+        };
+        c.with_label_values(&[l.service, l.caller, l.rpc, l.policy])
+            .inc();
+    }
+
+    /// Counts denials the reporter sent.
+    pub fn denial_reports_sent(&self, n: usize) {
+        self.denial_reports
+            .with_label_values(&["sent"])
+            .inc_by(n as u64);
+    }
+
+    /// Counts denials the reporter dropped (queue full, batch full, controller away).
+    pub fn denial_reports_dropped(&self, n: usize) {
+        self.denial_reports
+            .with_label_values(&["dropped"])
+            .inc_by(n as u64);
+    }
+
+    /// Counts a failed mesh TLS handshake.
+    pub fn tls_failure(&self, direction: Direction) {
+        self.tls_failures
+            .with_label_values(&[direction.as_str()])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -29,6 +29,14 @@ pub enum TcpError {
     /// Either side failed mid-stream.
     #[error("stream: {0}")]
     Io(#[from] io::Error),
+    /// Mesh TLS to the upstream proxy failed.
+    #[error("mTLS to {target}: {source}")]
+    Tls {
+        /// Where we tried to connect.
+        target: SocketAddr,
+        /// Why.
+        source: crate::tls::TlsError,
+    },
 }
 
 /// Connects to `target` with a timeout. Nagle is disabled because the proxy only forwards
@@ -53,14 +61,40 @@ pub async fn forward<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
+    forward_via(client, target, connect_timeout, None, metrics).await
+}
+
+/// [`forward`], optionally over mesh mTLS to a peer proxy that must prove it is `mesh.1`.
+pub async fn forward_via<I>(
+    client: I,
+    target: SocketAddr,
+    connect_timeout: Duration,
+    mesh: Option<(&crate::tls::MeshTls, &crate::identity::SpiffeId)>,
+    metrics: TcpMetrics,
+) -> Result<(u64, u64), TcpError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let result = async {
-        let mut upstream = connect(target, connect_timeout).await?;
+        let upstream = connect(target, connect_timeout).await?;
         let mut client = Counted {
             io: client,
             read: metrics.read.clone(),
             write: metrics.write.clone(),
         };
-        Ok(tokio::io::copy_bidirectional(&mut client, &mut upstream).await?)
+        match mesh {
+            None => {
+                let mut upstream = upstream;
+                Ok(tokio::io::copy_bidirectional(&mut client, &mut upstream).await?)
+            }
+            Some((tls, id)) => {
+                let mut upstream = tls
+                    .connect(upstream, id, crate::tls::Alpn::Opaque)
+                    .await
+                    .map_err(|source| TcpError::Tls { target, source })?;
+                Ok(tokio::io::copy_bidirectional(&mut client, &mut upstream).await?)
+            }
+        }
     }
     .await;
     metrics.closed(result.is_ok());

@@ -7,6 +7,7 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::{Body, Response};
+use crate::authz::Denial;
 use crate::routing::RouteError;
 
 /// The request already passed through this proxy in this direction.
@@ -61,6 +62,9 @@ pub enum ProxyError {
     /// See [`ForwardError`].
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    /// Policy denied the call; rendered by [`super::denial`], not by the generic mapping.
+    #[error("denied: {}", .0.explain)]
+    Denied(Box<Denial>),
 }
 
 impl ProxyError {
@@ -80,13 +84,18 @@ impl ProxyError {
             ProxyError::Forward(F::Internal(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, 13, "internal")
             }
+            ProxyError::Denied(_) => (StatusCode::FORBIDDEN, 7, "denied"),
         }
     }
 }
 
 /// Turns an error into the response the client sees. gRPC clients get a trailers-only
 /// response (HTTP 200 with `grpc-status`), because that is what their libraries understand.
-pub fn to_response(err: &ProxyError, grpc: bool) -> Response {
+/// Denials get their own rich rendering, chosen by `accept` for non-gRPC clients.
+pub fn to_response(err: &ProxyError, grpc: bool, accept: Option<&str>) -> Response {
+    if let ProxyError::Denied(denial) = err {
+        return super::denial::render(denial, grpc, accept);
+    }
     let (status, grpc_code, reason) = err.classify();
     let message = err.to_string();
     let mut rsp = if grpc {
@@ -131,9 +140,12 @@ mod tests {
     #[test]
     fn statuses() {
         let e = ProxyError::from(LoopDetected("p".into()));
-        assert_eq!(to_response(&e, false).status(), StatusCode::LOOP_DETECTED);
+        assert_eq!(
+            to_response(&e, false, None).status(),
+            StatusCode::LOOP_DETECTED
+        );
         let e = ProxyError::from(RequestTimeout(std::time::Duration::from_secs(1)));
-        let rsp = to_response(&e, true);
+        let rsp = to_response(&e, true, None);
         assert_eq!(rsp.status(), StatusCode::OK);
         assert_eq!(rsp.headers()["grpc-status"], "4");
         assert_eq!(rsp.headers()["sluice-proxy-error"], "timeout");

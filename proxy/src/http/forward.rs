@@ -10,14 +10,18 @@ use dashmap::DashMap;
 use http::uri::{Authority, Scheme, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower::Service;
 
 use super::errors::{ForwardError, ProxyError};
 use super::{Body, BoxError, BoxFuture, Request, Response, headers};
+use crate::identity::SpiffeId;
 use crate::routing::InFlight;
 use crate::tcp::{self, TcpError};
+use crate::tls::{Alpn, MeshTls};
 
 /// Where the route layer decided to send a request.
 #[derive(Clone, Debug)]
@@ -28,6 +32,9 @@ pub struct Target {
     pub timeout: Option<Duration>,
     /// Keeps the endpoint's in-flight count up until the response body is done.
     pub in_flight: Option<Arc<InFlight>>,
+    /// Set for outbound requests to a known mesh service: originate mTLS and require the
+    /// peer to be this service.
+    pub mesh_service: Option<String>,
 }
 
 /// Idle pooled connections are closed after this long.
@@ -39,37 +46,71 @@ pub struct Forward {
     pools: Arc<Pools>,
 }
 
+/// Pools are per endpoint and per expected peer identity: a plaintext connection and an mTLS
+/// one to the same address are different connections.
+type PoolKey = (SocketAddr, Option<SpiffeId>);
+
 #[derive(Debug)]
 struct Pools {
-    h1: DashMap<SocketAddr, Client<Connector, Body>>,
-    h2: DashMap<SocketAddr, Client<Connector, Body>>,
+    h1: DashMap<PoolKey, Client<Connector, Body>>,
+    h2: DashMap<PoolKey, Client<Connector, Body>>,
     connect_timeout: Duration,
+    mesh: Option<MeshOut>,
+}
+
+/// What outbound mTLS needs: the TLS context and the namespace destination services are
+/// assumed to be in (routing does not carry namespaces yet).
+#[derive(Clone, Debug)]
+pub struct MeshOut {
+    /// Mesh TLS.
+    pub tls: Arc<MeshTls>,
+    /// Namespace of destination services.
+    pub namespace: String,
 }
 
 impl Forward {
-    /// A forwarder with empty pools.
-    pub fn new(connect_timeout: Duration) -> Forward {
+    /// A forwarder with empty pools; with `mesh`, requests to mesh services go over mTLS.
+    pub fn new(connect_timeout: Duration, mesh: Option<MeshOut>) -> Forward {
         Forward {
             pools: Arc::new(Pools {
                 h1: DashMap::new(),
                 h2: DashMap::new(),
                 connect_timeout,
+                mesh,
             }),
         }
     }
 
-    fn client(&self, addr: SocketAddr, h2: bool) -> Client<Connector, Body> {
+    /// The identity a mesh service's proxy must present, once we have a trust domain.
+    fn expected(&self, service: Option<&str>) -> Option<SpiffeId> {
+        let mesh = self.pools.mesh.as_ref()?;
+        let td = mesh.tls.trust_domain()?;
+        Some(SpiffeId::new(td, mesh.namespace.clone(), service?))
+    }
+
+    fn client(
+        &self,
+        addr: SocketAddr,
+        h2: bool,
+        peer: Option<SpiffeId>,
+    ) -> Client<Connector, Body> {
         let map = if h2 { &self.pools.h2 } else { &self.pools.h1 };
-        if let Some(c) = map.get(&addr) {
+        let key = (addr, peer);
+        if let Some(c) = map.get(&key) {
             return c.clone();
         }
-        map.entry(addr)
+        map.entry(key.clone())
             .or_insert_with(|| {
                 // The pool is keyed by endpoint, not by the URI's authority: the connector
                 // ignores the URI so the request keeps the Host/:authority the client sent.
+                let alpn = if h2 { Alpn::H2 } else { Alpn::Http1 };
                 let connector = Connector {
                     addr,
                     timeout: self.pools.connect_timeout,
+                    mesh: match (&self.pools.mesh, key.1) {
+                        (Some(m), Some(id)) => Some((m.tls.clone(), id, alpn)),
+                        _ => None,
+                    },
                 };
                 Client::builder(TokioExecutor::new())
                     .pool_timer(TokioTimer::new())
@@ -102,8 +143,9 @@ impl Service<Request> for Forward {
             *req.uri_mut() = absolute_uri(&req, target.addr)?;
             let upgrade = headers::is_upgrade(req.headers());
             let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
+            let peer = this.expected(target.mesh_service.as_deref());
             let mut rsp = this
-                .client(target.addr, h2)
+                .client(target.addr, h2, peer)
                 .request(req)
                 .await
                 .map_err(|e| client_error(e, target.addr))?;
@@ -182,25 +224,130 @@ async fn relay_upgrade(
     }
 }
 
-/// Connects to one fixed endpoint, whatever the URI says.
+/// Connects to one fixed endpoint, whatever the URI says; over mTLS when `mesh` is set.
 #[derive(Clone, Debug)]
 struct Connector {
     addr: SocketAddr,
     timeout: Duration,
+    mesh: Option<(Arc<MeshTls>, SpiffeId, Alpn)>,
 }
 
 impl Service<Uri> for Connector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<Upstream>;
     type Error = TcpError;
-    type Future = BoxFuture<Result<TokioIo<TcpStream>, TcpError>>;
+    type Future = BoxFuture<Result<TokioIo<Upstream>, TcpError>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), TcpError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, _: Uri) -> Self::Future {
-        let (addr, timeout) = (self.addr, self.timeout);
-        Box::pin(async move { tcp::connect(addr, timeout).await.map(TokioIo::new) })
+        let (addr, timeout, mesh) = (self.addr, self.timeout, self.mesh.clone());
+        Box::pin(async move {
+            let tcp = tcp::connect(addr, timeout).await?;
+            let io = match mesh {
+                None => Upstream::Plain(tcp),
+                Some((tls, id, alpn)) => {
+                    Upstream::Tls(Box::new(tls.connect(tcp, &id, alpn).await.map_err(
+                        |source| TcpError::Tls {
+                            target: addr,
+                            source,
+                        },
+                    )?))
+                }
+            };
+            Ok(TokioIo::new(io))
+        })
+    }
+}
+
+/// An upstream connection: plaintext to apps and unknown destinations, mTLS to mesh peers.
+#[derive(Debug)]
+pub enum Upstream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// Mesh mTLS.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Connection for Upstream {
+    fn connected(&self) -> Connected {
+        match self {
+            Upstream::Plain(s) => s.connected(),
+            Upstream::Tls(s) => {
+                let (tcp, conn) = s.get_ref();
+                let c = tcp.connected();
+                if conn.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+                    c.negotiated_h2()
+                } else {
+                    c
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upstream::Plain(s) => s.is_write_vectored(),
+            Upstream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

@@ -42,12 +42,17 @@ impl<S: Svc<ProxyError>> Service<Request> for Errors<S> {
 
     fn call(&mut self, req: Request) -> Self::Future {
         let grpc = headers::is_grpc(req.headers());
+        let accept = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let direction = req.extensions().get::<ConnCtx>().map(|c| c.direction);
         let fut = self.inner.clone().call(req);
         Box::pin(async move {
             Ok(fut.await.unwrap_or_else(|error| {
                 tracing::debug!(?direction, %error, "request failed in proxy");
-                errors::to_response(&error, grpc)
+                errors::to_response(&error, grpc, accept.as_deref())
             }))
         })
     }
@@ -170,6 +175,7 @@ impl<S: Svc<ProxyError>> Service<Request> for Route<S> {
             let err = errors::ForwardError::Internal("request without connection context");
             return Box::pin(async move { Err(err.into()) });
         };
+        let outbound = matches!(self.routes, Routes::Outbound(_));
         let decision = match &self.routes {
             Routes::Inbound(labels) => crate::routing::Decision {
                 target: dst,
@@ -182,6 +188,10 @@ impl<S: Svc<ProxyError>> Service<Request> for Route<S> {
                 Err(e) => return Box::pin(async move { Err(e.into()) }),
             },
         };
+        // Outbound to a known service: the forwarder originates mTLS and expects that
+        // service's identity. Inbound goes to the local app in plaintext.
+        let mesh_service = (outbound && !decision.labels.dst_service.is_empty())
+            .then(|| decision.labels.dst_service.clone());
         if let Some(slot) = req.extensions().get::<RouteSlot>() {
             slot.set(RouteInfo {
                 labels: decision.labels,
@@ -192,6 +202,7 @@ impl<S: Svc<ProxyError>> Service<Request> for Route<S> {
             addr: decision.target,
             timeout: decision.timeout,
             in_flight: decision.in_flight.map(Arc::new),
+            mesh_service,
         });
         self.inner.clone().call(req)
     }

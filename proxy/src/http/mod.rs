@@ -5,6 +5,8 @@
 //! responses, loop detection, routing, header hygiene, timeout, forwarding). Bodies are
 //! streamed frame by frame in both directions and never buffered whole.
 
+pub mod authz;
+pub mod denial;
 pub mod errors;
 pub mod forward;
 pub mod headers;
@@ -73,6 +75,9 @@ pub struct ConnCtx {
     pub client: SocketAddr,
     /// Where the client meant to connect.
     pub orig_dst: SocketAddr,
+    /// The caller's verified mesh identity, when the connection arrived over mesh mTLS.
+    /// `None` means unauthenticated (plaintext, or outbound).
+    pub peer: Option<Arc<crate::identity::SpiffeId>>,
 }
 
 /// What routing decided, for layers outside the route layer (metrics, access log).

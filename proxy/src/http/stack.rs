@@ -4,10 +4,12 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use super::authz::Authz;
 use super::forward::Forward;
 use super::layers::{AccessLog, Errors, LoopDetect, Route, Routes, Sanitize, Timeout};
 use super::observe::Observe;
 use super::{ProxyError, Svc};
+use crate::authz::Authorizer;
 use crate::metrics::Metrics;
 
 /// A stack under construction; `S` is everything pushed so far.
@@ -25,6 +27,8 @@ pub struct StackConfig {
     pub metrics: Metrics,
     /// Shared upstream connection pools.
     pub forward: Forward,
+    /// Inbound authorization; `None` for the outbound stack.
+    pub authorizer: Option<Arc<Authorizer>>,
 }
 
 impl Stack<Forward> {
@@ -32,6 +36,7 @@ impl Stack<Forward> {
     pub fn build(config: StackConfig) -> impl Svc<Infallible> {
         Stack::new(config.forward)
             .push_timeout()
+            .push_authz(config.authorizer)
             .push_sanitize(config.proxy_id.clone())
             .push_route(config.routes)
             .push_loop_detect(config.proxy_id)
@@ -58,6 +63,15 @@ impl<S: Svc<ProxyError>> Stack<S> {
     /// Per-route timeout to response headers (504).
     pub fn push_timeout(self) -> Stack<Timeout<S>> {
         Stack(Timeout { inner: self.0 })
+    }
+
+    /// Inbound authorization, after sanitizing so the identity header it adds is the only
+    /// `sluice-*` header left.
+    pub fn push_authz(self, authorizer: Option<Arc<Authorizer>>) -> Stack<Authz<S>> {
+        Stack(Authz {
+            inner: self.0,
+            authorizer,
+        })
     }
 
     /// Strips hop-by-hop and `sluice-*` headers, adds the hop marker.

@@ -79,7 +79,9 @@ pub enum CertifyError {
     #[error("the issued certificate is unusable: {0}")]
     Credentials(#[from] CredentialsError),
     /// It is for someone else.
-    #[error("the controller issued `{got}` but this proxy fronts namespace `{namespace}` service `{service}`")]
+    #[error(
+        "the controller issued `{got}` but this proxy fronts namespace `{namespace}` service `{service}`"
+    )]
     WrongIdentity {
         /// What the certificate says.
         got: SpiffeId,

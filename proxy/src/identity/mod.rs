@@ -125,10 +125,7 @@ fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), CredentialsError> {
         let secs = u64::try_from(secs).unwrap_or(0);
         SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)
     };
-    Ok((
-        at(v.not_before.timestamp()),
-        at(v.not_after.timestamp()),
-    ))
+    Ok((at(v.not_before.timestamp()), at(v.not_after.timestamp())))
 }
 
 /// The credentials in force, swapped whole on renewal. Empty until the first certificate

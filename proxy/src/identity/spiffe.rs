@@ -94,10 +94,14 @@ impl SpiffeId {
         }
         let parts: Vec<&str> = path.split('/').collect();
         let [ns_kw, ns, svc_kw, svc] = parts.as_slice() else {
-            return Err(bad("the path must be exactly /ns/<namespace>/svc/<service>"));
+            return Err(bad(
+                "the path must be exactly /ns/<namespace>/svc/<service>",
+            ));
         };
         if *ns_kw != "ns" || *svc_kw != "svc" {
-            return Err(bad("the path must be exactly /ns/<namespace>/svc/<service>"));
+            return Err(bad(
+                "the path must be exactly /ns/<namespace>/svc/<service>",
+            ));
         }
         if !is_name(ns) || !is_name(svc) {
             return Err(bad(
@@ -171,7 +175,10 @@ mod tests {
     fn parses_the_mesh_shape_and_round_trips() {
         let id = SpiffeId::parse("spiffe://shop.local/ns/default/svc/checkout").expect("valid");
         assert_eq!(id, SpiffeId::new("shop.local", "default", "checkout"));
-        assert_eq!(id.to_string(), "spiffe://shop.local/ns/default/svc/checkout");
+        assert_eq!(
+            id.to_string(),
+            "spiffe://shop.local/ns/default/svc/checkout"
+        );
     }
 
     #[test]

@@ -59,7 +59,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 tracing::warn!(expected = %self.expected, presented = %id, "peer presented another service's identity");
                 Err(Error::InvalidCertificate(CertificateError::NotValidForName))
             }
-            Err(e @ (SpiffeError::Missing | SpiffeError::Ambiguous | SpiffeError::Malformed { .. })) => {
+            Err(
+                e @ (SpiffeError::Missing | SpiffeError::Ambiguous | SpiffeError::Malformed { .. }),
+            ) => {
                 tracing::warn!(expected = %self.expected, error = %e, "peer certificate has no usable SPIFFE ID");
                 Err(Error::InvalidCertificate(CertificateError::NotValidForName))
             }
