@@ -1,0 +1,292 @@
+//! Authorization between two real proxies over mTLS: allowed calls carry the verified caller,
+//! denied calls get the denial in every format (problem+json, text, HTML, gRPC rich status),
+//! audit mode, exemptions for plaintext callers, header spoofing, and policy changes reaching
+//! open connections.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sluice_integration::client::{curl, get, hyper_client};
+use sluice_integration::mesh::{Pair, PairOptions, counter, eventually, policy, spiffe};
+use sluice_integration::{have, skip};
+
+const LINK: &str =
+    "http://portal.test/access/new?from=checkout&to=payments&rpc=POST%20%2Fv1%2Fcharges&env=stable";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_call_carries_the_verified_caller_and_spoofing_is_stripped() {
+    let pair = Pair::start(PairOptions::default()).await;
+    let client = hyper_client(false);
+    let rsp = get(
+        &client,
+        pair.outbound(),
+        "/v1/charges/42",
+        &[(
+            "sluice-client-id",
+            "spiffe://test.local/ns/default/svc/admin",
+        )],
+    )
+    .await
+    .expect("request");
+    assert_eq!(rsp.status, 200, "{}", rsp.body);
+    let seen = rsp.json();
+    assert_eq!(seen["headers"]["sluice-client-id"], spiffe("checkout"));
+    // HTTP/2 stays HTTP/2 across the mTLS hop (ALPN).
+    let rsp = get(&hyper_client(true), pair.outbound(), "/v1/charges/7", &[])
+        .await
+        .expect("h2 request");
+    assert_eq!(rsp.status, 200, "{}", rsp.body);
+    assert_eq!(rsp.json()["version"], "HTTP/2.0");
+    let allowed = counter(
+        &pair.server,
+        "sluice_proxy_authz_allow_total",
+        &[
+            r#"caller="checkout""#,
+            r#"rpc="GET /v1/charges/{id}""#,
+            r#"policy="payments-callers""#,
+        ],
+    )
+    .await;
+    assert_eq!(allowed, 2.0);
+
+    // A plaintext caller cannot claim an identity either: the header is stripped and it is
+    // treated as unauthenticated (the exemption lets it reach /healthz).
+    let rsp = get(
+        &client,
+        pair.inbound(),
+        "/healthz",
+        &[("sluice-client-id", &spiffe("checkout"))],
+    )
+    .await
+    .expect("request");
+    assert_eq!(rsp.status, 200, "{}", rsp.body);
+    assert!(rsp.json()["headers"].get("sluice-client-id").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denied_call_gets_problem_json_text_and_html() {
+    let pair = Pair::start(PairOptions::default()).await;
+    let url = format!("http://{}/v1/charges", pair.outbound());
+    let out = curl(&["-i", "-X", "POST", &url]).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("response");
+    assert!(head.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "{head}"
+    );
+    assert!(
+        head.contains("sluice-denied-by: payments-0/payments"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("link: <{LINK}>; rel=\"help\"")),
+        "{head}"
+    );
+    let p: serde_json::Value = serde_json::from_str(body).expect("problem+json");
+    assert_eq!(p["type"], "https://sluice.dev/problems/rpc-not-authorized");
+    assert_eq!(p["status"], 403);
+    assert_eq!(p["caller"], "checkout");
+    assert_eq!(p["service"], "payments");
+    assert_eq!(p["rpc"], "POST /v1/charges");
+    assert_eq!(p["policy"], "payments-callers");
+    assert_eq!(p["environment"], "stable");
+    assert_eq!(p["requestAccess"], LINK);
+    assert!(p["requestId"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(p["title"].is_string());
+    assert_eq!(
+        p["detail"],
+        format!(
+            "checkout is not allowed to call POST /v1/charges on payments. Request access: {LINK}"
+        )
+    );
+    assert_eq!(pair.app.hits(), 0, "a denied call never reaches the app");
+
+    let out = curl(&["-X", "POST", "-H", "Accept: text/plain", &url]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "checkout is not allowed to call POST /v1/charges on payments. Request access: {LINK}\n"
+        )
+    );
+
+    let out = curl(&["-X", "POST", "-H", "Accept: text/html,*/*;q=0.8", &url]).await;
+    let html = String::from_utf8_lossy(&out.stdout);
+    assert!(html.contains("<!doctype html>"), "{html}");
+    assert!(
+        html.contains(r#"class="button""#) && html.contains("Request access</a>"),
+        "{html}"
+    );
+    assert!(html.contains(&LINK.replace('&', "&amp;")), "{html}");
+
+    let denied = counter(
+        &pair.server,
+        "sluice_proxy_authz_deny_total",
+        &[r#"caller="checkout""#, r#"rpc="POST /v1/charges""#],
+    )
+    .await;
+    assert_eq!(denied, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_client_decodes_the_rich_status_and_finds_the_help_link() {
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import grpc, grpc_status"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        return skip(
+            "grpc_rich_status",
+            "python3 with grpcio and grpcio-status not available",
+        );
+    }
+    let pair = Pair::start(PairOptions::default()).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc/denial_client.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(pair.outbound().to_string())
+        .output()
+        .await
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["code"], "PERMISSION_DENIED", "{v}");
+    let message = v["message"].as_str().expect("message");
+    assert!(
+        message.starts_with(
+            "checkout is not allowed to call payments.v1.Payments/Refund on payments. Request access: http://portal.test/"
+        ),
+        "{message}"
+    );
+    assert_eq!(v["errorInfo"]["reason"], "RPC_NOT_AUTHORIZED");
+    assert_eq!(v["errorInfo"]["domain"], "sluice.dev");
+    assert_eq!(v["errorInfo"]["metadata"]["caller"], "checkout");
+    assert_eq!(v["errorInfo"]["metadata"]["service"], "payments");
+    assert_eq!(
+        v["errorInfo"]["metadata"]["rpc"],
+        "payments.v1.Payments/Refund"
+    );
+    assert_eq!(v["errorInfo"]["metadata"]["policy"], "payments-callers");
+    let url = v["help"][0]["url"].as_str().expect("help link");
+    assert!(url.contains("rpc=payments.v1.Payments%2FRefund"), "{url}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_mode_allows_and_counts_would_deny() {
+    let pair = Pair::start(PairOptions {
+        policy: policy("audit", "short"),
+        ..PairOptions::default()
+    })
+    .await;
+    let out = curl(&[
+        "-X",
+        "POST",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{}/v1/charges", pair.outbound()),
+    ])
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(pair.app.hits(), 1);
+    let would = counter(
+        &pair.server,
+        "sluice_proxy_authz_would_deny_total",
+        &[r#"caller="checkout""#, r#"rpc="POST /v1/charges""#],
+    )
+    .await;
+    assert_eq!(would, 1.0);
+    assert!(pair.server.log().contains("would deny"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unauthenticated_callers_get_exemptions_and_the_short_form() {
+    let pair = Pair::start(PairOptions::default()).await;
+    let client = hyper_client(false);
+    let ok = get(&client, pair.inbound(), "/healthz", &[])
+        .await
+        .expect("probe");
+    assert_eq!(ok.status, 200);
+    let denied = get(&client, pair.inbound(), "/v1/charges/1", &[])
+        .await
+        .expect("call");
+    assert_eq!(denied.status, 403);
+    let p = denied.json();
+    assert_eq!(p["caller"], "unauthenticated");
+    assert!(p.get("policy").is_none(), "short form names no policy: {p}");
+    assert!(!denied.body.contains("payments-callers"), "{}", denied.body);
+    assert!(denied.headers.contains_key("sluice-denied-by"));
+
+    // The mesh can opt in to full denials for unauthenticated callers.
+    pair.set_policy(&policy("enforce", "full"));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&client, pair.inbound(), "/v1/charges/1", &[])
+                .await
+                .is_ok_and(|r| r.json().get("policy").is_some())
+        })
+        .await,
+        "unauthenticatedDenials: full was not applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_change_reaches_an_open_connection() {
+    let pair = Pair::start(PairOptions::default()).await;
+    // One client connection, kept alive throughout (and the proxies' pooled mTLS one).
+    let client = hyper_client(false);
+    let first = get(&client, pair.outbound(), "/v1/charges/1", &[])
+        .await
+        .expect("first");
+    assert_eq!(first.status, 200);
+    let revoked = policy("enforce", "short").replace(
+        r#"allow: ["GET /v1/charges/{id}"]"#,
+        r#"allow: ["POST /v1/charges"]"#,
+    );
+    pair.set_policy(&revoked);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&client, pair.outbound(), "/v1/charges/1", &[])
+                .await
+                .is_ok_and(|r| r.status == 403)
+        })
+        .await,
+        "the open connection never saw the new policy"
+    );
+    let posted = curl(&[
+        "-X",
+        "POST",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{}/v1/charges", pair.outbound()),
+    ])
+    .await;
+    assert_eq!(String::from_utf8_lossy(&posted.stdout), "200");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn app_403_is_distinguishable_from_a_mesh_denial() {
+    if !have("curl") {
+        return skip("app_403", "curl not installed");
+    }
+    let pair = Pair::start(PairOptions::default()).await;
+    let denied = curl(&[
+        "-i",
+        "-X",
+        "POST",
+        &format!("http://{}/v1/charges", pair.outbound()),
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&denied.stdout);
+    assert!(text.contains("sluice-denied-by:"));
+    // An allowed call's response (whatever the app says) never carries the mesh's marker.
+    let allowed = curl(&["-i", &format!("http://{}/v1/charges/9", pair.outbound())]).await;
+    assert!(!String::from_utf8_lossy(&allowed.stdout).contains("sluice-denied-by"));
+}
