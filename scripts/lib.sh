@@ -17,7 +17,8 @@ DEMO_APT_PACKAGES=()
 
 # Python packages (pip), as `import-name=pip-name`.
 #   grpc: a real gRPC peer for the proxy's gRPC tests
-TEST_PIP_PACKAGES=(grpc=grpcio)
+#   grpc_status: decodes the rich gRPC status (ErrorInfo, Help) of mesh denials
+TEST_PIP_PACKAGES=(grpc=grpcio grpc_status=grpcio-status)
 
 SLUICE_LOG_DIR="${SLUICE_LOG_DIR:-${TMPDIR:-/tmp}/sluice-scripts}"
 mkdir -p "$SLUICE_LOG_DIR"

@@ -27,6 +27,8 @@ pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     /// The CA certificate, PEM.
     pub pem: String,
+    /// The CA certificate, DER.
+    pub der: Vec<u8>,
 }
 
 impl std::fmt::Debug for TestCa {
@@ -75,10 +77,10 @@ impl TestCa {
         params.not_before = OffsetDateTime::now_utc() - time::Duration::hours(1);
         params.not_after = OffsetDateTime::now_utc() + time::Duration::days(1);
         let cert = params.self_signed(&key).expect("CA cert");
-        let pem = cert.pem();
         TestCa {
+            pem: cert.pem(),
+            der: cert.der().to_vec(),
             issuer: Issuer::new(params, key),
-            pem,
         }
     }
 
@@ -103,6 +105,35 @@ impl TestCa {
         params.not_after = now + leaf.not_after;
         let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
         (cert.pem(), key.serialize_pem())
+    }
+
+    /// Signs a CSR (DER) for `spiffe_id`, valid from one second ago for `lifetime`: what the
+    /// controller's `Certify` does, for tests that run without the real controller.
+    pub fn sign_csr(
+        &self,
+        csr_der: &[u8],
+        spiffe_id: &str,
+        lifetime: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der.to_vec());
+        let mut csr =
+            rcgen::CertificateSigningRequestParams::from_der(&der).map_err(|e| e.to_string())?;
+        let p = &mut csr.params;
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names = vec![SanType::URI(
+            spiffe_id.try_into().map_err(|e| format!("{e}"))?,
+        )];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::seconds(1);
+        p.not_after = now + lifetime;
+        let cert = csr.signed_by(&self.issuer).map_err(|e| e.to_string())?;
+        Ok(cert.der().to_vec())
     }
 
     /// Writes `cert.pem`, `key.pem` and `roots.pem` (this CA) into `dir`, each atomically;
@@ -194,6 +225,8 @@ pub struct PairOptions {
     pub server_leaf: Leaf,
     /// Extra variables for both proxies.
     pub env: Vec<(String, String)>,
+    /// Get certificates from this controller (gRPC URL, bootstrap token) instead of files.
+    pub controller: Option<(String, String)>,
 }
 
 impl Default for PairOptions {
@@ -203,6 +236,7 @@ impl Default for PairOptions {
             client_leaf: Leaf::service("checkout"),
             server_leaf: Leaf::service("payments"),
             env: Vec::new(),
+            controller: None,
         }
     }
 }
@@ -216,8 +250,15 @@ impl Pair {
         let policy_dir = dir.path().join("policy");
         std::fs::create_dir_all(&policy_dir).expect("policy dir");
         write_atomically(&policy_dir.join("mesh.yaml"), &opts.policy);
-        ca.write_identity(&dir.path().join("server-id"), &opts.server_leaf);
-        ca.write_identity(&dir.path().join("client-id"), &opts.client_leaf);
+        let identity = |o: ProxyOptions, name: &str, leaf: &Leaf| match &opts.controller {
+            Some((url, token)) => o
+                .env("SLUICE_PROXY_CONTROLLER_ADDR", url.clone())
+                .env("SLUICE_PROXY_IDENTITY_TOKEN", token.clone()),
+            None => {
+                ca.write_identity(&dir.path().join(name), leaf);
+                o.env("SLUICE_PROXY_IDENTITY_DIR", path(&dir.path().join(name)))
+            }
+        };
         let common = |o: ProxyOptions| {
             opts.env
                 .iter()
@@ -225,17 +266,15 @@ impl Pair {
                     o.env(k, v.clone())
                 })
         };
-        let server = Proxy::start(common(
+        let server = Proxy::start(common(identity(
             ProxyOptions::default()
                 .env("SLUICE_PROXY_SERVICE", "payments")
                 .env("SLUICE_PROXY_ID", "payments-0")
                 .env("SLUICE_PROXY_POLICY_DIR", path(&policy_dir))
-                .env(
-                    "SLUICE_PROXY_IDENTITY_DIR",
-                    path(&dir.path().join("server-id")),
-                )
                 .env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={}", app.addr)),
-        ));
+            "server-id",
+            &opts.server_leaf,
+        )));
         let service_addr: SocketAddr = format!("127.0.0.1:{}", crate::free_port())
             .parse()
             .expect("addr");
@@ -252,20 +291,18 @@ impl Pair {
             })
             .to_string(),
         );
-        let client = Proxy::start(common(
+        let client = Proxy::start(common(identity(
             ProxyOptions::default()
                 .env("SLUICE_PROXY_SERVICE", "checkout")
                 .env("SLUICE_PROXY_ID", "checkout-0")
                 .env("SLUICE_PROXY_SNAPSHOT", path(&snapshot))
                 .env(
-                    "SLUICE_PROXY_IDENTITY_DIR",
-                    path(&dir.path().join("client-id")),
-                )
-                .env(
                     "SLUICE_PROXY_EXPLICIT_OUTBOUND",
                     format!("0={service_addr}"),
                 ),
-        ));
+            "client-id",
+            &opts.client_leaf,
+        )));
         Pair {
             app,
             server,

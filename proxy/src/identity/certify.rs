@@ -203,6 +203,11 @@ pub async fn first(config: &CertifyConfig, store: &IdentityStore, wait: Duration
     loop {
         match tokio::time::timeout_at(deadline, certify(config)).await {
             Ok(Ok(creds)) => return store.set(creds),
+            // A refused token will not become valid within the wait: start now, keep trying.
+            Ok(Err(error)) if error.is_permanent() => {
+                tracing::error!(%error, "the controller refused to certify this proxy");
+                break;
+            }
             Ok(Err(error)) => tracing::warn!(%error, "no mesh certificate yet; retrying"),
             Err(_) => break,
         }
