@@ -237,39 +237,3 @@ async fn certificate_rotation_under_load_fails_no_request() {
         "rotations not picked up: {installed}"
     );
 }
-
-/// p50 and p99 of `n` sequential keep-alive requests.
-async fn percentiles(addr: std::net::SocketAddr, path: &str, n: usize) -> (Duration, Duration) {
-    let client = hyper_client(false);
-    for _ in 0..100 {
-        get(&client, addr, path, &[]).await.expect("warmup");
-    }
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        let r = get(&client, addr, path, &[]).await.expect("request");
-        samples.push(start.elapsed());
-        assert_eq!(r.status, 200);
-    }
-    samples.sort();
-    (samples[n / 2], samples[n * 99 / 100])
-}
-
-/// The latency of the mTLS pair (client proxy → mTLS + authorization → server proxy → app),
-/// printed for the benchmark table; asserted only loosely so a busy machine does not flake.
-#[tokio::test(flavor = "multi_thread")]
-async fn mtls_pair_latency() {
-    let pair = Pair::start(PairOptions {
-        env: vec![("SLUICE_PROXY_LOG".into(), "warn".into())],
-        ..PairOptions::default()
-    })
-    .await;
-    let n = 1000;
-    let (direct_p50, direct_p99) = percentiles(pair.app.addr, "/v1/charges/1", n).await;
-    let (pair_p50, pair_p99) = percentiles(pair.outbound(), "/v1/charges/1", n).await;
-    eprintln!(
-        "mTLS pair latency over {n} sequential requests: direct p50 {direct_p50:?} p99 {direct_p99:?}; \
-         via two proxies with mTLS and authorization p50 {pair_p50:?} p99 {pair_p99:?}"
-    );
-    assert!(pair_p50 < direct_p50 + Duration::from_millis(50));
-}
