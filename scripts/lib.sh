@@ -15,6 +15,10 @@ TEST_APT_PACKAGES=(iptables iproute2 curl nghttp2-client prometheus python3-pip)
 # light).
 DEMO_APT_PACKAGES=()
 
+# Debian packages the benchmarks need (`scripts/bench`).
+#   nginx: the reference proxy pair the mesh benchmark compares sluice-proxy with
+BENCH_APT_PACKAGES=(nginx)
+
 # Python packages (pip), as `import-name=pip-name`.
 #   grpc: a real gRPC peer for the proxy's gRPC tests
 #   grpc_status: decodes the rich gRPC status (ErrorInfo, Help) of mesh denials

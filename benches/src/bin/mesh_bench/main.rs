@@ -1,0 +1,348 @@
+//! `mesh_bench`: the latency and throughput a pair of sluice proxies adds to a request,
+//! measured next to the direct path and an nginx pair in the same run. See `benches/README.md`.
+//!
+//! ```text
+//! cargo run --release -p sluice-benches --bin mesh_bench -- [--rate 1000] [--duration 20s] \
+//!     [--connections 8] [--out FILE]
+//! ```
+//!
+//! For each path (`direct`, `sluice pair`, `nginx pair`): start its proxies, read their idle
+//! memory, warm up, run the fixed-rate phase, read peak memory, run the closed-loop phase,
+//! read peak memory again, stop the proxies. Then print the report (and write it with
+//! `--out`).
+
+mod error;
+mod load;
+mod procs;
+mod report;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+
+use crate::error::BenchError;
+use crate::procs::{NginxPair, ProcSample, SluiceOptions, SluicePair, Watched};
+use crate::report::{Latency, Machine, Params, PathReport, ProcReport, Report, Throughput};
+use crate::upstream::Upstream;
+
+/// Measures the latency and throughput a pair of sluice proxies adds, next to the direct path
+/// and an nginx pair.
+#[derive(Debug, Parser)]
+#[command(name = "mesh_bench")]
+struct Args {
+    /// Fixed request rate (requests per second) for the latency phase.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// How long the measured fixed-rate phase lasts, per path.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Fixed-rate warm-up before it, discarded (fills the proxies' connection pools).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Keep-alive connections for the fixed-rate phase.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// How long the closed-loop (max throughput) phase lasts, per path.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    max_duration: Duration,
+    /// Connections for the closed-loop phase (default: --connections).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// A request slower than this counts as an error.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Which paths to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "direct,sluice,nginx")]
+    paths: Vec<PathKind>,
+    /// Write the Markdown report here, and the JSON next to it (same name, `.json`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The sluice-proxy binary (default: build and use `target/release/sluice-proxy`).
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+    /// `SLUICE_PROXY_LOG` for the proxies; `warn` keeps the per-request access log off, as
+    /// nginx's is.
+    #[arg(long, default_value = "warn")]
+    sluice_log: String,
+    /// `TOKIO_WORKER_THREADS` for each sluice proxy (default: tokio's, one per CPU).
+    #[arg(long)]
+    sluice_worker_threads: Option<usize>,
+    /// The nginx binary.
+    #[arg(long, default_value = "nginx")]
+    nginx: PathBuf,
+}
+
+/// A path through which the client reaches the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PathKind {
+    /// Client → upstream.
+    Direct,
+    /// Client → sluice-proxy A (outbound) → sluice-proxy B (inbound) → upstream.
+    Sluice,
+    /// Client → nginx A → nginx B → upstream.
+    Nginx,
+}
+
+impl PathKind {
+    fn name(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Sluice => "sluice pair",
+            PathKind::Nginx => "nginx pair",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mesh_bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh_bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The proxies of one path, stopped when dropped.
+enum Running {
+    Direct,
+    Sluice(SluicePair),
+    Nginx(NginxPair),
+}
+
+async fn run(args: Args) -> Result<(), BenchError> {
+    let load_before = load_average();
+    let scratch = tempfile::Builder::new()
+        .prefix("sluice-mesh-bench-")
+        .tempdir()
+        .map_err(BenchError::io("create a scratch directory"))?;
+    let upstream = Upstream::start()?;
+    let sluice = if args.paths.contains(&PathKind::Sluice) {
+        let bin = match &args.proxy_bin {
+            Some(bin) => bin.clone(),
+            None => procs::sluice_proxy_bin(true)?,
+        };
+        Some(SluiceOptions {
+            bin,
+            log: args.sluice_log.clone(),
+            worker_threads: args.sluice_worker_threads,
+        })
+    } else {
+        None
+    };
+    let nginx_version = args
+        .paths
+        .contains(&PathKind::Nginx)
+        .then(|| procs::nginx_version(&args.nginx))
+        .flatten();
+
+    let mut paths = Vec::new();
+    for &kind in &args.paths {
+        let running = match kind {
+            PathKind::Direct => Running::Direct,
+            PathKind::Sluice => match &sluice {
+                Some(opts) => {
+                    Running::Sluice(SluicePair::start(opts, upstream.addr, scratch.path())?)
+                }
+                None => continue,
+            },
+            PathKind::Nginx => {
+                if nginx_version.is_none() {
+                    let why = format!(
+                        "`{} -v` failed; install nginx (scripts/bench does) or pass --nginx",
+                        args.nginx.display()
+                    );
+                    eprintln!("mesh_bench: skipping the nginx pair: {why}");
+                    paths.push(PathReport::skipped(kind.name(), why));
+                    continue;
+                }
+                Running::Nginx(NginxPair::start(
+                    &args.nginx,
+                    upstream.addr,
+                    scratch.path(),
+                )?)
+            }
+        };
+        let (entry, watched) = match &running {
+            Running::Direct => (upstream.addr, Vec::new()),
+            Running::Sluice(pair) => (pair.entry(), pair.watched()),
+            Running::Nginx(pair) => {
+                // The master forks its worker after binding; give it a moment.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                (pair.entry(), pair.watched())
+            }
+        };
+        paths.push(measure(&args, kind, entry, &watched).await?);
+        drop(running);
+    }
+
+    let mut report = Report {
+        params: Params {
+            rate: args.rate,
+            duration_s: args.duration.as_secs_f64(),
+            warmup_s: args.warmup.as_secs_f64(),
+            connections: args.connections,
+            max_duration_s: args.max_duration.as_secs_f64(),
+            max_connections: max_connections(&args),
+            sluice_log: args.sluice_log.clone(),
+            sluice_worker_threads: args.sluice_worker_threads,
+        },
+        machine: Machine {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            load_before,
+            load_after: load_average(),
+            nginx: nginx_version,
+            sluice_proxy: sluice.map(|s| s.bin.display().to_string()),
+        },
+        paths,
+    };
+    report.compute_added();
+    let markdown = report.markdown();
+    println!("{markdown}");
+    if let Some(out) = &args.out {
+        write_outputs(out, &markdown, &report)?;
+    }
+    Ok(())
+}
+
+fn max_connections(args: &Args) -> usize {
+    args.max_connections.unwrap_or(args.connections)
+}
+
+/// Runs every phase against one path.
+async fn measure(
+    args: &Args,
+    kind: PathKind,
+    entry: SocketAddr,
+    watched: &[Watched],
+) -> Result<PathReport, BenchError> {
+    let name = kind.name();
+    let idle = sample_all(watched)?;
+
+    eprintln!("{name}: warm-up {:?} at {} req/s", args.warmup, args.rate);
+    let warm = load::fixed_rate(
+        entry,
+        args.rate,
+        args.warmup,
+        args.connections,
+        args.timeout,
+    )
+    .await?;
+    if warm.ok == 0 {
+        return Err(BenchError::NoSuccess {
+            path: name.into(),
+            phase: "warm-up",
+            first_error: warm.first_error(),
+        });
+    }
+
+    eprintln!("{name}: {:?} at {} req/s", args.duration, args.rate);
+    let before = sample_all(watched)?;
+    let started = Instant::now();
+    let fixed = load::fixed_rate(
+        entry,
+        args.rate,
+        args.duration,
+        args.connections,
+        args.timeout,
+    )
+    .await?;
+    let wall = started.elapsed();
+    let after_rate = sample_all(watched)?;
+    if fixed.ok == 0 {
+        return Err(BenchError::NoSuccess {
+            path: name.into(),
+            phase: "fixed rate",
+            first_error: fixed.first_error(),
+        });
+    }
+
+    eprintln!(
+        "{name}: max throughput, {} connections for {:?}",
+        max_connections(args),
+        args.max_duration
+    );
+    let max = load::max_throughput(
+        entry,
+        args.max_duration,
+        max_connections(args),
+        args.timeout,
+    )
+    .await?;
+    let after_max = sample_all(watched)?;
+
+    let tick = procs::ticks_per_second() as f64;
+    let processes = watched
+        .iter()
+        .zip(idle.iter().zip(before.iter().zip(&after_rate)))
+        .zip(&after_max)
+        .map(|((w, (idle, (before, rate))), max)| {
+            let cpu_s = rate.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / tick;
+            ProcReport {
+                label: w.label.clone(),
+                threads: rate.threads,
+                idle_rss_kib: idle.rss_kib,
+                peak_rss_at_rate_kib: rate.hwm_kib,
+                peak_rss_kib: max.hwm_kib,
+                cpu_at_rate_pct: 100.0 * cpu_s / wall.as_secs_f64().max(1e-9),
+            }
+        })
+        .collect();
+    Ok(PathReport {
+        name: name.into(),
+        skipped: None,
+        fixed: Some(Latency::of(&fixed)),
+        added: None,
+        max: Some(Throughput::of(&max)),
+        processes,
+    })
+}
+
+fn sample_all(watched: &[Watched]) -> Result<Vec<ProcSample>, BenchError> {
+    watched.iter().map(|w| ProcSample::read(w.pid)).collect()
+}
+
+/// The 1-minute load average, a hint of how noisy the figures are.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `out` gets the Markdown; the same name with `.json` gets the JSON.
+fn write_outputs(out: &Path, markdown: &str, report: &Report) -> Result<(), BenchError> {
+    let json_path = out.with_extension("json");
+    let md_path = if json_path == out {
+        out.with_extension("md")
+    } else {
+        out.to_owned()
+    };
+    if let Some(dir) = md_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(BenchError::file("create", dir))?;
+    }
+    std::fs::write(&md_path, markdown).map_err(BenchError::file("write", &md_path))?;
+    let json = serde_json::to_string_pretty(report)
+        .map_err(|e| BenchError::Setup(format!("serialise the report: {e}")))?;
+    std::fs::write(&json_path, json + "\n").map_err(BenchError::file("write", &json_path))?;
+    eprintln!("wrote {} and {}", md_path.display(), json_path.display());
+    Ok(())
+}

@@ -1,0 +1,492 @@
+//! The proxies under test, run as child processes: a pair of `sluice-proxy` release binaries
+//! in explicit mode, or a pair of nginx masters with one worker each. Also `/proc` readings of
+//! their memory, threads and CPU time.
+//!
+//! Both pairs have the same shape: client → A → B → upstream, where A plays the caller's
+//! sidecar (outbound) and B the callee's (inbound). Everything binds 127.0.0.1.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Deserialize;
+
+use crate::error::BenchError;
+
+/// How long a child may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a child may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A child process, stopped (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
+struct Supervised {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Supervised {
+    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Supervised, BenchError> {
+        let stderr = File::create(&log).map_err(BenchError::file("create", &log))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(BenchError::io(format!("start {name} ({cmd:?})")))?;
+        Ok(Supervised {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails with the log's tail if the process has exited.
+    fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(BenchError::Setup(format!(
+                "{} exited during start-up ({status}); its log ({}):\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.log)
+            ))),
+            Err(e) => Err(BenchError::io(format!("wait for {}", self.name))(e)),
+        }
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if let Ok(raw) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last lines of a log file, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// A process whose memory the report shows.
+#[derive(Clone, Debug)]
+pub struct Watched {
+    /// What it is, e.g. `sluice A (outbound)`.
+    pub label: String,
+    /// Its pid.
+    pub pid: u32,
+}
+
+/// Figures from `/proc/PID/status` and `/proc/PID/stat`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcSample {
+    /// Resident set size now (`VmRSS`), KiB.
+    pub rss_kib: u64,
+    /// Peak resident set size so far (`VmHWM`), KiB.
+    pub hwm_kib: u64,
+    /// Threads (`Threads`).
+    pub threads: u64,
+    /// User plus system CPU time so far, in clock ticks.
+    pub cpu_ticks: u64,
+}
+
+impl ProcSample {
+    /// Reads the process's current figures.
+    pub fn read(pid: u32) -> Result<ProcSample, BenchError> {
+        let path = PathBuf::from(format!("/proc/{pid}/status"));
+        let status = std::fs::read_to_string(&path).map_err(BenchError::file("read", &path))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let path = PathBuf::from(format!("/proc/{pid}/stat"));
+        let stat = std::fs::read_to_string(&path).map_err(BenchError::file("read", &path))?;
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th
+        // fields of the whole line, so the 12th and 13th after it.
+        let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ticks: Vec<u64> = after_comm
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        Ok(ProcSample {
+            rss_kib: field("VmRSS:"),
+            hwm_kib: field("VmHWM:"),
+            threads: field("Threads:"),
+            cpu_ticks: ticks.iter().sum(),
+        })
+    }
+}
+
+/// Clock ticks per second for `/proc/PID/stat` CPU times.
+pub fn ticks_per_second() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// Finds `cargo build`'s release `sluice-proxy`, building it first unless told not to.
+pub fn sluice_proxy_bin(build: bool) -> Result<PathBuf, BenchError> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if build {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        eprintln!("building the release sluice-proxy (cargo build --release -p sluice-proxy)");
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "sluice-proxy",
+                "--bin",
+                "sluice-proxy",
+            ])
+            .current_dir(&workspace)
+            .status()
+            .map_err(BenchError::io("run cargo build -p sluice-proxy"))?;
+        if !status.success() {
+            return Err(BenchError::Setup(format!(
+                "cargo build --release -p sluice-proxy failed ({status})"
+            )));
+        }
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    let bin = target.join("release").join("sluice-proxy");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(BenchError::Setup(format!(
+            "{} not found: build it with `cargo build --release -p sluice-proxy` or pass \
+             --proxy-bin",
+            bin.display()
+        )))
+    }
+}
+
+/// How to run the sluice proxies.
+#[derive(Clone, Debug)]
+pub struct SluiceOptions {
+    /// The binary.
+    pub bin: PathBuf,
+    /// `SLUICE_PROXY_LOG` (`warn` keeps the per-request access log off, like nginx's).
+    pub log: String,
+    /// `TOKIO_WORKER_THREADS` for each proxy; unset means tokio's default (one per core).
+    pub worker_threads: Option<usize>,
+}
+
+/// What `SLUICE_PROXY_LISTEN_ADDRS_FILE` holds (the parts the benchmark uses).
+#[derive(Debug, Deserialize)]
+struct BoundAddrs {
+    explicit: Vec<BoundExplicit>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BoundExplicit {
+    listen: SocketAddr,
+}
+
+/// Two `sluice-proxy` processes: A's explicit outbound listener forwards to B's explicit
+/// inbound listener, which forwards to the upstream.
+#[derive(Debug)]
+pub struct SluicePair {
+    // Field order is drop order: A (the client's side) stops first.
+    a: Supervised,
+    b: Supervised,
+    entry: SocketAddr,
+}
+
+impl SluicePair {
+    /// Starts B, reads back its port, then starts A pointed at it.
+    pub fn start(
+        opts: &SluiceOptions,
+        upstream: SocketAddr,
+        dir: &Path,
+    ) -> Result<SluicePair, BenchError> {
+        let (b, b_listen) = start_sluice(
+            opts,
+            "sluice B (inbound)",
+            "SLUICE_PROXY_EXPLICIT_INBOUND",
+            upstream,
+            &dir.join("sluice-b"),
+        )?;
+        let (a, entry) = start_sluice(
+            opts,
+            "sluice A (outbound)",
+            "SLUICE_PROXY_EXPLICIT_OUTBOUND",
+            b_listen,
+            &dir.join("sluice-a"),
+        )?;
+        Ok(SluicePair { a, b, entry })
+    }
+
+    /// Where the client connects (A's explicit outbound listener).
+    pub fn entry(&self) -> SocketAddr {
+        self.entry
+    }
+
+    /// A and B.
+    pub fn watched(&self) -> Vec<Watched> {
+        [&self.a, &self.b]
+            .into_iter()
+            .map(|p| Watched {
+                label: p.name.clone(),
+                pid: p.pid(),
+            })
+            .collect()
+    }
+}
+
+/// Starts one proxy with a single explicit listener `127.0.0.1:0=target` in `explicit_var`,
+/// waits for its listen-address file and returns the port it bound.
+fn start_sluice(
+    opts: &SluiceOptions,
+    name: &str,
+    explicit_var: &str,
+    target: SocketAddr,
+    dir: &Path,
+) -> Result<(Supervised, SocketAddr), BenchError> {
+    std::fs::create_dir_all(dir).map_err(BenchError::file("create", dir))?;
+    let addrs_file = dir.join("addrs.json");
+    let mut cmd = Command::new(&opts.bin);
+    cmd.env("SLUICE_PROXY_INBOUND_ADDR", "off")
+        .env("SLUICE_PROXY_OUTBOUND_ADDR", "off")
+        .env("SLUICE_PROXY_ADMIN_ADDR", "127.0.0.1:0")
+        .env(explicit_var, format!("127.0.0.1:0={target}"))
+        .env("SLUICE_PROXY_LOG", &opts.log)
+        .env("SLUICE_PROXY_LISTEN_ADDRS_FILE", &addrs_file);
+    match opts.worker_threads {
+        Some(n) => cmd.env("TOKIO_WORKER_THREADS", n.to_string()),
+        None => cmd.env_remove("TOKIO_WORKER_THREADS"),
+    };
+    let mut proc = Supervised::spawn(name, cmd, dir.join("proxy.log"))?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&addrs_file) {
+            let bound: BoundAddrs = serde_json::from_str(&text)
+                .map_err(|e| BenchError::Setup(format!("{name}: {}: {e}", addrs_file.display())))?;
+            let listen = bound.explicit.first().map(|e| e.listen).ok_or_else(|| {
+                BenchError::Setup(format!("{name}: no explicit listener in {text}"))
+            })?;
+            return Ok((proc, listen));
+        }
+        proc.check_alive()?;
+        if Instant::now() > deadline {
+            return Err(BenchError::Setup(format!(
+                "{name} did not write {} within {START_TIMEOUT:?}",
+                addrs_file.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Two nginx masters, one worker each: A `proxy_pass`es to B, B to the upstream, both with a
+/// keep-alive upstream pool.
+#[derive(Debug)]
+pub struct NginxPair {
+    a: Supervised,
+    b: Supervised,
+    entry: SocketAddr,
+}
+
+impl NginxPair {
+    /// Starts B, then A pointed at it.
+    pub fn start(nginx: &Path, upstream: SocketAddr, dir: &Path) -> Result<NginxPair, BenchError> {
+        let (b, b_addr) = start_nginx(nginx, "nginx B", upstream, &dir.join("nginx-b"))?;
+        let (a, entry) = start_nginx(nginx, "nginx A", b_addr, &dir.join("nginx-a"))?;
+        Ok(NginxPair { a, b, entry })
+    }
+
+    /// Where the client connects (A's listener).
+    pub fn entry(&self) -> SocketAddr {
+        self.entry
+    }
+
+    /// A's and B's workers (the masters only supervise, so they are left out).
+    pub fn watched(&self) -> Vec<Watched> {
+        [&self.a, &self.b]
+            .into_iter()
+            .flat_map(|p| {
+                children_of(p.pid()).into_iter().map(|pid| Watched {
+                    label: format!("{} worker", p.name),
+                    pid,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `nginx -v`'s answer, e.g. `nginx/1.22.1`, or `None` when nginx cannot be run.
+pub fn nginx_version(nginx: &Path) -> Option<String> {
+    let out = Command::new(nginx).arg("-v").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.trim()
+        .strip_prefix("nginx version: ")
+        .map(str::to_owned)
+        .filter(|_| out.status.success())
+}
+
+/// nginx refuses `listen ...:0`, so the port is picked the next best way: bind port 0, read
+/// the port back, release it and hand it to nginx. If something else takes it in between,
+/// nginx fails to bind and the start is retried with a new port.
+fn start_nginx(
+    nginx: &Path,
+    name: &str,
+    upstream: SocketAddr,
+    dir: &Path,
+) -> Result<(Supervised, SocketAddr), BenchError> {
+    const ATTEMPTS: usize = 3;
+    std::fs::create_dir_all(dir).map_err(BenchError::file("create", dir))?;
+    let mut last_error = None;
+    for _ in 0..ATTEMPTS {
+        let listen = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(BenchError::io("pick a port for nginx"))?;
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(dir, listen, upstream))
+            .map_err(BenchError::file("write", &conf))?;
+        let mut cmd = Command::new(nginx);
+        cmd.arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .args(["-g", "daemon off;"]);
+        let mut proc = Supervised::spawn(name, cmd, dir.join("stderr.log"))?;
+        match wait_listening(&mut proc, listen) {
+            Ok(()) => return Ok((proc, listen)),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| BenchError::Setup(format!("{name} did not start"))))
+}
+
+fn wait_listening(proc: &mut Supervised, addr: SocketAddr) -> Result<(), BenchError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        proc.check_alive()?;
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Setup(format!(
+                "{} is not listening on {addr} after {START_TIMEOUT:?}",
+                proc.name
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One worker, no access log, HTTP/1.1 with a keep-alive pool to the next hop: the usual way
+/// to run nginx as a reverse proxy, and the closest match to one sidecar.
+fn nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    # No per-connection request cap (nginx's default is 1,000), as in sluice, so neither pair
+    # pays for reconnects the other does not.
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream next_hop {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://next_hop;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+"
+    )
+}
+
+/// Direct children of `pid`, from `/proc/*/stat`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.rsplit_once(')')?.1.to_owned();
+                    // After the command: state, then ppid.
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_proc_figures() {
+        let s = ProcSample::read(std::process::id()).expect("proc");
+        assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib && s.threads >= 1);
+    }
+
+    #[test]
+    fn nginx_conf_points_at_the_next_hop() {
+        let conf = nginx_conf(
+            Path::new("/tmp/x"),
+            "127.0.0.1:1000".parse().expect("addr"),
+            "127.0.0.1:2000".parse().expect("addr"),
+        );
+        assert!(conf.contains("listen 127.0.0.1:1000;"));
+        assert!(conf.contains("server 127.0.0.1:2000;"));
+        assert!(conf.contains("keepalive 64;"));
+    }
+}

@@ -1,0 +1,419 @@
+//! The results: a serialisable record of one run, and its Markdown rendering with the targets
+//! next to the figures.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::load::Outcome;
+
+/// Target: latency the sluice pair adds at p50, at the fixed rate.
+pub const TARGET_ADDED_P50_MS: f64 = 0.2;
+/// Target: latency the sluice pair adds at p99, at the fixed rate.
+pub const TARGET_ADDED_P99_MS: f64 = 1.0;
+/// Target: each sluice proxy's peak RSS under load, in MB (10^6 bytes).
+pub const TARGET_RSS_MB: f64 = 15.0;
+
+/// One whole run.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// How the run was configured.
+    pub params: Params,
+    /// Where it ran.
+    pub machine: Machine,
+    /// One entry per path, `direct` first.
+    pub paths: Vec<PathReport>,
+}
+
+/// The command-line parameters that shape the figures.
+#[derive(Debug, Serialize)]
+pub struct Params {
+    /// Fixed request rate, requests per second.
+    pub rate: u32,
+    /// Measured time at the fixed rate, seconds.
+    pub duration_s: f64,
+    /// Discarded warm-up at the fixed rate before it, seconds.
+    pub warmup_s: f64,
+    /// Keep-alive connections for the fixed-rate phase.
+    pub connections: usize,
+    /// Closed-loop time per path, seconds.
+    pub max_duration_s: f64,
+    /// Connections for the closed-loop phase.
+    pub max_connections: usize,
+    /// `SLUICE_PROXY_LOG` for both proxies.
+    pub sluice_log: String,
+    /// `TOKIO_WORKER_THREADS` for each proxy, if set.
+    pub sluice_worker_threads: Option<usize>,
+}
+
+/// The machine, and how busy it was (the figures are only as good as this is quiet).
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// `/proc/sys/kernel/osrelease`.
+    pub kernel: String,
+    /// 1-minute load average when the run started.
+    pub load_before: f64,
+    /// 1-minute load average when it ended.
+    pub load_after: f64,
+    /// `nginx -v`, if nginx ran.
+    pub nginx: Option<String>,
+    /// The sluice-proxy binary.
+    pub sluice_proxy: Option<String>,
+}
+
+/// One path: `direct`, `sluice pair` or `nginx pair`.
+#[derive(Debug, Serialize)]
+pub struct PathReport {
+    /// Its name.
+    pub name: String,
+    /// Why it was not measured, if it was not.
+    pub skipped: Option<String>,
+    /// The fixed-rate phase.
+    pub fixed: Option<Latency>,
+    /// Latency over `direct` at each percentile (for the pairs).
+    pub added: Option<Added>,
+    /// The closed-loop phase.
+    pub max: Option<Throughput>,
+    /// The proxies' processes.
+    pub processes: Vec<ProcReport>,
+}
+
+impl PathReport {
+    /// A path that was not measured.
+    pub fn skipped(name: &str, why: String) -> PathReport {
+        PathReport {
+            name: name.to_owned(),
+            skipped: Some(why),
+            fixed: None,
+            added: None,
+            max: None,
+            processes: Vec::new(),
+        }
+    }
+}
+
+/// Fixed-rate latency, in milliseconds from each request's intended send time.
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    /// Requests answered 200 per second, over the phase.
+    pub achieved_rps: f64,
+    /// Successful requests.
+    pub ok: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Percentiles of successful requests.
+    pub p50_ms: f64,
+    /// 90th.
+    pub p90_ms: f64,
+    /// 99th.
+    pub p99_ms: f64,
+    /// 99.9th.
+    pub p999_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+    /// A few error messages.
+    pub error_samples: Vec<String>,
+}
+
+impl Latency {
+    /// Summarises a fixed-rate outcome.
+    pub fn of(o: &Outcome) -> Latency {
+        Latency {
+            achieved_rps: o.throughput(),
+            ok: o.ok,
+            errors: o.errors,
+            p50_ms: quantile_ms(&o.latency, 0.50),
+            p90_ms: quantile_ms(&o.latency, 0.90),
+            p99_ms: quantile_ms(&o.latency, 0.99),
+            p999_ms: quantile_ms(&o.latency, 0.999),
+            max_ms: ns_to_ms(o.latency.max()),
+            error_samples: o.error_samples.clone(),
+        }
+    }
+}
+
+/// A pair's latency minus the direct path's, per percentile, in milliseconds.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Added {
+    /// p50.
+    pub p50_ms: f64,
+    /// p90.
+    pub p90_ms: f64,
+    /// p99.
+    pub p99_ms: f64,
+    /// p99.9.
+    pub p999_ms: f64,
+    /// max.
+    pub max_ms: f64,
+}
+
+impl Added {
+    /// `pair - direct` at each percentile.
+    pub fn between(pair: &Latency, direct: &Latency) -> Added {
+        Added {
+            p50_ms: pair.p50_ms - direct.p50_ms,
+            p90_ms: pair.p90_ms - direct.p90_ms,
+            p99_ms: pair.p99_ms - direct.p99_ms,
+            p999_ms: pair.p999_ms - direct.p999_ms,
+            max_ms: pair.max_ms - direct.max_ms,
+        }
+    }
+}
+
+/// Closed-loop throughput.
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    /// Requests answered 200 per second.
+    pub rps: f64,
+    /// Successful requests.
+    pub ok: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Median latency from the actual send time (not corrected: the loop is closed).
+    pub p50_ms: f64,
+    /// 99th percentile, same.
+    pub p99_ms: f64,
+    /// A few error messages.
+    pub error_samples: Vec<String>,
+}
+
+impl Throughput {
+    /// Summarises a closed-loop outcome.
+    pub fn of(o: &Outcome) -> Throughput {
+        Throughput {
+            rps: o.throughput(),
+            ok: o.ok,
+            errors: o.errors,
+            p50_ms: quantile_ms(&o.latency, 0.50),
+            p99_ms: quantile_ms(&o.latency, 0.99),
+            error_samples: o.error_samples.clone(),
+        }
+    }
+}
+
+/// One proxy process's memory and CPU.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcReport {
+    /// What it is.
+    pub label: String,
+    /// Its threads (tokio workers plus blocking and signal threads, for sluice).
+    pub threads: u64,
+    /// `VmRSS` right after start, KiB.
+    pub idle_rss_kib: u64,
+    /// `VmHWM` after the fixed-rate phase, KiB.
+    pub peak_rss_at_rate_kib: u64,
+    /// `VmHWM` after the closed-loop phase, KiB.
+    pub peak_rss_kib: u64,
+    /// CPU used during the fixed-rate phase, percent of one core.
+    pub cpu_at_rate_pct: f64,
+}
+
+fn ns_to_ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    ns_to_ms(h.value_at_quantile(q))
+}
+
+fn mb(kib: u64) -> f64 {
+    kib as f64 * 1024.0 / 1e6
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok { "✓" } else { "✗" }
+}
+
+impl Report {
+    /// Fills in each pair's latency over the direct path.
+    pub fn compute_added(&mut self) {
+        let direct = self
+            .paths
+            .iter()
+            .find(|p| p.name == "direct")
+            .and_then(|p| p.fixed.clone());
+        let Some(direct) = direct else { return };
+        for p in &mut self.paths {
+            if p.name != "direct" {
+                p.added = p.fixed.as_ref().map(|f| Added::between(f, &direct));
+            }
+        }
+    }
+
+    /// The run as Markdown: a summary line, then latency, added latency, throughput and
+    /// memory tables. Targets are shown next to the sluice figures they apply to.
+    pub fn markdown(&self) -> String {
+        let (p, m) = (&self.params, &self.machine);
+        let mut out = String::new();
+        let _ = writeln!(out, "## Mesh benchmark\n");
+        let _ = writeln!(
+            out,
+            "Machine: {} CPUs, Linux {}, 1-min load average {:.2} before / {:.2} after the run. \
+             nginx: {}. sluice-proxy tokio worker threads: {}; log level `{}`.\n",
+            m.cpus,
+            m.kernel,
+            m.load_before,
+            m.load_after,
+            m.nginx.as_deref().unwrap_or("not run"),
+            p.sluice_worker_threads
+                .map_or_else(|| "default (one per CPU)".to_owned(), |n| n.to_string()),
+            p.sluice_log,
+        );
+        let _ = writeln!(
+            out,
+            "Fixed rate: {} req/s for {}s after a {}s warm-up, {} keep-alive connections, \
+             open loop, latency from each request's intended send time (corrected for \
+             coordinated omission). Max throughput: closed loop, {} connections, {}s.\n",
+            p.rate, p.duration_s, p.warmup_s, p.connections, p.max_connections, p.max_duration_s
+        );
+        self.latency_table(&mut out);
+        self.added_table(&mut out);
+        self.throughput_table(&mut out);
+        self.memory_table(&mut out);
+        for path in &self.paths {
+            if let Some(why) = &path.skipped {
+                let _ = writeln!(out, "- **{}** skipped: {why}", path.name);
+            }
+            let samples = path
+                .fixed
+                .iter()
+                .flat_map(|f| &f.error_samples)
+                .chain(path.max.iter().flat_map(|t| &t.error_samples));
+            for e in samples {
+                let _ = writeln!(out, "- {} error: {e}", path.name);
+            }
+        }
+        out
+    }
+
+    fn latency_table(&self, out: &mut String) {
+        let _ = writeln!(out, "### Latency at {} req/s (ms)\n", self.params.rate);
+        let _ = writeln!(
+            out,
+            "| path | achieved req/s | ok | errors | p50 | p90 | p99 | p99.9 | max |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for path in &self.paths {
+            if let Some(f) = &path.fixed {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.1} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                    path.name,
+                    f.achieved_rps,
+                    f.ok,
+                    f.errors,
+                    f.p50_ms,
+                    f.p90_ms,
+                    f.p99_ms,
+                    f.p999_ms,
+                    f.max_ms
+                );
+            }
+        }
+        out.push('\n');
+    }
+
+    fn added_table(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "### Added latency over direct (ms; targets for the sluice pair: p50 < {TARGET_ADDED_P50_MS}, \
+             p99 < {TARGET_ADDED_P99_MS})\n"
+        );
+        let _ = writeln!(
+            out,
+            "| path | p50 | p90 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|"
+        );
+        for path in &self.paths {
+            let Some(a) = &path.added else { continue };
+            let (t50, t99) = if path.name == "sluice pair" {
+                (
+                    format!(" {}", mark(a.p50_ms < TARGET_ADDED_P50_MS)),
+                    format!(" {}", mark(a.p99_ms < TARGET_ADDED_P99_MS)),
+                )
+            } else {
+                (String::new(), String::new())
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {:+.3}{t50} | {:+.3} | {:+.3}{t99} | {:+.3} | {:+.3} |",
+                path.name, a.p50_ms, a.p90_ms, a.p99_ms, a.p999_ms, a.max_ms
+            );
+        }
+        if self.paths.iter().filter_map(|p| p.added).any(|a| {
+            [a.p50_ms, a.p90_ms, a.p99_ms, a.p999_ms]
+                .iter()
+                .any(|&v| v < 0.0)
+        }) {
+            let _ = writeln!(
+                out,
+                "\n**Noisy run:** a pair came out faster than the direct path at some percentile, \
+                 so the machine's own jitter is larger than what the proxies add there. Those \
+                 figures (and their ✓) mean nothing; re-run on an idle machine."
+            );
+        }
+        out.push('\n');
+    }
+
+    fn throughput_table(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "### Max throughput (closed loop, {} connections)\n",
+            self.params.max_connections
+        );
+        let _ = writeln!(
+            out,
+            "| path | req/s | ok | errors | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|"
+        );
+        for path in &self.paths {
+            if let Some(t) = &path.max {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} | {} | {} | {:.3} | {:.3} |",
+                    path.name, t.rps, t.ok, t.errors, t.p50_ms, t.p99_ms
+                );
+            }
+        }
+        out.push('\n');
+    }
+
+    fn memory_table(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "### Proxy memory and CPU (MB = 10^6 bytes; target for each sluice proxy: < {TARGET_RSS_MB} MB under load)\n"
+        );
+        let _ = writeln!(
+            out,
+            "| process | threads | RSS idle | peak RSS at {} req/s | peak RSS after max throughput | CPU at {} req/s |\n\
+             |---|---:|---:|---:|---:|---:|",
+            self.params.rate, self.params.rate
+        );
+        for path in &self.paths {
+            let sluice = path.name == "sluice pair";
+            for proc in &path.processes {
+                let target = |kib| {
+                    if sluice {
+                        format!(" {}", mark(mb(kib) < TARGET_RSS_MB))
+                    } else {
+                        String::new()
+                    }
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.1} MB | {:.1} MB{} | {:.1} MB{} | {:.0}% of a core |",
+                    proc.label,
+                    proc.threads,
+                    mb(proc.idle_rss_kib),
+                    mb(proc.peak_rss_at_rate_kib),
+                    target(proc.peak_rss_at_rate_kib),
+                    mb(proc.peak_rss_kib),
+                    target(proc.peak_rss_kib),
+                    proc.cpu_at_rate_pct
+                );
+            }
+        }
+        out.push('\n');
+    }
+}
