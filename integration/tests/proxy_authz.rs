@@ -221,6 +221,12 @@ async fn unauthenticated_callers_get_exemptions_and_the_short_form() {
     assert!(p.get("policy").is_none(), "short form names no policy: {p}");
     assert!(!denied.body.contains("payments-callers"), "{}", denied.body);
     assert!(denied.headers.contains_key("sluice-denied-by"));
+    // A path the app could decode past the exemption is refused before policy is consulted.
+    let tricky = get(&client, pair.inbound(), "/healthz/%2e%2e/v1/charges/1", &[])
+        .await
+        .expect("call");
+    assert_eq!(tricky.status, 400, "{}", tricky.body);
+    assert_eq!(pair.app.hits(), 1, "only the probe reached the app");
 
     // The mesh can opt in to full denials for unauthenticated callers.
     pair.set_policy(&policy("enforce", "full"));

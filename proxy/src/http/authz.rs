@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use http::HeaderValue;
 use http::header::CONTENT_TYPE;
-use sluice_policy::rpc::Rpc;
+use sluice_policy::rpc::{Rpc, check_request_path};
 use tower::Service;
 
 use super::errors::ProxyError;
@@ -49,6 +49,11 @@ impl<S: Svc<ProxyError>> Service<Request> for Authz<S> {
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
+        // Refused before any policy is consulted: matching a path the application may decode
+        // differently would let `GET /public/%2e%2e/admin` through a `GET /public/*` grant.
+        if let Err(e) = check_request_path(req.uri().path()) {
+            return Box::pin(async move { Err(ProxyError::AmbiguousPath(e)) });
+        }
         let rpc = Rpc::from_request(req.method().as_str(), req.uri().path(), content_type);
         let request_id = authz::request_id(req.headers());
         if let Err(denial) = authorizer.check(peer.as_deref(), &rpc, &request_id) {

@@ -62,6 +62,10 @@ pub enum ProxyError {
     /// See [`ForwardError`].
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    /// The path could mean different things to the proxy and the application (`%2e`, `%2f`,
+    /// `\\`...), so no policy can be applied to it safely.
+    #[error(transparent)]
+    AmbiguousPath(#[from] sluice_policy::rpc::AmbiguousPath),
     /// Policy denied the call; rendered by [`super::denial`], not by the generic mapping.
     #[error("denied: {}", .0.explain)]
     Denied(Box<Denial>),
@@ -85,6 +89,7 @@ impl ProxyError {
                 (StatusCode::INTERNAL_SERVER_ERROR, 13, "internal")
             }
             ProxyError::Denied(_) => (StatusCode::FORBIDDEN, 7, "denied"),
+            ProxyError::AmbiguousPath(_) => (StatusCode::BAD_REQUEST, 3, "ambiguous-path"),
         }
     }
 }
