@@ -20,7 +20,9 @@
 
 mod check;
 mod explain;
+pub mod identity;
 mod schema;
+pub mod server;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -29,6 +31,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use check::summary_line;
+pub use identity::cli::{IdentityCommand, TokenArgs};
+pub use server::ControllerArgs;
 
 /// The exit status of a successful run (a valid policy, an allowed call).
 pub const EXIT_OK: u8 = 0;
@@ -52,6 +56,13 @@ pub enum Command {
     /// Check, explain and describe policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run the control plane: the mesh CA and the gRPC API proxies talk to.
+    ///
+    /// Serves until SIGTERM or ctrl-c; exits 0 after a clean shutdown, 2 if it cannot start.
+    Controller(ControllerArgs),
+    /// Mesh identity: bootstrap tokens for proxies.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
 }
 
 /// `sluice policy …`.
@@ -212,6 +223,12 @@ pub enum CliError {
         /// Why.
         source: std::io::Error,
     },
+    /// The CA or token key could not be loaded or created, or an identity argument is wrong.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The controller could not serve.
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
     /// Writing to stdout failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -264,6 +281,8 @@ fn execute(
         Command::Policy(PolicyCommand::Check(args)) => check::run(&args, terminal, out),
         Command::Policy(PolicyCommand::Explain(args)) => explain::run(&args, terminal, out, err),
         Command::Policy(PolicyCommand::Schema(args)) => schema::run(&args, out),
+        Command::Controller(args) => server::run(&args, out, err),
+        Command::Identity(command) => identity::cli::run(&command, out),
     }
 }
 

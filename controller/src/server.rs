@@ -1,0 +1,415 @@
+//! The controller's gRPC server (`sluice.mesh.v1.Mesh`) and the `sluice controller` command.
+//!
+//! Each RPC lives in its own module (`certify` now; `watch`, `register` and `report_denials`
+//! with the controller issue) as a plain async function returning `Result<_, ApiError>`;
+//! [`MeshService`] only dispatches, logs, and converts errors with the single
+//! `From<ApiError> for Status` in `error.rs`.
+//!
+//! The listener is plaintext HTTP/2, meant for loopback. In Kubernetes it will get a server
+//! certificate from the same CA, and proxies will verify it against the CA certificate they are
+//! given at start; bootstrap tokens are bearer credentials and must not cross a network in
+//! the clear.
+
+mod certify;
+mod error;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use sluice_api::v1::mesh_server::{Mesh, MeshServer};
+use sluice_api::v1::{
+    CertifyRequest, CertifyResponse, DenialReport, DenialReportAck, ProxyConfig, Registration,
+    RegistrationAck, WatchRequest,
+};
+use sluice_policy::PolicySet;
+use sluice_policy::diagnostic::{Style, render};
+use sluice_policy::validate::LoadError;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+pub use error::ApiError;
+
+use crate::identity::ca::CaOrigin;
+use crate::identity::cli::parse_duration;
+use crate::identity::issue::{MAX_LIFETIME, MIN_LIFETIME};
+use crate::identity::{
+    Certifier, IdentityError, MeshCa, TokenKey, TrustDomain, WorkloadAuthenticator,
+};
+use crate::{CliError, Outcome};
+
+/// The largest request message accepted (CSRs are bounded separately, at 16 KiB).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// How long in-flight calls get to finish after SIGTERM or ctrl-c.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The `Mesh` service.
+pub struct MeshService {
+    certifier: Arc<Certifier>,
+    authenticator: Arc<dyn WorkloadAuthenticator>,
+}
+
+impl MeshService {
+    /// A service issuing certificates with `certifier` to workloads `authenticator` proves.
+    pub fn new(certifier: Arc<Certifier>, authenticator: Arc<dyn WorkloadAuthenticator>) -> Self {
+        MeshService {
+            certifier,
+            authenticator,
+        }
+    }
+
+    /// The tonic service, with the request size bound applied.
+    pub fn into_server(self) -> MeshServer<MeshService> {
+        MeshServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
+    }
+}
+
+/// The stream type of `Watch`.
+pub type WatchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<ProxyConfig, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Mesh for MeshService {
+    async fn certify(
+        &self,
+        request: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let peer = request.remote_addr();
+        let request = request.into_inner();
+        let (namespace, service) = request
+            .workload
+            .as_ref()
+            .map(|w| (w.namespace.clone(), w.service.clone()))
+            .unwrap_or_default();
+        let result = certify::certify(&self.certifier, &*self.authenticator, request).await;
+        match &result {
+            Ok(response) => tracing::info!(
+                peer = ?peer,
+                spiffe_id = %response.spiffe_id,
+                not_after = response.not_after_unix,
+                "issued a workload certificate"
+            ),
+            Err(e) if e.is_internal() => {
+                tracing::error!(peer = ?peer, namespace, service, error = %e, "Certify failed");
+            }
+            Err(e) => {
+                tracing::warn!(peer = ?peer, namespace, service, error = %e, "Certify refused");
+            }
+        }
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        _request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(ApiError::Unimplemented("Watch").into())
+    }
+
+    async fn register(
+        &self,
+        _request: Request<Registration>,
+    ) -> Result<Response<RegistrationAck>, Status> {
+        Err(ApiError::Unimplemented("Register").into())
+    }
+
+    async fn report_denials(
+        &self,
+        _request: Request<DenialReport>,
+    ) -> Result<Response<DenialReportAck>, Status> {
+        Err(ApiError::Unimplemented("ReportDenials").into())
+    }
+}
+
+/// Arguments of `sluice controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Where the controller keeps its state: the CA (`ca/`), the token key (`token.key`).
+    /// Created (mode 0700) if missing.
+    #[arg(long, value_name = "DIR", env = "SLUICE_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// The address to serve the gRPC API on. Port 0 picks a free port; the address is printed.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7071")]
+    pub listen: SocketAddr,
+    /// A directory of policy files. It must be valid; its Mesh sets the trust domain
+    /// (default `cluster.local`).
+    #[arg(long, value_name = "DIR")]
+    pub policy: Option<PathBuf>,
+    /// Use this CA certificate (PEM) instead of the one in the state directory.
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The private key (PKCS#8 PEM) of `--ca-cert`.
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// How long workload certificates are valid (10s to 366d). Proxies renew at about 70%.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
+    pub cert_lifetime: Duration,
+    /// Once listening, write the bound address (`127.0.0.1:7071`) and a newline to this file.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Why the controller could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The certificate lifetime is out of range.
+    #[error("--cert-lifetime {} is out of range: it must be between {} and {}",
+        humantime::format_duration(*.0), humantime::format_duration(MIN_LIFETIME),
+        humantime::format_duration(MAX_LIFETIME))]
+    Lifetime(Duration),
+    /// Setting up the process (runtime, signal handlers, ready file).
+    #[error("cannot {action}: {source}")]
+    Setup {
+        /// What.
+        action: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// `sluice controller`.
+pub(crate) fn run(
+    args: &ControllerArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Outcome, CliError> {
+    init_tracing();
+    if !(MIN_LIFETIME..=MAX_LIFETIME).contains(&args.cert_lifetime) {
+        return Err(ServeError::Lifetime(args.cert_lifetime).into());
+    }
+    let trust_domain = match &args.policy {
+        Some(dir) => trust_domain_from_policy(dir, err)?,
+        None => TrustDomain::default(),
+    };
+    let now = SystemTime::now();
+    let ca = match (&args.ca_cert, &args.ca_key) {
+        (Some(cert), Some(key)) => {
+            let ca = MeshCa::load_files(cert, key, now).map_err(IdentityError::from)?;
+            tracing::info!(cert = %cert.display(), fingerprint = ca.fingerprint(), "loaded the mesh CA");
+            ca
+        }
+        _ => {
+            let (ca, origin) =
+                MeshCa::load_or_create(&args.state_dir, now).map_err(IdentityError::from)?;
+            let verb = match origin {
+                CaOrigin::Generated => "created a new mesh CA",
+                CaOrigin::Loaded => "loaded the mesh CA",
+            };
+            tracing::info!(
+                dir = %args.state_dir.join(crate::identity::ca::CA_DIR).display(),
+                fingerprint = ca.fingerprint(),
+                "{verb}"
+            );
+            ca
+        }
+    };
+    let remaining = ca.not_after().duration_since(now).unwrap_or_default();
+    if remaining < Duration::from_secs(30 * 24 * 3600) {
+        tracing::warn!(
+            not_after = %humantime::format_rfc3339_seconds(ca.not_after()),
+            "the mesh CA expires within 30 days; rotate it"
+        );
+    }
+    let tokens = TokenKey::load_or_create(&args.state_dir).map_err(IdentityError::from)?;
+    tracing::info!(
+        trust_domain = %trust_domain,
+        cert_lifetime = %humantime::format_duration(args.cert_lifetime),
+        "issuing workload certificates"
+    );
+    let certifier = Arc::new(Certifier::new(ca, trust_domain, args.cert_lifetime));
+    let service = MeshService::new(certifier, Arc::new(tokens));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| setup("start the async runtime", source))?;
+    runtime.block_on(serve(args, service, out))?;
+    Ok(Outcome::Success)
+}
+
+/// Binds, announces the address, serves until SIGTERM or SIGINT, then drains.
+async fn serve(
+    args: &ControllerArgs,
+    service: MeshService,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    // Handlers first, so a signal that arrives right after the address is printed is ours.
+    let mut shutdown = ShutdownSignals::install()?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| setup("read the bound address", source))?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "serving plaintext gRPC on a non-loopback address: bootstrap tokens can be read on the network"
+        );
+    }
+    if let Some(file) = &args.ready_file {
+        write_ready_file(file, addr)?;
+    }
+    tracing::info!(%addr, "serving sluice.mesh.v1.Mesh");
+    writeln!(out, "sluice controller listening on {addr}")?;
+    out.flush()?;
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result.map_err(ServeError::from)?,
+        name = shutdown.recv() => {
+            tracing::info!(signal = name, "shutting down");
+            let _ = stop.send(());
+            match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+                Ok(result) => result.map_err(ServeError::from)?,
+                Err(_) => tracing::warn!(
+                    grace = ?SHUTDOWN_GRACE,
+                    "calls still open after the grace period were cut off"
+                ),
+            }
+        }
+    }
+    if let Some(file) = &args.ready_file {
+        let _ = std::fs::remove_file(file);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM (what process managers and Kubernetes send) and SIGINT (ctrl-c).
+struct ShutdownSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> Result<Self, ServeError> {
+        let install =
+            |kind| signal(kind).map_err(|source| setup("install signal handlers", source));
+        Ok(ShutdownSignals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+fn setup(action: &str, source: std::io::Error) -> ServeError {
+    ServeError::Setup {
+        action: action.to_owned(),
+        source,
+    }
+}
+
+/// Writes `addr` to `file` atomically, so a watcher never reads half an address.
+fn write_ready_file(file: &Path, addr: SocketAddr) -> Result<(), ServeError> {
+    let temp = file.with_file_name(format!(
+        ".{}.tmp-{}",
+        file.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::write(&temp, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&temp, file))
+        .map_err(|source| setup(&format!("write {}", file.display()), source))
+}
+
+/// Loads and validates the policy set; its Mesh names the trust domain. Problems are printed
+/// like `sluice policy check` prints them.
+fn trust_domain_from_policy(dir: &Path, err: &mut dyn Write) -> Result<TrustDomain, CliError> {
+    let set = match PolicySet::load(dir) {
+        Ok(set) => set,
+        Err(LoadError::Read(e)) => return Err(e.into()),
+        Err(LoadError::Invalid {
+            diagnostics,
+            sources,
+        }) => {
+            for d in diagnostics.iter().filter(|d| d.is_error()) {
+                writeln!(err, "{}", render(d, &sources, Style::plain()))?;
+            }
+            return Err(CliError::PolicyInvalid);
+        }
+    };
+    tracing::info!(policy = %dir.display(), "policy is valid (watching it arrives with the controller issue)");
+    Ok(TrustDomain::new(&set.mesh.trust_domain).map_err(IdentityError::from)?)
+}
+
+/// Logs to stderr, filtered by `SLUICE_LOG` (default `info`). Safe to call more than once.
+///
+/// The log writes to its own handle on file descriptor 2, not through `std::io::Stderr`: the
+/// CLI's caller holds the `Stderr` lock for the whole run (as `main.rs` does), and worker
+/// threads waiting for that lock would deadlock the server.
+fn init_tracing() {
+    use std::io::IsTerminal;
+    use std::os::fd::AsFd;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
+    let writer = match std::io::stderr().as_fd().try_clone_to_owned() {
+        Ok(fd) => {
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(Arc::new(std::fs::File::from(fd)))
+        }
+        // Without a second descriptor there is no safe place to log from worker threads.
+        Err(_) => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::sink),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::identity::issue::DEFAULT_LIFETIME;
+    use crate::{Cli, Command};
+
+    #[test]
+    fn the_flag_default_is_the_documented_lifetime() -> Result<(), clap::Error> {
+        let cli = Cli::try_parse_from(["sluice", "controller", "--state-dir", "/tmp/x"])?;
+        let Command::Controller(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.cert_lifetime, DEFAULT_LIFETIME);
+        Ok(())
+    }
+}

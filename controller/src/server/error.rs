@@ -1,0 +1,79 @@
+//! The API's errors, and the one place they become gRPC statuses.
+
+use tonic::{Code, Status};
+
+use crate::identity::{AuthError, CsrError, InvalidName, IssueError, WorkloadIdentity};
+
+/// Why a call to the `Mesh` service failed. Handlers return these; only
+/// [`From<ApiError> for Status`](#impl-From%3CApiError%3E-for-Status) picks codes and messages.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A required field is missing.
+    #[error("`{0}` is required")]
+    MissingField(&'static str),
+    /// A name in the request cannot be part of an identity.
+    #[error("invalid workload: {0}")]
+    InvalidWorkload(#[from] InvalidName),
+    /// The token proves nothing.
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    /// The token proves a different workload than the request names.
+    #[error(
+        "the bootstrap token is for {authenticated}, but the request asks for a certificate for \
+         {requested}; a token only yields certificates for the workload it names"
+    )]
+    NotYourIdentity {
+        /// What the token proves.
+        authenticated: WorkloadIdentity,
+        /// What the request asked for.
+        requested: WorkloadIdentity,
+    },
+    /// Issuing failed.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    /// The RPC is not built yet.
+    #[error(
+        "{0} arrives with the controller issue; this controller only issues certificates so far"
+    )]
+    Unimplemented(&'static str),
+}
+
+impl ApiError {
+    /// The gRPC code for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::MissingField(_) | ApiError::InvalidWorkload(_) => Code::InvalidArgument,
+            ApiError::Unauthenticated(AuthError::Unavailable(_)) => Code::Unavailable,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::NotYourIdentity { .. } => Code::PermissionDenied,
+            ApiError::Issue(IssueError::Csr(_)) => Code::InvalidArgument,
+            ApiError::Issue(IssueError::CaExpired(_)) => Code::FailedPrecondition,
+            ApiError::Issue(IssueError::Signing(_)) => Code::Internal,
+            ApiError::Unimplemented(_) => Code::Unimplemented,
+        }
+    }
+
+    /// Whether this is the controller's fault rather than the caller's (logged as an error).
+    pub fn is_internal(&self) -> bool {
+        matches!(self.code(), Code::Internal | Code::FailedPrecondition)
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        let message = match &error {
+            // Internals stay in the controller's log.
+            ApiError::Issue(IssueError::Signing(_)) => {
+                "the controller could not sign the certificate; its log has the details".to_owned()
+            }
+            other => other.to_string(),
+        };
+        Status::new(error.code(), message)
+    }
+}
+
+impl From<CsrError> for ApiError {
+    fn from(error: CsrError) -> Self {
+        ApiError::Issue(IssueError::Csr(error))
+    }
+}
