@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod mesh;
 pub mod netns;
 pub mod upstream;
 

@@ -177,10 +177,12 @@ impl<S: Svc<ProxyError>> Service<Request> for Route<S> {
                 timeout: None,
                 in_flight: None,
             },
-            Routes::Outbound(router) => match router.route_http(dst, req.headers()) {
-                Ok(d) => d,
-                Err(e) => return Box::pin(async move { Err(e.into()) }),
-            },
+            Routes::Outbound(router) => {
+                match router.route_http(dst, req.method(), req.uri().path(), req.headers()) {
+                    Ok(d) => d,
+                    Err(e) => return Box::pin(async move { Err(e.into()) }),
+                }
+            }
         };
         if let Some(slot) = req.extensions().get::<RouteSlot>() {
             slot.set(RouteInfo {
@@ -193,6 +195,26 @@ impl<S: Svc<ProxyError>> Service<Request> for Route<S> {
             timeout: decision.timeout,
             in_flight: decision.in_flight.map(Arc::new),
         });
+        self.inner.clone().call(req)
+    }
+}
+
+/// Refuses request paths that the proxy and the application could read differently
+/// (`%2e`, `%2f`, `%5c`, `\\`, control characters), in both directions, before anything matches
+/// on the path: routing rules today, access rules next. See
+/// [`sluice_policy::rpc::check_request_path`].
+#[derive(Clone, Debug)]
+pub struct CheckPath<S> {
+    pub(super) inner: S,
+}
+
+impl<S: Svc<ProxyError>> Service<Request> for CheckPath<S> {
+    always_ready!(ProxyError);
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if let Err(e) = sluice_policy::rpc::check_request_path(req.uri().path()) {
+            return Box::pin(async move { Err(e.into()) });
+        }
         self.inner.clone().call(req)
     }
 }

@@ -32,7 +32,6 @@ use sluice_policy::{Diagnostic, PolicySet};
 use super::{Endpoints, ProxyState, SharedState, StateError};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::routing::RoutingTable;
 
 /// A configuration source. See the [module docs](self).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,18 +225,7 @@ impl ConfigSource {
             path: path.to_owned(),
             source,
         };
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(json)?;
-        if value.get("policyBundle").is_none() && value.get("services").is_some() {
-            // Transitional: the routing table's own format from before policy-driven routing.
-            let table = RoutingTable::from_json(bytes, shared.counters())
-                .map_err(|e| SourceError::State(e.into()))?;
-            return Ok(ProxyState {
-                version: table.version.clone(),
-                routing: table,
-                ..ProxyState::empty()
-            });
-        }
-        let file: SnapshotFile = serde_json::from_value(value).map_err(json)?;
+        let file: SnapshotFile = serde_json::from_slice(bytes).map_err(json)?;
         let set = PolicySet::from_str("policyBundle", &file.policy_bundle)?;
         log_warnings(&set);
         Ok(ProxyState::build(
@@ -254,8 +242,7 @@ impl ConfigSource {
         let (fp, input) = self.read()?;
         let state = self.build(input, shared)?;
         if *self != ConfigSource::None {
-            tracing::info!(source = %self.describe(), version = %state.version,
-                policy = %state.policy.version(), "config loaded");
+            log_loaded(&self.describe(), &state);
         }
         shared.store(state);
         Ok(fp)
@@ -324,8 +311,7 @@ pub fn apply(
     match built {
         Ok(state) => {
             metrics.snapshot_reload(true);
-            tracing::info!(%source, version = %state.version, policy = %state.policy.version(),
-                "config loaded");
+            log_loaded(source, &state);
             shared.store(state);
         }
         Err(error) => {
@@ -337,6 +323,14 @@ pub fn apply(
             }
             tracing::error!(%source, %error, "new config rejected; keeping the previous one");
         }
+    }
+}
+
+fn log_loaded(source: &str, state: &ProxyState) {
+    tracing::info!(%source, version = %state.version, policy = %state.policy.version(),
+        services = state.routing.services.len(), "config loaded");
+    for w in &state.routing.warnings {
+        tracing::warn!(%source, "{w}");
     }
 }
 
