@@ -16,7 +16,7 @@
 //! **Controller seam.** The next issue adds the controller's `Watch` stream as a third variant
 //! of [`ConfigSource`]. Each `ProxyConfig` message converts to the same parts a snapshot file
 //! holds (version, bundle, [`Endpoints`] — the JSON types mirror the proto) and goes through
-//! [`ConfigSource::build_snapshot`] and [`apply`], so validation, the "keep the old state"
+//! [`ConfigSource::from_bundle`] and [`apply`], so validation, the "keep the old state"
 //! rule, logging and metrics are shared; only the waiting differs (a stream message instead
 //! of a poll tick).
 
@@ -214,24 +214,35 @@ impl ConfigSource {
         }
     }
 
-    /// Builds a state from `ProxyConfig`-shaped JSON. The controller source will call the
-    /// same steps with the fields of a streamed message.
+    /// Builds a state from `ProxyConfig`-shaped JSON (the snapshot file).
     pub fn build_snapshot(
         path: &Path,
         bytes: &[u8],
         shared: &SharedState,
     ) -> Result<ProxyState, SourceError> {
-        let json = |source| SourceError::Json {
-            path: path.to_owned(),
-            source,
-        };
-        let file: SnapshotFile = serde_json::from_slice(bytes).map_err(json)?;
-        let set = PolicySet::from_str("policyBundle", &file.policy_bundle)?;
+        let file: SnapshotFile =
+            serde_json::from_slice(bytes).map_err(|source| SourceError::Json {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::from_bundle(file.version, &file.policy_bundle, file.services, shared)
+    }
+
+    /// Builds a state from the three fields of a `ProxyConfig`: the seam for the controller's
+    /// `Watch` stream, whose messages carry exactly these (convert the proto's
+    /// `ServiceEndpoints` into [`Endpoints`], then pass the result to [`apply`]).
+    pub fn from_bundle(
+        version: String,
+        policy_bundle: &str,
+        services: Endpoints,
+        shared: &SharedState,
+    ) -> Result<ProxyState, SourceError> {
+        let set = PolicySet::from_str("policyBundle", policy_bundle)?;
         log_warnings(&set);
         Ok(ProxyState::build(
-            file.version,
+            version,
             set.compile(),
-            file.services,
+            services,
             shared.counters(),
         )?)
     }
