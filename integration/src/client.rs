@@ -40,7 +40,20 @@ pub async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Reply, String> {
-    let mut req = http::Request::get(format!("http://{addr}{path}"));
+    request(client, http::Method::GET, addr, path, headers).await
+}
+
+/// `method` `http://addr{path}` with extra headers and an empty body.
+pub async fn request(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: http::Method,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }

@@ -15,7 +15,7 @@ use sluice_api::v1::{
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
-use crate::mesh::{TRUST_DOMAIN, TestCa};
+use crate::mtls::{TRUST_DOMAIN, TestCa};
 
 /// What the fake controller saw and decides.
 #[derive(Debug)]

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod controller;
 pub mod mesh;
+pub mod mtls;
 pub mod netns;
 pub mod upstream;
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sluice_integration::client::{curl, get, hyper_client};
-use sluice_integration::mesh::{Pair, PairOptions, counter, eventually, policy, spiffe};
+use sluice_integration::mtls::{Pair, PairOptions, counter, eventually, policy, spiffe};
 use sluice_integration::{have, skip};
 
 const LINK: &str =

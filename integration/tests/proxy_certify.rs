@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sluice_integration::client::{curl, get, hyper_client};
 use sluice_integration::controller::{FakeController, State};
-use sluice_integration::mesh::{Pair, PairOptions, TestCa, eventually, spiffe};
+use sluice_integration::mtls::{Pair, PairOptions, TestCa, eventually, spiffe};
 
 fn state(lifetime: Duration) -> Arc<State> {
     Arc::new(State {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sluice_integration::client::{curl, get, hyper_client};
-use sluice_integration::mesh::{Leaf, Pair, PairOptions, TestCa, counter, policy, spiffe};
+use sluice_integration::mtls::{Leaf, Pair, PairOptions, TestCa, counter, policy, spiffe};
 use sluice_integration::{have, skip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

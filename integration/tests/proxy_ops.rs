@@ -83,7 +83,8 @@ async fn admin_endpoints_and_shutdown_from_loopback() {
         .await
         .expect("config")
         .json();
-    assert_eq!(config["snapshot"]["services"], serde_json::json!([]));
+    assert_eq!(config["services"], serde_json::json!([]));
+    assert_eq!(config["policy"]["services"], 0);
     assert_eq!(
         get(&client, admin, "/nope", &[]).await.expect("404").status,
         404

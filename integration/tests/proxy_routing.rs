@@ -1,86 +1,66 @@
-//! Outbound routing from a snapshot file: weighted split, environments by header and baggage,
-//! fallback, refusal of unknown destinations, and hot reload under load.
+//! Outbound routing compiled from policy (`Route` resources) and endpoints: weighted split,
+//! environments by header and baggage with fallback, `rpc` rules, refusal of unknown
+//! destinations and of ambiguous paths. Reloads are in `proxy_config.rs`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use sluice_integration::client::{get, hyper_client};
-use sluice_integration::{Proxy, ProxyOptions, upstream, write_atomically};
-
-/// The address clients "dial" for the service. Nothing listens there: the explicit listener
-/// presents it as the original destination and routing replaces it with an endpoint.
-const SERVICE_ADDR: &str = "127.0.0.1:9";
-
-fn snapshot(
-    version: &str,
-    v1: (u32, SocketAddr),
-    v2: (u32, SocketAddr),
-    env: SocketAddr,
-) -> String {
-    serde_json::json!({
-        "version": version,
-        "services": [{
-            "name": "pay",
-            "addresses": [SERVICE_ADDR],
-            "versions": [
-                { "name": "v1", "weight": v1.0, "endpoints": [v1.1] },
-                { "name": "v2", "weight": v2.0, "endpoints": [v2.1] },
-            ],
-            "environments": { "pr-7": [env] },
-        }]
-    })
-    .to_string()
-}
+use sluice_integration::client::{get, hyper_client, request};
+use sluice_integration::mesh::{self, MeshDir, SERVICE_ADDR};
+use sluice_integration::{Proxy, ProxyOptions, upstream};
 
 struct Setup {
     a: upstream::Upstream,
     b: upstream::Upstream,
     c: upstream::Upstream,
     proxy: Proxy,
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    _mesh: MeshDir,
 }
 
-async fn setup(weights: (u32, u32), extra: &[(&str, &str)]) -> Setup {
+/// `pay` v1 → a, v2 → b, the pr-7 copy → c, routed by `route` from a policy directory.
+async fn setup(route: &str) -> Setup {
     let (a, b, c) = (
         upstream::http("a").await,
         upstream::http("b").await,
         upstream::http("c").await,
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("snapshot.json");
-    std::fs::write(
-        &path,
-        snapshot("1", (weights.0, a.addr), (weights.1, b.addr), c.addr),
-    )
-    .expect("write");
-    let mut opts = ProxyOptions::default()
-        .env(
-            "SLUICE_PROXY_EXPLICIT_OUTBOUND",
-            format!("127.0.0.1:0={SERVICE_ADDR}"),
-        )
-        .env("SLUICE_PROXY_SNAPSHOT", path.display().to_string())
-        .env("SLUICE_PROXY_SERVICE", "checkout")
-        .env("SLUICE_PROXY_LOG", "warn");
-    for (k, v) in extra {
-        opts = opts.env(k, *v);
-    }
-    let proxy = Proxy::start(opts);
+    let mesh = MeshDir::new(
+        &mesh::policy(Some(route)),
+        &mesh::services(a.addr, b.addr, c.addr),
+    );
+    let proxy = Proxy::start(
+        ProxyOptions::default()
+            .env(
+                "SLUICE_PROXY_EXPLICIT_OUTBOUND",
+                format!("127.0.0.1:0={SERVICE_ADDR}"),
+            )
+            .env(
+                "SLUICE_PROXY_POLICY_DIR",
+                mesh.policy_dir.display().to_string(),
+            )
+            .env(
+                "SLUICE_PROXY_ENDPOINTS",
+                mesh.endpoints.display().to_string(),
+            )
+            .env("SLUICE_PROXY_SERVICE", "checkout")
+            .env("SLUICE_PROXY_LOG", "warn"),
+    );
     Setup {
         a,
         b,
         c,
         proxy,
-        path,
-        _dir: dir,
+        _mesh: mesh,
     }
+}
+
+fn name(r: &sluice_integration::client::Reply) -> String {
+    r.json()["name"].as_str().unwrap_or("").to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn weighted_split_over_10000_requests() {
-    let s = setup((80, 20), &[]).await;
+    let s = setup(&mesh::route(80, 20, "")).await;
     let client = hyper_client(false);
     let n = 10_000usize;
     let addr = s.proxy.explicit(0);
@@ -130,16 +110,14 @@ async fn weighted_split_over_10000_requests() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn environment_by_header_and_baggage_with_fallback() {
-    let s = setup((100, 0), &[]).await;
+    let s = setup(&mesh::route(100, 0, "")).await;
     let client = hyper_client(false);
     let addr = s.proxy.explicit(0);
-    let name =
-        |r: sluice_integration::client::Reply| r.json()["name"].as_str().unwrap_or("").to_owned();
 
     let r = get(&client, addr, "/", &[("sluice-env", "pr-7")])
         .await
         .expect("header");
-    assert_eq!(name(r.clone()), "c");
+    assert_eq!(name(&r), "c");
     // The mesh-owned header is consumed by routing, not passed to the application.
     assert!(r.json()["headers"].get("sluice-env").is_none());
 
@@ -151,7 +129,7 @@ async fn environment_by_header_and_baggage_with_fallback() {
     )
     .await
     .expect("baggage");
-    assert_eq!(name(r.clone()), "c");
+    assert_eq!(name(&r), "c");
     // Baggage is how the environment propagates, so it reaches the application.
     assert_eq!(r.json()["headers"]["baggage"], "user=1,sluice-env=pr-7;p=1");
 
@@ -159,10 +137,47 @@ async fn environment_by_header_and_baggage_with_fallback() {
     let r = get(&client, addr, "/", &[("sluice-env", "pr-8")])
         .await
         .expect("fallback");
-    assert_eq!(name(r), "a");
+    assert_eq!(name(&r), "a");
     let r = get(&client, addr, "/", &[]).await.expect("plain");
-    assert_eq!(name(r), "a");
+    assert_eq!(name(&r), "a");
     assert_eq!(s.c.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_match_rpc_headers_and_send_to_an_environment() {
+    let rules = "  rules:\n\
+        \x20   - name: charges\n      match: { rpc: POST /v1/charges }\n\
+        \x20     backends: [{ version: v2, weight: 100 }]\n\
+        \x20   - name: qa\n      match: { headers: { x-team: qa } }\n      environment: pr-7\n\
+        \x20   - name: qa-missing\n      match: { headers: { x-team: qa9 } }\n      environment: pr-9\n";
+    let s = setup(&mesh::route(100, 0, rules)).await;
+    let client = hyper_client(false);
+    let addr = s.proxy.explicit(0);
+    let post = |path: &'static str| request(&client, http::Method::POST, addr, path, &[]);
+
+    assert_eq!(name(&post("/v1/charges").await.expect("post")), "b");
+    assert_eq!(
+        name(&post("/v1/charges?idempotency=1").await.expect("q")),
+        "b"
+    );
+    // Another method or path is not the declared call: the default split.
+    assert_eq!(name(&post("/v1/refunds").await.expect("other")), "a");
+    let r = get(&client, addr, "/v1/charges", &[]).await.expect("get");
+    assert_eq!(name(&r), "a");
+    let r = get(&client, addr, "/", &[("x-team", "qa")])
+        .await
+        .expect("qa");
+    assert_eq!(name(&r), "c");
+    // A rule's environment without a copy falls back to the default split.
+    let r = get(&client, addr, "/", &[("x-team", "qa9")])
+        .await
+        .expect("qa9");
+    assert_eq!(name(&r), "a");
+    let metrics = get(&client, s.proxy.admin(), "/metrics", &[])
+        .await
+        .expect("metrics")
+        .body;
+    assert!(metrics.contains(r#"route="charges""#), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -184,67 +199,31 @@ async fn unknown_destinations_can_be_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn snapshot_reload_under_load_drops_nothing() {
-    let s = setup((100, 0), &[]).await;
-    let client = hyper_client(false);
-    let addr = s.proxy.explicit(0);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let (client, stop, ok, failed) =
-                (client.clone(), stop.clone(), ok.clone(), failed.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    match get(&client, addr, "/", &[]).await {
-                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        other => {
-                            eprintln!("failed: {other:?}");
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-            })
-        })
-        .collect();
-    // Flip the split back and forth, with invalid files in between that must be ignored.
-    for i in 0..10u32 {
-        let (w1, w2) = if i % 2 == 0 { (0, 100) } else { (100, 0) };
-        let text = snapshot(&format!("v{i}"), (w1, s.a.addr), (w2, s.b.addr), s.c.addr);
-        write_atomically(&s.path, &text);
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        write_atomically(&s.path, "{ not json");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let last = snapshot("final", (0, s.a.addr), (100, s.b.addr), s.c.addr);
-    write_atomically(&s.path, &last);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.expect("task");
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0);
-    assert!(ok.load(Ordering::Relaxed) > 100, "load ran");
-
-    let config = get(&client, s.proxy.admin(), "/config", &[])
-        .await
-        .expect("config")
-        .json();
-    assert_eq!(config["snapshot"]["version"], "final");
-    let before = s.b.hits();
-    for _ in 0..20 {
-        assert_eq!(
-            get(&client, addr, "/", &[]).await.expect("get").json()["name"],
-            "b"
-        );
-    }
-    assert_eq!(s.b.hits(), before + 20);
-    let metrics = get(&client, s.proxy.admin(), "/metrics", &[])
-        .await
-        .expect("metrics")
-        .body;
-    assert!(
-        metrics.contains(r#"sluice_proxy_snapshot_reloads_total{result="error"}"#),
-        "{metrics}"
+async fn ambiguous_paths_are_refused_both_ways() {
+    let up = upstream::http("x").await;
+    let proxy = Proxy::start(
+        ProxyOptions::default()
+            .env(
+                "SLUICE_PROXY_EXPLICIT_OUTBOUND",
+                format!("127.0.0.1:0={}", up.addr),
+            )
+            .env(
+                "SLUICE_PROXY_EXPLICIT_INBOUND",
+                format!("127.0.0.1:0={}", up.addr),
+            ),
     );
+    let client = hyper_client(false);
+    for listener in [proxy.explicit(0), proxy.explicit(1)] {
+        for path in ["/public/%2e%2e/admin", "/a%2Fb", "/a%5cb"] {
+            let r = get(&client, listener, path, &[]).await.expect("reply");
+            assert_eq!(r.status, 400, "{path}");
+            assert_eq!(r.headers["sluice-proxy-error"], "ambiguous-path");
+            assert!(r.body.contains("ambiguous request path"), "{}", r.body);
+        }
+        let r = get(&client, listener, "/public/a%20b", &[])
+            .await
+            .expect("ok");
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.hits(), 2);
 }

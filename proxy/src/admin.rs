@@ -103,29 +103,54 @@ impl Admin {
         }
     }
 
+    /// The state in force: its version, the policy's version and a summary of what is
+    /// routed, so `curl :4191/config` answers "which config is this proxy running?".
     fn config_json(&self) -> serde_json::Value {
         let state = self.state.current();
         let table = &state.routing;
         let services: Vec<_> = table
-            .source
             .services
             .iter()
             .map(|s| {
+                let weights: std::collections::HashMap<usize, u32> =
+                    s.split.0.iter().copied().collect();
                 serde_json::json!({
-                    "name": s.name,
+                    "name": &*s.name,
                     "addresses": s.addresses,
-                    "versions": s.versions.iter().map(|v| serde_json::json!({
-                        "name": v.name, "weight": v.weight, "endpoints": v.endpoints.len(),
+                    "versions": s.versions.iter().enumerate().map(|(i, v)| serde_json::json!({
+                        "name": &*v.name,
+                        "weight": weights.get(&i).copied().unwrap_or(0),
+                        "endpoints": v.endpoints.len(),
                     })).collect::<Vec<_>>(),
-                    "environments": s.environments.keys().collect::<Vec<_>>(),
-                    "rules": s.rules.len(),
-                    "timeout_ms": s.timeout_ms,
+                    "environments": s.environments.iter()
+                        .map(|(k, v)| (k.clone(), serde_json::json!(v.endpoints.len())))
+                        .collect::<serde_json::Map<_, _>>(),
+                    "rules": s.rules.iter().map(|r| &*r.name).collect::<Vec<_>>(),
+                    "timeout_ms": s.timeout.map(|t| t.as_millis()),
                 })
             })
             .collect();
+        let policy = &state.policy;
+        let local = self.state.local();
         serde_json::json!({
             "proxy_id": self.proxy_id,
-            "snapshot": { "version": table.version, "services": services },
+            "version": state.version,
+            "workload": {
+                "namespace": local.namespace, "service": local.service,
+                "version": local.version, "environment": local.environment,
+                "instance": local.instance,
+            },
+            "policy": {
+                "version": policy.version(),
+                "services": policy.services().len(),
+                "routes": policy.routes().len(),
+            },
+            "endpoints": {
+                "services": state.endpoints.0.len(),
+                "instances": state.endpoints.instance_count(),
+            },
+            "services": services,
+            "warnings": table.warnings,
             "draining": self.drain.is_draining(),
         })
     }

@@ -174,7 +174,7 @@ impl Metrics {
         registry.register(Box::new(tcp_active.clone()))?;
         let snapshot_reloads = counter(
             "sluice_proxy_snapshot_reloads_total",
-            "Routing snapshot loads, by result (ok or error).",
+            "Config loads (policy, endpoints, snapshot file), by result (ok or error).",
             &["result"],
         )?;
         let authz = ["service", "caller", "rpc", "policy"];

@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Full};
 use super::{Body, Response};
 use crate::authz::Denial;
 use crate::routing::RouteError;
+use sluice_policy::rpc::AmbiguousPath;
 
 /// The request already passed through this proxy in this direction.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,12 @@ pub enum ProxyError {
     /// See [`RouteError`].
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// The path could mean different things to the proxy and the application.
+    #[error(
+        "{0}; refused because the proxy and the application could read it differently \
+         (send the path unencoded, with `/` separators)"
+    )]
+    AmbiguousPath(#[from] AmbiguousPath),
     /// See [`RequestTimeout`].
     #[error(transparent)]
     Timeout(#[from] RequestTimeout),
@@ -81,6 +88,7 @@ impl ProxyError {
             ProxyError::Route(RouteError::NoEndpoints { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, 14, "no-endpoints")
             }
+            ProxyError::AmbiguousPath(_) => (StatusCode::BAD_REQUEST, 3, "ambiguous-path"),
             ProxyError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, 4, "timeout"),
             ProxyError::Forward(F::Connect { .. }) => (StatusCode::BAD_GATEWAY, 14, "connect"),
             ProxyError::Forward(F::Upstream { .. }) => (StatusCode::BAD_GATEWAY, 14, "upstream"),
@@ -154,5 +162,8 @@ mod tests {
         assert_eq!(rsp.status(), StatusCode::OK);
         assert_eq!(rsp.headers()["grpc-status"], "4");
         assert_eq!(rsp.headers()["sluice-proxy-error"], "timeout");
+        let e = ProxyError::from(AmbiguousPath("an encoded `/` (%2f) in the path"));
+        assert_eq!(to_response(&e, false).status(), StatusCode::BAD_REQUEST);
+        assert_eq!(to_response(&e, true).headers()["grpc-status"], "3");
     }
 }

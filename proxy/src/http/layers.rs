@@ -183,10 +183,12 @@ impl<S: Svc<ProxyError>> Service<Request> for Route<S> {
                 timeout: None,
                 in_flight: None,
             },
-            Routes::Outbound(router) => match router.route_http(dst, req.headers()) {
-                Ok(d) => d,
-                Err(e) => return Box::pin(async move { Err(e.into()) }),
-            },
+            Routes::Outbound(router) => {
+                match router.route_http(dst, req.method(), req.uri().path(), req.headers()) {
+                    Ok(d) => d,
+                    Err(e) => return Box::pin(async move { Err(e.into()) }),
+                }
+            }
         };
         // Outbound to a known service: the forwarder originates mTLS and expects that
         // service's identity. Inbound goes to the local app in plaintext.
@@ -204,6 +206,26 @@ impl<S: Svc<ProxyError>> Service<Request> for Route<S> {
             in_flight: decision.in_flight.map(Arc::new),
             mesh_service,
         });
+        self.inner.clone().call(req)
+    }
+}
+
+/// Refuses request paths that the proxy and the application could read differently
+/// (`%2e`, `%2f`, `%5c`, `\\`, control characters), in both directions, before anything matches
+/// on the path: routing rules today, access rules next. See
+/// [`sluice_policy::rpc::check_request_path`].
+#[derive(Clone, Debug)]
+pub struct CheckPath<S> {
+    pub(super) inner: S,
+}
+
+impl<S: Svc<ProxyError>> Service<Request> for CheckPath<S> {
+    always_ready!(ProxyError);
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if let Err(e) = sluice_policy::rpc::check_request_path(req.uri().path()) {
+            return Box::pin(async move { Err(e.into()) });
+        }
         self.inner.clone().call(req)
     }
 }

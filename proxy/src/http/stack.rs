@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::authz::Authz;
 use super::forward::Forward;
-use super::layers::{AccessLog, Errors, LoopDetect, Route, Routes, Sanitize, Timeout};
+use super::layers::{AccessLog, CheckPath, Errors, LoopDetect, Route, Routes, Sanitize, Timeout};
 use super::observe::Observe;
 use super::{ProxyError, Svc};
 use crate::authz::Authorizer;
@@ -39,6 +39,7 @@ impl Stack<Forward> {
             .push_authz(config.authorizer)
             .push_sanitize(config.proxy_id.clone())
             .push_route(config.routes)
+            .push_check_path()
             .push_loop_detect(config.proxy_id)
             .push_errors()
             .push_access_log()
@@ -88,6 +89,11 @@ impl<S: Svc<ProxyError>> Stack<S> {
             inner: self.0,
             routes,
         })
+    }
+
+    /// Answers 400 to ambiguous paths, before anything matches on the path.
+    pub fn push_check_path(self) -> Stack<CheckPath<S>> {
+        Stack(CheckPath { inner: self.0 })
     }
 
     /// Answers 508 to requests this proxy already forwarded.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
+use sluice_policy::rpc::Rpc;
 
 use crate::config::UnknownDestinations;
 use crate::metrics::TrafficLabels;
@@ -75,13 +76,29 @@ impl Router {
         self.state.current()
     }
 
-    /// Routes an HTTP request by its original destination and headers.
-    pub fn route_http(&self, dst: SocketAddr, headers: &HeaderMap) -> Result<Decision, RouteError> {
+    /// Routes an HTTP request by its original destination, method, path and headers.
+    pub fn route_http(
+        &self,
+        dst: SocketAddr,
+        method: &http::Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Decision, RouteError> {
         let state = self.state.load();
         let Some(svc) = state.routing.by_addr.get(&dst) else {
             return self.unknown(dst);
         };
-        let rule = svc.rules.iter().find(|r| rule_matches(r, headers));
+        // Classifying the request allocates, so only when some rule looks at the call.
+        let rpc = svc.needs_rpc.then(|| {
+            let content_type = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            Rpc::from_request(method.as_str(), path, content_type)
+        });
+        let rule = svc
+            .rules
+            .iter()
+            .find(|r| rule_matches(r, rpc.as_ref(), headers));
         let env = rule
             .and_then(|r| r.environment.clone())
             .or_else(|| {
@@ -93,11 +110,11 @@ impl Router {
         let timeout = rule.and_then(|r| r.timeout).or(svc.timeout);
         // An environment without a copy of this service falls back to the normal split.
         if let Some((name, copy)) = env.and_then(|e| svc.environments.get_key_value(&e)) {
-            return self.decide(svc, copy, "", name, route, timeout);
+            return self.decide(svc, copy, name, route, timeout);
         }
         let split = rule.and_then(|r| r.split.as_ref()).unwrap_or(&svc.split);
         let version = &svc.versions[pick::weighted(split, &mut rand::rng())];
-        self.decide(svc, version, &version.name, "", route, timeout)
+        self.decide(svc, version, "", route, timeout)
     }
 
     /// Routes an opaque TCP connection: no headers, so only the default split applies.
@@ -107,14 +124,13 @@ impl Router {
             return self.unknown(dst);
         };
         let version = &svc.versions[pick::weighted(&svc.split, &mut rand::rng())];
-        self.decide(svc, version, &version.name, "", "default", None)
+        self.decide(svc, version, "", "default", None)
     }
 
     fn decide(
         &self,
         svc: &Service,
         group: &Version,
-        version: &str,
         environment: &str,
         route: &str,
         timeout: Option<Duration>,
@@ -130,7 +146,7 @@ impl Router {
             labels: TrafficLabels {
                 src_service: self.src_service.clone(),
                 dst_service: svc.name.to_string(),
-                dst_version: version.to_owned(),
+                dst_version: group.version.to_string(),
                 route: route.to_owned(),
                 environment: environment.to_owned(),
             },
@@ -155,46 +171,84 @@ impl Router {
     }
 }
 
-fn rule_matches(rule: &Rule, headers: &HeaderMap) -> bool {
-    rule.headers.iter().all(|(name, want)| {
-        headers
-            .get_all(name)
-            .iter()
-            .any(|v| v.as_bytes() == want.as_bytes())
-    }) && rule.baggage.iter().all(|(key, want)| {
-        pick::baggage(headers.get_all("baggage").iter(), key).as_deref() == Some(want.as_str())
-    })
+fn rule_matches(rule: &Rule, rpc: Option<&Rpc>, headers: &HeaderMap) -> bool {
+    let rpc_matches = match (&rule.rpc, rpc) {
+        (None, _) => true,
+        (Some(pattern), Some(rpc)) => pattern.matches(rpc),
+        (Some(_), None) => false,
+    };
+    rpc_matches
+        && rule.headers.iter().all(|(name, want)| {
+            headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.as_bytes() == want.as_bytes())
+        })
+        && rule.baggage.iter().all(|(key, want)| {
+            pick::baggage(headers.get_all("baggage").iter(), key).as_deref() == Some(want.as_str())
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{Endpoints, Workload};
 
-    const SNAPSHOT: &str = r#"{"version":"7","services":[{"name":"pay","addresses":["10.0.0.1:80"],
-        "timeout_ms": 1000,
-        "versions":[{"name":"v1","weight":1,"endpoints":["127.0.0.1:1"]},
-                    {"name":"v2","weight":0,"endpoints":["127.0.0.1:2"]}],
-        "environments":{"pr-1":["127.0.0.1:3"]},
-        "rules":[{"name":"beta","match":{"headers":{"x-beta":"1"}},
-                  "backends":[{"version":"v2","weight":1}],"timeout_ms":50},
-                 {"name":"qa","match":{"baggage":{"team":"qa"}},"environment":"pr-1"}]}]}"#;
+    /// Policy for `pay` plus endpoints: v1 on port 1, v2 on port 2, a pr-1 copy on port 3.
+    pub(crate) const POLICY: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Team
+metadata: { name: t }
+spec: {}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: MeshService
+metadata: { name: pay }
+spec: { team: t, versions: [v1, v2], endpoints: [{ rpc: "POST /v1/charges" }, { rpc: "pay.v1.Pay/*" }] }
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Route
+metadata: { name: pay }
+spec:
+  service: pay
+  backends: [{ version: v1, weight: 100 }, { version: v2, weight: 0 }]
+  timeout: 1s
+  rules:
+    - name: beta
+      match: { headers: { X-Beta: "1" } }
+      backends: [{ version: v2, weight: 100 }]
+      timeout: 50ms
+    - name: qa
+      match: { baggage: { team: qa } }
+      environment: pr-1
+    - name: charges
+      match: { rpc: "POST /v1/charges" }
+      backends: [{ version: v2, weight: 100 }]
+    - name: grpc
+      match: { rpc: "pay.v1.Pay/Refund" }
+      backends: [{ version: v2, weight: 100 }]
+"#;
 
-    fn shared() -> Arc<SharedState> {
-        let shared = Arc::new(SharedState::new(crate::state::Workload {
+    pub(crate) const ENDPOINTS: &str = r#"[{"service":"pay","addresses":["10.0.0.1:80"],"versions":[
+        {"version":"v1","endpoints":[{"address":"127.0.0.1:1"}]},
+        {"version":"v2","endpoints":[{"address":"127.0.0.1:2"}]},
+        {"version":"v2","environment":"pr-1","endpoints":[{"address":"127.0.0.1:3"}]}]}]"#;
+
+    fn shared(policy: &str) -> Arc<SharedState> {
+        let shared = Arc::new(SharedState::new(Workload {
             service: "me".into(),
             ..Default::default()
         }));
-        let routing =
-            RoutingTable::from_json(SNAPSHOT.as_bytes(), shared.counters()).expect("valid");
-        shared.store(ProxyState {
-            routing,
-            ..ProxyState::empty()
-        });
+        let set = sluice_policy::PolicySet::from_str("t.yaml", policy).expect("valid policy");
+        let endpoints: Endpoints = serde_json::from_str(ENDPOINTS).expect("endpoints");
+        let state = ProxyState::build("7".into(), set.compile(), endpoints, shared.counters())
+            .expect("valid state");
+        shared.store(state);
         shared
     }
 
     fn router() -> Router {
-        Router::new(shared(), UnknownDestinations::Passthrough)
+        Router::new(shared(POLICY), UnknownDestinations::Passthrough)
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -213,52 +267,82 @@ mod tests {
         "10.0.0.1:80".parse().expect("addr")
     }
 
+    fn get(r: &Router, h: &[(&'static str, &'static str)]) -> Decision {
+        r.route_http(dst(), &http::Method::GET, "/", &headers(h))
+            .expect("route")
+    }
+
     #[test]
     fn default_split_rule_and_timeout() {
         let r = router();
-        let d = r.route_http(dst(), &HeaderMap::new()).expect("route");
+        let d = get(&r, &[]);
         assert_eq!((d.target.port(), d.labels.dst_version.as_str()), (1, "v1"));
         assert_eq!(d.timeout, Some(Duration::from_millis(1000)));
-        let d = r
-            .route_http(dst(), &headers(&[("x-beta", "1")]))
-            .expect("route");
+        let d = get(&r, &[("x-beta", "1")]);
         assert_eq!((d.target.port(), d.labels.route.as_str()), (2, "beta"));
         assert_eq!(d.timeout, Some(Duration::from_millis(50)));
     }
 
     #[test]
+    fn rpc_rules_match_http_and_grpc_calls() {
+        let r = router();
+        let post = |path: &str, ct: &'static str| {
+            let h = headers(&[("content-type", ct)]);
+            r.route_http(dst(), &http::Method::POST, path, &h)
+                .expect("route")
+        };
+        let d = post("/v1/charges?x=1", "application/json");
+        assert_eq!((d.target.port(), d.labels.route.as_str()), (2, "charges"));
+        let d = post("/pay.v1.Pay/Refund", "application/grpc");
+        assert_eq!((d.target.port(), d.labels.route.as_str()), (2, "grpc"));
+        // Same path without the gRPC content type is an HTTP call: no rule matches.
+        let d = post("/pay.v1.Pay/Refund", "application/json");
+        assert_eq!((d.target.port(), d.labels.route.as_str()), (1, "default"));
+    }
+
+    #[test]
     fn environments_by_header_baggage_and_fallback() {
         let r = router();
-        let d = r
-            .route_http(dst(), &headers(&[("sluice-env", "pr-1")]))
-            .expect("route");
+        let d = get(&r, &[("sluice-env", "pr-1")]);
         assert_eq!(
             (d.target.port(), d.labels.environment.as_str()),
             (3, "pr-1")
         );
-        let d = r
-            .route_http(dst(), &headers(&[("baggage", "a=b,sluice-env=pr-1")]))
-            .expect("route");
+        assert_eq!(d.labels.dst_version, "v2");
+        let d = get(&r, &[("baggage", "a=b,sluice-env=pr-1")]);
         assert_eq!(d.target.port(), 3);
-        let d = r
-            .route_http(dst(), &headers(&[("baggage", "team=qa")]))
-            .expect("route");
+        let d = get(&r, &[("baggage", "team=qa")]);
         assert_eq!((d.target.port(), d.labels.route.as_str()), (3, "qa"));
         // No copy in pr-9: the normal split, and the label does not echo the unknown name.
-        let d = r
-            .route_http(dst(), &headers(&[("sluice-env", "pr-9")]))
-            .expect("route");
+        let d = get(&r, &[("sluice-env", "pr-9")]);
         assert_eq!((d.target.port(), d.labels.environment.as_str()), (1, ""));
+    }
+
+    #[test]
+    fn no_route_means_first_version_and_default_environment_keys() {
+        let policy = POLICY
+            .split("---\napiVersion: sluice.dev/v1alpha1\nkind: Route")
+            .next();
+        let r = Router::new(
+            shared(policy.expect("split")),
+            UnknownDestinations::Passthrough,
+        );
+        for _ in 0..20 {
+            let d = get(&r, &[("x-beta", "1")]);
+            assert_eq!((d.target.port(), d.timeout), (1, None));
+        }
+        assert_eq!(get(&r, &[("sluice-env", "pr-1")]).target.port(), 3);
+        assert_eq!(r.route_tcp(dst()).expect("tcp").target.port(), 1);
     }
 
     #[test]
     fn unknown_destinations() {
         let other: SocketAddr = "10.0.0.2:80".parse().expect("addr");
         let d = router()
-            .route_http(other, &HeaderMap::new())
+            .route_http(other, &http::Method::GET, "/", &HeaderMap::new())
             .expect("passthrough");
         assert_eq!(d.target, other);
-        let refuse = Router::new(shared(), UnknownDestinations::Refuse);
+        let refuse = Router::new(shared(POLICY), UnknownDestinations::Refuse);
         assert!(matches!(
             refuse.route_tcp(other),
             Err(RouteError::Refused(_))

@@ -1,159 +1,65 @@
-//! The routing snapshot: its JSON file format and the compiled, immutable [`RoutingTable`].
+//! The compiled, immutable [`RoutingTable`]: the policy's `Route`s and `MeshService`s joined
+//! with where services run ([`Endpoints`]).
 //!
-//! The file is deliberately flat so a person (or the policy compiler, later) can write it:
+//! For each service that has addresses in the endpoints and is declared in policy:
 //!
-//! ```json
-//! {
-//!   "version": "42",
-//!   "services": [{
-//!     "name": "payments",
-//!     "addresses": ["10.96.0.10:8080"],
-//!     "timeout_ms": 10000,
-//!     "versions": [
-//!       { "name": "v1", "weight": 95, "endpoints": ["10.1.0.5:8080", "10.1.0.6:8080"] },
-//!       { "name": "v2", "weight": 5,  "endpoints": ["10.1.0.7:8080"] }
-//!     ],
-//!     "environments": { "pr-42": ["10.1.9.1:8080"] },
-//!     "environment_header": "sluice-env",
-//!     "environment_baggage": "sluice-env",
-//!     "rules": [{
-//!       "name": "beta",
-//!       "match": { "headers": { "x-beta": "1" }, "baggage": {} },
-//!       "backends": [{ "version": "v2", "weight": 100 }],
-//!       "environment": null,
-//!       "timeout_ms": null
-//!     }]
-//!   }]
-//! }
-//! ```
+//! * **Versions** are the service's declared `spec.versions`, each with its instances in the
+//!   `stable` environment. A service that declares no versions has one unnamed group holding
+//!   all its stable instances.
+//! * **Default split**: the Route's `backends` with their weights as written (picked by exact
+//!   integer draws, see [`super::pick::weighted`]), or 100% to the first declared version when
+//!   there is no Route.
+//! * **Rules**, tried in order: all of `match.rpc` (same notation as AccessPolicy `allow`),
+//!   `match.headers` and `match.baggage` must hold. The first that matches replaces the split
+//!   with its `backends`, prefers its `environment`, and may set its own timeout.
+//! * **Environments**: the instances in each non-stable environment form that environment's
+//!   copy. A request names an environment through the Route's `environments.header` or
+//!   `.baggage` member (both `sluice-env` by default, also for services without a Route), or
+//!   a rule names one. With a copy, the request goes there; without one it falls back to the
+//!   rule's backends or the default split.
+//! * **Timeout**: the rule's, else the Route's, else none.
 //!
-//! * `addresses`: the `ip:port`s clients dial (the original destinations that identify the
-//!   service). Traffic to any other address is an unknown destination.
-//! * `versions`: the default weighted split. The first version is the stable one.
-//! * `environments`: ephemeral copies of the service by environment name. A request naming an
-//!   environment (header or W3C baggage member) that has a copy goes there; otherwise it falls
-//!   back to the normal split.
-//! * `rules`: tried in order; the first whose `match` holds replaces the default split with its
-//!   `backends` and/or sends to its `environment`, and may set its own timeout.
+//! Endpoints lag policy during a rollout (a Route may give 5% to a `v2` whose instances are
+//! not up yet), so a version without instances is dropped from a split, with a warning in
+//! `/config`, instead of refusing the whole config; a split with nothing left keeps its
+//! versions and those requests get 503 `no-endpoints`. Refused outright (the old state stays):
+//! an address claimed by two services, or a header name HTTP cannot carry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use sluice_policy::Snapshot;
+use sluice_policy::resources::{Backend, EnvironmentRouting, RouteSpec};
+use sluice_policy::rpc::RpcPattern;
+use sluice_policy::snapshot::ServiceInfo;
 
 use super::pick::Counters;
+use crate::state::endpoints::{Endpoints, STABLE, ServiceEndpoints};
 
-/// The snapshot file.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Snapshot {
-    /// Opaque version string, reported by `/config`.
-    #[serde(default)]
-    pub version: String,
-    /// The known services.
-    #[serde(default)]
-    pub services: Vec<ServiceSpec>,
-}
-
-/// One service.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceSpec {
-    /// Service name (a metric label).
-    pub name: String,
-    /// Addresses clients dial.
-    pub addresses: Vec<SocketAddr>,
-    /// Versions and the default split; the first is stable.
-    pub versions: Vec<VersionSpec>,
-    /// Ephemeral environment copies: name → endpoints.
-    #[serde(default)]
-    pub environments: BTreeMap<String, Vec<SocketAddr>>,
-    /// Header naming the environment.
-    #[serde(default = "default_env_key")]
-    pub environment_header: String,
-    /// W3C baggage member naming the environment.
-    #[serde(default = "default_env_key")]
-    pub environment_baggage: String,
-    /// Rules tried before the default split.
-    #[serde(default)]
-    pub rules: Vec<RuleSpec>,
-    /// Timeout to response headers, in milliseconds.
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
-}
-
-fn default_env_key() -> String {
-    "sluice-env".to_owned()
-}
-
-/// One version of a service.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VersionSpec {
-    /// Version name (a metric label).
-    pub name: String,
-    /// Relative weight in the default split.
-    #[serde(default)]
-    pub weight: u32,
-    /// Where its instances listen.
-    pub endpoints: Vec<SocketAddr>,
-}
-
-/// A routing rule.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleSpec {
-    /// Rule name (the `route` metric label). Defaults to `rules[N]`.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// What the request must carry.
-    #[serde(default, rename = "match")]
-    pub matches: MatchSpec,
-    /// Weighted split replacing the default one.
-    #[serde(default)]
-    pub backends: Vec<BackendSpec>,
-    /// Environment to send matching requests to, if it has a copy.
-    #[serde(default)]
-    pub environment: Option<String>,
-    /// Timeout for matching requests, in milliseconds.
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
-}
-
-/// Exact-value request conditions; all must hold.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MatchSpec {
-    /// Header name (case-insensitive) → exact value.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// W3C baggage member → exact value.
-    #[serde(default)]
-    pub baggage: BTreeMap<String, String>,
-}
-
-/// A version's share in a rule's split.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendSpec {
-    /// A version of the service.
-    pub version: String,
-    /// Relative weight.
-    pub weight: u32,
-}
-
-/// Why a snapshot was rejected.
+/// Why policy and endpoints do not make a routing table.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
-    /// Not valid JSON for the format above.
-    #[error("invalid snapshot JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    /// Valid JSON describing an impossible table.
-    #[error("invalid snapshot: {0}")]
-    Invalid(String),
+    /// Two services claim the same address, so traffic to it has no single owner.
+    #[error("address {addr} belongs to both `{first}` and `{second}`")]
+    DuplicateAddress {
+        /// The address.
+        addr: SocketAddr,
+        /// The service that claimed it first.
+        first: String,
+        /// The other one.
+        second: String,
+    },
+    /// A Route names something the proxy cannot act on.
+    #[error("Route for `{service}`: {reason}")]
+    Invalid {
+        /// The service.
+        service: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// An endpoint with its shared in-flight counter (power-of-two-choices reads it).
@@ -161,16 +67,19 @@ pub enum TableError {
 pub struct Endpoint {
     /// Where to connect.
     pub addr: SocketAddr,
-    /// Requests or connections currently outstanding to `addr`, shared across table versions.
+    /// Requests or connections currently outstanding to `addr`, shared across tables.
     pub in_flight: Arc<AtomicUsize>,
 }
 
-/// A named group of endpoints.
+/// A named group of endpoints: one version, or one environment's copy.
 #[derive(Clone, Debug)]
 pub struct Version {
-    /// Version name.
+    /// The version name, or the environment name for a copy.
     pub name: Arc<str>,
-    /// Its endpoints (non-empty).
+    /// The `dst_version` label: the version, or for a copy the version its instances run
+    /// (empty if they run several).
+    pub version: Arc<str>,
+    /// Its endpoints (may be empty: requests routed here get 503).
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -181,13 +90,15 @@ pub struct Split(pub Vec<(usize, u32)>);
 /// A compiled rule.
 #[derive(Clone, Debug)]
 pub struct Rule {
-    /// `route` label.
+    /// `route` label: the rule's name, or `rules[N]`.
     pub name: Arc<str>,
-    /// Lowercased header name → value.
+    /// The endpoint pattern the request must match.
+    pub rpc: Option<RpcPattern>,
+    /// Lowercased header name → exact value.
     pub headers: Vec<(http::HeaderName, String)>,
-    /// Baggage member → value.
+    /// Baggage member → exact value.
     pub baggage: Vec<(String, String)>,
-    /// Replacement split, if any.
+    /// Replacement split, if the rule has backends.
     pub split: Option<Split>,
     /// Environment to prefer.
     pub environment: Option<String>,
@@ -198,13 +109,15 @@ pub struct Rule {
 /// A compiled service.
 #[derive(Clone, Debug)]
 pub struct Service {
-    /// Name.
+    /// `name` or `namespace/name`.
     pub name: Arc<str>,
-    /// All versions, stable first.
+    /// The addresses clients dial.
+    pub addresses: Vec<SocketAddr>,
+    /// All declared versions, in declaration order.
     pub versions: Vec<Version>,
     /// The default split.
     pub split: Split,
-    /// Environment copies.
+    /// Environment copies by environment name.
     pub environments: HashMap<String, Version>,
     /// Header naming the environment.
     pub environment_header: Option<http::HeaderName>,
@@ -212,217 +125,308 @@ pub struct Service {
     pub environment_baggage: String,
     /// Rules in order.
     pub rules: Vec<Rule>,
+    /// Whether any rule matches on `rpc` (only then is the request classified).
+    pub needs_rpc: bool,
     /// Default timeout.
     pub timeout: Option<Duration>,
 }
 
-/// The immutable table the router reads. A new snapshot compiles into a new table, which is
-/// swapped in whole.
+/// The immutable table the router reads; part of each [`crate::state::ProxyState`].
 #[derive(Debug, Default)]
 pub struct RoutingTable {
-    /// The snapshot's version string.
-    pub version: String,
-    /// Services in snapshot order.
+    /// Services in policy order.
     pub services: Vec<Arc<Service>>,
     /// Original destination → service.
     pub by_addr: HashMap<SocketAddr, Arc<Service>>,
-    /// The snapshot it came from, for `/config`.
-    pub source: Snapshot,
+    /// Things that were skipped rather than refused (shown by `/config`, logged on load).
+    pub warnings: Vec<String>,
 }
 
 impl RoutingTable {
-    /// Parses and compiles a snapshot file's contents. `counter` hands out the in-flight
-    /// counter for an endpoint so load survives reloads.
-    pub fn from_json(json: &[u8], counters: &Counters) -> Result<RoutingTable, TableError> {
-        let snapshot: Snapshot = serde_json::from_slice(json)?;
-        RoutingTable::compile_legacy(snapshot, counters)
-    }
-
-    /// Compiles the routes of a policy snapshot against where services run. Transitional:
-    /// routes still come only from the legacy snapshot format, so this table is empty.
+    /// Compiles the routes of `policy` against `endpoints`. `counters` hands out each
+    /// endpoint's in-flight counter so load survives reloads.
     pub fn compile(
-        policy: &sluice_policy::Snapshot,
-        _endpoints: &crate::state::Endpoints,
-        _counters: &Counters,
-    ) -> Result<RoutingTable, TableError> {
-        Ok(RoutingTable {
-            version: policy.version().to_owned(),
-            ..RoutingTable::default()
-        })
-    }
-
-    /// Compiles a parsed snapshot, rejecting anything the router could not act on.
-    pub fn compile_legacy(
-        snapshot: Snapshot,
+        policy: &Snapshot,
+        endpoints: &Endpoints,
         counters: &Counters,
     ) -> Result<RoutingTable, TableError> {
-        let counter = |addr| counters.get(addr);
-        let bad = |s: String| TableError::Invalid(s);
-        let mut by_addr = HashMap::new();
-        let mut services = Vec::new();
-        let group = |name: &str, addrs: &[SocketAddr]| Version {
-            name: name.into(),
-            endpoints: addrs
-                .iter()
-                .map(|&addr| Endpoint {
-                    addr,
-                    in_flight: counter(addr),
-                })
-                .collect(),
-        };
-        for s in &snapshot.services {
-            let ctx = format!("service `{}`", s.name);
-            if s.versions.is_empty() {
-                return Err(bad(format!("{ctx}: needs at least one version")));
-            }
-            let versions: Vec<Version> = s
-                .versions
-                .iter()
-                .map(|v| group(&v.name, &v.endpoints))
-                .collect();
-            let index = |name: &str| versions.iter().position(|v| &*v.name == name);
-            let split = make_split(
-                &ctx,
-                s.versions.iter().map(|v| (v.name.as_str(), v.weight)),
-                &index,
-                &versions,
-            )?;
-            let mut rules = Vec::new();
-            for (i, r) in s.rules.iter().enumerate() {
-                let name = r.name.clone().unwrap_or_else(|| format!("rules[{i}]"));
-                let rctx = format!("{ctx} rule `{name}`");
-                let split = if r.backends.is_empty() {
-                    None
-                } else {
-                    let pairs = r.backends.iter().map(|b| (b.version.as_str(), b.weight));
-                    Some(make_split(&rctx, pairs, &index, &versions)?)
-                };
-                if split.is_none() && r.environment.is_none() {
-                    return Err(bad(format!("{rctx}: needs `backends` or `environment`")));
-                }
-                let headers = r
-                    .matches
-                    .headers
-                    .iter()
-                    .map(|(k, v)| {
-                        http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
-                            .map(|h| (h, v.clone()))
-                            .map_err(|_| bad(format!("{rctx}: `{k}` is not a header name")))
-                    })
-                    .collect::<Result<_, _>>()?;
-                rules.push(Rule {
-                    name: name.into(),
-                    headers,
-                    baggage: r.matches.baggage.clone().into_iter().collect(),
-                    split,
-                    environment: r.environment.clone(),
-                    timeout: r.timeout_ms.map(Duration::from_millis),
-                });
-            }
-            let mut environments = HashMap::new();
-            for (env, addrs) in &s.environments {
-                if addrs.is_empty() {
-                    return Err(bad(format!("{ctx}: environment `{env}` has no endpoints")));
-                }
-                environments.insert(env.clone(), group(env, addrs));
-            }
-            let environment_header = match s.environment_header.as_str() {
-                "" => None,
-                h => Some(
-                    http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                        .map_err(|_| bad(format!("{ctx}: bad environment_header `{h}`")))?,
-                ),
+        let mut table = RoutingTable::default();
+        let mut owner: HashMap<SocketAddr, Arc<str>> = HashMap::new();
+        for eps in &endpoints.0 {
+            let Some(info) = policy.service(&eps.namespace, &eps.service) else {
+                table.warnings.push(format!(
+                    "endpoints for `{}/{}`, which no MeshService declares, are not routed",
+                    eps.namespace, eps.service
+                ));
+                continue;
             };
-            let service = Arc::new(Service {
-                name: s.name.as_str().into(),
-                versions,
-                split,
-                environments,
-                environment_header,
-                environment_baggage: s.environment_baggage.clone(),
-                rules,
-                timeout: s.timeout_ms.map(Duration::from_millis),
-            });
-            for addr in &s.addresses {
-                if by_addr.insert(*addr, service.clone()).is_some() {
-                    return Err(bad(format!("address {addr} belongs to two services")));
+            let route = policy.routes().get(&info.name).map(|r| &r.doc.spec);
+            let svc = Arc::new(compile_service(info, route, eps, counters, &mut table)?);
+            for &addr in &svc.addresses {
+                if let Some(first) = owner.insert(addr, svc.name.clone()) {
+                    return Err(TableError::DuplicateAddress {
+                        addr,
+                        first: first.to_string(),
+                        second: svc.name.to_string(),
+                    });
                 }
+                table.by_addr.insert(addr, svc.clone());
             }
-            services.push(service);
+            table.services.push(svc);
         }
-        Ok(RoutingTable {
-            version: snapshot.version.clone(),
-            services,
-            by_addr,
-            source: snapshot,
-        })
+        Ok(table)
     }
 }
 
-fn make_split<'a>(
-    ctx: &str,
-    pairs: impl Iterator<Item = (&'a str, u32)>,
-    index: &dyn Fn(&str) -> Option<usize>,
-    versions: &[Version],
-) -> Result<Split, TableError> {
-    let mut split = Vec::new();
-    let mut total = 0u64;
-    for (name, weight) in pairs {
-        let i = index(name)
-            .ok_or_else(|| TableError::Invalid(format!("{ctx}: unknown version `{name}`")))?;
-        if weight > 0 && versions[i].endpoints.is_empty() {
-            return Err(TableError::Invalid(format!(
-                "{ctx}: version `{name}` has weight {weight} but no endpoints"
-            )));
+fn compile_service(
+    info: &ServiceInfo,
+    route: Option<&RouteSpec>,
+    eps: &ServiceEndpoints,
+    counters: &Counters,
+    table: &mut RoutingTable,
+) -> Result<Service, TableError> {
+    let name: Arc<str> = info.name.to_string().into();
+    let group = |name: &str, version: &str, addrs: Vec<SocketAddr>| Version {
+        name: name.into(),
+        version: version.into(),
+        endpoints: addrs
+            .into_iter()
+            .map(|addr| Endpoint {
+                addr,
+                in_flight: counters.get(addr),
+            })
+            .collect(),
+    };
+    let versions: Vec<Version> = if info.versions.is_empty() {
+        vec![group("", "", eps.addrs(None, STABLE).collect())]
+    } else {
+        info.versions
+            .iter()
+            .map(|v| group(v, v, eps.addrs(Some(v), STABLE).collect()))
+            .collect()
+    };
+    for v in &eps.versions {
+        if !info.versions.is_empty() && !info.versions.contains(&v.version) {
+            table.warnings.push(format!(
+                "`{name}` does not declare version `{}`; its instances are not routed",
+                v.version
+            ));
         }
-        total += u64::from(weight);
-        split.push((i, weight));
     }
+    let mut environments = HashMap::new();
+    for v in eps.versions.iter().filter(|v| v.environment != STABLE) {
+        if environments.contains_key(&v.environment) {
+            continue;
+        }
+        let addrs: Vec<SocketAddr> = eps.addrs(None, &v.environment).collect();
+        let mut runs = eps
+            .versions
+            .iter()
+            .filter(|o| o.environment == v.environment);
+        let label = if runs.all(|o| o.version == v.version) {
+            v.version.as_str()
+        } else {
+            ""
+        };
+        if !addrs.is_empty() {
+            environments.insert(v.environment.clone(), group(&v.environment, label, addrs));
+        }
+    }
+    let mut warn = |w: String| table.warnings.push(w);
+    let default_backends;
+    let backends: &[Backend] = match route {
+        Some(r) if !r.backends.is_empty() => &r.backends,
+        _ => {
+            // No Route (or one without backends): everything to the first declared version.
+            default_backends = [Backend {
+                version: versions
+                    .first()
+                    .map(|v| v.name.to_string())
+                    .unwrap_or_default(),
+                weight: 100,
+            }];
+            &default_backends
+        }
+    };
+    let split = make_split(&name, "default split", backends, &versions, &mut warn)?;
+    let bad = |reason: String| TableError::Invalid {
+        service: name.to_string(),
+        reason,
+    };
+    let mut rules = Vec::new();
+    for (i, r) in route
+        .map(|r| r.rules.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let rule_name = r.name.clone().unwrap_or_else(|| format!("rules[{i}]"));
+        let split = if r.backends.is_empty() {
+            None
+        } else {
+            let what = format!("rule `{rule_name}`");
+            Some(make_split(&name, &what, &r.backends, &versions, &mut warn)?)
+        };
+        let rpc = r
+            .matches
+            .rpc
+            .as_deref()
+            .map(RpcPattern::parse)
+            .transpose()
+            .map_err(|e| bad(format!("rule `{rule_name}`: {e}")))?;
+        let headers = r
+            .matches
+            .headers
+            .iter()
+            .map(|(k, v)| Ok((header_name(k).map_err(&bad)?, v.clone())))
+            .collect::<Result<_, TableError>>()?;
+        rules.push(Rule {
+            name: rule_name.into(),
+            rpc,
+            headers,
+            baggage: r.matches.baggage.clone().into_iter().collect(),
+            split,
+            environment: r.environment.clone(),
+            timeout: r.timeout.map(|t| t.0),
+        });
+    }
+    let env = route.map_or_else(EnvironmentRouting::default, |r| r.environments.clone());
+    let environment_header = match env.header.as_str() {
+        "" => None,
+        h => Some(header_name(h).map_err(&bad)?),
+    };
+    Ok(Service {
+        name: name.clone(),
+        addresses: eps.addresses.clone(),
+        versions,
+        split,
+        environments,
+        environment_header,
+        environment_baggage: env.baggage,
+        needs_rpc: rules.iter().any(|r| r.rpc.is_some()),
+        rules,
+        timeout: route.and_then(|r| r.timeout).map(|t| t.0),
+    })
+}
+
+fn header_name(h: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("`{h}` is not a valid header name"))
+}
+
+/// A split over `backends`, leaving out versions that have no instances yet (see the module
+/// docs) unless that would leave nothing.
+fn make_split(
+    service: &str,
+    what: &str,
+    backends: &[Backend],
+    versions: &[Version],
+    warn: &mut dyn FnMut(String),
+) -> Result<Split, TableError> {
+    let mut all = Vec::new();
+    for b in backends {
+        // Validation guarantees declared versions; an undeclared one here is a bug upstream.
+        let i = versions
+            .iter()
+            .position(|v| *v.name == b.version)
+            .ok_or_else(|| TableError::Invalid {
+                service: service.to_owned(),
+                reason: format!("{what} names undeclared version `{}`", b.version),
+            })?;
+        all.push((i, b.weight));
+    }
+    let ready: Vec<(usize, u32)> = all
+        .iter()
+        .copied()
+        .filter(|&(i, w)| w > 0 && !versions[i].endpoints.is_empty())
+        .collect();
+    for &(i, w) in &all {
+        if w > 0 && versions[i].endpoints.is_empty() {
+            warn(format!(
+                "`{service}` {what}: version `{}` has weight {w} but no instances",
+                versions[i].name
+            ));
+        }
+    }
+    let total: u64 = all.iter().map(|&(_, w)| u64::from(w)).sum();
     if total == 0 {
-        return Err(TableError::Invalid(format!("{ctx}: weights add up to 0")));
+        return Err(TableError::Invalid {
+            service: service.to_owned(),
+            reason: format!("{what}: weights add up to 0"),
+        });
     }
-    Ok(Split(split))
+    Ok(Split(if ready.is_empty() { all } else { ready }))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{ENDPOINTS, POLICY};
     use super::*;
 
-    fn counter() -> Counters {
-        Counters::default()
+    fn compile(policy: &str, endpoints: &str) -> Result<RoutingTable, TableError> {
+        let set = sluice_policy::PolicySet::from_str("t.yaml", policy).expect("valid policy");
+        let endpoints: Endpoints = serde_json::from_str(endpoints).expect("endpoints");
+        RoutingTable::compile(&set.compile(), &endpoints, &Counters::default())
     }
 
     #[test]
-    fn compiles_example() {
-        let json = br#"{"version":"1","services":[{"name":"p","addresses":["10.0.0.1:80"],
-            "versions":[{"name":"v1","weight":9,"endpoints":["127.0.0.1:1"]},
-                        {"name":"v2","weight":1,"endpoints":["127.0.0.1:2"]}],
-            "environments":{"pr-1":["127.0.0.1:3"]},
-            "rules":[{"match":{"headers":{"X-Beta":"1"}},"backends":[{"version":"v2","weight":1}]}]}]}"#;
-        let t = RoutingTable::from_json(json, &counter()).expect("valid");
+    fn compiles_policy_routes_against_endpoints() {
+        let t = compile(POLICY, ENDPOINTS).expect("valid");
         let s = &t.by_addr[&"10.0.0.1:80".parse().expect("addr")];
-        assert_eq!(s.split.0, vec![(0, 9), (1, 1)]);
-        assert_eq!(&*s.rules[0].name, "rules[0]");
+        assert_eq!(s.split.0, vec![(0, 100)], "zero weights are left out");
+        assert_eq!(s.rules.len(), 4);
         assert_eq!(s.rules[0].headers[0].0.as_str(), "x-beta");
+        assert!(s.needs_rpc);
+        assert_eq!(s.environments["pr-1"].endpoints.len(), 1);
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
     }
 
     #[test]
-    fn rejects_impossible_tables() {
-        let cases: &[&[u8]] = &[
-            br#"{"services":[{"name":"p","addresses":[],"versions":[]}]}"#,
-            br#"{"services":[{"name":"p","addresses":[],"versions":[{"name":"v1","weight":0,"endpoints":["127.0.0.1:1"]}]}]}"#,
-            br#"{"services":[{"name":"p","addresses":[],"versions":[{"name":"v1","weight":1,"endpoints":[]}]}]}"#,
-            br#"{"services":[{"name":"p","addresses":[],"versions":[{"name":"v1","weight":1,"endpoints":["127.0.0.1:1"]}],
-                "rules":[{"backends":[{"version":"v9","weight":1}]}]}]}"#,
-            br#"{"services":[], "extra": 1}"#,
-            b"not json",
-        ];
-        for json in cases {
-            assert!(
-                RoutingTable::from_json(json, &counter()).is_err(),
-                "{}",
-                String::from_utf8_lossy(json)
-            );
-        }
+    fn versions_without_instances_leave_the_split_with_a_warning() {
+        let policy = POLICY.replace(
+            "{ version: v1, weight: 100 }, { version: v2, weight: 0 }",
+            "{ version: v1, weight: 95 }, { version: v2, weight: 5 }",
+        );
+        let only_v1 = r#"[{"service":"pay","addresses":["10.0.0.1:80"],
+            "versions":[{"version":"v1","endpoints":[{"address":"127.0.0.1:1"}]}]},
+            {"service":"ghost","addresses":["10.0.0.9:80"]}]"#;
+        let t = compile(&policy, only_v1).expect("valid");
+        let s = &t.by_addr[&"10.0.0.1:80".parse().expect("addr")];
+        assert_eq!(s.split.0, vec![(0, 95)]);
+        // The beta rule sends everything to v2, which has no instances: kept, so it 503s.
+        assert_eq!(
+            s.rules[0].split.as_ref().map(|s| s.0.clone()),
+            Some(vec![(1, 100)])
+        );
+        assert!(
+            t.warnings.iter().any(|w| w.contains("`v2` has weight 5")),
+            "{:?}",
+            t.warnings
+        );
+        assert!(
+            t.warnings.iter().any(|w| w.contains("ghost")),
+            "{:?}",
+            t.warnings
+        );
+        assert!(
+            !t.by_addr
+                .contains_key(&"10.0.0.9:80".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn an_address_with_two_owners_is_refused() {
+        let policy = format!(
+            "{POLICY}---\napiVersion: sluice.dev/v1alpha1\nkind: MeshService\n\
+             metadata: {{ name: other }}\nspec: {{ team: t }}\n"
+        );
+        let endpoints = r#"[{"service":"pay","addresses":["10.0.0.1:80"]},
+            {"service":"other","addresses":["10.0.0.1:80"]}]"#;
+        let err = compile(&policy, endpoints).expect_err("two owners");
+        assert!(
+            err.to_string()
+                .contains("belongs to both `pay` and `other`"),
+            "{err}"
+        );
     }
 }

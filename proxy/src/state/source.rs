@@ -16,7 +16,7 @@
 //! **Controller seam.** The next issue adds the controller's `Watch` stream as a third variant
 //! of [`ConfigSource`]. Each `ProxyConfig` message converts to the same parts a snapshot file
 //! holds (version, bundle, [`Endpoints`] — the JSON types mirror the proto) and goes through
-//! [`ConfigSource::build_snapshot`] and [`apply`], so validation, the "keep the old state"
+//! [`ConfigSource::from_bundle`] and [`apply`], so validation, the "keep the old state"
 //! rule, logging and metrics are shared; only the waiting differs (a stream message instead
 //! of a poll tick).
 
@@ -32,7 +32,6 @@ use sluice_policy::{Diagnostic, PolicySet};
 use super::{Endpoints, ProxyState, SharedState, StateError};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::routing::RoutingTable;
 
 /// A configuration source. See the [module docs](self).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,35 +214,35 @@ impl ConfigSource {
         }
     }
 
-    /// Builds a state from `ProxyConfig`-shaped JSON. The controller source will call the
-    /// same steps with the fields of a streamed message.
+    /// Builds a state from `ProxyConfig`-shaped JSON (the snapshot file).
     pub fn build_snapshot(
         path: &Path,
         bytes: &[u8],
         shared: &SharedState,
     ) -> Result<ProxyState, SourceError> {
-        let json = |source| SourceError::Json {
-            path: path.to_owned(),
-            source,
-        };
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(json)?;
-        if value.get("policyBundle").is_none() && value.get("services").is_some() {
-            // Transitional: the routing table's own format from before policy-driven routing.
-            let table = RoutingTable::from_json(bytes, shared.counters())
-                .map_err(|e| SourceError::State(e.into()))?;
-            return Ok(ProxyState {
-                version: table.version.clone(),
-                routing: table,
-                ..ProxyState::empty()
-            });
-        }
-        let file: SnapshotFile = serde_json::from_value(value).map_err(json)?;
-        let set = PolicySet::from_str("policyBundle", &file.policy_bundle)?;
+        let file: SnapshotFile =
+            serde_json::from_slice(bytes).map_err(|source| SourceError::Json {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::from_bundle(file.version, &file.policy_bundle, file.services, shared)
+    }
+
+    /// Builds a state from the three fields of a `ProxyConfig`: the seam for the controller's
+    /// `Watch` stream, whose messages carry exactly these (convert the proto's
+    /// `ServiceEndpoints` into [`Endpoints`], then pass the result to [`apply`]).
+    pub fn from_bundle(
+        version: String,
+        policy_bundle: &str,
+        services: Endpoints,
+        shared: &SharedState,
+    ) -> Result<ProxyState, SourceError> {
+        let set = PolicySet::from_str("policyBundle", policy_bundle)?;
         log_warnings(&set);
         Ok(ProxyState::build(
-            file.version,
+            version,
             set.compile(),
-            file.services,
+            services,
             shared.counters(),
         )?)
     }
@@ -254,8 +253,7 @@ impl ConfigSource {
         let (fp, input) = self.read()?;
         let state = self.build(input, shared)?;
         if *self != ConfigSource::None {
-            tracing::info!(source = %self.describe(), version = %state.version,
-                policy = %state.policy.version(), "config loaded");
+            log_loaded(&self.describe(), &state);
         }
         shared.store(state);
         Ok(fp)
@@ -324,8 +322,7 @@ pub fn apply(
     match built {
         Ok(state) => {
             metrics.snapshot_reload(true);
-            tracing::info!(%source, version = %state.version, policy = %state.policy.version(),
-                "config loaded");
+            log_loaded(source, &state);
             shared.store(state);
         }
         Err(error) => {
@@ -337,6 +334,14 @@ pub fn apply(
             }
             tracing::error!(%source, %error, "new config rejected; keeping the previous one");
         }
+    }
+}
+
+fn log_loaded(source: &str, state: &ProxyState) {
+    tracing::info!(%source, version = %state.version, policy = %state.policy.version(),
+        services = state.routing.services.len(), "config loaded");
+    for w in &state.routing.warnings {
+        tracing::warn!(%source, "{w}");
     }
 }
 
