@@ -250,6 +250,10 @@ impl Pair {
         let policy_dir = dir.path().join("policy");
         std::fs::create_dir_all(&policy_dir).expect("policy dir");
         write_atomically(&policy_dir.join("mesh.yaml"), &opts.policy);
+        // The client's own copy, so that tests changing the server's policy change only it.
+        let client_policy = dir.path().join("client-policy");
+        std::fs::create_dir_all(&client_policy).expect("policy dir");
+        write_atomically(&client_policy.join("mesh.yaml"), &opts.policy);
         let identity = |o: ProxyOptions, name: &str, leaf: &Leaf| match &opts.controller {
             Some((url, token)) => o
                 .env("SLUICE_PROXY_CONTROLLER_ADDR", url.clone())
@@ -278,15 +282,17 @@ impl Pair {
         let service_addr: SocketAddr = format!("127.0.0.1:{}", crate::free_port())
             .parse()
             .expect("addr");
-        let snapshot = dir.path().join("routes.json");
+        // The client proxy routes from the same policy plus where payments runs: its only
+        // instance is the server proxy's inbound port.
+        let endpoints = dir.path().join("endpoints.json");
         write_atomically(
-            &snapshot,
+            &endpoints,
             &serde_json::json!({
-                "version": "1",
                 "services": [{
-                    "name": "payments",
+                    "namespace": "default",
+                    "service": "payments",
                     "addresses": [service_addr],
-                    "versions": [{"name": "v1", "weight": 1, "endpoints": [server.explicit(0)]}],
+                    "versions": [{"version": "v1", "endpoints": [{"address": server.explicit(0).to_string()}]}],
                 }],
             })
             .to_string(),
@@ -295,7 +301,8 @@ impl Pair {
             ProxyOptions::default()
                 .env("SLUICE_PROXY_SERVICE", "checkout")
                 .env("SLUICE_PROXY_ID", "checkout-0")
-                .env("SLUICE_PROXY_SNAPSHOT", path(&snapshot))
+                .env("SLUICE_PROXY_POLICY_DIR", path(&client_policy))
+                .env("SLUICE_PROXY_ENDPOINTS", path(&endpoints))
                 .env(
                     "SLUICE_PROXY_EXPLICIT_OUTBOUND",
                     format!("0={service_addr}"),

@@ -107,10 +107,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     });
     let forward = Forward::new(
         config.connect_timeout,
-        tls.clone().map(|tls| MeshOut {
-            tls,
-            namespace: config.namespace.clone(),
-        }),
+        tls.clone().map(|tls| MeshOut { tls }),
     );
     let inbound_labels = TrafficLabels {
         dst_service: config.service.clone(),
@@ -141,7 +138,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         },
         tls,
         authorizer,
-        namespace: config.namespace.clone(),
     });
 
     let mut listeners = Vec::new();

@@ -89,8 +89,6 @@ pub struct Dispatch {
     pub tls: Option<Arc<MeshTls>>,
     /// Inbound authorization for opaque TCP (HTTP is authorized per request in the stack).
     pub authorizer: Option<Arc<Authorizer>>,
-    /// Namespace assumed for destination services (for the identity they must present).
-    pub namespace: String,
 }
 
 /// Accepts connections until draining starts; each connection keeps a drain watch so
@@ -273,15 +271,9 @@ impl Dispatch {
         };
         // Outbound to a mesh service with an identity to show: wrap the stream in mTLS.
         let expected = match (&self.tls, ctx.direction) {
-            (Some(tls), Direction::Outbound) if !decision.labels.dst_service.is_empty() => {
-                tls.trust_domain().map(|td| {
-                    SpiffeId::new(
-                        td,
-                        self.namespace.clone(),
-                        decision.labels.dst_service.clone(),
-                    )
-                })
-            }
+            (Some(tls), Direction::Outbound) if !decision.labels.dst_service.is_empty() => tls
+                .trust_domain()
+                .map(|td| SpiffeId::of_service(td, &decision.labels.dst_service)),
             _ => None,
         };
         let mesh = match (&self.tls, &expected) {

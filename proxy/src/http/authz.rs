@@ -2,6 +2,7 @@
 //! then either fail it with the denial (rendered by the error layer) or forward it with the
 //! caller's verified identity in `sluice-client-id`.
 //!
+//! Ambiguous paths never get here: the check-path layer (outer) refuses them with 400 first.
 //! It sits inside the sanitize layer, so by the time it adds `sluice-client-id` every
 //! `sluice-*` header the client sent is gone: the application can trust the header because
 //! only this proxy can have set it.
@@ -11,7 +12,7 @@ use std::task::{Context, Poll};
 
 use http::HeaderValue;
 use http::header::CONTENT_TYPE;
-use sluice_policy::rpc::{Rpc, check_request_path};
+use sluice_policy::rpc::Rpc;
 use tower::Service;
 
 use super::errors::ProxyError;
@@ -49,11 +50,6 @@ impl<S: Svc<ProxyError>> Service<Request> for Authz<S> {
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        // Refused before any policy is consulted: matching a path the application may decode
-        // differently would let `GET /public/%2e%2e/admin` through a `GET /public/*` grant.
-        if let Err(e) = check_request_path(req.uri().path()) {
-            return Box::pin(async move { Err(ProxyError::AmbiguousPath(e)) });
-        }
         let rpc = Rpc::from_request(req.method().as_str(), req.uri().path(), content_type);
         let request_id = authz::request_id(req.headers());
         if let Err(denial) = authorizer.check(peer.as_deref(), &rpc, &request_id) {

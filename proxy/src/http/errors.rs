@@ -69,10 +69,6 @@ pub enum ProxyError {
     /// See [`ForwardError`].
     #[error(transparent)]
     Forward(#[from] ForwardError),
-    /// The path could mean different things to the proxy and the application (`%2e`, `%2f`,
-    /// `\\`...), so no policy can be applied to it safely.
-    #[error(transparent)]
-    AmbiguousPath(#[from] sluice_policy::rpc::AmbiguousPath),
     /// Policy denied the call; rendered by [`super::denial`], not by the generic mapping.
     #[error("denied: {}", .0.explain)]
     Denied(Box<Denial>),
@@ -97,7 +93,6 @@ impl ProxyError {
                 (StatusCode::INTERNAL_SERVER_ERROR, 13, "internal")
             }
             ProxyError::Denied(_) => (StatusCode::FORBIDDEN, 7, "denied"),
-            ProxyError::AmbiguousPath(_) => (StatusCode::BAD_REQUEST, 3, "ambiguous-path"),
         }
     }
 }
@@ -163,7 +158,10 @@ mod tests {
         assert_eq!(rsp.headers()["grpc-status"], "4");
         assert_eq!(rsp.headers()["sluice-proxy-error"], "timeout");
         let e = ProxyError::from(AmbiguousPath("an encoded `/` (%2f) in the path"));
-        assert_eq!(to_response(&e, false).status(), StatusCode::BAD_REQUEST);
-        assert_eq!(to_response(&e, true).headers()["grpc-status"], "3");
+        assert_eq!(
+            to_response(&e, false, None).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(to_response(&e, true, None).headers()["grpc-status"], "3");
     }
 }

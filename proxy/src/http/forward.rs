@@ -58,14 +58,11 @@ struct Pools {
     mesh: Option<MeshOut>,
 }
 
-/// What outbound mTLS needs: the TLS context and the namespace destination services are
-/// assumed to be in (routing does not carry namespaces yet).
+/// What outbound mTLS needs.
 #[derive(Clone, Debug)]
 pub struct MeshOut {
     /// Mesh TLS.
     pub tls: Arc<MeshTls>,
-    /// Namespace of destination services.
-    pub namespace: String,
 }
 
 impl Forward {
@@ -85,7 +82,7 @@ impl Forward {
     fn expected(&self, service: Option<&str>) -> Option<SpiffeId> {
         let mesh = self.pools.mesh.as_ref()?;
         let td = mesh.tls.trust_domain()?;
-        Some(SpiffeId::new(td, mesh.namespace.clone(), service?))
+        Some(SpiffeId::of_service(td, service?))
     }
 
     fn client(

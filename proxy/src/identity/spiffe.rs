@@ -67,6 +67,13 @@ impl SpiffeId {
         }
     }
 
+    /// The identity of a service as policy and routing name it: `name` (namespace `default`,
+    /// as `ObjectRef`'s display writes it) or `namespace/name`.
+    pub fn of_service(trust_domain: impl Into<String>, service: &str) -> SpiffeId {
+        let (ns, name) = service.split_once('/').unwrap_or(("default", service));
+        SpiffeId::new(trust_domain, ns, name)
+    }
+
     /// Parses `spiffe://<td>/ns/<ns>/svc/<svc>`.
     pub fn parse(uri: &str) -> Result<SpiffeId, SpiffeError> {
         let bad = |reason| SpiffeError::Malformed {
@@ -178,6 +185,18 @@ mod tests {
         assert_eq!(
             id.to_string(),
             "spiffe://shop.local/ns/default/svc/checkout"
+        );
+    }
+
+    #[test]
+    fn service_names_as_routing_writes_them() {
+        assert_eq!(
+            SpiffeId::of_service("td", "pay").to_string(),
+            "spiffe://td/ns/default/svc/pay"
+        );
+        assert_eq!(
+            SpiffeId::of_service("td", "shop/pay").to_string(),
+            "spiffe://td/ns/shop/svc/pay"
         );
     }
 
