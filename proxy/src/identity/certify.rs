@@ -178,13 +178,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// When to renew `creds`: 70% of the way through its lifetime, ±5% jitter so that proxies
-/// started together do not renew together.
+/// started together do not renew together. The lifetime counts from when we received it if
+/// that is later than `not_before` (backdating would otherwise make a short-lived certificate
+/// look due at once, and the proxy would renew in a loop).
 pub fn renew_delay(creds: &Credentials, now: SystemTime, rng: &mut impl Rng) -> Duration {
-    let lifetime = creds
-        .not_after
-        .duration_since(creds.not_before)
-        .unwrap_or_default();
-    let at = creds.not_before + lifetime.mul_f64(RENEW_AT + rng.random_range(-0.05..=0.05));
+    let start = creds.not_before.max(creds.received);
+    let lifetime = creds.not_after.duration_since(start).unwrap_or_default();
+    let at = start + lifetime.mul_f64(RENEW_AT + rng.random_range(-0.05..=0.05));
     at.duration_since(now).unwrap_or_default()
 }
 
@@ -258,6 +258,38 @@ pub async fn renew(config: CertifyConfig, store: Arc<IdentityStore>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Credentials for a self-signed SPIFFE certificate valid from `before` ago for `after`.
+    fn creds(before: Duration, after: Duration) -> Credentials {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://td/ns/default/svc/a".try_into().expect("ia5"),
+        )];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - before;
+        p.not_after = now + after;
+        let cert = p.self_signed(&key).expect("cert");
+        Credentials::new(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            vec![cert.der().clone()],
+        )
+        .expect("credentials")
+    }
+
+    #[test]
+    fn renews_at_70_percent_counted_from_receipt_when_backdated() {
+        let mut rng = rand::rng();
+        // 24 h certificate: about 16.8 h from now.
+        let day = creds(Duration::ZERO, Duration::from_secs(24 * 3600));
+        let d = renew_delay(&day, SystemTime::now(), &mut rng).as_secs_f64() / 3600.0;
+        assert!((15.5..=18.1).contains(&d), "{d} h");
+        // Backdated by a minute, valid 10 s more: renew in about 7 s, not at once.
+        let short = creds(Duration::from_secs(60), Duration::from_secs(10));
+        let d = renew_delay(&short, SystemTime::now(), &mut rng).as_secs_f64();
+        assert!((5.5..=8.0).contains(&d), "{d} s");
+    }
 
     #[test]
     fn backoff_doubles_to_a_cap_with_jitter() {

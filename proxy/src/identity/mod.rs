@@ -68,6 +68,9 @@ pub struct Credentials {
     pub not_before: SystemTime,
     /// When the leaf expires.
     pub not_after: SystemTime,
+    /// When this proxy got it. Issuers backdate `not_before` for clock skew (the controller
+    /// by a minute), so with short lifetimes the renewal point is measured from here.
+    pub received: SystemTime,
 }
 
 impl Credentials {
@@ -99,21 +102,8 @@ impl Credentials {
             roots_der,
             not_before,
             not_after,
+            received: SystemTime::now(),
         })
-    }
-
-    /// Fraction of the lifetime elapsed at `now` (0 before `not_before`).
-    pub fn elapsed_fraction(&self, now: SystemTime) -> f64 {
-        let total = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default()
-            .as_secs_f64();
-        let done = now
-            .duration_since(self.not_before)
-            .unwrap_or_default()
-            .as_secs_f64();
-        if total <= 0.0 { 1.0 } else { done / total }
     }
 }
 
