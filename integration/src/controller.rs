@@ -141,3 +141,124 @@ impl Mesh for Svc {
         Ok(Response::new(DenialReportAck {}))
     }
 }
+
+/// The `sluice` binary (controller and CLI), built once per test process like
+/// [`crate::proxy_bin`].
+pub fn sluice_bin() -> &'static std::path::Path {
+    use std::path::{Path, PathBuf};
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let release = !cfg!(debug_assertions);
+        let mut build = std::process::Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "sluice-controller",
+            "--bin",
+            "sluice",
+        ]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.current_dir(&workspace).status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "cargo build -p sluice-controller failed"
+        );
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target"));
+        let bin = target
+            .join(if release { "release" } else { "debug" })
+            .join("sluice");
+        assert!(bin.exists(), "{} not found after build", bin.display());
+        bin
+    })
+}
+
+/// The real controller (`sluice controller`), killed on drop.
+#[derive(Debug)]
+pub struct RealController {
+    child: std::process::Child,
+    /// Its state directory (CA, token key).
+    pub state: tempfile::TempDir,
+    /// `http://127.0.0.1:port`.
+    pub url: String,
+}
+
+impl RealController {
+    /// Starts it on a free loopback port with `policy_dir` and `lifetime` certificates.
+    pub fn start(policy_dir: &std::path::Path, lifetime: &str) -> RealController {
+        let state = tempfile::tempdir().expect("state dir");
+        let ready = state.path().join("ready");
+        let log = std::fs::File::create(state.path().join("controller.log")).expect("log");
+        let child = std::process::Command::new(sluice_bin())
+            .args([
+                "controller",
+                "--listen",
+                "127.0.0.1:0",
+                "--cert-lifetime",
+                lifetime,
+            ])
+            .arg("--state-dir")
+            .arg(state.path().join("state"))
+            .arg("--policy")
+            .arg(policy_dir)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice controller");
+        let mut me = RealController {
+            child,
+            state,
+            url: String::new(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while me.url.is_empty() {
+            if let Ok(addr) = std::fs::read_to_string(&ready) {
+                me.url = format!("http://{}", addr.trim());
+            } else {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "controller did not start: {}",
+                    me.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        me
+    }
+
+    /// A bootstrap token for `service` in `default`, as the local runner would mint it.
+    pub fn token(&self, service: &str) -> String {
+        let out = std::process::Command::new(sluice_bin())
+            .args(["identity", "token", "--service", service])
+            .arg("--state-dir")
+            .arg(self.state.path().join("state"))
+            .output()
+            .expect("sluice identity token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The controller's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("controller.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RealController {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -225,8 +225,9 @@ pub struct PairOptions {
     pub server_leaf: Leaf,
     /// Extra variables for both proxies.
     pub env: Vec<(String, String)>,
-    /// Get certificates from this controller (gRPC URL, bootstrap token) instead of files.
-    pub controller: Option<(String, String)>,
+    /// Get certificates from this controller instead of files: gRPC URL, then the server's
+    /// and the client's bootstrap tokens.
+    pub controller: Option<(String, String, String)>,
 }
 
 impl Default for PairOptions {
@@ -255,9 +256,17 @@ impl Pair {
         std::fs::create_dir_all(&client_policy).expect("policy dir");
         write_atomically(&client_policy.join("mesh.yaml"), &opts.policy);
         let identity = |o: ProxyOptions, name: &str, leaf: &Leaf| match &opts.controller {
-            Some((url, token)) => o
-                .env("SLUICE_PROXY_CONTROLLER_ADDR", url.clone())
-                .env("SLUICE_PROXY_IDENTITY_TOKEN", token.clone()),
+            Some((url, server_token, client_token)) => {
+                o.env("SLUICE_PROXY_CONTROLLER_ADDR", url.clone()).env(
+                    "SLUICE_PROXY_IDENTITY_TOKEN",
+                    if name == "server-id" {
+                        server_token
+                    } else {
+                        client_token
+                    }
+                    .clone(),
+                )
+            }
             None => {
                 ca.write_identity(&dir.path().join(name), leaf);
                 o.env("SLUICE_PROXY_IDENTITY_DIR", path(&dir.path().join(name)))

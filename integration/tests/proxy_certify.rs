@@ -31,7 +31,11 @@ async fn certify_renew_and_survive_a_controller_outage() {
     let controller = FakeController::start(state(Duration::from_secs(6)), None).await;
     let addr = controller.addr();
     let pair = Pair::start(PairOptions {
-        controller: Some((controller.url.clone(), "let-me-in".into())),
+        controller: Some((
+            controller.url.clone(),
+            "let-me-in".into(),
+            "let-me-in".into(),
+        )),
         env: vec![("SLUICE_PROXY_DENIAL_REPORT_INTERVAL".into(), "200ms".into())],
         ..PairOptions::default()
     })
@@ -142,7 +146,7 @@ async fn certify_renew_and_survive_a_controller_outage() {
 async fn a_wrong_token_gets_no_certificate() {
     let controller = FakeController::start(state(Duration::from_secs(3600)), None).await;
     let pair = Pair::start(PairOptions {
-        controller: Some((controller.url.clone(), "guess".into())),
+        controller: Some((controller.url.clone(), "guess".into(), "guess".into())),
         env: vec![],
         ..PairOptions::default()
     })
