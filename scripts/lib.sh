@@ -9,7 +9,8 @@
 #   iptables, iproute2: transparent-proxy redirection and network namespaces (proxy tests)
 #   curl, nghttp2-client: HTTP/1.1 and HTTP/2 clients for end-to-end tests
 #   prometheus: `promtool`, to check the metrics the proxy exposes
-TEST_APT_PACKAGES=(iptables iproute2 curl nghttp2-client prometheus python3-pip)
+#   openssl: an independently made CA for the controller's CA-from-files test
+TEST_APT_PACKAGES=(iptables iproute2 curl nghttp2-client prometheus python3-pip openssl)
 
 # Debian packages the demo needs (a subset of the above, kept separate so the demo stays
 # light).

@@ -7,8 +7,10 @@ fn main() -> ExitCode {
     let code = sluice_controller::run(
         std::env::args_os(),
         sluice_controller::Terminal::detect(),
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
+        // Unlocked handles: each write takes the lock briefly, so long-running commands can log
+        // from worker threads without deadlocking on a lock held for the whole run.
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
     );
     ExitCode::from(code)
 }

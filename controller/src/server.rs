@@ -372,27 +372,15 @@ fn trust_domain_from_policy(dir: &Path, err: &mut dyn Write) -> Result<TrustDoma
 }
 
 /// Logs to stderr, filtered by `SLUICE_LOG` (default `info`). Safe to call more than once.
-///
-/// The log writes to its own handle on file descriptor 2, not through `std::io::Stderr`: the
-/// CLI's caller holds the `Stderr` lock for the whole run (as `main.rs` does), and worker
-/// threads waiting for that lock would deadlock the server.
+/// `main.rs` passes unlocked stdio handles to the CLI, so worker threads can log freely.
 fn init_tracing() {
     use std::io::IsTerminal;
-    use std::os::fd::AsFd;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal();
-    let writer = match std::io::stderr().as_fd().try_clone_to_owned() {
-        Ok(fd) => {
-            tracing_subscriber::fmt::writer::BoxMakeWriter::new(Arc::new(std::fs::File::from(fd)))
-        }
-        // Without a second descriptor there is no safe place to log from worker threads.
-        Err(_) => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::sink),
-    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
