@@ -225,6 +225,8 @@ pub struct PairOptions {
     pub server_leaf: Leaf,
     /// Extra variables for both proxies.
     pub env: Vec<(String, String)>,
+    /// Declare the service's port opaque (`SLUICE_PROXY_OPAQUE_PORTS`) on both proxies.
+    pub opaque: bool,
     /// Get certificates from this controller instead of files: gRPC URL, then the server's
     /// and the client's bootstrap tokens.
     pub controller: Option<(String, String, String)>,
@@ -238,6 +240,7 @@ impl Default for PairOptions {
             server_leaf: Leaf::service("payments"),
             env: Vec::new(),
             controller: None,
+            opaque: false,
         }
     }
 }
@@ -284,7 +287,15 @@ impl Pair {
                 .env("SLUICE_PROXY_SERVICE", "payments")
                 .env("SLUICE_PROXY_ID", "payments-0")
                 .env("SLUICE_PROXY_POLICY_DIR", path(&policy_dir))
-                .env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={}", app.addr)),
+                .env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={}", app.addr))
+                .env(
+                    "SLUICE_PROXY_OPAQUE_PORTS",
+                    if opts.opaque {
+                        app.addr.port().to_string()
+                    } else {
+                        String::new()
+                    },
+                ),
             "server-id",
             &opts.server_leaf,
         )));

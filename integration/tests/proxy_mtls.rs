@@ -152,7 +152,7 @@ async fn opaque_tcp_is_authorized_per_connection() {
             r#"allow: ["GET /v1/charges/{id}", "* /*"]"#,
         );
     let pair = Pair::start(PairOptions {
-        policy: whole,
+        policy: whole.clone(),
         ..PairOptions::default()
     })
     .await;
@@ -162,6 +162,27 @@ async fn opaque_tcp_is_authorized_per_connection() {
         "{}",
         String::from_utf8_lossy(&reply)
     );
+
+    // The same over a declared opaque port: still mTLS between the proxies, still authorized.
+    let pair = Pair::start(PairOptions {
+        policy: whole,
+        opaque: true,
+        ..PairOptions::default()
+    })
+    .await;
+    let reply = raw_exchange(&pair).await;
+    assert!(
+        reply.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let allowed = counter(
+        &pair.server,
+        "sluice_proxy_authz_allow_total",
+        &[r#"caller="checkout""#, r#"rpc="* /*""#],
+    )
+    .await;
+    assert_eq!(allowed, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -147,8 +147,19 @@ impl Dispatch {
             },
         };
         let _ = stream.set_nodelay(true);
-        let detected = if self.opaque_ports.contains(&orig_dst.port()) {
+        let opaque_port = self.opaque_ports.contains(&orig_dst.port());
+        let detected = if opaque_port && (direction == Direction::Outbound || self.tls.is_none()) {
             Ok((Protocol::Opaque, PrefixedIo::new(Bytes::new(), stream)))
+        } else if opaque_port {
+            // Peer proxies wrap opaque ports in mTLS too, so inbound still looks for a
+            // ClientHello; anything else stays opaque. A server-speaks-first client from
+            // outside the mesh waits the detect timeout here (see the report on issue 4).
+            detect::detect(stream, self.detect_timeout)
+                .await
+                .map(|(p, io)| match p {
+                    Protocol::Tls => (Protocol::Tls, io),
+                    _ => (Protocol::Opaque, io),
+                })
         } else {
             detect::detect(stream, self.detect_timeout).await
         };
