@@ -83,7 +83,8 @@ pub const ENV_IDENTITY_DIR: &str = "SLUICE_PROXY_IDENTITY_DIR";
 /// How often [`ENV_IDENTITY_DIR`] is checked. Default `1s`.
 pub const ENV_IDENTITY_POLL: &str = "SLUICE_PROXY_IDENTITY_POLL";
 /// `enforce` or `off`: inbound authorization. Default `enforce` when the proxy has a mesh
-/// identity source or a policy directory, `off` otherwise (a bare proxy only forwards).
+/// identity source, a policy directory or a snapshot file, `off` otherwise (a bare proxy only
+/// forwards).
 pub const ENV_AUTHZ: &str = "SLUICE_PROXY_AUTHZ";
 /// How often denials are reported to the controller. Default `1s`.
 pub const ENV_DENIAL_REPORT_INTERVAL: &str = "SLUICE_PROXY_DENIAL_REPORT_INTERVAL";
@@ -297,9 +298,12 @@ impl Config {
             authz: false,
             denial_report_interval: p.duration(ENV_DENIAL_REPORT_INTERVAL, Duration::from_secs(1)),
         };
+        // Any policy source makes this proxy a mesh member: a snapshot file is exactly what the
+        // controller ships, so it must enforce like a policy directory does.
         let mesh_member = config.identity_dir.is_some()
             || config.identity_token.is_some()
-            || config.policy_dir.is_some();
+            || config.policy_dir.is_some()
+            || config.snapshot.is_some();
         config.authz = p.parse(ENV_AUTHZ, mesh_member, |s| match s {
             "enforce" => Ok(true),
             "off" => Ok(false),
