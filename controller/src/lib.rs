@@ -23,6 +23,8 @@ mod explain;
 pub mod identity;
 mod schema;
 pub mod server;
+pub mod status;
+pub mod store;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -63,6 +65,12 @@ pub enum Command {
     /// Mesh identity: bootstrap tokens for proxies.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Show the controller: policy version, connected proxies (and which are behind),
+    /// registrations, the last refused policy change, denials.
+    ///
+    /// Exits 0 when the controller answered, 1 when it is not running (what its store knows is
+    /// shown), 2 when there is nothing to show.
+    Status(status::StatusArgs),
 }
 
 /// `sluice policy …`.
@@ -229,6 +237,9 @@ pub enum CliError {
     /// The controller could not serve.
     #[error(transparent)]
     Serve(#[from] server::ServeError),
+    /// `sluice status` found nothing to show.
+    #[error(transparent)]
+    Status(#[from] status::StatusError),
     /// Writing to stdout failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -283,6 +294,7 @@ fn execute(
         Command::Policy(PolicyCommand::Schema(args)) => schema::run(&args, out),
         Command::Controller(args) => server::run(&args, out, err),
         Command::Identity(command) => identity::cli::run(&command, out),
+        Command::Status(args) => status::run(&args, out),
     }
 }
 

@@ -1,17 +1,27 @@
 //! The controller's gRPC server (`sluice.mesh.v1.Mesh`) and the `sluice controller` command.
 //!
-//! Each RPC lives in its own module (`certify` now; `watch`, `register` and `report_denials`
-//! with the controller issue) as a plain async function returning `Result<_, ApiError>`;
-//! [`MeshService`] only dispatches, logs, and converts errors with the single
-//! `From<ApiError> for Status` in `error.rs`.
+//! Each RPC lives in its own module (`certify`, `watch`, `register`, `report_denials`) as a
+//! plain function returning `Result<_, ApiError>`; [`MeshService`] only dispatches, logs, and
+//! converts errors with the single `From<ApiError> for Status` in `error.rs`.
+//!
+//! The control plane's live state (policy snapshot, registrations, connected proxies, the
+//! published config) is [`state::ControlPlane`]; `policy_watch` keeps the policy current,
+//! `store` (crate root) persists runtime state, `admin` serves `GET /status`. The whole design
+//! is described in `docs/controller.md`.
 //!
 //! The listener is plaintext HTTP/2, meant for loopback. In Kubernetes it will get a server
 //! certificate from the same CA, and proxies will verify it against the CA certificate they are
 //! given at start; bootstrap tokens are bearer credentials and must not cross a network in
 //! the clear.
 
+pub mod admin;
 mod certify;
 mod error;
+pub mod policy_watch;
+mod register;
+mod report_denials;
+pub mod state;
+mod watch;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -29,6 +39,7 @@ use sluice_api::v1::{
 use sluice_policy::PolicySet;
 use sluice_policy::diagnostic::{Style, render};
 use sluice_policy::validate::LoadError;
+use state::{ControlPlane, PolicySnapshot};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -42,6 +53,8 @@ use crate::identity::issue::{MAX_LIFETIME, MIN_LIFETIME};
 use crate::identity::{
     Certifier, IdentityError, MeshCa, TokenKey, TrustDomain, WorkloadAuthenticator,
 };
+use crate::status::{ADMIN_ADDR_FILE, ControllerInfo};
+use crate::store::Store;
 use crate::{CliError, Outcome};
 
 /// The largest request message accepted (CSRs are bounded separately, at 16 KiB).
@@ -49,18 +62,28 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// How long in-flight calls get to finish after SIGTERM or ctrl-c.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a registration outlives its instance's last `Watch` stream, by default.
+pub const DEFAULT_REGISTRATION_GRACE: Duration = Duration::from_secs(30);
+
 /// The `Mesh` service.
 pub struct MeshService {
     certifier: Arc<Certifier>,
     authenticator: Arc<dyn WorkloadAuthenticator>,
+    plane: Arc<ControlPlane>,
 }
 
 impl MeshService {
-    /// A service issuing certificates with `certifier` to workloads `authenticator` proves.
-    pub fn new(certifier: Arc<Certifier>, authenticator: Arc<dyn WorkloadAuthenticator>) -> Self {
+    /// A service issuing certificates with `certifier` to workloads `authenticator` proves,
+    /// and distributing `plane`'s configuration.
+    pub fn new(
+        certifier: Arc<Certifier>,
+        authenticator: Arc<dyn WorkloadAuthenticator>,
+        plane: Arc<ControlPlane>,
+    ) -> Self {
         MeshService {
             certifier,
             authenticator,
+            plane,
         }
     }
 
@@ -109,40 +132,84 @@ impl Mesh for MeshService {
 
     async fn watch(
         &self,
-        _request: Request<WatchRequest>,
+        request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(ApiError::Unimplemented("Watch").into())
+        let peer = request.remote_addr();
+        match watch::watch(&self.plane, request.into_inner(), peer) {
+            Ok(stream) => Ok(Response::new(Box::pin(stream))),
+            Err(e) => {
+                tracing::warn!(peer = ?peer, error = %e, "Watch refused");
+                Err(e.into())
+            }
+        }
     }
 
     async fn register(
         &self,
-        _request: Request<Registration>,
+        request: Request<Registration>,
     ) -> Result<Response<RegistrationAck>, Status> {
-        Err(ApiError::Unimplemented("Register").into())
+        let peer = request.remote_addr();
+        let request = request.into_inner();
+        let workload = request.workload.clone().unwrap_or_default();
+        let address = request.address.clone();
+        let result = register::register(&self.plane, request).await;
+        match &result {
+            Ok(_) => tracing::info!(
+                namespace = workload.namespace,
+                service = workload.service,
+                version = workload.version,
+                environment = workload.environment,
+                instance = workload.instance,
+                address,
+                "registered an instance"
+            ),
+            Err(e) if e.is_internal() => {
+                tracing::error!(peer = ?peer, error = %e, "Register failed");
+            }
+            Err(e) => tracing::warn!(peer = ?peer, error = %e, "Register refused"),
+        }
+        result.map(Response::new).map_err(Status::from)
     }
 
     async fn report_denials(
         &self,
-        _request: Request<DenialReport>,
+        request: Request<DenialReport>,
     ) -> Result<Response<DenialReportAck>, Status> {
-        Err(ApiError::Unimplemented("ReportDenials").into())
+        let peer = request.remote_addr();
+        let result = report_denials::report_denials(&self.plane, request.into_inner()).await;
+        match &result {
+            Ok(_) => {}
+            Err(e) if e.is_internal() => {
+                tracing::error!(peer = ?peer, error = %e, "ReportDenials failed");
+            }
+            Err(e) => tracing::warn!(peer = ?peer, error = %e, "ReportDenials refused"),
+        }
+        result.map(Response::new).map_err(Status::from)
     }
 }
 
 /// Arguments of `sluice controller`.
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
-    /// Where the controller keeps its state: the CA (`ca/`), the token key (`token.key`).
-    /// Created (mode 0700) if missing.
+    /// Where the controller keeps its state: the CA (`ca/`), the token key (`token.key`), the
+    /// store (`controller.db`). Created (mode 0700) if missing.
     #[arg(long, value_name = "DIR", env = "SLUICE_STATE_DIR")]
     pub state_dir: PathBuf,
     /// The address to serve the gRPC API on. Port 0 picks a free port; the address is printed.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7071")]
     pub listen: SocketAddr,
-    /// A directory of policy files. It must be valid; its Mesh sets the trust domain
-    /// (default `cluster.local`).
+    /// A directory of policy files, watched for changes. It must be valid at start; later
+    /// invalid changes are refused (the last good version stays in force). Its Mesh sets the
+    /// trust domain (default `cluster.local`).
     #[arg(long, value_name = "DIR")]
     pub policy: Option<PathBuf>,
+    /// The read-only admin endpoint (`GET /status`). Port 0 picks a free port; the address is
+    /// written to `STATE_DIR/admin.addr`, where `sluice status` finds it.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub admin: SocketAddr,
+    /// How long a registration outlives its instance's last Watch stream.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub registration_grace: Duration,
     /// Use this CA certificate (PEM) instead of the one in the state directory.
     #[arg(long, value_name = "FILE", requires = "ca_key")]
     pub ca_cert: Option<PathBuf>,
@@ -184,6 +251,9 @@ pub enum ServeError {
     /// The server failed while running.
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// `sluice controller`.
@@ -196,10 +266,12 @@ pub(crate) fn run(
     if !(MIN_LIFETIME..=MAX_LIFETIME).contains(&args.cert_lifetime) {
         return Err(ServeError::Lifetime(args.cert_lifetime).into());
     }
-    let trust_domain = match &args.policy {
-        Some(dir) => trust_domain_from_policy(dir, err)?,
-        None => TrustDomain::default(),
+    let (policy, applied) = match &args.policy {
+        Some(dir) => initial_policy(dir, err)?,
+        None => (PolicySnapshot::new(PolicySet::default()), 0),
     };
+    let trust_domain =
+        TrustDomain::new(&policy.set.mesh.trust_domain).map_err(IdentityError::from)?;
     let now = SystemTime::now();
     let ca = match (&args.ca_cert, &args.ca_key) {
         (Some(cert), Some(key)) => {
@@ -236,13 +308,27 @@ pub(crate) fn run(
         "issuing workload certificates"
     );
     let certifier = Arc::new(Certifier::new(ca, trust_domain, args.cert_lifetime));
-    let service = MeshService::new(certifier, Arc::new(tokens));
+    let store = Store::open(&args.state_dir).map_err(ServeError::from)?;
+    let version = policy.version.clone();
+    let plane =
+        ControlPlane::new(store, policy, args.registration_grace).map_err(ServeError::from)?;
+    tracing::info!(
+        version,
+        store = %plane.store_path().display(),
+        registrations = plane.current().config.services.len(),
+        "control plane ready"
+    );
+    if let Some(dir) = &args.policy {
+        policy_watch::spawn(dir.clone(), applied, Arc::clone(&plane))
+            .map_err(|source| setup("start the policy watcher", source))?;
+    }
+    let service = MeshService::new(certifier, Arc::new(tokens), Arc::clone(&plane));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|source| setup("start the async runtime", source))?;
-    runtime.block_on(serve(args, service, out))?;
+    runtime.block_on(serve(args, service, plane, out))?;
     Ok(Outcome::Success)
 }
 
@@ -250,6 +336,7 @@ pub(crate) fn run(
 async fn serve(
     args: &ControllerArgs,
     service: MeshService,
+    plane: Arc<ControlPlane>,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     // Handlers first, so a signal that arrives right after the address is printed is ours.
@@ -269,6 +356,28 @@ async fn serve(
             "serving plaintext gRPC on a non-loopback address: bootstrap tokens can be read on the network"
         );
     }
+    let admin = TcpListener::bind(args.admin)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: args.admin,
+            source,
+        })?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|source| setup("read the bound admin address", source))?;
+    let admin_file = args.state_dir.join(ADMIN_ADDR_FILE);
+    write_ready_file(&admin_file, admin_addr)?;
+    plane.set_info(ControllerInfo {
+        grpc: addr.to_string(),
+        admin: admin_addr.to_string(),
+        pid: std::process::id(),
+        state_dir: args.state_dir.display().to_string(),
+        policy_dir: args.policy.as_ref().map(|p| p.display().to_string()),
+        ..ControllerInfo::default()
+    });
+    let admin_task = tokio::spawn(admin::serve(admin, Arc::clone(&plane)));
+    let reaper = tokio::spawn(reap_forever(Arc::clone(&plane), args.registration_grace));
+    tracing::info!(addr = %admin_addr, "serving the admin endpoint (GET /status)");
     if let Some(file) = &args.ready_file {
         write_ready_file(file, addr)?;
     }
@@ -299,11 +408,27 @@ async fn serve(
             }
         }
     }
+    admin_task.abort();
+    reaper.abort();
+    let _ = std::fs::remove_file(&admin_file);
     if let Some(file) = &args.ready_file {
         let _ = std::fs::remove_file(file);
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Removes expired registrations, checking a few times per grace period.
+async fn reap_forever(plane: Arc<ControlPlane>, grace: Duration) {
+    let every = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = plane.reap(std::time::Instant::now()).await {
+            tracing::error!(error = %e, "could not remove expired registrations");
+        }
+    }
 }
 
 /// SIGTERM (what process managers and Kubernetes send) and SIGINT (ctrl-c).
@@ -351,10 +476,13 @@ fn write_ready_file(file: &Path, addr: SocketAddr) -> Result<(), ServeError> {
         .map_err(|source| setup(&format!("write {}", file.display()), source))
 }
 
-/// Loads and validates the policy set; its Mesh names the trust domain. Problems are printed
-/// like `sluice policy check` prints them.
-fn trust_domain_from_policy(dir: &Path, err: &mut dyn Write) -> Result<TrustDomain, CliError> {
-    let set = match PolicySet::load(dir) {
+/// Loads and validates the policy set the controller starts with, and the hash of the contents
+/// (where the watcher starts from). Problems are printed like `sluice policy check` prints
+/// them, and the controller does not start.
+fn initial_policy(dir: &Path, err: &mut dyn Write) -> Result<(PolicySnapshot, u64), CliError> {
+    let files = sluice_policy::load::read_sources(dir)?;
+    let applied = policy_watch::hash_sources(&files);
+    let set = match PolicySet::from_sources(&files) {
         Ok(set) => set,
         Err(LoadError::Read(e)) => return Err(e.into()),
         Err(LoadError::Invalid {
@@ -367,8 +495,9 @@ fn trust_domain_from_policy(dir: &Path, err: &mut dyn Write) -> Result<TrustDoma
             return Err(CliError::PolicyInvalid);
         }
     };
-    tracing::info!(policy = %dir.display(), "policy is valid (watching it arrives with the controller issue)");
-    Ok(TrustDomain::new(&set.mesh.trust_domain).map_err(IdentityError::from)?)
+    let policy = PolicySnapshot::new(set);
+    tracing::info!(policy = %dir.display(), version = policy.version, "policy is valid; watching it for changes");
+    Ok((policy, applied))
 }
 
 /// Logs to stderr, filtered by `SLUICE_LOG` (default `info`). Safe to call more than once.

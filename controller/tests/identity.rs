@@ -424,16 +424,15 @@ async fn refusals_carry_the_right_code_and_say_why() {
         "{status:?}"
     );
 
-    // The other RPCs exist but say when they arrive.
+    // Watch checks its request the same way (the control plane has its own tests).
     let status = client
         .watch(WatchRequest::default())
         .await
-        .expect_err("Watch is not built yet");
-    assert_eq!(status.code(), Code::Unimplemented);
+        .expect_err("Watch needs a workload");
+    assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
-        status
-            .message()
-            .contains("arrives with the controller issue")
+        status.message().contains("`workload` is required"),
+        "{status:?}"
     );
 
     // And after all that, the right request still works.

@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::identity::{AuthError, CsrError, InvalidName, IssueError, WorkloadIdentity};
+use crate::store::StoreError;
 
 /// Why a call to the `Mesh` service failed. Handlers return these; only
 /// [`From<ApiError> for Status`](#impl-From%3CApiError%3E-for-Status) picks codes and messages.
@@ -31,31 +32,41 @@ pub enum ApiError {
     /// Issuing failed.
     #[error(transparent)]
     Issue(#[from] IssueError),
-    /// The RPC is not built yet.
-    #[error(
-        "{0} arrives with the controller issue; this controller only issues certificates so far"
-    )]
-    Unimplemented(&'static str),
+    /// A field has a value the API does not accept.
+    #[error("invalid `{field}`: {reason}")]
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl ApiError {
     /// The gRPC code for this error.
     pub fn code(&self) -> Code {
         match self {
-            ApiError::MissingField(_) | ApiError::InvalidWorkload(_) => Code::InvalidArgument,
+            ApiError::MissingField(_)
+            | ApiError::InvalidWorkload(_)
+            | ApiError::InvalidField { .. } => Code::InvalidArgument,
             ApiError::Unauthenticated(AuthError::Unavailable(_)) => Code::Unavailable,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::NotYourIdentity { .. } => Code::PermissionDenied,
             ApiError::Issue(IssueError::Csr(_)) => Code::InvalidArgument,
             ApiError::Issue(IssueError::CaExpired(_)) => Code::FailedPrecondition,
             ApiError::Issue(IssueError::Signing(_)) => Code::Internal,
-            ApiError::Unimplemented(_) => Code::Unimplemented,
+            // Usually a full or failing disk: retrying later may work.
+            ApiError::Store(_) => Code::Unavailable,
         }
     }
 
     /// Whether this is the controller's fault rather than the caller's (logged as an error).
     pub fn is_internal(&self) -> bool {
         matches!(self.code(), Code::Internal | Code::FailedPrecondition)
+            || matches!(self, ApiError::Store(_))
     }
 }
 
@@ -65,6 +76,9 @@ impl From<ApiError> for Status {
             // Internals stay in the controller's log.
             ApiError::Issue(IssueError::Signing(_)) => {
                 "the controller could not sign the certificate; its log has the details".to_owned()
+            }
+            ApiError::Store(_) => {
+                "the controller could not save this; its log has the details".to_owned()
             }
             other => other.to_string(),
         };

@@ -1,0 +1,87 @@
+//! The read-only admin endpoint: HTTP/1.1 on loopback (`--admin`, port 0 by default; the bound
+//! address is written to `STATE_DIR/admin.addr`).
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /status` | the [`StatusReport`](crate::status::StatusReport) JSON `sluice status` prints |
+//! | `GET /healthz` | `ok` |
+//!
+//! It changes nothing, so it needs no authentication as long as it stays on loopback; the
+//! portal will be served next to it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::state::ControlPlane;
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin endpoint: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let plane = Arc::clone(&plane);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let plane = Arc::clone(&plane);
+                async move { Ok::<_, Infallible>(handle(&plane, &req).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(plane: &ControlPlane, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match req.uri().path() {
+        "/status" => match plane.status().await {
+            Ok(report) => match serde_json::to_vec_pretty(&report) {
+                Ok(body) => Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "error\n")),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "status failed");
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store cannot be read; the controller's log has the details\n",
+                )
+            }
+        },
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /status\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    response
+}

@@ -1,0 +1,126 @@
+//! `Register`: a workload instance announces its service, version, environment and address.
+//!
+//! A registration is stored (it survives controller restarts) and published to every watcher.
+//! It lives as long as a proxy of the same instance (namespace, service, instance) watches;
+//! once the last such `Watch` stream has been gone for the grace period
+//! (`--registration-grace`, 30 s by default) it is removed. A registration whose proxy never
+//! watches, and every registration reloaded after a restart, starts in that grace period, so
+//! reconnecting proxies keep their endpoints and dead ones disappear on their own. Registering
+//! again replaces the instance's entry (a restarted workload on a new address).
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use sluice_api::v1::{Registration, RegistrationAck};
+
+use super::ApiError;
+use super::state::ControlPlane;
+use crate::identity::WorkloadIdentity;
+use crate::store::{RegistrationRow, unix_ms};
+
+/// The longest instance name accepted (a DNS name's length).
+pub const MAX_INSTANCE: usize = 253;
+/// The environment when none is given.
+pub const DEFAULT_ENVIRONMENT: &str = "stable";
+
+pub(super) async fn register(
+    plane: &ControlPlane,
+    request: Registration,
+) -> Result<RegistrationAck, ApiError> {
+    let row = validate(request)?;
+    plane.register(row).await?;
+    Ok(RegistrationAck {})
+}
+
+fn validate(request: Registration) -> Result<RegistrationRow, ApiError> {
+    let w = request.workload.ok_or(ApiError::MissingField("workload"))?;
+    WorkloadIdentity::new(&w.namespace, &w.service)?;
+    let label = |field: &'static str, value: &str, max: usize| {
+        if value.is_empty() {
+            return Err(ApiError::MissingField(field));
+        }
+        let ok = value.len() <= max
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::InvalidField {
+                field,
+                reason: format!("`{value}`: at most {max} letters, digits, `-`, `.` or `_`"),
+            })
+        }
+    };
+    label("workload.instance", &w.instance, MAX_INSTANCE)?;
+    label("workload.version", &w.version, 63)?;
+    let environment = if w.environment.is_empty() {
+        DEFAULT_ENVIRONMENT.to_owned()
+    } else {
+        label("workload.environment", &w.environment, 63)?;
+        w.environment
+    };
+    if request.address.is_empty() {
+        return Err(ApiError::MissingField("address"));
+    }
+    let address: SocketAddr = request
+        .address
+        .parse()
+        .map_err(|_| ApiError::InvalidField {
+            field: "address",
+            reason: format!("`{}` is not ip:port", request.address),
+        })?;
+    Ok(RegistrationRow {
+        namespace: w.namespace,
+        service: w.service,
+        instance: w.instance,
+        version: w.version,
+        environment,
+        address: address.to_string(),
+        registered_unix_ms: unix_ms(SystemTime::now()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_api::v1::Workload;
+
+    use super::*;
+
+    fn request(address: &str, environment: &str) -> Registration {
+        Registration {
+            workload: Some(Workload {
+                namespace: "shop".into(),
+                service: "payments".into(),
+                version: "v1".into(),
+                environment: environment.into(),
+                instance: "payments-0".into(),
+            }),
+            address: address.into(),
+        }
+    }
+
+    #[test]
+    fn validation() {
+        let ok = validate(request("127.0.0.1:80", "")).expect("valid");
+        assert_eq!(ok.environment, "stable");
+        assert!(matches!(
+            validate(request("nowhere", "pr-1")),
+            Err(ApiError::InvalidField {
+                field: "address",
+                ..
+            })
+        ));
+        assert!(matches!(
+            validate(request("127.0.0.1:80", "pr 1")),
+            Err(ApiError::InvalidField {
+                field: "workload.environment",
+                ..
+            })
+        ));
+        assert!(matches!(
+            validate(Registration::default()),
+            Err(ApiError::MissingField("workload"))
+        ));
+    }
+}

@@ -1,0 +1,651 @@
+//! The control plane's live state: the policy snapshot in force, registrations, connected
+//! proxies, and the one published [`ProxyConfig`] every watcher follows.
+//!
+//! Publishing: every change (a new policy version, an endpoint added or removed) builds one new
+//! immutable [`Published`] value and puts it in a `tokio::sync::watch` channel. Each `Watch`
+//! stream holds its own receiver, which only ever keeps the latest value: a proxy that reads
+//! slowly skips intermediate versions instead of queueing them, and never slows anyone else.
+//!
+//! The state sits behind one `std::sync::Mutex` held only for in-memory bookkeeping (never
+//! across an `.await` or a disk write); store writes happen before taking it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use sluice_api::v1::{Endpoint, ProxyConfig, ServiceEndpoints, VersionEndpoints, Workload};
+use sluice_policy::{PolicySet, Snapshot};
+use tokio::sync::watch;
+
+use crate::status::{
+    ConfigErrorInfo, ControllerInfo, DenialInfo, DenialsInfo, ProxyInfo, RECENT_DENIALS,
+    RegistrationInfo, SnapshotInfo, StatusReport,
+};
+use crate::store::{ConfigErrorRow, RegistrationRow, Store, StoreError, unix_ms};
+
+/// One valid policy version: the set, its compiled form, the bundle shipped to proxies.
+pub struct PolicySnapshot {
+    /// The validated set.
+    pub set: PolicySet,
+    /// Compiled (what proxies will enforce).
+    pub compiled: Snapshot,
+    /// What is shipped (`PolicySet::to_bundle`).
+    pub bundle: String,
+    /// Its content hash.
+    pub version: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+impl PolicySnapshot {
+    /// Compiles and bundles a valid set.
+    pub fn new(set: PolicySet) -> Self {
+        let compiled = set.compile();
+        let bundle = set.to_bundle();
+        PolicySnapshot {
+            version: compiled.version().to_owned(),
+            set,
+            compiled,
+            bundle,
+            loaded_at: SystemTime::now(),
+        }
+    }
+}
+
+/// What every watcher is sent: the current configuration and its generation.
+#[derive(Debug)]
+pub struct Published {
+    /// Counts every change since the controller started (policy or endpoints).
+    pub generation: u64,
+    /// The message.
+    pub config: ProxyConfig,
+}
+
+/// An instance, as registrations and watchers name it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Service.
+    pub service: String,
+    /// Instance.
+    pub instance: String,
+}
+
+impl InstanceKey {
+    fn of(w: &Workload) -> Self {
+        InstanceKey {
+            namespace: w.namespace.clone(),
+            service: w.service.clone(),
+            instance: w.instance.clone(),
+        }
+    }
+}
+
+struct Registered {
+    row: RegistrationRow,
+    /// When its last watcher left (or the controller started, or it registered without
+    /// watching); `None` while a proxy of the instance watches.
+    orphaned_since: Option<Instant>,
+}
+
+struct ConnectedProxy {
+    proxy_id: String,
+    workload: Workload,
+    peer: Option<SocketAddr>,
+    connected_at: SystemTime,
+    sent_version: String,
+    sent_generation: u64,
+}
+
+struct LastError {
+    row: ConfigErrorRow,
+    current: bool,
+}
+
+struct Inner {
+    registrations: BTreeMap<InstanceKey, Registered>,
+    watching: HashMap<InstanceKey, usize>,
+    proxies: HashMap<u64, ConnectedProxy>,
+    next_connection: u64,
+    generation: u64,
+    last_error: Option<LastError>,
+}
+
+/// The control plane. Shared as `Arc<ControlPlane>` by the gRPC service, the admin endpoint,
+/// the policy watcher and the registration reaper.
+pub struct ControlPlane {
+    inner: Mutex<Inner>,
+    policy: ArcSwap<PolicySnapshot>,
+    published: watch::Sender<Arc<Published>>,
+    store: Store,
+    grace: Duration,
+    started: SystemTime,
+    info: OnceLock<ControllerInfo>,
+}
+
+impl ControlPlane {
+    /// The control plane serving `policy`, with the registrations the store has kept. Each
+    /// kept registration gets a fresh grace period in which its proxy can reconnect.
+    pub fn new(
+        store: Store,
+        policy: PolicySnapshot,
+        grace: Duration,
+    ) -> Result<Arc<Self>, StoreError> {
+        let now = Instant::now();
+        let registrations = store
+            .registrations()?
+            .into_iter()
+            .map(|row| {
+                let key = InstanceKey {
+                    namespace: row.namespace.clone(),
+                    service: row.service.clone(),
+                    instance: row.instance.clone(),
+                };
+                (
+                    key,
+                    Registered {
+                        row,
+                        orphaned_since: Some(now),
+                    },
+                )
+            })
+            .collect();
+        let last_error = store.last_config_error()?.map(|row| LastError {
+            row,
+            current: false,
+        });
+        let policy = Arc::new(policy);
+        let inner = Inner {
+            registrations,
+            watching: HashMap::new(),
+            proxies: HashMap::new(),
+            next_connection: 0,
+            generation: 1,
+            last_error,
+        };
+        let first = Arc::new(Published {
+            generation: 1,
+            config: build_config(&policy, &inner.registrations),
+        });
+        let (published, _) = watch::channel(first);
+        Ok(Arc::new(ControlPlane {
+            inner: Mutex::new(inner),
+            policy: ArcSwap::new(policy),
+            published,
+            store,
+            grace,
+            started: SystemTime::now(),
+            info: OnceLock::new(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Bookkeeping only; a panic mid-update cannot leave it worse than stale.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The policy version in force.
+    pub fn policy(&self) -> Arc<PolicySnapshot> {
+        self.policy.load_full()
+    }
+
+    /// The configuration every watcher is converging to.
+    pub fn current(&self) -> Arc<Published> {
+        self.published.borrow().clone()
+    }
+
+    /// Records where the controller listens, for status. Set once, after binding.
+    pub fn set_info(&self, info: ControllerInfo) {
+        let _ = self.info.set(info);
+    }
+
+    /// Rebuilds and publishes the configuration. Called with the lock held so generations and
+    /// contents are published in order.
+    fn republish(&self, inner: &mut Inner) {
+        inner.generation += 1;
+        let config = build_config(&self.policy.load(), &inner.registrations);
+        self.published.send_replace(Arc::new(Published {
+            generation: inner.generation,
+            config,
+        }));
+    }
+
+    /// Puts a new valid policy in force (a no-op if its version is the one in force). Any
+    /// recorded config error stops being current either way: the directory is valid again.
+    pub fn publish_policy(&self, policy: PolicySnapshot) -> bool {
+        let mut inner = self.lock();
+        if let Some(e) = &mut inner.last_error {
+            e.current = false;
+        }
+        if policy.version == self.policy.load().version {
+            return false;
+        }
+        self.policy.store(Arc::new(policy));
+        self.republish(&mut inner);
+        true
+    }
+
+    /// The policy directory is back to the version in force (e.g. a bad edit was undone).
+    pub fn policy_unchanged(&self) {
+        if let Some(e) = &mut self.lock().last_error {
+            e.current = false;
+        }
+    }
+
+    /// Records a refused policy change (already stored).
+    pub fn record_config_error(&self, row: ConfigErrorRow) {
+        self.lock().last_error = Some(LastError { row, current: true });
+    }
+
+    /// Registers (or re-registers) an instance: stored first, then published.
+    pub async fn register(&self, row: RegistrationRow) -> Result<(), StoreError> {
+        let stored = row.clone();
+        self.store.run(move |s| s.put_registration(&stored)).await?;
+        let key = InstanceKey {
+            namespace: row.namespace.clone(),
+            service: row.service.clone(),
+            instance: row.instance.clone(),
+        };
+        let mut inner = self.lock();
+        let watched = inner.watching.get(&key).copied().unwrap_or(0) > 0;
+        let changed = inner
+            .registrations
+            .get(&key)
+            .is_none_or(|r| !same_endpoint(&r.row, &row));
+        inner.registrations.insert(
+            key,
+            Registered {
+                row,
+                orphaned_since: (!watched).then(Instant::now),
+            },
+        );
+        if changed {
+            self.republish(&mut inner);
+        }
+        Ok(())
+    }
+
+    /// A proxy starts watching: returns its receiver and a guard that, when dropped (the
+    /// stream ends), forgets it.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        proxy_id: String,
+        workload: Workload,
+        peer: Option<SocketAddr>,
+    ) -> (watch::Receiver<Arc<Published>>, WatcherGuard) {
+        let key = InstanceKey::of(&workload);
+        let mut inner = self.lock();
+        let id = inner.next_connection;
+        inner.next_connection += 1;
+        *inner.watching.entry(key.clone()).or_insert(0) += 1;
+        if let Some(r) = inner.registrations.get_mut(&key) {
+            r.orphaned_since = None;
+        }
+        inner.proxies.insert(
+            id,
+            ConnectedProxy {
+                proxy_id,
+                workload,
+                peer,
+                connected_at: SystemTime::now(),
+                sent_version: String::new(),
+                sent_generation: 0,
+            },
+        );
+        let receiver = self.published.subscribe();
+        (
+            receiver,
+            WatcherGuard {
+                plane: Arc::clone(self),
+                id,
+                key,
+            },
+        )
+    }
+
+    fn sent(&self, id: u64, published: &Published) {
+        if let Some(p) = self.lock().proxies.get_mut(&id) {
+            p.sent_version.clone_from(&published.config.version);
+            p.sent_generation = published.generation;
+        }
+    }
+
+    fn unsubscribe(&self, id: u64, key: &InstanceKey) {
+        let mut inner = self.lock();
+        inner.proxies.remove(&id);
+        let left = match inner.watching.get_mut(key) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 {
+            inner.watching.remove(key);
+            if let Some(r) = inner.registrations.get_mut(key) {
+                r.orphaned_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Removes registrations whose instance has not watched for the grace period: from the
+    /// store first, then from the published endpoints. Returns how many.
+    pub async fn reap(&self, now: Instant) -> Result<usize, StoreError> {
+        let expired: Vec<InstanceKey> = self
+            .lock()
+            .registrations
+            .iter()
+            .filter(|(_, r)| {
+                r.orphaned_since
+                    .is_some_and(|t| now.duration_since(t) >= self.grace)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let keys = expired.clone();
+        self.store
+            .run(move |s| {
+                for k in &keys {
+                    s.delete_registration(&k.namespace, &k.service, &k.instance)?;
+                }
+                Ok(())
+            })
+            .await?;
+        let mut inner = self.lock();
+        let mut removed = 0;
+        for k in &expired {
+            // It may have come back while the store was written.
+            if inner.registrations.get(k).is_some_and(|r| {
+                r.orphaned_since
+                    .is_some_and(|t| now.duration_since(t) >= self.grace)
+            }) {
+                inner.registrations.remove(k);
+                tracing::info!(
+                    namespace = k.namespace,
+                    service = k.service,
+                    instance = k.instance,
+                    grace = %humantime::format_duration(self.grace),
+                    "deregistered an instance whose proxy stopped watching"
+                );
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.republish(&mut inner);
+        }
+        Ok(removed)
+    }
+
+    /// Everything `sluice status` shows. The denial summary comes from the store (off the
+    /// async workers).
+    pub async fn status(&self) -> Result<StatusReport, StoreError> {
+        let denials = self.store.run(|s| s.denial_summary(RECENT_DENIALS)).await?;
+        let now = SystemTime::now();
+        let now_instant = Instant::now();
+        let policy = self.policy();
+        let inner = self.lock();
+        let generation = inner.generation;
+        let mut controller = self.info.get().cloned().unwrap_or_default();
+        controller.started_unix_ms = unix_ms(self.started);
+        controller.uptime_secs = now
+            .duration_since(self.started)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut proxies: Vec<ProxyInfo> = inner
+            .proxies
+            .values()
+            .map(|p| ProxyInfo {
+                proxy_id: p.proxy_id.clone(),
+                workload: format!("{}/{}", p.workload.namespace, p.workload.service),
+                version: p.workload.version.clone(),
+                environment: p.workload.environment.clone(),
+                instance: p.workload.instance.clone(),
+                peer: p.peer.map(|a| a.to_string()),
+                connected_unix_ms: unix_ms(p.connected_at),
+                acknowledged_version: p.sent_version.clone(),
+                acknowledged_generation: p.sent_generation,
+                behind: p.sent_generation != generation,
+            })
+            .collect();
+        proxies.sort_by(|a, b| {
+            (&a.workload, &a.proxy_id, a.connected_unix_ms).cmp(&(
+                &b.workload,
+                &b.proxy_id,
+                b.connected_unix_ms,
+            ))
+        });
+        let registrations = inner
+            .registrations
+            .values()
+            .map(|r| RegistrationInfo {
+                row: r.row.clone(),
+                watching: r.orphaned_since.is_none(),
+                expires_unix_ms: r.orphaned_since.map(|t| {
+                    let left = (t + self.grace).saturating_duration_since(now_instant);
+                    unix_ms(now + left)
+                }),
+            })
+            .collect();
+        Ok(StatusReport {
+            controller: Some(controller),
+            snapshot: Some(SnapshotInfo {
+                version: policy.version.clone(),
+                generation,
+                loaded_unix_ms: unix_ms(policy.loaded_at),
+                services: policy.set.services.len(),
+                access_policies: policy.set.access_policies.len(),
+            }),
+            proxies,
+            registrations,
+            last_config_error: inner
+                .last_error
+                .as_ref()
+                .map(|e| ConfigErrorInfo::new(e.row.clone(), e.current)),
+            denials: DenialsInfo {
+                distinct: denials.distinct,
+                total: denials.total,
+                dropped: denials.dropped,
+                recent: denials.recent.into_iter().map(DenialInfo::from).collect(),
+            },
+        })
+    }
+
+    /// Where the state directory is (for logs).
+    pub fn store_path(&self) -> PathBuf {
+        self.store.path().to_path_buf()
+    }
+}
+
+/// Held by a `Watch` stream; forgets the proxy when the stream is dropped.
+pub struct WatcherGuard {
+    plane: Arc<ControlPlane>,
+    id: u64,
+    key: InstanceKey,
+}
+
+impl WatcherGuard {
+    /// Records that `published` was handed to the proxy's stream.
+    pub fn sent(&self, published: &Published) {
+        self.plane.sent(self.id, published);
+    }
+}
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.plane.unsubscribe(self.id, &self.key);
+    }
+}
+
+fn same_endpoint(a: &RegistrationRow, b: &RegistrationRow) -> bool {
+    (&a.version, &a.environment, &a.address) == (&b.version, &b.environment, &b.address)
+}
+
+/// The message for the current policy and registrations: services by namespace and name,
+/// versions by (version, environment), endpoints by instance.
+fn build_config(
+    policy: &PolicySnapshot,
+    registrations: &BTreeMap<InstanceKey, Registered>,
+) -> ProxyConfig {
+    /// (version, environment) → endpoints.
+    type Versions<'a> = BTreeMap<(&'a str, &'a str), Vec<Endpoint>>;
+    let mut services: BTreeMap<(&str, &str), Versions<'_>> = BTreeMap::new();
+    for r in registrations.values() {
+        services
+            .entry((&r.row.namespace, &r.row.service))
+            .or_default()
+            .entry((&r.row.version, &r.row.environment))
+            .or_default()
+            .push(Endpoint {
+                address: r.row.address.clone(),
+                instance: r.row.instance.clone(),
+            });
+    }
+    ProxyConfig {
+        version: policy.version.clone(),
+        policy_bundle: policy.bundle.clone(),
+        services: services
+            .into_iter()
+            .map(|((namespace, service), versions)| ServiceEndpoints {
+                namespace: namespace.to_owned(),
+                service: service.to_owned(),
+                addresses: Vec::new(),
+                versions: versions
+                    .into_iter()
+                    .map(|((version, environment), endpoints)| VersionEndpoints {
+                        version: version.to_owned(),
+                        environment: environment.to_owned(),
+                        endpoints,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str =
+        "apiVersion: sluice.dev/v1alpha1\nkind: Team\nmetadata: { name: shop }\nspec: {}\n";
+
+    fn plane(dir: &std::path::Path, grace: Duration) -> Arc<ControlPlane> {
+        let store = Store::open(dir).expect("open the store");
+        let set = PolicySet::from_str("p.yaml", POLICY).expect("valid");
+        ControlPlane::new(store, PolicySnapshot::new(set), grace).expect("plane")
+    }
+
+    fn row(instance: &str, address: &str) -> RegistrationRow {
+        RegistrationRow {
+            namespace: "shop".into(),
+            service: "payments".into(),
+            instance: instance.into(),
+            version: "v1".into(),
+            environment: "stable".into(),
+            address: address.into(),
+            registered_unix_ms: 0,
+        }
+    }
+
+    fn workload(instance: &str) -> Workload {
+        Workload {
+            namespace: "shop".into(),
+            service: "payments".into(),
+            version: "v1".into(),
+            environment: "stable".into(),
+            instance: instance.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn registrations_publish_endpoints_and_expire_without_a_watcher() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plane = plane(dir.path(), Duration::from_secs(30));
+        let (mut rx, guard) = plane.subscribe("p-0".into(), workload("payments-0"), None);
+        let first = rx.borrow_and_update().generation;
+        plane
+            .register(row("payments-0", "127.0.0.1:1"))
+            .await
+            .expect("register");
+        plane
+            .register(row("payments-1", "127.0.0.1:2"))
+            .await
+            .expect("register");
+        assert!(rx.has_changed().expect("open"));
+        let now = rx.borrow_and_update().clone();
+        assert!(now.generation > first);
+        let eps: Vec<_> = now.config.services[0].versions[0]
+            .endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect();
+        assert_eq!(eps, ["127.0.0.1:1", "127.0.0.1:2"]);
+
+        // Re-registering the same endpoint publishes nothing.
+        plane
+            .register(row("payments-0", "127.0.0.1:1"))
+            .await
+            .expect("register");
+        assert!(!rx.has_changed().expect("open"));
+
+        // payments-1 has no watcher: it goes once the grace period has passed; payments-0's
+        // proxy is watching, so it stays until that stream ends.
+        let later = Instant::now() + Duration::from_secs(31);
+        assert_eq!(plane.reap(later).await.expect("reap"), 1);
+        drop(guard);
+        assert_eq!(plane.reap(Instant::now()).await.expect("reap"), 0);
+        assert_eq!(
+            plane
+                .reap(Instant::now() + Duration::from_secs(31))
+                .await
+                .expect("reap"),
+            1
+        );
+        assert!(plane.current().config.services.is_empty());
+        assert!(plane.store().registrations().expect("read").is_empty());
+    }
+
+    #[tokio::test]
+    async fn status_marks_proxies_behind_until_sent_the_current_generation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plane = plane(dir.path(), Duration::from_secs(30));
+        let (rx, guard) = plane.subscribe("p-0".into(), workload("payments-0"), None);
+        guard.sent(&rx.borrow());
+        let status = plane.status().await.expect("status");
+        assert!(!status.proxies[0].behind);
+        let set = PolicySet::from_str("p.yaml", &POLICY.replace("shop", "shop2")).expect("valid");
+        assert!(plane.publish_policy(PolicySnapshot::new(set)));
+        let status = plane.status().await.expect("status");
+        assert!(status.proxies[0].behind);
+        drop(guard);
+        assert!(plane.status().await.expect("status").proxies.is_empty());
+    }
+
+    #[tokio::test]
+    async fn registrations_are_reloaded_with_a_fresh_grace_period() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let plane = plane(dir.path(), Duration::from_secs(30));
+            plane
+                .register(row("payments-0", "127.0.0.1:1"))
+                .await
+                .expect("register");
+        }
+        let plane = plane(dir.path(), Duration::from_secs(30));
+        assert_eq!(plane.current().config.services.len(), 1);
+        assert_eq!(plane.reap(Instant::now()).await.expect("reap"), 0);
+    }
+}

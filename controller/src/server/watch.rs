@@ -1,0 +1,68 @@
+//! `Watch`: one stream per proxy, the current configuration at once, then every change.
+//!
+//! The stream follows the control plane's `tokio::sync::watch` channel, which keeps only the
+//! latest configuration: a proxy that reads slowly (or not at all) is sent the newest one when
+//! it reads again and holds up no one else. Whatever the stream hands to gRPC is recorded as
+//! the proxy's acknowledged version (for `sluice status`); gRPC stops taking messages once the
+//! proxy's HTTP/2 flow-control window is full, so a proxy that stops reading shows as behind.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sluice_api::v1::{ProxyConfig, WatchRequest};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::WatchStream;
+use tonic::Status;
+
+use super::ApiError;
+use super::state::ControlPlane;
+use crate::identity::WorkloadIdentity;
+
+/// The longest `proxy_id` accepted.
+pub const MAX_PROXY_ID: usize = 256;
+
+/// Checks the request and opens the proxy's stream.
+pub(super) fn watch(
+    plane: &Arc<ControlPlane>,
+    request: WatchRequest,
+    peer: Option<SocketAddr>,
+) -> Result<impl tokio_stream::Stream<Item = Result<ProxyConfig, Status>> + Send + 'static, ApiError>
+{
+    let workload = request.workload.ok_or(ApiError::MissingField("workload"))?;
+    WorkloadIdentity::new(&workload.namespace, &workload.service)?;
+    if request.proxy_id.is_empty() {
+        return Err(ApiError::MissingField("proxy_id"));
+    }
+    if request.proxy_id.len() > MAX_PROXY_ID {
+        return Err(ApiError::InvalidField {
+            field: "proxy_id",
+            reason: format!("at most {MAX_PROXY_ID} bytes"),
+        });
+    }
+    tracing::info!(
+        proxy_id = request.proxy_id,
+        namespace = workload.namespace,
+        service = workload.service,
+        instance = workload.instance,
+        have_version = request.have_version,
+        peer = ?peer,
+        "proxy connected"
+    );
+    let proxy_id = request.proxy_id.clone();
+    let (receiver, guard) = plane.subscribe(request.proxy_id, workload, peer);
+    let closed = ClosedLog(proxy_id);
+    Ok(WatchStream::new(receiver).map(move |published| {
+        let _ = &closed;
+        guard.sent(&published);
+        Ok(published.config.clone())
+    }))
+}
+
+/// Logs when the stream is dropped (the proxy went away).
+struct ClosedLog(String);
+
+impl Drop for ClosedLog {
+    fn drop(&mut self) {
+        tracing::info!(proxy_id = self.0, "proxy disconnected");
+    }
+}
