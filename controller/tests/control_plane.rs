@@ -1,0 +1,478 @@
+//! The control plane end to end: the real `sluice controller` process on loopback, real gRPC
+//! clients as proxies, real policy edits on disk, `sluice status` as an operator runs it, and
+//! a SIGKILL in the middle.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_api::v1::mesh_client::MeshClient;
+use sluice_api::v1::{Denial, DenialReport, ProxyConfig, Registration, WatchRequest, Workload};
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+
+const STARTUP: Duration = Duration::from_secs(30);
+/// How long a test waits for something that normally takes a fraction of a second. Speed is
+/// measured in `benches/` (the propagation benchmark), never asserted here.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the controller crate sits in the workspace root")
+        .to_path_buf()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the policy copy");
+    for entry in std::fs::read_dir(from).expect("read the example policy") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy a policy file");
+        }
+    }
+}
+
+/// A state directory and a copy of the shop's policy.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    state: PathBuf,
+    policy: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let policy = dir.path().join("policy");
+        copy_dir(&repo_root().join("examples/shop/policy"), &policy);
+        Fixture {
+            _dir: dir,
+            state,
+            policy,
+        }
+    }
+
+    fn access(&self) -> PathBuf {
+        self.policy.join("payments/access.yaml")
+    }
+
+    fn edit(&self, file: &Path, from: &str, to: &str) {
+        let text = std::fs::read_to_string(file).expect("read the policy file");
+        assert!(text.contains(from), "{} has no {from:?}", file.display());
+        // Written in place, as many editors do.
+        std::fs::write(file, text.replacen(from, to, 1)).expect("write the policy file");
+    }
+
+    fn start(&self) -> Controller {
+        Controller::start(&self.state, &self.policy)
+    }
+
+    /// `sluice status --state-dir STATE [--format json]`: exit status and stdout.
+    fn status(&self, json: bool) -> (i32, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("status").arg("--state-dir").arg(&self.state);
+        if json {
+            cmd.args(["--format", "json"]);
+        }
+        let out = cmd.output().expect("run sluice status");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    fn status_json(&self) -> Value {
+        let (code, out) = self.status(true);
+        assert_eq!(code, 0, "sluice status: {out}");
+        serde_json::from_str(&out).expect("status is JSON")
+    }
+
+    /// Polls `sluice status` until `check` holds.
+    async fn wait_status(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let status = self.status_json();
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {what}; status: {status:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A running `sluice controller`, killed on drop.
+struct Controller {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn start(state: &Path, policy: &Path) -> Controller {
+        std::fs::create_dir_all(state).expect("state dir");
+        let log = state.join(format!(
+            "controller-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let log_file = std::fs::File::create(&log).expect("create the log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("controller")
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--policy")
+            .arg(policy)
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("start sluice controller");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(STARTUP) {
+            Ok(line) if !line.is_empty() => line,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the controller did not start; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        let addr = line
+            .trim()
+            .strip_prefix("sluice controller listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .parse()
+            .expect("an address");
+        Controller { child, addr, log }
+    }
+
+    async fn client(&self) -> MeshClient<Channel> {
+        MeshClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect to the controller")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn workload(service: &str, instance: &str) -> Workload {
+    Workload {
+        namespace: "default".to_owned(),
+        service: service.to_owned(),
+        version: "v1".to_owned(),
+        environment: "stable".to_owned(),
+        instance: instance.to_owned(),
+    }
+}
+
+/// A proxy's Watch stream.
+async fn watch(
+    client: &mut MeshClient<Channel>,
+    service: &str,
+    instance: &str,
+) -> Streaming<ProxyConfig> {
+    client
+        .watch(WatchRequest {
+            workload: Some(workload(service, instance)),
+            proxy_id: format!("{instance}-proxy"),
+            have_version: String::new(),
+        })
+        .await
+        .expect("Watch")
+        .into_inner()
+}
+
+async fn next(stream: &mut Streaming<ProxyConfig>) -> ProxyConfig {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("a config arrives in time")
+        .expect("the stream is healthy")
+        .expect("the stream stays open")
+}
+
+/// Reads configs until `check` holds.
+async fn until(
+    stream: &mut Streaming<ProxyConfig>,
+    check: impl Fn(&ProxyConfig) -> bool,
+) -> ProxyConfig {
+    loop {
+        let config = next(stream).await;
+        if check(&config) {
+            return config;
+        }
+    }
+}
+
+fn endpoints(config: &ProxyConfig, service: &str) -> Vec<String> {
+    config
+        .services
+        .iter()
+        .filter(|s| s.service == service)
+        .flat_map(|s| s.versions.iter())
+        .flat_map(|v| v.endpoints.iter().map(|e| e.address.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn policy_edits_reach_every_watcher_and_bad_edits_are_refused() {
+    let fx = Fixture::new();
+    let controller = fx.start();
+    let mut a = watch(&mut controller.client().await, "checkout", "checkout-0").await;
+    let mut b = watch(&mut controller.client().await, "payments", "payments-0").await;
+
+    // The snapshot at once, the same for both, and loadable by a proxy.
+    let first = next(&mut a).await;
+    assert_eq!(next(&mut b).await.version, first.version);
+    let shipped = sluice_policy::PolicySet::from_str("bundle", &first.policy_bundle)
+        .expect("the bundle loads");
+    assert_eq!(shipped.compile().version(), first.version);
+
+    // Grant checkout the lookup: both watchers get the new version.
+    let edited = Instant::now();
+    fx.edit(
+        &fx.access(),
+        "allow: [POST /v1/charges]",
+        r#"allow: [POST /v1/charges, "GET /v1/charges/{id}"]"#,
+    );
+    let second = next(&mut a).await;
+    let took = edited.elapsed();
+    assert_ne!(second.version, first.version);
+    assert_eq!(next(&mut b).await.version, second.version);
+    assert!(second.policy_bundle.contains("GET /v1/charges/{id}"));
+    eprintln!("a policy edit reached the watchers in {took:?}");
+
+    // A typo is refused: no new version, the error (with file:line:col) in `sluice status`.
+    fx.edit(&fx.access(), "allow: [POST", "alow: [POST");
+    let status = fx
+        .wait_status("the config error", |s| {
+            s["last_config_error"]["current"] == true
+        })
+        .await;
+    assert_eq!(status["snapshot"]["version"], second.version.as_str());
+    let rendered = status["last_config_error"]["rendered"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(rendered.contains("unknown field `alow`"), "{rendered}");
+    assert!(rendered.contains("payments/access.yaml:15:7"), "{rendered}");
+    let (code, human) = fx.status(false);
+    assert_eq!(code, 0);
+    assert!(human.contains("last config error"), "{human}");
+    assert!(human.contains("payments/access.yaml:15:7"), "{human}");
+    assert!(human.contains("in force"), "{human}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), a.message())
+            .await
+            .is_err(),
+        "a refused change sends nothing"
+    );
+    let log = controller.log();
+    assert!(
+        log.contains("unknown field `alow`"),
+        "every diagnostic is logged: {log}"
+    );
+
+    // Fixing it publishes again and the error is history.
+    fx.edit(&fx.access(), "alow: [POST", "allow: [POST");
+    fx.edit(
+        &fx.access(),
+        "reason: Checkout charges",
+        "reason: Checkout, which charges",
+    );
+    let third = next(&mut a).await;
+    assert_ne!(third.version, second.version);
+    let status = fx
+        .wait_status("the error to be fixed", |s| {
+            s["last_config_error"]["current"] == false
+        })
+        .await;
+    assert_eq!(status["snapshot"]["version"], third.version.as_str());
+}
+
+#[tokio::test]
+async fn registrations_and_denials_survive_a_killed_controller() {
+    let fx = Fixture::new();
+    let mut controller = fx.start();
+    let mut client = controller.client().await;
+    let mut checkout = watch(&mut controller.client().await, "checkout", "checkout-0").await;
+    let mut payments = watch(&mut controller.client().await, "payments", "payments-0").await;
+    let version = next(&mut checkout).await.version;
+    next(&mut payments).await;
+
+    // Register → every watcher's next config has the endpoint.
+    client
+        .register(Registration {
+            workload: Some(workload("payments", "payments-0")),
+            address: "127.0.0.1:18080".to_owned(),
+        })
+        .await
+        .expect("Register");
+    for stream in [&mut checkout, &mut payments] {
+        let config = next(stream).await;
+        assert_eq!(
+            config.version, version,
+            "endpoints do not change the policy version"
+        );
+        assert_eq!(endpoints(&config, "payments"), ["127.0.0.1:18080"]);
+    }
+    let bad = client
+        .register(Registration {
+            workload: Some(workload("payments", "payments-1")),
+            address: "nowhere".to_owned(),
+        })
+        .await
+        .expect_err("not an address");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    // Denials add up.
+    let denial = Denial {
+        caller: "checkout".to_owned(),
+        caller_namespace: "default".to_owned(),
+        service: "payments".to_owned(),
+        namespace: "default".to_owned(),
+        rpc: "GET /v1/charges/42".to_owned(),
+        endpoint: "GET /v1/charges/{id}".to_owned(),
+        policies: vec!["payments-callers".to_owned()],
+        environment: "stable".to_owned(),
+        verdict: "deny".to_owned(),
+        first_seen_unix_ms: 1,
+        count: 3,
+        request_id: "req-1".to_owned(),
+    };
+    for _ in 0..2 {
+        client
+            .report_denials(DenialReport {
+                proxy_id: "checkout-0-proxy".to_owned(),
+                denials: vec![denial.clone()],
+                dropped: 1,
+            })
+            .await
+            .expect("ReportDenials");
+    }
+    let status = fx.status_json();
+    assert_eq!(status["denials"]["distinct"], 1);
+    assert_eq!(status["denials"]["total"], 6);
+    assert_eq!(status["denials"]["dropped"], 2);
+    assert_eq!(status["denials"]["recent"][0]["caller"], "default/checkout");
+    assert_eq!(status["proxies"].as_array().map(Vec::len), Some(2));
+    assert_eq!(status["registrations"][0]["watching"], true);
+
+    // SIGKILL. Status still answers from the store, and says the controller is down.
+    controller.kill();
+    drop(checkout);
+    drop(payments);
+    let (code, human) = fx.status(false);
+    assert_eq!(code, 1, "{human}");
+    assert!(human.contains("not running"), "{human}");
+    assert!(human.contains("127.0.0.1:18080"), "{human}");
+
+    // Restarted on the same state: the registration is back and a reconnecting proxy gets the
+    // current version with it, at once.
+    let controller = fx.start();
+    let mut checkout = watch(&mut controller.client().await, "checkout", "checkout-0").await;
+    let config = next(&mut checkout).await;
+    assert_eq!(config.version, version);
+    assert_eq!(endpoints(&config, "payments"), ["127.0.0.1:18080"]);
+    let status = fx.status_json();
+    assert_eq!(status["denials"]["total"], 6);
+    assert_eq!(status["registrations"][0]["instance"], "payments-0");
+}
+
+#[tokio::test]
+async fn a_proxy_that_stops_reading_is_shown_behind_and_holds_up_no_one() {
+    let fx = Fixture::new();
+    // A big service description makes each config larger than a small HTTP/2 window, so a
+    // proxy that stops reading stops taking configs.
+    let big = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: MeshService\nmetadata: {{ name: big }}\nspec:\n  team: storefront\n  description: \"{}\"\n",
+        "x".repeat(200 * 1024)
+    );
+    std::fs::write(fx.policy.join("big.yaml"), big).expect("write big.yaml");
+    let controller = fx.start();
+    let small_window = Endpoint::from_shared(format!("http://{}", controller.addr))
+        .expect("endpoint")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let mut stalled = watch(&mut MeshClient::new(small_window), "frontend", "frontend-0").await;
+    let mut reader = watch(&mut controller.client().await, "checkout", "checkout-0").await;
+    next(&mut stalled).await;
+    next(&mut reader).await;
+    fx.wait_status("both proxies to be current", |s| {
+        s["proxies"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["behind"] == false))
+    })
+    .await;
+
+    // `stalled` reads no more. Two edits: the reader follows both.
+    let mut last = String::new();
+    for (i, reason) in ["first", "second", "third"].iter().enumerate() {
+        let team = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: Team\nmetadata: {{ name: {reason} }}\nspec: {{}}\n"
+        );
+        std::fs::write(fx.policy.join("extra.yaml"), team).expect("write extra.yaml");
+        let config = until(&mut reader, |c| c.version != last).await;
+        last = config.version;
+        eprintln!("edit {i}: reader has {last}");
+    }
+    let status = fx
+        .wait_status("the stalled proxy to be behind", |s| {
+            let proxies = s["proxies"].as_array().cloned().unwrap_or_default();
+            let by = |id: &str| proxies.iter().find(|p| p["proxy_id"] == id).cloned();
+            by("frontend-0-proxy").is_some_and(|p| p["behind"] == true)
+                && by("checkout-0-proxy").is_some_and(|p| p["behind"] == false)
+        })
+        .await;
+    assert_eq!(status["snapshot"]["version"], last.as_str());
+    let (_, human) = fx.status(false);
+    assert!(human.contains("1 behind"), "{human}");
+    assert!(human.contains("BEHIND"), "{human}");
+
+    // Once it reads again it skips straight to the current version.
+    let caught_up = until(&mut stalled, |c| c.version == last).await;
+    assert_eq!(caught_up.version, last);
+    fx.wait_status("everyone current again", |s| {
+        s["proxies"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["behind"] == false))
+    })
+    .await;
+}
