@@ -186,6 +186,30 @@ async fn handshake(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, Reques
     Ok(sender)
 }
 
+/// One `GET path` on a new connection, for checks outside the measured phases: the status
+/// and the body as text, or why there is none.
+pub async fn get_once(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let exchange = async {
+        let mut sender = handshake(addr).await?;
+        sender.ready().await?;
+        let req = http::Request::get(path)
+            .header(http::header::HOST, addr.to_string())
+            .body(Empty::new())?;
+        let rsp = sender.send_request(req).await?;
+        let status = rsp.status().as_u16();
+        let body = rsp.into_body().collect().await?.to_bytes();
+        Ok::<_, RequestError>((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(RequestError::Timeout(timeout).to_string()),
+    }
+}
+
 async fn open_all(addr: SocketAddr, connections: usize) -> Result<Vec<Conn>, BenchError> {
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections.max(1) {

@@ -1,18 +1,21 @@
-//! `mesh_bench`: the latency and throughput a pair of sluice proxies adds to a request,
-//! measured next to the direct path and an nginx pair in the same run. See `benches/README.md`.
+//! `mesh_bench`: the latency and throughput a pair of sluice proxies adds to a request —
+//! plaintext, and with mTLS and authorization between them — measured next to the direct path
+//! and an nginx pair in the same run. See `benches/README.md`.
 //!
 //! ```text
 //! cargo run --release -p sluice-benches --bin mesh_bench -- [--rate 1000] [--duration 20s] \
 //!     [--connections 8] [--out FILE]
 //! ```
 //!
-//! For each path (`direct`, `sluice pair`, `nginx pair`): start its proxies, read their idle
-//! memory, warm up, run the fixed-rate phase, read peak memory, run the closed-loop phase,
+//! For each path (`direct`, `sluice pair`, `sluice mTLS pair`, `nginx pair`): start its
+//! proxies (for the mTLS pair, check that requests really cross mTLS and B's authorization),
+//! read their idle memory, warm up, run the fixed-rate phase, read peak memory, run the closed-loop phase,
 //! read peak memory again, stop the proxies. Then print the report (and write it with
 //! `--out`).
 
 mod error;
 mod load;
+mod mtls;
 mod procs;
 mod report;
 mod upstream;
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 
 use crate::error::BenchError;
+use crate::mtls::MeshFiles;
 use crate::procs::{NginxPair, ProcSample, SluiceOptions, SluicePair, Watched};
 use crate::report::{Latency, Machine, Params, PathReport, ProcReport, Report, Throughput};
 use crate::upstream::Upstream;
@@ -56,7 +60,11 @@ struct Args {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// Which paths to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "direct,sluice,nginx")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,sluice,mtls,nginx"
+    )]
     paths: Vec<PathKind>,
     /// Write the Markdown report here, and the JSON next to it (same name, `.json`).
     #[arg(long)]
@@ -81,8 +89,11 @@ struct Args {
 enum PathKind {
     /// Client → upstream.
     Direct,
-    /// Client → sluice-proxy A (outbound) → sluice-proxy B (inbound) → upstream.
+    /// Client → sluice-proxy A (outbound) → sluice-proxy B (inbound) → upstream, plaintext.
     Sluice,
+    /// The same with mTLS (TLS 1.3, SPIFFE-verified both ways) between A and B and
+    /// authorization on B's inbound: the mesh's real configuration.
+    Mtls,
     /// Client → nginx A → nginx B → upstream.
     Nginx,
 }
@@ -90,8 +101,9 @@ enum PathKind {
 impl PathKind {
     fn name(self) -> &'static str {
         match self {
-            PathKind::Direct => "direct",
-            PathKind::Sluice => "sluice pair",
+            PathKind::Direct => report::DIRECT,
+            PathKind::Sluice => report::SLUICE,
+            PathKind::Mtls => report::SLUICE_MTLS,
             PathKind::Nginx => "nginx pair",
         }
     }
@@ -122,6 +134,7 @@ fn main() -> ExitCode {
 enum Running {
     Direct,
     Sluice(SluicePair),
+    Mtls(SluicePair),
     Nginx(NginxPair),
 }
 
@@ -132,7 +145,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
         .tempdir()
         .map_err(BenchError::io("create a scratch directory"))?;
     let upstream = Upstream::start()?;
-    let sluice = if args.paths.contains(&PathKind::Sluice) {
+    let sluice = if args.paths.contains(&PathKind::Sluice) || args.paths.contains(&PathKind::Mtls) {
         let bin = match &args.proxy_bin {
             Some(bin) => bin.clone(),
             None => procs::sluice_proxy_bin(true)?,
@@ -161,6 +174,18 @@ async fn run(args: Args) -> Result<(), BenchError> {
                 }
                 None => continue,
             },
+            PathKind::Mtls => match &sluice {
+                Some(opts) => {
+                    let mesh = MeshFiles::write(&scratch.path().join("mtls-mesh"))?;
+                    Running::Mtls(SluicePair::start_mtls(
+                        opts,
+                        upstream.addr,
+                        &mesh,
+                        scratch.path(),
+                    )?)
+                }
+                None => continue,
+            },
             PathKind::Nginx => {
                 if nginx_version.is_none() {
                     let why = format!(
@@ -180,14 +205,31 @@ async fn run(args: Args) -> Result<(), BenchError> {
         };
         let (entry, watched) = match &running {
             Running::Direct => (upstream.addr, Vec::new()),
-            Running::Sluice(pair) => (pair.entry(), pair.watched()),
+            Running::Sluice(pair) | Running::Mtls(pair) => (pair.entry(), pair.watched()),
             Running::Nginx(pair) => {
                 // The master forks its worker after binding; give it a moment.
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 (pair.entry(), pair.watched())
             }
         };
-        paths.push(measure(&args, kind, entry, &watched).await?);
+        // Before anything is measured, and again after: the mTLS pair's figures must be of
+        // mTLS + authorization, never of a plaintext fallback.
+        let authz_before = match &running {
+            Running::Mtls(pair) => {
+                eprintln!("{}: checking mTLS and authorization", kind.name());
+                let counts = mtls::verify(pair.entry(), pair.b_admin()).await;
+                Some(counts.map_err(|e| pair.with_logs(e))?)
+            }
+            _ => None,
+        };
+        let mut report = measure(&args, kind, entry, &watched).await?;
+        if let (Running::Mtls(pair), Some(before)) = (&running, authz_before) {
+            let ok =
+                report.fixed.as_ref().map_or(0, |f| f.ok) + report.max.as_ref().map_or(0, |t| t.ok);
+            let verified = mtls::check_after(pair.b_admin(), before, ok).await;
+            report.verified = Some(verified.map_err(|e| pair.with_logs(e))?);
+        }
+        paths.push(report);
         drop(running);
     }
 
@@ -311,6 +353,7 @@ async fn measure(
         skipped: None,
         fixed: Some(Latency::of(&fixed)),
         added: None,
+        verified: None,
         max: Some(Throughput::of(&max)),
         processes,
     })

@@ -2,7 +2,10 @@
 //! in explicit mode, or a pair of nginx masters with one worker each. Also `/proc` readings of
 //! their memory, threads and CPU time.
 //!
-//! Both pairs have the same shape: client → A → B → upstream, where A plays the caller's
+//! The sluice pair runs plaintext, or (the mTLS pair) with identities, policy and endpoints
+//! from [`crate::mtls`].
+//!
+//! All pairs have the same shape: client → A → B → upstream, where A plays the caller's
 //! sidecar (outbound) and B the callee's (inbound). Everything binds 127.0.0.1.
 
 use std::fs::File;
@@ -16,6 +19,7 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 
 use crate::error::BenchError;
+use crate::mtls::{self, MeshFiles};
 
 /// How long a child may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -208,6 +212,7 @@ pub struct SluiceOptions {
 #[derive(Debug, Deserialize)]
 struct BoundAddrs {
     explicit: Vec<BoundExplicit>,
+    admin: SocketAddr,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,42 +221,129 @@ struct BoundExplicit {
 }
 
 /// Two `sluice-proxy` processes: A's explicit outbound listener forwards to B's explicit
-/// inbound listener, which forwards to the upstream.
+/// inbound listener, which forwards to the upstream. Plaintext between them, or mTLS with
+/// authorization on B's inbound ([`SluicePair::start_mtls`]).
 #[derive(Debug)]
 pub struct SluicePair {
     // Field order is drop order: A (the client's side) stops first.
     a: Supervised,
     b: Supervised,
     entry: SocketAddr,
+    b_admin: SocketAddr,
 }
 
 impl SluicePair {
-    /// Starts B, reads back its port, then starts A pointed at it.
+    /// Plaintext: starts B, reads back its port, then starts A pointed at it. Neither has a
+    /// policy or an identity, so they only forward.
     pub fn start(
         opts: &SluiceOptions,
         upstream: SocketAddr,
         dir: &Path,
     ) -> Result<SluicePair, BenchError> {
-        let (b, b_listen) = start_sluice(
+        let (b, b_bound) = start_sluice(
             opts,
             "sluice B (inbound)",
-            "SLUICE_PROXY_EXPLICIT_INBOUND",
-            upstream,
+            &[(
+                "SLUICE_PROXY_EXPLICIT_INBOUND",
+                format!("127.0.0.1:0={upstream}"),
+            )],
             &dir.join("sluice-b"),
         )?;
-        let (a, entry) = start_sluice(
+        let (a, a_bound) = start_sluice(
             opts,
             "sluice A (outbound)",
-            "SLUICE_PROXY_EXPLICIT_OUTBOUND",
-            b_listen,
+            &[(
+                "SLUICE_PROXY_EXPLICIT_OUTBOUND",
+                format!("127.0.0.1:0={}", b_bound.listen),
+            )],
             &dir.join("sluice-a"),
         )?;
-        Ok(SluicePair { a, b, entry })
+        Ok(SluicePair {
+            a,
+            b,
+            entry: a_bound.listen,
+            b_admin: b_bound.admin,
+        })
+    }
+
+    /// mTLS: B (`bench-upstream`, its identity, the policy, authorization enforced) starts
+    /// first; then its inbound port goes into the endpoints file and A (`bench-client`, its
+    /// identity, policy + endpoints, unknown destinations refused) starts with its explicit
+    /// outbound listener aimed at the service's address, which its routing sends to B over
+    /// mTLS. Check it with [`crate::mtls::verify`] before measuring.
+    pub fn start_mtls(
+        opts: &SluiceOptions,
+        upstream: SocketAddr,
+        mesh: &MeshFiles,
+        dir: &Path,
+    ) -> Result<SluicePair, BenchError> {
+        let path = |p: &Path| p.display().to_string();
+        let (b, b_bound) = start_sluice(
+            opts,
+            "sluice mTLS B (inbound)",
+            &[
+                (
+                    "SLUICE_PROXY_EXPLICIT_INBOUND",
+                    format!("127.0.0.1:0={upstream}"),
+                ),
+                ("SLUICE_PROXY_SERVICE", mtls::UPSTREAM_SERVICE.into()),
+                ("SLUICE_PROXY_NAMESPACE", mtls::NAMESPACE.into()),
+                ("SLUICE_PROXY_POLICY_DIR", path(&mesh.policy_dir)),
+                ("SLUICE_PROXY_IDENTITY_DIR", path(&mesh.upstream_identity)),
+                ("SLUICE_PROXY_AUTHZ", "enforce".into()),
+            ],
+            &dir.join("sluice-mtls-b"),
+        )?;
+        mesh.write_endpoints(b_bound.listen)?;
+        let (a, a_bound) = start_sluice(
+            opts,
+            "sluice mTLS A (outbound)",
+            &[
+                (
+                    "SLUICE_PROXY_EXPLICIT_OUTBOUND",
+                    format!("127.0.0.1:0={}", mesh.service_addr),
+                ),
+                ("SLUICE_PROXY_SERVICE", mtls::CLIENT_SERVICE.into()),
+                ("SLUICE_PROXY_NAMESPACE", mtls::NAMESPACE.into()),
+                ("SLUICE_PROXY_POLICY_DIR", path(&mesh.policy_dir)),
+                ("SLUICE_PROXY_ENDPOINTS", path(&mesh.endpoints)),
+                ("SLUICE_PROXY_IDENTITY_DIR", path(&mesh.client_identity)),
+                ("SLUICE_PROXY_UNKNOWN_DESTINATIONS", "refuse".into()),
+            ],
+            &dir.join("sluice-mtls-a"),
+        )?;
+        Ok(SluicePair {
+            a,
+            b,
+            entry: a_bound.listen,
+            b_admin: b_bound.admin,
+        })
     }
 
     /// Where the client connects (A's explicit outbound listener).
     pub fn entry(&self) -> SocketAddr {
         self.entry
+    }
+
+    /// `error` with the end of A's and B's logs, for a failure the logs explain (the scratch
+    /// directory holding them is removed when the run ends).
+    pub fn with_logs(&self, error: BenchError) -> BenchError {
+        let mut text = error.to_string();
+        for p in [&self.a, &self.b] {
+            let log = tail(&p.log);
+            let log = if log.trim().is_empty() {
+                "(empty)"
+            } else {
+                &log
+            };
+            text.push_str(&format!("\n--- {} ({}):\n{log}", p.name, p.log.display()));
+        }
+        BenchError::Setup(text)
+    }
+
+    /// B's admin listener (`/metrics`).
+    pub fn b_admin(&self) -> SocketAddr {
+        self.b_admin
     }
 
     /// A and B.
@@ -266,24 +358,35 @@ impl SluicePair {
     }
 }
 
-/// Starts one proxy with a single explicit listener `127.0.0.1:0=target` in `explicit_var`,
-/// waits for its listen-address file and returns the port it bound.
+/// What a started proxy bound.
+#[derive(Clone, Copy, Debug)]
+struct Bound {
+    /// Its one explicit listener.
+    listen: SocketAddr,
+    /// Its admin listener.
+    admin: SocketAddr,
+}
+
+/// Starts one proxy with no transparent listeners, an admin listener on a kernel-chosen port
+/// and `env` (which sets its one explicit listener, `127.0.0.1:0=target`), waits for its
+/// listen-address file and returns what it bound.
 fn start_sluice(
     opts: &SluiceOptions,
     name: &str,
-    explicit_var: &str,
-    target: SocketAddr,
+    env: &[(&str, String)],
     dir: &Path,
-) -> Result<(Supervised, SocketAddr), BenchError> {
+) -> Result<(Supervised, Bound), BenchError> {
     std::fs::create_dir_all(dir).map_err(BenchError::file("create", dir))?;
     let addrs_file = dir.join("addrs.json");
     let mut cmd = Command::new(&opts.bin);
     cmd.env("SLUICE_PROXY_INBOUND_ADDR", "off")
         .env("SLUICE_PROXY_OUTBOUND_ADDR", "off")
         .env("SLUICE_PROXY_ADMIN_ADDR", "127.0.0.1:0")
-        .env(explicit_var, format!("127.0.0.1:0={target}"))
         .env("SLUICE_PROXY_LOG", &opts.log)
         .env("SLUICE_PROXY_LISTEN_ADDRS_FILE", &addrs_file);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     match opts.worker_threads {
         Some(n) => cmd.env("TOKIO_WORKER_THREADS", n.to_string()),
         None => cmd.env_remove("TOKIO_WORKER_THREADS"),
@@ -297,7 +400,13 @@ fn start_sluice(
             let listen = bound.explicit.first().map(|e| e.listen).ok_or_else(|| {
                 BenchError::Setup(format!("{name}: no explicit listener in {text}"))
             })?;
-            return Ok((proc, listen));
+            return Ok((
+                proc,
+                Bound {
+                    listen,
+                    admin: bound.admin,
+                },
+            ));
         }
         proc.check_alive()?;
         if Instant::now() > deadline {

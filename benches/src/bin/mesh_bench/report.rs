@@ -8,9 +8,9 @@ use serde::Serialize;
 
 use crate::load::Outcome;
 
-/// Target: latency the sluice pair adds at p50, at the fixed rate.
+/// Target: latency a sluice pair (plaintext or mTLS) adds at p50, at the fixed rate.
 pub const TARGET_ADDED_P50_MS: f64 = 0.2;
-/// Target: latency the sluice pair adds at p99, at the fixed rate.
+/// Target: latency a sluice pair (plaintext or mTLS) adds at p99, at the fixed rate.
 pub const TARGET_ADDED_P99_MS: f64 = 1.0;
 /// Target: each sluice proxy's peak RSS under load, in MB (10^6 bytes).
 pub const TARGET_RSS_MB: f64 = 15.0;
@@ -64,7 +64,19 @@ pub struct Machine {
     pub sluice_proxy: Option<String>,
 }
 
-/// One path: `direct`, `sluice pair` or `nginx pair`.
+/// The direct path's name (the baseline for added latency).
+pub const DIRECT: &str = "direct";
+/// The plaintext sluice pair.
+pub const SLUICE: &str = "sluice pair";
+/// The sluice pair with mTLS and authorization.
+pub const SLUICE_MTLS: &str = "sluice mTLS pair";
+
+/// Whether the targets apply to this path (both sluice pairs).
+fn is_sluice(name: &str) -> bool {
+    name == SLUICE || name == SLUICE_MTLS
+}
+
+/// One path: `direct`, `sluice pair`, `sluice mTLS pair` or `nginx pair`.
 #[derive(Debug, Serialize)]
 pub struct PathReport {
     /// Its name.
@@ -79,6 +91,8 @@ pub struct PathReport {
     pub max: Option<Throughput>,
     /// The proxies' processes.
     pub processes: Vec<ProcReport>,
+    /// For the mTLS pair: how the run proved the figures are of mTLS + authorization.
+    pub verified: Option<String>,
 }
 
 impl PathReport {
@@ -91,6 +105,7 @@ impl PathReport {
             added: None,
             max: None,
             processes: Vec::new(),
+            verified: None,
         }
     }
 }
@@ -233,11 +248,11 @@ impl Report {
         let direct = self
             .paths
             .iter()
-            .find(|p| p.name == "direct")
+            .find(|p| p.name == DIRECT)
             .and_then(|p| p.fixed.clone());
         let Some(direct) = direct else { return };
         for p in &mut self.paths {
-            if p.name != "direct" {
+            if p.name != DIRECT {
                 p.added = p.fixed.as_ref().map(|f| Added::between(f, &direct));
             }
         }
@@ -274,6 +289,9 @@ impl Report {
         self.throughput_table(&mut out);
         self.memory_table(&mut out);
         for path in &self.paths {
+            if let Some(line) = &path.verified {
+                let _ = writeln!(out, "- **{}** {line}", path.name);
+            }
             if let Some(why) = &path.skipped {
                 let _ = writeln!(out, "- **{}** skipped: {why}", path.name);
             }
@@ -319,7 +337,7 @@ impl Report {
     fn added_table(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "### Added latency over direct (ms; targets for the sluice pair: p50 < {TARGET_ADDED_P50_MS}, \
+            "### Added latency over direct (ms; targets for the sluice pairs: p50 < {TARGET_ADDED_P50_MS}, \
              p99 < {TARGET_ADDED_P99_MS})\n"
         );
         let _ = writeln!(
@@ -328,7 +346,7 @@ impl Report {
         );
         for path in &self.paths {
             let Some(a) = &path.added else { continue };
-            let (t50, t99) = if path.name == "sluice pair" {
+            let (t50, t99) = if is_sluice(&path.name) {
                 (
                     format!(" {}", mark(a.p50_ms < TARGET_ADDED_P50_MS)),
                     format!(" {}", mark(a.p99_ms < TARGET_ADDED_P99_MS)),
@@ -340,6 +358,21 @@ impl Report {
                 out,
                 "| {} | {:+.3}{t50} | {:+.3} | {:+.3}{t99} | {:+.3} | {:+.3} |",
                 path.name, a.p50_ms, a.p90_ms, a.p99_ms, a.p999_ms, a.max_ms
+            );
+        }
+        let fixed_of = |name: &str| {
+            self.paths
+                .iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.fixed.as_ref())
+        };
+        if let (Some(mtls), Some(plain)) = (fixed_of(SLUICE_MTLS), fixed_of(SLUICE)) {
+            let _ = writeln!(
+                out,
+                "\nmTLS and authorization over the plaintext sluice pair: p50 {:+.3} ms, \
+                 p99 {:+.3} ms.",
+                mtls.p50_ms - plain.p50_ms,
+                mtls.p99_ms - plain.p99_ms
             );
         }
         if self.paths.iter().filter_map(|p| p.added).any(|a| {
@@ -382,7 +415,7 @@ impl Report {
     fn memory_table(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "### Proxy memory and CPU (MB = 10^6 bytes; target for each sluice proxy: < {TARGET_RSS_MB} MB under load)\n"
+            "### Proxy memory and CPU (MB = 10^6 bytes; target for each sluice proxy, plaintext or mTLS: < {TARGET_RSS_MB} MB under load)\n"
         );
         let _ = writeln!(
             out,
@@ -391,7 +424,7 @@ impl Report {
             self.params.rate, self.params.rate
         );
         for path in &self.paths {
-            let sluice = path.name == "sluice pair";
+            let sluice = is_sluice(&path.name);
             for proc in &path.processes {
                 let target = |kib| {
                     if sluice {

@@ -18,6 +18,14 @@ use crate::error::BenchError;
 /// The response body: small, so the benchmark measures the proxies, not the payload.
 const BODY: &[u8] = b"ok\n";
 
+/// A request for this path is answered with the `sluice-client-id` header it arrived with
+/// (empty if none): how the mTLS pair's check sees that the inbound proxy verified the
+/// caller's certificate and authorized the call. The load never asks for it.
+pub const WHOAMI_PATH: &str = "/__mesh_bench/whoami";
+
+/// The header an inbound sluice proxy sets to the caller's verified SPIFFE ID.
+const CLIENT_ID: &str = "sluice-client-id";
+
 /// A running upstream. It lives until the process exits.
 #[derive(Debug)]
 pub struct Upstream {
@@ -74,6 +82,15 @@ async fn serve(listener: std::net::TcpListener) {
     }
 }
 
-async fn respond(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::new(Bytes::from_static(BODY))))
+async fn respond(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = if req.uri().path() == WHOAMI_PATH {
+        Bytes::copy_from_slice(
+            req.headers()
+                .get(CLIENT_ID)
+                .map_or(&b""[..], |v| v.as_bytes()),
+        )
+    } else {
+        Bytes::from_static(BODY)
+    };
+    Ok(Response::new(Full::new(body)))
 }
