@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use crate::drain;
 use crate::metrics::Metrics;
-use crate::state::SharedState;
+use crate::state::{SharedState, SourceStatus};
 
 /// What the admin endpoints read or trigger.
 #[derive(Debug)]
@@ -32,6 +32,8 @@ pub struct Admin {
     pub shutdown: Arc<Notify>,
     /// Reported by `/config`.
     pub proxy_id: String,
+    /// The config source: reported by `/config`; `/ready` waits for its first config.
+    pub source: Arc<SourceStatus>,
 }
 
 /// Serves admin requests until the process exits.
@@ -69,6 +71,11 @@ impl Admin {
             (&Method::GET, "/ready") if self.drain.is_draining() => {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
             }
+            (&Method::GET, "/ready") if !self.source.ready() => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "waiting for the first config from the controller\n",
+            ),
             (&Method::GET, "/ready") => reply(StatusCode::OK, "text/plain", "ready\n"),
             (&Method::GET, "/metrics") => match self.metrics.encode() {
                 Ok(text) => reply(StatusCode::OK, "text/plain; version=0.0.4", text),
@@ -135,6 +142,7 @@ impl Admin {
         serde_json::json!({
             "proxy_id": self.proxy_id,
             "version": state.version,
+            "source": self.source.json(),
             "workload": {
                 "namespace": local.namespace, "service": local.service,
                 "version": local.version, "environment": local.environment,

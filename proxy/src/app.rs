@@ -19,7 +19,8 @@ use crate::identity::{self, IdentityStore};
 use crate::listen::{self, Dispatch, Listener, Mode};
 use crate::metrics::{Metrics, TrafficLabels};
 use crate::routing::Router;
-use crate::state::{ConfigSource, SharedState, SourceError};
+use crate::state::controller::{self, WatchConfig};
+use crate::state::{ConfigSource, SharedState, SourceError, SourceStatus};
 use crate::tls::MeshTls;
 use crate::{Direction, admin, drain};
 
@@ -81,9 +82,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             error,
         }
     })?;
-    if source != ConfigSource::None {
+    if matches!(
+        source,
+        ConfigSource::PolicyDir { .. } | ConfigSource::SnapshotFile { .. }
+    ) {
         metrics.snapshot_reload(true);
     }
+    // The controller's stream starts before the listeners, so the first config usually
+    // arrives while they bind; `/ready` says when it has.
+    let watch_config = WatchConfig::from_config(&config);
+    let stream_status = watch_config
+        .as_ref()
+        .map(|_| Arc::new(controller::Status::default()));
+    let stream = watch_config.zip(stream_status.clone()).map(|(w, status)| {
+        tokio::spawn(controller::run(w, shared.clone(), metrics.clone(), status))
+    });
+    let source_status = Arc::new(SourceStatus::new(source.clone(), stream_status));
     let router = Arc::new(Router::new(shared.clone(), config.unknown_destinations));
 
     let proxy_id: Arc<str> = config.proxy_id.as_str().into();
@@ -185,6 +199,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         drain: watch.observer(),
         shutdown: shutdown.clone(),
         proxy_id: config.proxy_id.clone(),
+        source: source_status,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin));
     for l in listeners {
@@ -213,6 +228,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         t.abort();
     }
     watcher.abort();
+    if let Some(stream) = stream {
+        stream.abort();
+    }
     Ok(())
 }
 

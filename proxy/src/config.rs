@@ -69,9 +69,17 @@ pub const ENV_PROXY_ID: &str = "SLUICE_PROXY_ID";
 /// If set, the proxy writes the addresses it actually bound (JSON) to this file once all
 /// listeners are up. Lets tests and tooling use port 0.
 pub const ENV_LISTEN_ADDRS_FILE: &str = "SLUICE_PROXY_LISTEN_ADDRS_FILE";
-/// The controller's gRPC address (`http://127.0.0.1:7071`): certificates (`Certify`) and
-/// denial reports (`ReportDenials`).
+/// The controller's gRPC address (`http://127.0.0.1:7071`): certificates (`Certify`), denial
+/// reports (`ReportDenials`) and, unless a policy directory or snapshot file is configured,
+/// the config itself (`Watch`, see [`crate::state::controller`]).
 pub const ENV_CONTROLLER_ADDR: &str = "SLUICE_PROXY_CONTROLLER_ADDR";
+/// Which config source to use: `controller`, `policy-dir`, `snapshot` or `none`. Unset: the
+/// policy directory or snapshot file if one is set, else the controller if its address is set,
+/// else none. Setting it makes a missing or conflicting source a configuration error.
+pub const ENV_CONFIG_SOURCE: &str = "SLUICE_PROXY_CONFIG_SOURCE";
+/// With the controller source: the `ip:port` peers should dial to reach this workload (its
+/// inbound), announced with `Register` on every (re)connected `Watch` stream.
+pub const ENV_REGISTER_ADDR: &str = "SLUICE_PROXY_REGISTER_ADDR";
 /// The bootstrap token proving which workload this proxy fronts, for `Certify`.
 pub const ENV_IDENTITY_TOKEN: &str = "SLUICE_PROXY_IDENTITY_TOKEN";
 /// A file holding the bootstrap token (re-read at every renewal). Excludes
@@ -83,8 +91,8 @@ pub const ENV_IDENTITY_DIR: &str = "SLUICE_PROXY_IDENTITY_DIR";
 /// How often [`ENV_IDENTITY_DIR`] is checked. Default `1s`.
 pub const ENV_IDENTITY_POLL: &str = "SLUICE_PROXY_IDENTITY_POLL";
 /// `enforce` or `off`: inbound authorization. Default `enforce` when the proxy has a mesh
-/// identity source, a policy directory or a snapshot file, `off` otherwise (a bare proxy only
-/// forwards).
+/// identity source or a config source (policy directory, snapshot file or the controller),
+/// `off` otherwise (a bare proxy only forwards).
 pub const ENV_AUTHZ: &str = "SLUICE_PROXY_AUTHZ";
 /// How often denials are reported to the controller. Default `1s`.
 pub const ENV_DENIAL_REPORT_INTERVAL: &str = "SLUICE_PROXY_DENIAL_REPORT_INTERVAL";
@@ -105,6 +113,31 @@ pub enum UnknownDestinations {
     Passthrough,
     /// Refuse (HTTP 403 / closed connection).
     Refuse,
+}
+
+/// Where the proxy's config comes from (see [`ENV_CONFIG_SOURCE`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// Nothing: the empty config.
+    None,
+    /// [`ENV_POLICY_DIR`] (and [`ENV_ENDPOINTS`]).
+    PolicyDir,
+    /// [`ENV_SNAPSHOT`].
+    Snapshot,
+    /// The controller's `Watch` stream at [`ENV_CONTROLLER_ADDR`].
+    Controller,
+}
+
+impl SourceKind {
+    /// The value of [`ENV_CONFIG_SOURCE`] that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::None => "none",
+            SourceKind::PolicyDir => "policy-dir",
+            SourceKind::Snapshot => "snapshot",
+            SourceKind::Controller => "controller",
+        }
+    }
 }
 
 /// A listener that forwards to a fixed target instead of reading the original destination.
@@ -167,6 +200,10 @@ pub struct Config {
     pub listen_addrs_file: Option<PathBuf>,
     /// See [`ENV_CONTROLLER_ADDR`].
     pub controller_addr: Option<String>,
+    /// See [`ENV_CONFIG_SOURCE`]: the source in use, explicit or inferred.
+    pub source: SourceKind,
+    /// See [`ENV_REGISTER_ADDR`].
+    pub register_addr: Option<SocketAddr>,
     /// See [`ENV_IDENTITY_TOKEN`] and [`ENV_IDENTITY_TOKEN_FILE`].
     pub identity_token: Option<crate::identity::certify::Token>,
     /// See [`ENV_IDENTITY_DIR`].
@@ -288,6 +325,12 @@ impl Config {
                         format!("http://{s}")
                     }
                 }),
+            source: SourceKind::None,
+            register_addr: p.parse(ENV_REGISTER_ADDR, None, |s| {
+                s.parse()
+                    .map(Some)
+                    .map_err(|_| "expected the `ip:port` peers dial (e.g. 10.1.0.5:4143)".into())
+            }),
             identity_token: match (p.get(ENV_IDENTITY_TOKEN), p.path(ENV_IDENTITY_TOKEN_FILE)) {
                 (Some(t), None) if !t.is_empty() => Some(crate::identity::certify::Token::Value(t)),
                 (_, Some(f)) => Some(crate::identity::certify::Token::File(f)),
@@ -298,12 +341,12 @@ impl Config {
             authz: false,
             denial_report_interval: p.duration(ENV_DENIAL_REPORT_INTERVAL, Duration::from_secs(1)),
         };
+        config.source = choose_source(&mut p, &config);
         // Any policy source makes this proxy a mesh member: a snapshot file is exactly what the
         // controller ships, so it must enforce like a policy directory does.
         let mesh_member = config.identity_dir.is_some()
             || config.identity_token.is_some()
-            || config.policy_dir.is_some()
-            || config.snapshot.is_some();
+            || config.source != SourceKind::None;
         config.authz = p.parse(ENV_AUTHZ, mesh_member, |s| match s {
             "enforce" => Ok(true),
             "off" => Ok(false),
@@ -361,6 +404,88 @@ impl Config {
             Err(ConfigErrors(p.errors))
         }
     }
+}
+
+/// The config source: [`ENV_CONFIG_SOURCE`] if set, else inferred (a file source wins over the
+/// controller, whose address may be there only for `Certify`). Records what does not fit.
+fn choose_source(p: &mut Parser<'_>, c: &Config) -> SourceKind {
+    let explicit = p.parse(ENV_CONFIG_SOURCE, None, |s| match s {
+        "controller" => Ok(Some(SourceKind::Controller)),
+        "policy-dir" => Ok(Some(SourceKind::PolicyDir)),
+        "snapshot" => Ok(Some(SourceKind::Snapshot)),
+        "none" => Ok(Some(SourceKind::None)),
+        _ => Err("expected `controller`, `policy-dir`, `snapshot` or `none`".into()),
+    });
+    let inferred = match (&c.policy_dir, &c.snapshot, &c.controller_addr) {
+        (Some(_), _, _) => SourceKind::PolicyDir,
+        (None, Some(_), _) => SourceKind::Snapshot,
+        (None, None, Some(_)) => SourceKind::Controller,
+        (None, None, None) => SourceKind::None,
+    };
+    let source = explicit.unwrap_or(inferred);
+    let chosen = source.as_str();
+    let mut error = |var: &'static str, value: String, reason: String| {
+        p.errors.push(ConfigError { var, value, reason });
+    };
+    let shown = |path: &Option<PathBuf>| path.as_ref().map(|d| d.display().to_string());
+    // An explicit choice must have what it needs and nothing that competes with it.
+    if explicit.is_some() {
+        let needs = match source {
+            SourceKind::PolicyDir if c.policy_dir.is_none() => Some(ENV_POLICY_DIR),
+            SourceKind::Snapshot if c.snapshot.is_none() => Some(ENV_SNAPSHOT),
+            SourceKind::Controller if c.controller_addr.is_none() => Some(ENV_CONTROLLER_ADDR),
+            _ => None,
+        };
+        if let Some(var) = needs {
+            error(
+                var,
+                String::new(),
+                format!("{ENV_CONFIG_SOURCE}={chosen} needs it"),
+            );
+        }
+        for (var, kind, value) in [
+            (ENV_POLICY_DIR, SourceKind::PolicyDir, shown(&c.policy_dir)),
+            (ENV_SNAPSHOT, SourceKind::Snapshot, shown(&c.snapshot)),
+        ] {
+            if let Some(value) = value.filter(|_| kind != source) {
+                error(
+                    var,
+                    value,
+                    format!("{ENV_CONFIG_SOURCE}={chosen}: unset it, or choose that source"),
+                );
+            }
+        }
+    }
+    if source == SourceKind::Controller {
+        // The controller refuses a Watch without a service, forever: say so now instead.
+        if c.service.is_empty() {
+            error(
+                ENV_SERVICE,
+                String::new(),
+                "the controller config source needs the workload's service name".into(),
+            );
+        }
+    }
+    if let Some(addr) = c.register_addr {
+        if source != SourceKind::Controller {
+            error(
+                ENV_REGISTER_ADDR,
+                addr.to_string(),
+                format!(
+                    "registration rides on the controller's Watch stream, but the config source is {chosen}"
+                ),
+            );
+        } else if c.service_version.is_empty() {
+            error(
+                ENV_SERVICE_VERSION,
+                String::new(),
+                format!(
+                    "{ENV_REGISTER_ADDR} is set, so the version peers route to is needed (e.g. v1)"
+                ),
+            );
+        }
+    }
+    source
 }
 
 /// Collects errors instead of stopping at the first one.
@@ -504,6 +629,45 @@ mod tests {
         assert_eq!(errs.0[0].var, ENV_ENDPOINTS);
         let c = parse(&[(ENV_POLICY_DIR, "/p"), (ENV_ENDPOINTS, "/e.json")]).expect("valid");
         assert_eq!(c.endpoints, Some(PathBuf::from("/e.json")));
+    }
+
+    #[test]
+    fn the_controller_is_the_source_unless_a_file_is_named() {
+        let addr = (ENV_CONTROLLER_ADDR, "127.0.0.1:7071");
+        let c = parse(&[addr, (ENV_SERVICE, "web")]).expect("valid");
+        assert_eq!(c.source, SourceKind::Controller);
+        assert!(c.authz, "a controller-fed proxy enforces");
+        // A file source wins; the controller is then only for Certify and denial reports.
+        let c = parse(&[addr, (ENV_POLICY_DIR, "/p")]).expect("valid");
+        assert_eq!(c.source, SourceKind::PolicyDir);
+        let c = parse(&[
+            addr,
+            (ENV_SERVICE, "web"),
+            (ENV_SERVICE_VERSION, "v1"),
+            (ENV_REGISTER_ADDR, "10.0.0.1:4143"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.register_addr,
+            Some("10.0.0.1:4143".parse().expect("addr"))
+        );
+
+        let vars = |e: ConfigErrors| e.0.iter().map(|e| e.var).collect::<Vec<_>>();
+        let errs = parse(&[
+            addr,
+            (ENV_CONFIG_SOURCE, "controller"),
+            (ENV_SNAPSHOT, "/s"),
+        ])
+        .expect_err("conflict");
+        assert_eq!(vars(errs), [ENV_SNAPSHOT, ENV_SERVICE]);
+        let errs = parse(&[(ENV_CONFIG_SOURCE, "controller"), (ENV_SERVICE, "web")])
+            .expect_err("no address");
+        assert_eq!(vars(errs), [ENV_CONTROLLER_ADDR]);
+        let errs = parse(&[(ENV_POLICY_DIR, "/p"), (ENV_REGISTER_ADDR, "10.0.0.1:1")])
+            .expect_err("register without the controller");
+        assert_eq!(vars(errs), [ENV_REGISTER_ADDR]);
+        let errs = parse(&[(ENV_CONFIG_SOURCE, "etcd")]).expect_err("unknown");
+        assert_eq!(vars(errs), [ENV_CONFIG_SOURCE]);
     }
 
     #[test]

@@ -120,18 +120,16 @@ pub async fn certify(config: &CertifyConfig) -> Result<Credentials, CertifyError
     let csr = CertificateParams::new(Vec::<String>::new())
         .and_then(|p| p.serialize_request(&key))
         .map_err(|e| CertifyError::Csr(e.to_string()))?;
-    let endpoint = tonic::transport::Endpoint::from_shared(config.controller.clone())
-        .map_err(|_| CertifyError::Address(config.controller.clone()))?
-        .connect_timeout(CALL_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
     let unreachable = |reason: String| CertifyError::Unreachable {
         addr: config.controller.clone(),
         reason,
     };
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| unreachable(error_chain(&e)))?;
+    let channel = connect(
+        endpoint(&config.controller)?
+            .connect_timeout(CALL_TIMEOUT)
+            .timeout(CALL_TIMEOUT),
+    )
+    .await?;
     let rsp = MeshClient::new(channel)
         .certify(CertifyRequest {
             workload: Some(config.workload.clone()),
@@ -166,6 +164,28 @@ pub async fn certify(config: &CertifyConfig) -> Result<Credentials, CertifyError
     Ok(creds)
 }
 
+/// The controller's address as a tonic endpoint. Shared by every controller client (`Certify`
+/// here, `Watch` and `Register` in [`crate::state::controller`]), so the address is checked
+/// and reported the same way.
+pub fn endpoint(controller: &str) -> Result<tonic::transport::Endpoint, CertifyError> {
+    tonic::transport::Endpoint::from_shared(controller.to_owned())
+        .map_err(|_| CertifyError::Address(controller.to_owned()))
+}
+
+/// Connects `endpoint`, reporting failure as [`CertifyError::Unreachable`] with the whole
+/// error chain (tonic's top-level message alone is just "transport error").
+pub async fn connect(
+    endpoint: tonic::transport::Endpoint,
+) -> Result<tonic::transport::Channel, CertifyError> {
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| CertifyError::Unreachable {
+            addr: endpoint.uri().to_string(),
+            reason: error_chain(&e),
+        })
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -190,7 +210,17 @@ pub fn renew_delay(creds: &Credentials, now: SystemTime, rng: &mut impl Rng) -> 
 
 /// The next backoff: doubled, capped, with full jitter in the upper half.
 pub fn next_backoff(current: Duration, rng: &mut impl Rng) -> (Duration, Duration) {
-    let next = (current * 2).min(BACKOFF_MAX);
+    next_backoff_capped(current, BACKOFF_MAX, rng)
+}
+
+/// [`next_backoff`] with another cap (the `Watch` stream retries within seconds, since a proxy
+/// without its stream misses every policy change).
+pub fn next_backoff_capped(
+    current: Duration,
+    cap: Duration,
+    rng: &mut impl Rng,
+) -> (Duration, Duration) {
+    let next = (current * 2).min(cap);
     let sleep = current.mul_f64(rng.random_range(0.5..=1.0));
     (sleep, next)
 }

@@ -17,6 +17,7 @@
 //! let decision = state.decide_inbound(shared.local(), &caller, &rpc);
 //! ```
 
+pub mod controller;
 pub mod endpoints;
 pub mod source;
 
@@ -29,7 +30,7 @@ use sluice_policy::rpc::Rpc;
 
 use crate::routing::{Counters, RoutingTable, TableError};
 pub use endpoints::Endpoints;
-pub use source::{ConfigSource, SourceError};
+pub use source::{ConfigSource, SourceError, SourceStatus};
 
 /// The workload this proxy fronts: its own identity, from configuration (`SLUICE_PROXY_SERVICE`,
 /// `_NAMESPACE`, `_SERVICE_VERSION`, `_ENVIRONMENT`, `_INSTANCE`). Mirrors the controller API's

@@ -9,16 +9,19 @@
 //!   `ProxyConfig` message, `{"version", "policyBundle", "services"}`. The bundle is loaded
 //!   with `PolicySet::from_str`, exactly as the controller's bundle will be.
 //!
-//! Both are polled and compared by content rather than watched with inotify: polling sees
+//! * **Controller** (`SLUICE_PROXY_CONTROLLER_ADDR` with neither of the above, or
+//!   `SLUICE_PROXY_CONFIG_SOURCE=controller`): the `Watch` stream, see [`super::controller`].
+//!
+//! The files are polled and compared by content rather than watched with inotify: polling sees
 //! atomic renames, editors' save dances and Kubernetes ConfigMap symlink flips the same way,
 //! and costs one small read per interval.
 //!
-//! **Controller seam.** The next issue adds the controller's `Watch` stream as a third variant
-//! of [`ConfigSource`]. Each `ProxyConfig` message converts to the same parts a snapshot file
-//! holds (version, bundle, [`Endpoints`] — the JSON types mirror the proto) and goes through
-//! [`ConfigSource::from_bundle`] and [`apply`], so validation, the "keep the old state"
-//! rule, logging and metrics are shared; only the waiting differs (a stream message instead
-//! of a poll tick).
+//! Each `ProxyConfig` from the controller converts to the same parts a snapshot file holds
+//! (version, bundle, [`Endpoints`] — the JSON types mirror the proto) and goes through
+//! [`ConfigSource::from_bundle`] and [`apply`], so validation, the "keep the old state" rule,
+//! logging and metrics are shared; only the waiting differs (a stream message instead of a
+//! poll tick). For that source [`ConfigSource::load_initial`] and [`ConfigSource::watch`] do
+//! nothing: the state stays empty until [`super::controller::run`] applies the first message.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use sluice_policy::validate::LoadError;
 use sluice_policy::{Diagnostic, PolicySet};
 
 use super::{Endpoints, ProxyState, SharedState, StateError};
-use crate::config::Config;
+use crate::config::{Config, SourceKind};
 use crate::metrics::Metrics;
 
 /// A configuration source. See the [module docs](self).
@@ -49,6 +52,11 @@ pub enum ConfigSource {
     SnapshotFile {
         /// The file.
         path: PathBuf,
+    },
+    /// The controller's `Watch` stream (driven by [`super::controller::run`]).
+    Controller {
+        /// The controller's gRPC address.
+        addr: String,
     },
 }
 
@@ -83,6 +91,9 @@ pub enum SourceError {
     /// Policy and endpoints parse but do not fit together.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Endpoints from the controller are malformed.
+    #[error("endpoints: {0}")]
+    Endpoints(String),
 }
 
 fn summary(diagnostics: &[Diagnostic]) -> String {
@@ -127,15 +138,25 @@ struct EndpointsFile {
 pub struct Fingerprint(Vec<u8>);
 
 impl ConfigSource {
-    /// The source the configuration names. `Config` rejects naming both.
+    /// The source the configuration chose (`Config` checks that it has what it needs).
     pub fn from_config(config: &Config) -> ConfigSource {
-        match (&config.policy_dir, &config.snapshot) {
-            (Some(dir), _) => ConfigSource::PolicyDir {
+        match (
+            config.source,
+            &config.policy_dir,
+            &config.snapshot,
+            &config.controller_addr,
+        ) {
+            (SourceKind::PolicyDir, Some(dir), _, _) => ConfigSource::PolicyDir {
                 dir: dir.clone(),
                 endpoints: config.endpoints.clone(),
             },
-            (None, Some(path)) => ConfigSource::SnapshotFile { path: path.clone() },
-            (None, None) => ConfigSource::None,
+            (SourceKind::Snapshot, _, Some(path), _) => {
+                ConfigSource::SnapshotFile { path: path.clone() }
+            }
+            (SourceKind::Controller, _, _, Some(addr)) => {
+                ConfigSource::Controller { addr: addr.clone() }
+            }
+            _ => ConfigSource::None,
         }
     }
 
@@ -145,13 +166,35 @@ impl ConfigSource {
             ConfigSource::None => "none".to_owned(),
             ConfigSource::PolicyDir { dir, .. } => format!("policy directory {}", dir.display()),
             ConfigSource::SnapshotFile { path } => format!("snapshot file {}", path.display()),
+            ConfigSource::Controller { addr } => format!("controller {addr}"),
         }
+    }
+
+    /// The `/config` entry's `kind`, as `SLUICE_PROXY_CONFIG_SOURCE` spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigSource::None => "none",
+            ConfigSource::PolicyDir { .. } => "policy-dir",
+            ConfigSource::SnapshotFile { .. } => "snapshot",
+            ConfigSource::Controller { .. } => "controller",
+        }
+    }
+
+    /// Whether [`ConfigSource::load_initial`] and [`ConfigSource::watch`] do the work (the
+    /// controller's stream has its own task).
+    fn is_polled(&self) -> bool {
+        matches!(
+            self,
+            ConfigSource::PolicyDir { .. } | ConfigSource::SnapshotFile { .. }
+        )
     }
 
     /// Reads the source (blocking file IO) and returns what was read.
     fn read(&self) -> Result<(Fingerprint, Input), SourceError> {
         match self {
-            ConfigSource::None => Ok((Fingerprint::default(), Input::None)),
+            ConfigSource::None | ConfigSource::Controller { .. } => {
+                Ok((Fingerprint::default(), Input::None))
+            }
             ConfigSource::PolicyDir { dir, endpoints } => {
                 let files = read_sources(dir)?;
                 let endpoints = endpoints.as_deref().map(read).transpose()?;
@@ -252,7 +295,7 @@ impl ConfigSource {
     pub fn load_initial(&self, shared: &SharedState) -> Result<Fingerprint, SourceError> {
         let (fp, input) = self.read()?;
         let state = self.build(input, shared)?;
-        if *self != ConfigSource::None {
+        if self.is_polled() {
             log_loaded(&self.describe(), &state);
         }
         shared.store(state);
@@ -268,7 +311,7 @@ impl ConfigSource {
         metrics: Metrics,
         last: Fingerprint,
     ) {
-        if self == ConfigSource::None {
+        if !self.is_polled() {
             return;
         }
         let source = Arc::new(self);
@@ -298,6 +341,43 @@ impl ConfigSource {
                 }
             }
         }
+    }
+}
+
+/// Which source feeds the proxy and how it is doing, for `/config` and `/ready`.
+#[derive(Debug)]
+pub struct SourceStatus {
+    source: ConfigSource,
+    controller: Option<Arc<super::controller::Status>>,
+}
+
+impl SourceStatus {
+    /// `controller` is the stream's status when `source` is the controller.
+    pub fn new(
+        source: ConfigSource,
+        controller: Option<Arc<super::controller::Status>>,
+    ) -> SourceStatus {
+        SourceStatus { source, controller }
+    }
+
+    /// File sources are loaded before the listeners open; the controller's stream is ready
+    /// once its first config is applied.
+    pub fn ready(&self) -> bool {
+        self.controller.as_ref().is_none_or(|c| c.ready())
+    }
+
+    /// For `/config`: `kind`, `describe`, and for the controller the stream's status.
+    pub fn json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "kind": self.source.kind(),
+            "describe": self.source.describe(),
+        });
+        if let (Some(c), serde_json::Value::Object(map)) = (&self.controller, &mut v)
+            && let serde_json::Value::Object(status) = c.json()
+        {
+            map.extend(status);
+        }
+        v
     }
 }
 
