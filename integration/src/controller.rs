@@ -187,51 +187,102 @@ pub struct RealController {
     pub state: tempfile::TempDir,
     /// `http://127.0.0.1:port`.
     pub url: String,
+    policy_dir: std::path::PathBuf,
+    lifetime: String,
 }
 
 impl RealController {
     /// Starts it on a free loopback port with `policy_dir` and `lifetime` certificates.
     pub fn start(policy_dir: &std::path::Path, lifetime: &str) -> RealController {
         let state = tempfile::tempdir().expect("state dir");
-        let ready = state.path().join("ready");
-        let log = std::fs::File::create(state.path().join("controller.log")).expect("log");
-        let child = std::process::Command::new(sluice_bin())
-            .args([
-                "controller",
-                "--listen",
-                "127.0.0.1:0",
-                "--cert-lifetime",
-                lifetime,
-            ])
-            .arg("--state-dir")
-            .arg(state.path().join("state"))
-            .arg("--policy")
-            .arg(policy_dir)
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn sluice controller");
+        let child = Self::spawn(state.path(), policy_dir, lifetime, "127.0.0.1:0");
         let mut me = RealController {
             child,
             state,
             url: String::new(),
+            policy_dir: policy_dir.to_owned(),
+            lifetime: lifetime.to_owned(),
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while me.url.is_empty() {
-            if let Ok(addr) = std::fs::read_to_string(&ready) {
-                me.url = format!("http://{}", addr.trim());
-            } else {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "controller did not start: {}",
-                    me.log()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        me.wait_ready();
         me
+    }
+
+    fn spawn(
+        dir: &std::path::Path,
+        policy_dir: &std::path::Path,
+        lifetime: &str,
+        listen: &str,
+    ) -> std::process::Child {
+        // A SIGKILLed controller leaves its ready file behind.
+        let _ = std::fs::remove_file(dir.join("ready"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("controller.log"))
+            .expect("log");
+        std::process::Command::new(sluice_bin())
+            .args([
+                "controller",
+                "--listen",
+                listen,
+                "--cert-lifetime",
+                lifetime,
+            ])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--policy")
+            .arg(policy_dir)
+            .arg("--ready-file")
+            .arg(dir.join("ready"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice controller")
+    }
+
+    fn wait_ready(&mut self) {
+        let ready = self.state.path().join("ready");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(&ready)
+                && addr.ends_with('\n')
+            {
+                self.url = format!("http://{}", addr.trim());
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("controller exited ({status}): {}", self.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "controller did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The gRPC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("addr")
+    }
+
+    /// SIGKILL, as a crash: nothing is flushed or closed gracefully.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again (after [`Self::kill`]) on the same address, state directory and
+    /// policy directory, as a supervisor would.
+    pub fn restart(&mut self) {
+        self.kill();
+        let listen = self.addr().to_string();
+        self.child = Self::spawn(self.state.path(), &self.policy_dir, &self.lifetime, &listen);
+        self.wait_ready();
     }
 
     /// A bootstrap token for `service` in `default`, as the local runner would mint it.
