@@ -21,6 +21,9 @@ pub struct MeshFile {
     pub policy: PathBuf,
     /// The workloads, each in its own network namespace.
     pub workloads: Vec<Workload>,
+    /// The mesh file's directory (absolute after [`MeshFile::load`]): workloads run there.
+    #[serde(skip)]
+    pub dir: PathBuf,
 }
 
 /// One workload: a process, its sidecar and its namespace.
@@ -87,6 +90,7 @@ impl MeshFile {
         let base = std::fs::canonicalize(base)
             .map_err(|e| MeshFileError(format!("cannot resolve {}: {e}", base.display())))?;
         mesh.policy = base.join(&mesh.policy);
+        mesh.dir = base;
         Ok(mesh)
     }
 

@@ -369,15 +369,11 @@ fn start(
             .map_err(host("state file"))?;
     }
 
-    let mesh_dir = std::fs::canonicalize(&mesh.policy)
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf));
     for (i, w) in mesh.workloads.iter().enumerate() {
         let ns = format!("sluice-{id}-{}", w.name);
         let identity = WorkloadIdentity::new("default", &w.service)
             .map_err(|e| UpError::Host(e.to_string()))?;
         let token = tokens.issue(&identity, TOKEN_TTL, SystemTime::now());
-        let ip = subnet.workload(i);
         let uid = PROXY_UID.to_string();
         sup.start(Spec {
             label: format!("{}/proxy", w.name),
@@ -432,9 +428,8 @@ fn start(
             color: i + 1,
             argv,
             env: w.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            dir: mesh_dir.clone(),
+            dir: Some(mesh.dir.clone()),
         });
-        let _ = ip;
     }
     Ok(())
 }
