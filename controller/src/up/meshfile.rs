@@ -113,7 +113,10 @@ impl MeshFile {
         };
         let mut spans = HashMap::new();
         let value = to_json(doc, String::new(), &mut spans);
-        let at = |path: &str| {
+        let at = |path: &str, key: bool| {
+            if key && let Some((l, c)) = spans.get(&format!("{path}#key")) {
+                return format!("{name}:{l}:{c}");
+            }
             let mut p = path;
             loop {
                 if let Some((l, c)) = spans.get(p) {
@@ -131,10 +134,11 @@ impl MeshFile {
         let mesh: MeshFile = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            MeshFileError(format!("{}: {path}: {}", at(&path), e.inner()))
+            let unknown = e.inner().to_string().starts_with("unknown field");
+            MeshFileError(format!("{}: {path}: {}", at(&path, unknown), e.inner()))
         })?;
         mesh.check()
-            .map_err(|(path, msg)| MeshFileError(format!("{}: {path}: {msg}", at(&path))))?;
+            .map_err(|(path, msg)| MeshFileError(format!("{}: {path}: {msg}", at(&path, false))))?;
         Ok(mesh)
     }
 
@@ -197,9 +201,7 @@ fn to_json(
     spans: &mut HashMap<String, (usize, usize)>,
 ) -> Value {
     let start = node.span.start;
-    spans
-        .entry(path.clone())
-        .or_insert((start.line(), start.col() + 1));
+    spans.insert(path.clone(), (start.line(), start.col() + 1));
     match &node.data {
         YamlDataOwned::Value(s) => scalar(s),
         YamlDataOwned::Representation(s, _, _) => Value::String(s.clone()),
@@ -227,7 +229,10 @@ fn to_json(
                     format!("{path}.{key}")
                 };
                 // An unknown field is reported at its key.
-                spans.insert(child.clone(), (k.span.start.line(), k.span.start.col() + 1));
+                spans.insert(
+                    format!("{child}#key"),
+                    (k.span.start.line(), k.span.start.col() + 1),
+                );
                 let value = to_json(v, child, spans);
                 out.insert(key, value);
             }
@@ -290,5 +295,13 @@ mod tests {
         )
         .expect_err("duplicate");
         assert!(e.0.contains("declared twice"), "{}", e.0);
+    }
+
+    #[test]
+    fn the_shop_mesh_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop/mesh.yaml");
+        let mesh = MeshFile::load(&path).expect("examples/shop/mesh.yaml");
+        assert_eq!(mesh.services().len(), 4);
+        assert!(mesh.policy.join("mesh.yaml").is_file());
     }
 }
