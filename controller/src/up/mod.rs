@@ -96,7 +96,7 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
     std::fs::create_dir_all(&args.state_dir).map_err(host("cannot create the state directory"))?;
     let state_dir = std::fs::canonicalize(&args.state_dir).map_err(host("state directory"))?;
     if let Some(old) = Record::open(&state_dir).map_err(UpError::Host)? {
-        if net::process_matches(old.created.pid, &["up"]) {
+        if net::process_matches(old.created.pid, &["sluice", "up"]) {
             return Err(UpError::Host(format!(
                 "sluice up (pid {}) is already running with state dir {}",
                 old.created.pid,
@@ -186,10 +186,10 @@ pub fn down(args: &DownArgs, out: &mut dyn Write) -> Result<(), UpError> {
     };
     // A `sluice up` still running cleans up after itself when told to.
     let pid = rec.created.pid;
-    if pid != std::process::id() && net::process_matches(pid, &["up"]) {
+    if pid != std::process::id() && net::process_matches(pid, &["sluice", "up"]) {
         net::signal(pid, nix::sys::signal::Signal::SIGTERM);
         let until = Instant::now() + STOP_DEADLINE * 2;
-        while Instant::now() < until && net::process_matches(pid, &["up"]) {
+        while Instant::now() < until && net::process_matches(pid, &["sluice", "up"]) {
             std::thread::sleep(Duration::from_millis(100));
         }
         if Record::open(&state_dir).map_err(UpError::Host)?.is_none() {

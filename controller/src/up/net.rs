@@ -242,10 +242,19 @@ pub fn teardown(rec: &Record, state_dir: &Path) -> Vec<String> {
     use nix::sys::signal::Signal;
     let c = &rec.created;
     let mut errors = Vec::new();
-    if let Some(pid) = c.controller_pid {
-        // Only if it is still that controller (pids are reused).
-        let dir = state_dir.display().to_string();
-        if process_matches(pid, &["controller", &dir]) {
+    // The controller runs on the host. It may have been restarted since its pid was recorded,
+    // so every process that is `sluice controller` on this run's controller directory goes.
+    let dir = format!("--state-dir\0{}\0", state_dir.join("controller").display());
+    let pids = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+    for pid in pids.chain(c.controller_pid) {
+        let is_ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+            let cmd = String::from_utf8_lossy(&raw);
+            cmd.contains("\0controller\0") && cmd.contains(&dir)
+        });
+        if is_ours {
             signal(pid, Signal::SIGKILL);
         }
     }

@@ -152,6 +152,9 @@ fn keep_running(p: &Proc, stopping: &AtomicBool, color: bool) {
             if let Some(dir) = &p.spec.dir {
                 cmd.current_dir(dir);
             }
+            // Its own process group: Ctrl-C reaches `sluice up` only, which then stops
+            // everything in order instead of racing the restarts.
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             match cmd.spawn() {
                 Ok(child) => {
                     *pid = Some(child.id());
