@@ -229,7 +229,14 @@ fn start() -> Run {
     .expect("mesh file");
     let log = std::fs::File::create(dir.path().join("up.log")).expect("log");
     let child = Command::new(SLUICE)
-        .args(["up", "--color", "never", "--proxy-bin"])
+        .args([
+            "up",
+            "--color",
+            "never",
+            "--ingress",
+            "127.0.0.1:0",
+            "--proxy-bin",
+        ])
         .arg(proxy_bin())
         .arg("--state-dir")
         .arg(dir.path().join("state"))
@@ -300,6 +307,37 @@ fn up_serves_through_sidecars_restarts_crashes_and_cleans_up_on_sigterm() {
         denied.contains("checkout is not allowed to call GET /v1/products on catalog"),
         "the callee saw checkout's identity: {denied}"
     );
+
+    // The ingress on the host's loopback routes by Host header (as an unauthenticated caller,
+    // which catalog's policy refuses: the refusal comes from catalog's sidecar).
+    let log = run.log();
+    let port = log
+        .split("ingress http://catalog.localhost:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("ingress line")
+        .to_owned();
+    let via_ingress = |host: &str| {
+        output(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-H",
+            "accept: text/plain",
+            "-H",
+            &format!("host: {host}"),
+            &format!("http://127.0.0.1:{port}/v1/products/mug"),
+        ])
+    };
+    let answer = via_ingress(&format!("catalog.localhost:{port}"));
+    assert!(
+        answer.contains(
+            "without a mesh identity is not allowed to call GET /v1/products/mug on catalog"
+        ),
+        "{answer}"
+    );
+    assert!(via_ingress("nope.localhost").contains("no service"));
 
     // A crashed workload is restarted.
     let pid = run.workload_pid("catalog").expect("catalog's server");

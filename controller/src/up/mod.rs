@@ -8,11 +8,14 @@
 //! resource is recorded in `STATE_DIR/up.json` before it is created, so `sluice down` can
 //! finish the job after a killed run.
 
+pub mod ingress;
 pub mod meshfile;
 pub mod net;
 pub mod supervise;
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,6 +52,10 @@ pub struct UpArgs {
     /// The `sluice-proxy` binary. Default: next to `sluice`, else from `PATH`.
     #[arg(long, value_name = "FILE", env = "SLUICE_PROXY_BIN")]
     pub proxy_bin: Option<PathBuf>,
+    /// The ingress: a host address whose `Host` header picks the service
+    /// (`http://frontend.localhost:PORT`); port 0 picks one; `off` disables it.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+    pub ingress: String,
     /// When to colour the log prefixes.
     #[arg(long, value_enum, default_value_t = crate::ColorChoice::Auto)]
     pub color: crate::ColorChoice,
@@ -131,6 +138,15 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
 
     let run_id = format!("{:06x}", rand_u32() & 0xff_ffff);
     let mut rec = Record::new(&state_dir, &run_id).map_err(host("cannot write the state file"))?;
+    let ingress = match args.ingress.as_str() {
+        "off" => None,
+        addr => {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(host(&format!("cannot listen on --ingress {addr}")))?;
+            listener.set_nonblocking(true).map_err(host("ingress"))?;
+            Some(listener)
+        }
+    };
     let mut sup = Supervisor::new(terminal.use_color(args.color));
     let result = start(
         &mesh,
@@ -142,16 +158,32 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
         out,
     );
     match &result {
-        Ok(()) => {
+        Ok(routes) => {
+            if let Some(l) = &ingress
+                && let Ok(addr) = l.local_addr()
+            {
+                for svc in routes.keys() {
+                    let _ = writeln!(
+                        out,
+                        "sluice up: ingress http://{svc}.localhost:{}/ ({addr})",
+                        addr.port()
+                    );
+                }
+            }
             let _ = writeln!(
                 out,
                 "sluice up: running; Ctrl-C or SIGTERM stops and cleans up"
             );
             let _ = out.flush();
-            rt.block_on(async {
+            let routes = routes.clone();
+            rt.block_on(async move {
+                let ingress = ingress.map(|l| tokio::spawn(ingress::serve(l, routes)));
                 tokio::select! {
                     _ = sigint.recv() => {}
                     _ = sigterm.recv() => {}
+                }
+                if let Some(task) = ingress {
+                    task.abort();
                 }
             });
             let _ = writeln!(out, "sluice up: stopping");
@@ -255,7 +287,7 @@ fn start(
     rec: &mut Record,
     sup: &mut Supervisor,
     out: &mut dyn Write,
-) -> Result<(), UpError> {
+) -> Result<BTreeMap<String, SocketAddr>, UpError> {
     let id = rec.created.run_id.clone();
     let subnet = Subnet(net::pick_subnet(&id).map_err(UpError::Host)?);
     let services = mesh.services();
@@ -431,7 +463,15 @@ fn start(
             dir: Some(mesh.dir.clone()),
         });
     }
-    Ok(())
+    // The ingress's routes: every service's address.
+    Ok(services
+        .iter()
+        .enumerate()
+        .map(|(j, (svc, members))| {
+            let port = mesh.workloads[members[0]].port;
+            (svc.clone(), SocketAddr::from((subnet.service(j), port)))
+        })
+        .collect())
 }
 
 fn set_world_readable(path: &Path, mode: u32) -> Result<(), UpError> {

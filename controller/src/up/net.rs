@@ -268,22 +268,20 @@ pub fn teardown(rec: &Record, state_dir: &Path) -> Vec<String> {
     for ns in &c.namespaces {
         if netns_exists(ns)
             && let Err(e) = run(&["ip", "netns", "del", ns])
+            && netns_exists(ns)
         {
             errors.push(e);
         }
     }
-    for veth in &c.veths {
-        if link_exists(veth)
-            && let Err(e) = run(&["ip", "link", "del", veth])
+    // A veth goes away on its own once its namespace is gone, asynchronously: a link that
+    // vanished between the check and the delete is not an error.
+    for link in c.veths.iter().chain(&c.bridge) {
+        if link_exists(link)
+            && let Err(e) = run(&["ip", "link", "del", link])
+            && link_exists(link)
         {
             errors.push(e);
         }
-    }
-    if let Some(br) = &c.bridge
-        && link_exists(br)
-        && let Err(e) = run(&["ip", "link", "del", br])
-    {
-        errors.push(e);
     }
     for dir in &c.etc_dirs {
         // Only the directories this run made: they are named after its namespaces.
