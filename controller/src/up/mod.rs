@@ -449,6 +449,8 @@ fn start(
                 ),
             ]
             .into_iter()
+            // Plain logs when `sluice up`'s own output is plain (tracing honours NO_COLOR).
+            .chain((!sup.color()).then(|| ("NO_COLOR", "1".to_owned())))
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
             dir: None,

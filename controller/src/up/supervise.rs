@@ -79,6 +79,11 @@ impl Supervisor {
         }
     }
 
+    /// Whether prefixes are coloured.
+    pub fn color(&self) -> bool {
+        self.color
+    }
+
     /// Starts `spec` and keeps it running until [`Supervisor::stop`].
     pub fn start(&mut self, spec: Spec) -> Handle {
         let proc = Arc::new(Proc {
