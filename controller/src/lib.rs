@@ -25,6 +25,7 @@ mod schema;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod up;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -71,6 +72,13 @@ pub enum Command {
     /// Exits 0 when the controller answered, 1 when it is not running (what its store knows is
     /// shown), 2 when there is nothing to show.
     Status(status::StatusArgs),
+    /// Run a local mesh from a mesh file: a network namespace, sidecar and process per
+    /// workload, and the controller (needs root; see docs/local-mesh.md).
+    ///
+    /// Runs until SIGINT or SIGTERM, then removes everything it created.
+    Up(up::UpArgs),
+    /// Remove what a killed `sluice up` left behind (namespaces, veths, bridge, processes).
+    Down(up::DownArgs),
 }
 
 /// `sluice policy …`.
@@ -240,6 +248,9 @@ pub enum CliError {
     /// `sluice status` found nothing to show.
     #[error(transparent)]
     Status(#[from] status::StatusError),
+    /// The local mesh could not run or be cleaned up.
+    #[error(transparent)]
+    Up(#[from] up::UpError),
     /// Writing to stdout failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -295,6 +306,12 @@ fn execute(
         Command::Controller(args) => server::run(&args, out, err),
         Command::Identity(command) => identity::cli::run(&command, out),
         Command::Status(args) => status::run(&args, out),
+        Command::Up(args) => up::up(&args, terminal, out)
+            .map(|()| Outcome::Success)
+            .map_err(Into::into),
+        Command::Down(args) => up::down(&args, out)
+            .map(|()| Outcome::Success)
+            .map_err(Into::into),
     }
 }
 

@@ -1,0 +1,307 @@
+//! The mesh file (`examples/shop/mesh.yaml`): which workloads `sluice up` runs.
+//!
+//! YAML is read with `saphyr` into JSON while remembering where every field was written, then
+//! deserialized with serde (`deny_unknown_fields`), so a mistake is reported as
+//! `mesh.yaml:12:5: workloads[1].port: invalid type …`, like `sluice policy check` does.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use saphyr::{LoadableYamlNode, MarkedYamlOwned, ScalarOwned, YamlDataOwned};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use crate::identity::WorkloadIdentity;
+
+/// The whole mesh file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshFile {
+    /// The policy directory, relative to the mesh file.
+    pub policy: PathBuf,
+    /// The workloads, each in its own network namespace.
+    pub workloads: Vec<Workload>,
+    /// The mesh file's directory (absolute after [`MeshFile::load`]): workloads run there.
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// One workload: a process, its sidecar and its namespace.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Unique in the file; names the namespace and the log prefix.
+    pub name: String,
+    /// The MeshService it is an instance of.
+    pub service: String,
+    /// The version it runs.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// `stable` or an ephemeral environment.
+    #[serde(default = "default_environment")]
+    pub environment: String,
+    /// The command, as an argv list (run in the mesh file's directory).
+    pub command: Vec<String>,
+    /// The port the workload serves on (also its service address's port).
+    pub port: u16,
+    /// Extra environment variables.
+    #[serde(default, deserialize_with = "string_map")]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_version() -> String {
+    "v1".to_owned()
+}
+
+fn default_environment() -> String {
+    "stable".to_owned()
+}
+
+/// Accepts `PORT: 8080` and `DEBUG: true` as well as strings.
+fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k, s)),
+            Value::Number(n) => Ok((k, n.to_string())),
+            Value::Bool(b) => Ok((k, b.to_string())),
+            other => Err(serde::de::Error::custom(format!(
+                "env `{k}` must be a string, number or boolean, not {other}"
+            ))),
+        })
+        .collect()
+}
+
+/// A mesh file that could not be used; the message names file:line:col.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MeshFileError(pub String);
+
+impl MeshFile {
+    /// Reads and checks `path`; `policy` is made absolute (relative to the file).
+    pub fn load(path: &Path) -> Result<MeshFile, MeshFileError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| MeshFileError(format!("cannot read {}: {e}", path.display())))?;
+        let mut mesh = Self::parse(&path.display().to_string(), &text)?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::fs::canonicalize(base)
+            .map_err(|e| MeshFileError(format!("cannot resolve {}: {e}", base.display())))?;
+        mesh.policy = base.join(&mesh.policy);
+        mesh.dir = base;
+        Ok(mesh)
+    }
+
+    /// Parses mesh-file text; `name` is used in messages.
+    pub fn parse(name: &str, text: &str) -> Result<MeshFile, MeshFileError> {
+        let docs = MarkedYamlOwned::load_from_str(text).map_err(|e| {
+            let m = e.marker();
+            MeshFileError(format!(
+                "{name}:{}:{}: invalid YAML: {}",
+                m.line(),
+                m.col() + 1,
+                e.info()
+            ))
+        })?;
+        let [doc] = docs.as_slice() else {
+            return Err(MeshFileError(format!(
+                "{name}: expected exactly one YAML document, found {}",
+                docs.len()
+            )));
+        };
+        let mut spans = HashMap::new();
+        let value = to_json(doc, String::new(), &mut spans);
+        let at = |path: &str, key: bool| {
+            if key && let Some((l, c)) = spans.get(&format!("{path}#key")) {
+                return format!("{name}:{l}:{c}");
+            }
+            let mut p = path;
+            loop {
+                if let Some((l, c)) = spans.get(p) {
+                    return format!("{name}:{l}:{c}");
+                }
+                if p.is_empty() {
+                    return name.to_owned();
+                }
+                p = match p.rfind(['.', '[']) {
+                    Some(i) => &p[..i],
+                    None => "",
+                };
+            }
+        };
+        let mesh: MeshFile = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let unknown = e.inner().to_string().starts_with("unknown field");
+            MeshFileError(format!("{}: {path}: {}", at(&path, unknown), e.inner()))
+        })?;
+        mesh.check()
+            .map_err(|(path, msg)| MeshFileError(format!("{}: {path}: {msg}", at(&path, false))))?;
+        Ok(mesh)
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        if self.workloads.is_empty() {
+            return Err(("workloads".into(), "declare at least one workload".into()));
+        }
+        let mut names = HashSet::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            let field = |f: &str| format!("workloads[{i}].{f}");
+            if !is_label(&w.name) {
+                return Err((
+                    field("name"),
+                    format!(
+                        "`{}` must be a DNS label (a-z, 0-9, `-`, at most 40)",
+                        w.name
+                    ),
+                ));
+            }
+            if !names.insert(&w.name) {
+                return Err((field("name"), format!("`{}` is declared twice", w.name)));
+            }
+            WorkloadIdentity::new("default", &w.service)
+                .map_err(|e| (field("service"), e.to_string()))?;
+            if w.command.is_empty() {
+                return Err((field("command"), "the argv list is empty".into()));
+            }
+            if w.port == 0 {
+                return Err((field("port"), "0 is not a port".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The services in order of first appearance, with their workloads.
+    pub fn services(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            match out.iter_mut().find(|(s, _)| *s == w.service) {
+                Some((_, v)) => v.push(i),
+                None => out.push((w.service.clone(), vec![i])),
+            }
+        }
+        out
+    }
+}
+
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 40
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn to_json(
+    node: &MarkedYamlOwned,
+    path: String,
+    spans: &mut HashMap<String, (usize, usize)>,
+) -> Value {
+    let start = node.span.start;
+    spans.insert(path.clone(), (start.line(), start.col() + 1));
+    match &node.data {
+        YamlDataOwned::Value(s) => scalar(s),
+        YamlDataOwned::Representation(s, _, _) => Value::String(s.clone()),
+        YamlDataOwned::Sequence(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| to_json(item, format!("{path}[{i}]"), spans))
+                .collect(),
+        ),
+        YamlDataOwned::Mapping(map) => {
+            let mut out = Map::new();
+            for (k, v) in map {
+                let key = match &k.data {
+                    YamlDataOwned::Value(ScalarOwned::String(s)) => s.clone(),
+                    YamlDataOwned::Value(other) => match scalar(other) {
+                        Value::String(s) => s,
+                        v => v.to_string(),
+                    },
+                    _ => continue,
+                };
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                // An unknown field is reported at its key.
+                spans.insert(
+                    format!("{child}#key"),
+                    (k.span.start.line(), k.span.start.col() + 1),
+                );
+                let value = to_json(v, child, spans);
+                out.insert(key, value);
+            }
+            Value::Object(out)
+        }
+        YamlDataOwned::Tagged(_, inner) => to_json(inner, path, spans),
+        YamlDataOwned::Alias(_) | YamlDataOwned::BadValue => Value::Null,
+    }
+}
+
+fn scalar(s: &ScalarOwned) -> Value {
+    match s {
+        ScalarOwned::Null => Value::Null,
+        ScalarOwned::Boolean(b) => Value::Bool(*b),
+        ScalarOwned::Integer(i) => Value::from(*i),
+        ScalarOwned::FloatingPoint(f) => {
+            serde_json::Number::from_f64(f.into_inner()).map_or(Value::Null, Value::Number)
+        }
+        ScalarOwned::String(s) => Value::String(s.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_defaults() {
+        let m = MeshFile::parse(
+            "m.yaml",
+            "policy: policy/\nworkloads:\n  - name: pay-1\n    service: payments\n    command: [shop, payments]\n    port: 8080\n    env: {A: 1, B: x}\n",
+        )
+        .expect("valid");
+        assert_eq!(m.workloads[0].environment, "stable");
+        assert_eq!(m.workloads[0].version, "v1");
+        assert_eq!(m.workloads[0].env["A"], "1");
+    }
+
+    #[test]
+    fn errors_name_the_position() {
+        let e = MeshFile::parse(
+            "m.yaml",
+            "policy: p\nworkloads:\n  - name: a\n    service: s\n    command: [x]\n    port: 1\n    colour: red\n",
+        )
+        .expect_err("unknown field");
+        assert!(
+            e.0.starts_with("m.yaml:7:5: workloads[0].colour"),
+            "{}",
+            e.0
+        );
+        let e = MeshFile::parse(
+            "m.yaml",
+            "policy: p\nworkloads:\n  - name: a\n    service: s\n    command: [x]\n    port: big\n",
+        )
+        .expect_err("bad port");
+        assert!(e.0.starts_with("m.yaml:6:11: workloads[0].port"), "{}", e.0);
+        let e = MeshFile::parse(
+            "m.yaml",
+            "policy: p\nworkloads:\n  - {name: a, service: s, command: [x], port: 1}\n  - {name: a, service: s, command: [x], port: 1}\n",
+        )
+        .expect_err("duplicate");
+        assert!(e.0.contains("declared twice"), "{}", e.0);
+    }
+
+    #[test]
+    fn the_shop_mesh_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop/mesh.yaml");
+        let mesh = MeshFile::load(&path).expect("examples/shop/mesh.yaml");
+        assert_eq!(mesh.services().len(), 4);
+        assert!(mesh.policy.join("mesh.yaml").is_file());
+    }
+}

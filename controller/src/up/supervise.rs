@@ -1,0 +1,229 @@
+//! Runs the mesh's processes: each in a thread that spawns it, streams its stdout and stderr
+//! line by line with a coloured `[workload/proxy]` prefix, and restarts it with exponential
+//! backoff when it exits (200 ms doubling to 10 s; reset after 10 s of healthy running).
+//! [`Supervisor::stop`] sends SIGTERM to every process and SIGKILL to what is left after the
+//! deadline.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::net::signal;
+
+const COLORS: [&str; 6] = [
+    "\x1b[1;36m",
+    "\x1b[1;35m",
+    "\x1b[1;33m",
+    "\x1b[1;32m",
+    "\x1b[1;34m",
+    "\x1b[1;31m",
+];
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// The log prefix, e.g. `payments/proxy`.
+    pub label: String,
+    /// Index into the colour table.
+    pub color: usize,
+    /// The argv.
+    pub argv: Vec<String>,
+    /// Added environment variables.
+    pub env: Vec<(String, String)>,
+    /// The working directory.
+    pub dir: Option<PathBuf>,
+}
+
+struct Proc {
+    spec: Spec,
+    pid: Mutex<Option<u32>>,
+    starts: AtomicU32,
+}
+
+/// The running processes.
+pub struct Supervisor {
+    procs: Vec<Arc<Proc>>,
+    threads: Vec<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+    color: bool,
+}
+
+/// A handle to one supervised process.
+#[derive(Clone)]
+pub struct Handle(Arc<Proc>);
+
+impl Handle {
+    /// Its current pid, if running.
+    pub fn pid(&self) -> Option<u32> {
+        *self.0.pid.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Supervisor {
+    /// An empty supervisor; `color` paints the prefixes.
+    pub fn new(color: bool) -> Self {
+        Supervisor {
+            procs: Vec::new(),
+            threads: Vec::new(),
+            stopping: Arc::new(AtomicBool::new(false)),
+            color,
+        }
+    }
+
+    /// Whether prefixes are coloured.
+    pub fn color(&self) -> bool {
+        self.color
+    }
+
+    /// Starts `spec` and keeps it running until [`Supervisor::stop`].
+    pub fn start(&mut self, spec: Spec) -> Handle {
+        let proc = Arc::new(Proc {
+            spec,
+            pid: Mutex::new(None),
+            starts: AtomicU32::new(0),
+        });
+        let (p, stopping, color) = (Arc::clone(&proc), Arc::clone(&self.stopping), self.color);
+        self.threads.push(std::thread::spawn(move || {
+            keep_running(&p, &stopping, color)
+        }));
+        self.procs.push(Arc::clone(&proc));
+        Handle(proc)
+    }
+
+    /// Stops everything: SIGTERM, then SIGKILL after `deadline`.
+    pub fn stop(self, deadline: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for p in &self.procs {
+            if let Some(pid) = *p.pid.lock().unwrap_or_else(|e| e.into_inner()) {
+                signal(pid, Signal::SIGTERM);
+            }
+        }
+        let until = Instant::now() + deadline;
+        while Instant::now() < until && self.threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for p in &self.procs {
+            if let Some(pid) = *p.pid.lock().unwrap_or_else(|e| e.into_inner()) {
+                signal(pid, Signal::SIGKILL);
+            }
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn prefix(spec: &Spec, color: bool) -> String {
+    if color {
+        let c = COLORS[spec.color % COLORS.len()];
+        format!("{c}[{}]\x1b[0m ", spec.label)
+    } else {
+        format!("[{}] ", spec.label)
+    }
+}
+
+fn say(prefix: &str, line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{prefix}{line}");
+    let _ = out.flush();
+}
+
+fn keep_running(p: &Proc, stopping: &AtomicBool, color: bool) {
+    let prefix = prefix(&p.spec, color);
+    let mut backoff = BACKOFF_START;
+    loop {
+        let started = Instant::now();
+        let child = {
+            // Checked under the pid lock, so `stop` never misses a process started late.
+            let mut pid = p.pid.lock().unwrap_or_else(|e| e.into_inner());
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let mut cmd = Command::new(&p.spec.argv[0]);
+            cmd.args(&p.spec.argv[1..])
+                .envs(p.spec.env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if let Some(dir) = &p.spec.dir {
+                cmd.current_dir(dir);
+            }
+            // Its own process group: Ctrl-C reaches `sluice up` only, which then stops
+            // everything in order instead of racing the restarts.
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            match cmd.spawn() {
+                Ok(child) => {
+                    *pid = Some(child.id());
+                    p.starts.fetch_add(1, Ordering::SeqCst);
+                    Some(child)
+                }
+                Err(e) => {
+                    say(&prefix, &format!("cannot start {}: {e}", p.spec.argv[0]));
+                    None
+                }
+            }
+        };
+        if let Some(mut child) = child {
+            let readers: Vec<_> = [
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let prefix = prefix.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(r).lines() {
+                        match line {
+                            Ok(l) => say(&prefix, &l),
+                            Err(_) => break,
+                        }
+                    }
+                })
+            })
+            .collect();
+            let status = child.wait();
+            *p.pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            // The readers end when the pipes close; not joined, because a grandchild that
+            // kept the pipe open must not hold up a restart or teardown.
+            drop(readers);
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            if started.elapsed() >= HEALTHY_AFTER {
+                backoff = BACKOFF_START;
+            }
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            say(
+                &prefix,
+                &format!(
+                    "exited ({status}); restarting in {}",
+                    humantime::format_duration(backoff)
+                ),
+            );
+        }
+        let until = Instant::now() + backoff;
+        while Instant::now() < until {
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
