@@ -235,11 +235,19 @@ pub fn parse_file(file: &Arc<Path>, text: &str) -> ParsedFile {
     out
 }
 
-fn parse_documents(
-    file: &Arc<Path>,
-    text: &str,
-    broken: &mut Vec<BrokenDocument>,
-) -> (Vec<LoadedDocument>, Vec<Diagnostic>) {
+/// One YAML document as a JSON value, with where each of its fields was written.
+#[derive(Clone, Debug)]
+pub struct YamlDocument {
+    /// The document's content.
+    pub value: Value,
+    /// Positions by field path (`workloads[0].port`).
+    pub spans: SpanIndex,
+}
+
+/// Parses YAML text into one JSON value per document (empty documents are `null`), recording
+/// every field's position. The policy loader builds on this, and so do the other YAML files
+/// Sluice reads (the mesh file), so that all of them point at errors the same way.
+pub fn parse_yaml(file: &Arc<Path>, text: &str) -> (Vec<YamlDocument>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let nodes = match MarkedYamlOwned::load_from_str(text) {
         Ok(nodes) => nodes,
@@ -258,13 +266,28 @@ fn parse_documents(
             return (Vec::new(), diags);
         }
     };
+    let docs = nodes
+        .iter()
+        .map(|node| {
+            let mut spans = SpanIndex {
+                file: Some(file.clone()),
+                ..SpanIndex::default()
+            };
+            let value = to_json(node, String::new(), &mut spans, &mut diags);
+            YamlDocument { value, spans }
+        })
+        .collect();
+    (docs, diags)
+}
+
+fn parse_documents(
+    file: &Arc<Path>,
+    text: &str,
+    broken: &mut Vec<BrokenDocument>,
+) -> (Vec<LoadedDocument>, Vec<Diagnostic>) {
+    let (yaml, mut diags) = parse_yaml(file, text);
     let mut docs = Vec::new();
-    for (index, node) in nodes.into_iter().enumerate() {
-        let mut spans = SpanIndex {
-            file: Some(file.clone()),
-            ..SpanIndex::default()
-        };
-        let value = to_json(&node, String::new(), &mut spans, &mut diags);
+    for (index, YamlDocument { value, spans }) in yaml.into_iter().enumerate() {
         if value.is_null() {
             continue; // an empty document, e.g. after a trailing `---`
         }

@@ -1,15 +1,14 @@
 //! The mesh file (`examples/shop/mesh.yaml`): which workloads `sluice up` runs.
 //!
-//! YAML is read with `saphyr` into JSON while remembering where every field was written, then
-//! deserialized with serde (`deny_unknown_fields`), so a mistake is reported as
+//! YAML is read with the policy crate's `load::parse_yaml`, which remembers where every field
+//! was written, then deserialized with serde (`deny_unknown_fields`), so a mistake is reported as
 //! `mesh.yaml:12:5: workloads[1].port: invalid type …`, like `sluice policy check` does.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use saphyr::{LoadableYamlNode, MarkedYamlOwned, ScalarOwned, YamlDataOwned};
 use serde::{Deserialize, Deserializer};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::identity::WorkloadIdentity;
 
@@ -96,41 +95,31 @@ impl MeshFile {
 
     /// Parses mesh-file text; `name` is used in messages.
     pub fn parse(name: &str, text: &str) -> Result<MeshFile, MeshFileError> {
-        let docs = MarkedYamlOwned::load_from_str(text).map_err(|e| {
-            let m = e.marker();
-            MeshFileError(format!(
-                "{name}:{}:{}: invalid YAML: {}",
-                m.line(),
-                m.col() + 1,
-                e.info()
-            ))
-        })?;
+        let file: std::sync::Arc<Path> = std::sync::Arc::from(Path::new(name));
+        let (docs, diagnostics) = sluice_policy::load::parse_yaml(&file, text);
+        if let Some(d) = diagnostics.first() {
+            let at = d
+                .location
+                .as_ref()
+                .map_or_else(|| name.to_owned(), ToString::to_string);
+            return Err(MeshFileError(format!("{at}: {}", d.message)));
+        }
         let [doc] = docs.as_slice() else {
             return Err(MeshFileError(format!(
                 "{name}: expected exactly one YAML document, found {}",
                 docs.len()
             )));
         };
-        let mut spans = HashMap::new();
-        let value = to_json(doc, String::new(), &mut spans);
+        // Unknown fields point at their key; everything else at the value.
         let at = |path: &str, key: bool| {
-            if key && let Some((l, c)) = spans.get(&format!("{path}#key")) {
-                return format!("{name}:{l}:{c}");
-            }
-            let mut p = path;
-            loop {
-                if let Some((l, c)) = spans.get(p) {
-                    return format!("{name}:{l}:{c}");
-                }
-                if p.is_empty() {
-                    return name.to_owned();
-                }
-                p = match p.rfind(['.', '[']) {
-                    Some(i) => &p[..i],
-                    None => "",
-                };
-            }
+            let location = if key {
+                doc.spans.key(path)
+            } else {
+                doc.spans.value(path)
+            };
+            location.map_or_else(|| name.to_owned(), |l| l.to_string())
         };
+        let value = doc.value.clone();
         let mesh: MeshFile = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
@@ -193,66 +182,6 @@ fn is_label(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
-}
-
-fn to_json(
-    node: &MarkedYamlOwned,
-    path: String,
-    spans: &mut HashMap<String, (usize, usize)>,
-) -> Value {
-    let start = node.span.start;
-    spans.insert(path.clone(), (start.line(), start.col() + 1));
-    match &node.data {
-        YamlDataOwned::Value(s) => scalar(s),
-        YamlDataOwned::Representation(s, _, _) => Value::String(s.clone()),
-        YamlDataOwned::Sequence(items) => Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| to_json(item, format!("{path}[{i}]"), spans))
-                .collect(),
-        ),
-        YamlDataOwned::Mapping(map) => {
-            let mut out = Map::new();
-            for (k, v) in map {
-                let key = match &k.data {
-                    YamlDataOwned::Value(ScalarOwned::String(s)) => s.clone(),
-                    YamlDataOwned::Value(other) => match scalar(other) {
-                        Value::String(s) => s,
-                        v => v.to_string(),
-                    },
-                    _ => continue,
-                };
-                let child = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                // An unknown field is reported at its key.
-                spans.insert(
-                    format!("{child}#key"),
-                    (k.span.start.line(), k.span.start.col() + 1),
-                );
-                let value = to_json(v, child, spans);
-                out.insert(key, value);
-            }
-            Value::Object(out)
-        }
-        YamlDataOwned::Tagged(_, inner) => to_json(inner, path, spans),
-        YamlDataOwned::Alias(_) | YamlDataOwned::BadValue => Value::Null,
-    }
-}
-
-fn scalar(s: &ScalarOwned) -> Value {
-    match s {
-        ScalarOwned::Null => Value::Null,
-        ScalarOwned::Boolean(b) => Value::Bool(*b),
-        ScalarOwned::Integer(i) => Value::from(*i),
-        ScalarOwned::FloatingPoint(f) => {
-            serde_json::Number::from_f64(f.into_inner()).map_or(Value::Null, Value::Number)
-        }
-        ScalarOwned::String(s) => Value::String(s.clone()),
-    }
 }
 
 #[cfg(test)]
