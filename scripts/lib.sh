@@ -12,9 +12,9 @@
 #   openssl: an independently made CA for the controller's CA-from-files test
 TEST_APT_PACKAGES=(iptables iproute2 curl nghttp2-client prometheus python3-pip openssl)
 
-# Debian packages the demo needs (a subset of the above, kept separate so the demo stays
-# light).
-DEMO_APT_PACKAGES=()
+# Debian packages the demo needs: the local mesh runs workloads in network namespaces with
+# iptables interception (iproute2, iptables), and the demo talks to it with curl.
+DEMO_APT_PACKAGES=(iptables iproute2 curl)
 
 # Debian packages the benchmarks need (`scripts/bench`).
 #   nginx: the reference proxy pair the mesh benchmark compares sluice-proxy with
