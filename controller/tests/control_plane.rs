@@ -2,11 +2,8 @@
 //! clients as proxies, real policy edits on disk, `sluice status` as an operator runs it, and
 //! a SIGKILL in the middle.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -15,17 +12,12 @@ use sluice_api::v1::{Denial, DenialReport, ProxyConfig, Registration, WatchReque
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
-const STARTUP: Duration = Duration::from_secs(30);
+mod common;
+use common::{Controller, repo_root};
+
 /// How long a test waits for something that normally takes a fraction of a second. Speed is
 /// measured in `benches/` (the propagation benchmark), never asserted here.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the controller crate sits in the workspace root")
-        .to_path_buf()
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create the policy copy");
@@ -72,7 +64,9 @@ impl Fixture {
     }
 
     fn start(&self) -> Controller {
-        Controller::start(&self.state, &self.policy)
+        std::fs::create_dir_all(&self.state).expect("state dir");
+        let policy = self.policy.to_str().expect("a UTF-8 temp path");
+        Controller::start(&self.state, &["--policy", policy, "--admin", "127.0.0.1:0"])
     }
 
     /// `sluice status --state-dir STATE [--format json]`: exit status and stdout.
@@ -109,85 +103,6 @@ impl Fixture {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-}
-
-/// A running `sluice controller`, killed on drop.
-struct Controller {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Controller {
-    fn start(state: &Path, policy: &Path) -> Controller {
-        std::fs::create_dir_all(state).expect("state dir");
-        let log = state.join(format!(
-            "controller-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        let log_file = std::fs::File::create(&log).expect("create the log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("controller")
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--policy")
-            .arg(policy)
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .env("SLUICE_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("start sluice controller");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(STARTUP) {
-            Ok(line) if !line.is_empty() => line,
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the controller did not start; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-        };
-        let addr = line
-            .trim()
-            .strip_prefix("sluice controller listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .parse()
-            .expect("an address");
-        Controller { child, addr, log }
-    }
-
-    async fn client(&self) -> MeshClient<Channel> {
-        MeshClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("connect to the controller")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

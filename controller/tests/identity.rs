@@ -2,126 +2,51 @@
 //! client, real CSRs, and the issued certificate verified the way a peer proxy will verify it
 //! (rustls' WebPKI client-certificate verifier against the trust roots from the response).
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus};
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{CertificateParams, KeyPair, PublicKeyData};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use sluice_api::v1::mesh_client::MeshClient;
 use sluice_api::v1::{CertifyRequest, CertifyResponse, WatchRequest, Workload};
 use sluice_controller::identity::{MeshCa, TokenKey, WorkloadIdentity};
 use tonic::Code;
-use tonic::transport::Channel;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-const STARTUP: Duration = Duration::from_secs(30);
+mod common;
+use common::{Controller, STARTUP, repo_root};
+
 const HOUR: Duration = Duration::from_secs(3600);
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the controller crate sits in the workspace root")
-        .to_path_buf()
-}
-
-/// A running `sluice controller`, killed on drop if the test did not stop it.
-struct Controller {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Controller {
-    /// Starts the controller on `127.0.0.1:0` and waits for the address it prints.
-    fn start(state: &Path, extra: &[&str]) -> Controller {
-        let log = state.with_extension(format!("log-{}", std::process::id()));
-        let log_file = std::fs::File::create(&log).expect("create the log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("controller")
-            .arg("--state-dir")
-            .arg(state)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .current_dir(repo_root())
-            .env("SLUICE_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("start sluice controller");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(STARTUP) {
-            Ok(line) if !line.is_empty() => line,
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the controller did not announce its address; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-        };
-        let addr = line
-            .trim()
-            .strip_prefix("sluice controller listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .parse()
-            .expect("an address");
-        Controller { child, addr, log }
-    }
-
-    async fn client(&self) -> MeshClient<Channel> {
-        MeshClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("connect to the controller")
-    }
-
-    /// SIGTERM, then the exit status. Async so that this test's client connections keep
-    /// running and can answer the server's GOAWAY.
-    async fn stop(mut self) -> ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let deadline = std::time::Instant::now() + STARTUP;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the controller") {
-                let log = self.log();
-                assert!(log.contains("shutting down signal=\"SIGTERM\""), "{log}");
-                assert!(!log.contains("cut off"), "open calls drain in time: {log}");
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the controller ignored SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+/// SIGTERM, then the exit status. Async so that this test's client connections keep
+/// running and can answer the server's GOAWAY.
+async fn stop(mut controller: Controller) -> ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &controller.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + STARTUP;
+    loop {
+        if let Some(status) = controller
+            .child
+            .try_wait()
+            .expect("wait for the controller")
+        {
+            let log = controller.log();
+            assert!(log.contains("shutting down signal=\"SIGTERM\""), "{log}");
+            assert!(!log.contains("cut off"), "open calls drain in time: {log}");
+            return status;
         }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controller ignored SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -298,7 +223,7 @@ async fn certify_issues_a_spiffe_certificate_that_verifies_against_the_mesh_ca()
     .expect_err("expired");
     assert!(format!("{err:?}").contains("Expired"), "{err:?}");
 
-    assert!(controller.stop().await.success(), "clean exit on SIGTERM");
+    assert!(stop(controller).await.success(), "clean exit on SIGTERM");
     assert!(!ready.exists(), "the ready file is removed on shutdown");
 }
 
@@ -473,7 +398,7 @@ async fn a_restart_keeps_the_ca_and_the_tokens() {
     );
     let log = first.log();
     assert!(log.contains("created a new mesh CA"), "{log}");
-    assert!(first.stop().await.success());
+    assert!(stop(first).await.success());
 
     let second = Controller::start(&state, &[]);
     let after = second

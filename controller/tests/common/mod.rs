@@ -1,0 +1,107 @@
+//! Shared by the controller's end-to-end tests: the real `sluice controller` binary, started on
+//! loopback port 0 and reached with a real gRPC client.
+
+// Each test binary compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sluice_api::v1::mesh_client::MeshClient;
+use tonic::transport::Channel;
+
+/// How long the controller may take to start (a cold debug binary on a busy CI machine).
+pub const STARTUP: Duration = Duration::from_secs(30);
+
+/// The workspace root: relative paths in arguments (`examples/…`) are resolved from it.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the controller crate sits in the workspace root")
+        .to_path_buf()
+}
+
+/// A running `sluice controller`, killed on drop if the test did not stop it.
+pub struct Controller {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Controller {
+    /// Starts the controller on `127.0.0.1:0` with `--state-dir state` and `extra`, and waits
+    /// for the address it prints. Its log goes beside the state directory, one file per start.
+    pub fn start(state: &Path, extra: &[&str]) -> Controller {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let log = state.with_extension(format!("log-{}-{nanos}", std::process::id()));
+        let log_file = std::fs::File::create(&log).expect("create the log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("controller")
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(repo_root())
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("start sluice controller");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(STARTUP) {
+            Ok(line) if !line.is_empty() => line,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the controller did not announce its address; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        let addr = line
+            .trim()
+            .strip_prefix("sluice controller listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .parse()
+            .expect("an address");
+        Controller { child, addr, log }
+    }
+
+    /// A gRPC client of its `Mesh` service.
+    pub async fn client(&self) -> MeshClient<Channel> {
+        MeshClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect to the controller")
+    }
+
+    /// Everything it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
