@@ -21,6 +21,8 @@
 mod check;
 mod explain;
 pub mod identity;
+pub mod notify;
+pub mod rollout;
 mod schema;
 pub mod server;
 pub mod status;

@@ -1,0 +1,1 @@
+//! Team notifications: Slack-compatible and generic webhooks (being written).

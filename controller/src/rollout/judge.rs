@@ -1,0 +1,1 @@
+//! The canary judge: anytime-valid comparisons of canary and baseline (being written).
