@@ -208,8 +208,10 @@ fn explain(
         .and_then(|i| i.endpoints.iter().find(|e| e.matches(rpc)))
         .map(ToString::to_string);
     let denied = decision.verdict != Verdict::Allow;
-    let access_request_url = denied
-        .then(|| snapshot.access_request_link(caller, &service.to_string(), rpc, environment));
+    let access_request_url = denied.then(|| {
+        let offered = sluice_policy::link::offered_rpc(endpoint.as_deref(), &rpc.to_string());
+        snapshot.access_request_link(caller, &service.to_string(), &offered, environment)
+    });
     let review = if denied {
         review_needed(set, snapshot, caller, service)
     } else {

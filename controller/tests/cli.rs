@@ -235,10 +235,11 @@ fn explain_a_denial_gives_the_access_request_link() {
     assert_eq!(code(&o), EXIT_NO);
     let out = stdout(&o);
     assert!(out.contains("\ndenied\n"), "{out}");
+    // The link offers the declared endpoint, which is what a grant should name.
     assert!(
         out.contains(
             "request:  http://localhost:7070/access/new?from=checkout&to=payments\
-             &rpc=GET%20%2Fv1%2Fcharges%2Fch_42&env=pr-7"
+             &rpc=GET%20%2Fv1%2Fcharges%2F%7Bid%7D&env=pr-7"
         ),
         "{out}"
     );

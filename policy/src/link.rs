@@ -29,6 +29,18 @@ pub struct DeniedCall<'a> {
     pub environment: &'a str,
 }
 
+/// What an access-request link offers to grant for a denied `call`: the callee's declared
+/// `endpoint` it matched, when that names one endpoint (`GET /v1/charges/{id}`: a grant of the
+/// concrete `GET /v1/charges/ch_1` would only ever allow that one charge); the call itself
+/// when the endpoint has a wildcard (`payments.v1.Payments/*` would grant far more than
+/// what was asked for) or nothing declared matches.
+pub fn offered_rpc(endpoint: Option<&str>, call: &str) -> String {
+    match endpoint {
+        Some(e) if !e.contains('*') => e.to_owned(),
+        _ => call.to_owned(),
+    }
+}
+
 /// Fills in `template`. Unknown placeholders are left as written (validation rejects them
 /// before a template gets here).
 pub fn access_request_link(template: &str, call: &DeniedCall<'_>) -> String {
@@ -61,6 +73,18 @@ pub fn access_request_link(template: &str, call: &DeniedCall<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offers_a_declared_endpoint_unless_it_is_a_wildcard() {
+        let call = "GET /v1/charges/ch_1";
+        assert_eq!(
+            offered_rpc(Some("GET /v1/charges/{id}"), call),
+            "GET /v1/charges/{id}"
+        );
+        assert_eq!(offered_rpc(Some("GET /v1/*"), call), call);
+        assert_eq!(offered_rpc(Some("* /v1/charges/{id}"), call), call);
+        assert_eq!(offered_rpc(None, call), call);
+    }
 
     #[test]
     fn fills_and_encodes_every_placeholder() {

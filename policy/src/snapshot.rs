@@ -234,11 +234,13 @@ impl Snapshot {
     }
 
     /// The link to request access for a denied call, from the mesh's `accessRequestUrl`.
+    ///
+    /// `rpc` is what the form should offer to grant: see [`crate::link::offered_rpc`].
     pub fn access_request_link(
         &self,
         caller: &Caller,
         service: &str,
-        rpc: &Rpc,
+        rpc: &str,
         environment: &str,
     ) -> String {
         access_request_link(
@@ -246,7 +248,7 @@ impl Snapshot {
             &DeniedCall {
                 caller: &caller.to_string(),
                 service,
-                rpc: &rpc.to_string(),
+                rpc,
                 environment,
             },
         )
@@ -438,7 +440,7 @@ spec:
         let link = snap.access_request_link(
             &Caller::service("default", "checkout"),
             "pay/payments",
-            &Rpc::http("GET", "/v1/charges?limit=1"),
+            &Rpc::http("GET", "/v1/charges?limit=1").to_string(),
             "pr-42",
         );
         assert_eq!(
@@ -449,7 +451,7 @@ spec:
         let link = snap.access_request_link(
             &Caller::Unauthenticated,
             "payments",
-            &Rpc::grpc("payments.v1.Payments", "Refund"),
+            &Rpc::grpc("payments.v1.Payments", "Refund").to_string(),
             "stable",
         );
         assert!(

@@ -1,7 +1,9 @@
 //! `ReportDenials`: proxies' batched denials, aggregated in the store for the portal.
 //!
-//! Identical denials (same caller, callee, call, endpoint, policies, environment and verdict)
-//! add up into one row with a count, first and last seen; the table keeps the
+//! A call that matched an endpoint the callee declares is recorded as that endpoint
+//! (`GET /v1/charges/{id}`, not `GET /v1/charges/ch_1`): that is what a grant names, and it
+//! keeps one row per endpoint instead of one per charge. Identical denials (same caller,
+//! callee, call, endpoint, policies, environment and verdict) add up into one row with a count, first and last seen; the table keeps the
 //! [`MAX_DENIALS`](crate::store::MAX_DENIALS) most recently seen. What proxies dropped under
 //! their rate limit is counted as a number.
 
@@ -60,7 +62,11 @@ pub(super) async fn report_denials(
                 d.namespace
             },
             service: d.service,
-            rpc: d.rpc,
+            rpc: if d.endpoint.is_empty() {
+                d.rpc
+            } else {
+                d.endpoint.clone()
+            },
             endpoint: d.endpoint,
             policies: d.policies.join(","),
             environment: d.environment,

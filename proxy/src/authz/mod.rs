@@ -188,6 +188,7 @@ impl Authorizer {
     ) -> Denial {
         let local = self.state.local();
         let full = peer.is_some() || policy.mesh().unauthenticated_denials == DenialDetail::Full;
+        let offered = sluice_policy::link::offered_rpc(endpoint.as_deref(), &rpc.to_string());
         Denial {
             caller: caller.to_string(),
             caller_id: peer.map(ToString::to_string),
@@ -207,7 +208,7 @@ impl Authorizer {
             request_access: policy.access_request_link(
                 caller,
                 &local.service,
-                rpc,
+                &offered,
                 &local.environment,
             ),
             request_id: request_id.to_owned(),
