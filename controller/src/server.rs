@@ -52,6 +52,7 @@ use crate::identity::cli::parse_duration;
 use crate::identity::issue::{MAX_LIFETIME, MIN_LIFETIME};
 use crate::identity::{
     Certifier, IdentityError, MeshCa, TokenKey, TrustDomain, WorkloadAuthenticator,
+    WorkloadIdentity,
 };
 use crate::status::{ADMIN_ADDR_FILE, ControllerInfo};
 use crate::store::Store;
@@ -219,6 +220,12 @@ pub struct ControllerArgs {
     /// How long workload certificates are valid (10s to 366d). Proxies renew at about 70%.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
     pub cert_lifetime: Duration,
+    /// Where services are dialled: JSON `{"services": [{"namespace", "service",
+    /// "addresses": ["ip:port", ...]}]}` (the shape of the proxy's endpoints file; instances
+    /// are not listed, they register themselves). `sluice up` writes it; in Kubernetes the
+    /// Services' cluster IPs will take its place. Read at start.
+    #[arg(long, value_name = "FILE")]
+    pub service_addresses: Option<PathBuf>,
     /// Once listening, write the bound address (`127.0.0.1:7071`) and a newline to this file.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -251,6 +258,14 @@ pub enum ServeError {
     /// The server failed while running.
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The `--service-addresses` file is unreadable or wrong.
+    #[error("{file}: {reason}")]
+    ServiceAddresses {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong, with the position.
+        reason: String,
+    },
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -312,6 +327,9 @@ pub(crate) fn run(
     let version = policy.version.clone();
     let plane =
         ControlPlane::new(store, policy, args.registration_grace).map_err(ServeError::from)?;
+    if let Some(file) = &args.service_addresses {
+        plane.set_service_addresses(load_service_addresses(file)?);
+    }
     tracing::info!(
         version,
         store = %plane.store_path().display(),
@@ -330,6 +348,47 @@ pub(crate) fn run(
         .map_err(|source| setup("start the async runtime", source))?;
     runtime.block_on(serve(args, service, plane, out))?;
     Ok(Outcome::Success)
+}
+
+/// Reads `--service-addresses`.
+fn load_service_addresses(file: &Path) -> Result<state::ServiceAddresses, ServeError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        services: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        #[serde(default = "default_namespace")]
+        namespace: String,
+        service: String,
+        addresses: Vec<SocketAddr>,
+    }
+    fn default_namespace() -> String {
+        "default".into()
+    }
+    let error = |reason: String| ServeError::ServiceAddresses {
+        file: file.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| error(e.to_string()))?;
+    let parsed: File = serde_json::from_str(&text).map_err(|e| {
+        error(format!(
+            "line {} column {}: {e}; expected {{\"services\": [{{\"service\": \"payments\", \"addresses\": [\"10.0.0.2:8080\"]}}]}}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let mut map = state::ServiceAddresses::new();
+    for e in parsed.services {
+        WorkloadIdentity::new(&e.namespace, &e.service)
+            .map_err(|err| error(format!("service `{}/{}`: {err}", e.namespace, e.service)))?;
+        map.entry((e.namespace, e.service))
+            .or_default()
+            .extend(e.addresses.iter().map(SocketAddr::to_string));
+    }
+    Ok(map)
 }
 
 /// Binds, announces the address, serves until SIGTERM or SIGINT, then drains.

@@ -145,38 +145,8 @@ impl Mesh for Svc {
 /// The `sluice` binary (controller and CLI), built once per test process like
 /// [`crate::proxy_bin`].
 pub fn sluice_bin() -> &'static std::path::Path {
-    use std::path::{Path, PathBuf};
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let release = !cfg!(debug_assertions);
-        let mut build = std::process::Command::new(cargo);
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "sluice-controller",
-            "--bin",
-            "sluice",
-        ]);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.current_dir(&workspace).status();
-        assert!(
-            status.is_ok_and(|s| s.success()),
-            "cargo build -p sluice-controller failed"
-        );
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace.join("target"));
-        let bin = target
-            .join(if release { "release" } else { "debug" })
-            .join("sluice");
-        assert!(bin.exists(), "{} not found after build", bin.display());
-        bin
-    })
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| crate::workspace_bin("sluice-controller", "sluice"))
 }
 
 /// The real controller (`sluice controller`), killed on drop.

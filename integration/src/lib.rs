@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod controller;
+pub mod local_mesh;
 pub mod mesh;
 pub mod mtls;
 pub mod netns;
@@ -22,36 +23,40 @@ use std::time::{Duration, Instant};
 /// The `sluice-proxy` binary, built once per test process with the same profile as the tests.
 pub fn proxy_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        // Same profile as the tests, so `cargo test --release` measures an optimised proxy.
-        let release = !cfg!(debug_assertions);
-        let mut build = Command::new(cargo);
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "sluice-proxy",
-            "--bin",
-            "sluice-proxy",
-        ]);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.current_dir(&workspace).status();
-        assert!(
-            status.is_ok_and(|s| s.success()),
-            "cargo build -p sluice-proxy failed"
-        );
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace.join("target"));
-        let profile = if release { "release" } else { "debug" };
-        let bin = target.join(profile).join("sluice-proxy");
-        assert!(bin.exists(), "{} not found after build", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| workspace_bin("sluice-proxy", "sluice-proxy"))
+}
+
+/// The demo shop's `shop` binary (examples/shop/services).
+pub fn shop_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("sluice-shop", "shop"))
+}
+
+/// Builds `bin` of workspace package `package` (a no-op when it is up to date) with the same
+/// profile as the tests, so `cargo test --release` measures optimised binaries, and returns
+/// its path.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let release = !cfg!(debug_assertions);
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.current_dir(&workspace).status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    let path = target
+        .join(if release { "release" } else { "debug" })
+        .join(bin);
+    assert!(path.exists(), "{} not found after build", path.display());
+    path
 }
 
 /// Prints why a test is skipped. Tests call this and return early when a tool or privilege

@@ -113,7 +113,13 @@ struct Inner {
     next_connection: u64,
     generation: u64,
     last_error: Option<LastError>,
+    /// Where each service is dialled (`--service-addresses`): (namespace, service) → ip:port.
+    service_addresses: ServiceAddresses,
 }
+
+/// (namespace, service) → the stable `ip:port`s clients dial (ClusterIPs, or the local
+/// runner's service addresses).
+pub type ServiceAddresses = BTreeMap<(String, String), Vec<String>>;
 
 /// The control plane. Shared as `Arc<ControlPlane>` by the gRPC service, the admin endpoint,
 /// the policy watcher and the registration reaper.
@@ -166,10 +172,11 @@ impl ControlPlane {
             next_connection: 0,
             generation: 1,
             last_error,
+            service_addresses: ServiceAddresses::new(),
         };
         let first = Arc::new(Published {
             generation: 1,
-            config: build_config(&policy, &inner.registrations),
+            config: build_config(&policy, &inner.registrations, &inner.service_addresses),
         });
         let (published, _) = watch::channel(first);
         Ok(Arc::new(ControlPlane {
@@ -214,11 +221,24 @@ impl ControlPlane {
     /// contents are published in order.
     fn republish(&self, inner: &mut Inner) {
         inner.generation += 1;
-        let config = build_config(&self.policy.load(), &inner.registrations);
+        let config = build_config(
+            &self.policy.load(),
+            &inner.registrations,
+            &inner.service_addresses,
+        );
         self.published.send_replace(Arc::new(Published {
             generation: inner.generation,
             config,
         }));
+    }
+
+    /// Replaces where services are dialled, and publishes the change if there is one.
+    pub fn set_service_addresses(&self, addresses: ServiceAddresses) {
+        let mut inner = self.lock();
+        if inner.service_addresses != addresses {
+            inner.service_addresses = addresses;
+            self.republish(&mut inner);
+        }
     }
 
     /// Puts a new valid policy in force (a no-op if its version is the one in force). Any
@@ -498,10 +518,16 @@ fn same_endpoint(a: &RegistrationRow, b: &RegistrationRow) -> bool {
 fn build_config(
     policy: &PolicySnapshot,
     registrations: &BTreeMap<InstanceKey, Registered>,
+    service_addresses: &ServiceAddresses,
 ) -> ProxyConfig {
     /// (version, environment) → endpoints.
     type Versions<'a> = BTreeMap<(&'a str, &'a str), Vec<Endpoint>>;
     let mut services: BTreeMap<(&str, &str), Versions<'_>> = BTreeMap::new();
+    // A service with addresses but no instance yet is still published, so that clients get
+    // `no-endpoints` from their proxy instead of an unrouted connection.
+    for (namespace, service) in service_addresses.keys() {
+        services.entry((namespace, service)).or_default();
+    }
     for r in registrations.values() {
         services
             .entry((&r.row.namespace, &r.row.service))
@@ -521,7 +547,10 @@ fn build_config(
             .map(|((namespace, service), versions)| ServiceEndpoints {
                 namespace: namespace.to_owned(),
                 service: service.to_owned(),
-                addresses: Vec::new(),
+                addresses: service_addresses
+                    .get(&(namespace.to_owned(), service.to_owned()))
+                    .cloned()
+                    .unwrap_or_default(),
                 versions: versions
                     .into_iter()
                     .map(|((version, environment), endpoints)| VersionEndpoints {
@@ -616,6 +645,50 @@ mod tests {
         );
         assert!(plane.current().config.services.is_empty());
         assert!(plane.store().registrations().expect("read").is_empty());
+    }
+
+    #[tokio::test]
+    async fn service_addresses_are_published_with_or_without_instances() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plane = plane(dir.path(), Duration::from_secs(30));
+        let addresses = ServiceAddresses::from([
+            (
+                ("shop".into(), "payments".into()),
+                vec!["10.0.0.2:8080".into()],
+            ),
+            (
+                ("shop".into(), "catalog".into()),
+                vec!["10.0.0.3:8080".into()],
+            ),
+        ]);
+        let before = plane.current().generation;
+        plane.set_service_addresses(addresses.clone());
+        assert!(plane.current().generation > before);
+        let same = plane.current().generation;
+        plane.set_service_addresses(addresses);
+        assert_eq!(
+            plane.current().generation,
+            same,
+            "no change, nothing published"
+        );
+
+        plane
+            .register(row("payments-0", "10.0.0.9:8080"))
+            .await
+            .expect("register");
+        let config = &plane.current().config;
+        let by_name: BTreeMap<_, _> = config
+            .services
+            .iter()
+            .map(|s| (s.service.as_str(), s))
+            .collect();
+        assert_eq!(by_name["catalog"].addresses, ["10.0.0.3:8080"]);
+        assert!(by_name["catalog"].versions.is_empty());
+        assert_eq!(by_name["payments"].addresses, ["10.0.0.2:8080"]);
+        assert_eq!(
+            by_name["payments"].versions[0].endpoints[0].address,
+            "10.0.0.9:8080"
+        );
     }
 
     #[tokio::test]

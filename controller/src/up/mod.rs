@@ -297,16 +297,17 @@ fn start(
         ));
     }
 
-    // Files the proxies (UID 2102) read: outside the state dir, which may be private.
+    // Run files (the service addresses the controller publishes), removed at teardown.
     let run_dir = PathBuf::from(format!("/run/sluice-up-{id}"));
     rec.update(|c| c.run_dir = Some(run_dir.clone()))
         .map_err(host("state file"))?;
     std::fs::create_dir_all(&run_dir).map_err(host("run directory"))?;
-    let endpoints = endpoints_json(mesh, &services, subnet);
-    let endpoints_file = run_dir.join("endpoints.json");
-    std::fs::write(&endpoints_file, endpoints.to_string()).map_err(host("endpoints file"))?;
-    set_world_readable(&run_dir, 0o755)?;
-    set_world_readable(&endpoints_file, 0o644)?;
+    let addresses_file = run_dir.join("service-addresses.json");
+    std::fs::write(
+        &addresses_file,
+        service_addresses_json(mesh, &services, subnet).to_string(),
+    )
+    .map_err(host("service addresses file"))?;
 
     let bridge = format!("slbr{id}");
     net::create_bridge(rec, &bridge, subnet).map_err(UpError::Host)?;
@@ -379,6 +380,8 @@ fn start(
             mesh.policy.display().to_string(),
             "--ready-file".into(),
             ready.display().to_string(),
+            "--service-addresses".into(),
+            addresses_file.display().to_string(),
         ],
         env: Vec::new(),
         dir: None,
@@ -438,14 +441,12 @@ fn start(
                 ("SLUICE_PROXY_ENVIRONMENT", w.environment.clone()),
                 ("SLUICE_PROXY_INSTANCE", w.name.clone()),
                 ("SLUICE_PROXY_ID", format!("{}-{id}", w.name)),
-                // Configuration: the policy directory and where services run, both watched.
-                // TODO(controller Watch): once the proxy takes its config from the controller's
-                // stream, drop these two and set SLUICE_PROXY_REGISTER_ADDR=<ip>:<port> so the
-                // workload registers itself.
-                ("SLUICE_PROXY_POLICY_DIR", mesh.policy.display().to_string()),
+                // Policy and endpoints come from the controller's Watch stream; the proxy
+                // registers this workload at its own address, as a pod's sidecar would.
+                ("SLUICE_PROXY_CONFIG_SOURCE", "controller".to_owned()),
                 (
-                    "SLUICE_PROXY_ENDPOINTS",
-                    endpoints_file.display().to_string(),
+                    "SLUICE_PROXY_REGISTER_ADDR",
+                    format!("{}:{}", subnet.workload(i), w.port),
                 ),
             ]
             .into_iter()
@@ -476,15 +477,9 @@ fn start(
         .collect())
 }
 
-fn set_world_readable(path: &Path, mode: u32) -> Result<(), UpError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(host("cannot set permissions"))
-}
-
-/// The proxies' endpoints file: per service its address and its instances (each workload's
-/// address on the workload's port; the callee's iptables send that to its inbound proxy).
-fn endpoints_json(
+/// The controller's `--service-addresses`: each service's address on its first workload's
+/// port. Instances are not listed: each proxy registers its own workload.
+fn service_addresses_json(
     mesh: &MeshFile,
     services: &[(String, Vec<usize>)],
     subnet: Subnet,
@@ -494,26 +489,10 @@ fn endpoints_json(
         .enumerate()
         .map(|(j, (svc, members))| {
             let port = mesh.workloads[members[0]].port;
-            let mut versions: Vec<((String, String), Vec<serde_json::Value>)> = Vec::new();
-            for &i in members {
-                let w = &mesh.workloads[i];
-                let key = (w.version.clone(), w.environment.clone());
-                let ep = serde_json::json!({
-                    "address": format!("{}:{}", subnet.workload(i), w.port),
-                    "instance": w.name,
-                });
-                match versions.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, eps)) => eps.push(ep),
-                    None => versions.push((key, vec![ep])),
-                }
-            }
             serde_json::json!({
                 "namespace": "default",
                 "service": svc,
                 "addresses": [format!("{}:{port}", subnet.service(j))],
-                "versions": versions.into_iter().map(|((version, environment), endpoints)| serde_json::json!({
-                    "version": version, "environment": environment, "endpoints": endpoints,
-                })).collect::<Vec<_>>(),
             })
         })
         .collect();
