@@ -137,7 +137,7 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
         .map_err(host("cannot catch signals"))?;
 
     let run_id = format!("{:06x}", rand_u32() & 0xff_ffff);
-    let mut rec = Record::new(&state_dir, &run_id).map_err(host("cannot write the state file"))?;
+    let rec = Record::new(&state_dir, &run_id).map_err(host("cannot write the state file"))?;
     let ingress = match args.ingress.as_str() {
         "off" => None,
         addr => {
@@ -147,14 +147,22 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
             Some(listener)
         }
     };
-    let mut sup = Supervisor::new(terminal.use_color(args.color));
+    let sup = Supervisor::new(terminal.use_color(args.color));
+    // From here on everything created is removed however this function ends: normally, on an
+    // error, or by unwinding from a panic (the guard's `Drop`).
+    let mut cleanup = Cleanup {
+        rec,
+        sup,
+        state_dir: state_dir.clone(),
+        done: false,
+    };
     let result = start(
         &mesh,
         &state_dir,
         &proxy_bin,
         &sluice_bin,
-        &mut rec,
-        &mut sup,
+        &mut cleanup.rec,
+        &mut cleanup.sup,
         out,
     );
     match &result {
@@ -192,10 +200,8 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
             let _ = writeln!(out, "sluice up: {e}; cleaning up");
         }
     }
-    sup.stop(STOP_DEADLINE);
-    let errors = net::teardown(&rec, &state_dir);
+    let errors = cleanup.run();
     if errors.is_empty() {
-        rec.remove();
         let _ = writeln!(out, "sluice up: everything removed");
     }
     result?;
@@ -203,6 +209,38 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
         Ok(())
     } else {
         Err(UpError::Teardown(errors))
+    }
+}
+
+/// Stops the processes and removes what the run created, once: when [`Cleanup::run`] is
+/// called, or when dropped (an early return or a panic unwinding through `up`).
+struct Cleanup {
+    rec: Record,
+    sup: Supervisor,
+    state_dir: PathBuf,
+    done: bool,
+}
+
+impl Cleanup {
+    /// Stops everything and tears the network down; what could not be removed.
+    fn run(&mut self) -> Vec<String> {
+        if std::mem::replace(&mut self.done, true) {
+            return Vec::new();
+        }
+        self.sup.stop(STOP_DEADLINE);
+        let errors = net::teardown(&self.rec, &self.state_dir);
+        if errors.is_empty() {
+            self.rec.remove();
+        }
+        errors
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for e in self.run() {
+            eprintln!("sluice up: teardown: {e}");
+        }
     }
 }
 

@@ -88,7 +88,7 @@ impl Record {
     }
 
     /// Removes the state file (after a complete teardown).
-    pub fn remove(self) {
+    pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -99,8 +99,8 @@ impl Supervisor {
         Handle(proc)
     }
 
-    /// Stops everything: SIGTERM, then SIGKILL after `deadline`.
-    pub fn stop(self, deadline: Duration) {
+    /// Stops everything: SIGTERM, then SIGKILL after `deadline`. Idempotent.
+    pub fn stop(&mut self, deadline: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
         for p in &self.procs {
             if let Some(pid) = *p.pid.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -116,7 +116,7 @@ impl Supervisor {
                 signal(pid, Signal::SIGKILL);
             }
         }
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
     }
