@@ -39,8 +39,13 @@ fn start_shop() -> LocalMesh {
     copy_dir(&shop.join("policy"), &dir.path().join("policy"));
     let bin = shop_bin().display().to_string();
     let workload = |name: &str| {
+        let grpc = if name == "payments" {
+            ", ports: [9090]"
+        } else {
+            ""
+        };
         format!(
-            "  - {{ name: {name}, service: {name}, version: v1, command: [{bin}, {name}], port: 8080, env: {{ SHOP_VERSION: v1 }} }}\n"
+            "  - {{ name: {name}, service: {name}, version: v1, command: [{bin}, {name}], port: 8080{grpc}, env: {{ SHOP_VERSION: v1 }} }}\n"
         )
     };
     let mesh = format!(
@@ -78,8 +83,12 @@ fn the_shop_denies_then_grants_survives_a_controller_restart_and_cleans_up() {
     let before = HostSnapshot::take();
     let mut mesh = start_shop();
     mesh.wait_for("the shop to serve", Duration::from_secs(30), |m| {
+        let status = m.status();
         m.curl_ingress("frontend.localhost", "/healthz", &[]).trim() == "ok"
-            && proxies_current(&m.status(), 4)
+            && proxies_current(&status, 4)
+            && status["registrations"]
+                .as_array()
+                .is_some_and(|r| r.len() == 4)
     });
 
     // 1. The denial, as the shop page shows it…
@@ -128,6 +137,29 @@ fn the_shop_denies_then_grants_survives_a_controller_restart_and_cleans_up() {
             .as_str()
             .is_some_and(|l| l.contains("rpc=GET%20%2Fv1%2Fcharges%2F%7Bid%7D")),
         "{problem}"
+    );
+    // …over gRPC too (payments' second port), as a rich status the client can read…
+    let refund = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &mesh.ns("checkout"),
+            &shop_bin().display().to_string(),
+        ])
+        .args(["refund", "ch_0123456789abcdef_100_EUR"])
+        .output()
+        .expect("shop refund");
+    let refund = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refund.stdout),
+        String::from_utf8_lossy(&refund.stderr)
+    );
+    assert!(
+        refund.contains("PermissionDenied")
+            && refund.contains(
+                "checkout is not allowed to call payments.v1.Payments/Refund on payments"
+            ),
+        "{refund}"
     );
     // …and as the controller recorded it, by endpoint.
     mesh.wait_for("the denial report", Duration::from_secs(15), |m| {

@@ -43,6 +43,10 @@ pub struct Workload {
     pub command: Vec<String>,
     /// The port the workload serves on (also its service address's port).
     pub port: u16,
+    /// Further ports it serves on (e.g. gRPC on 9090). The service address gets each of them
+    /// too, and a call to `service:PORT` reaches an instance on the same `PORT`.
+    #[serde(default)]
+    pub ports: Vec<u16>,
     /// Extra environment variables.
     #[serde(default, deserialize_with = "string_map")]
     pub env: BTreeMap<String, String>,

@@ -516,7 +516,8 @@ fn start(
 }
 
 /// The controller's `--service-addresses`: each service's address on its first workload's
-/// port. Instances are not listed: each proxy registers its own workload.
+/// port, then on its further `ports`. Instances are not listed: each proxy registers its own
+/// workload (on its `port`; the proxy maps the further ports one to one).
 fn service_addresses_json(
     mesh: &MeshFile,
     services: &[(String, Vec<usize>)],
@@ -526,11 +527,15 @@ fn service_addresses_json(
         .iter()
         .enumerate()
         .map(|(j, (svc, members))| {
-            let port = mesh.workloads[members[0]].port;
+            let first = &mesh.workloads[members[0]];
+            let addresses: Vec<String> = std::iter::once(first.port)
+                .chain(first.ports.iter().copied().filter(|p| *p != first.port))
+                .map(|port| format!("{}:{port}", subnet.service(j)))
+                .collect();
             serde_json::json!({
                 "namespace": "default",
                 "service": svc,
-                "addresses": [format!("{}:{port}", subnet.service(j))],
+                "addresses": addresses,
             })
         })
         .collect();

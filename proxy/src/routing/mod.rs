@@ -110,11 +110,11 @@ impl Router {
         let timeout = rule.and_then(|r| r.timeout).or(svc.timeout);
         // An environment without a copy of this service falls back to the normal split.
         if let Some((name, copy)) = env.and_then(|e| svc.environments.get_key_value(&e)) {
-            return self.decide(svc, copy, name, route, timeout);
+            return self.decide(svc, dst, copy, name, route, timeout);
         }
         let split = rule.and_then(|r| r.split.as_ref()).unwrap_or(&svc.split);
         let version = &svc.versions[pick::weighted(split, &mut rand::rng())];
-        self.decide(svc, version, "", route, timeout)
+        self.decide(svc, dst, version, "", route, timeout)
     }
 
     /// Routes an opaque TCP connection: no headers, so only the default split applies.
@@ -124,12 +124,17 @@ impl Router {
             return self.unknown(dst);
         };
         let version = &svc.versions[pick::weighted(&svc.split, &mut rand::rng())];
-        self.decide(svc, version, "", "default", None)
+        self.decide(svc, dst, version, "", "default", None)
     }
 
+    /// Picks an endpoint of `group`. Instances register one address, for the service's first
+    /// address; a call to another of the service's addresses (another port: gRPC beside HTTP)
+    /// goes to the instance on the port the client dialled, as a Kubernetes Service whose
+    /// ports equal its target ports.
     fn decide(
         &self,
         svc: &Service,
+        dst: SocketAddr,
         group: &Version,
         environment: &str,
         route: &str,
@@ -141,8 +146,14 @@ impl Router {
                 group: group.name.to_string(),
             }
         })?;
+        let target = match svc.addresses.first() {
+            Some(first) if first.port() != dst.port() => {
+                SocketAddr::new(endpoint.addr.ip(), dst.port())
+            }
+            _ => endpoint.addr,
+        };
         Ok(Decision {
-            target: endpoint.addr,
+            target,
             labels: TrafficLabels {
                 src_service: self.src_service.clone(),
                 dst_service: svc.name.to_string(),
@@ -229,7 +240,7 @@ spec:
       backends: [{ version: v2, weight: 100 }]
 "#;
 
-    pub(crate) const ENDPOINTS: &str = r#"[{"service":"pay","addresses":["10.0.0.1:80"],"versions":[
+    pub(crate) const ENDPOINTS: &str = r#"[{"service":"pay","addresses":["10.0.0.1:80","10.0.0.1:9090"],"versions":[
         {"version":"v1","endpoints":[{"address":"127.0.0.1:1"}]},
         {"version":"v2","endpoints":[{"address":"127.0.0.1:2"}]},
         {"version":"v2","environment":"pr-1","endpoints":[{"address":"127.0.0.1:3"}]}]}]"#;
@@ -270,6 +281,17 @@ spec:
     fn get(r: &Router, h: &[(&'static str, &'static str)]) -> Decision {
         r.route_http(dst(), &http::Method::GET, "/", &headers(h))
             .expect("route")
+    }
+
+    #[test]
+    fn a_further_service_port_reaches_the_instance_on_that_port() {
+        let r = router();
+        let grpc: SocketAddr = "10.0.0.1:9090".parse().expect("addr");
+        let d = r.route_tcp(grpc).expect("routed");
+        assert_eq!(d.target, "127.0.0.1:9090".parse().expect("addr"));
+        assert_eq!(d.labels.dst_service, "pay");
+        // The first address keeps the registered port.
+        assert_eq!(r.route_tcp(dst()).expect("routed").target.port(), 1);
     }
 
     #[test]
