@@ -197,6 +197,9 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
+/// Reads one series' value from a sample.
+type Accessor = fn(&ChartPoint) -> Option<f64>;
+
 fn finite(v: Option<f64>) -> Option<f64> {
     v.filter(|x| x.is_finite())
 }
@@ -438,28 +441,30 @@ impl<'a> Renderer<'a> {
         );
         self.titles();
         self.step_bands(&[top, bottom]);
-        for (panel, name, unit_title) in [
-            (top, "success", "Success rate (%)"),
-            (bottom, "latency", "p99 latency (ms)"),
-        ] {
+        let panels: [(Panel, &str, &str, Accessor, Accessor); 2] = [
+            (
+                top,
+                "success",
+                "Success rate (%)",
+                |p| p.canary_success_pct,
+                |p| p.baseline_success_pct,
+            ),
+            (
+                bottom,
+                "latency",
+                "p99 latency (ms)",
+                |p| p.canary_p99_ms,
+                |p| p.baseline_p99_ms,
+            ),
+        ];
+        for (panel, name, unit_title, canary, baseline) in panels {
             self.value_axis(&panel, unit_title);
-            let (canary, baseline): (
-                fn(&ChartPoint) -> Option<f64>,
-                fn(&ChartPoint) -> Option<f64>,
-            ) = if name == "success" {
-                (|p| p.canary_success_pct, |p| p.baseline_success_pct)
-            } else {
-                (|p| p.canary_p99_ms, |p| p.baseline_p99_ms)
-            };
             if success.is_empty() && latency.is_empty() && name == "success" {
                 self.centred_note(&panel, "no data yet");
             }
-            self.series(
-                &panel,
-                &format!("baseline-{name}"),
-                BASELINE_COLOUR,
-                baseline,
-            );
+            // Baseline first, so the canary (the thing being judged) is drawn on top.
+            let baseline_id = format!("baseline-{name}");
+            self.series(&panel, &baseline_id, BASELINE_COLOUR, baseline);
             self.series(&panel, &format!("canary-{name}"), CANARY_COLOUR, canary);
         }
         self.time_axis(&bottom);
@@ -603,13 +608,7 @@ impl<'a> Renderer<'a> {
     }
 
     /// One line, broken where values are missing; isolated samples get a dot so they show.
-    fn series(
-        &mut self,
-        panel: &Panel,
-        id: &str,
-        colour: &str,
-        value: fn(&ChartPoint) -> Option<f64>,
-    ) {
+    fn series(&mut self, panel: &Panel, id: &str, colour: &str, value: Accessor) {
         let mut d = String::new();
         let mut dots = String::new();
         let mut run: Vec<(f64, f64)> = Vec::new();
