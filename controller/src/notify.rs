@@ -1,1 +1,0 @@
-//! Team notifications: Slack-compatible and generic webhooks (being written).
