@@ -104,9 +104,9 @@ pub use verdict::{Comparison, Evidence, Pending, Verdict};
 const DEFAULT_QUANTILE: f64 = 0.99;
 
 /// Lower end of the baseline's failure-rate prior.
-const BASELINE_PRIOR_LO: f64 = 1e-5;
+const BASELINE_PRIOR_LO: f64 = 1e-4;
 /// Upper end of every rate prior.
-const PRIOR_HI: f64 = 0.5;
+const PRIOR_HI: f64 = 0.25;
 /// Lower end of the canary's failure-rate prior when the margin is smaller.
 const CANARY_PRIOR_FLOOR: f64 = 1e-3;
 /// Relative latency waits for this many baseline requests above its quantile.
@@ -148,7 +148,7 @@ pub struct Judge {
     checks: Vec<Check>,
     /// `k / α`, the e-value that fails a relative check.
     bound: f64,
-    relative_checks: usize,
+    sequential_tests: usize,
     baseline_prior: RatePrior,
     /// The rollout's cumulative samples.
     canary: Counts,
@@ -183,12 +183,15 @@ impl Judge {
             analysis.metrics.clone()
         };
         let checks: Vec<Check> = metrics.iter().map(Check::from_policy).collect();
-        let relative_checks = checks.iter().filter(|c| c.margin.is_some()).count();
+        let sequential_tests: usize = checks
+            .iter()
+            .map(|c| usize::from(c.margin.is_some()) + usize::from(c.sequential_threshold()))
+            .sum();
         Judge {
             alpha,
             min_requests: analysis.min_requests,
-            bound: relative_checks.max(1) as f64 / alpha,
-            relative_checks,
+            bound: sequential_tests.max(1) as f64 / alpha,
+            sequential_tests,
             checks,
             baseline_prior: RatePrior::log_uniform(BASELINE_PRIOR_LO, PRIOR_HI),
             canary: Counts::default(),
@@ -296,9 +299,18 @@ impl Judge {
                 }
             }
             if let Some(threshold) = &check.threshold {
-                match self.absolute(check, threshold, &window) {
-                    Ok(e) => evidence.push(e),
-                    Err(p) => pending.push(p),
+                let (sequential, window_bound) = split_threshold(check.signal, threshold);
+                if let Some(bound) = sequential {
+                    match self.threshold_test(check, threshold, bound) {
+                        Ok(e) => evidence.push(e),
+                        Err(p) => pending.push(p),
+                    }
+                }
+                if let Some(bounds) = window_bound {
+                    match self.absolute(check, &bounds, &window) {
+                        Ok(e) => evidence.push(e),
+                        Err(p) => pending.push(p),
+                    }
                 }
             }
         }
@@ -319,11 +331,11 @@ impl Judge {
     }
 
     fn tests_phrase(&self) -> String {
-        if self.relative_checks > 1 {
+        if self.sequential_tests > 1 {
             format!(
                 "α = {} over {} checks",
                 trim_float(self.alpha),
-                self.relative_checks
+                self.sequential_tests
             )
         } else {
             format!("α = {}", trim_float(self.alpha))
@@ -333,22 +345,8 @@ impl Judge {
     /// A relative comparison over the rollout's cumulative counts.
     fn relative(&self, check: &Check, margin: f64) -> Result<Evidence, Pending> {
         let (nc, nb) = (self.canary.requests, self.baseline.requests);
-        let mut evidence = Evidence {
-            metric: check.name.clone(),
-            signal: check.signal,
-            comparison: Comparison::Relative,
-            failed: false,
-            canary_value: None,
-            baseline_value: None,
-            margin: Some(margin),
-            threshold: None,
-            e_value: None,
-            log_e_value: None,
-            bound: Some(self.bound),
-            canary_requests: nc,
-            baseline_requests: nb,
-            explanation: String::new(),
-        };
+        let mut values = (None, None);
+        let evidence = &mut values;
         let (log_e, sentence, ready) = match check.signal {
             Signal::SuccessRate => {
                 let sample = TwoSample {
@@ -365,8 +363,8 @@ impl Judge {
                 );
                 let c = self.canary.failure_rate().map(|p| 100.0 * (1.0 - p));
                 let b = self.baseline.failure_rate().map(|p| 100.0 * (1.0 - p));
-                evidence.canary_value = c;
-                evidence.baseline_value = b;
+                evidence.0 = c;
+                evidence.1 = b;
                 let sentence = format!(
                     "canary success rate {} vs baseline {} (margin {} points)",
                     percent(c),
@@ -389,8 +387,8 @@ impl Judge {
                 let needed = (BASELINE_TAIL_REQUESTS / (1.0 - q)).ceil() as u64;
                 let c = self.canary.quantile(q);
                 let b = self.baseline.quantile(q);
-                evidence.canary_value = c.map(|s| s * 1000.0);
-                evidence.baseline_value = b.map(|s| s * 1000.0);
+                evidence.0 = c.map(|s| s * 1000.0);
+                evidence.1 = b.map(|s| s * 1000.0);
                 let label = quantile_label(q);
                 let Some(b) = b.filter(|_| nb >= needed) else {
                     return Err(Pending::TooFewBaselineRequests {
@@ -429,8 +427,8 @@ impl Judge {
                     .collect();
                 let log_e = rate_log_e(&groups, rho0);
                 let (c, b) = self.per_weight_rates();
-                evidence.canary_value = c;
-                evidence.baseline_value = b;
+                evidence.0 = c;
+                evidence.1 = b;
                 let sentence = format!(
                     "canary {} per weight point vs baseline {} (margin {}%)",
                     rate(c),
@@ -449,19 +447,9 @@ impl Judge {
                 (log_e, sentence, ready)
             }
         };
-        let e = log_e.min(690.0).exp();
-        evidence.e_value = Some(e);
-        evidence.log_e_value = Some(log_e);
-        evidence.failed = log_e >= self.bound.ln();
-        let relation = if evidence.failed { "≥" } else { "<" };
-        evidence.explanation = format!(
-            "{}: {sentence}; evidence {} {relation} {} ({}) after {} canary requests",
-            check.name,
-            evidence_value(log_e),
-            group(self.bound.round() as u64),
-            self.tests_phrase(),
-            group(nc)
-        );
+        let mut evidence = self.sequential_evidence(check, Comparison::Relative, log_e, sentence);
+        (evidence.canary_value, evidence.baseline_value) = values;
+        evidence.margin = Some(margin);
         match ready {
             // A failure needs no minimum (the test is valid at any time); a pass does.
             Err(p) if !evidence.failed => Err(p),
@@ -480,6 +468,105 @@ impl Judge {
         }
         let per = |n: f64, d: f64| (d > 0.0).then(|| n / d);
         (per(nc, wc), per(nb, wb))
+    }
+
+    /// A threshold in the harmful direction (success rate below `min`, latency above `max`), as
+    /// a sequential test over the rollout: "p99 ≤ 500 ms" is "at most 1% of requests slower
+    /// than 500 ms", and the canary's count above it is tested against that share like the
+    /// relative checks are. Failing also needs `minRequests` canary requests, so a cold
+    /// start's first slow requests do not fail a canary.
+    fn threshold_test(
+        &self,
+        check: &Check,
+        threshold: &AbsoluteThreshold,
+        bound: f64,
+    ) -> Result<Evidence, Pending> {
+        let (nc, nb) = (self.canary.requests, self.baseline.requests);
+        let (events, allowed, value, baseline_value, sentence) = match check.signal {
+            Signal::SuccessRate => {
+                let allowed = (1.0 - bound / 100.0).clamp(0.0, 1.0);
+                let c = self.canary.failure_rate().map(|p| 100.0 * (1.0 - p));
+                let b = self.baseline.failure_rate().map(|p| 100.0 * (1.0 - p));
+                let sentence = format!(
+                    "canary success rate {} (baseline {}) against a minimum of {}",
+                    percent(c),
+                    percent(b),
+                    percent(Some(bound))
+                );
+                (self.canary.failures as f64, allowed, c, b, sentence)
+            }
+            _ => {
+                let q = check.quantile;
+                let limit = bound / 1000.0;
+                let slow = self.canary.exceeding(limit);
+                let c = self.canary.quantile(q).map(|s| s * 1000.0);
+                let b = self.baseline.quantile(q).map(|s| s * 1000.0);
+                let sentence = format!(
+                    "canary {} latency {} (baseline {}) against a maximum of {}: {} of canary \
+                     requests took over {}, where at most {} may",
+                    quantile_label(q),
+                    millis(c.map(|ms| ms / 1000.0)),
+                    millis(b.map(|ms| ms / 1000.0)),
+                    millis(Some(limit)),
+                    percent((nc > 0).then(|| 100.0 * slow / nc as f64)),
+                    millis(Some(limit)),
+                    percent(Some(100.0 * (1.0 - q)))
+                );
+                (slow, 1.0 - q, c, b, sentence)
+            }
+        };
+        let prior = RatePrior::log_uniform(allowed.max(CANARY_PRIOR_FLOOR), PRIOR_HI);
+        let log_e = one_sample_log_e(events, nc as f64, allowed, &prior);
+        let enough = nc >= self.min_requests;
+        let mut evidence = self.sequential_evidence(check, Comparison::Threshold, log_e, sentence);
+        evidence.failed &= enough;
+        evidence.canary_value = value;
+        evidence.baseline_value = baseline_value;
+        evidence.threshold = Some(threshold.clone());
+        evidence.baseline_requests = nb;
+        if !enough && !evidence.failed {
+            return Err(Pending::TooFewCanaryRequests {
+                requests: nc,
+                needed: self.min_requests,
+            });
+        }
+        Ok(evidence)
+    }
+
+    /// Evidence of a sequential test: the e-value against the bound, and the sentence.
+    fn sequential_evidence(
+        &self,
+        check: &Check,
+        comparison: Comparison,
+        log_e: f64,
+        sentence: String,
+    ) -> Evidence {
+        let nc = self.canary.requests;
+        let failed = log_e >= self.bound.ln();
+        let relation = if failed { "≥" } else { "<" };
+        Evidence {
+            metric: check.name.clone(),
+            signal: check.signal,
+            comparison,
+            failed,
+            canary_value: None,
+            baseline_value: None,
+            margin: None,
+            threshold: None,
+            e_value: Some(log_e.min(690.0).exp()),
+            log_e_value: Some(log_e),
+            bound: Some(self.bound),
+            canary_requests: nc,
+            baseline_requests: self.baseline.requests,
+            explanation: format!(
+                "{}: {sentence}; evidence {} {relation} {} ({}) after {} canary requests",
+                check.name,
+                evidence_value(log_e),
+                group(self.bound.round() as u64),
+                self.tests_phrase(),
+                group(nc)
+            ),
+        }
     }
 
     /// An absolute comparison over the recent window.
@@ -565,7 +652,43 @@ impl Judge {
     }
 }
 
+/// Splits a threshold into its sequential part (the harmful direction of a success rate or a
+/// latency) and what is compared on the recent window (request rates, and the other
+/// direction).
+fn split_threshold(
+    signal: Signal,
+    t: &AbsoluteThreshold,
+) -> (Option<f64>, Option<AbsoluteThreshold>) {
+    let (sequential, rest) = match signal {
+        Signal::SuccessRate => (
+            t.min,
+            AbsoluteThreshold {
+                min: None,
+                max: t.max,
+            },
+        ),
+        Signal::Latency => (
+            t.max,
+            AbsoluteThreshold {
+                min: t.min,
+                max: None,
+            },
+        ),
+        Signal::RequestRate => (None, t.clone()),
+    };
+    let sequential = sequential.filter(|v| v.is_finite());
+    let rest = (rest.min.is_some() || rest.max.is_some()).then_some(rest);
+    (sequential, rest)
+}
+
 impl Check {
+    /// Whether this check's threshold includes a sequential test.
+    fn sequential_threshold(&self) -> bool {
+        self.threshold
+            .as_ref()
+            .is_some_and(|t| split_threshold(self.signal, t).0.is_some())
+    }
+
     fn from_policy(m: &MetricCheck) -> Check {
         let quantile = m
             .quantile

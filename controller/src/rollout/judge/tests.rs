@@ -153,13 +153,14 @@ fn the_failure_names_the_metric_with_both_values() {
     assert_eq!(e.signal, Signal::SuccessRate);
     assert!(e.canary_value.expect("canary value") < 97.0);
     assert!(e.baseline_value.expect("baseline value") > 99.5);
-    assert!(e.e_value.expect("e-value") >= 200.0);
-    assert_eq!(e.bound, Some(200.0));
+    // Three sequential tests (errors, p99 relative, p99 ≤ 500 ms) share α = 0.01.
+    assert!(e.e_value.expect("e-value") >= 300.0);
+    assert_eq!(e.bound, Some(300.0));
     assert!(
         e.explanation.starts_with("errors: canary success rate ")
             && e.explanation.contains("(margin 0.5 points); evidence ")
             && e.explanation
-                .contains("≥ 200 (α = 0.01 over 2 checks) after "),
+                .contains("≥ 300 (α = 0.01 over 3 checks) after "),
         "{}",
         e.explanation
     );
@@ -298,7 +299,8 @@ fn an_absolute_threshold_fails_only_with_min_requests() {
     assert_eq!(e.comparison, Comparison::Threshold);
     assert!(e.canary_value.expect("value") > 500.0);
     assert!(
-        e.explanation.contains("is above the maximum of 500 ms"),
+        e.explanation
+            .contains("against a maximum of 500 ms: 100% of canary requests took over 500 ms"),
         "{e}"
     );
 }
