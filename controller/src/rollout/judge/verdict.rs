@@ -104,8 +104,8 @@ pub struct Evidence {
     pub comparison: Comparison,
     /// Whether this comparison fails the canary.
     pub failed: bool,
-    /// The canary's value (over the rollout for relative checks, over the recent window for
-    /// thresholds).
+    /// The canary's value (over the rollout for sequential tests, over the recent window for
+    /// request-rate bounds).
     pub canary_value: Option<f64>,
     /// The baseline's value over the same window.
     pub baseline_value: Option<f64>,
@@ -118,7 +118,7 @@ pub struct Evidence {
     pub e_value: Option<f64>,
     /// Its natural logarithm (exact where the e-value is astronomically large).
     pub log_e_value: Option<f64>,
-    /// The e-value that fails the check: `k / α` for `k` relative checks.
+    /// The e-value that fails the check: `k / α` for `k` sequential tests.
     pub bound: Option<f64>,
     /// Canary requests behind the values.
     pub canary_requests: u64,
