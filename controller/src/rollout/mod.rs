@@ -4,3 +4,4 @@
 
 pub mod chart;
 pub mod judge;
+pub mod model;
