@@ -18,7 +18,7 @@ pub mod admin;
 mod certify;
 mod error;
 pub mod policy_watch;
-mod register;
+pub(crate) mod register;
 mod report_denials;
 pub mod state;
 mod watch;

@@ -2,8 +2,8 @@
 //! feature) in `STATE_DIR/controller.db`, in WAL mode.
 //!
 //! Runtime state lives here, policy does not (the policy directory is the source of truth for
-//! that): workload registrations, aggregated denials and the history of refused policy
-//! changes. SQL keeps the portal's later queries ("denials of my service this week") easy.
+//! that): workload registrations, aggregated denials, the history of refused policy
+//! changes, and rollouts (see `rollout::store`). SQL keeps the portal's later queries ("denials of my service this week") easy.
 //!
 //! Every write is one transaction; with WAL and `synchronous=NORMAL` a committed transaction
 //! survives the controller being killed (only a power cut can lose the last few). One
@@ -66,6 +66,41 @@ pub const MIGRATIONS: &[&str] = &[
         at_unix_ms INTEGER NOT NULL,
         summary  TEXT NOT NULL,
         rendered TEXT NOT NULL
+    );",
+    // 2: rollouts (the document as JSON, with the columns queries need), their events and
+    // analysis points, each service's promoted stable version, and delivered notifications.
+    "CREATE TABLE rollouts (
+        id        TEXT PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        service   TEXT NOT NULL,
+        phase     TEXT NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        doc       TEXT NOT NULL
+    );
+    CREATE INDEX rollouts_by_service ON rollouts (namespace, service, created_unix_ms);
+    CREATE TABLE rollout_events (
+        rollout_id TEXT NOT NULL,
+        seq        INTEGER NOT NULL,
+        at_unix_ms INTEGER NOT NULL,
+        kind       TEXT NOT NULL,
+        message    TEXT NOT NULL,
+        PRIMARY KEY (rollout_id, seq)
+    );
+    CREATE TABLE rollout_points (
+        rollout_id TEXT NOT NULL,
+        seq        INTEGER NOT NULL,
+        doc        TEXT NOT NULL,
+        PRIMARY KEY (rollout_id, seq)
+    );
+    CREATE TABLE stable_versions (
+        namespace TEXT NOT NULL,
+        service   TEXT NOT NULL,
+        version   TEXT NOT NULL,
+        PRIMARY KEY (namespace, service)
+    );
+    CREATE TABLE notifications_delivered (
+        key        TEXT PRIMARY KEY,
+        at_unix_ms INTEGER NOT NULL
     );",
 ];
 

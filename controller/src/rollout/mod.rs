@@ -3,5 +3,7 @@
 //! [`judge`] decides from metrics (pure statistics), [`chart`] draws the evidence.
 
 pub mod chart;
+pub mod engine;
 pub mod judge;
 pub mod model;
+pub mod store;

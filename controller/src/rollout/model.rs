@@ -101,6 +101,12 @@ pub struct Rollout {
     pub progress_deadline_ms: u64,
     /// The CanaryPolicy it follows.
     pub policy: String,
+    /// The analysis settings, frozen at start like the steps.
+    #[serde(default)]
+    pub analysis: sluice_policy::resources::Analysis,
+    /// What a failed analysis does.
+    #[serde(default)]
+    pub on_failure: sluice_policy::resources::FailureAction,
     /// Who or what started it (`cli`, `mesh-file`, a user name).
     pub requested_by: String,
     /// Unix ms.

@@ -115,7 +115,14 @@ struct Inner {
     last_error: Option<LastError>,
     /// Where each service is dialled (`--service-addresses`): (namespace, service) → ip:port.
     service_addresses: ServiceAddresses,
+    /// Rollout weights that replace the Routes' default splits (see [`RouteOverrides`]).
+    route_overrides: RouteOverrides,
 }
+
+/// (namespace, service) → the default split to enforce instead of the Route file's, as
+/// (version, weight) pairs: the rollout engine's weights, or a promoted stable version. The
+/// policy files stay as written; what proxies receive is the policy with these applied.
+pub type RouteOverrides = BTreeMap<(String, String), Vec<(String, u32)>>;
 
 /// (namespace, service) → the stable `ip:port`s clients dial (ClusterIPs, or the local
 /// runner's service addresses).
@@ -173,10 +180,16 @@ impl ControlPlane {
             generation: 1,
             last_error,
             service_addresses: ServiceAddresses::new(),
+            route_overrides: RouteOverrides::new(),
         };
         let first = Arc::new(Published {
             generation: 1,
-            config: build_config(&policy, &inner.registrations, &inner.service_addresses),
+            config: build_config(
+                &policy,
+                &inner.route_overrides,
+                &inner.registrations,
+                &inner.service_addresses,
+            ),
         });
         let (published, _) = watch::channel(first);
         Ok(Arc::new(ControlPlane {
@@ -223,6 +236,7 @@ impl ControlPlane {
         inner.generation += 1;
         let config = build_config(
             &self.policy.load(),
+            &inner.route_overrides,
             &inner.registrations,
             &inner.service_addresses,
         );
@@ -237,6 +251,30 @@ impl ControlPlane {
         let mut inner = self.lock();
         if inner.service_addresses != addresses {
             inner.service_addresses = addresses;
+            self.republish(&mut inner);
+        }
+    }
+
+    /// The registered instances of `version` of a service (stable environment), by name.
+    pub fn instances(&self, namespace: &str, service: &str, version: &str) -> Vec<String> {
+        self.lock()
+            .registrations
+            .values()
+            .filter(|r| {
+                r.row.namespace == namespace
+                    && r.row.service == service
+                    && r.row.version == version
+                    && r.row.environment == crate::server::register::DEFAULT_ENVIRONMENT
+            })
+            .map(|r| r.row.instance.clone())
+            .collect()
+    }
+
+    /// Replaces the rollout weights, and publishes the change if there is one.
+    pub fn set_route_overrides(&self, overrides: RouteOverrides) {
+        let mut inner = self.lock();
+        if inner.route_overrides != overrides {
+            inner.route_overrides = overrides;
             self.republish(&mut inner);
         }
     }
@@ -462,7 +500,8 @@ impl ControlPlane {
         Ok(StatusReport {
             controller: Some(controller),
             snapshot: Some(SnapshotInfo {
-                version: policy.version.clone(),
+                // What proxies enforce: the policy with any rollout weights applied.
+                version: self.current().config.version.clone(),
                 generation,
                 loaded_unix_ms: unix_ms(policy.loaded_at),
                 services: policy.set.services.len(),
@@ -515,8 +554,62 @@ fn same_endpoint(a: &RegistrationRow, b: &RegistrationRow) -> bool {
 
 /// The message for the current policy and registrations: services by namespace and name,
 /// versions by (version, environment), endpoints by instance.
+/// The policy bundle and version proxies get: the files' own, or with the rollout weights
+/// applied to the Routes (a service without a Route gets one holding just the split).
+fn effective_policy(policy: &PolicySnapshot, overrides: &RouteOverrides) -> (String, String) {
+    use sluice_policy::resources::{Backend, Document, Metadata, RouteSpec};
+    use sluice_policy::validate::{Checked, ObjectRef, Origin};
+    if overrides.is_empty() {
+        return (policy.bundle.clone(), policy.version.clone());
+    }
+    let mut set = policy.set.clone();
+    for ((namespace, service), split) in overrides {
+        let key = ObjectRef::new(namespace.clone(), service.clone());
+        if !set.services.contains_key(&key) {
+            continue;
+        }
+        let backends: Vec<Backend> = split
+            .iter()
+            .map(|(version, weight)| Backend {
+                version: version.clone(),
+                weight: *weight,
+            })
+            .collect();
+        match set.routes.get_mut(&key) {
+            Some(route) => route.doc.spec.backends = backends,
+            None => {
+                let doc = Document {
+                    api_version: sluice_policy::resources::API_VERSION.to_owned(),
+                    kind: "Route".to_owned(),
+                    metadata: Metadata {
+                        name: service.clone(),
+                        namespace: (namespace != "default").then(|| namespace.clone()),
+                        ..Metadata::default()
+                    },
+                    spec: RouteSpec {
+                        service: service.clone(),
+                        backends,
+                        rules: Vec::new(),
+                        environments: Default::default(),
+                        timeout: None,
+                    },
+                };
+                let origin = Origin {
+                    file: std::sync::Arc::from(std::path::Path::new("<rollout>")),
+                    location: None,
+                };
+                set.routes.insert(key, Checked { doc, origin });
+            }
+        }
+    }
+    let bundle = set.to_bundle();
+    let version = set.version();
+    (bundle, version)
+}
+
 fn build_config(
     policy: &PolicySnapshot,
+    route_overrides: &RouteOverrides,
     registrations: &BTreeMap<InstanceKey, Registered>,
     service_addresses: &ServiceAddresses,
 ) -> ProxyConfig {
@@ -539,9 +632,10 @@ fn build_config(
                 instance: r.row.instance.clone(),
             });
     }
+    let (policy_bundle, version) = effective_policy(policy, route_overrides);
     ProxyConfig {
-        version: policy.version.clone(),
-        policy_bundle: policy.bundle.clone(),
+        version,
+        policy_bundle,
         services: services
             .into_iter()
             .map(|((namespace, service), versions)| ServiceEndpoints {

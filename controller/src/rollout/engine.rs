@@ -1,0 +1,995 @@
+//! The rollout engine: walks a CanaryPolicy's steps, sets the weights proxies enforce, feeds
+//! the [judge](super::judge) every analysis interval, and promotes, rolls back, pauses or
+//! waits for a person — then tells the teams.
+//!
+//! # State and restarts
+//!
+//! Every rollout lives in the store ([`super::store`]); the engine keeps only what it can
+//! rebuild. Each analysis interval's increments are stored as a [`Point`] together with the
+//! rollout, and after a restart the judge is rebuilt by replaying those points, so it reaches
+//! exactly the evidence it had. A decision (promote, roll back, next step) is one store
+//! transaction with its event, so a controller killed mid-rollout resumes at the same step,
+//! never promotes twice and never loses a decision. Notifications carry stable ids
+//! (`rollout/<id>/promoted`) and a store-backed delivery log, so re-announcing the last
+//! decision after a restart (done for rollouts that ended in the last ten minutes) sends
+//! nothing twice and closes the window between "decided" and "notified".
+//!
+//! # Weights
+//!
+//! The Route files stay as written. The engine hands the control plane
+//! [`RouteOverrides`]: during a rollout the service's default split becomes
+//! `baseline 100-w / canary w`; after a promotion, `canary 100` for good (the promoted version
+//! is kept in the store as the service's stable version). Route rules (e.g. a preview header)
+//! keep working.
+//!
+//! # Metrics
+//!
+//! [`MetricSource`] gives cumulative counts per (service, version); the engine diffs them per
+//! interval. The default source is what proxies report (`ReportTraffic`); the canary and the
+//! baseline are measured over the same interval.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use sluice_policy::resources::{CanaryPolicySpec, FailureAction, NotifySettings};
+use sluice_policy::validate::ObjectRef;
+
+use super::judge::{Counts, Judge, Verdict};
+use super::model::{Action, Event, Phase, Point, Rollout, StartRequest, StepPlan};
+use super::store;
+use crate::notify::rollout::{
+    RollbackReason, RolloutContext, RolloutEvent, rollout_notification, should_send,
+};
+use crate::notify::{DeliveryConfig, Notifier};
+use crate::server::state::{ControlPlane, RouteOverrides};
+use crate::store::{StoreError, unix_ms};
+
+/// How often the engine looks at its rollouts.
+pub const TICK: Duration = Duration::from_millis(250);
+/// Defaults the CanaryPolicy documents.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_STEP: Duration = Duration::from_secs(60);
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+/// Canary log lines quoted in a rollback message.
+const LOG_LINES: usize = 20;
+
+/// Where cumulative request counts come from.
+pub trait MetricSource: Send + Sync + 'static {
+    /// Cumulative counts of `version` of `namespace/service` (stable environment) now.
+    fn totals(&self, namespace: &str, service: &str, version: &str) -> Counts;
+}
+
+/// Why a rollout request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// No such rollout or service.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is wrong (unknown service, undeclared version, no CanaryPolicy).
+    #[error("{0}")]
+    Invalid(String),
+    /// The rollout's phase does not allow it.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Settings of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Base URL of the rollout pages and charts in messages, e.g. `http://127.0.0.1:7070`.
+    pub public_url: String,
+    /// A directory holding each workload instance's log as `<instance>.log` (the local
+    /// runner writes them), for the canary's last lines in a rollback message.
+    pub workload_logs: Option<PathBuf>,
+    /// Webhook delivery settings; `None` sends nothing.
+    pub delivery: Option<DeliveryConfig>,
+}
+
+/// What the engine keeps in memory per active rollout (rebuilt from the store on start).
+struct Runtime {
+    judge: Judge,
+    /// Cumulative totals at the last look (canary, baseline); `None` until the first look,
+    /// which only takes the reference.
+    last: Option<(Counts, Counts)>,
+    last_look_ms: i64,
+    step_of_last_point: Option<usize>,
+}
+
+/// The engine. Shared by the ticking task and the admin API.
+pub struct Engine {
+    plane: Arc<ControlPlane>,
+    metrics: Arc<dyn MetricSource>,
+    notifier: Option<Notifier>,
+    config: EngineConfig,
+    runtime: Mutex<HashMap<String, Runtime>>,
+    /// Serialises changes (the tick and API actions) so two cannot interleave.
+    changing: tokio::sync::Mutex<()>,
+}
+
+fn now_ms() -> i64 {
+    unix_ms(SystemTime::now())
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn elapsed_ms(since: i64, now: i64) -> u64 {
+    u64::try_from(now.saturating_sub(since)).unwrap_or(0)
+}
+
+impl Engine {
+    /// An engine over `plane`'s store, rebuilding the judges of active rollouts and applying
+    /// their weights. Must run inside a tokio runtime (the notifier spawns its tasks).
+    pub fn start(
+        plane: Arc<ControlPlane>,
+        metrics: Arc<dyn MetricSource>,
+        config: EngineConfig,
+    ) -> Result<Arc<Engine>, RolloutError> {
+        let notifier = match &config.delivery {
+            Some(delivery) => {
+                let log = Arc::new(store::StoreDeliveryLog(plane.store().clone()));
+                match Notifier::start(delivery.clone(), log) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        tracing::error!(error = %e, "notifications are off: cannot start the notifier");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let engine = Arc::new(Engine {
+            plane,
+            metrics,
+            notifier,
+            config,
+            runtime: Mutex::new(HashMap::new()),
+            changing: tokio::sync::Mutex::new(()),
+        });
+        let st = engine.plane.store();
+        let now = now_ms();
+        for r in store::list(st, None)? {
+            if r.phase.is_active() {
+                let points = store::points(st, &r.id)?;
+                engine.rebuild(&r, &points);
+                tracing::info!(rollout = r.id, phase = %r.phase, step = r.step + 1, points = points.len(), "resuming rollout");
+            } else if r.finished_unix_ms.is_some_and(|t| now - t < 600_000) {
+                // The decision is stored; make sure its message went out (deduplicated).
+                engine.announce_final(&r);
+            }
+        }
+        engine.apply_weights()?;
+        Ok(engine)
+    }
+
+    /// Ticks forever (spawn it).
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.tick().await {
+                tracing::error!(error = %e, "rollout engine tick failed");
+            }
+        }
+    }
+
+    fn lock_runtime(&self) -> std::sync::MutexGuard<'_, HashMap<String, Runtime>> {
+        self.runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn rebuild(&self, r: &Rollout, points: &[Point]) {
+        let mut judge = Judge::new(&r.analysis);
+        let mut step = None;
+        for p in points {
+            if step != Some(p.step) {
+                if step.is_some() {
+                    judge.begin_step();
+                }
+                step = Some(p.step);
+            }
+            judge.observe(
+                &p.canary,
+                &p.baseline,
+                Duration::from_millis(r.interval_ms),
+                p.weight,
+            );
+        }
+        // A step change after the last point (the engine advanced, then stopped).
+        if step.is_some_and(|s| s != r.step) {
+            judge.begin_step();
+            step = Some(r.step);
+        }
+        self.lock_runtime().insert(
+            r.id.clone(),
+            Runtime {
+                judge,
+                last: None,
+                last_look_ms: now_ms(),
+                step_of_last_point: step,
+            },
+        );
+    }
+
+    /// Starts a rollout of `req.version` (superseding an active one of the same service).
+    pub async fn start_rollout(&self, req: StartRequest) -> Result<Rollout, RolloutError> {
+        let _changing = self.changing.lock().await;
+        let policy = self.plane.policy();
+        let key = ObjectRef::new(req.namespace.clone(), req.service.clone());
+        let Some(service) = policy.set.services.get(&key) else {
+            return Err(RolloutError::Invalid(format!(
+                "no MeshService `{}` in namespace `{}`",
+                req.service, req.namespace
+            )));
+        };
+        let declared = &service.source.doc.spec.versions;
+        if !declared.is_empty() && !declared.contains(&req.version) {
+            return Err(RolloutError::Invalid(format!(
+                "`{}` declares versions [{}]; add `{}` to its spec.versions ({}) first",
+                req.service,
+                declared.join(", "),
+                req.version,
+                service.source.origin.file.display()
+            )));
+        }
+        let Some(canary) = policy.set.canaries.get(&key) else {
+            return Err(RolloutError::Invalid(format!(
+                "`{}` has no CanaryPolicy: add one to say how it rolls out (see docs/rollouts.md)",
+                req.service
+            )));
+        };
+        let spec = &canary.doc.spec;
+        let st = self.plane.store().clone();
+        let stable = self.stable_version(&req.namespace, &req.service)?;
+        if stable.as_deref() == Some(req.version.as_str()) {
+            return Err(RolloutError::Conflict(format!(
+                "{} is already the stable version of {}",
+                req.version, req.service
+            )));
+        }
+        let Some(baseline) = stable else {
+            return Err(RolloutError::Invalid(format!(
+                "`{}` has no stable version to compare with: declare spec.versions or a Route",
+                req.service
+            )));
+        };
+        let now = now_ms();
+        let existing = store::list(&st, Some((&req.namespace, &req.service)))?;
+        if let Some(active) = existing.iter().find(|r| r.phase.is_active()) {
+            if active.canary_version == req.version {
+                return Err(RolloutError::Conflict(format!(
+                    "rollout {} is already rolling out {} of {} ({})",
+                    active.id, req.version, req.service, active.phase
+                )));
+            }
+            let mut old = active.clone();
+            old.phase = Phase::Superseded;
+            old.weight = 0;
+            old.finished_unix_ms = Some(now);
+            old.updated_unix_ms = now;
+            old.decision = format!("superseded by a rollout of {}", req.version);
+            let event = event(now, "superseded", &old.decision);
+            store::save(&st, &old, Some(&event))?;
+            self.lock_runtime().remove(&old.id);
+        }
+        let rollout = Rollout {
+            id: new_id(now),
+            namespace: req.namespace.clone(),
+            service: req.service.clone(),
+            baseline_version: baseline,
+            canary_version: req.version.clone(),
+            phase: Phase::Pending,
+            step: 0,
+            weight: 0,
+            steps: plan(spec),
+            interval_ms: ms(spec.analysis.interval.map_or(DEFAULT_INTERVAL, |d| d.0)),
+            progress_deadline_ms: ms(spec.progress_deadline.map_or(DEFAULT_DEADLINE, |d| d.0)),
+            policy: canary.doc.metadata.name.clone(),
+            analysis: spec.analysis.clone(),
+            on_failure: spec.on_failure,
+            requested_by: req.requested_by.unwrap_or_else(|| "api".to_owned()),
+            created_unix_ms: now,
+            updated_unix_ms: now,
+            step_started_unix_ms: now,
+            first_traffic_unix_ms: None,
+            finished_unix_ms: None,
+            decision: format!("waiting for {} of {} to start", req.version, req.service),
+            evidence: Vec::new(),
+            failed_check: None,
+            canary_requests: 0,
+            baseline_requests: 0,
+        };
+        let message = format!(
+            "rollout of {} {} → {} started ({} steps: {})",
+            rollout.service,
+            rollout.baseline_version,
+            rollout.canary_version,
+            rollout.steps.len(),
+            rollout
+                .steps
+                .iter()
+                .map(|s| format!("{}%", s.weight))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        store::save(&st, &rollout, Some(&event(now, "started", &message)))?;
+        self.rebuild(&rollout, &[]);
+        tracing::info!(rollout = rollout.id, "{message}");
+        self.apply_weights()?;
+        self.notify(
+            &rollout,
+            &RolloutEvent::Started {
+                steps: u32::try_from(rollout.steps.len()).unwrap_or(u32::MAX),
+            },
+        );
+        Ok(rollout)
+    }
+
+    /// The newest rollout named by `id`, or of the service named `id`.
+    pub fn find(&self, namespace: &str, id: &str) -> Result<Rollout, RolloutError> {
+        let st = self.plane.store();
+        if let Some(r) = store::get(st, id)? {
+            return Ok(r);
+        }
+        store::list(st, Some((namespace, id)))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                RolloutError::NotFound(format!(
+                    "no rollout `{id}` and no rollout of a service `{id}`"
+                ))
+            })
+    }
+
+    /// A person's action on a rollout.
+    pub async fn act(
+        &self,
+        namespace: &str,
+        id: &str,
+        action: Action,
+    ) -> Result<Rollout, RolloutError> {
+        let _changing = self.changing.lock().await;
+        let mut r = self.find(namespace, id)?;
+        if !r.phase.is_active() {
+            return Err(RolloutError::Conflict(format!(
+                "rollout {} is {}; nothing to {}",
+                r.id,
+                r.phase,
+                action.as_str()
+            )));
+        }
+        let now = now_ms();
+        match action {
+            Action::Pause => {
+                if r.phase == Phase::Paused {
+                    return Ok(r);
+                }
+                r.phase = Phase::Paused;
+                r.decision = format!("paused at step {} ({}%) by a person", r.step + 1, r.weight);
+                self.save(&mut r, now, "paused")?;
+            }
+            Action::Resume => match r.phase {
+                Phase::Paused => {
+                    // Analysis continues from fresh totals; the judge keeps its evidence.
+                    r.phase = if r.first_traffic_unix_ms.is_none() && r.weight == 0 {
+                        Phase::Pending
+                    } else {
+                        Phase::Progressing
+                    };
+                    r.step_started_unix_ms = now;
+                    r.decision = format!("resumed at step {} ({}%)", r.step + 1, r.weight);
+                    if let Some(rt) = self.lock_runtime().get_mut(&r.id) {
+                        rt.last = None;
+                    }
+                    self.save(&mut r, now, "resumed")?;
+                }
+                Phase::WaitingConfirmation => {
+                    if let Some(rt) = self.lock_runtime().get_mut(&r.id) {
+                        rt.last = None;
+                    }
+                    self.advance(&mut r, now, true)?;
+                }
+                _ => {}
+            },
+            Action::Promote => {
+                let reason = format!(
+                    "promoted by a person at step {} ({}%), skipping the remaining steps",
+                    r.step + 1,
+                    r.weight
+                );
+                self.promote(&mut r, now, reason)?;
+            }
+            Action::Abort => {
+                r.phase = Phase::Aborted;
+                r.weight = 0;
+                r.finished_unix_ms = Some(now);
+                r.decision = format!(
+                    "aborted by a person at step {}: all traffic back to {}",
+                    r.step + 1,
+                    r.baseline_version
+                );
+                self.save(&mut r, now, "aborted")?;
+                self.lock_runtime().remove(&r.id);
+            }
+        }
+        self.apply_weights()?;
+        Ok(r)
+    }
+
+    /// One pass over the active rollouts.
+    pub async fn tick(&self) -> Result<(), RolloutError> {
+        let _changing = self.changing.lock().await;
+        let st = self.plane.store().clone();
+        let mut changed = false;
+        for mut r in store::active(&st)? {
+            let now = now_ms();
+            let before = (r.phase, r.step, r.weight);
+            match r.phase {
+                Phase::Pending => self.pending(&mut r, now)?,
+                Phase::Progressing => self.progressing(&mut r, now)?,
+                Phase::Paused | Phase::WaitingConfirmation => {}
+                _ => {}
+            }
+            changed |= before != (r.phase, r.step, r.weight);
+        }
+        if changed {
+            self.apply_weights()?;
+        }
+        Ok(())
+    }
+
+    fn pending(&self, r: &mut Rollout, now: i64) -> Result<(), RolloutError> {
+        let ready = self
+            .plane
+            .instances(&r.namespace, &r.service, &r.canary_version)
+            .len();
+        if ready > 0 {
+            r.phase = Phase::Progressing;
+            r.step = 0;
+            r.weight = r.steps.first().map_or(0, |s| s.weight);
+            r.step_started_unix_ms = now;
+            r.decision = format!(
+                "step 1 of {}: {}% of traffic to {}",
+                r.steps.len(),
+                r.weight,
+                r.canary_version
+            );
+            if let Some(rt) = self.lock_runtime().get_mut(&r.id) {
+                rt.last = None;
+                rt.last_look_ms = now;
+            }
+            self.save(r, now, "step")?;
+            self.notify(
+                r,
+                &RolloutEvent::Step {
+                    step: 1,
+                    weight: r.weight,
+                },
+            );
+        } else if elapsed_ms(r.created_unix_ms, now) > r.progress_deadline_ms {
+            self.fail(
+                r,
+                now,
+                format!(
+                    "{} of {} had no instance within the progress deadline ({}); is it starting? \
+                     (`sluice status` lists registrations)",
+                    r.canary_version,
+                    r.service,
+                    humantime::format_duration(Duration::from_millis(r.progress_deadline_ms))
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn progressing(&self, r: &mut Rollout, now: i64) -> Result<(), RolloutError> {
+        let canary = self
+            .metrics
+            .totals(&r.namespace, &r.service, &r.canary_version);
+        let baseline = self
+            .metrics
+            .totals(&r.namespace, &r.service, &r.baseline_version);
+        let verdict = {
+            let mut runtime = self.lock_runtime();
+            let rt = runtime.entry(r.id.clone()).or_insert_with(|| Runtime {
+                judge: Judge::new(&r.analysis),
+                last: None,
+                last_look_ms: now,
+                step_of_last_point: None,
+            });
+            let Some((last_c, last_b)) = rt.last.take() else {
+                rt.last = Some((canary, baseline));
+                rt.last_look_ms = now;
+                return Ok(());
+            };
+            if elapsed_ms(rt.last_look_ms, now) < r.interval_ms {
+                rt.last = Some((last_c, last_b));
+                return Ok(());
+            }
+            let dc = canary.delta(&last_c);
+            let db = baseline.delta(&last_b);
+            rt.last = Some((canary, baseline));
+            rt.last_look_ms = now;
+            if rt.step_of_last_point.is_some_and(|s| s != r.step) {
+                rt.judge.begin_step();
+            }
+            rt.step_of_last_point = Some(r.step);
+            rt.judge
+                .observe(&dc, &db, Duration::from_millis(r.interval_ms), r.weight);
+            r.canary_requests += dc.requests;
+            r.baseline_requests += db.requests;
+            if dc.requests > 0 && r.first_traffic_unix_ms.is_none() {
+                r.first_traffic_unix_ms = Some(now);
+            }
+            r.evidence = rt
+                .judge
+                .evidence()
+                .iter()
+                .filter_map(|e| serde_json::to_value(e).ok())
+                .collect();
+            let point = Point {
+                at_unix_ms: now,
+                step: r.step,
+                weight: r.weight,
+                canary: dc,
+                baseline: db,
+            };
+            r.updated_unix_ms = now;
+            store::save_point(self.plane.store(), r, &point)?;
+            rt.judge.verdict()
+        };
+        let step = r.current_step().cloned();
+        let step_done = step
+            .as_ref()
+            .is_some_and(|s| elapsed_ms(r.step_started_unix_ms, now) >= s.duration_ms);
+        match verdict {
+            Verdict::Fail(evidence) => {
+                let explanation = evidence.explanation.clone();
+                r.failed_check = serde_json::to_value(&*evidence).ok();
+                match r.on_failure {
+                    FailureAction::Rollback => {
+                        let logs = self.canary_logs(r);
+                        r.phase = Phase::RolledBack;
+                        let at_weight = r.weight;
+                        r.weight = 0;
+                        r.finished_unix_ms = Some(now);
+                        r.decision = format!(
+                            "rolled back at step {} ({at_weight}%): {explanation}",
+                            r.step + 1
+                        );
+                        self.save(r, now, "rolled-back")?;
+                        self.lock_runtime().remove(&r.id);
+                        let reason = rollback_reason(r, at_weight, &evidence, logs);
+                        self.notify(r, &RolloutEvent::RolledBack(Box::new(reason)));
+                    }
+                    FailureAction::Pause => {
+                        r.phase = Phase::Paused;
+                        r.decision = format!(
+                            "paused at step {} ({}%) by the analysis (onFailure: pause): {explanation}",
+                            r.step + 1,
+                            r.weight
+                        );
+                        self.save(r, now, "paused")?;
+                    }
+                }
+            }
+            Verdict::Pass if step_done => self.advance(r, now, false)?,
+            Verdict::Inconclusive(pending) if step_done => {
+                if elapsed_ms(r.step_started_unix_ms, now) > r.progress_deadline_ms {
+                    self.fail(
+                        r,
+                        now,
+                        format!(
+                            "no decision within the progress deadline ({}) at step {}: {pending}",
+                            humantime::format_duration(Duration::from_millis(
+                                r.progress_deadline_ms
+                            )),
+                            r.step + 1
+                        ),
+                    )?;
+                } else {
+                    r.decision = format!("step {}: waiting: {pending}", r.step + 1);
+                }
+            }
+            Verdict::Pass | Verdict::Inconclusive(_) => {
+                let left = step.map_or(0, |s| {
+                    s.duration_ms
+                        .saturating_sub(elapsed_ms(r.step_started_unix_ms, now))
+                });
+                r.decision = format!(
+                    "step {} of {}: {}% to {}, analysing ({} left)",
+                    r.step + 1,
+                    r.steps.len(),
+                    r.weight,
+                    r.canary_version,
+                    humantime::format_duration(Duration::from_secs(left / 1000))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves the current step: waits for confirmation, goes to the next step, or promotes.
+    fn advance(&self, r: &mut Rollout, now: i64, confirmed: bool) -> Result<(), RolloutError> {
+        let step = r.current_step().cloned();
+        if step.as_ref().is_some_and(|s| s.confirm) && !confirmed {
+            r.phase = Phase::WaitingConfirmation;
+            r.decision = format!(
+                "step {} ({}%) passed; waiting for `sluice rollout resume {}` to continue",
+                r.step + 1,
+                r.weight,
+                r.service
+            );
+            self.save(r, now, "waiting-confirmation")?;
+            self.notify(
+                r,
+                &RolloutEvent::WaitingForConfirmation {
+                    step: u32::try_from(r.step + 1).unwrap_or(u32::MAX),
+                    weight: r.weight,
+                },
+            );
+            return Ok(());
+        }
+        if r.step + 1 < r.steps.len() {
+            r.step += 1;
+            r.weight = r.steps[r.step].weight;
+            r.phase = Phase::Progressing;
+            r.step_started_unix_ms = now;
+            r.decision = format!(
+                "step {} of {}: {}% of traffic to {}",
+                r.step + 1,
+                r.steps.len(),
+                r.weight,
+                r.canary_version
+            );
+            self.save(r, now, "step")?;
+            self.notify(
+                r,
+                &RolloutEvent::Step {
+                    step: u32::try_from(r.step + 1).unwrap_or(u32::MAX),
+                    weight: r.weight,
+                },
+            );
+            return Ok(());
+        }
+        let reason = format!(
+            "promoted: every check passed through {} steps (last {}%)",
+            r.steps.len(),
+            r.weight
+        );
+        self.promote(r, now, reason)
+    }
+
+    fn promote(&self, r: &mut Rollout, now: i64, reason: String) -> Result<(), RolloutError> {
+        r.phase = Phase::Promoted;
+        r.weight = 100;
+        r.finished_unix_ms = Some(now);
+        r.decision = reason;
+        self.save(r, now, "promoted")?;
+        self.lock_runtime().remove(&r.id);
+        self.notify(r, &RolloutEvent::Promoted);
+        Ok(())
+    }
+
+    fn fail(&self, r: &mut Rollout, now: i64, reason: String) -> Result<(), RolloutError> {
+        r.phase = Phase::Failed;
+        r.weight = 0;
+        r.finished_unix_ms = Some(now);
+        r.decision = format!("failed: {reason}");
+        self.save(r, now, "failed")?;
+        self.lock_runtime().remove(&r.id);
+        tracing::warn!(rollout = r.id, "{}", r.decision);
+        Ok(())
+    }
+
+    fn save(&self, r: &mut Rollout, now: i64, kind: &str) -> Result<(), RolloutError> {
+        r.updated_unix_ms = now;
+        let e = event(now, kind, &r.decision);
+        store::save(self.plane.store(), r, Some(&e))?;
+        tracing::info!(rollout = r.id, service = r.service, phase = %r.phase, weight = r.weight, "{}", r.decision);
+        Ok(())
+    }
+
+    /// The service's stable version: promoted earlier, else the Route's heaviest backend, else
+    /// its first declared version.
+    fn stable_version(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> Result<Option<String>, RolloutError> {
+        let promoted = store::stable_versions(self.plane.store())?;
+        if let Some((_, v)) = promoted
+            .into_iter()
+            .find(|((ns, s), _)| ns == namespace && s == service)
+        {
+            return Ok(Some(v));
+        }
+        let policy = self.plane.policy();
+        let key = ObjectRef::new(namespace, service);
+        if let Some(route) = policy.set.routes.get(&key)
+            && let Some(b) = route.doc.spec.backends.iter().max_by_key(|b| b.weight)
+        {
+            return Ok(Some(b.version.clone()));
+        }
+        Ok(policy
+            .set
+            .services
+            .get(&key)
+            .and_then(|s| s.source.doc.spec.versions.first().cloned()))
+    }
+
+    /// Recomputes the weights proxies enforce from the store and hands them to the plane.
+    pub fn apply_weights(&self) -> Result<(), RolloutError> {
+        let st = self.plane.store();
+        let mut overrides = RouteOverrides::new();
+        for ((ns, svc), version) in store::stable_versions(st)? {
+            overrides.insert((ns, svc), vec![(version, 100)]);
+        }
+        for r in store::active(st)? {
+            let split: Vec<(String, u32)> = [
+                (r.baseline_version.clone(), 100 - r.weight.min(100)),
+                (r.canary_version.clone(), r.weight.min(100)),
+            ]
+            .into_iter()
+            .filter(|(_, w)| *w > 0)
+            .collect();
+            overrides.insert((r.namespace.clone(), r.service.clone()), split);
+        }
+        self.plane.set_route_overrides(overrides);
+        Ok(())
+    }
+
+    fn canary_logs(&self, r: &Rollout) -> Vec<String> {
+        let Some(dir) = &self.config.workload_logs else {
+            return Vec::new();
+        };
+        let mut lines = Vec::new();
+        for instance in self
+            .plane
+            .instances(&r.namespace, &r.service, &r.canary_version)
+        {
+            // Instance names are validated labels, so this stays inside `dir`.
+            let path = dir.join(format!("{instance}.log"));
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                lines.extend(text.lines().map(str::to_owned));
+            }
+        }
+        let skip = lines.len().saturating_sub(LOG_LINES);
+        lines.split_off(skip)
+    }
+
+    fn context(&self, r: &Rollout) -> RolloutContext {
+        let base = self.config.public_url.trim_end_matches('/');
+        RolloutContext {
+            rollout_id: r.id.clone(),
+            service: r.service.clone(),
+            canary_version: r.canary_version.clone(),
+            baseline_version: r.baseline_version.clone(),
+            rollout_url: format!("{base}/rollouts/{}", r.id),
+            chart_png_url: Some(format!("{base}/rollouts/{}/chart.png", r.id)),
+            chart_svg_url: Some(format!("{base}/rollouts/{}/chart.svg", r.id)),
+        }
+    }
+
+    /// Sends `event` to the service's team and the policy's `notify.teams`, if loud enough.
+    fn notify(&self, r: &Rollout, event: &RolloutEvent) {
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        let policy = self.plane.policy();
+        let key = ObjectRef::new(r.namespace.clone(), r.service.clone());
+        let settings: NotifySettings = policy
+            .set
+            .canaries
+            .get(&key)
+            .map(|c| c.doc.spec.notify.clone())
+            .unwrap_or_default();
+        if !should_send(&settings, event.severity()) {
+            return;
+        }
+        let mut teams: Vec<String> = policy
+            .set
+            .services
+            .get(&key)
+            .map(|s| vec![s.source.doc.spec.team.clone()])
+            .unwrap_or_default();
+        teams.extend(settings.teams.iter().cloned());
+        teams.dedup();
+        let specs: Vec<_> = teams
+            .iter()
+            .filter_map(|t| {
+                policy
+                    .set
+                    .teams
+                    .get(&ObjectRef::new(r.namespace.clone(), t.clone()))
+                    .or_else(|| policy.set.teams.get(&ObjectRef::new("default", t.clone())))
+                    .map(|c| c.doc.spec.clone())
+            })
+            .collect();
+        let message = rollout_notification(&self.context(r), event);
+        if let Err(e) = notifier.notify_teams(message, specs.iter()) {
+            tracing::warn!(rollout = r.id, error = %e, "notification not queued");
+        }
+    }
+
+    /// Re-sends a finished rollout's final message (deduplicated by id).
+    fn announce_final(&self, r: &Rollout) {
+        match r.phase {
+            Phase::Promoted => self.notify(r, &RolloutEvent::Promoted),
+            Phase::RolledBack => {
+                let evidence = r
+                    .failed_check
+                    .clone()
+                    .and_then(|v| serde_json::from_value::<serde_json::Value>(v).ok());
+                let at_weight = r.steps.get(r.step).map_or(0, |s| s.weight);
+                if let Some(e) = evidence {
+                    let reason = rollback_reason_from_json(r, at_weight, &e, self.canary_logs(r));
+                    self.notify(r, &RolloutEvent::RolledBack(Box::new(reason)));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A rollout with its events and points.
+    pub fn detail(&self, r: Rollout) -> Result<super::model::RolloutDetail, RolloutError> {
+        let st = self.plane.store();
+        Ok(super::model::RolloutDetail {
+            events: store::events(st, &r.id)?,
+            points: store::points(st, &r.id)?,
+            rollout: r,
+        })
+    }
+
+    /// Rollouts, newest first.
+    pub fn list(&self, service: Option<(&str, &str)>) -> Result<Vec<Rollout>, RolloutError> {
+        Ok(store::list(self.plane.store(), service)?)
+    }
+}
+
+fn event(at: i64, kind: &str, message: &str) -> Event {
+    Event {
+        at_unix_ms: at,
+        kind: kind.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// `r-<yyyymmdd>-<4 hex>`.
+fn new_id(now_ms: i64) -> String {
+    let date = time::OffsetDateTime::from_unix_timestamp(now_ms / 1000)
+        .map(|t| format!("{:04}{:02}{:02}", t.year(), u8::from(t.month()), t.day()))
+        .unwrap_or_else(|_| "00000000".to_owned());
+    let mut b = [0u8; 2];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    format!("r-{date}-{:02x}{:02x}", b[0], b[1])
+}
+
+/// The steps of a CanaryPolicy: its `steps`, or `stepWeight` up to `maxWeight`.
+fn plan(spec: &CanaryPolicySpec) -> Vec<StepPlan> {
+    if !spec.steps.is_empty() {
+        return spec
+            .steps
+            .iter()
+            .map(|s| StepPlan {
+                weight: s.weight,
+                duration_ms: ms(s.duration.map_or(DEFAULT_STEP, |d| d.0)),
+                confirm: s.confirm,
+            })
+            .collect();
+    }
+    let step = spec.step_weight.unwrap_or(10).max(1);
+    let max = spec.max_weight.unwrap_or(50).clamp(1, 100);
+    let duration = ms(spec.step_duration.map_or(DEFAULT_STEP, |d| d.0));
+    let mut steps = Vec::new();
+    let mut w = step.min(max);
+    loop {
+        steps.push(StepPlan {
+            weight: w,
+            duration_ms: duration,
+            confirm: false,
+        });
+        if w >= max {
+            break;
+        }
+        w = (w + step).min(max);
+    }
+    steps
+}
+
+fn unit_of(signal: &str) -> (&'static str, &'static str) {
+    match signal {
+        "successRate" => ("%", " points"),
+        "latency" => (" ms", "%"),
+        _ => (" req/s", "%"),
+    }
+}
+
+fn rollback_reason(
+    r: &Rollout,
+    weight: u32,
+    e: &super::judge::Evidence,
+    logs: Vec<String>,
+) -> RollbackReason {
+    let json = serde_json::to_value(e).unwrap_or_default();
+    rollback_reason_from_json(r, weight, &json, logs)
+}
+
+fn rollback_reason_from_json(
+    r: &Rollout,
+    weight: u32,
+    e: &serde_json::Value,
+    canary_logs: Vec<String>,
+) -> RollbackReason {
+    let signal = e["signal"].as_str().unwrap_or_default();
+    let (unit, margin_unit) = unit_of(signal);
+    RollbackReason {
+        step: u32::try_from(r.step + 1).unwrap_or(u32::MAX),
+        weight,
+        metric: e["metric"].as_str().unwrap_or("analysis").to_owned(),
+        canary_value: e["canary_value"].as_f64().unwrap_or(f64::NAN),
+        baseline_value: e["baseline_value"].as_f64().unwrap_or(f64::NAN),
+        unit: unit.to_owned(),
+        margin: e["margin"].as_f64().unwrap_or(0.0),
+        margin_unit: margin_unit.to_owned(),
+        evidence: e["explanation"].as_str().unwrap_or_default().to_owned(),
+        canary_logs,
+    }
+}
+
+/// Rollouts' chart data: success rate and p99 per interval, canary and baseline.
+pub fn chart(detail: &super::model::RolloutDetail) -> super::chart::RolloutChart {
+    use super::chart::{Annotation, AnnotationKind, ChartPoint, RolloutChart};
+    let r = &detail.rollout;
+    let pct = |c: &Counts| c.failure_rate().map(|f| 100.0 * (1.0 - f));
+    let p99 = |c: &Counts| c.quantile(0.99).map(|s| s * 1000.0);
+    let points = detail
+        .points
+        .iter()
+        .map(|p| ChartPoint {
+            t_unix_ms: u64::try_from(p.at_unix_ms).unwrap_or(0),
+            canary_success_pct: pct(&p.canary),
+            baseline_success_pct: pct(&p.baseline),
+            canary_p99_ms: p99(&p.canary),
+            baseline_p99_ms: p99(&p.baseline),
+            canary_weight: p.weight,
+        })
+        .collect();
+    let annotations = detail
+        .events
+        .iter()
+        .filter_map(|e| {
+            let kind = match e.kind.as_str() {
+                "rolled-back" => AnnotationKind::Rollback,
+                "promoted" => AnnotationKind::Promotion,
+                "waiting-confirmation" => AnnotationKind::Confirmation,
+                "failed" | "aborted" => AnnotationKind::Failure,
+                _ => return None,
+            };
+            Some(Annotation {
+                t_unix_ms: u64::try_from(e.at_unix_ms).unwrap_or(0),
+                kind,
+                label: e.kind.clone(),
+            })
+        })
+        .collect();
+    RolloutChart {
+        service: r.service.clone(),
+        canary_version: r.canary_version.clone(),
+        baseline_version: r.baseline_version.clone(),
+        subtitle: Some(r.decision.clone()),
+        points,
+        annotations,
+    }
+}
+
+#[cfg(test)]
+mod tests;

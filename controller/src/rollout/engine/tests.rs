@@ -1,0 +1,377 @@
+//! The engine's state machine over a real store and control plane, with the metric source
+//! replaced by counts the test writes (the proxies' reports are tested end to end elsewhere).
+//! Policy intervals are in milliseconds so the walk takes real time but little of it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_policy::PolicySet;
+
+use super::*;
+use crate::server::state::PolicySnapshot;
+use crate::store::{RegistrationRow, Store};
+
+const POLICY: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Team
+metadata: { name: payments }
+spec: {}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: MeshService
+metadata: { name: payments }
+spec: { team: payments, versions: [v1, v2, v3], endpoints: [{ rpc: "POST /v1/charges" }] }
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Route
+metadata: { name: payments }
+spec:
+  service: payments
+  backends: [{ version: v1, weight: 100 }]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: CanaryPolicy
+metadata: { name: payments }
+spec:
+  service: payments
+  steps:
+    - { weight: 10, duration: 400ms }
+    - { weight: 50, duration: 400ms, confirm: true }
+  analysis:
+    interval: 100ms
+    minRequests: 20
+    metrics:
+      - { name: errors, signal: successRate, relative: { margin: 0.5 } }
+"#;
+
+type Totals = Arc<Mutex<BTreeMap<String, Counts>>>;
+
+struct Source(Totals);
+
+impl MetricSource for Source {
+    fn totals(&self, _: &str, _: &str, version: &str) -> Counts {
+        self.0
+            .lock()
+            .expect("lock")
+            .get(version)
+            .cloned()
+            .unwrap_or_else(Counts::empty)
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    plane: Arc<ControlPlane>,
+    totals: Totals,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let set = PolicySet::from_str("p.yaml", POLICY).expect("valid policy");
+        let plane = ControlPlane::new(store, PolicySnapshot::new(set), Duration::from_secs(30))
+            .expect("plane");
+        Fixture {
+            _dir: dir,
+            plane,
+            totals: Arc::default(),
+        }
+    }
+
+    fn engine(&self) -> Arc<Engine> {
+        Engine::start(
+            Arc::clone(&self.plane),
+            Arc::new(Source(Arc::clone(&self.totals))),
+            EngineConfig {
+                public_url: "http://127.0.0.1:1".into(),
+                workload_logs: None,
+                delivery: None,
+            },
+        )
+        .expect("engine")
+    }
+
+    async fn register(&self, version: &str) {
+        self.plane
+            .register(RegistrationRow {
+                namespace: "default".into(),
+                service: "payments".into(),
+                instance: format!("payments-{version}"),
+                version: version.into(),
+                environment: "stable".into(),
+                address: "127.0.0.1:9".into(),
+                registered_unix_ms: 0,
+            })
+            .await
+            .expect("register");
+    }
+
+    /// Adds `n` requests to `version`, `failures` of them failed.
+    fn traffic(&self, version: &str, n: u64, failures: u64) {
+        let mut totals = self.totals.lock().expect("lock");
+        let c = totals
+            .entry(version.to_owned())
+            .or_insert_with(Counts::empty);
+        for i in 0..n {
+            c.record(0.004, i < failures);
+        }
+    }
+
+    /// The default split proxies get for payments, from the published bundle.
+    fn published_split(&self) -> String {
+        let bundle = self.plane.current().config.policy_bundle.clone();
+        bundle
+            .split("---")
+            .find(|d| d.contains("\"kind\":\"Route\""))
+            .and_then(|d| d.split("\"backends\":").nth(1))
+            .and_then(|rest| rest.split(']').next())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+fn start(version: &str) -> StartRequest {
+    StartRequest {
+        namespace: "default".into(),
+        service: "payments".into(),
+        version: version.into(),
+        requested_by: Some("test".into()),
+    }
+}
+
+/// Ticks (with traffic each time) until `done` holds or 10 s pass.
+async fn drive(
+    f: &Fixture,
+    engine: &Engine,
+    per_tick: impl Fn(&Fixture),
+    done: impl Fn(&Rollout) -> bool,
+) -> Rollout {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        per_tick(f);
+        engine.tick().await.expect("tick");
+        let r = engine.find("default", "payments").expect("rollout");
+        if done(&r) {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stuck: {} — {}",
+            r.phase,
+            r.decision
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_healthy_canary_walks_the_steps_waits_for_confirmation_and_is_promoted() {
+    let f = Fixture::new();
+    let engine = f.engine();
+    let r = engine.start_rollout(start("v2")).await.expect("start");
+    assert_eq!(
+        (r.phase, r.baseline_version.as_str()),
+        (Phase::Pending, "v1")
+    );
+    assert!(
+        f.published_split().contains("\"v1\",\"weight\":100"),
+        "{}",
+        f.published_split()
+    );
+
+    f.register("v2").await;
+    let healthy = |f: &Fixture| {
+        f.traffic("v1", 90, 0);
+        f.traffic("v2", 10, 0);
+    };
+    let r = drive(&f, &engine, healthy, |r| r.phase == Phase::Progressing).await;
+    assert_eq!(r.weight, 10);
+    let split = f.published_split();
+    assert!(
+        split.contains("\"v1\",\"weight\":90") && split.contains("\"v2\",\"weight\":10"),
+        "{split}"
+    );
+
+    let r = drive(&f, &engine, healthy, |r| {
+        r.phase == Phase::WaitingConfirmation
+    })
+    .await;
+    assert_eq!((r.step, r.weight), (1, 50));
+    assert!(
+        r.decision
+            .contains("waiting for `sluice rollout resume payments`"),
+        "{}",
+        r.decision
+    );
+    assert!(r.canary_requests > 0 && !r.evidence.is_empty());
+
+    let r = engine
+        .act("default", "payments", Action::Resume)
+        .await
+        .expect("resume");
+    assert_eq!(r.phase, Phase::Promoted);
+    assert_eq!(r.weight, 100);
+    assert!(f.published_split().contains("\"v2\",\"weight\":100"));
+    // The promoted version is the new stable one: the next rollout compares against it.
+    let next = engine.start_rollout(start("v3")).await.expect("start v3");
+    assert_eq!(next.baseline_version, "v2");
+    let kinds: Vec<String> = engine
+        .detail(r)
+        .expect("detail")
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "started",
+            "step",
+            "step",
+            "waiting-confirmation",
+            "promoted"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_bad_canary_is_rolled_back_with_the_failed_check() {
+    let f = Fixture::new();
+    let engine = f.engine();
+    engine.start_rollout(start("v3")).await.expect("start");
+    f.register("v3").await;
+    let bad = |f: &Fixture| {
+        f.traffic("v1", 200, 0);
+        f.traffic("v3", 30, 6);
+    };
+    let r = drive(&f, &engine, bad, |r| !r.phase.is_active()).await;
+    assert_eq!(r.phase, Phase::RolledBack, "{}", r.decision);
+    assert_eq!(r.weight, 0);
+    let failed = r.failed_check.clone().expect("failed check");
+    assert_eq!(failed["metric"], "errors");
+    assert!(
+        r.decision
+            .starts_with("rolled back at step 1 (10%): errors:"),
+        "{}",
+        r.decision
+    );
+    // Traffic back to v1 only.
+    let split = f.published_split();
+    assert!(
+        split.contains("\"v1\",\"weight\":100") && !split.contains("v3"),
+        "{split}"
+    );
+    // A chart can be drawn from what was stored.
+    let detail = engine.detail(r).expect("detail");
+    let png = crate::rollout::chart::render_png(&chart(&detail)).expect("png");
+    assert!(png.starts_with(b"\x89PNG"));
+}
+
+#[tokio::test]
+async fn a_restarted_engine_resumes_at_the_same_step_with_its_evidence() {
+    let f = Fixture::new();
+    let engine = f.engine();
+    engine.start_rollout(start("v2")).await.expect("start");
+    f.register("v2").await;
+    let healthy = |f: &Fixture| {
+        f.traffic("v1", 90, 0);
+        f.traffic("v2", 10, 0);
+    };
+    let before = drive(&f, &engine, healthy, |r| r.canary_requests >= 30).await;
+    drop(engine);
+
+    let engine = f.engine();
+    let after = engine.find("default", "payments").expect("rollout");
+    assert_eq!(
+        (after.phase, after.step, after.weight),
+        (before.phase, before.step, before.weight)
+    );
+    {
+        let runtime = engine.lock_runtime();
+        let rt = runtime.get(&after.id).expect("rebuilt");
+        assert_eq!(rt.judge.requests().0, before.canary_requests);
+    }
+    // It goes on from there, and promotes once (one `promoted` event).
+    drive(&f, &engine, healthy, |r| {
+        r.phase == Phase::WaitingConfirmation
+    })
+    .await;
+    engine
+        .act("default", "payments", Action::Resume)
+        .await
+        .expect("resume");
+    let again = engine.act("default", "payments", Action::Promote).await;
+    assert!(matches!(again, Err(RolloutError::Conflict(_))));
+    let r = engine.find("default", "payments").expect("rollout");
+    let promoted = engine
+        .detail(r)
+        .expect("detail")
+        .events
+        .iter()
+        .filter(|e| e.kind == "promoted")
+        .count();
+    assert_eq!(promoted, 1);
+}
+
+#[tokio::test]
+async fn pause_abort_promote_supersede_and_refusals() {
+    let f = Fixture::new();
+    let engine = f.engine();
+    let undeclared = engine.start_rollout(start("v9")).await;
+    assert!(
+        matches!(&undeclared, Err(RolloutError::Invalid(m)) if m.contains("add `v9` to its spec.versions")),
+        "{undeclared:?}"
+    );
+    assert!(matches!(
+        engine.start_rollout(start("v1")).await,
+        Err(RolloutError::Conflict(_))
+    ));
+
+    let first = engine.start_rollout(start("v2")).await.expect("start");
+    f.register("v2").await;
+    drive(&f, &engine, |_| {}, |r| r.phase == Phase::Progressing).await;
+    let paused = engine
+        .act("default", "payments", Action::Pause)
+        .await
+        .expect("pause");
+    assert_eq!((paused.phase, paused.weight), (Phase::Paused, 10));
+    engine.tick().await.expect("tick");
+    assert_eq!(
+        engine.find("default", "payments").expect("r").phase,
+        Phase::Paused
+    );
+    let resumed = engine
+        .act("default", "payments", Action::Resume)
+        .await
+        .expect("resume");
+    assert_eq!(resumed.phase, Phase::Progressing);
+
+    // A newer version supersedes the running rollout.
+    let second = engine.start_rollout(start("v3")).await.expect("start v3");
+    assert_eq!(
+        engine.find("default", &first.id).expect("first").phase,
+        Phase::Superseded
+    );
+    let aborted = engine
+        .act("default", &second.id, Action::Abort)
+        .await
+        .expect("abort");
+    assert_eq!((aborted.phase, aborted.weight), (Phase::Aborted, 0));
+    assert!(matches!(
+        engine.act("default", &second.id, Action::Resume).await,
+        Err(RolloutError::Conflict(_))
+    ));
+
+    let third = engine
+        .start_rollout(start("v2"))
+        .await
+        .expect("start again");
+    let promoted = engine
+        .act("default", &third.id, Action::Promote)
+        .await
+        .expect("promote");
+    assert_eq!(promoted.phase, Phase::Promoted);
+    assert!(f.published_split().contains("\"v2\",\"weight\":100"));
+}
