@@ -3,5 +3,6 @@
 //! [`judge`] decides from metrics (pure statistics), [`chart`] draws the evidence.
 
 pub mod chart;
+pub mod cli;
 pub mod judge;
 pub mod model;
