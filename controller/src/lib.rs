@@ -81,6 +81,11 @@ pub enum Command {
     Up(up::UpArgs),
     /// Remove what a killed `sluice up` left behind (namespaces, veths, bridge, processes).
     Down(up::DownArgs),
+    /// Progressive delivery: start, watch, pause, resume, promote and abort rollouts.
+    ///
+    /// Exits 0 when done (`watch`: promoted), 1 when the controller refused or a watched
+    /// rollout was not promoted, 2 when the controller cannot be reached.
+    Rollout(rollout::cli::RolloutCommand),
 }
 
 /// `sluice policy …`.
@@ -250,6 +255,9 @@ pub enum CliError {
     /// `sluice status` found nothing to show.
     #[error(transparent)]
     Status(#[from] status::StatusError),
+    /// `sluice rollout` could not ask the controller, or could not read its answer.
+    #[error(transparent)]
+    Rollout(#[from] rollout::cli::RolloutError),
     /// The local mesh could not run or be cleaned up.
     #[error(transparent)]
     Up(#[from] up::UpError),
@@ -314,6 +322,7 @@ fn execute(
         Command::Down(args) => up::down(&args, out)
             .map(|()| Outcome::Success)
             .map_err(Into::into),
+        Command::Rollout(command) => rollout::cli::run(&command, terminal, out, err),
     }
 }
 

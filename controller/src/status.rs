@@ -273,8 +273,40 @@ pub(crate) fn run(args: &StatusArgs, out: &mut dyn Write) -> Result<Outcome, Cli
     })
 }
 
-/// `GET /status` from the admin endpoint, over a plain blocking socket (HTTP/1.0, one request).
+/// `GET /status` from the admin endpoint.
 pub fn fetch(addr: &str) -> Result<StatusReport, StatusError> {
+    let response = request(addr, "GET", "/status", None)?;
+    if response.status != 200 {
+        return Err(StatusError::Unreachable {
+            addr: addr.to_owned(),
+            reason: format!("answered `{}`", response.status_line),
+        });
+    }
+    serde_json::from_str(&response.body).map_err(|e| StatusError::Unreachable {
+        addr: addr.to_owned(),
+        reason: format!("unreadable answer: {e}"),
+    })
+}
+
+/// An admin endpoint's answer, whatever its status (callers decide what a 4xx means).
+pub(crate) struct AdminResponse {
+    /// The numeric status, 0 when the status line has none.
+    pub status: u16,
+    /// The status line, for messages.
+    pub status_line: String,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// One request to the admin endpoint over a plain blocking socket (HTTP/1.0: the server closes
+/// the connection after answering, so the body is whatever arrives until then). Shared with
+/// `sluice rollout`; only a failure to talk HTTP at all is an error here.
+pub(crate) fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    json_body: Option<&str>,
+) -> Result<AdminResponse, StatusError> {
     let unreachable = |reason: String| StatusError::Unreachable {
         addr: addr.to_owned(),
         reason,
@@ -289,9 +321,18 @@ pub fn fetch(addr: &str) -> Result<StatusReport, StatusError> {
     let io = |e: std::io::Error| unreachable(e.to_string());
     stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
-    stream
-        .write_all(format!("GET /status HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .map_err(io)?;
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    if let Some(body) = json_body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    } else if method != "GET" {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    head.push_str("\r\n");
+    head.push_str(json_body.unwrap_or_default());
+    stream.write_all(head.as_bytes()).map_err(io)?;
     let mut response = Vec::new();
     stream
         .take(16 * 1024 * 1024)
@@ -301,11 +342,17 @@ pub fn fetch(addr: &str) -> Result<StatusReport, StatusError> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| unreachable("not an HTTP response".to_owned()))?;
-    let status_line = head.lines().next().unwrap_or_default();
-    if status_line.split_whitespace().nth(1) != Some("200") {
-        return Err(unreachable(format!("answered `{status_line}`")));
-    }
-    serde_json::from_str(body).map_err(|e| unreachable(format!("unreadable answer: {e}")))
+    let status_line = head.lines().next().unwrap_or_default().to_owned();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    Ok(AdminResponse {
+        status,
+        status_line,
+        body: body.to_owned(),
+    })
 }
 
 /// What the store knows while the controller is down.
