@@ -1,6 +1,7 @@
 //! The controller's gRPC server (`sluice.mesh.v1.Mesh`) and the `sluice controller` command.
 //!
-//! Each RPC lives in its own module (`certify`, `watch`, `register`, `report_denials`) as a
+//! Each RPC lives in its own module (`certify`, `watch`, `register`, `report_denials`,
+//! `report_traffic`) as a
 //! plain function returning `Result<_, ApiError>`; [`MeshService`] only dispatches, logs, and
 //! converts errors with the single `From<ApiError> for Status` in `error.rs`.
 //!
@@ -20,6 +21,7 @@ mod error;
 pub mod policy_watch;
 pub(crate) mod register;
 mod report_denials;
+mod report_traffic;
 pub mod state;
 mod watch;
 
@@ -34,7 +36,7 @@ use clap::Args;
 use sluice_api::v1::mesh_server::{Mesh, MeshServer};
 use sluice_api::v1::{
     CertifyRequest, CertifyResponse, DenialReport, DenialReportAck, ProxyConfig, Registration,
-    RegistrationAck, WatchRequest,
+    RegistrationAck, TrafficReport, TrafficReportAck, WatchRequest,
 };
 use sluice_policy::PolicySet;
 use sluice_policy::diagnostic::{Style, render};
@@ -184,6 +186,18 @@ impl Mesh for MeshService {
                 tracing::error!(peer = ?peer, error = %e, "ReportDenials failed");
             }
             Err(e) => tracing::warn!(peer = ?peer, error = %e, "ReportDenials refused"),
+        }
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn report_traffic(
+        &self,
+        request: Request<TrafficReport>,
+    ) -> Result<Response<TrafficReportAck>, Status> {
+        let peer = request.remote_addr();
+        let result = report_traffic::report_traffic(&self.plane, request.into_inner());
+        if let Err(e) = &result {
+            tracing::warn!(peer = ?peer, error = %e, "ReportTraffic refused");
         }
         result.map(Response::new).map_err(Status::from)
     }

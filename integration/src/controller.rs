@@ -10,7 +10,7 @@ use std::time::Duration;
 use sluice_api::v1::mesh_server::{Mesh, MeshServer};
 use sluice_api::v1::{
     CertifyRequest, CertifyResponse, DenialReport, DenialReportAck, ProxyConfig, Registration,
-    RegistrationAck, WatchRequest,
+    RegistrationAck, TrafficReport, TrafficReportAck, WatchRequest,
 };
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
@@ -139,6 +139,13 @@ impl Mesh for Svc {
             r.push(request.into_inner());
         }
         Ok(Response::new(DenialReportAck {}))
+    }
+
+    async fn report_traffic(
+        &self,
+        _: Request<TrafficReport>,
+    ) -> Result<Response<TrafficReportAck>, Status> {
+        Err(Status::unimplemented("not in the fake"))
     }
 }
 

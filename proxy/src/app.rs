@@ -98,6 +98,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tokio::spawn(controller::run(w, shared.clone(), metrics.clone(), status))
     });
     let source_status = Arc::new(SourceStatus::new(source.clone(), stream_status));
+    let traffic_reports = crate::traffic_report::TrafficReportConfig::from_config(&config)
+        .map(|c| crate::traffic_report::spawn(c, metrics.clone()));
     let router = Arc::new(Router::new(shared.clone(), config.unknown_destinations));
 
     let proxy_id: Arc<str> = config.proxy_id.as_str().into();
@@ -230,6 +232,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     watcher.abort();
     if let Some(stream) = stream {
         stream.abort();
+    }
+    if let Some(reports) = traffic_reports {
+        reports.abort();
     }
     Ok(())
 }

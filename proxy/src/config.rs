@@ -96,6 +96,9 @@ pub const ENV_IDENTITY_POLL: &str = "SLUICE_PROXY_IDENTITY_POLL";
 pub const ENV_AUTHZ: &str = "SLUICE_PROXY_AUTHZ";
 /// How often denials are reported to the controller. Default `1s`.
 pub const ENV_DENIAL_REPORT_INTERVAL: &str = "SLUICE_PROXY_DENIAL_REPORT_INTERVAL";
+/// With the controller source: how often the inbound traffic totals are checked and, if they
+/// changed, reported to the controller (`ReportTraffic`, for canary analysis). Default `1s`.
+pub const ENV_TRAFFIC_REPORT_INTERVAL: &str = "SLUICE_PROXY_TRAFFIC_REPORT_INTERVAL";
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,6 +217,8 @@ pub struct Config {
     pub authz: bool,
     /// See [`ENV_DENIAL_REPORT_INTERVAL`].
     pub denial_report_interval: Duration,
+    /// See [`ENV_TRAFFIC_REPORT_INTERVAL`].
+    pub traffic_report_interval: Duration,
 }
 
 /// One bad variable.
@@ -340,6 +345,8 @@ impl Config {
             identity_poll: p.duration(ENV_IDENTITY_POLL, Duration::from_secs(1)),
             authz: false,
             denial_report_interval: p.duration(ENV_DENIAL_REPORT_INTERVAL, Duration::from_secs(1)),
+            traffic_report_interval: p
+                .duration(ENV_TRAFFIC_REPORT_INTERVAL, Duration::from_secs(1)),
         };
         config.source = choose_source(&mut p, &config);
         // Any policy source makes this proxy a mesh member: a snapshot file is exactly what the
@@ -381,6 +388,14 @@ impl Config {
         }
         if config.instance.is_empty() {
             config.instance = config.proxy_id.clone();
+        }
+        // A timer with a zero period would spin (tokio refuses it outright).
+        if config.traffic_report_interval.is_zero() {
+            p.errors.push(ConfigError {
+                var: ENV_TRAFFIC_REPORT_INTERVAL,
+                value: p.get(ENV_TRAFFIC_REPORT_INTERVAL).unwrap_or_default(),
+                reason: "expected a positive duration like `1s`".into(),
+            });
         }
         // Two sources would race each other; an endpoints file without a policy directory
         // would be silently ignored. Both are mistakes worth stopping for.
@@ -618,6 +633,16 @@ mod tests {
             ("default", "stable")
         );
         assert_eq!(w.instance, c.proxy_id);
+    }
+
+    #[test]
+    fn traffic_report_interval() {
+        let c = parse(&[]).expect("defaults are valid");
+        assert_eq!(c.traffic_report_interval, Duration::from_secs(1));
+        let c = parse(&[(ENV_TRAFFIC_REPORT_INTERVAL, "250ms")]).expect("valid");
+        assert_eq!(c.traffic_report_interval, Duration::from_millis(250));
+        let errs = parse(&[(ENV_TRAFFIC_REPORT_INTERVAL, "0s")]).expect_err("zero");
+        assert_eq!(errs.0[0].var, ENV_TRAFFIC_REPORT_INTERVAL);
     }
 
     #[test]

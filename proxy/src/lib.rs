@@ -27,6 +27,7 @@ pub mod routing;
 pub mod state;
 pub mod tcp;
 pub mod tls;
+pub mod traffic_report;
 
 /// Which side of the workload a connection is on. Every listener, metric and log line is
 /// tagged with it because the two sides have different trust and routing rules.

@@ -315,12 +315,88 @@ impl Metrics {
             .inc();
     }
 
+    /// This proxy's inbound golden signals, summed over every label set (callers, routes,
+    /// status codes), for traffic reports to the controller. Each proxy fronts one version of
+    /// one service, so its inbound responses are exactly that version's traffic.
+    ///
+    /// Read from the labelled metrics themselves rather than from extra unlabelled counters, so
+    /// that the request path pays nothing for it; the cost (one `collect` of two metric
+    /// families) is paid here, off the hot path, once per report interval.
+    pub fn inbound_totals(&self) -> InboundTotals {
+        use prometheus::core::Collector;
+        // The histogram first: `response` counts before it observes, so reading the counters
+        // second sees at least the histogram's responses. The `max` below covers what memory
+        // ordering alone might not.
+        let latency = sum_inbound(&self.latency.collect(), |m, into: &mut InboundTotals| {
+            let h = m.get_histogram();
+            into.observed = into.observed.saturating_add(h.get_sample_count());
+            for (i, b) in h.get_bucket().iter().enumerate() {
+                match into.latency.get_mut(i) {
+                    Some((_, count)) => *count = count.saturating_add(b.cumulative_count()),
+                    None => into.latency.push((b.upper_bound(), b.cumulative_count())),
+                }
+            }
+        });
+        let mut totals = sum_inbound(&self.responses.collect(), |m, into| {
+            // Counters are integers kept exactly (they are `IntCounter`s) until 2^53.
+            let n = m.get_counter().get_value() as u64;
+            let failed = m
+                .get_label()
+                .iter()
+                .any(|l| l.name() == "classification" && l.value() == "failure");
+            into.requests = into.requests.saturating_add(n);
+            if failed {
+                into.failures = into.failures.saturating_add(n);
+            }
+        });
+        totals.requests = totals.requests.max(latency.observed);
+        totals.latency = latency.latency;
+        if totals.latency.is_empty() {
+            totals.latency = LATENCY_BUCKETS_S.iter().map(|&le| (le, 0)).collect();
+        }
+        totals
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> Result<String, prometheus::Error> {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
+}
+
+/// Inbound responses since the proxy started, summed over every label set (see
+/// [`Metrics::inbound_totals`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InboundTotals {
+    /// Responses sent, every classification.
+    pub requests: u64,
+    /// Of those, failures (see [`Classification`]).
+    pub failures: u64,
+    /// Cumulative latency buckets `(le seconds, count)`, ascending, without +Inf (its count is
+    /// `requests`).
+    pub latency: Vec<(f64, u64)>,
+    /// Observations in the histogram (its +Inf bucket), to keep `requests` at least as large.
+    observed: u64,
+}
+
+/// Folds every `direction="inbound"` metric of `families` with `add`.
+fn sum_inbound(
+    families: &[prometheus::proto::MetricFamily],
+    mut add: impl FnMut(&prometheus::proto::Metric, &mut InboundTotals),
+) -> InboundTotals {
+    let mut totals = InboundTotals::default();
+    let inbound = Direction::Inbound.as_str();
+    for m in families.iter().flat_map(|f| f.get_metric()) {
+        let is_inbound = m
+            .get_label()
+            .iter()
+            .any(|l| l.name() == "direction" && l.value() == inbound);
+        if is_inbound {
+            add(m, &mut totals);
+        }
+    }
+    totals
 }
 
 fn traffic(direction: Direction, l: &TrafficLabels) -> [&str; 6] {
@@ -403,5 +479,62 @@ mod tests {
         let text = m.encode().expect("encode");
         assert!(text.contains("sluice_proxy_requests_total{"), "{text}");
         assert!(text.contains(r#"grpc_status="0""#), "{text}");
+    }
+
+    #[test]
+    fn inbound_totals_sum_every_inbound_label_set_and_nothing_else() {
+        use std::time::Duration;
+        let m = Metrics::new().expect("metrics");
+        let empty = m.inbound_totals();
+        assert_eq!((empty.requests, empty.failures), (0, 0));
+        assert_eq!(
+            empty.latency.len(),
+            LATENCY_BUCKETS_S.len(),
+            "bounds even before traffic"
+        );
+        assert!(empty.latency.iter().all(|&(_, n)| n == 0));
+
+        let from = |caller: &str| TrafficLabels {
+            src_service: caller.into(),
+            dst_service: "payments".into(),
+            dst_version: "v2".into(),
+            route: "default".into(),
+            ..TrafficLabels::default()
+        };
+        let ms = Duration::from_millis;
+        // Two callers, several status codes and a gRPC failure: all one version's traffic.
+        m.response(Direction::Inbound, &from("checkout"), 200, None, ms(3));
+        m.response(Direction::Inbound, &from("checkout"), 200, None, ms(30));
+        m.response(Direction::Inbound, &from("checkout"), 503, None, ms(300));
+        m.response(Direction::Inbound, &from("frontend"), 404, None, ms(1));
+        m.response(
+            Direction::Inbound,
+            &from("frontend"),
+            200,
+            Some(Some(14)),
+            ms(3),
+        );
+        // Outbound calls this workload makes are someone else's traffic.
+        m.response(Direction::Outbound, &from("payments"), 500, None, ms(3));
+        m.response(Direction::Outbound, &from("payments"), 200, None, ms(3));
+
+        let t = m.inbound_totals();
+        assert_eq!(t.requests, 5);
+        assert_eq!(t.failures, 2, "the 503 and the gRPC UNAVAILABLE");
+        let bounds: Vec<f64> = t.latency.iter().map(|&(le, _)| le).collect();
+        assert_eq!(bounds, LATENCY_BUCKETS_S);
+        let at = |le: f64| {
+            t.latency
+                .iter()
+                .find(|&&(b, _)| b == le)
+                .map(|&(_, n)| n)
+                .expect("bucket")
+        };
+        assert_eq!(at(0.001), 1, "the 1 ms response");
+        assert_eq!(at(0.005), 3, "plus the two 3 ms ones");
+        assert_eq!(at(0.05), 4, "plus 30 ms");
+        assert_eq!(at(0.5), 5, "plus 300 ms");
+        assert_eq!(at(10.0), 5);
+        assert!(t.latency.windows(2).all(|w| w[0].1 <= w[1].1), "cumulative");
     }
 }

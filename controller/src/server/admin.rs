@@ -4,6 +4,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /status` | the [`StatusReport`](crate::status::StatusReport) JSON `sluice status` prints |
+//! | `GET /traffic` | every version's traffic totals as the proxies report them ([`crate::rollout::traffic`]) |
 //! | `GET /healthz` | `ok` |
 //!
 //! It changes nothing, so it needs no authentication as long as it stays on loopback; the
@@ -71,8 +72,44 @@ async fn handle(plane: &ControlPlane, req: &Request<Incoming>) -> Response<Full<
                 )
             }
         },
+        "/traffic" => traffic(plane),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "not found: try /status\n"),
+    }
+}
+
+/// `GET /traffic`: `{"traffic": [{namespace, service, version, environment, requests,
+/// failures, success_rate, p50_ms, p99_ms, instances, last_report_unix_ms}]}`, sorted by key.
+/// The rates and quantiles are `null` without requests; quantiles are interpolated within
+/// buckets like Prometheus' `histogram_quantile`, so they are estimates at bucket precision.
+fn traffic(plane: &ControlPlane) -> Response<Full<Bytes>> {
+    let ms = |seconds: Option<f64>| seconds.map(|s| s * 1000.0);
+    let rows: Vec<serde_json::Value> = plane
+        .traffic()
+        .all()
+        .into_iter()
+        .map(|(k, t)| {
+            serde_json::json!({
+                "namespace": k.namespace,
+                "service": k.service,
+                "version": k.version,
+                "environment": k.environment,
+                "requests": t.requests,
+                "failures": t.failures,
+                "success_rate": t.success_rate(),
+                "p50_ms": ms(t.quantile(0.5)),
+                "p99_ms": ms(t.quantile(0.99)),
+                "instances": t.instances,
+                "last_report_unix_ms": t.last_report_unix_ms,
+            })
+        })
+        .collect();
+    match serde_json::to_vec_pretty(&serde_json::json!({ "traffic": rows })) {
+        Ok(body) => Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "error\n")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
     }
 }
 

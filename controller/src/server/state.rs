@@ -20,6 +20,7 @@ use sluice_api::v1::{Endpoint, ProxyConfig, ServiceEndpoints, VersionEndpoints, 
 use sluice_policy::{PolicySet, Snapshot};
 use tokio::sync::watch;
 
+use crate::rollout::traffic::TrafficBook;
 use crate::status::{
     ConfigErrorInfo, ControllerInfo, DenialInfo, DenialsInfo, ProxyInfo, RECENT_DENIALS,
     RegistrationInfo, SnapshotInfo, StatusReport,
@@ -138,6 +139,7 @@ pub struct ControlPlane {
     grace: Duration,
     started: SystemTime,
     info: OnceLock<ControllerInfo>,
+    traffic: TrafficBook,
 }
 
 impl ControlPlane {
@@ -200,6 +202,7 @@ impl ControlPlane {
             grace,
             started: SystemTime::now(),
             info: OnceLock::new(),
+            traffic: TrafficBook::new(),
         }))
     }
 
@@ -213,6 +216,11 @@ impl ControlPlane {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Every version's traffic, as the proxies report it (`ReportTraffic`).
+    pub fn traffic(&self) -> &TrafficBook {
+        &self.traffic
     }
 
     /// The policy version in force.
