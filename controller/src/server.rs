@@ -22,6 +22,7 @@ pub mod policy_watch;
 pub(crate) mod register;
 mod report_denials;
 mod report_traffic;
+pub mod rollout_api;
 pub mod state;
 mod watch;
 
@@ -240,6 +241,14 @@ pub struct ControllerArgs {
     /// Services' cluster IPs will take its place. Read at start.
     #[arg(long, value_name = "FILE")]
     pub service_addresses: Option<PathBuf>,
+    /// The base URL of the rollout pages and charts in notifications. Default: the admin
+    /// endpoint's address (`http://127.0.0.1:PORT`).
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// A directory with each workload's log as `<instance>.log` (`sluice up` writes them):
+    /// a rollback message quotes the canary's last lines from there.
+    #[arg(long, value_name = "DIR")]
+    pub workload_logs: Option<PathBuf>,
     /// Once listening, write the bound address (`127.0.0.1:7071`) and a newline to this file.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -448,7 +457,26 @@ async fn serve(
         policy_dir: args.policy.as_ref().map(|p| p.display().to_string()),
         ..ControllerInfo::default()
     });
-    let admin_task = tokio::spawn(admin::serve(admin, Arc::clone(&plane)));
+    let engine = crate::rollout::engine::Engine::start(
+        Arc::clone(&plane),
+        Arc::new(crate::rollout::engine::ProxyTraffic(Arc::clone(&plane))),
+        crate::rollout::engine::EngineConfig {
+            public_url: args
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{admin_addr}")),
+            workload_logs: args.workload_logs.clone(),
+            delivery: Some(crate::notify::DeliveryConfig::default()),
+        },
+    )
+    .map_err(|e| {
+        setup(
+            "start the rollout engine",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    let engine_task = tokio::spawn(Arc::clone(&engine).run());
+    let admin_task = tokio::spawn(admin::serve(admin, Arc::clone(&plane), Some(engine)));
     let reaper = tokio::spawn(reap_forever(Arc::clone(&plane), args.registration_grace));
     tracing::info!(addr = %admin_addr, "serving the admin endpoint (GET /status)");
     if let Some(file) = &args.ready_file {
@@ -482,6 +510,7 @@ async fn serve(
         }
     }
     admin_task.abort();
+    engine_task.abort();
     reaper.abort();
     let _ = std::fs::remove_file(&admin_file);
     if let Some(file) = &args.ready_file {

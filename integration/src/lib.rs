@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod controller;
+pub mod inbox;
 pub mod local_mesh;
 pub mod mesh;
 pub mod mtls;

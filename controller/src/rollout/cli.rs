@@ -1270,6 +1270,8 @@ mod tests {
             interval_ms: 5_000,
             progress_deadline_ms: 600_000,
             policy: "payments".to_owned(),
+            analysis: Default::default(),
+            on_failure: Default::default(),
             requested_by: "alice".to_owned(),
             created_unix_ms: NOW_MS - 180_000,
             updated_unix_ms: NOW_MS - 2_000,

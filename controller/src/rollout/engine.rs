@@ -61,6 +61,28 @@ pub trait MetricSource: Send + Sync + 'static {
     fn totals(&self, namespace: &str, service: &str, version: &str) -> Counts;
 }
 
+/// The default source: what the proxies report (`ReportTraffic`), summed per version over
+/// the instances, stable environment.
+pub struct ProxyTraffic(pub Arc<ControlPlane>);
+
+impl MetricSource for ProxyTraffic {
+    fn totals(&self, namespace: &str, service: &str, version: &str) -> Counts {
+        let t = self.0.traffic().totals(
+            namespace,
+            service,
+            version,
+            crate::server::register::DEFAULT_ENVIRONMENT,
+        );
+        let mut counts = Counts::empty();
+        counts.requests = t.requests;
+        counts.failures = t.failures;
+        if !t.latency.is_empty() {
+            counts.latency_buckets = t.latency;
+        }
+        counts
+    }
+}
+
 /// Why a rollout request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
@@ -935,8 +957,8 @@ fn rollback_reason_from_json(
         step: u32::try_from(r.step + 1).unwrap_or(u32::MAX),
         weight,
         metric: e["metric"].as_str().unwrap_or("analysis").to_owned(),
-        canary_value: e["canary_value"].as_f64().unwrap_or(f64::NAN),
-        baseline_value: e["baseline_value"].as_f64().unwrap_or(f64::NAN),
+        canary_value: e["canaryValue"].as_f64().unwrap_or(f64::NAN),
+        baseline_value: e["baselineValue"].as_f64().unwrap_or(f64::NAN),
         unit: unit.to_owned(),
         margin: e["margin"].as_f64().unwrap_or(0.0),
         margin_unit: margin_unit.to_owned(),

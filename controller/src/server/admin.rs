@@ -6,9 +6,11 @@
 //! | `GET /status` | the [`StatusReport`](crate::status::StatusReport) JSON `sluice status` prints |
 //! | `GET /traffic` | every version's traffic totals as the proxies report them ([`crate::rollout::traffic`]) |
 //! | `GET /healthz` | `ok` |
+//! | `/rollouts…` | the rollout API and pages ([`super::rollout_api`]) |
 //!
-//! It changes nothing, so it needs no authentication as long as it stays on loopback; the
-//! portal will be served next to it.
+//! It listens on loopback only by default: the rollout actions (start, pause, promote, abort)
+//! are as powerful as the CLI, and anyone who can reach the port can use them. Behind an
+//! authenticating proxy is the way to share it (the portal's issue adds user identities).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,7 +27,11 @@ use tokio::net::TcpListener;
 use super::state::ControlPlane;
 
 /// Serves until the task is dropped.
-pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>) {
+pub async fn serve(
+    listener: TcpListener,
+    plane: Arc<ControlPlane>,
+    engine: Option<Arc<crate::rollout::engine::Engine>>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -36,10 +42,19 @@ pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>) {
             }
         };
         let plane = Arc::clone(&plane);
+        let engine = engine.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let plane = Arc::clone(&plane);
-                async move { Ok::<_, Infallible>(handle(&plane, &req).await) }
+                let engine = engine.clone();
+                async move {
+                    let rollouts = req.uri().path() == "/rollouts"
+                        || req.uri().path().starts_with("/rollouts/");
+                    Ok::<_, Infallible>(match (rollouts, engine) {
+                        (true, Some(engine)) => super::rollout_api::handle(&engine, req).await,
+                        _ => handle(&plane, &req).await,
+                    })
+                }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
