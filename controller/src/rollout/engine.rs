@@ -55,10 +55,20 @@ const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
 /// Canary log lines quoted in a rollback message.
 const LOG_LINES: usize = 20;
 
-/// Where cumulative request counts come from.
+/// What a metric source answers: cumulative counts, or why it could not.
+pub type TotalsFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Counts, String>> + Send + 'a>>;
+
+/// Where cumulative request counts come from. Counts only ever grow (a source that sees a
+/// counter reset reports from zero again, which [`Counts::delta`] reads like `increase()`).
 pub trait MetricSource: Send + Sync + 'static {
     /// Cumulative counts of `version` of `namespace/service` (stable environment) now.
-    fn totals(&self, namespace: &str, service: &str, version: &str) -> Counts;
+    fn totals<'a>(
+        &'a self,
+        namespace: &'a str,
+        service: &'a str,
+        version: &'a str,
+    ) -> TotalsFuture<'a>;
 }
 
 /// The default source: what the proxies report (`ReportTraffic`), summed per version over
@@ -66,7 +76,18 @@ pub trait MetricSource: Send + Sync + 'static {
 pub struct ProxyTraffic(pub Arc<ControlPlane>);
 
 impl MetricSource for ProxyTraffic {
-    fn totals(&self, namespace: &str, service: &str, version: &str) -> Counts {
+    fn totals<'a>(
+        &'a self,
+        namespace: &'a str,
+        service: &'a str,
+        version: &'a str,
+    ) -> TotalsFuture<'a> {
+        Box::pin(async move { Ok(self.proxy_totals(namespace, service, version)) })
+    }
+}
+
+impl ProxyTraffic {
+    fn proxy_totals(&self, namespace: &str, service: &str, version: &str) -> Counts {
         let t = self.0.traffic().totals(
             namespace,
             service,
@@ -456,7 +477,18 @@ impl Engine {
             let before = (r.phase, r.step, r.weight);
             match r.phase {
                 Phase::Pending => self.pending(&mut r, now)?,
-                Phase::Progressing => self.progressing(&mut r, now)?,
+                Phase::Progressing => {
+                    let (ns, svc) = (r.namespace.clone(), r.service.clone());
+                    let canary = self.metrics.totals(&ns, &svc, &r.canary_version).await;
+                    let baseline = self.metrics.totals(&ns, &svc, &r.baseline_version).await;
+                    match (canary, baseline) {
+                        (Ok(c), Ok(b)) => self.progressing(&mut r, now, c, b)?,
+                        (Err(e), _) | (_, Err(e)) => {
+                            // No data is inconclusive: the deadline still applies.
+                            tracing::warn!(rollout = r.id, error = %e, "no metrics this interval");
+                        }
+                    }
+                }
                 Phase::Paused | Phase::WaitingConfirmation => {}
                 _ => {}
             }
@@ -512,13 +544,13 @@ impl Engine {
         Ok(())
     }
 
-    fn progressing(&self, r: &mut Rollout, now: i64) -> Result<(), RolloutError> {
-        let canary = self
-            .metrics
-            .totals(&r.namespace, &r.service, &r.canary_version);
-        let baseline = self
-            .metrics
-            .totals(&r.namespace, &r.service, &r.baseline_version);
+    fn progressing(
+        &self,
+        r: &mut Rollout,
+        now: i64,
+        canary: Counts,
+        baseline: Counts,
+    ) -> Result<(), RolloutError> {
         let verdict = {
             let mut runtime = self.lock_runtime();
             let rt = runtime.entry(r.id.clone()).or_insert_with(|| Runtime {
