@@ -710,9 +710,15 @@ impl Reconciler {
             Err(e) => {
                 let msg = e.to_string();
                 if self.api_down.as_deref() != Some(&msg) {
-                    say(&format!(
-                        "rollouts: {msg}; the workloads stay as they are until it answers"
-                    ));
+                    let what = match &e {
+                        // A controller from before the rollout engine.
+                        ApiError::Refused {
+                            status: StatusCode::NOT_FOUND,
+                            ..
+                        } => "this controller has no rollout API; no canaries will be started",
+                        _ => "the workloads stay as they are until it answers",
+                    };
+                    say(&format!("rollouts: {msg}; {what}"));
                     self.api_down = Some(msg);
                 }
                 return;
