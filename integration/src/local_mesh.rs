@@ -133,9 +133,20 @@ impl LocalMesh {
     /// Like [`LocalMesh::start`], in a directory the caller prepared (e.g. with a policy
     /// directory the test edits).
     pub fn start_in(dir: tempfile::TempDir, mesh_yaml: &str) -> LocalMesh {
+        Self::start_with_env(dir, mesh_yaml, &[])
+    }
+
+    /// Like [`LocalMesh::start_in`], with extra environment for `sluice up` (e.g.
+    /// `SLUICE_UP_ROLLOUT_API`).
+    pub fn start_with_env(
+        dir: tempfile::TempDir,
+        mesh_yaml: &str,
+        env: &[(&str, String)],
+    ) -> LocalMesh {
         std::fs::write(dir.path().join("mesh.yaml"), mesh_yaml).expect("mesh file");
         let log = std::fs::File::create(dir.path().join("up.log")).expect("log");
         let child = Command::new(sluice_bin())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["up", "--color", "never", "--ingress", "127.0.0.1:0"])
             .arg("--proxy-bin")
             .arg(crate::proxy_bin())
@@ -166,6 +177,30 @@ impl LocalMesh {
     /// `sluice up`'s state directory.
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// `STATE_DIR/up.json`, what the run recorded (`Null` once removed).
+    pub fn record(&self) -> serde_json::Value {
+        std::fs::read_to_string(self.state().join("up.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The pids in `workload`'s namespace (empty once it is gone).
+    pub fn pids(&self, workload: &str) -> Vec<u32> {
+        output(&["ip", "netns", "pids", &self.ns(workload)])
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// Whether `workload`'s namespace exists.
+    pub fn has_ns(&self, workload: &str) -> bool {
+        let ns = self.ns(workload);
+        output(&["ip", "netns", "list"])
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(ns.as_str()))
     }
 
     /// Everything `sluice up` and its processes printed so far.

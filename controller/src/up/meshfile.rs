@@ -3,6 +3,10 @@
 //! YAML is read with the policy crate's `load::parse_yaml`, which remembers where every field
 //! was written, then deserialized with serde (`deny_unknown_fields`), so a mistake is reported as
 //! `mesh.yaml:12:5: workloads[1].port: invalid type …`, like `sluice policy check` does.
+//!
+//! A workload may declare `versions`: what to run when a rollout asks for another version of
+//! it (a canary). Each entry may replace the command and add environment over the base env;
+//! [`Workload::config_for`] resolves a version to the argv and environment to run.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -13,7 +17,7 @@ use serde_json::Value;
 use crate::identity::WorkloadIdentity;
 
 /// The whole mesh file.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeshFile {
     /// The policy directory, relative to the mesh file.
@@ -23,10 +27,13 @@ pub struct MeshFile {
     /// The mesh file's directory (absolute after [`MeshFile::load`]): workloads run there.
     #[serde(skip)]
     pub dir: PathBuf,
+    /// The file it was read from, as given (for messages).
+    #[serde(skip)]
+    pub source: PathBuf,
 }
 
 /// One workload: a process, its sidecar and its namespace.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
     /// Unique in the file; names the namespace and the log prefix.
@@ -50,6 +57,58 @@ pub struct Workload {
     /// Extra environment variables.
     #[serde(default, deserialize_with = "string_map")]
     pub env: BTreeMap<String, String>,
+    /// What runs as another version of this workload (a canary during a rollout), by version.
+    #[serde(default)]
+    pub versions: BTreeMap<String, VersionOverride>,
+}
+
+/// How another version of a workload differs from the base: the rest (ports, service,
+/// environment) is the workload's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionOverride {
+    /// Replaces the workload's command.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Merged over the workload's `env`.
+    #[serde(default, deserialize_with = "string_map")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// What to run for one version of a workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionConfig {
+    /// The argv.
+    pub command: Vec<String>,
+    /// The environment: the workload's, with the version's entries over it.
+    pub env: BTreeMap<String, String>,
+}
+
+impl Workload {
+    /// The argv and environment for `version`: the workload's own for its `version`, its
+    /// `versions` entry merged over it for another one, `None` when the file has neither.
+    pub fn config_for(&self, version: &str) -> Option<VersionConfig> {
+        // An override wins even for the base version: after a version-only edit of the file
+        // the runner keeps the old version runnable by recording an empty override for it.
+        if let Some(o) = self.versions.get(version) {
+            let mut env = self.env.clone();
+            env.extend(o.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            return Some(VersionConfig {
+                command: o.command.clone().unwrap_or_else(|| self.command.clone()),
+                env,
+            });
+        }
+        (version == self.version).then(|| VersionConfig {
+            command: self.command.clone(),
+            env: self.env.clone(),
+        })
+    }
+
+    /// The name of this workload's instances of `version` when they run beside it (canaries):
+    /// `payments-v2`. Also names their namespace (`sluice-<id>-payments-v2`).
+    pub fn canary_name(&self, version: &str) -> String {
+        format!("{}-{version}", self.name)
+    }
 }
 
 fn default_version() -> String {
@@ -124,7 +183,7 @@ impl MeshFile {
             location.map_or_else(|| name.to_owned(), |l| l.to_string())
         };
         let value = doc.value.clone();
-        let mesh: MeshFile = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut mesh: MeshFile = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             let unknown = e.inner().to_string().starts_with("unknown field");
@@ -132,6 +191,7 @@ impl MeshFile {
         })?;
         mesh.check()
             .map_err(|(path, msg)| MeshFileError(format!("{}: {path}: {msg}", at(&path, false))))?;
+        mesh.source = PathBuf::from(name);
         Ok(mesh)
     }
 
@@ -162,6 +222,47 @@ impl MeshFile {
             if w.port == 0 {
                 return Err((field("port"), "0 is not a port".into()));
             }
+            for (version, o) in &w.versions {
+                let at = format!("workloads[{i}].versions.{version}");
+                if !is_label(version) {
+                    return Err((
+                        at,
+                        format!(
+                            "version `{version}` must be a DNS label (a-z, 0-9, `-`, at most 40)"
+                        ),
+                    ));
+                }
+                // The canary's name is a label too: it names an instance and a namespace.
+                let canary = w.canary_name(version);
+                if canary.len() > MAX_CANARY_NAME {
+                    return Err((
+                        at,
+                        format!(
+                            "`{canary}` (the name of this version's instances) is longer than \
+                             {MAX_CANARY_NAME}; shorten the workload's name or the version"
+                        ),
+                    ));
+                }
+                if o.command.as_ref().is_some_and(Vec::is_empty) {
+                    return Err((format!("{at}.command"), "the argv list is empty".into()));
+                }
+            }
+        }
+        // A canary must not take the name (and so the namespace) of a declared workload.
+        for (i, w) in self.workloads.iter().enumerate() {
+            for version in w.versions.keys() {
+                let canary = w.canary_name(version);
+                if names.contains(&canary) {
+                    return Err((
+                        format!("workloads[{i}].versions.{version}"),
+                        format!(
+                            "version `{version}` of `{}` would run as `{canary}`, which is \
+                             already a workload's name",
+                            w.name
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -179,7 +280,11 @@ impl MeshFile {
     }
 }
 
-fn is_label(s: &str) -> bool {
+/// The longest name of a canary (`<workload>-<version>`): a DNS label.
+pub const MAX_CANARY_NAME: usize = 63;
+
+/// Whether `s` is a DNS label of at most 40 characters (workload names, versions).
+pub fn is_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 40
         && s.bytes()
@@ -230,11 +335,108 @@ mod tests {
         assert!(e.0.contains("declared twice"), "{}", e.0);
     }
 
+    const WITH_VERSIONS: &str = "policy: p
+workloads:
+  - name: payments
+    service: payments
+    command: [shop, payments]
+    port: 8080
+    env: { SHOP_VERSION: v1, KEEP: yes }
+    versions:
+      v2: { env: { SHOP_VERSION: v2 } }
+      v3:
+        command: [shop-next, payments]
+        env: { SHOP_VERSION: v3, SHOP_ERROR_RATE: 0.05 }
+";
+
+    #[test]
+    fn version_overrides_merge_over_the_base() {
+        let m = MeshFile::parse("m.yaml", WITH_VERSIONS).expect("valid");
+        let w = &m.workloads[0];
+        let base = w.config_for("v1").expect("the base version");
+        assert_eq!(base.command, ["shop", "payments"]);
+        assert_eq!(base.env["SHOP_VERSION"], "v1");
+        let v2 = w.config_for("v2").expect("v2");
+        assert_eq!(v2.command, ["shop", "payments"], "the base command");
+        assert_eq!(v2.env["SHOP_VERSION"], "v2");
+        assert_eq!(v2.env["KEEP"], "yes", "the base env stays");
+        let v3 = w.config_for("v3").expect("v3");
+        assert_eq!(v3.command, ["shop-next", "payments"]);
+        assert_eq!(v3.env["SHOP_ERROR_RATE"], "0.05");
+        assert_eq!(w.config_for("v9"), None);
+        assert_eq!(w.canary_name("v2"), "payments-v2");
+        // Without `versions`, nothing but the base.
+        let plain = MeshFile::parse(
+            "m.yaml",
+            "policy: p\nworkloads:\n  - {name: a, service: s, command: [x], port: 1}\n",
+        )
+        .expect("valid");
+        assert!(plain.workloads[0].versions.is_empty());
+    }
+
+    #[test]
+    fn version_override_errors_name_the_position() {
+        let bad = |text: &str| MeshFile::parse("m.yaml", text).expect_err("invalid").0;
+        let head = "policy: p\nworkloads:\n  - name: pay\n    service: s\n    command: [x]\n    port: 1\n    versions:\n";
+        let e = bad(&format!("{head}      v2: {{ port: 9 }}\n"));
+        assert!(
+            e.starts_with("m.yaml:8:13: workloads[0].versions.v2.port: unknown field `port`"),
+            "{e}"
+        );
+        let e = bad(&format!(
+            "{head}      v2:\n        env: {{ A: 1 }}\n        args: [y]\n"
+        ));
+        assert!(
+            e.starts_with("m.yaml:10:9: workloads[0].versions.v2.args: unknown field"),
+            "{e}"
+        );
+        let e = bad(&format!("{head}      V2: {{}}\n"));
+        assert!(
+            e.starts_with(
+                "m.yaml:8:11: workloads[0].versions.V2: version `V2` must be a DNS label"
+            ),
+            "{e}"
+        );
+        let e = bad(&format!("{head}      v2: {{ command: [] }}\n"));
+        assert!(
+            e.starts_with("m.yaml:8:22: workloads[0].versions.v2.command: the argv list is empty"),
+            "{e}"
+        );
+        let e = bad(&format!("{head}      v2: {{ env: {{ A: [1] }} }}\n"));
+        assert!(e.contains("workloads[0].versions.v2.env"), "{e}");
+        let e = bad(&format!(
+            "{head}      v2: {{}}\n  - {{name: pay-v2, service: s, command: [x], port: 1}}\n"
+        ));
+        assert!(
+            e.starts_with(
+                "m.yaml:8:11: workloads[0].versions.v2: version `v2` of `pay` would run as `pay-v2`"
+            ),
+            "{e}"
+        );
+        let long = "v".repeat(40);
+        let e = bad(&format!(
+            "policy: p\nworkloads:\n  - name: {}\n    service: s\n    command: [x]\n    port: 1\n    versions: {{ {long}: {{}} }}\n",
+            "w".repeat(40)
+        ));
+        assert!(e.contains("is longer than 63"), "{e}");
+    }
+
     #[test]
     fn the_shop_mesh_file_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop/mesh.yaml");
         let mesh = MeshFile::load(&path).expect("examples/shop/mesh.yaml");
         assert_eq!(mesh.services().len(), 4);
         assert!(mesh.policy.join("mesh.yaml").is_file());
+        let payments = mesh
+            .workloads
+            .iter()
+            .find(|w| w.name == "payments")
+            .expect("payments");
+        let v3 = payments.config_for("v3").expect("the bad canary");
+        assert_eq!(v3.env["SHOP_ERROR_RATE"], "0.05");
+        assert_eq!(
+            payments.config_for("v2").expect("v2").env["SHOP_VERSION"],
+            "v2"
+        );
     }
 }

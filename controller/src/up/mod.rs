@@ -7,24 +7,33 @@
 //! — or when setup fails — it stops every process and removes everything it created. Every
 //! resource is recorded in `STATE_DIR/up.json` before it is created, so `sluice down` can
 //! finish the job after a killed run.
+//!
+//! While it runs, the [rollout reconciler](rollouts) starts canaries beside the stable
+//! [workloads](live) and retires one or the other as the controller's rollouts progress.
 
 pub mod ingress;
+pub mod live;
 pub mod meshfile;
 pub mod net;
+pub mod rollouts;
 pub mod supervise;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::identity::WorkloadIdentity;
 use crate::identity::token::TokenKey;
+use live::{Context, Workloads};
 use meshfile::MeshFile;
 use net::{Record, Subnet};
+use rollouts::{ApiAddress, Reconciler, Running};
 use supervise::{Spec, Supervisor};
 
 /// The UID the proxies run as; `sluice-proxy init` exempts its traffic (its default).
@@ -35,6 +44,9 @@ pub const CONTROLLER_PORT: u16 = 7071;
 pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
 const INBOUND_PORT: u16 = 4143;
 const TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long teardown waits for the rollout reconciler to finish what it is doing (a canary
+/// being stopped takes up to [`STOP_DEADLINE`]).
+const RECONCILER_JOIN: Duration = Duration::from_secs(15);
 
 /// Arguments of `sluice up`.
 #[derive(Debug, Args)]
@@ -59,6 +71,11 @@ pub struct UpArgs {
     /// When to colour the log prefixes.
     #[arg(long, value_enum, default_value_t = crate::ColorChoice::Auto)]
     pub color: crate::ColorChoice,
+    /// The rollout API's base URL (`http://HOST:PORT`, serving `GET`/`POST /rollouts`).
+    /// Default: the admin endpoint of the controller `sluice up` runs. For tests (a stand-in)
+    /// and for pointing the runner at a controller elsewhere.
+    #[arg(long, hide = true, value_name = "URL", env = "SLUICE_UP_ROLLOUT_API")]
+    pub rollout_api: Option<String>,
 }
 
 /// Arguments of `sluice down`.
@@ -86,6 +103,42 @@ pub enum UpError {
     /// Teardown left something behind.
     #[error("teardown incomplete:\n  {}", .0.join("\n  "))]
     Teardown(Vec<String>),
+    /// A flag is wrong.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// What the main thread and the rollout reconciler share: the record of what was created, the
+/// processes, and the workloads (once started).
+pub struct Shared {
+    /// `up.json`.
+    pub rec: Record,
+    /// Every process.
+    pub sup: Supervisor,
+    /// The workloads, after a successful start.
+    pub workloads: Option<Workloads>,
+}
+
+impl Shared {
+    /// The running workloads, as the rollout planner sees them.
+    pub fn running(&self) -> Vec<Running> {
+        self.workloads
+            .iter()
+            .flat_map(|w| &w.live)
+            .map(|l| Running {
+                name: l.name.clone(),
+                base: l.base.clone(),
+                service: l.service.clone(),
+                version: l.version.clone(),
+                canary: l.canary,
+            })
+            .collect()
+    }
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // A panic on the reconciler's thread must not keep teardown from the record.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn host<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> UpError + '_ {
@@ -95,6 +148,13 @@ fn host<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> UpError + '_ {
 /// `sluice up`.
 pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Result<(), UpError> {
     let mesh = MeshFile::load(&args.mesh_file)?;
+    if let Some(url) = &args.rollout_api
+        && (!url.starts_with("http://") || url.parse::<hyper::Uri>().is_err())
+    {
+        return Err(UpError::Usage(format!(
+            "SLUICE_UP_ROLLOUT_API / --rollout-api `{url}`: expected http://HOST:PORT"
+        )));
+    }
     if !nix::unistd::geteuid().is_root() {
         return Err(UpError::Host(
             "sluice up needs root (network namespaces, veths, iptables)".into(),
@@ -151,8 +211,12 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
     // From here on everything created is removed however this function ends: normally, on an
     // error, or by unwinding from a panic (the guard's `Drop`).
     let mut cleanup = Cleanup {
-        rec,
-        sup,
+        shared: Arc::new(Mutex::new(Shared {
+            rec,
+            sup,
+            workloads: None,
+        })),
+        reconciler: None,
         state_dir: state_dir.clone(),
         done: false,
     };
@@ -161,12 +225,32 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
         &state_dir,
         &proxy_bin,
         &sluice_bin,
-        &mut cleanup.rec,
-        &mut cleanup.sup,
+        &mut lock(&cleanup.shared),
         out,
     );
     match &result {
         Ok(routes) => {
+            let address = match &args.rollout_api {
+                Some(url) => ApiAddress::Fixed(url.clone()),
+                None => ApiAddress::AdminFile(rollouts::admin_file(&state_dir.join("controller"))),
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let reconciler = Reconciler::new(
+                Arc::clone(&cleanup.shared),
+                mesh.clone(),
+                args.mesh_file.clone(),
+                address,
+            );
+            let flag = Arc::clone(&stop);
+            let thread = std::thread::Builder::new()
+                .name("rollouts".into())
+                .spawn(move || reconciler.run(&flag));
+            match thread {
+                Ok(t) => cleanup.reconciler = Some((stop, t)),
+                Err(e) => {
+                    let _ = writeln!(out, "sluice up: rollouts will not run locally: {e}");
+                }
+            }
             if let Some(l) = &ingress
                 && let Ok(addr) = l.local_addr()
             {
@@ -215,8 +299,9 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
 /// Stops the processes and removes what the run created, once: when [`Cleanup::run`] is
 /// called, or when dropped (an early return or a panic unwinding through `up`).
 struct Cleanup {
-    rec: Record,
-    sup: Supervisor,
+    shared: Arc<Mutex<Shared>>,
+    /// The rollout reconciler's stop flag and thread, once running.
+    reconciler: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     state_dir: PathBuf,
     done: bool,
 }
@@ -227,10 +312,24 @@ impl Cleanup {
         if std::mem::replace(&mut self.done, true) {
             return Vec::new();
         }
-        self.sup.stop(STOP_DEADLINE);
-        let errors = net::teardown(&self.rec, &self.state_dir);
+        // The reconciler first, so that it does not create a canary behind teardown's back.
+        // It finishes the change in hand (bounded); if it hangs anyway, teardown goes on from
+        // the record, which lists what it was creating.
+        if let Some((stop, thread)) = self.reconciler.take() {
+            stop.store(true, Ordering::SeqCst);
+            let until = Instant::now() + RECONCILER_JOIN;
+            while !thread.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if thread.is_finished() && thread.join().is_err() {
+                eprintln!("sluice up: the rollout reconciler had panicked");
+            }
+        }
+        let mut shared = lock(&self.shared);
+        shared.sup.stop(STOP_DEADLINE);
+        let errors = net::teardown(&shared.rec, &self.state_dir);
         if errors.is_empty() {
-            self.rec.remove();
+            shared.rec.remove();
         }
         errors
     }
@@ -322,10 +421,14 @@ fn start(
     state_dir: &Path,
     proxy_bin: &Path,
     sluice_bin: &Path,
-    rec: &mut Record,
-    sup: &mut Supervisor,
+    shared: &mut Shared,
     out: &mut dyn Write,
 ) -> Result<BTreeMap<String, SocketAddr>, UpError> {
+    let Shared {
+        rec,
+        sup,
+        workloads: slot,
+    } = shared;
     let id = rec.created.run_id.clone();
     let subnet = Subnet(net::pick_subnet(&id).map_err(UpError::Host)?);
     let services = mesh.services();
@@ -359,35 +462,33 @@ fn start(
             hosts.push_str(&format!("{}\t{}\n", subnet.workload(i), w.name));
         }
     }
+    // The token key signs the proxies' bootstrap tokens; the controller loads the same key.
+    let controller_dir = state_dir.join("controller");
+    std::fs::create_dir_all(&controller_dir).map_err(host("controller state dir"))?;
+    let tokens = TokenKey::load_or_create(&controller_dir).map_err(host("token key"))?;
+    let controller_addr = format!("{}:{CONTROLLER_PORT}", subnet.host());
+    let mut workloads = Workloads::new(Context {
+        run_id: id.clone(),
+        subnet,
+        bridge: bridge.clone(),
+        hosts,
+        controller_addr: controller_addr.clone(),
+        tokens,
+        proxy_bin: proxy_bin.to_owned(),
+        mesh_dir: mesh.dir.clone(),
+        color: sup.color(),
+    });
     for (i, w) in mesh.workloads.iter().enumerate() {
-        let ns = format!("sluice-{id}-{}", w.name);
+        // The service's first workload carries the service address.
         let extra: Vec<_> = services
             .iter()
             .enumerate()
             .filter(|(_, (_, ws))| ws.first() == Some(&i))
             .map(|(j, _)| subnet.service(j))
             .collect();
-        net::create_namespace(
-            rec,
-            &ns,
-            &format!("sl{id}v{i}"),
-            &bridge,
-            subnet.workload(i),
-            &extra,
-        )
-        .map_err(UpError::Host)?;
-        net::write_hosts(rec, &ns, &hosts).map_err(UpError::Host)?;
-        let init = net::run(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            &proxy_bin.display().to_string(),
-            "init",
-            "--proxy-uid",
-            &PROXY_UID.to_string(),
-        ]);
-        init.map_err(|e| UpError::Host(format!("sluice-proxy init in {ns}: {e}")))?;
+        workloads
+            .create(rec, &w.name, w, &w.version, false, extra)
+            .map_err(UpError::Host)?;
     }
     writeln!(
         out,
@@ -398,10 +499,6 @@ fn start(
     .map_err(host("output"))?;
 
     // The controller, on the bridge so that every namespace reaches it.
-    let controller_dir = state_dir.join("controller");
-    std::fs::create_dir_all(&controller_dir).map_err(host("controller state dir"))?;
-    let tokens = TokenKey::load_or_create(&controller_dir).map_err(host("token key"))?;
-    let controller_addr = format!("{}:{CONTROLLER_PORT}", subnet.host());
     let ready = controller_dir.join("up-ready");
     let _ = std::fs::remove_file(&ready);
     let controller = sup.start(Spec {
@@ -442,68 +539,15 @@ fn start(
             .map_err(host("state file"))?;
     }
 
-    for (i, w) in mesh.workloads.iter().enumerate() {
-        let ns = format!("sluice-{id}-{}", w.name);
-        let identity = WorkloadIdentity::new("default", &w.service)
-            .map_err(|e| UpError::Host(e.to_string()))?;
-        let token = tokens.issue(&identity, TOKEN_TTL, SystemTime::now());
-        let uid = PROXY_UID.to_string();
-        sup.start(Spec {
-            label: format!("{}/proxy", w.name),
-            color: i + 1,
-            argv: vec![
-                "ip".into(),
-                "netns".into(),
-                "exec".into(),
-                ns.clone(),
-                "setpriv".into(),
-                "--reuid".into(),
-                uid.clone(),
-                "--regid".into(),
-                uid,
-                "--clear-groups".into(),
-                proxy_bin.display().to_string(),
-            ],
-            env: [
-                (
-                    "SLUICE_PROXY_INBOUND_ADDR",
-                    format!("0.0.0.0:{INBOUND_PORT}"),
-                ),
-                (
-                    "SLUICE_PROXY_CONTROLLER_ADDR",
-                    format!("http://{controller_addr}"),
-                ),
-                ("SLUICE_PROXY_IDENTITY_TOKEN", token),
-                ("SLUICE_PROXY_SERVICE", w.service.clone()),
-                ("SLUICE_PROXY_SERVICE_VERSION", w.version.clone()),
-                ("SLUICE_PROXY_ENVIRONMENT", w.environment.clone()),
-                ("SLUICE_PROXY_INSTANCE", w.name.clone()),
-                ("SLUICE_PROXY_ID", format!("{}-{id}", w.name)),
-                // Policy and endpoints come from the controller's Watch stream; the proxy
-                // registers this workload at its own address, as a pod's sidecar would.
-                ("SLUICE_PROXY_CONFIG_SOURCE", "controller".to_owned()),
-                (
-                    "SLUICE_PROXY_REGISTER_ADDR",
-                    format!("{}:{}", subnet.workload(i), w.port),
-                ),
-            ]
-            .into_iter()
-            // Plain logs when `sluice up`'s own output is plain (tracing honours NO_COLOR).
-            .chain((!sup.color()).then(|| ("NO_COLOR", "1".to_owned())))
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-            dir: None,
-        });
-        let mut argv = vec!["ip".into(), "netns".into(), "exec".into(), ns];
-        argv.extend(w.command.iter().cloned());
-        sup.start(Spec {
-            label: w.name.clone(),
-            color: i + 1,
-            argv,
-            env: w.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            dir: Some(mesh.dir.clone()),
-        });
+    for w in &mesh.workloads {
+        let config = w
+            .config_for(&w.version)
+            .ok_or_else(|| UpError::Host(format!("{}: no configuration", w.name)))?;
+        workloads
+            .start(sup, &w.name, w, &config)
+            .map_err(UpError::Host)?;
     }
+    *slot = Some(workloads);
     // The ingress's routes: every service's address.
     Ok(services
         .iter()

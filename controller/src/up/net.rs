@@ -219,6 +219,62 @@ pub fn write_hosts(rec: &mut Record, ns: &str, hosts: &str) -> Result<(), String
         .map_err(|e| format!("cannot write {}/hosts: {e}", dir.display()))
 }
 
+/// Removes one namespace created with [`create_namespace`] and [`write_hosts`] during a run
+/// (a retired canary or stable workload): kills what is left inside, deletes the namespace, the
+/// host veth and `/etc/netns/NS`, and only then drops them from the record, so that a failure
+/// leaves them to the final teardown.
+pub fn remove_namespace(rec: &mut Record, ns: &str, host_veth: &str) -> Result<(), String> {
+    use nix::sys::signal::Signal;
+    if let Ok(pids) = run(&["ip", "netns", "pids", ns]) {
+        for pid in pids.split_whitespace().filter_map(|p| p.parse().ok()) {
+            signal(pid, Signal::SIGKILL);
+        }
+    }
+    if netns_exists(ns)
+        && let Err(e) = run(&["ip", "netns", "del", ns])
+        && netns_exists(ns)
+    {
+        return Err(e);
+    }
+    // The host end usually goes with the namespace (asynchronously); delete it if it lingers.
+    if link_exists(host_veth)
+        && let Err(e) = run(&["ip", "link", "del", host_veth])
+        && link_exists(host_veth)
+    {
+        return Err(e);
+    }
+    let dir = Path::new("/etc/netns").join(ns);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+    }
+    rec.update(|c| {
+        c.namespaces.retain(|n| n != ns);
+        c.veths.retain(|v| v != host_veth);
+        c.etc_dirs.retain(|d| *d != dir);
+    })
+    .map_err(|e| format!("state file: {e}"))
+}
+
+/// Moves the `/32` address `addr` from `eth0` in namespace `from` to `eth0` in `to` (a service
+/// address whose workload is retired), then drops the host's neighbour entry for it so the
+/// host (the ingress) resolves the new owner at once instead of waiting for the stale entry.
+pub fn move_address(from: &str, to: &str, addr: Ipv4Addr) -> Result<(), String> {
+    let cidr = format!("{addr}/32");
+    // Gone already (a namespace that failed half-way) is fine: the point is that it is not
+    // there.
+    if netns_exists(from) {
+        let _ = run(&[
+            "ip", "netns", "exec", from, "ip", "addr", "del", &cidr, "dev", "eth0",
+        ]);
+    }
+    run(&[
+        "ip", "netns", "exec", to, "ip", "addr", "add", &cidr, "dev", "eth0",
+    ])?;
+    let _ = run(&["ip", "neigh", "flush", "to", &addr.to_string()]);
+    Ok(())
+}
+
 /// Whether `pid` is alive and its command line contains every one of `needles`.
 pub fn process_matches(pid: u32, needles: &[&str]) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {

@@ -2,7 +2,7 @@
 //! line by line with a coloured `[workload/proxy]` prefix, and restarts it with exponential
 //! backoff when it exits (200 ms doubling to 10 s; reset after 10 s of healthy running).
 //! [`Supervisor::stop`] sends SIGTERM to every process and SIGKILL to what is left after the
-//! deadline.
+//! deadline; [`Supervisor::stop_some`] does the same for a few (a canary retired during a run).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -47,12 +47,20 @@ struct Proc {
     spec: Spec,
     pid: Mutex<Option<u32>>,
     starts: AtomicU32,
+    /// Set when this process alone is being stopped: no restart.
+    retired: AtomicBool,
+}
+
+impl Proc {
+    fn pid(&self) -> Option<u32> {
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The running processes.
 pub struct Supervisor {
-    procs: Vec<Arc<Proc>>,
-    threads: Vec<JoinHandle<()>>,
+    /// Each process with the thread that keeps it running.
+    procs: Vec<(Arc<Proc>, JoinHandle<()>)>,
     stopping: Arc<AtomicBool>,
     color: bool,
 }
@@ -61,10 +69,24 @@ pub struct Supervisor {
 #[derive(Clone)]
 pub struct Handle(Arc<Proc>);
 
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("label", &self.0.spec.label)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
 impl Handle {
     /// Its current pid, if running.
     pub fn pid(&self) -> Option<u32> {
-        *self.0.pid.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.pid()
+    }
+
+    /// How many times it was started (1 until it is restarted).
+    pub fn starts(&self) -> u32 {
+        self.0.starts.load(Ordering::SeqCst)
     }
 }
 
@@ -73,7 +95,6 @@ impl Supervisor {
     pub fn new(color: bool) -> Self {
         Supervisor {
             procs: Vec::new(),
-            threads: Vec::new(),
             stopping: Arc::new(AtomicBool::new(false)),
             color,
         }
@@ -90,35 +111,64 @@ impl Supervisor {
             spec,
             pid: Mutex::new(None),
             starts: AtomicU32::new(0),
+            retired: AtomicBool::new(false),
         });
         let (p, stopping, color) = (Arc::clone(&proc), Arc::clone(&self.stopping), self.color);
-        self.threads.push(std::thread::spawn(move || {
-            keep_running(&p, &stopping, color)
-        }));
-        self.procs.push(Arc::clone(&proc));
+        let thread = std::thread::spawn(move || keep_running(&p, &stopping, color));
+        self.procs.push((Arc::clone(&proc), thread));
         Handle(proc)
     }
 
     /// Stops everything: SIGTERM, then SIGKILL after `deadline`. Idempotent.
     pub fn stop(&mut self, deadline: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
-        for p in &self.procs {
-            if let Some(pid) = *p.pid.lock().unwrap_or_else(|e| e.into_inner()) {
-                signal(pid, Signal::SIGTERM);
-            }
+        let all = std::mem::take(&mut self.procs);
+        terminate(all, deadline);
+    }
+
+    /// Stops these processes only (SIGTERM, SIGKILL after `deadline`) and forgets them; the
+    /// others keep running. Handles of processes already stopped are ignored.
+    pub fn stop_some(&mut self, handles: &[Handle], deadline: Duration) {
+        let (chosen, kept) = std::mem::take(&mut self.procs)
+            .into_iter()
+            .partition(|(p, _)| handles.iter().any(|h| Arc::ptr_eq(&h.0, p)));
+        self.procs = kept;
+        for (p, _) in &chosen {
+            p.retired.store(true, Ordering::SeqCst);
         }
-        let until = Instant::now() + deadline;
-        while Instant::now() < until && self.threads.iter().any(|t| !t.is_finished()) {
-            std::thread::sleep(Duration::from_millis(50));
+        terminate(chosen, deadline);
+    }
+
+    /// How many processes are supervised.
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Whether no process is supervised.
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+}
+
+/// SIGTERM to each process, SIGKILL to what is left after `deadline`, then joins the threads.
+/// The caller has already told their threads not to restart them.
+fn terminate(procs: Vec<(Arc<Proc>, JoinHandle<()>)>, deadline: Duration) {
+    for (p, _) in &procs {
+        if let Some(pid) = p.pid() {
+            signal(pid, Signal::SIGTERM);
         }
-        for p in &self.procs {
-            if let Some(pid) = *p.pid.lock().unwrap_or_else(|e| e.into_inner()) {
-                signal(pid, Signal::SIGKILL);
-            }
+    }
+    let until = Instant::now() + deadline;
+    while Instant::now() < until && procs.iter().any(|(_, t)| !t.is_finished()) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (p, _) in &procs {
+        if let Some(pid) = p.pid() {
+            signal(pid, Signal::SIGKILL);
         }
-        for t in std::mem::take(&mut self.threads) {
-            let _ = t.join();
-        }
+    }
+    for (_, t) in procs {
+        let _ = t.join();
     }
 }
 
@@ -139,13 +189,14 @@ fn say(prefix: &str, line: &str) {
 
 fn keep_running(p: &Proc, stopping: &AtomicBool, color: bool) {
     let prefix = prefix(&p.spec, color);
+    let stopping = || stopping.load(Ordering::SeqCst) || p.retired.load(Ordering::SeqCst);
     let mut backoff = BACKOFF_START;
     loop {
         let started = Instant::now();
         let child = {
             // Checked under the pid lock, so `stop` never misses a process started late.
             let mut pid = p.pid.lock().unwrap_or_else(|e| e.into_inner());
-            if stopping.load(Ordering::SeqCst) {
+            if stopping() {
                 return;
             }
             let mut cmd = Command::new(&p.spec.argv[0]);
@@ -202,7 +253,7 @@ fn keep_running(p: &Proc, stopping: &AtomicBool, color: bool) {
             // The readers end when the pipes close; not joined, because a grandchild that
             // kept the pipe open must not hold up a restart or teardown.
             drop(readers);
-            if stopping.load(Ordering::SeqCst) {
+            if stopping() {
                 return;
             }
             if started.elapsed() >= HEALTHY_AFTER {
@@ -219,11 +270,63 @@ fn keep_running(p: &Proc, stopping: &AtomicBool, color: bool) {
         }
         let until = Instant::now() + backoff;
         while Instant::now() < until {
-            if stopping.load(Ordering::SeqCst) {
+            if stopping() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sleeper(label: &str) -> Spec {
+        Spec {
+            label: label.into(),
+            color: 0,
+            argv: vec!["sleep".into(), "60".into()],
+            env: Vec::new(),
+            dir: None,
+        }
+    }
+
+    fn wait_for_pid(h: &Handle) -> u32 {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(pid) = h.pid() {
+                return pid;
+            }
+            assert!(Instant::now() < until, "the process did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn alive(pid: u32) -> bool {
+        // A zombie is dead too: reaped by the supervisor thread, or about to be.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z ") && !s.contains(") X "))
+    }
+
+    #[test]
+    fn stop_some_stops_those_only_and_does_not_restart_them() {
+        let mut sup = Supervisor::new(false);
+        let a = sup.start(sleeper("a"));
+        let b = sup.start(sleeper("b"));
+        let (pa, pb) = (wait_for_pid(&a), wait_for_pid(&b));
+        sup.stop_some(std::slice::from_ref(&a), Duration::from_secs(5));
+        assert!(!alive(pa), "a was stopped");
+        assert_eq!(a.pid(), None);
+        assert_eq!(a.starts(), 1, "and not restarted");
+        assert!(alive(pb), "b keeps running");
+        assert_eq!(sup.len(), 1);
+        // Stopping it again is a no-op.
+        sup.stop_some(&[a], Duration::from_secs(1));
+        assert_eq!(sup.len(), 1);
+        sup.stop(Duration::from_secs(5));
+        assert!(!alive(pb));
+        assert!(sup.is_empty());
     }
 }

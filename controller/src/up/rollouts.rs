@@ -1,0 +1,1535 @@
+//! Rollouts in the local mesh: the runner's side of progressive delivery.
+//!
+//! The controller's rollout engine decides (weights, analysis, promotion, rollback); the
+//! runner only makes the workloads match. Every 500 ms it reads `GET /rollouts` from the
+//! controller's admin endpoint, and [`plan`] — a pure function of the mesh file, the running
+//! workloads and that list — says what to change:
+//!
+//! | newest rollout of a service is | the runner |
+//! |---|---|
+//! | `pending`, `progressing`, `paused`, `waiting-confirmation` | runs a canary `<workload>-<version>` beside each stable workload of the service (from the workload's `versions` entry) and removes canaries of any other version |
+//! | `promoted` | retires the stable workloads its canaries replace (their service address moves to the canary first) and keeps the canaries as the new stable ones |
+//! | `rolled-back`, `aborted`, `superseded`, `failed` | removes the service's canaries |
+//!
+//! [`Reconciler`] carries the plan out. It also polls the mesh file every second: an edit
+//! that only changes workloads' `version` asks the controller for a rollout
+//! (`POST /rollouts`); any other edit is reported and ignored until `sluice up` restarts.
+//!
+//! The controller being down, answering garbage or not knowing `/rollouts` yet never stops
+//! the mesh: the workloads stay as they are and the problem is logged once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+
+use super::Shared;
+use super::meshfile::{MAX_CANARY_NAME, MeshFile, VersionOverride, is_label};
+use crate::status::ADMIN_ADDR_FILE;
+
+/// How often the rollouts are read.
+pub const POLL: Duration = Duration::from_millis(500);
+/// How often the mesh file is looked at.
+pub const MESH_FILE_POLL: Duration = Duration::from_secs(1);
+/// How long one request to the rollout API may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// A failed change (a canary that would not start) is tried again after this long.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Larger answers are refused.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// Where a rollout is, as the controller says (`phase`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub enum Phase {
+    /// Waiting for the canary's instances to be ready.
+    Pending,
+    /// Shifting traffic step by step.
+    Progressing,
+    /// Paused by someone.
+    Paused,
+    /// Waiting for a person to confirm the next step.
+    WaitingConfirmation,
+    /// The canary is the new stable version.
+    Promoted,
+    /// The analysis failed; traffic went back to the baseline.
+    RolledBack,
+    /// Stopped by someone.
+    Aborted,
+    /// A newer rollout of the service replaced it.
+    Superseded,
+    /// The engine could not go on.
+    Failed,
+    /// A phase this runner does not know (a newer controller): nothing is changed for it.
+    Other(String),
+}
+
+impl From<String> for Phase {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "pending" => Phase::Pending,
+            "progressing" => Phase::Progressing,
+            "paused" => Phase::Paused,
+            "waiting-confirmation" => Phase::WaitingConfirmation,
+            "promoted" => Phase::Promoted,
+            "rolled-back" => Phase::RolledBack,
+            "aborted" => Phase::Aborted,
+            "superseded" => Phase::Superseded,
+            "failed" => Phase::Failed,
+            _ => Phase::Other(s),
+        }
+    }
+}
+
+impl Phase {
+    /// Whether the rollout still needs its canary running.
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self,
+            Phase::Pending | Phase::Progressing | Phase::Paused | Phase::WaitingConfirmation
+        )
+    }
+
+    /// How the log names the end of a rollout.
+    fn ended(&self) -> &str {
+        match self {
+            Phase::RolledBack => "rolled back",
+            Phase::Aborted => "aborted",
+            Phase::Superseded => "superseded",
+            Phase::Failed => "failed",
+            Phase::Promoted => "promoted",
+            _ => "ended",
+        }
+    }
+}
+
+/// One rollout of `GET /rollouts` (the fields the runner uses; the rest is ignored).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Rollout {
+    /// E.g. `r-20261124-2a9f`.
+    pub id: String,
+    /// The service's namespace (`sluice up` runs `default` only).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The service.
+    pub service: String,
+    /// The version traffic comes from.
+    #[serde(default)]
+    pub baseline_version: String,
+    /// The version being rolled out.
+    pub canary_version: String,
+    /// Where it is.
+    pub phase: Phase,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+impl Rollout {
+    /// `rollout r-… payments v1→v2`, the start of every log line about it.
+    pub fn label(&self) -> String {
+        format!(
+            "rollout {} {} {}→{}",
+            self.id, self.service, self.baseline_version, self.canary_version
+        )
+    }
+}
+
+/// A running workload, as the planner sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    /// Its instance name (`payments`, `payments-v2`).
+    pub name: String,
+    /// The mesh file's workload it derives from.
+    pub base: String,
+    /// Its service.
+    pub service: String,
+    /// Its version.
+    pub version: String,
+    /// Whether it is a canary not yet promoted.
+    pub canary: bool,
+}
+
+/// One change to the running workloads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Start `name` running `version` of mesh-file workload `base`.
+    Start {
+        /// The rollout that wants it.
+        rollout: Rollout,
+        /// The mesh file's workload.
+        base: String,
+        /// The canary's name.
+        name: String,
+        /// Its version.
+        version: String,
+    },
+    /// Stop and remove canary `name`.
+    Remove {
+        /// The rollout that ended (or the newer one that replaced it).
+        rollout: Rollout,
+        /// The canary.
+        name: String,
+    },
+    /// The rollout was promoted: the canaries become stable; each `(old, canary)` pair moves
+    /// the old workload's service addresses to the canary, then retires the old one.
+    Promote {
+        /// The promoted rollout.
+        rollout: Rollout,
+        /// The canaries now stable.
+        canaries: Vec<String>,
+        /// `(old stable, its canary)`.
+        retire: Vec<(String, String)>,
+    },
+    /// Something the runner cannot do; logged once per `key`.
+    Warn {
+        /// Deduplicates the message.
+        key: String,
+        /// The line to log.
+        message: String,
+    },
+}
+
+/// The newest rollout of each service of namespace `default`: the first one listed (the list
+/// is newest first).
+pub fn newest_per_service(rollouts: &[Rollout]) -> Vec<&Rollout> {
+    let mut seen = HashSet::new();
+    rollouts
+        .iter()
+        .filter(|r| r.namespace == "default" && seen.insert(r.service.as_str()))
+        .collect()
+}
+
+/// What to change so the workloads match the rollouts. Pure: the same inputs give the same
+/// actions, and applying them then planning again gives nothing (bar warnings).
+pub fn plan(mesh: &MeshFile, running: &[Running], rollouts: &[Rollout]) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for r in newest_per_service(rollouts) {
+        let of_service = |canary: bool| {
+            running
+                .iter()
+                .filter(move |w| w.service == r.service && w.canary == canary)
+        };
+        let version = &r.canary_version;
+        match &r.phase {
+            phase if phase.is_active() => {
+                // Canaries of another version belong to a rollout this one superseded.
+                for c in of_service(true).filter(|c| c.version != *version) {
+                    actions.push(Action::Remove {
+                        rollout: r.clone(),
+                        name: c.name.clone(),
+                    });
+                }
+                for stable in of_service(false).filter(|s| s.version != *version) {
+                    let Some(base) = mesh.workloads.iter().find(|w| w.name == stable.base) else {
+                        continue;
+                    };
+                    let name = base.canary_name(version);
+                    if let Some(other) = running.iter().find(|w| w.name == name) {
+                        if !(other.canary && other.version == *version) {
+                            actions.push(Action::Warn {
+                                key: format!("clash {} {name}", r.id),
+                                message: format!(
+                                    "{}: cannot start canary {name}: a workload of that name \
+                                     is already running",
+                                    r.label()
+                                ),
+                            });
+                        }
+                        continue;
+                    }
+                    if !is_label(version) || name.len() > MAX_CANARY_NAME {
+                        actions.push(Action::Warn {
+                            key: format!("name {} {name}", r.id),
+                            message: format!(
+                                "{}: cannot run version `{version}` locally: `{name}` is not a \
+                                 DNS label of at most {MAX_CANARY_NAME} characters",
+                                r.label()
+                            ),
+                        });
+                        continue;
+                    }
+                    if base.config_for(version).is_none() {
+                        actions.push(Action::Warn {
+                            key: format!("missing {} {}", r.id, base.name),
+                            message: format!(
+                                "{}: {} has no `versions.{version}` in {}; add one to run the \
+                                 canary locally",
+                                r.label(),
+                                base.name,
+                                mesh_file_name(mesh)
+                            ),
+                        });
+                        continue;
+                    }
+                    actions.push(Action::Start {
+                        rollout: r.clone(),
+                        base: base.name.clone(),
+                        name,
+                        version: version.clone(),
+                    });
+                }
+            }
+            Phase::Promoted => {
+                let canaries: Vec<&Running> =
+                    of_service(true).filter(|c| c.version == *version).collect();
+                for c in of_service(true).filter(|c| c.version != *version) {
+                    actions.push(Action::Remove {
+                        rollout: r.clone(),
+                        name: c.name.clone(),
+                    });
+                }
+                // Nothing of this version runs here (it was promoted before this run, or in
+                // another runner): the mesh file's workloads stay as they are.
+                if canaries.is_empty() {
+                    continue;
+                }
+                let mut retire = Vec::new();
+                for stable in of_service(false).filter(|s| s.version != *version) {
+                    match canaries.iter().find(|c| c.base == stable.base) {
+                        Some(c) => retire.push((stable.name.clone(), c.name.clone())),
+                        // Retiring it would lose capacity nothing replaces.
+                        None => actions.push(Action::Warn {
+                            key: format!("unreplaced {} {}", r.id, stable.name),
+                            message: format!(
+                                "{}: promoted, but {} keeps running {}: no canary replaced it",
+                                r.label(),
+                                stable.name,
+                                stable.version
+                            ),
+                        }),
+                    }
+                }
+                actions.push(Action::Promote {
+                    rollout: r.clone(),
+                    canaries: canaries.iter().map(|c| c.name.clone()).collect(),
+                    retire,
+                });
+            }
+            Phase::RolledBack | Phase::Aborted | Phase::Superseded | Phase::Failed => {
+                for c in of_service(true) {
+                    actions.push(Action::Remove {
+                        rollout: r.clone(),
+                        name: c.name.clone(),
+                    });
+                }
+            }
+            other => actions.push(Action::Warn {
+                key: format!("phase {} {other:?}", r.id),
+                message: format!(
+                    "{}: unknown phase {other:?}; leaving its workloads as they are",
+                    r.label()
+                ),
+            }),
+        }
+    }
+    actions
+}
+
+fn mesh_file_name(mesh: &MeshFile) -> String {
+    mesh.source.file_name().map_or_else(
+        || "the mesh file".to_owned(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// How an edited mesh file differs from the one in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Edit {
+    /// Nothing that matters (comments, formatting).
+    None,
+    /// Only versions changed: per service, the new version.
+    Versions(BTreeMap<String, VersionChange>),
+    /// Anything else (also: workloads of one service moved to different versions).
+    Other,
+}
+
+/// A service's new version in an edited mesh file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionChange {
+    /// The version the file said before.
+    pub from: String,
+    /// The version it says now.
+    pub to: String,
+}
+
+/// Compares an edited mesh file with the one in force.
+pub fn classify(old: &MeshFile, new: &MeshFile) -> Edit {
+    if old.workloads.len() != new.workloads.len() {
+        return Edit::Other;
+    }
+    // Everything but the versions must be equal.
+    let mut same = new.clone();
+    for (n, o) in same.workloads.iter_mut().zip(&old.workloads) {
+        n.version.clone_from(&o.version);
+    }
+    if same != *old {
+        return Edit::Other;
+    }
+    let mut changes: BTreeMap<String, VersionChange> = BTreeMap::new();
+    for (n, o) in new.workloads.iter().zip(&old.workloads) {
+        if n.version == o.version {
+            continue;
+        }
+        let change = VersionChange {
+            from: o.version.clone(),
+            to: n.version.clone(),
+        };
+        match changes.get(&n.service) {
+            Some(c) if c.to != change.to => return Edit::Other,
+            Some(_) => {}
+            None => {
+                changes.insert(n.service.clone(), change);
+            }
+        }
+    }
+    // A service half moved (one workload edited, another of the same service not) is asked
+    // for as a rollout of the whole service: the controller routes by version, not workload.
+    if changes.is_empty() {
+        Edit::None
+    } else {
+        Edit::Versions(changes)
+    }
+}
+
+/// The mesh file in force after a version-only edit whose rollouts the controller started for
+/// `services`: `old` with those services' workloads at their new version. Each keeps its old
+/// version runnable (an empty `versions` entry: its own command and env), so that a rollout
+/// back to it can start a canary.
+pub fn accept_versions(old: &MeshFile, new: &MeshFile, services: &[&str]) -> MeshFile {
+    let mut out = old.clone();
+    for (o, n) in out.workloads.iter_mut().zip(&new.workloads) {
+        if o.version != n.version && services.contains(&o.service.as_str()) {
+            let previous = std::mem::replace(&mut o.version, n.version.clone());
+            o.versions
+                .entry(previous)
+                .or_insert_with(VersionOverride::default);
+        }
+    }
+    out
+}
+
+/// Why the rollout API could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No address to talk to (the controller has not written `admin.addr` yet).
+    #[error("no controller admin address in {0}")]
+    NoAddress(String),
+    /// Not reachable, or no answer in time.
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// An answer other than the one expected.
+    #[error("{url} answered {status}: {message}")]
+    Refused {
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: StatusCode,
+        /// The `error` of its JSON body, or the body.
+        message: String,
+    },
+    /// A body that is not the documented JSON.
+    #[error("{url} answered something else than the rollouts JSON: {reason}")]
+    Malformed {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where the rollout API is.
+#[derive(Clone, Debug)]
+pub enum ApiAddress {
+    /// A base URL given explicitly (`SLUICE_UP_ROLLOUT_API`): `http://127.0.0.1:40587`.
+    Fixed(String),
+    /// The controller's `admin.addr` file, read on every request (a restarted controller
+    /// picks a new port).
+    AdminFile(PathBuf),
+}
+
+/// A small HTTP/1 client for `GET /rollouts` and `POST /rollouts`.
+pub struct Api {
+    address: ApiAddress,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Api {
+    /// A client for `address`.
+    pub fn new(address: ApiAddress) -> Self {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build_http();
+        Api { address, client }
+    }
+
+    /// The base URL, without a trailing `/`.
+    fn base(&self) -> Result<String, ApiError> {
+        match &self.address {
+            ApiAddress::Fixed(url) => Ok(url.trim_end_matches('/').to_owned()),
+            ApiAddress::AdminFile(path) => std::fs::read_to_string(path)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .map(|addr| format!("http://{addr}"))
+                .ok_or_else(|| ApiError::NoAddress(path.display().to_string())),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, Bytes, String), ApiError> {
+        let url = format!("{}/rollouts", self.base()?);
+        let unreachable = |reason: String| ApiError::Unreachable {
+            url: url.clone(),
+            reason,
+        };
+        let uri: Uri = url.parse().map_err(|e| unreachable(format!("{e}")))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("accept", "application/json")
+            .header("user-agent", "sluice-up");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let answer = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| unreachable(error_chain(&e)))?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+                .to_bytes();
+            Ok::<_, ApiError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, answer)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))??;
+        Ok((status, bytes, url))
+    }
+
+    /// `GET /rollouts`: every rollout, newest first. Entries that do not parse are skipped.
+    pub async fn list(&self) -> Result<Vec<Rollout>, ApiError> {
+        let (status, body, url) = self.call(Method::GET, None).await?;
+        if status != StatusCode::OK {
+            return Err(refused(url, status, &body));
+        }
+        parse_list(&body).map_err(|reason| ApiError::Malformed { url, reason })
+    }
+
+    /// `POST /rollouts`: asks for a rollout of `service` to `version`.
+    pub async fn start(&self, service: &str, version: &str) -> Result<Rollout, ApiError> {
+        let body = serde_json::json!({
+            "namespace": "default",
+            "service": service,
+            "version": version,
+        });
+        let (status, body, url) = self.call(Method::POST, Some(body)).await?;
+        if !status.is_success() {
+            return Err(refused(url, status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
+            url,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The error's message with its sources (hyper's top-level message alone says little).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn refused(url: String, status: StatusCode, body: &[u8]) -> ApiError {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(body);
+            text.trim().chars().take(200).collect()
+        });
+    ApiError::Refused {
+        url,
+        status,
+        message,
+    }
+}
+
+/// Parses `{"rollouts": [...]}`; an entry without the fields the runner needs is skipped (a
+/// rollout of a kind this runner does not handle must not hide the others).
+pub fn parse_list(body: &[u8]) -> Result<Vec<Rollout>, String> {
+    #[derive(Deserialize)]
+    struct List {
+        rollouts: Vec<serde_json::Value>,
+    }
+    let list: List = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    Ok(list
+        .rollouts
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect())
+}
+
+/// Prints one line of `sluice up`'s own output.
+pub fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "sluice up: {line}");
+    let _ = out.flush();
+}
+
+/// The mesh file as last seen on disk.
+struct Seen {
+    modified: Option<SystemTime>,
+    hash: u64,
+}
+
+fn look(path: &Path) -> Option<(Seen, String)> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok();
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    Some((
+        Seen {
+            modified,
+            hash: h.finish(),
+        },
+        text,
+    ))
+}
+
+/// Carries out the plan, and watches the mesh file, until told to stop.
+pub struct Reconciler {
+    shared: Arc<Mutex<Shared>>,
+    mesh: MeshFile,
+    mesh_path: PathBuf,
+    api: Api,
+    /// Warnings already logged.
+    warned: HashSet<String>,
+    /// Changes that failed, and when: retried after [`RETRY_AFTER`].
+    failed: HashMap<String, Instant>,
+    /// Whether the API was unreachable at the last poll (logged once per outage).
+    api_down: Option<String>,
+    seen: Option<Seen>,
+}
+
+impl Reconciler {
+    /// A reconciler for the running mesh in `shared`, started from `mesh` (read from
+    /// `mesh_path`).
+    pub fn new(
+        shared: Arc<Mutex<Shared>>,
+        mesh: MeshFile,
+        mesh_path: PathBuf,
+        address: ApiAddress,
+    ) -> Self {
+        let seen = look(&mesh_path).map(|(s, _)| s);
+        Reconciler {
+            shared,
+            mesh,
+            mesh_path,
+            api: Api::new(address),
+            warned: HashSet::new(),
+            failed: HashMap::new(),
+            api_down: None,
+            seen,
+        }
+    }
+
+    /// Polls until `stop` is set. Runs on its own thread with its own small runtime.
+    pub fn run(mut self, stop: &AtomicBool) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                say(&format!(
+                    "rollouts: cannot start: {e}; rollouts will not run locally"
+                ));
+                return;
+            }
+        };
+        let mut last_file_check = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            let tick = Instant::now();
+            if last_file_check.elapsed() >= MESH_FILE_POLL {
+                last_file_check = Instant::now();
+                rt.block_on(self.check_mesh_file());
+            }
+            rt.block_on(self.reconcile(stop));
+            while tick.elapsed() < POLL && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// One round: read the rollouts, plan, apply.
+    async fn reconcile(&mut self, stop: &AtomicBool) {
+        let rollouts = match self.api.list().await {
+            Ok(r) => {
+                if self.api_down.take().is_some() {
+                    say("the rollout API answers again");
+                }
+                r
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.api_down.as_deref() != Some(&msg) {
+                    let what = match &e {
+                        // A controller from before the rollout engine.
+                        ApiError::Refused {
+                            status: StatusCode::NOT_FOUND,
+                            ..
+                        } => "this controller has no rollout API; no canaries will be started",
+                        _ => "the workloads stay as they are until it answers",
+                    };
+                    say(&format!("rollouts: {msg}; {what}"));
+                    self.api_down = Some(msg);
+                }
+                return;
+            }
+        };
+        let running = {
+            let s = lock(&self.shared);
+            s.running()
+        };
+        for action in plan(&self.mesh, &running, &rollouts) {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            self.apply(action);
+        }
+    }
+
+    fn apply(&mut self, action: Action) {
+        let key = match &action {
+            Action::Warn { key, message } => {
+                if self.warned.insert(key.clone()) {
+                    say(message);
+                }
+                return;
+            }
+            Action::Start { name, version, .. } => format!("start {name} {version}"),
+            Action::Remove { name, .. } => format!("remove {name}"),
+            Action::Promote { canaries, .. } => format!("promote {}", canaries.join(",")),
+        };
+        if self
+            .failed
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < RETRY_AFTER)
+        {
+            return;
+        }
+        let mut guard = lock(&self.shared);
+        let shared = &mut *guard;
+        let (rec, sup) = (&mut shared.rec, &mut shared.sup);
+        let Some(workloads) = shared.workloads.as_mut() else {
+            return;
+        };
+        let result = match action {
+            Action::Warn { .. } => Ok(()),
+            Action::Start {
+                rollout,
+                base,
+                name,
+                version,
+            } => {
+                let label = rollout.label();
+                match self
+                    .mesh
+                    .workloads
+                    .iter()
+                    .find(|w| w.name == base)
+                    .and_then(|w| Some((w, w.config_for(&version)?)))
+                {
+                    None => Err(format!("{label}: no configuration for {name}")),
+                    Some((w, config)) => {
+                        match workloads.add(rec, sup, &name, w, &version, &config) {
+                            Ok(live) => {
+                                say(&format!("{label}: started canary {name} ({})", live.addr));
+                                Ok(())
+                            }
+                            Err(e) => Err(format!("{label}: cannot start canary {name}: {e}")),
+                        }
+                    }
+                }
+            }
+            Action::Remove { rollout, name } => {
+                let label = rollout.label();
+                // A canary of another version than the newest rollout's was superseded by it.
+                let why = match workloads.get(&name) {
+                    Some(l) if l.version != rollout.canary_version => "superseded",
+                    _ => rollout.phase.ended(),
+                };
+                match workloads.remove(rec, sup, &name) {
+                    Ok(()) => {
+                        say(&format!("{label}: {why}: removed {name}"));
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("{label}: cannot remove {name}: {e}")),
+                }
+            }
+            Action::Promote {
+                rollout,
+                canaries,
+                retire,
+            } => {
+                let label = rollout.label();
+                let mut retired = Vec::new();
+                let mut errors = Vec::new();
+                for (old, canary) in &retire {
+                    // The address first, so the service is never without one for long.
+                    let moved = workloads
+                        .move_service_addrs(old, canary)
+                        .and_then(|()| workloads.remove(rec, sup, old));
+                    match moved {
+                        Ok(()) => retired.push(old.as_str()),
+                        Err(e) => errors.push((canary, format!("{old}: {e}"))),
+                    }
+                }
+                // A canary whose old workload could not be retired stays a canary, so the
+                // next round plans the promotion again and retries the retirement.
+                for c in &canaries {
+                    if !errors.iter().any(|(canary, _)| *canary == c) {
+                        workloads.make_stable(c);
+                    }
+                }
+                if !retired.is_empty() || errors.is_empty() {
+                    let what = if retired.is_empty() {
+                        "nothing to retire".to_owned()
+                    } else {
+                        format!("retired {}", retired.join(", "))
+                    };
+                    say(&format!("{label}: promoted: {what}"));
+                }
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    let errors: Vec<_> = errors.into_iter().map(|(_, e)| e).collect();
+                    Err(format!("{label}: cannot retire {}", errors.join("; ")))
+                }
+            }
+        };
+        drop(guard);
+        match result {
+            Ok(()) => {
+                self.failed.remove(&key);
+            }
+            Err(e) => {
+                say(&format!("{e} (trying again in {}s)", RETRY_AFTER.as_secs()));
+                self.failed.insert(key, Instant::now());
+            }
+        }
+    }
+
+    /// Looks at the mesh file; a version-only edit asks the controller for rollouts.
+    async fn check_mesh_file(&mut self) {
+        let Some((now, _)) = look(&self.mesh_path) else {
+            return;
+        };
+        if self
+            .seen
+            .as_ref()
+            .is_some_and(|s| s.modified == now.modified && s.hash == now.hash)
+        {
+            return;
+        }
+        self.seen = Some(now);
+        let edited = match MeshFile::load(&self.mesh_path) {
+            Ok(m) => m,
+            Err(e) => {
+                say(&format!("mesh file: {e}; the running mesh stays as it is"));
+                return;
+            }
+        };
+        match classify(&self.mesh, &edited) {
+            Edit::None => {}
+            Edit::Other => say("mesh file changed; restart sluice up to apply"),
+            Edit::Versions(changes) => {
+                let mut accepted = Vec::new();
+                for (service, change) in &changes {
+                    let what = format!("{service} {}→{}", change.from, change.to);
+                    match self.api.start(service, &change.to).await {
+                        Ok(r) => {
+                            accepted.push(service.as_str());
+                            say(&format!(
+                                "mesh file: {what}: the controller started rollout {} ({})",
+                                r.id,
+                                phase_name(&r.phase)
+                            ));
+                        }
+                        Err(e) => {
+                            say(&format!(
+                                "mesh file: {what}: no rollout: {e} (save the file again to retry)"
+                            ));
+                        }
+                    }
+                }
+                // Only what the controller took is in force; a refused change is asked for
+                // again when the file is saved again.
+                self.mesh = accept_versions(&self.mesh, &edited, &accepted);
+            }
+        }
+    }
+}
+
+fn phase_name(p: &Phase) -> String {
+    match p {
+        Phase::Pending => "pending".into(),
+        Phase::Progressing => "progressing".into(),
+        Phase::Paused => "paused".into(),
+        Phase::WaitingConfirmation => "waiting-confirmation".into(),
+        Phase::Promoted => "promoted".into(),
+        Phase::RolledBack => "rolled-back".into(),
+        Phase::Aborted => "aborted".into(),
+        Phase::Superseded => "superseded".into(),
+        Phase::Failed => "failed".into(),
+        Phase::Other(s) => s.clone(),
+    }
+}
+
+fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    // A panic elsewhere while holding it leaves consistent enough state for teardown.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The default rollout API: the controller's admin endpoint under `STATE_DIR/controller`.
+pub fn admin_file(controller_dir: &Path) -> PathBuf {
+    controller_dir.join(ADMIN_ADDR_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = "policy: p
+workloads:
+  - name: payments
+    service: payments
+    command: [shop, payments]
+    port: 8080
+    env: { SHOP_VERSION: v1 }
+    versions:
+      v2: { env: { SHOP_VERSION: v2 } }
+      v3: { env: { SHOP_VERSION: v3, SHOP_ERROR_RATE: '0.05' } }
+  - name: payments-b
+    service: payments
+    command: [shop, payments]
+    port: 8080
+    versions:
+      v2: {}
+      v3: {}
+  - name: catalog
+    service: catalog
+    command: [shop, catalog]
+    port: 8080
+";
+
+    fn mesh() -> MeshFile {
+        MeshFile::parse("mesh.yaml", MESH).expect("valid mesh file")
+    }
+
+    /// The mesh file's workloads, as `sluice up` starts them.
+    fn initial(mesh: &MeshFile) -> Vec<Running> {
+        mesh.workloads
+            .iter()
+            .map(|w| Running {
+                name: w.name.clone(),
+                base: w.name.clone(),
+                service: w.service.clone(),
+                version: w.version.clone(),
+                canary: false,
+            })
+            .collect()
+    }
+
+    fn rollout(id: &str, service: &str, from: &str, to: &str, phase: &str) -> Rollout {
+        Rollout {
+            id: id.into(),
+            namespace: "default".into(),
+            service: service.into(),
+            baseline_version: from.into(),
+            canary_version: to.into(),
+            phase: Phase::from(phase.to_owned()),
+        }
+    }
+
+    /// What the executor does with the actions, on the planner's model.
+    fn apply(running: &mut Vec<Running>, actions: &[Action]) {
+        for a in actions {
+            match a {
+                Action::Start {
+                    base,
+                    name,
+                    version,
+                    rollout,
+                } => running.push(Running {
+                    name: name.clone(),
+                    base: base.clone(),
+                    service: rollout.service.clone(),
+                    version: version.clone(),
+                    canary: true,
+                }),
+                Action::Remove { name, .. } => running.retain(|w| w.name != *name),
+                Action::Promote {
+                    canaries, retire, ..
+                } => {
+                    running.retain(|w| !retire.iter().any(|(old, _)| *old == w.name));
+                    for w in running.iter_mut() {
+                        if canaries.contains(&w.name) {
+                            w.canary = false;
+                        }
+                    }
+                }
+                Action::Warn { .. } => {}
+            }
+        }
+    }
+
+    fn names(running: &[Running]) -> Vec<String> {
+        let mut v: Vec<String> = running
+            .iter()
+            .map(|w| format!("{}{}", w.name, if w.canary { "*" } else { "" }))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn starts(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn removes(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Remove { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn warnings(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Warn { message, .. } => Some(message.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Plans, applies, and checks that planning again changes nothing.
+    fn step(mesh: &MeshFile, running: &mut Vec<Running>, rollouts: &[Rollout]) -> Vec<Action> {
+        let actions = plan(mesh, running, rollouts);
+        apply(running, &actions);
+        let again = plan(mesh, running, rollouts);
+        assert!(
+            again.iter().all(|a| matches!(a, Action::Warn { .. })),
+            "not idempotent: {again:?}"
+        );
+        actions
+    }
+
+    #[test]
+    fn every_active_phase_runs_a_canary_beside_each_stable_workload() {
+        let mesh = mesh();
+        for phase in ["pending", "progressing", "paused", "waiting-confirmation"] {
+            let mut running = initial(&mesh);
+            let r = [rollout("r-1", "payments", "v1", "v2", phase)];
+            let actions = step(&mesh, &mut running, &r);
+            assert_eq!(
+                starts(&actions),
+                ["payments-v2", "payments-b-v2"],
+                "{phase}"
+            );
+            assert_eq!(
+                names(&running),
+                [
+                    "catalog",
+                    "payments",
+                    "payments-b",
+                    "payments-b-v2*",
+                    "payments-v2*"
+                ]
+            );
+            let Action::Start { base, version, .. } = &actions[0] else {
+                panic!("a start: {actions:?}");
+            };
+            assert_eq!((base.as_str(), version.as_str()), ("payments", "v2"));
+        }
+    }
+
+    #[test]
+    fn the_phases_of_one_rollout_in_sequence() {
+        let mesh = mesh();
+        let mut running = initial(&mesh);
+        let at = |phase: &str| [rollout("r-1", "payments", "v1", "v2", phase)];
+        assert_eq!(starts(&step(&mesh, &mut running, &at("pending"))).len(), 2);
+        for phase in [
+            "progressing",
+            "paused",
+            "progressing",
+            "waiting-confirmation",
+        ] {
+            assert_eq!(plan(&mesh, &running, &at(phase)), [], "{phase}");
+        }
+        let actions = step(&mesh, &mut running, &at("promoted"));
+        let [
+            Action::Promote {
+                canaries, retire, ..
+            },
+        ] = actions.as_slice()
+        else {
+            panic!("one promotion: {actions:?}");
+        };
+        assert_eq!(canaries, &["payments-v2", "payments-b-v2"]);
+        assert_eq!(
+            retire,
+            &[
+                ("payments".to_owned(), "payments-v2".to_owned()),
+                ("payments-b".to_owned(), "payments-b-v2".to_owned())
+            ]
+        );
+        assert_eq!(
+            names(&running),
+            ["catalog", "payments-b-v2", "payments-v2"],
+            "the canaries are the stable workloads now"
+        );
+    }
+
+    #[test]
+    fn every_unsuccessful_end_removes_the_canaries() {
+        let mesh = mesh();
+        for phase in ["rolled-back", "aborted", "superseded", "failed"] {
+            let mut running = initial(&mesh);
+            step(
+                &mesh,
+                &mut running,
+                &[rollout("r-1", "payments", "v1", "v3", "progressing")],
+            );
+            assert_eq!(running.len(), 5);
+            let actions = step(
+                &mesh,
+                &mut running,
+                &[rollout("r-1", "payments", "v1", "v3", phase)],
+            );
+            assert_eq!(
+                removes(&actions),
+                ["payments-v3", "payments-b-v3"],
+                "{phase}"
+            );
+            assert_eq!(running, initial(&mesh), "{phase}: back to the start");
+            // And with no canaries, nothing to do.
+            assert_eq!(
+                plan(
+                    &mesh,
+                    &initial(&mesh),
+                    &[rollout("r-1", "payments", "v1", "v3", phase)]
+                ),
+                []
+            );
+        }
+    }
+
+    #[test]
+    fn a_newer_rollout_supersedes_the_canaries_of_the_older_one() {
+        let mesh = mesh();
+        let mut running = initial(&mesh);
+        step(
+            &mesh,
+            &mut running,
+            &[rollout("r-1", "payments", "v1", "v2", "progressing")],
+        );
+        // Newest first: r-2 wants v3; r-1 is listed as superseded after it.
+        let both = [
+            rollout("r-2", "payments", "v1", "v3", "pending"),
+            rollout("r-1", "payments", "v1", "v2", "superseded"),
+        ];
+        let actions = step(&mesh, &mut running, &both);
+        assert_eq!(removes(&actions), ["payments-v2", "payments-b-v2"]);
+        assert_eq!(starts(&actions), ["payments-v3", "payments-b-v3"]);
+        // Only the newest counts: r-1 listed first would be the newest.
+        assert_eq!(newest_per_service(&both)[0].id, "r-2");
+        // The newer one promoted while an older canary version still runs (missed a poll):
+        // the older canaries go, the newer ones stay.
+        let mut mixed = initial(&mesh);
+        step(
+            &mesh,
+            &mut mixed,
+            &[rollout("r-1", "payments", "v1", "v2", "progressing")],
+        );
+        let actions = plan(
+            &mesh,
+            &mixed,
+            &[rollout("r-2", "payments", "v1", "v3", "promoted")],
+        );
+        assert_eq!(removes(&actions), ["payments-v2", "payments-b-v2"]);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Promote { .. })));
+    }
+
+    #[test]
+    fn after_a_promotion_the_next_rollout_starts_from_the_new_stable_workloads() {
+        let mesh = mesh();
+        let mut running = initial(&mesh);
+        let r1 = |phase: &str| rollout("r-1", "payments", "v1", "v2", phase);
+        step(&mesh, &mut running, &[r1("progressing")]);
+        step(&mesh, &mut running, &[r1("promoted")]);
+        // r-2 (v2 → v3) is the newest; the promoted r-1 is still listed.
+        let r2 = |phase: &str| {
+            [
+                rollout("r-2", "payments", "v2", "v3", phase),
+                r1("promoted"),
+            ]
+        };
+        let actions = step(&mesh, &mut running, &r2("progressing"));
+        assert_eq!(starts(&actions), ["payments-v3", "payments-b-v3"]);
+        assert!(
+            removes(&actions).is_empty(),
+            "the v2 workloads are stable now"
+        );
+        let actions = step(&mesh, &mut running, &r2("rolled-back"));
+        assert_eq!(removes(&actions), ["payments-v3", "payments-b-v3"]);
+        assert_eq!(names(&running), ["catalog", "payments-b-v2", "payments-v2"]);
+        // A third rollout, back to v1: the base version needs no `versions` entry.
+        let r3 = [rollout("r-3", "payments", "v2", "v1", "progressing")];
+        let actions = step(&mesh, &mut running, &r3);
+        assert_eq!(starts(&actions), ["payments-v1", "payments-b-v1"]);
+        let r3 = [rollout("r-3", "payments", "v2", "v1", "promoted")];
+        step(&mesh, &mut running, &r3);
+        assert_eq!(names(&running), ["catalog", "payments-b-v1", "payments-v1"]);
+    }
+
+    #[test]
+    fn a_version_without_an_override_is_reported_not_run() {
+        let mesh = mesh();
+        let running = initial(&mesh);
+        let actions = plan(
+            &mesh,
+            &running,
+            &[rollout("r-9", "payments", "v1", "v9", "progressing")],
+        );
+        assert_eq!(starts(&actions), Vec::<&str>::new());
+        assert_eq!(
+            warnings(&actions),
+            [
+                "rollout r-9 payments v1→v9: payments has no `versions.v9` in mesh.yaml; add one to run the canary locally",
+                "rollout r-9 payments v1→v9: payments-b has no `versions.v9` in mesh.yaml; add one to run the canary locally",
+            ]
+        );
+        // A service with no `versions` at all.
+        let actions = plan(
+            &mesh,
+            &running,
+            &[rollout("r-5", "catalog", "v1", "v2", "pending")],
+        );
+        assert_eq!(
+            warnings(&actions),
+            [
+                "rollout r-5 catalog v1→v2: catalog has no `versions.v2` in mesh.yaml; add one to run the canary locally"
+            ]
+        );
+        // Keys are stable across rounds, so the executor logs each once.
+        assert_eq!(
+            actions,
+            plan(
+                &mesh,
+                &running,
+                &[rollout("r-5", "catalog", "v1", "v2", "pending")]
+            )
+        );
+    }
+
+    #[test]
+    fn a_promotion_keeps_a_stable_workload_no_canary_replaces() {
+        let text = MESH.replace("    versions:\n      v2: {}\n      v3: {}\n", "");
+        let mesh = MeshFile::parse("mesh.yaml", &text).expect("valid");
+        let mut running = initial(&mesh);
+        let at = |phase: &str| [rollout("r-1", "payments", "v1", "v2", phase)];
+        let actions = step(&mesh, &mut running, &at("progressing"));
+        assert_eq!(starts(&actions), ["payments-v2"]);
+        assert_eq!(warnings(&actions).len(), 1);
+        let actions = step(&mesh, &mut running, &at("promoted"));
+        assert!(
+            warnings(&actions)
+                .iter()
+                .any(|w| w.contains("payments-b keeps running v1")),
+            "{actions:?}"
+        );
+        assert_eq!(names(&running), ["catalog", "payments-b", "payments-v2"]);
+    }
+
+    #[test]
+    fn what_the_planner_leaves_alone() {
+        let mesh = mesh();
+        let running = initial(&mesh);
+        // Promoted before this run (nothing of v2 runs here): the mesh file's workloads stay.
+        assert_eq!(
+            plan(
+                &mesh,
+                &running,
+                &[rollout("r-1", "payments", "v1", "v2", "promoted")]
+            ),
+            []
+        );
+        // Another namespace: `sluice up` runs `default` only.
+        let mut other = rollout("r-1", "payments", "v1", "v2", "progressing");
+        other.namespace = "team-b".into();
+        assert_eq!(plan(&mesh, &running, &[other]), []);
+        // A rollout to the version already running.
+        assert_eq!(
+            plan(
+                &mesh,
+                &running,
+                &[rollout("r-1", "payments", "v0", "v1", "progressing")]
+            ),
+            []
+        );
+        // A phase from a newer controller: reported, nothing changed.
+        let actions = plan(
+            &mesh,
+            &running,
+            &[rollout("r-1", "payments", "v1", "v2", "baking")],
+        );
+        assert_eq!(warnings(&actions).len(), 1, "{actions:?}");
+        assert!(warnings(&actions)[0].contains("unknown phase"));
+        // A service this mesh file does not run.
+        assert_eq!(
+            plan(
+                &mesh,
+                &running,
+                &[rollout("r-1", "ledger", "v1", "v2", "progressing")]
+            ),
+            []
+        );
+        // No rollouts at all.
+        assert_eq!(plan(&mesh, &running, &[]), []);
+    }
+
+    #[test]
+    fn a_canary_name_taken_by_another_workload_is_reported() {
+        let mesh = mesh();
+        let mut running = initial(&mesh);
+        // Someone's stable workload happens to be called like the canary.
+        running.push(Running {
+            name: "catalog-v2".into(),
+            base: "catalog".into(),
+            service: "ledger".into(),
+            version: "v1".into(),
+            canary: false,
+        });
+        let mut text = MESH.to_owned();
+        text.push_str("    versions: { v2: {} }\n");
+        let mesh = MeshFile::parse("mesh.yaml", &text).expect("valid");
+        let actions = plan(
+            &mesh,
+            &running,
+            &[rollout("r-1", "catalog", "v1", "v2", "pending")],
+        );
+        assert!(starts(&actions).is_empty());
+        assert!(
+            warnings(&actions)[0].contains("already running"),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn the_rollouts_json_is_read_leniently() {
+        let body = br#"{"rollouts":[
+            {"id":"r-20261124-2a9f","namespace":"default","service":"payments",
+             "baseline_version":"v1","canary_version":"v2","phase":"progressing","weight":5,
+             "steps":[5,25,50],"analysis":{"error_rate":0.001}},
+            {"id":"r-broken","service":"payments"},
+            {"id":"r-old","namespace":"default","service":"payments",
+             "baseline_version":"v0","canary_version":"v1","phase":"promoted"}
+        ]}"#;
+        let list = parse_list(body).expect("the documented JSON");
+        assert_eq!(list.len(), 2, "the entry without its fields is skipped");
+        assert_eq!(list[0].phase, Phase::Progressing);
+        assert_eq!(list[0].label(), "rollout r-20261124-2a9f payments v1→v2");
+        assert_eq!(list[1].phase, Phase::Promoted);
+        assert!(parse_list(b"not found: try /status\n").is_err());
+        assert!(parse_list(br#"{"rollouts":[]}"#).expect("empty").is_empty());
+        for (text, phase) in [
+            ("pending", Phase::Pending),
+            ("waiting-confirmation", Phase::WaitingConfirmation),
+            ("rolled-back", Phase::RolledBack),
+            ("aborted", Phase::Aborted),
+            ("superseded", Phase::Superseded),
+            ("failed", Phase::Failed),
+            ("paused", Phase::Paused),
+        ] {
+            assert_eq!(Phase::from(text.to_owned()), phase);
+            assert_eq!(phase_name(&phase), text);
+        }
+    }
+
+    #[test]
+    fn refusals_carry_the_controllers_error_text() {
+        let e = refused(
+            "http://x/rollouts".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            br#"{"error":"payments has no CanaryPolicy"}"#,
+        );
+        assert_eq!(
+            e.to_string(),
+            "http://x/rollouts answered 422 Unprocessable Entity: payments has no CanaryPolicy"
+        );
+        let e = refused(
+            "u".into(),
+            StatusCode::NOT_FOUND,
+            b"not found: try /status\n",
+        );
+        assert!(e.to_string().ends_with("not found: try /status"), "{e}");
+    }
+
+    #[test]
+    fn mesh_file_edits_are_classified() {
+        let old = mesh();
+        let edit = |from: &str, to: &str| {
+            MeshFile::parse("mesh.yaml", &MESH.replacen(from, to, 1)).expect("valid edit")
+        };
+        assert_eq!(classify(&old, &mesh()), Edit::None);
+        assert_eq!(
+            classify(&old, &edit("policy: p\n", "# a comment\npolicy: p\n")),
+            Edit::None
+        );
+        // Both payments workloads to v2: one rollout of the service.
+        let both = MeshFile::parse(
+            "mesh.yaml",
+            &MESH.replacen(
+                "command: [shop, payments]\n    port",
+                "command: [shop, payments]\n    version: v2\n    port",
+                2,
+            ),
+        )
+        .expect("valid");
+        let Edit::Versions(changes) = classify(&old, &both) else {
+            panic!("a version-only edit");
+        };
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            changes["payments"],
+            VersionChange {
+                from: "v1".into(),
+                to: "v2".into()
+            }
+        );
+        // One of two workloads: still a rollout of the service.
+        let one = edit(
+            "    port: 8080\n    env",
+            "    version: v3\n    port: 8080\n    env",
+        );
+        assert!(matches!(classify(&old, &one), Edit::Versions(c) if c["payments"].to == "v3"));
+        // The two to different versions: not something one rollout can do.
+        let split = MeshFile::parse(
+            "mesh.yaml",
+            &MESH
+                .replacen(
+                    "command: [shop, payments]\n    port",
+                    "command: [shop, payments]\n    version: v2\n    port",
+                    1,
+                )
+                .replacen(
+                    "port: 8080\n    versions:\n      v2: {}",
+                    "version: v3\n    port: 8080\n    versions:\n      v2: {}",
+                    1,
+                ),
+        )
+        .expect("valid");
+        assert_eq!(classify(&old, &split), Edit::Other);
+        // Anything else.
+        assert_eq!(
+            classify(&old, &edit("SHOP_VERSION: v1", "SHOP_VERSION: v1b")),
+            Edit::Other
+        );
+        assert_eq!(
+            classify(&old, &edit("version: v1", "version: v1")),
+            Edit::None
+        );
+        let version_and_env = edit(
+            "    port: 8080\n    env: { SHOP_VERSION: v1 }",
+            "    version: v2\n    port: 8080\n    env: { SHOP_VERSION: v2 }",
+        );
+        assert_eq!(classify(&old, &version_and_env), Edit::Other);
+        let fewer = MeshFile::parse(
+            "mesh.yaml",
+            &MESH[..MESH.find("  - name: catalog").expect("catalog")],
+        )
+        .expect("valid");
+        assert_eq!(classify(&old, &fewer), Edit::Other);
+    }
+
+    #[test]
+    fn an_accepted_version_edit_keeps_the_old_version_runnable() {
+        let old = mesh();
+        let text = MESH.replacen(
+            "command: [shop, catalog]\n",
+            "command: [shop, catalog]\n    version: v2\n",
+            1,
+        );
+        let new = MeshFile::parse("mesh.yaml", &text).expect("valid");
+        // Refused by the controller: nothing changes.
+        assert_eq!(accept_versions(&old, &new, &[]), old);
+        let now = accept_versions(&old, &new, &["catalog"]);
+        let catalog = &now.workloads[2];
+        assert_eq!(catalog.version, "v2");
+        assert_eq!(
+            catalog.config_for("v2").expect("the same command").command,
+            ["shop", "catalog"]
+        );
+        assert_eq!(
+            catalog.config_for("v1").expect("still runnable").command,
+            ["shop", "catalog"]
+        );
+        // So a rollout to v2 runs the same command as canary, with the file's new version.
+        let running = initial(&old);
+        let actions = plan(
+            &now,
+            &running,
+            &[rollout("r-1", "catalog", "v1", "v2", "pending")],
+        );
+        assert_eq!(starts(&actions), ["catalog-v2"]);
+    }
+}
