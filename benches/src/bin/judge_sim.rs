@@ -49,6 +49,10 @@ struct Args {
     /// Runs of the headline case.
     #[arg(long, default_value_t = 5000)]
     headline: usize,
+    /// Analysis interval instead of the policy's (e.g. `1s`: the judge is anytime-valid, so
+    /// looking more often costs no false alarms).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    interval: Option<Duration>,
     /// Total request rate of the service.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
@@ -275,10 +279,12 @@ fn load_policy() -> CanaryPolicySpec {
 fn main() {
     let args = Args::parse();
     let policy = load_policy();
-    let interval = policy
-        .analysis
-        .interval
-        .map_or(Duration::from_secs(5), |d| d.0);
+    let interval = args.interval.unwrap_or_else(|| {
+        policy
+            .analysis
+            .interval
+            .map_or(Duration::from_secs(5), |d| d.0)
+    });
     let mut sim = Sim {
         rng: SmallRng::seed_from_u64(args.seed),
         rate: args.rate,

@@ -46,6 +46,9 @@ pub struct Context {
     pub mesh_dir: PathBuf,
     /// Whether log prefixes are coloured (proxies then log in colour too).
     pub color: bool,
+    /// Where each workload's output is also written, as `<instance>.log` (the controller's
+    /// `--workload-logs`).
+    pub logs_dir: PathBuf,
 }
 
 /// One running workload.
@@ -231,6 +234,7 @@ impl Workloads {
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
             dir: None,
+            log_file: None,
         });
         let mut argv = vec!["ip".into(), "netns".into(), "exec".into(), live.ns.clone()];
         argv.extend(config.command.iter().cloned());
@@ -244,6 +248,7 @@ impl Workloads {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             dir: Some(ctx.mesh_dir.clone()),
+            log_file: Some(ctx.logs_dir.join(format!("{name}.log"))),
         });
         live.procs = vec![proxy, command];
         Ok(())

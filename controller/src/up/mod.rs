@@ -467,6 +467,8 @@ fn start(
     std::fs::create_dir_all(&controller_dir).map_err(host("controller state dir"))?;
     let tokens = TokenKey::load_or_create(&controller_dir).map_err(host("token key"))?;
     let controller_addr = format!("{}:{CONTROLLER_PORT}", subnet.host());
+    let logs_dir = state_dir.join("logs");
+    std::fs::create_dir_all(&logs_dir).map_err(host("logs directory"))?;
     let mut workloads = Workloads::new(Context {
         run_id: id.clone(),
         subnet,
@@ -477,6 +479,7 @@ fn start(
         proxy_bin: proxy_bin.to_owned(),
         mesh_dir: mesh.dir.clone(),
         color: sup.color(),
+        logs_dir: logs_dir.clone(),
     });
     for (i, w) in mesh.workloads.iter().enumerate() {
         // The service's first workload carries the service address.
@@ -517,9 +520,12 @@ fn start(
             ready.display().to_string(),
             "--service-addresses".into(),
             addresses_file.display().to_string(),
+            "--workload-logs".into(),
+            logs_dir.display().to_string(),
         ],
         env: Vec::new(),
         dir: None,
+        log_file: None,
     });
     let until = Instant::now() + Duration::from_secs(20);
     while !ready.exists() {

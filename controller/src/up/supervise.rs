@@ -41,6 +41,42 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// The working directory.
     pub dir: Option<PathBuf>,
+    /// Also append the output to this file (rotated to `<file>.1` past [`LOG_FILE_MAX`]), so
+    /// the controller can quote a canary's last lines in a rollback message.
+    pub log_file: Option<PathBuf>,
+}
+
+/// Size at which a workload's log file is rotated.
+pub const LOG_FILE_MAX: u64 = 1024 * 1024;
+
+/// Appends lines to a log file, rotating it once it is large.
+struct LogFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl LogFile {
+    fn open(path: &std::path::Path) -> Option<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    }
+
+    fn write(&mut self, line: &str) {
+        if self.file.is_none() {
+            self.file = Self::open(&self.path);
+        }
+        let Some(f) = &mut self.file else { return };
+        let _ = writeln!(f, "{line}");
+        if f.metadata().is_ok_and(|m| m.len() > LOG_FILE_MAX) {
+            let mut rotated = self.path.clone().into_os_string();
+            rotated.push(".1");
+            let _ = std::fs::rename(&self.path, rotated);
+            self.file = Self::open(&self.path);
+        }
+    }
 }
 
 struct Proc {
@@ -189,6 +225,12 @@ fn say(prefix: &str, line: &str) {
 
 fn keep_running(p: &Proc, stopping: &AtomicBool, color: bool) {
     let prefix = prefix(&p.spec, color);
+    let log = p.spec.log_file.as_ref().map(|path| {
+        Arc::new(Mutex::new(LogFile {
+            path: path.clone(),
+            file: None,
+        }))
+    });
     let stopping = || stopping.load(Ordering::SeqCst) || p.retired.load(Ordering::SeqCst);
     let mut backoff = BACKOFF_START;
     loop {
@@ -238,10 +280,16 @@ fn keep_running(p: &Proc, stopping: &AtomicBool, color: bool) {
             .flatten()
             .map(|r| {
                 let prefix = prefix.clone();
+                let log = log.clone();
                 std::thread::spawn(move || {
                     for line in BufReader::new(r).lines() {
                         match line {
-                            Ok(l) => say(&prefix, &l),
+                            Ok(l) => {
+                                if let Some(log) = &log {
+                                    log.lock().unwrap_or_else(|e| e.into_inner()).write(&l);
+                                }
+                                say(&prefix, &l);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -285,6 +333,7 @@ mod tests {
 
     fn sleeper(label: &str) -> Spec {
         Spec {
+            log_file: None,
             label: label.into(),
             color: 0,
             argv: vec!["sleep".into(), "60".into()],
