@@ -25,8 +25,9 @@
 //! # Metrics
 //!
 //! [`MetricSource`] gives cumulative counts per (service, version); the engine diffs them per
-//! interval. The default source is what proxies report (`ReportTraffic`); the canary and the
-//! baseline are measured over the same interval.
+//! interval. The default source is what proxies report (`ReportTraffic`); a rollout whose
+//! policy names `analysis.provider.prometheus` reads a [`PrometheusSource`] instead. The
+//! canary and the baseline are measured over the same interval.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ use sluice_policy::validate::ObjectRef;
 
 use super::judge::{Counts, Judge, Verdict};
 use super::model::{Action, Event, Phase, Point, Rollout, StartRequest, StepPlan};
+use super::prometheus::PrometheusSource;
 use super::store;
 use crate::notify::rollout::{
     RollbackReason, RolloutContext, RolloutEvent, rollout_notification, should_send,
@@ -150,6 +152,9 @@ pub struct Engine {
     notifier: Option<Notifier>,
     config: EngineConfig,
     runtime: Mutex<HashMap<String, Runtime>>,
+    /// One Prometheus source per `analysis.provider.prometheus.address`, so rollouts sharing
+    /// a Prometheus share its connection pool.
+    prometheus: Mutex<HashMap<String, Arc<PrometheusSource>>>,
     /// Serialises changes (the tick and API actions) so two cannot interleave.
     changing: tokio::sync::Mutex<()>,
 }
@@ -193,6 +198,7 @@ impl Engine {
             notifier,
             config,
             runtime: Mutex::new(HashMap::new()),
+            prometheus: Mutex::new(HashMap::new()),
             changing: tokio::sync::Mutex::new(()),
         });
         let st = engine.plane.store();
@@ -229,7 +235,39 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Where `r`'s counts come from: `analysis.provider.prometheus` if set (one cached source
+    /// per address), else the engine's default source.
+    fn metric_source(&self, r: &Rollout) -> Arc<dyn MetricSource> {
+        let Some(prometheus) = &r.analysis.provider.prometheus else {
+            return self.metrics.clone();
+        };
+        let mut sources = self
+            .prometheus
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        sources
+            .entry(prometheus.address.clone())
+            .or_insert_with(|| Arc::new(PrometheusSource::new(&prometheus.address)))
+            .clone()
+    }
+
+    /// Says, once per rollout and controller run, that custom `query` checks are not evaluated:
+    /// the judge's sequential tests need counts, not one number, so such a check is judged on
+    /// the default counts, and the operator must know that rather than trust the query.
+    fn warn_unevaluated_queries(r: &Rollout) {
+        for check in r.analysis.metrics.iter().filter(|m| m.query.is_some()) {
+            tracing::warn!(
+                rollout = r.id,
+                check = check.name,
+                "custom `query` is not evaluated yet: this check is judged on the default \
+                 request, failure and latency counts (see docs/rollouts.md, Metrics)"
+            );
+        }
+    }
+
     fn rebuild(&self, r: &Rollout, points: &[Point]) {
+        // Runs once per rollout per controller run: when it starts, or when it resumes.
+        Self::warn_unevaluated_queries(r);
         let mut judge = Judge::new(&r.analysis);
         let mut step = None;
         for p in points {
@@ -479,8 +517,10 @@ impl Engine {
                 Phase::Pending => self.pending(&mut r, now)?,
                 Phase::Progressing => {
                     let (ns, svc) = (r.namespace.clone(), r.service.clone());
-                    let canary = self.metrics.totals(&ns, &svc, &r.canary_version).await;
-                    let baseline = self.metrics.totals(&ns, &svc, &r.baseline_version).await;
+                    // The policy's Prometheus if it names one, else the proxies' reports.
+                    let metrics = self.metric_source(&r);
+                    let canary = metrics.totals(&ns, &svc, &r.canary_version).await;
+                    let baseline = metrics.totals(&ns, &svc, &r.baseline_version).await;
                     match (canary, baseline) {
                         (Ok(c), Ok(b)) => self.progressing(&mut r, now, c, b)?,
                         (Err(e), _) | (_, Err(e)) => {

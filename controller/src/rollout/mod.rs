@@ -10,5 +10,6 @@ pub mod cli;
 pub mod engine;
 pub mod judge;
 pub mod model;
+pub mod prometheus;
 pub mod store;
 pub mod traffic;
