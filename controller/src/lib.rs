@@ -22,6 +22,7 @@ mod check;
 mod explain;
 pub mod identity;
 pub mod notify;
+pub mod portal;
 pub mod rollout;
 mod schema;
 pub mod server;

@@ -1,0 +1,1 @@
+//! `/access/…`: the access-request form, requests and their review (being written).

@@ -1,0 +1,1 @@
+//! `/services` and `/services/<name>`: a page per service (being written).
