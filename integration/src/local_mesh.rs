@@ -147,7 +147,15 @@ impl LocalMesh {
         let log = std::fs::File::create(dir.path().join("up.log")).expect("log");
         let child = Command::new(sluice_bin())
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .args(["up", "--color", "never", "--ingress", "127.0.0.1:0"])
+            .args([
+                "up",
+                "--color",
+                "never",
+                "--ingress",
+                "127.0.0.1:0",
+                "--team-inbox",
+                "off",
+            ])
             .arg("--proxy-bin")
             .arg(crate::proxy_bin())
             .arg("--state-dir")

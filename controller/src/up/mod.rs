@@ -11,6 +11,7 @@
 //! While it runs, the [rollout reconciler](rollouts) starts canaries beside the stable
 //! [workloads](live) and retires one or the other as the controller's rollouts progress.
 
+pub mod inbox;
 pub mod ingress;
 pub mod live;
 pub mod meshfile;
@@ -68,6 +69,11 @@ pub struct UpArgs {
     /// (`http://frontend.localhost:PORT`); port 0 picks one; `off` disables it.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
     pub ingress: String,
+    /// The team inbox: a webhook receiver that prints the messages teams are sent (the shop's
+    /// channels point at `localhost:7072`); `off` disables it. A taken port is reported and
+    /// skipped.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7072")]
+    pub team_inbox: String,
     /// When to colour the log prefixes.
     #[arg(long, value_enum, default_value_t = crate::ColorChoice::Auto)]
     pub color: crate::ColorChoice,
@@ -207,7 +213,23 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
             Some(listener)
         }
     };
-    let sup = Supervisor::new(terminal.use_color(args.color));
+    let inbox = match args.team_inbox.as_str() {
+        "off" => None,
+        addr => match std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "sluice up: no team inbox ({addr}: {e}); team messages go nowhere visible"
+                );
+                None
+            }
+        },
+    };
+    let color = terminal.use_color(args.color);
+    let sup = Supervisor::new(color);
     // From here on everything created is removed however this function ends: normally, on an
     // error, or by unwinding from a panic (the guard's `Drop`).
     let mut cleanup = Cleanup {
@@ -267,14 +289,23 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
                 "sluice up: running; Ctrl-C or SIGTERM stops and cleans up"
             );
             let _ = out.flush();
+            if let Some(l) = &inbox
+                && let Ok(addr) = l.local_addr()
+            {
+                let _ = writeln!(
+                    out,
+                    "sluice up: team inbox http://{addr}/ (messages to the teams' channels are printed here)"
+                );
+            }
             let routes = routes.clone();
             rt.block_on(async move {
                 let ingress = ingress.map(|l| tokio::spawn(ingress::serve(l, routes)));
+                let inbox = inbox.map(|l| tokio::spawn(inbox::serve(l, color)));
                 tokio::select! {
                     _ = sigint.recv() => {}
                     _ = sigterm.recv() => {}
                 }
-                if let Some(task) = ingress {
+                for task in [ingress, inbox].into_iter().flatten() {
                     task.abort();
                 }
             });
