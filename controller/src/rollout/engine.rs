@@ -1001,9 +1001,9 @@ fn plan(spec: &CanaryPolicySpec) -> Vec<StepPlan> {
 
 fn unit_of(signal: &str) -> (&'static str, &'static str) {
     match signal {
-        "successRate" => ("%", " points"),
-        "latency" => (" ms", "%"),
-        _ => (" req/s", "%"),
+        "successRate" => ("%", "points"),
+        "latency" => ("ms", "%"),
+        _ => ("req/s", "%"),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The local team inbox: a webhook receiver on the host's loopback (`--team-inbox`, port
 //! 7072 by default, where the shop's teams point their `slack` and `webhook` channels) that
-//! prints every message it receives with a `[#channel]` prefix. On one machine there is no
+//! prints every message it receives with an `[inbox /path]` prefix (`/slack/payments`). On one machine there is no
 //! Slack; this is where "the team is notified" becomes visible.
 
 use std::convert::Infallible;
@@ -55,11 +55,10 @@ pub async fn serve(listener: std::net::TcpListener, color: bool) {
 
 fn print(channel: &str, line: &str, color: bool) {
     use std::io::Write;
-    let name = channel.rsplit('/').next().unwrap_or(channel);
     let prefix = if color {
-        format!("\x1b[1;97;45m[#{name} inbox]\x1b[0m ")
+        format!("\x1b[1;97;45m[inbox {channel}]\x1b[0m ")
     } else {
-        format!("[#{name} inbox] ")
+        format!("[inbox {channel}] ")
     };
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{prefix}{line}");
