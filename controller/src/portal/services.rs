@@ -1,1 +1,1540 @@
-//! `/services` and `/services/<name>`: a page per service (being written).
+//! `/services` and `/services/<name>` (or `/services/<namespace>/<name>`): what a service is,
+//! who may call it and why, whom it calls, how it is doing, its rollout, who was refused, and
+//! where it runs.
+//!
+//! Each request is answered in two steps so that the HTML can be tested without a server:
+//! [`gather_service`] / [`gather_index`] read the plane's in-memory state (policy, published
+//! registrations, traffic) plus what the handler fetched from the store (rollouts, one denial
+//! summary), and [`service_page`] / [`index_page`] turn that view into HTML. Every value from
+//! policy files, registrations or reports goes through [`escape`]: a service description or a
+//! denied call can contain anything.
+//!
+//! Requests per second are a rate between two views of the same counter, so the first view of
+//! a version shows "—" (see [`RateSampler`]).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use sluice_api::v1::ProxyConfig;
+use sluice_policy::link::{DeniedCall, access_request_link, offered_rpc};
+use sluice_policy::resources::{EphemeralMode, PolicyMode, SecurityLevel};
+use sluice_policy::validate::{CallerSelector, ObjectRef};
+
+use super::html::{escape, page};
+use super::{Answer, Portal, User};
+use crate::rollout::model::{Phase, Rollout};
+use crate::rollout::traffic::{VersionKey, VersionTotals};
+use crate::server::register::DEFAULT_ENVIRONMENT;
+use crate::server::state::PolicySnapshot;
+use crate::store::{DenialRow, unix_ms};
+
+/// How many of the most recent denials (mesh-wide) are read for a service page: one query,
+/// filtered here, rather than a query per service.
+const DENIALS_SCANNED: i64 = 500;
+/// How many denials a service page lists.
+const DENIALS_SHOWN: usize = 25;
+/// How many earlier rollouts a service page links to.
+const EARLIER_ROLLOUTS: usize = 5;
+
+/// Answers `GET /services…`.
+pub async fn handle(portal: &Portal, req: Request<Incoming>, user: &User) -> Answer {
+    if req.method() != Method::GET {
+        let mut answer = page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed",
+            Some(user),
+            "<div class=\"error\">Service pages are read-only: use GET.</div>",
+        );
+        answer.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET"),
+        );
+        return answer;
+    }
+    match parse_path(req.uri().path()) {
+        Some(None) => index(portal, user).await,
+        Some(Some(key)) => service(portal, user, key).await,
+        None => not_found(user, req.uri().path()),
+    }
+}
+
+/// `/services` → `Some(None)`; `/services/<name>` (namespace `default`) or
+/// `/services/<namespace>/<name>` → that service; anything else → `None`.
+fn parse_path(path: &str) -> Option<Option<ObjectRef>> {
+    let rest = path.strip_prefix("/services")?;
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Some(None);
+    }
+    let rest = rest.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [name] if !name.is_empty() => Some(Some(ObjectRef::new(DEFAULT_NAMESPACE, *name))),
+        [ns, name] if !ns.is_empty() && !name.is_empty() => Some(Some(ObjectRef::new(*ns, *name))),
+        _ => None,
+    }
+}
+
+const DEFAULT_NAMESPACE: &str = sluice_policy::resources::DEFAULT_NAMESPACE;
+
+/// The shareable address of a service's page.
+pub fn service_href(key: &ObjectRef) -> String {
+    if key.namespace == DEFAULT_NAMESPACE {
+        format!("/services/{}", key.name)
+    } else {
+        format!("/services/{}/{}", key.namespace, key.name)
+    }
+}
+
+fn not_found(user: &User, what: &str) -> Answer {
+    let body = format!(
+        "<h1>Not found</h1><div class=\"error\">There is no service page at <code>{}</code>.</div>\
+<p><a href=\"/services\">← All services</a></p>",
+        escape(what)
+    );
+    page(StatusCode::NOT_FOUND, "Not found", Some(user), &body)
+}
+
+async fn index(portal: &Portal, user: &User) -> Answer {
+    let rollouts = list_rollouts(portal, None).await;
+    let policy = portal.plane.policy();
+    let published = portal.plane.current();
+    let traffic = portal.plane.traffic().all();
+    let rows = gather_index(
+        &policy,
+        &published.config,
+        &traffic,
+        rollouts.as_listed(),
+        rate_sampler(),
+        Instant::now(),
+    );
+    page(StatusCode::OK, "Services", Some(user), &index_page(&rows))
+}
+
+async fn service(portal: &Portal, user: &User, key: ObjectRef) -> Answer {
+    let policy = portal.plane.policy();
+    if !policy.set.services.contains_key(&key) {
+        return not_found(user, &service_href(&key));
+    }
+    let rollouts = list_rollouts(portal, Some((key.namespace.clone(), key.name.clone()))).await;
+    let denials = match portal
+        .plane
+        .store()
+        .run(|s| s.denial_summary(DENIALS_SCANNED))
+        .await
+    {
+        Ok(summary) => Ok(summary.recent),
+        Err(e) => {
+            tracing::warn!(error = %e, "service page: reading denials");
+            Err(e.to_string())
+        }
+    };
+    let published = portal.plane.current();
+    let traffic = portal.plane.traffic().all();
+    let sources = Sources {
+        policy: &policy,
+        config: &published.config,
+        traffic: &traffic,
+        rollouts: &rollouts,
+        denials: denials.as_deref().map_err(String::as_str),
+    };
+    match gather_service(
+        &key,
+        &sources,
+        rate_sampler(),
+        Instant::now(),
+        unix_ms(SystemTime::now()),
+    ) {
+        Some(view) => page(
+            StatusCode::OK,
+            &key.to_string(),
+            Some(user),
+            &service_page(&view),
+        ),
+        None => not_found(user, &service_href(&key)),
+    }
+}
+
+/// Rollouts as the pages need them: the engine may not run, or the store may fail; neither
+/// should take the page down.
+#[derive(Clone, Debug)]
+pub enum Rollouts {
+    /// No rollout engine on this controller.
+    NotRunning,
+    /// The store could not be read.
+    Unavailable(String),
+    /// Newest first.
+    Listed(Vec<Rollout>),
+}
+
+impl Rollouts {
+    fn as_listed(&self) -> &[Rollout] {
+        match self {
+            Rollouts::Listed(l) => l,
+            _ => &[],
+        }
+    }
+}
+
+async fn list_rollouts(portal: &Portal, service: Option<(String, String)>) -> Rollouts {
+    let Some(engine) = portal.engine.clone() else {
+        return Rollouts::NotRunning;
+    };
+    // The engine reads SQLite: off the async workers, like every other store read.
+    let listed = tokio::task::spawn_blocking(move || {
+        engine
+            .list(service.as_ref().map(|(ns, s)| (ns.as_str(), s.as_str())))
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    match listed {
+        Ok(Ok(l)) => Rollouts::Listed(l),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "service pages: listing rollouts");
+            Rollouts::Unavailable(e)
+        }
+        Err(e) => Rollouts::Unavailable(e.to_string()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests per second.
+
+/// Turns cumulative request counters into rates: each key remembers the counter and when it
+/// was read, and a rate is the difference to the previous reading over the time between them.
+/// Readings closer than [`RateSampler::MIN_INTERVAL`] return the previous rate unchanged, so
+/// that two quick reloads do not show a rate computed over a few milliseconds.
+#[derive(Debug, Default)]
+pub struct RateSampler {
+    samples: Mutex<HashMap<VersionKey, Sample>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    at: Instant,
+    requests: u64,
+    rate: Option<f64>,
+}
+
+impl RateSampler {
+    /// The shortest interval a rate is computed over.
+    pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+    /// Requests per second of `key` since the previous reading, or `None` on the first one
+    /// (or after the counter went backwards: a forgotten version that came back).
+    pub fn rate(&self, key: &VersionKey, requests: u64, now: Instant) -> Option<f64> {
+        let mut samples = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh = Sample {
+            at: now,
+            requests,
+            rate: None,
+        };
+        let Some(prev) = samples.get(key).copied() else {
+            samples.insert(key.clone(), fresh);
+            return None;
+        };
+        let dt = now.saturating_duration_since(prev.at);
+        if dt < Self::MIN_INTERVAL {
+            return prev.rate;
+        }
+        let rate = requests
+            .checked_sub(prev.requests)
+            .map(|d| d as f64 / dt.as_secs_f64());
+        samples.insert(key.clone(), Sample { rate, ..fresh });
+        rate
+    }
+}
+
+/// The process-wide sampler the pages share (every viewer sees the same rates).
+fn rate_sampler() -> &'static RateSampler {
+    static SAMPLER: OnceLock<RateSampler> = OnceLock::new();
+    SAMPLER.get_or_init(RateSampler::default)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Views: what the pages show, gathered in one place.
+
+/// A row of `/services`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexRow {
+    /// The service.
+    pub key: ObjectRef,
+    /// Owning team.
+    pub team: String,
+    /// `open` or `restricted`.
+    pub security: &'static str,
+    /// One line from the service's description.
+    pub description: Option<String>,
+    /// Declared versions.
+    pub versions: Vec<String>,
+    /// Registered instances, all versions and environments.
+    pub instances: usize,
+    /// Requests per second over all versions (`None` until a second view).
+    pub rate: Option<f64>,
+    /// Success rate over all versions' requests.
+    pub success: Option<f64>,
+    /// The active rollout: (id, phase, canary version, canary weight).
+    pub rollout: Option<(String, Phase, String, u32)>,
+}
+
+/// One grant to this service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrantView {
+    /// Callers: `*` or service names (with whether the service exists, for a link).
+    pub callers: Vec<(String, Option<String>)>,
+    /// Allowed endpoints.
+    pub allow: Vec<String>,
+    /// Why.
+    pub reason: String,
+    /// `shared` or `copy`.
+    pub ephemeral: &'static str,
+    /// The rule's name.
+    pub rule: String,
+    /// The AccessPolicy's name.
+    pub policy: String,
+    /// Its file.
+    pub file: String,
+    /// `enforce` or `audit`.
+    pub mode: &'static str,
+}
+
+/// An endpoint callable without a mesh identity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExemptionView {
+    /// The endpoint.
+    pub rpc: String,
+    /// Why.
+    pub reason: String,
+    /// The AccessPolicy's name.
+    pub policy: String,
+    /// Its file.
+    pub file: String,
+}
+
+/// A service this one may call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallView {
+    /// The callee's page.
+    pub href: String,
+    /// The callee.
+    pub service: String,
+    /// Granted through `*` rather than by name.
+    pub via_any: bool,
+    /// Allowed endpoints.
+    pub allow: Vec<String>,
+    /// Why.
+    pub reason: String,
+    /// The rule's name.
+    pub rule: String,
+    /// The AccessPolicy's name.
+    pub policy: String,
+}
+
+/// One version's (and environment's) traffic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrafficView {
+    /// Version.
+    pub version: String,
+    /// Environment (`stable`, `pr-42`).
+    pub environment: String,
+    /// Requests per second, `None` on the first view.
+    pub rate: Option<f64>,
+    /// Total requests reported.
+    pub requests: u64,
+    /// Success rate.
+    pub success: Option<f64>,
+    /// p99 latency in milliseconds.
+    pub p99_ms: Option<f64>,
+    /// Instances currently reporting.
+    pub reporting: usize,
+}
+
+/// A denied call to this service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenialView {
+    /// The caller (`checkout`, `shop/checkout`, `unauthenticated`).
+    pub caller: String,
+    /// The caller's page, when it is a declared service.
+    pub caller_href: Option<String>,
+    /// The call.
+    pub rpc: String,
+    /// The caller's environment.
+    pub environment: String,
+    /// `deny` or `audit-deny`.
+    pub verdict: String,
+    /// How many times.
+    pub count: i64,
+    /// Last seen, Unix ms.
+    pub last_seen_unix_ms: i64,
+    /// The access-request form, pre-filled; `None` for unauthenticated callers (an exemption
+    /// is a policy edit, not a grant) or when the mesh's template is not an http(s) URL.
+    pub request_link: Option<String>,
+}
+
+/// Where the service runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvironmentView {
+    /// `stable`, `canary`, `ephemeral` or `idle` (a registered version taking no traffic).
+    pub role: &'static str,
+    /// Version.
+    pub version: String,
+    /// Environment.
+    pub environment: String,
+    /// (instance, address).
+    pub instances: Vec<(String, String)>,
+}
+
+/// Everything `/services/<name>` shows.
+#[derive(Clone, Debug)]
+pub struct ServiceView {
+    /// The service.
+    pub key: ObjectRef,
+    /// Owning team.
+    pub team: String,
+    /// `open` or `restricted`.
+    pub security: &'static str,
+    /// What it does.
+    pub description: Option<String>,
+    /// Ports, as `http 8080 (http)`.
+    pub ports: Vec<String>,
+    /// Declared versions.
+    pub versions: Vec<String>,
+    /// Declared endpoints and their descriptions.
+    pub endpoints: Vec<(String, Option<String>)>,
+    /// Who may call it.
+    pub grants: Vec<GrantView>,
+    /// What anyone may call.
+    pub exemptions: Vec<ExemptionView>,
+    /// Whether any AccessPolicy names the service (without one, the mesh default decides).
+    pub has_policy: bool,
+    /// Whom it may call.
+    pub calls: Vec<CallView>,
+    /// Live traffic per version.
+    pub traffic: Vec<TrafficView>,
+    /// Its rollouts, newest first.
+    pub rollouts: Rollouts,
+    /// Recent denials, newest first, or why they could not be read.
+    pub denials: Result<Vec<DenialView>, String>,
+    /// Where it runs.
+    pub environments: Vec<EnvironmentView>,
+    /// The stable addresses clients dial.
+    pub addresses: Vec<String>,
+    /// The version taking stable traffic.
+    pub stable_version: Option<String>,
+    /// Now, Unix ms (for "12 s ago").
+    pub now_unix_ms: i64,
+}
+
+/// What a service page is gathered from.
+pub struct Sources<'a> {
+    /// The policy in force.
+    pub policy: &'a PolicySnapshot,
+    /// The published configuration (registrations).
+    pub config: &'a ProxyConfig,
+    /// `TrafficBook::all()`.
+    pub traffic: &'a [(VersionKey, VersionTotals)],
+    /// The service's rollouts, newest first.
+    pub rollouts: &'a Rollouts,
+    /// Recent denials, mesh-wide, newest first.
+    pub denials: Result<&'a [DenialRow], &'a str>,
+}
+
+fn security_str(s: SecurityLevel) -> &'static str {
+    match s {
+        SecurityLevel::Open => "open",
+        SecurityLevel::Restricted => "restricted",
+    }
+}
+
+fn ephemeral_str(e: EphemeralMode) -> &'static str {
+    match e {
+        EphemeralMode::Shared => "shared",
+        EphemeralMode::Copy => "copy",
+    }
+}
+
+fn mode_str(m: PolicyMode) -> &'static str {
+    match m {
+        PolicyMode::Enforce => "enforce",
+        PolicyMode::Audit => "audit",
+    }
+}
+
+/// The `/services` rows, from the policy (every declared service), registrations, traffic and
+/// the rollouts of all services (newest first).
+pub fn gather_index(
+    policy: &PolicySnapshot,
+    config: &ProxyConfig,
+    traffic: &[(VersionKey, VersionTotals)],
+    rollouts: &[Rollout],
+    rates: &RateSampler,
+    now: Instant,
+) -> Vec<IndexRow> {
+    let mut instances: HashMap<(&str, &str), usize> = HashMap::new();
+    for s in &config.services {
+        let n: usize = s.versions.iter().map(|v| v.endpoints.len()).sum();
+        *instances
+            .entry((s.namespace.as_str(), s.service.as_str()))
+            .or_default() += n;
+    }
+    // (rate, any rate known, requests, failures) per service.
+    let mut live: HashMap<(&str, &str), (f64, bool, u64, u64)> = HashMap::new();
+    for (k, t) in traffic {
+        let e = live
+            .entry((k.namespace.as_str(), k.service.as_str()))
+            .or_insert((0.0, false, 0, 0));
+        if let Some(r) = rates.rate(k, t.requests, now) {
+            e.0 += r;
+            e.1 = true;
+        }
+        e.2 = e.2.saturating_add(t.requests);
+        e.3 = e.3.saturating_add(t.failures);
+    }
+    policy
+        .set
+        .services
+        .iter()
+        .map(|(key, s)| {
+            let spec = &s.source.doc.spec;
+            let id = (key.namespace.as_str(), key.name.as_str());
+            let l = live.get(&id).copied();
+            IndexRow {
+                key: key.clone(),
+                team: spec.team.clone(),
+                security: security_str(spec.security),
+                description: spec.description.clone(),
+                versions: spec.versions.clone(),
+                instances: instances.get(&id).copied().unwrap_or(0),
+                rate: l.and_then(|(r, known, _, _)| known.then_some(r)),
+                success: l.and_then(|(_, _, req, fail)| {
+                    (req > 0).then(|| req.saturating_sub(fail) as f64 / req as f64)
+                }),
+                rollout: rollouts
+                    .iter()
+                    .find(|r| {
+                        r.phase.is_active() && r.namespace == key.namespace && r.service == key.name
+                    })
+                    .map(|r| (r.id.clone(), r.phase, r.canary_version.clone(), r.weight)),
+            }
+        })
+        .collect()
+}
+
+fn caller_view(sel: &CallerSelector, policy: &PolicySnapshot) -> (String, Option<String>) {
+    match sel {
+        CallerSelector::AnyService => ("*".to_owned(), None),
+        CallerSelector::Service(r) => (
+            r.to_string(),
+            policy.set.services.contains_key(r).then(|| service_href(r)),
+        ),
+    }
+}
+
+/// The version taking stable traffic: the baseline of an active rollout, the canary of a
+/// promoted last one, else the Route's heaviest backend, else the first declared version —
+/// the order the rollout engine itself uses.
+fn stable_version(
+    key: &ObjectRef,
+    policy: &PolicySnapshot,
+    rollouts: &[Rollout],
+) -> Option<String> {
+    if let Some(r) = rollouts.iter().find(|r| r.phase != Phase::Superseded) {
+        if r.phase.is_active() {
+            return Some(r.baseline_version.clone());
+        }
+        if r.phase == Phase::Promoted {
+            return Some(r.canary_version.clone());
+        }
+    }
+    if let Some(route) = policy.set.routes.get(key)
+        && let Some(b) = route.doc.spec.backends.iter().max_by_key(|b| b.weight)
+    {
+        return Some(b.version.clone());
+    }
+    policy
+        .set
+        .services
+        .get(key)
+        .and_then(|s| s.source.doc.spec.versions.first().cloned())
+}
+
+/// A link is only put in an `href` when it cannot run script: the template comes from policy
+/// files, and a `javascript:` URL there must not become a click away from every engineer.
+fn safe_link(url: String) -> Option<String> {
+    let lower = url.trim_start().to_ascii_lowercase();
+    (lower.starts_with("http://") || lower.starts_with("https://") || lower.starts_with('/'))
+        .then_some(url)
+}
+
+/// The directory the policy files were read from (their deepest common ancestor), so that
+/// files are shown as written in the repository (`payments/access.yaml`) rather than as
+/// absolute paths on the controller's disk.
+fn policy_root(set: &sluice_policy::PolicySet) -> Option<std::path::PathBuf> {
+    let mut files = set.sources.keys();
+    let mut root = files.next()?.parent()?.to_path_buf();
+    for f in files {
+        while !f.starts_with(&root) {
+            if !root.pop() {
+                return None;
+            }
+        }
+    }
+    Some(root)
+}
+
+fn relative(file: &std::path::Path, root: Option<&std::path::Path>) -> String {
+    root.and_then(|r| file.strip_prefix(r).ok())
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(file)
+        .display()
+        .to_string()
+}
+
+/// The `/services/<name>` view; `None` if the policy does not declare the service.
+pub fn gather_service(
+    key: &ObjectRef,
+    src: &Sources<'_>,
+    rates: &RateSampler,
+    now: Instant,
+    now_unix_ms: i64,
+) -> Option<ServiceView> {
+    let policy = src.policy;
+    let set = &policy.set;
+    let svc = set.services.get(key)?;
+    let spec = &svc.source.doc.spec;
+
+    let mut grants = Vec::new();
+    let mut exemptions = Vec::new();
+    let mut calls = Vec::new();
+    let mut has_policy = false;
+    let root = policy_root(set);
+    for p in &set.access_policies {
+        let file = relative(&p.source.origin.file, root.as_deref());
+        if &p.service == key {
+            has_policy = true;
+            grants.extend(p.rules.iter().map(|r| GrantView {
+                callers: r.from.iter().map(|c| caller_view(c, policy)).collect(),
+                allow: r.allow.iter().map(ToString::to_string).collect(),
+                reason: r.reason.clone(),
+                ephemeral: ephemeral_str(r.ephemeral),
+                rule: r.name.to_string(),
+                policy: p.name.to_string(),
+                file: file.clone(),
+                mode: mode_str(p.mode),
+            }));
+            exemptions.extend(p.unauthenticated.iter().map(|(rpc, reason)| ExemptionView {
+                rpc: rpc.to_string(),
+                reason: reason.clone(),
+                policy: p.name.to_string(),
+                file: file.clone(),
+            }));
+            continue;
+        }
+        for r in &p.rules {
+            let named = r
+                .from
+                .iter()
+                .any(|c| matches!(c, CallerSelector::Service(s) if s == key));
+            let any = r.from.contains(&CallerSelector::AnyService);
+            if named || any {
+                calls.push(CallView {
+                    href: service_href(&p.service),
+                    service: p.service.to_string(),
+                    via_any: !named,
+                    allow: r.allow.iter().map(ToString::to_string).collect(),
+                    reason: r.reason.clone(),
+                    rule: r.name.to_string(),
+                    policy: p.name.to_string(),
+                });
+            }
+        }
+    }
+
+    // By callee, so a caller's dependencies read the same whatever the files' order.
+    calls.sort_by(|a, b| a.service.cmp(&b.service));
+
+    let traffic = src
+        .traffic
+        .iter()
+        .filter(|(k, _)| k.namespace == key.namespace && k.service == key.name)
+        .map(|(k, t)| TrafficView {
+            version: k.version.clone(),
+            environment: k.environment.clone(),
+            rate: rates.rate(k, t.requests, now),
+            requests: t.requests,
+            success: t.success_rate(),
+            p99_ms: t.quantile(0.99).map(|s| s * 1000.0),
+            reporting: t.instances,
+        })
+        .collect();
+
+    let callee = key.to_string();
+    let template = &set.mesh.access_request_url;
+    let denials = src.denials.map_err(str::to_owned).map(|rows| {
+        rows.iter()
+            .filter(|d| d.namespace == key.namespace && d.service == key.name)
+            .take(DENIALS_SHOWN)
+            .map(|d| {
+                let unauthenticated =
+                    d.caller == "unauthenticated" && d.caller_namespace.is_empty();
+                let caller_ref = ObjectRef::new(
+                    if d.caller_namespace.is_empty() {
+                        DEFAULT_NAMESPACE
+                    } else {
+                        &d.caller_namespace
+                    },
+                    d.caller.clone(),
+                );
+                let caller = if unauthenticated {
+                    d.caller.clone()
+                } else {
+                    caller_ref.to_string()
+                };
+                let endpoint = (!d.endpoint.is_empty()).then_some(d.endpoint.as_str());
+                let rpc = offered_rpc(endpoint, &d.rpc);
+                let request_link = (!unauthenticated)
+                    .then(|| {
+                        access_request_link(
+                            template,
+                            &DeniedCall {
+                                caller: &caller,
+                                service: &callee,
+                                rpc: &rpc,
+                                environment: &d.environment,
+                            },
+                        )
+                    })
+                    .and_then(safe_link);
+                DenialView {
+                    caller_href: (!unauthenticated && set.services.contains_key(&caller_ref))
+                        .then(|| service_href(&caller_ref)),
+                    caller,
+                    rpc: d.rpc.clone(),
+                    environment: d.environment.clone(),
+                    verdict: d.verdict.clone(),
+                    count: d.count,
+                    last_seen_unix_ms: d.last_seen_unix_ms,
+                    request_link,
+                }
+            })
+            .collect()
+    });
+
+    let listed = src.rollouts.as_listed();
+    let stable = stable_version(key, policy, listed);
+    let canary = listed
+        .iter()
+        .find(|r| r.phase.is_active())
+        .map(|r| r.canary_version.as_str());
+    let published = src
+        .config
+        .services
+        .iter()
+        .find(|s| s.namespace == key.namespace && s.service == key.name);
+    let mut environments: Vec<EnvironmentView> = published
+        .map(|s| {
+            s.versions
+                .iter()
+                .map(|v| EnvironmentView {
+                    role: if v.environment != DEFAULT_ENVIRONMENT {
+                        "ephemeral"
+                    } else if Some(&v.version) == stable.as_ref() {
+                        "stable"
+                    } else if Some(v.version.as_str()) == canary {
+                        "canary"
+                    } else {
+                        "idle"
+                    },
+                    version: v.version.clone(),
+                    environment: v.environment.clone(),
+                    instances: v
+                        .endpoints
+                        .iter()
+                        .map(|e| (e.instance.clone(), e.address.clone()))
+                        .collect(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let order = |role: &str| match role {
+        "stable" => 0,
+        "canary" => 1,
+        "idle" => 2,
+        _ => 3,
+    };
+    environments.sort_by(|a, b| {
+        (order(a.role), &a.environment, &a.version).cmp(&(
+            order(b.role),
+            &b.environment,
+            &b.version,
+        ))
+    });
+
+    Some(ServiceView {
+        key: key.clone(),
+        team: spec.team.clone(),
+        security: security_str(spec.security),
+        description: spec.description.clone(),
+        ports: spec
+            .ports
+            .iter()
+            .map(|p| {
+                let proto = format!("{:?}", p.protocol).to_ascii_lowercase();
+                match &p.name {
+                    Some(n) => format!("{n} {} ({proto})", p.port),
+                    None => format!("{} ({proto})", p.port),
+                }
+            })
+            .collect(),
+        versions: spec.versions.clone(),
+        endpoints: spec
+            .endpoints
+            .iter()
+            .map(|e| (e.rpc.clone(), e.description.clone()))
+            .collect(),
+        grants,
+        exemptions,
+        has_policy,
+        calls,
+        traffic,
+        rollouts: src.rollouts.clone(),
+        denials,
+        environments,
+        addresses: published.map(|s| s.addresses.clone()).unwrap_or_default(),
+        stable_version: stable,
+        now_unix_ms,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering: views in, HTML out. Every value is escaped here, at the last moment.
+
+fn rate_text(r: Option<f64>) -> String {
+    match r {
+        Some(r) if r >= 10.0 => format!("{r:.0}/s"),
+        Some(r) => format!("{r:.1}/s"),
+        None => "—".to_owned(),
+    }
+}
+
+fn percent_text(p: Option<f64>) -> String {
+    p.map_or_else(|| "—".to_owned(), |p| format!("{:.2}%", p * 100.0))
+}
+
+fn ms_text(ms: Option<f64>) -> String {
+    match ms {
+        Some(ms) if ms < 10.0 => format!("{ms:.1} ms"),
+        Some(ms) => format!("{ms:.0} ms"),
+        None => "—".to_owned(),
+    }
+}
+
+/// `2024-05-01 12:00:00 UTC`.
+fn time_text(unix_ms: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000)) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => "—".to_owned(),
+    }
+}
+
+/// `12 s ago`, `5 min ago`, `3 h ago`, `2 d ago`.
+fn ago_text(then_ms: i64, now_ms: i64) -> String {
+    let s = now_ms.saturating_sub(then_ms).max(0) / 1000;
+    match s {
+        0..60 => format!("{s} s ago"),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86_400 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
+fn pill(text: &str) -> String {
+    format!("<span class=\"pill\">{}</span>", escape(text))
+}
+
+fn code_list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|i| format!("<code>{}</code>", escape(i)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn service_link(href: &str, name: &str) -> String {
+    format!("<a href=\"{}\">{}</a>", escape(href), escape(name))
+}
+
+/// The `/services` body.
+pub fn index_page(rows: &[IndexRow]) -> String {
+    let mut out = String::from("<h1>Services</h1>");
+    if rows.is_empty() {
+        out.push_str("<p class=\"muted\">The policy declares no MeshService yet.</p>");
+        return out;
+    }
+    out.push_str(
+        "<table><thead><tr><th>Service</th><th>Team</th><th>Security</th><th>Versions</th>\
+<th>Instances</th><th>Requests/s</th><th>Success</th><th>Rollout</th></tr></thead><tbody>",
+    );
+    for r in rows {
+        let description = r.description.as_deref().map_or_else(String::new, |d| {
+            format!("<br><span class=\"muted\">{}</span>", escape(d))
+        });
+        let rollout = r.rollout.as_ref().map_or_else(
+            || "<span class=\"muted\">—</span>".to_owned(),
+            |(id, phase, canary, weight)| {
+                format!(
+                    "<a href=\"/rollouts/{}\">{}</a> {} {}%",
+                    escape(id),
+                    escape(canary),
+                    pill(phase.as_str()),
+                    weight
+                )
+            },
+        );
+        out.push_str(&format!(
+            "<tr><td>{link}{description}</td><td>{team}</td><td>{security}</td><td>{versions}</td>\
+<td>{instances}</td><td>{rate}</td><td>{success}</td><td>{rollout}</td></tr>",
+            link = service_link(&service_href(&r.key), &r.key.to_string()),
+            team = escape(&r.team),
+            security = pill(r.security),
+            versions = escape(&r.versions.join(", ")),
+            instances = r.instances,
+            rate = rate_text(r.rate),
+            success = percent_text(r.success),
+        ));
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// The `/services/<name>` body.
+pub fn service_page(v: &ServiceView) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    out.push_str("<p><a href=\"/services\">← All services</a></p>");
+    out.push_str(&format!(
+        "<h1>{name}</h1><p>Owned by <strong>{team}</strong> · {security}",
+        name = escape(&v.key.to_string()),
+        team = escape(&v.team),
+        security = pill(v.security),
+    ));
+    if !v.versions.is_empty() {
+        out.push_str(&format!(" · versions {}", escape(&v.versions.join(", "))));
+    }
+    if !v.ports.is_empty() {
+        out.push_str(&format!(" · ports {}", escape(&v.ports.join(", "))));
+    }
+    out.push_str("</p>");
+    if let Some(d) = &v.description {
+        out.push_str(&format!("<p>{}</p>", escape(d)));
+    }
+    out.push_str(
+        "<p class=\"muted\"><a href=\"#endpoints\">Endpoints</a> · <a href=\"#callers\">Who may call it</a> · \
+<a href=\"#calls\">Whom it calls</a> · <a href=\"#traffic\">Live traffic</a> · <a href=\"#rollout\">Rollout</a> · \
+<a href=\"#denials\">Recent denials</a> · <a href=\"#environments\">Environments</a></p>",
+    );
+    endpoints_section(&mut out, v);
+    callers_section(&mut out, v);
+    calls_section(&mut out, v);
+    traffic_section(&mut out, v);
+    rollout_section(&mut out, v);
+    denials_section(&mut out, v);
+    environments_section(&mut out, v);
+    out
+}
+
+fn endpoints_section(out: &mut String, v: &ServiceView) {
+    out.push_str("<section class=\"card\" id=\"endpoints\"><h2>Endpoints</h2>");
+    if v.endpoints.is_empty() {
+        out.push_str("<p class=\"muted\">No endpoints declared.</p>");
+    } else {
+        out.push_str("<table><thead><tr><th>Endpoint</th><th>Description</th></tr></thead><tbody>");
+        for (rpc, d) in &v.endpoints {
+            out.push_str(&format!(
+                "<tr><td><code>{}</code></td><td>{}</td></tr>",
+                escape(rpc),
+                escape(d.as_deref().unwrap_or(""))
+            ));
+        }
+        out.push_str("</tbody></table>");
+    }
+    out.push_str("</section>");
+}
+
+fn callers_section(out: &mut String, v: &ServiceView) {
+    out.push_str("<section class=\"card\" id=\"callers\"><h2>Who may call it</h2>");
+    if !v.has_policy {
+        out.push_str(
+            "<p class=\"muted\">No AccessPolicy names this service: the mesh's default policy \
+decides every call.</p>",
+        );
+    } else if v.grants.is_empty() {
+        out.push_str("<p class=\"muted\">No service is granted access.</p>");
+    }
+    if !v.grants.is_empty() {
+        out.push_str(
+            "<table><thead><tr><th>Callers</th><th>Endpoints</th><th>Reason</th>\
+<th>Ephemeral</th><th>Rule</th></tr></thead><tbody>",
+        );
+        for g in &v.grants {
+            let callers = g
+                .callers
+                .iter()
+                .map(|(name, href)| match href {
+                    Some(h) => service_link(h, name),
+                    None if name == "*" => {
+                        "<code>*</code> <span class=\"muted\">(any service)</span>".to_owned()
+                    }
+                    None => escape(name),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let audit = if g.mode == "audit" {
+                format!(" {}", pill("audit"))
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "<tr><td>{callers}</td><td>{allow}</td><td>{reason}</td><td>{eph}</td>\
+<td>{rule}<br><span class=\"muted\">{policy} · {file}</span>{audit}</td></tr>",
+                allow = code_list(&g.allow),
+                reason = escape(&g.reason),
+                eph = pill(g.ephemeral),
+                rule = escape(&g.rule),
+                policy = escape(&g.policy),
+                file = escape(&g.file),
+            ));
+        }
+        out.push_str("</tbody></table>");
+    }
+    if !v.exemptions.is_empty() {
+        out.push_str(
+            "<h3>Without a mesh identity</h3><table><thead><tr><th>Endpoint</th><th>Reason</th>\
+<th>Policy</th></tr></thead><tbody>",
+        );
+        for e in &v.exemptions {
+            out.push_str(&format!(
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}<br><span class=\"muted\">{}</span></td></tr>",
+                escape(&e.rpc),
+                escape(&e.reason),
+                escape(&e.policy),
+                escape(&e.file)
+            ));
+        }
+        out.push_str("</tbody></table>");
+    }
+    out.push_str("</section>");
+}
+
+fn calls_section(out: &mut String, v: &ServiceView) {
+    out.push_str("<section class=\"card\" id=\"calls\"><h2>Whom it calls</h2>");
+    if v.calls.is_empty() {
+        out.push_str("<p class=\"muted\">No other service grants it access.</p>");
+    } else {
+        out.push_str(
+            "<table><thead><tr><th>Service</th><th>Endpoints</th><th>Reason</th><th>Rule</th></tr>\
+</thead><tbody>",
+        );
+        for c in &v.calls {
+            let any = if c.via_any {
+                " <span class=\"muted\">(granted to any service)</span>"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "<tr><td>{link}{any}</td><td>{allow}</td><td>{reason}</td><td>{rule}<br>\
+<span class=\"muted\">{policy}</span></td></tr>",
+                link = service_link(&c.href, &c.service),
+                allow = code_list(&c.allow),
+                reason = escape(&c.reason),
+                rule = escape(&c.rule),
+                policy = escape(&c.policy),
+            ));
+        }
+        out.push_str("</tbody></table>");
+    }
+    out.push_str("</section>");
+}
+
+fn traffic_section(out: &mut String, v: &ServiceView) {
+    out.push_str("<section class=\"card\" id=\"traffic\"><h2>Live traffic</h2>");
+    if v.traffic.is_empty() {
+        out.push_str("<p class=\"muted\">No proxy has reported traffic for this service.</p>");
+    } else {
+        out.push_str(
+            "<table><thead><tr><th>Version</th><th>Environment</th><th>Requests/s</th>\
+<th>Success</th><th>p99</th><th>Requests</th><th>Reporting</th></tr></thead><tbody>",
+        );
+        for t in &v.traffic {
+            out.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&t.version),
+                escape(&t.environment),
+                rate_text(t.rate),
+                percent_text(t.success),
+                ms_text(t.p99_ms),
+                t.requests,
+                t.reporting
+            ));
+        }
+        out.push_str(
+            "</tbody></table><p class=\"muted\">Requests/s is measured between two views of \
+this page; reload to update it. Success rate and p99 cover every request reported.</p>",
+        );
+    }
+    out.push_str("</section>");
+}
+
+fn rollout_section(out: &mut String, v: &ServiceView) {
+    out.push_str("<section class=\"card\" id=\"rollout\"><h2>Rollout</h2>");
+    match &v.rollouts {
+        Rollouts::NotRunning => {
+            out.push_str("<p class=\"muted\">Rollouts are not enabled on this controller.</p>");
+        }
+        Rollouts::Unavailable(e) => {
+            out.push_str(&format!(
+                "<div class=\"error\">Rollouts could not be read: {}</div>",
+                escape(e)
+            ));
+        }
+        Rollouts::Listed(list) => {
+            let current = list
+                .iter()
+                .find(|r| r.phase.is_active())
+                .or_else(|| list.first());
+            match current {
+                None => out.push_str("<p class=\"muted\">This service has had no rollout.</p>"),
+                Some(r) => rollout_card(out, r, v.now_unix_ms),
+            }
+            let earlier: Vec<&Rollout> = list
+                .iter()
+                .filter(|r| current.is_none_or(|c| c.id != r.id))
+                .take(EARLIER_ROLLOUTS)
+                .collect();
+            if !earlier.is_empty() {
+                out.push_str("<h3>Earlier</h3><ul>");
+                for r in earlier {
+                    out.push_str(&format!(
+                        "<li><a href=\"/rollouts/{id}\">{id}</a> {base} → {canary} {phase} \
+<span class=\"muted\">{when}</span></li>",
+                        id = escape(&r.id),
+                        base = escape(&r.baseline_version),
+                        canary = escape(&r.canary_version),
+                        phase = pill(r.phase.as_str()),
+                        when = escape(&time_text(r.created_unix_ms)),
+                    ));
+                }
+                out.push_str("</ul>");
+            }
+        }
+    }
+    out.push_str("</section>");
+}
+
+fn rollout_card(out: &mut String, r: &Rollout, now_ms: i64) {
+    let id = escape(&r.id);
+    let steps = r
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let text = format!("{}%{}", s.weight, if s.confirm { " (confirm)" } else { "" });
+            if i == r.step && r.phase.is_active() {
+                format!("<strong>{text}</strong>")
+            } else {
+                text
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" → ");
+    out.push_str(&format!(
+        "<p><a href=\"/rollouts/{id}\">{id}</a> {phase} <strong>{base}</strong> → \
+<strong>{canary}</strong>: canary at {weight}%, baseline at {baseline}%</p>\
+<p class=\"muted\">Steps: {steps} · started by {by} {ago}</p>",
+        phase = pill(r.phase.as_str()),
+        base = escape(&r.baseline_version),
+        canary = escape(&r.canary_version),
+        weight = r.weight,
+        baseline = 100u32.saturating_sub(r.weight),
+        by = escape(&r.requested_by),
+        ago = escape(&ago_text(r.created_unix_ms, now_ms)),
+    ));
+    if !r.decision.is_empty() {
+        out.push_str(&format!("<p>Decision: {}</p>", escape(&r.decision)));
+    }
+    out.push_str(&format!(
+        "<p><a href=\"/rollouts/{id}\"><img src=\"/rollouts/{id}/chart.svg\" \
+alt=\"canary vs baseline: success rate and p99 latency\" style=\"max-width:100%\"></a></p>\
+<p><a href=\"/rollouts/{id}\">Steps, evidence and decision →</a></p>"
+    ));
+}
+
+fn denials_section(out: &mut String, v: &ServiceView) {
+    out.push_str("<section class=\"card\" id=\"denials\"><h2>Recent denials</h2>");
+    match &v.denials {
+        Err(e) => out.push_str(&format!(
+            "<div class=\"error\">Denials could not be read: {}</div>",
+            escape(e)
+        )),
+        Ok(rows) if rows.is_empty() => {
+            out.push_str("<p class=\"muted\">No recent denied calls to this service.</p>");
+        }
+        Ok(rows) => {
+            out.push_str(
+                "<table><thead><tr><th>Caller</th><th>Call</th><th>Environment</th><th>Count</th>\
+<th>Last seen</th><th></th></tr></thead><tbody>",
+            );
+            for d in rows {
+                let caller = match &d.caller_href {
+                    Some(h) => service_link(h, &d.caller),
+                    None => escape(&d.caller),
+                };
+                let verdict = if d.verdict == "audit-deny" {
+                    format!(" {}", pill("audit"))
+                } else {
+                    String::new()
+                };
+                let link = d.request_link.as_deref().map_or_else(String::new, |l| {
+                    format!(
+                        "<a class=\"button\" href=\"{}\">Request access</a>",
+                        escape(l)
+                    )
+                });
+                out.push_str(&format!(
+                    "<tr><td>{caller}</td><td><code>{rpc}</code>{verdict}</td><td>{env}</td>\
+<td>{count}</td><td title=\"{abs}\">{ago}</td><td>{link}</td></tr>",
+                    rpc = escape(&d.rpc),
+                    env = escape(&d.environment),
+                    count = d.count,
+                    abs = escape(&time_text(d.last_seen_unix_ms)),
+                    ago = escape(&ago_text(d.last_seen_unix_ms, v.now_unix_ms)),
+                ));
+            }
+            out.push_str("</tbody></table>");
+        }
+    }
+    out.push_str("</section>");
+}
+
+fn environments_section(out: &mut String, v: &ServiceView) {
+    out.push_str("<section class=\"card\" id=\"environments\"><h2>Environments</h2>");
+    if let Some(s) = &v.stable_version {
+        out.push_str(&format!(
+            "<p>Stable version: <strong>{}</strong>",
+            escape(s)
+        ));
+        if !v.addresses.is_empty() {
+            out.push_str(&format!(" · dialled at {}", code_list(&v.addresses)));
+        }
+        out.push_str("</p>");
+    }
+    if v.environments.is_empty() {
+        out.push_str("<p class=\"muted\">No instance is registered.</p>");
+    } else {
+        out.push_str(
+            "<table><thead><tr><th>Role</th><th>Version</th><th>Environment</th>\
+<th>Instances</th></tr></thead><tbody>",
+        );
+        for e in &v.environments {
+            let instances = e
+                .instances
+                .iter()
+                .map(|(i, a)| format!("{} <code>{}</code>", escape(i), escape(a)))
+                .collect::<Vec<_>>()
+                .join("<br>");
+            out.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                pill(e.role),
+                escape(&e.version),
+                escape(&e.environment),
+                instances
+            ));
+        }
+        out.push_str("</tbody></table>");
+    }
+    out.push_str("</section>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_api::v1::{Endpoint, ServiceEndpoints, VersionEndpoints};
+    use sluice_policy::PolicySet;
+
+    fn shop() -> PolicySnapshot {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/shop/policy");
+        let set = PolicySet::load(std::path::Path::new(dir)).expect("the shop policy loads");
+        PolicySnapshot::new(set)
+    }
+
+    fn config() -> ProxyConfig {
+        let version = |v: &str, env: &str, inst: &str, addr: &str| VersionEndpoints {
+            version: v.into(),
+            environment: env.into(),
+            endpoints: vec![Endpoint {
+                instance: inst.into(),
+                address: addr.into(),
+            }],
+        };
+        ProxyConfig {
+            services: vec![ServiceEndpoints {
+                namespace: "default".into(),
+                service: "payments".into(),
+                addresses: vec!["10.0.0.9:8080".into()],
+                versions: vec![
+                    version("v1", "stable", "payments-1", "10.0.0.1:8080"),
+                    version("v2", "stable", "payments-2", "10.0.0.2:8080"),
+                    version("v1", "pr-42", "payments-pr", "10.0.0.3:8080"),
+                ],
+            }],
+            ..ProxyConfig::default()
+        }
+    }
+
+    fn denial(caller: &str, rpc: &str, endpoint: &str) -> DenialRow {
+        DenialRow {
+            caller_namespace: "default".into(),
+            caller: caller.into(),
+            namespace: "default".into(),
+            service: "payments".into(),
+            rpc: rpc.into(),
+            endpoint: endpoint.into(),
+            policies: "payments-callers".into(),
+            environment: "stable".into(),
+            verdict: "deny".into(),
+            count: 3,
+            first_seen_unix_ms: 1_000,
+            last_seen_unix_ms: 50_000,
+            last_request_id: "r1".into(),
+            last_proxy_id: "p1".into(),
+        }
+    }
+
+    fn payments_page(denials: &[DenialRow], rollouts: Rollouts) -> String {
+        let policy = shop();
+        let cfg = config();
+        let src = Sources {
+            policy: &policy,
+            config: &cfg,
+            traffic: &[],
+            rollouts: &rollouts,
+            denials: Ok(denials),
+        };
+        let view = gather_service(
+            &ObjectRef::new("default", "payments"),
+            &src,
+            &RateSampler::default(),
+            Instant::now(),
+            60_000,
+        )
+        .expect("payments is declared");
+        service_page(&view)
+    }
+
+    #[test]
+    fn payments_page_shows_owner_endpoints_grants_and_denials() {
+        let denials = [
+            denial("frontend", "GET /v1/charges/ch_1", "GET /v1/charges/{id}"),
+            // Another service's denial must not show here.
+            DenialRow {
+                service: "catalog".into(),
+                ..denial("frontend", "GET /v1/secret", "")
+            },
+        ];
+        let html = payments_page(&denials, Rollouts::NotRunning);
+        assert!(html.contains("<strong>payments</strong>"), "{html}");
+        assert!(html.contains("<span class=\"pill\">restricted</span>"));
+        for rpc in [
+            "POST /v1/charges",
+            "GET /v1/charges/{id}",
+            "payments.v1.Payments/Refund",
+        ] {
+            assert!(html.contains(&format!("<code>{rpc}</code>")), "{rpc}");
+        }
+        assert!(html.contains("<a href=\"/services/checkout\">checkout</a>"));
+        assert!(html.contains("Checkout charges the customer&#39;s card when an order is placed."));
+        assert!(html.contains("charge-cards"));
+        assert!(html.contains("payments-callers"));
+        assert!(
+            html.contains("payments-callers · payments/access.yaml"),
+            "{html}"
+        );
+        assert!(html.contains("kubelet probes"));
+        // The denial row, with the declared endpoint offered (not the one charge).
+        assert!(html.contains("<code>GET /v1/charges/ch_1</code>"));
+        assert!(
+            html.contains(
+                "href=\"http://localhost:7070/access/new?from=frontend&amp;to=payments\
+&amp;rpc=GET%20%2Fv1%2Fcharges%2F%7Bid%7D&amp;env=stable\">Request access</a>"
+            ),
+            "{html}"
+        );
+        assert!(!html.contains("/v1/secret"));
+        // Environments from registrations: stable v1 (the Route's), an idle v2, an ephemeral copy.
+        assert!(html.contains("<span class=\"pill\">stable</span></td><td>v1"));
+        assert!(html.contains("<span class=\"pill\">ephemeral</span></td><td>v1</td><td>pr-42"));
+        assert!(html.contains("10.0.0.3:8080"));
+        assert!(html.contains("Rollouts are not enabled"));
+    }
+
+    #[test]
+    fn values_are_escaped() {
+        let denials = [DenialRow {
+            environment: "<script>alert(1)</script>".into(),
+            ..denial("<script>x</script>", "GET /<script>", "")
+        }];
+        let html = payments_page(&denials, Rollouts::Unavailable("<b>disk</b>".into()));
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(!html.contains("<b>disk"));
+        assert!(html.contains("&lt;script&gt;"));
+    }
+
+    #[test]
+    fn whom_it_calls_lists_grants_naming_the_service() {
+        let policy = shop();
+        let cfg = ProxyConfig::default();
+        let none = Rollouts::Listed(Vec::new());
+        let src = Sources {
+            policy: &policy,
+            config: &cfg,
+            traffic: &[],
+            rollouts: &none,
+            denials: Err("offline"),
+        };
+        let view = gather_service(
+            &ObjectRef::new("default", "checkout"),
+            &src,
+            &RateSampler::default(),
+            Instant::now(),
+            0,
+        )
+        .expect("checkout is declared");
+        let callees: Vec<&str> = view.calls.iter().map(|c| c.service.as_str()).collect();
+        assert_eq!(callees, ["catalog", "payments"]);
+        let html = service_page(&view);
+        assert!(html.contains("<a href=\"/services/payments\">payments</a>"));
+        assert!(html.contains("Denials could not be read: offline"));
+        assert!(html.contains("has had no rollout"));
+    }
+
+    #[test]
+    fn rollout_section_links_the_rollout_and_its_chart() {
+        let r = Rollout {
+            id: "r-20240501-ab12".into(),
+            namespace: "default".into(),
+            service: "payments".into(),
+            baseline_version: "v1".into(),
+            canary_version: "v2".into(),
+            phase: Phase::Progressing,
+            step: 1,
+            weight: 25,
+            steps: Vec::new(),
+            interval_ms: 1000,
+            progress_deadline_ms: 600_000,
+            policy: "payments".into(),
+            analysis: Default::default(),
+            on_failure: Default::default(),
+            requested_by: "cli".into(),
+            created_unix_ms: 0,
+            updated_unix_ms: 0,
+            step_started_unix_ms: 0,
+            first_traffic_unix_ms: None,
+            finished_unix_ms: None,
+            decision: "step 2: every check passed".into(),
+            evidence: Vec::new(),
+            failed_check: None,
+            canary_requests: 0,
+            baseline_requests: 0,
+        };
+        let html = payments_page(&[], Rollouts::Listed(vec![r]));
+        assert!(html.contains("<a href=\"/rollouts/r-20240501-ab12\">r-20240501-ab12</a>"));
+        assert!(html.contains("<img src=\"/rollouts/r-20240501-ab12/chart.svg\""));
+        assert!(html.contains("canary at 25%"));
+        // With the rollout active, the registered v2 is the canary.
+        assert!(html.contains("<span class=\"pill\">canary</span></td><td>v2"));
+    }
+
+    #[test]
+    fn index_lists_the_four_services() {
+        let policy = shop();
+        let cfg = config();
+        let rows = gather_index(
+            &policy,
+            &cfg,
+            &[],
+            &[],
+            &RateSampler::default(),
+            Instant::now(),
+        );
+        let names: Vec<String> = rows.iter().map(|r| r.key.to_string()).collect();
+        assert_eq!(names, ["catalog", "checkout", "frontend", "payments"]);
+        let payments = rows.iter().find(|r| r.key.name == "payments").expect("row");
+        assert_eq!(payments.instances, 3);
+        assert_eq!(payments.security, "restricted");
+        let html = index_page(&rows);
+        for n in &names {
+            assert!(
+                html.contains(&format!("<a href=\"/services/{n}\">{n}</a>")),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn rates_need_two_readings() {
+        let s = RateSampler::default();
+        let key = VersionKey {
+            namespace: "default".into(),
+            service: "payments".into(),
+            version: "v1".into(),
+            environment: "stable".into(),
+        };
+        let t0 = Instant::now();
+        assert_eq!(s.rate(&key, 100, t0), None);
+        // Too soon: still nothing to show, and the first reading is kept.
+        assert_eq!(s.rate(&key, 150, t0 + Duration::from_millis(10)), None);
+        assert_eq!(s.rate(&key, 300, t0 + Duration::from_secs(2)), Some(100.0));
+        assert_eq!(
+            s.rate(&key, 310, t0 + Duration::from_millis(2500)),
+            Some(100.0)
+        );
+        // A counter that went backwards restarts the measurement.
+        assert_eq!(s.rate(&key, 5, t0 + Duration::from_secs(4)), None);
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(parse_path("/services"), Some(None));
+        assert_eq!(parse_path("/services/"), Some(None));
+        assert_eq!(
+            parse_path("/services/payments"),
+            Some(Some(ObjectRef::new("default", "payments")))
+        );
+        assert_eq!(
+            parse_path("/services/shop/payments/"),
+            Some(Some(ObjectRef::new("shop", "payments")))
+        );
+        assert_eq!(parse_path("/services/a/b/c"), None);
+        assert_eq!(parse_path("/servicesx"), None);
+        assert_eq!(parse_path("/services//x"), None);
+    }
+
+    #[test]
+    fn script_links_are_refused() {
+        assert_eq!(safe_link("javascript:alert(1)".into()), None);
+        assert!(safe_link("https://portal/x".into()).is_some());
+    }
+}
