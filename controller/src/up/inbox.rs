@@ -118,7 +118,7 @@ mod tests {
         });
         let lines = render("/webhook/payments", &generic);
         assert_eq!(lines[0], "payments v3 rolled back");
-        assert!(lines[1].contains("metric: errors · canary: 94.8%"));
+        assert!(lines[1].contains("metric: errors") && lines[1].contains("canary: 94.8%"));
         assert!(lines.iter().any(|l| l.contains("GET /v1/charges 500")));
         assert!(lines.iter().any(|l| l.contains("rollout: http://")));
         let slack = serde_json::json!({ "text": "payments v3 rolled back <http://x|rollout>" });
