@@ -8,7 +8,7 @@
 //! 2. v2, healthy, survives a SIGKILL of the controller mid-rollout (same rollout, same step,
 //!    one promotion, one promotion message), waits for confirmation and is promoted: payments
 //!    then answers as v2 only;
-//! 3. v3 again, paused (the weights hold) and aborted by hand.
+//! 3. v3 again, paused (the weights hold) and aborted by hand; then promoted by hand.
 //!
 //! The canary policy is the shop's, with shorter steps and a 1 s interval so the run takes
 //! about two minutes. Needs root, `ip`, `iptables-save`, `curl` and `setpriv`.
@@ -386,6 +386,20 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
     assert_eq!(
         (aborted["phase"].as_str(), aborted["weight"].as_u64()),
         (Some("aborted"), Some(0))
+    );
+    // Promote skips the remaining steps.
+    let started = rollout(&mesh, &["start", "payments", "--version", "v3"]);
+    let id = started["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{started}"))
+        .to_owned();
+    let promoted = rollout(&mesh, &["promote", &id]);
+    assert_eq!(promoted["phase"], "promoted", "{promoted:#}");
+    assert!(
+        promoted["decision"]
+            .as_str()
+            .is_some_and(|d| d.contains("skipping the remaining steps")),
+        "{promoted:#}"
     );
 
     println!(
