@@ -507,6 +507,21 @@ impl Engine {
 
     /// One pass over the active rollouts.
     pub async fn tick(&self) -> Result<(), RolloutError> {
+        // Metrics first, without the lock: a slow Prometheus must not hold up a person's
+        // pause or abort. Each rollout is re-read under the lock, so an action taken in the
+        // meantime wins and the fetched totals are dropped.
+        let mut fetched = HashMap::new();
+        for r in store::active(self.plane.store())? {
+            if r.phase != Phase::Progressing {
+                continue;
+            }
+            // The policy's Prometheus if it names one, else the proxies' reports.
+            let metrics = self.metric_source(&r);
+            let (ns, svc) = (r.namespace.as_str(), r.service.as_str());
+            let canary = metrics.totals(ns, svc, &r.canary_version).await;
+            let baseline = metrics.totals(ns, svc, &r.baseline_version).await;
+            fetched.insert(r.id.clone(), (canary, baseline));
+        }
         let _changing = self.changing.lock().await;
         let st = self.plane.store().clone();
         let mut changed = false;
@@ -515,21 +530,15 @@ impl Engine {
             let before = (r.phase, r.step, r.weight);
             match r.phase {
                 Phase::Pending => self.pending(&mut r, now)?,
-                Phase::Progressing => {
-                    let (ns, svc) = (r.namespace.clone(), r.service.clone());
-                    // The policy's Prometheus if it names one, else the proxies' reports.
-                    let metrics = self.metric_source(&r);
-                    let canary = metrics.totals(&ns, &svc, &r.canary_version).await;
-                    let baseline = metrics.totals(&ns, &svc, &r.baseline_version).await;
-                    match (canary, baseline) {
-                        (Ok(c), Ok(b)) => self.progressing(&mut r, now, c, b)?,
-                        (Err(e), _) | (_, Err(e)) => {
-                            // No data is inconclusive: the deadline still applies.
-                            tracing::warn!(rollout = r.id, error = %e, "no metrics this interval");
-                        }
+                Phase::Progressing => match fetched.remove(&r.id) {
+                    Some((Ok(c), Ok(b))) => self.progressing(&mut r, now, c, b)?,
+                    Some((Err(e), _) | (_, Err(e))) => {
+                        // No data is inconclusive: the deadline still applies.
+                        tracing::warn!(rollout = r.id, error = %e, "no metrics this interval");
                     }
-                }
-                Phase::Paused | Phase::WaitingConfirmation => {}
+                    // It became progressing after the fetch (resumed): next tick.
+                    None => {}
+                },
                 _ => {}
             }
             changed |= before != (r.phase, r.step, r.weight);
