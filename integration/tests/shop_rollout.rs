@@ -218,15 +218,27 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
 
     // 1. A bad canary is rolled back on its own.
     let started = rollout(&mesh, &["start", "payments", "--version", "v3"]);
-    let id = started["id"].as_str().unwrap_or_else(|| panic!("{started}")).to_owned();
+    let id = started["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{started}"))
+        .to_owned();
     let failed_before = load.failed();
-    let done = wait_phase(&mesh, &id, &["rolled-back", "promoted", "failed"], Duration::from_secs(120));
+    let done = wait_phase(
+        &mesh,
+        &id,
+        &["rolled-back", "promoted", "failed"],
+        Duration::from_secs(120),
+    );
     assert_eq!(done["phase"], "rolled-back", "{done:#}");
     assert!(
-        done["decision"].as_str().is_some_and(|d| d.contains("errors")),
+        done["decision"]
+            .as_str()
+            .is_some_and(|d| d.contains("errors")),
         "{done:#}"
     );
-    let first = done["first_traffic_unix_ms"].as_i64().expect("first traffic");
+    let first = done["first_traffic_unix_ms"]
+        .as_i64()
+        .expect("first traffic");
     let finished = done["finished_unix_ms"].as_i64().expect("finished");
     println!(
         "v3 (5% errors) at 10%: rolled back {:.1}s after its first traffic; {} failed requests during the rollout; {} canary requests judged",
@@ -255,18 +267,32 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
     }
     assert_eq!(fields["service"], "payments");
     assert_eq!(fields["metric"], "errors");
-    assert!(fields["versions"].as_str().is_some_and(|v| v.contains("v3") && v.contains("v1")));
     assert!(
-        generic.body["logs"].as_array().is_some_and(|l| !l.is_empty()),
+        fields["versions"]
+            .as_str()
+            .is_some_and(|v| v.contains("v3") && v.contains("v1"))
+    );
+    assert!(
+        generic.body["logs"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty()),
         "canary log lines: {:#}",
         generic.body
     );
-    let chart = generic.body["links"]["chart"].as_str().expect("chart link").to_owned();
-    assert!(generic.body["links"]["rollout"].as_str().is_some_and(|l| l.ends_with(&id)));
+    let chart = generic.body["links"]["chart"]
+        .as_str()
+        .expect("chart link")
+        .to_owned();
+    assert!(
+        generic.body["links"]["rollout"]
+            .as_str()
+            .is_some_and(|l| l.ends_with(&id))
+    );
     for channel in ["/slack/payments", "/slack/storefront"] {
         assert!(
-            received.iter().any(|m| m.path == channel
-                && m.body["blocks"].to_string().contains("errors")),
+            received
+                .iter()
+                .any(|m| m.path == channel && m.body["blocks"].to_string().contains("errors")),
             "no Slack rollback message on {channel}"
         );
     }
@@ -286,7 +312,10 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
 
     // 2. A healthy canary survives a controller restart and is promoted once.
     let started = rollout(&mesh, &["start", "payments", "--version", "v2"]);
-    let id = started["id"].as_str().unwrap_or_else(|| panic!("{started}")).to_owned();
+    let id = started["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{started}"))
+        .to_owned();
     mesh.wait_for("v2 to take traffic", Duration::from_secs(60), |m| {
         rollout(m, &["status", &id])["canary_requests"]
             .as_u64()
@@ -299,13 +328,27 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
         .status()
         .expect("kill");
     mesh.wait_for("the restarted controller", Duration::from_secs(30), |m| {
-        m.status()["controller"]["pid"].as_u64().is_some_and(|p| p != pid)
+        m.status()["controller"]["pid"]
+            .as_u64()
+            .is_some_and(|p| p != pid)
     });
     let resumed = rollout(&mesh, &["status", &id]);
     assert_eq!(resumed["id"], mid["id"]);
-    assert!(resumed["step"].as_u64() >= mid["step"].as_u64(), "{mid:#}\n{resumed:#}");
-    assert!(resumed["phase"].as_str().is_some_and(|p| p != "rolled-back" && p != "failed"));
-    wait_phase(&mesh, &id, &["waiting-confirmation"], Duration::from_secs(90));
+    assert!(
+        resumed["step"].as_u64() >= mid["step"].as_u64(),
+        "{mid:#}\n{resumed:#}"
+    );
+    assert!(
+        resumed["phase"]
+            .as_str()
+            .is_some_and(|p| p != "rolled-back" && p != "failed")
+    );
+    wait_phase(
+        &mesh,
+        &id,
+        &["waiting-confirmation"],
+        Duration::from_secs(90),
+    );
     let resumed = rollout(&mesh, &["resume", "payments"]);
     assert_eq!(resumed["phase"], "promoted", "{resumed:#}");
     let detail = rollout(&mesh, &["status", &id]);
@@ -329,7 +372,10 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
 
     // 3. Pause holds the weights; abort rolls back at once.
     let started = rollout(&mesh, &["start", "payments", "--version", "v3"]);
-    let id = started["id"].as_str().unwrap_or_else(|| panic!("{started}")).to_owned();
+    let id = started["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{started}"))
+        .to_owned();
     assert_eq!(started["baseline_version"], "v2");
     wait_phase(&mesh, &id, &["progressing"], Duration::from_secs(60));
     let paused = rollout(&mesh, &["pause", &id]);
@@ -337,7 +383,10 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(phase(&mesh, &id), "paused");
     let aborted = rollout(&mesh, &["abort", &id]);
-    assert_eq!((aborted["phase"].as_str(), aborted["weight"].as_u64()), (Some("aborted"), Some(0)));
+    assert_eq!(
+        (aborted["phase"].as_str(), aborted["weight"].as_u64()),
+        (Some("aborted"), Some(0))
+    );
 
     println!(
         "load during the run: {} requests answered, {} failed",
@@ -352,5 +401,9 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
     while HostSnapshot::take() != before && started_at.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(HostSnapshot::take(), before, "sluice up left something behind");
+    assert_eq!(
+        HostSnapshot::take(),
+        before,
+        "sluice up left something behind"
+    );
 }
