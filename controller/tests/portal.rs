@@ -334,7 +334,7 @@ const CATALOG_LINK: &str =
 const PAYMENTS_LINK: &str =
     "/access/new?from=checkout&to=payments&rpc=POST%20%2Fv1%2Frefunds&env=stable";
 
-fn catalog_fields<'a>(reason: &'a str) -> Vec<(&'a str, &'a str)> {
+fn catalog_fields(reason: &str) -> Vec<(&str, &str)> {
     vec![
         ("from", "checkout"),
         ("to", "catalog"),
@@ -345,7 +345,7 @@ fn catalog_fields<'a>(reason: &'a str) -> Vec<(&'a str, &'a str)> {
     ]
 }
 
-fn payments_fields<'a>(reason: &'a str) -> Vec<(&'a str, &'a str)> {
+fn payments_fields(reason: &str) -> Vec<(&str, &str)> {
     vec![
         ("from", "checkout"),
         ("to", "payments"),
@@ -635,7 +635,9 @@ fn bad_input_is_refused_on_the_form_with_everything_typed_kept() {
     let m = mesh(false, "127.0.0.1");
     let token = csrf(&get(m.portal, ERNIE, CATALOG_LINK).body);
     let long = "x".repeat(5000);
-    let cases: Vec<(Vec<(&str, &str)>, &str, &str)> = vec![
+    // (changed fields, the message, what must still be on the form)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![("from", "chekout")],
             "`chekout` is not a declared service. Did you mean checkout?",
