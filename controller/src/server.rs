@@ -252,6 +252,28 @@ pub struct ControllerArgs {
     /// Once listening, write the bound address (`127.0.0.1:7071`) and a newline to this file.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
+    /// The portal's flags (boxed: they would make every `Command` as large as this one).
+    #[command(flatten)]
+    pub portal: Box<PortalArgs>,
+}
+
+/// The portal's flags of `sluice controller`.
+#[derive(Debug, Args)]
+pub struct PortalArgs {
+    /// Serve the portal (access requests, service pages) on this address. Off by default.
+    /// Port 0 picks a free port; the address is written to `STATE_DIR/portal.addr`.
+    #[arg(long, value_name = "ADDR")]
+    pub portal: Option<SocketAddr>,
+    /// An authenticating reverse proxy's address: requests from it must name the user in
+    /// `X-Forwarded-User` (and may give `X-Forwarded-Email`). Repeatable.
+    #[arg(long, value_name = "IP")]
+    pub portal_trusted_proxy: Vec<std::net::IpAddr>,
+    /// Dev mode: every other portal request is this user. Only on a loopback `--portal`.
+    #[arg(long, value_name = "NAME")]
+    pub portal_dev_user: Option<String>,
+    /// The portal's base URL in notifications. Default: `http://` and the portal's address.
+    #[arg(long, value_name = "URL")]
+    pub portal_url: Option<String>,
 }
 
 /// Why the controller could not serve.
@@ -292,6 +314,9 @@ pub enum ServeError {
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The portal's flags do not say how to identify users safely.
+    #[error(transparent)]
+    Portal(#[from] crate::portal::server::PortalConfigError),
 }
 
 /// `sluice controller`.
@@ -303,6 +328,9 @@ pub(crate) fn run(
     init_tracing();
     if !(MIN_LIFETIME..=MAX_LIFETIME).contains(&args.cert_lifetime) {
         return Err(ServeError::Lifetime(args.cert_lifetime).into());
+    }
+    if let Some(addr) = args.portal.portal {
+        crate::portal::server::check_config(addr, &portal_auth(args)).map_err(ServeError::from)?;
     }
     let (policy, applied) = match &args.policy {
         Some(dir) => initial_policy(dir, err)?,
@@ -476,6 +504,11 @@ async fn serve(
         )
     })?;
     let engine_task = tokio::spawn(Arc::clone(&engine).run());
+    let portal_file = args.state_dir.join(PORTAL_ADDR_FILE);
+    let portal_task = match args.portal.portal {
+        Some(addr) => Some(start_portal(args, addr, &portal_file, &plane, &engine).await?),
+        None => None,
+    };
     let admin_task = tokio::spawn(admin::serve(admin, Arc::clone(&plane), Some(engine)));
     let reaper = tokio::spawn(reap_forever(Arc::clone(&plane), args.registration_grace));
     tracing::info!(addr = %admin_addr, "serving the admin endpoint (GET /status)");
@@ -510,6 +543,10 @@ async fn serve(
         }
     }
     admin_task.abort();
+    if let Some(task) = portal_task {
+        task.abort();
+        let _ = std::fs::remove_file(&portal_file);
+    }
     engine_task.abort();
     reaper.abort();
     let _ = std::fs::remove_file(&admin_file);
@@ -518,6 +555,80 @@ async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where the portal's bound address is written (like `admin.addr`).
+pub const PORTAL_ADDR_FILE: &str = "portal.addr";
+
+fn portal_auth(args: &ControllerArgs) -> crate::portal::auth::AuthConfig {
+    crate::portal::auth::AuthConfig {
+        trusted_proxies: args.portal.portal_trusted_proxy.clone(),
+        dev_user: args.portal.portal_dev_user.clone(),
+    }
+}
+
+/// Binds the portal, writes its address to `file`, and serves it on a task.
+async fn start_portal(
+    args: &ControllerArgs,
+    addr: SocketAddr,
+    file: &Path,
+    plane: &Arc<ControlPlane>,
+    engine: &Arc<crate::rollout::engine::Engine>,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    use crate::portal::{Portal, access::AccessState, auth::CsrfKey, server::PortalServer};
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| setup("read the bound portal address", source))?;
+    write_ready_file(file, bound)?;
+    let csrf = CsrfKey::generate().map_err(|_| {
+        setup(
+            "make the portal's CSRF key",
+            std::io::Error::other("no randomness"),
+        )
+    })?;
+    let notifier = crate::notify::Notifier::start(
+        crate::notify::DeliveryConfig::default(),
+        Arc::new(crate::rollout::store::StoreDeliveryLog(
+            plane.store().clone(),
+        )),
+    )
+    .map_err(|e| {
+        setup(
+            "start the portal's notifier",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    let server = PortalServer {
+        portal: Portal {
+            plane: Arc::clone(plane),
+            engine: Some(Arc::clone(engine)),
+        },
+        access: AccessState {
+            policy_dir: args.policy.clone(),
+            public_url: args
+                .portal
+                .portal_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{bound}")),
+            notifier: Some(notifier),
+            csrf,
+            lock: tokio::sync::Mutex::new(()),
+        },
+        auth: portal_auth(args),
+    };
+    tracing::info!(
+        addr = %bound,
+        dev_user = args.portal.portal_dev_user.as_deref().unwrap_or(""),
+        trusted_proxies = ?args.portal.portal_trusted_proxy,
+        "serving the portal"
+    );
+    Ok(tokio::spawn(crate::portal::server::serve(
+        listener,
+        Arc::new(server),
+    )))
 }
 
 /// Removes expired registrations, checking a few times per grace period.

@@ -102,6 +102,22 @@ pub const MIGRATIONS: &[&str] = &[
         key        TEXT PRIMARY KEY,
         at_unix_ms INTEGER NOT NULL
     );",
+    // 3: the portal's access requests (the request as JSON, with the columns lists need) and
+    // its audit log of grants, requests, approvals and rejections.
+    "CREATE TABLE access_requests (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_unix_ms INTEGER NOT NULL,
+        status     TEXT NOT NULL,
+        doc        TEXT NOT NULL
+    );
+    CREATE TABLE access_audit (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_unix_ms INTEGER NOT NULL,
+        request_id INTEGER NOT NULL,
+        actor      TEXT NOT NULL,
+        action     TEXT NOT NULL,
+        detail     TEXT NOT NULL
+    );",
 ];
 
 /// Why the store failed.

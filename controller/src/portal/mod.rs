@@ -3,11 +3,18 @@
 //!
 //! Routing lives here; each area has its module: [`access`] (`/access/…`: the form, requests,
 //! reviews, the audit log), [`services`] (`/services`, `/services/<name>`). [`html`] holds the
-//! page layout and escaping every page uses.
+//! page layout and escaping every page uses. [`server`] serves it all (`--portal`), [`auth`]
+//! says who is asking and checks forms' CSRF tokens, [`grants`] writes grants into the policy
+//! directory (and git), [`store`] keeps requests and the audit log. The guide is
+//! `docs/portal.md`.
 
 pub mod access;
+pub mod auth;
+pub mod grants;
 pub mod html;
+pub mod server;
 pub mod services;
+pub mod store;
 
 use std::sync::Arc;
 

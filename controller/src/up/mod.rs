@@ -41,6 +41,8 @@ use supervise::{Spec, Supervisor};
 pub const PROXY_UID: u32 = 2102;
 /// The controller's port on the bridge's host address.
 pub const CONTROLLER_PORT: u16 = 7071;
+/// Where `sluice up` serves the portal: the address the shop's denial links name.
+pub const PORTAL_ADDR: &str = "127.0.0.1:7070";
 /// How long processes get between SIGTERM and SIGKILL.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
 const INBOUND_PORT: u16 = 4143;
@@ -535,10 +537,35 @@ fn start(
     // The controller, on the bridge so that every namespace reaches it.
     let ready = controller_dir.join("up-ready");
     let _ = std::fs::remove_file(&ready);
+    // The portal on 7070, where the shop's denial links point. A busy port (another mesh, a
+    // portal already running) costs the portal, not the mesh.
+    let mut portal_args: Vec<String> = Vec::new();
+    match std::net::TcpListener::bind(PORTAL_ADDR) {
+        Ok(probe) => {
+            drop(probe);
+            let user = std::env::var("SUDO_USER")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "developer".to_owned());
+            portal_args = vec![
+                "--portal".into(),
+                PORTAL_ADDR.into(),
+                "--portal-dev-user".into(),
+                user,
+            ];
+        }
+        Err(e) => {
+            writeln!(
+                out,
+                "sluice up: {PORTAL_ADDR} is not free ({e}); running without the portal"
+            )
+            .map_err(host("output"))?;
+        }
+    }
     let controller = sup.start(Spec {
         label: "controller".into(),
         color: 0,
-        argv: vec![
+        argv: [
             sluice_bin.display().to_string(),
             "controller".into(),
             "--state-dir".into(),
@@ -553,7 +580,10 @@ fn start(
             addresses_file.display().to_string(),
             "--workload-logs".into(),
             logs_dir.display().to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(portal_args)
+        .collect(),
         env: Vec::new(),
         dir: None,
         log_file: None,
