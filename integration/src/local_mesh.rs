@@ -143,6 +143,17 @@ impl LocalMesh {
         mesh_yaml: &str,
         env: &[(&str, String)],
     ) -> LocalMesh {
+        Self::start_with(dir, mesh_yaml, env, &["--portal", "off"])
+    }
+
+    /// Like [`LocalMesh::start_with_env`], with `args` for `sluice up` (the default is
+    /// `--portal off`, so that no test needs the fixed port 7070).
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        mesh_yaml: &str,
+        env: &[(&str, String)],
+        args: &[&str],
+    ) -> LocalMesh {
         std::fs::write(dir.path().join("mesh.yaml"), mesh_yaml).expect("mesh file");
         let log = std::fs::File::create(dir.path().join("up.log")).expect("log");
         let child = Command::new(sluice_bin())
@@ -156,6 +167,7 @@ impl LocalMesh {
                 "--team-inbox",
                 "off",
             ])
+            .args(args)
             .arg("--proxy-bin")
             .arg(crate::proxy_bin())
             .arg("--state-dir")

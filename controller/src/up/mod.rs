@@ -76,6 +76,10 @@ pub struct UpArgs {
     /// skipped.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7072")]
     pub team_inbox: String,
+    /// Where the controller serves the portal (in dev mode, as `$SUDO_USER`): the address the
+    /// shop's denial links name; `off` disables it. A taken port is reported and skipped.
+    #[arg(long, value_name = "ADDR", default_value = PORTAL_ADDR)]
+    pub portal: String,
     /// When to colour the log prefixes.
     #[arg(long, value_enum, default_value_t = crate::ColorChoice::Auto)]
     pub color: crate::ColorChoice,
@@ -244,11 +248,13 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
         state_dir: state_dir.clone(),
         done: false,
     };
+    let portal = (args.portal != "off").then_some(args.portal.as_str());
     let result = start(
         &mesh,
         &state_dir,
         &proxy_bin,
         &sluice_bin,
+        portal,
         &mut lock(&cleanup.shared),
         out,
     );
@@ -454,6 +460,7 @@ fn start(
     state_dir: &Path,
     proxy_bin: &Path,
     sluice_bin: &Path,
+    portal: Option<&str>,
     shared: &mut Shared,
     out: &mut dyn Write,
 ) -> Result<BTreeMap<String, SocketAddr>, UpError> {
@@ -537,11 +544,12 @@ fn start(
     // The controller, on the bridge so that every namespace reaches it.
     let ready = controller_dir.join("up-ready");
     let _ = std::fs::remove_file(&ready);
-    // The portal on 7070, where the shop's denial links point. A busy port (another mesh, a
-    // portal already running) costs the portal, not the mesh.
+    // The portal (7070 by default, where the shop's denial links point). A busy port (another
+    // mesh, a portal already running) costs the portal, not the mesh.
     let mut portal_args: Vec<String> = Vec::new();
-    match std::net::TcpListener::bind(PORTAL_ADDR) {
-        Ok(probe) => {
+    match portal.map(|addr| (addr, std::net::TcpListener::bind(addr))) {
+        None => {}
+        Some((addr, Ok(probe))) => {
             drop(probe);
             let user = std::env::var("SUDO_USER")
                 .ok()
@@ -549,15 +557,15 @@ fn start(
                 .unwrap_or_else(|| "developer".to_owned());
             portal_args = vec![
                 "--portal".into(),
-                PORTAL_ADDR.into(),
+                addr.into(),
                 "--portal-dev-user".into(),
                 user,
             ];
         }
-        Err(e) => {
+        Some((addr, Err(e))) => {
             writeln!(
                 out,
-                "sluice up: {PORTAL_ADDR} is not free ({e}); running without the portal"
+                "sluice up: {addr} is not free ({e}); running without the portal"
             )
             .map_err(host("output"))?;
         }
