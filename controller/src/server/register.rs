@@ -32,32 +32,35 @@ pub(super) async fn register(
     Ok(RegistrationAck {})
 }
 
+/// Checks a workload label (version, environment, instance): present, at most `max` letters,
+/// digits, `-`, `.` or `_`. Shared by every RPC that names a workload.
+pub(crate) fn check_label(field: &'static str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::MissingField(field));
+    }
+    let ok = value.len() <= max
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidField {
+            field,
+            reason: format!("`{value}`: at most {max} letters, digits, `-`, `.` or `_`"),
+        })
+    }
+}
+
 fn validate(request: Registration) -> Result<RegistrationRow, ApiError> {
     let w = request.workload.ok_or(ApiError::MissingField("workload"))?;
     WorkloadIdentity::new(&w.namespace, &w.service)?;
-    let label = |field: &'static str, value: &str, max: usize| {
-        if value.is_empty() {
-            return Err(ApiError::MissingField(field));
-        }
-        let ok = value.len() <= max
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-        if ok {
-            Ok(())
-        } else {
-            Err(ApiError::InvalidField {
-                field,
-                reason: format!("`{value}`: at most {max} letters, digits, `-`, `.` or `_`"),
-            })
-        }
-    };
-    label("workload.instance", &w.instance, MAX_INSTANCE)?;
-    label("workload.version", &w.version, 63)?;
+    check_label("workload.instance", &w.instance, MAX_INSTANCE)?;
+    check_label("workload.version", &w.version, 63)?;
     let environment = if w.environment.is_empty() {
         DEFAULT_ENVIRONMENT.to_owned()
     } else {
-        label("workload.environment", &w.environment, 63)?;
+        check_label("workload.environment", &w.environment, 63)?;
         w.environment
     };
     if request.address.is_empty() {

@@ -41,28 +41,11 @@ fn validate(request: TrafficReport) -> Result<InstanceReport, ApiError> {
     let w = request.workload.ok_or(ApiError::MissingField("workload"))?;
     WorkloadIdentity::new(&w.namespace, &w.service)?;
     // The same rules as `Register`, so a report names exactly what a registration can.
-    let label = |field: &'static str, value: &str| {
-        if value.is_empty() {
-            return Err(ApiError::MissingField(field));
-        }
-        let ok = value.len() <= 63
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-        if ok {
-            Ok(())
-        } else {
-            Err(ApiError::InvalidField {
-                field,
-                reason: format!("`{value}`: at most 63 letters, digits, `-`, `.` or `_`"),
-            })
-        }
-    };
-    label("workload.version", &w.version)?;
+    super::register::check_label("workload.version", &w.version, 63)?;
     let environment = if w.environment.is_empty() {
         DEFAULT_ENVIRONMENT.to_owned()
     } else {
-        label("workload.environment", &w.environment)?;
+        super::register::check_label("workload.environment", &w.environment, 63)?;
         w.environment
     };
     if request.failures > request.requests {
