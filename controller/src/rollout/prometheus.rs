@@ -4,14 +4,17 @@
 //!
 //! Every look runs three instant queries (`GET {address}/api/v1/query`) over the series the
 //! sidecars export (`proxy/src/metrics.rs`), on the inbound side because there the labels are
-//! the callee's own service and version, summed over the instances:
+//! the callee's own service and version, per scraped instance:
 //!
-//! - requests: `sum(sluice_proxy_responses_total{direction="inbound",dst_service=…,dst_version=…})`
+//! - requests: `sum by (instance) (sluice_proxy_responses_total{direction="inbound",dst_service=…,dst_version=…})`
 //! - failures: the same with `classification="failure"`
-//! - latency: `sum by (le) (sluice_proxy_response_latency_seconds_bucket{…})`
+//! - latency: `sum by (instance, le) (sluice_proxy_response_latency_seconds_bucket{…})`
 //!
 //! The queries stay cumulative (no `increase()`), because the engine diffs consecutive looks
-//! itself, exactly as it does with the proxies' totals. The three are evaluated at one pinned
+//! itself, exactly as it does with the proxies' totals. They are kept per instance so that a
+//! restarted sidecar (its counters back at zero) or a vanished one cannot make the version's
+//! total drop: each series is folded like `increase()` folds resets (a drop adds the last value
+//! to the series' base), and the total is the sum of the folded series, which never decreases. The three are evaluated at one pinned
 //! `time`, so a scrape landing between them cannot make failures outrun requests.
 //!
 //! An empty result means "no series yet" (a canary that has had no traffic) and reads as zero,
@@ -47,13 +50,13 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BODY: usize = 4 << 20;
 
 /// Cumulative responses of one version, every classification.
-pub const REQUESTS_QUERY: &str = r#"sum(sluice_proxy_responses_total{direction="inbound",dst_service="{{service}}",dst_version="{{version}}"})"#;
+pub const REQUESTS_QUERY: &str = r#"sum by (instance) (sluice_proxy_responses_total{direction="inbound",dst_service="{{service}}",dst_version="{{version}}"})"#;
 
 /// Cumulative responses of one version classified as failures.
-pub const FAILURES_QUERY: &str = r#"sum(sluice_proxy_responses_total{direction="inbound",dst_service="{{service}}",dst_version="{{version}}",classification="failure"})"#;
+pub const FAILURES_QUERY: &str = r#"sum by (instance) (sluice_proxy_responses_total{direction="inbound",dst_service="{{service}}",dst_version="{{version}}",classification="failure"})"#;
 
 /// The cumulative latency histogram of one version, one series per bucket bound.
-pub const LATENCY_QUERY: &str = r#"sum by (le) (sluice_proxy_response_latency_seconds_bucket{direction="inbound",dst_service="{{service}}",dst_version="{{version}}"})"#;
+pub const LATENCY_QUERY: &str = r#"sum by (instance, le) (sluice_proxy_response_latency_seconds_bucket{direction="inbound",dst_service="{{service}}",dst_version="{{version}}"})"#;
 
 /// The `{{interval}}` the default queries are rendered with. They are cumulative and do not use
 /// it; it is here so a template that does still renders to valid PromQL.
@@ -378,6 +381,55 @@ pub struct PrometheusSource {
     /// Base URL without a trailing slash, e.g. `http://prometheus.monitoring:9090`.
     address: String,
     client: Client<HttpConnector, Empty<Bytes>>,
+    /// Per (namespace, service, version): every series seen, folded across resets.
+    folds: std::sync::Mutex<std::collections::HashMap<(String, String, String), Folds>>,
+}
+
+/// Counter series folded across resets: series key → (last value, base).
+#[derive(Default)]
+struct Fold(std::collections::HashMap<String, (u64, u64)>);
+
+impl Fold {
+    /// Records a series' current value; a drop means the counter restarted from zero.
+    fn update(&mut self, key: String, value: u64) {
+        let (last, base) = self.0.entry(key).or_insert((0, 0));
+        if value < *last {
+            *base = base.saturating_add(*last);
+        }
+        *last = value;
+    }
+
+    fn value(&self, key: &str) -> u64 {
+        self.0
+            .get(key)
+            .map_or(0, |(last, base)| last.saturating_add(*base))
+    }
+
+    /// The sum over every series ever seen (one that vanished keeps its last value).
+    fn total(&self) -> u64 {
+        self.0
+            .keys()
+            .map(|k| self.value(k))
+            .fold(0, u64::saturating_add)
+    }
+}
+
+#[derive(Default)]
+struct Folds {
+    requests: Fold,
+    failures: Fold,
+    /// Keyed by `instance` and `le`.
+    latency: Fold,
+}
+
+/// A series' key: its labels other than `le`, in order.
+fn series_key(sample: &Sample) -> String {
+    sample
+        .labels
+        .iter()
+        .filter(|(k, _)| k.as_str() != "le")
+        .map(|(k, v)| format!("{k}={v},"))
+        .collect()
 }
 
 impl std::fmt::Debug for PrometheusSource {
@@ -400,6 +452,7 @@ impl PrometheusSource {
         PrometheusSource {
             address: address.trim().trim_end_matches('/').to_owned(),
             client,
+            folds: std::sync::Mutex::default(),
         }
     }
 
@@ -493,16 +546,63 @@ impl PrometheusSource {
             self.query(&failures, at),
             self.query(&latency, at),
         )?;
+        let mut folds = self
+            .folds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let f = folds
+            .entry((namespace.to_owned(), service.to_owned(), version.to_owned()))
+            .or_default();
+        for s in &requests {
+            f.requests
+                .update(series_key(s), as_count(s.value, "the request count")?);
+        }
+        for s in &failures {
+            f.failures
+                .update(series_key(s), as_count(s.value, "the failure count")?);
+        }
+        // Each (instance, bucket) series is folded on its own, then the buckets are summed by
+        // bound as `sum by (le)` would.
+        let mut folded = Vec::with_capacity(latency.len());
+        for s in &buckets_checked(&latency)? {
+            let key = format!(
+                "{}le={}",
+                series_key(s),
+                s.labels.get("le").map_or("", String::as_str)
+            );
+            f.latency
+                .update(key.clone(), as_count(s.value, "a latency bucket")?);
+            let mut sample = s.clone();
+            sample.value = f.latency.value(&key) as f64;
+            folded.push(sample);
+        }
         let mut counts = Counts::empty();
-        counts.requests = total(&requests, "the request count")?;
-        counts.failures = total(&failures, "the failure count")?;
-        let latency = buckets(&latency)?;
+        counts.requests = f.requests.total();
+        counts.failures = f.failures.total().min(counts.requests);
+        let latency = buckets(&folded)?;
         // No series yet keeps the proxy's (empty) bucket layout, as the default source does.
         if !latency.is_empty() {
             counts.latency_buckets = latency;
         }
         Ok(counts)
     }
+}
+
+/// The latency samples, each checked to carry an `le` label.
+fn buckets_checked(samples: &[Sample]) -> Result<Vec<Sample>, PrometheusError> {
+    samples
+        .iter()
+        .map(|s| {
+            if s.labels.contains_key("le") {
+                Ok(s.clone())
+            } else {
+                Err(PrometheusError::Unexpected(
+                    "a latency sample without an `le` label (is the query `sum by (instance, le)`?)"
+                        .to_owned(),
+                ))
+            }
+        })
+        .collect()
 }
 
 impl MetricSource for PrometheusSource {
@@ -524,6 +624,19 @@ impl MetricSource for PrometheusSource {
 mod tests {
     use super::*;
 
+    #[test]
+    fn folded_series_never_decrease_across_restarts_and_vanishing() {
+        let mut f = Fold::default();
+        f.update("instance=a,".into(), 100);
+        f.update("instance=b,".into(), 50);
+        assert_eq!(f.total(), 150);
+        // a restarted: its counter is back near zero; b vanished (no sample this look).
+        f.update("instance=a,".into(), 7);
+        assert_eq!(f.total(), 157);
+        f.update("instance=a,".into(), 20);
+        assert_eq!(f.total(), 170);
+    }
+
     fn vars() -> QueryVars<'static> {
         QueryVars {
             namespace: "default",
@@ -537,15 +650,15 @@ mod tests {
     fn renders_the_default_queries() {
         assert_eq!(
             render(REQUESTS_QUERY, &vars()),
-            r#"sum(sluice_proxy_responses_total{direction="inbound",dst_service="payments",dst_version="v2"})"#
+            r#"sum by (instance) (sluice_proxy_responses_total{direction="inbound",dst_service="payments",dst_version="v2"})"#
         );
         assert_eq!(
             render(FAILURES_QUERY, &vars()),
-            r#"sum(sluice_proxy_responses_total{direction="inbound",dst_service="payments",dst_version="v2",classification="failure"})"#
+            r#"sum by (instance) (sluice_proxy_responses_total{direction="inbound",dst_service="payments",dst_version="v2",classification="failure"})"#
         );
         assert_eq!(
             render(LATENCY_QUERY, &vars()),
-            r#"sum by (le) (sluice_proxy_response_latency_seconds_bucket{direction="inbound",dst_service="payments",dst_version="v2"})"#
+            r#"sum by (instance, le) (sluice_proxy_response_latency_seconds_bucket{direction="inbound",dst_service="payments",dst_version="v2"})"#
         );
     }
 
