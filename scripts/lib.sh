@@ -10,7 +10,9 @@
 #   curl, nghttp2-client: HTTP/1.1 and HTTP/2 clients for end-to-end tests
 #   prometheus: `promtool`, to check the metrics the proxy exposes
 #   openssl: an independently made CA for the controller's CA-from-files test
-TEST_APT_PACKAGES=(iptables iproute2 curl nghttp2-client prometheus python3-pip openssl)
+#   chromium, chromium-driver: the portal's browser test (integration/tests/portal_browser.rs)
+#     drives a real headless Chromium through /usr/bin/chromedriver
+TEST_APT_PACKAGES=(iptables iproute2 curl nghttp2-client prometheus python3-pip openssl chromium chromium-driver)
 
 # Debian packages the demo needs: the local mesh runs workloads in network namespaces with
 # iptables interception (iproute2, iptables), and the demo talks to it with curl.
@@ -23,7 +25,9 @@ BENCH_APT_PACKAGES=(nginx)
 # Python packages (pip), as `import-name=pip-name`.
 #   grpc: a real gRPC peer for the proxy's gRPC tests
 #   grpc_status: decodes the rich gRPC status (ErrorInfo, Help) of mesh denials
-TEST_PIP_PACKAGES=(grpc=grpcio grpc_status=grpcio-status)
+#   selenium: drives Chromium in the portal's browser test (with the Debian chromedriver, so
+#     Selenium Manager never downloads a browser or driver)
+TEST_PIP_PACKAGES=(grpc=grpcio grpc_status=grpcio-status selenium=selenium)
 
 SLUICE_LOG_DIR="${SLUICE_LOG_DIR:-${TMPDIR:-/tmp}/sluice-scripts}"
 mkdir -p "$SLUICE_LOG_DIR"

@@ -50,14 +50,19 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
         status.is_ok_and(|s| s.success()),
         "cargo build -p {package} --bin {bin} failed"
     );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    let path = target
+    let path = target_dir()
         .join(if release { "release" } else { "debug" })
         .join(bin);
     assert!(path.exists(), "{} not found after build", path.display());
     path
+}
+
+/// The workspace's target directory (`CARGO_TARGET_DIR`, else `target/`): where binaries are
+/// built and where tests leave artifacts for people to look at.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
 /// Prints why a test is skipped. Tests call this and return early when a tool or privilege
