@@ -144,11 +144,13 @@ def main():
         if args.reason:
             driver.find_element(By.CSS_SELECTOR, "textarea[name=reason]").send_keys(args.reason)
         shot(driver, args.screenshots, "form.png", files)
-        # 4. Submit with the "Request access" button: it is the form's second submit button
-        # (the first is "Select all", which an Enter key press would trigger).
+        # 4. Submit with the visible "Request access" button (an off-screen copy of it comes
+        # first in the form, so that Enter in a text field submits rather than "Select all").
         buttons = [
             b
-            for b in driver.find_elements(By.CSS_SELECTOR, "form button[type=submit]")
+            for b in driver.find_elements(
+                By.CSS_SELECTOR, "form button[type=submit]:not(.default-submit)"
+            )
             if b.text.strip() == "Request access"
         ]
         if len(buttons) != 1:

@@ -90,7 +90,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     // The controller's stream starts before the listeners, so the first config usually
     // arrives while they bind; `/ready` says when it has.
-    let watch_config = WatchConfig::from_config(&config);
+    let (serving, serving_rx) = tokio::sync::watch::channel(false);
+    let watch_config = WatchConfig::from_config(&config).map(|mut w| {
+        w.serving = Some(serving_rx);
+        w
+    });
     let stream_status = watch_config
         .as_ref()
         .map(|_| Arc::new(controller::Status::default()));
@@ -208,6 +212,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::info!(direction = %l.direction, mode = ?l.mode, addr = %l.local, "listening");
         tokio::spawn(listen::accept_loop(l, dispatch.clone(), watch.clone()));
     }
+    // Only now may the controller hand this instance to its peers.
+    serving.send_replace(true);
     drop(watch);
     let watcher = tokio::spawn(source.watch(
         shared.clone(),

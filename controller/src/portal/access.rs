@@ -508,6 +508,7 @@ async fn form_page(
         body,
         "<form method=\"post\" action=\"/access\" class=\"card\">\
 <input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{token}\">\
+<button type=\"submit\" class=\"default-submit\" tabindex=\"-1\" aria-hidden=\"true\">Request access</button>\
 <label>Caller <input type=\"text\" name=\"from\" value=\"{from}\" maxlength=\"{MAX_FIELD}\">{from_team}</label>\
 <label>Callee <input type=\"text\" name=\"to\" value=\"{to}\" maxlength=\"{MAX_FIELD}\">{to_team}</label>\
 <label>Environment <input type=\"text\" name=\"env\" value=\"{env}\" maxlength=\"63\"></label>\
@@ -540,7 +541,7 @@ async fn form_page(
         body,
         "<label>Another endpoint <input type=\"text\" name=\"rpc\" value=\"\" maxlength=\"{MAX_FIELD}\" \
 placeholder=\"GET /v1/things/{{id}}\"></label>\
-<button type=\"submit\" name=\"select\" value=\"all\">Select all</button></fieldset>\
+<button type=\"submit\" name=\"select\" value=\"all\" class=\"secondary\">Select all</button></fieldset>\
 <label>Why (optional) <textarea name=\"reason\" rows=\"3\">{reason}</textarea></label>\
 <fieldset><legend>Ephemeral environments</legend>\
 <label><input type=\"radio\" name=\"ephemeral\" value=\"shared\"{shared}> share the stable copy of the callee</label>\
@@ -1184,7 +1185,13 @@ async fn request_page(
     ));
     body.push_str(&row("Environment", &request.environment));
     body.push_str(&row("Ephemeral environments", &request.ephemeral));
-    body.push_str(&row("Reviewed by team", &request.reviewer_team));
+    // An immediate grant was decided by policy; only a review involves the callee's team.
+    let team_label = if request.status == Status::Granted {
+        "Callee's team"
+    } else {
+        "Reviewed by team"
+    };
+    body.push_str(&row(team_label, &request.reviewer_team));
     if let Some(b) = &request.branch {
         body.push_str(&row("Review branch", b));
     }

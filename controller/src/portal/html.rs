@@ -61,5 +61,7 @@ a{color:#0969da}table{border-collapse:collapse;width:100%;background:#fff}th,td{
 .error{background:#ffebe9;border:1px solid #ff8182;border-radius:.5rem;padding:.75rem 1rem}\
 .ok{background:#dafbe1;border:1px solid #4ac26b;border-radius:.5rem;padding:.75rem 1rem}\
 .muted{color:#57606a}.pill{display:inline-block;padding:0 .5rem;border-radius:1rem;background:#eaeef2;font-size:.85rem}\
-button,.button{background:#1f883d;color:#fff;border:0;border-radius:.4rem;padding:.45rem 1rem;font:inherit;cursor:pointer}\
+button,.button{background:#1f883d;color:#fff;border:0;border-radius:.4rem;padding:.45rem 1rem;font:inherit;cursor:pointer;text-decoration:none;display:inline-block}\
+button.secondary{background:#f6f8fa;color:#1f2328;border:1px solid #d0d7de}\
+.default-submit{position:absolute;left:-9999px;width:1px;height:1px;overflow:hidden}\
 label{display:block;margin:.25rem 0}textarea,input[type=text]{width:100%;font:inherit}";

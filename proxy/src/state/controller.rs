@@ -58,6 +58,10 @@ pub struct WatchConfig {
     pub proxy_id: String,
     /// The address to register, if any.
     pub register: Option<SocketAddr>,
+    /// Turns true once the proxy's listeners accept connections. Registering earlier would
+    /// hand peers an endpoint that refuses them (the first config and the workload
+    /// certificate arrive while the listeners bind). `None`: register at once.
+    pub serving: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl WatchConfig {
@@ -78,6 +82,7 @@ impl WatchConfig {
             },
             proxy_id: config.proxy_id.clone(),
             register: config.register_addr,
+            serving: None,
         })
     }
 }
@@ -239,6 +244,7 @@ async fn follow(
             channel,
             registration,
             status.clone(),
+            config.serving.clone(),
         )))
     });
     loop {
@@ -272,7 +278,17 @@ async fn follow(
 
 /// Registers this instance, retrying with backoff until the controller accepts (within one
 /// stream; the next stream registers again).
-async fn register(channel: Channel, registration: Registration, status: Arc<Status>) {
+async fn register(
+    channel: Channel,
+    registration: Registration,
+    status: Arc<Status>,
+    serving: Option<tokio::sync::watch::Receiver<bool>>,
+) {
+    if let Some(mut serving) = serving
+        && serving.wait_for(|up| *up).await.is_err()
+    {
+        return; // the proxy is shutting down before it ever served
+    }
     let mut client = MeshClient::new(channel);
     let mut backoff = BACKOFF_MIN;
     loop {
