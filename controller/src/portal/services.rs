@@ -373,8 +373,11 @@ pub struct DenialView {
     /// Last seen, Unix ms.
     pub last_seen_unix_ms: i64,
     /// The access-request form, pre-filled; `None` for unauthenticated callers (an exemption
-    /// is a policy edit, not a grant) or when the mesh's template is not an http(s) URL.
+    /// is a policy edit, not a grant), when the mesh's template is not an http(s) URL, or when
+    /// the call is allowed now.
     pub request_link: Option<String>,
+    /// The policy in force allows this call now (granted since it was denied).
+    pub allowed_now: bool,
 }
 
 /// Where the service runs.
@@ -698,7 +701,24 @@ pub fn gather_service(
                 };
                 let endpoint = (!d.endpoint.is_empty()).then_some(d.endpoint.as_str());
                 let rpc = offered_rpc(endpoint, &d.rpc);
-                let request_link = (!unauthenticated)
+                // A denial that a grant has since covered offers nothing more to request.
+                let allowed_now = !unauthenticated
+                    && sluice_policy::rpc::Rpc::parse(&d.rpc).is_ok_and(|call| {
+                        policy
+                            .compiled
+                            .decide(
+                                &sluice_policy::authz::Caller::service(
+                                    &caller_ref.namespace,
+                                    &caller_ref.name,
+                                ),
+                                &key.namespace,
+                                &key.name,
+                                &call,
+                            )
+                            .verdict
+                            == sluice_policy::authz::Verdict::Allow
+                    });
+                let request_link = (!unauthenticated && !allowed_now)
                     .then(|| {
                         access_request_link(
                             template,
@@ -721,6 +741,7 @@ pub fn gather_service(
                     count: d.count,
                     last_seen_unix_ms: d.last_seen_unix_ms,
                     request_link,
+                    allowed_now,
                 }
             })
             .collect()
@@ -1207,12 +1228,21 @@ fn denials_section(out: &mut String, v: &ServiceView) {
                 } else {
                     String::new()
                 };
-                let link = d.request_link.as_deref().map_or_else(String::new, |l| {
-                    format!(
-                        "<a class=\"button\" href=\"{}\">Request access</a>",
-                        escape(l)
-                    )
-                });
+                let link = d.request_link.as_deref().map_or_else(
+                    || {
+                        if d.allowed_now {
+                            pill("granted since")
+                        } else {
+                            String::new()
+                        }
+                    },
+                    |l| {
+                        format!(
+                            "<a class=\"button\" href=\"{}\">Request access</a>",
+                            escape(l)
+                        )
+                    },
+                );
                 out.push_str(&format!(
                     "<tr><td>{caller}</td><td><code>{rpc}</code>{verdict}</td><td>{env}</td>\
 <td>{count}</td><td title=\"{abs}\">{ago}</td><td>{link}</td></tr>",
@@ -1353,6 +1383,8 @@ mod tests {
                 service: "catalog".into(),
                 ..denial("frontend", "GET /v1/secret", "")
             },
+            // Denied once, granted since (the shop grants checkout POST /v1/charges).
+            denial("checkout", "POST /v1/charges", "POST /v1/charges"),
         ];
         let html = payments_page(&denials, Rollouts::NotRunning);
         assert!(html.contains("<strong>payments</strong>"), "{html}");
@@ -1383,6 +1415,8 @@ mod tests {
             "{html}"
         );
         assert!(!html.contains("/v1/secret"));
+        assert!(html.contains("<span class=\"pill\">granted since</span>"), "{html}");
+        assert!(!html.contains("from=checkout&amp;to=payments"), "{html}");
         // Environments from registrations: stable v1 (the Route's), an idle v2, an ephemeral copy.
         assert!(html.contains("<span class=\"pill\">stable</span></td><td>v1"));
         assert!(html.contains("<span class=\"pill\">ephemeral</span></td><td>v1</td><td>pr-42"));
