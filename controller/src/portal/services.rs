@@ -1415,7 +1415,10 @@ mod tests {
             "{html}"
         );
         assert!(!html.contains("/v1/secret"));
-        assert!(html.contains("<span class=\"pill\">granted since</span>"), "{html}");
+        assert!(
+            html.contains("<span class=\"pill\">granted since</span>"),
+            "{html}"
+        );
         assert!(!html.contains("from=checkout&amp;to=payments"), "{html}");
         // Environments from registrations: stable v1 (the Route's), an idle v2, an ephemeral copy.
         assert!(html.contains("<span class=\"pill\">stable</span></td><td>v1"));
