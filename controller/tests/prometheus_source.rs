@@ -295,6 +295,45 @@ async fn reads_the_served_counts_back_from_a_real_prometheus() {
     wait_for(&source, "v2", &v2.expected()).await;
     wait_for(&source, "v1", &v1.expected()).await;
 
+    // A custom check's templated query, evaluated for canary and baseline (here the failure
+    // share in percent of each version, from the same series).
+    let check: sluice_policy::resources::MetricCheck = serde_json::from_value(serde_json::json!({
+        "name": "failure-share",
+        "signal": "successRate",
+        "relative": { "margin": 0.5 },
+        "query": "100 * sum(sluice_proxy_responses_total{direction=\"inbound\",dst_service=\"{{service}}\",dst_version=\"{{version}}\",classification=\"success\"}) / sum(sluice_proxy_responses_total{direction=\"inbound\",dst_service=\"{{service}}\",dst_version=\"{{version}}\"})"
+    }))
+    .expect("a check");
+    let readings = sluice_controller::rollout::custom::read(
+        &source,
+        sluice_controller::rollout::custom::Target {
+            namespace: "default",
+            service: "payments",
+            canary: "v2",
+            baseline: "v1",
+            interval: std::time::Duration::from_secs(5),
+        },
+        &[&check],
+    )
+    .await
+    .expect("readings");
+    let total = |s: &Served| (s.success + s.failure) as f64;
+    let want_canary = 100.0 * v2.success as f64 / total(&v2);
+    let want_baseline = 100.0 * v1.success as f64 / total(&v1);
+    let got = &readings[0];
+    assert!(
+        (got.canary.expect("canary") - want_canary).abs() < 1e-6,
+        "{got:?}"
+    );
+    assert!(
+        (got.baseline.expect("baseline") - want_baseline).abs() < 1e-6,
+        "{got:?}"
+    );
+    // v2 (87.5%) is far below v1 (~99.8%): a violation.
+    let (violated, evidence) =
+        sluice_controller::rollout::custom::judge(&check, got, 0).expect("a value");
+    assert!(violated && !evidence.failed, "{evidence:?}");
+
     // Prometheus's own error text reaches the caller.
     let err = source.query("sum(", None).await.expect_err("a parse error");
     assert!(err.to_string().contains("bad_data"), "{err}");

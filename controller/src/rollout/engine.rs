@@ -37,6 +37,7 @@ use std::time::{Duration, SystemTime};
 use sluice_policy::resources::{CanaryPolicySpec, FailureAction, NotifySettings};
 use sluice_policy::validate::ObjectRef;
 
+use super::custom;
 use super::judge::{Counts, Judge, Verdict};
 use super::model::{Action, Event, Phase, Point, Rollout, StartRequest, StepPlan};
 use super::prometheus::PrometheusSource;
@@ -143,7 +144,17 @@ struct Runtime {
     last: Option<(Counts, Counts)>,
     last_look_ms: i64,
     step_of_last_point: Option<usize>,
+    /// Custom-query checks: consecutive violating looks by check name.
+    custom_violations: HashMap<String, u32>,
 }
+
+/// What a tick fetched for one rollout before taking the lock: cumulative counts of canary
+/// and baseline, and the custom-query readings (if the rollout has custom checks).
+type Fetched = (
+    Result<Counts, String>,
+    Result<Counts, String>,
+    Option<Result<Vec<custom::Reading>, String>>,
+);
 
 /// The engine. Shared by the ticking task and the admin API.
 pub struct Engine {
@@ -238,29 +249,40 @@ impl Engine {
     /// Where `r`'s counts come from: `analysis.provider.prometheus` if set (one cached source
     /// per address), else the engine's default source.
     fn metric_source(&self, r: &Rollout) -> Arc<dyn MetricSource> {
-        let Some(prometheus) = &r.analysis.provider.prometheus else {
-            return self.metrics.clone();
-        };
+        match self.prometheus_source(r) {
+            Some(p) => p,
+            None => self.metrics.clone(),
+        }
+    }
+
+    /// The rollout's Prometheus, if its policy names one (one client per address).
+    fn prometheus_source(&self, r: &Rollout) -> Option<Arc<PrometheusSource>> {
+        let prometheus = r.analysis.provider.prometheus.as_ref()?;
         let mut sources = self
             .prometheus
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        sources
-            .entry(prometheus.address.clone())
-            .or_insert_with(|| Arc::new(PrometheusSource::new(&prometheus.address)))
-            .clone()
+        Some(
+            sources
+                .entry(prometheus.address.clone())
+                .or_insert_with(|| Arc::new(PrometheusSource::new(&prometheus.address)))
+                .clone(),
+        )
     }
 
     /// Says, once per rollout and controller run, that custom `query` checks are not evaluated:
     /// the judge's sequential tests need counts, not one number, so such a check is judged on
     /// the default counts, and the operator must know that rather than trust the query.
     fn warn_unevaluated_queries(r: &Rollout) {
+        if r.analysis.provider.prometheus.is_some() {
+            return; // evaluated by `custom`
+        }
         for check in r.analysis.metrics.iter().filter(|m| m.query.is_some()) {
             tracing::warn!(
                 rollout = r.id,
                 check = check.name,
-                "custom `query` is not evaluated yet: this check is judged on the default \
-                 request, failure and latency counts (see docs/rollouts.md, Metrics)"
+                "custom `query` needs the Prometheus provider: without it this check is judged \
+                 on the proxies' request, failure and latency counts (see docs/rollouts.md)"
             );
         }
     }
@@ -268,7 +290,7 @@ impl Engine {
     fn rebuild(&self, r: &Rollout, points: &[Point]) {
         // Runs once per rollout per controller run: when it starts, or when it resumes.
         Self::warn_unevaluated_queries(r);
-        let mut judge = Judge::new(&r.analysis);
+        let mut judge = Judge::new(&custom::judged_analysis(&r.analysis));
         let mut step = None;
         for p in points {
             if step != Some(p.step) {
@@ -296,6 +318,7 @@ impl Engine {
                 last: None,
                 last_look_ms: now_ms(),
                 step_of_last_point: step,
+                custom_violations: HashMap::new(),
             },
         );
     }
@@ -520,7 +543,22 @@ impl Engine {
             let (ns, svc) = (r.namespace.as_str(), r.service.as_str());
             let canary = metrics.totals(ns, svc, &r.canary_version).await;
             let baseline = metrics.totals(ns, svc, &r.baseline_version).await;
-            fetched.insert(r.id.clone(), (canary, baseline));
+            let checks = custom::custom_checks(&r.analysis);
+            let readings = match self.prometheus_source(&r) {
+                Some(p) if !checks.is_empty() => {
+                    let target = custom::Target {
+                        namespace: ns,
+                        service: svc,
+                        canary: &r.canary_version,
+                        baseline: &r.baseline_version,
+                        interval: Duration::from_millis(r.interval_ms),
+                    };
+                    Some(custom::read(&p, target, &checks).await)
+                }
+                _ => None,
+            };
+            let entry: Fetched = (canary, baseline, readings);
+            fetched.insert(r.id.clone(), entry);
         }
         let _changing = self.changing.lock().await;
         let st = self.plane.store().clone();
@@ -531,8 +569,10 @@ impl Engine {
             match r.phase {
                 Phase::Pending => self.pending(&mut r, now)?,
                 Phase::Progressing => match fetched.remove(&r.id) {
-                    Some((Ok(c), Ok(b))) => self.progressing(&mut r, now, c, b)?,
-                    Some((Err(e), _) | (_, Err(e))) => {
+                    Some((Ok(c), Ok(b), readings)) => {
+                        self.progressing(&mut r, now, c, b, readings)?;
+                    }
+                    Some((Err(e), _, _) | (_, Err(e), _)) => {
                         // No data is inconclusive: the deadline still applies.
                         tracing::warn!(rollout = r.id, error = %e, "no metrics this interval");
                     }
@@ -599,14 +639,16 @@ impl Engine {
         now: i64,
         canary: Counts,
         baseline: Counts,
+        readings: Option<Result<Vec<custom::Reading>, String>>,
     ) -> Result<(), RolloutError> {
         let verdict = {
             let mut runtime = self.lock_runtime();
             let rt = runtime.entry(r.id.clone()).or_insert_with(|| Runtime {
-                judge: Judge::new(&r.analysis),
+                judge: Judge::new(&custom::judged_analysis(&r.analysis)),
                 last: None,
                 last_look_ms: now,
                 step_of_last_point: None,
+                custom_violations: HashMap::new(),
             });
             let Some((last_c, last_b)) = rt.last.take() else {
                 rt.last = Some((canary, baseline));
@@ -645,9 +687,40 @@ impl Engine {
                 canary: dc,
                 baseline: db,
             };
+            // Custom-query checks: one comparison per look, failing after consecutive
+            // violations (see `custom`).
+            let mut custom_failure = None;
+            match readings {
+                Some(Ok(readings)) => {
+                    for check in custom::custom_checks(&r.analysis) {
+                        let Some(reading) = readings.iter().find(|x| x.name == check.name) else {
+                            continue;
+                        };
+                        let before = rt.custom_violations.get(&check.name).copied().unwrap_or(0);
+                        if let Some((violated, evidence)) = custom::judge(check, reading, before) {
+                            rt.custom_violations
+                                .insert(check.name.clone(), if violated { before + 1 } else { 0 });
+                            if let Ok(v) = serde_json::to_value(&evidence) {
+                                r.evidence.push(v);
+                            }
+                            if evidence.failed && custom_failure.is_none() {
+                                custom_failure = Some(evidence);
+                            }
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(rollout = r.id, error = %e, "custom checks: no value this look");
+                }
+                None => {}
+            }
             r.updated_unix_ms = now;
             store::save_point(self.plane.store(), r, &point)?;
-            rt.judge.verdict()
+            match (rt.judge.verdict(), custom_failure) {
+                (Verdict::Fail(e), _) => Verdict::Fail(e),
+                (_, Some(e)) => Verdict::Fail(Box::new(e)),
+                (v, None) => v,
+            }
         };
         let step = r.current_step().cloned();
         let step_done = step

@@ -7,6 +7,7 @@
 
 pub mod chart;
 pub mod cli;
+pub mod custom;
 pub mod engine;
 pub mod judge;
 pub mod model;
