@@ -616,6 +616,7 @@ async fn start_portal(
             notifier: Some(notifier),
             csrf,
             lock: tokio::sync::Mutex::new(()),
+            dev_mode: args.portal.portal_dev_user.is_some(),
         },
         auth: portal_auth(args),
     };

@@ -816,3 +816,95 @@ fn dev_mode_makes_every_request_the_dev_user() {
             .contains("<span class=\"user\">pat@shop.example</span>")
     );
 }
+
+/// Dev mode on one machine: ask as the dev user, then act as a payments member and approve.
+#[test]
+fn in_dev_mode_one_person_can_request_then_approve_as_a_team_member() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy");
+    copy_dir(&repo_root().join("examples/shop/policy"), &policy);
+    let state = dir.path().join("state");
+    let _c = Controller::start(
+        &state,
+        &[
+            "--policy",
+            policy.to_str().expect("utf-8 path"),
+            "--portal",
+            "127.0.0.1:0",
+            "--portal-dev-user",
+            "ernie",
+        ],
+    );
+    let portal: SocketAddr = std::fs::read_to_string(state.join("portal.addr"))
+        .expect("portal.addr")
+        .trim()
+        .parse()
+        .expect("address");
+    let form_page = http(
+        portal,
+        "GET",
+        "/access/new?from=checkout&to=payments&rpc=POST%20%2Fv1%2Frefunds&env=stable",
+        &[],
+        None,
+    );
+    let mut fields = vec![("csrf".to_owned(), csrf(&form_page.body))];
+    fields.extend(
+        payments_fields("refunds for cancelled orders")
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let body = fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let created = http(portal, "POST", "/access", &[], Some(&body));
+    let request = location(&created);
+    let page = http(portal, "GET", &request, &[], None);
+    assert!(page.body.contains("pending"), "{}", page.body);
+    assert!(page.body.contains("act as one of them"), "{}", page.body);
+
+    // Act as Pat Payments: the cookie carries the choice, the CSRF token is ernie's.
+    let chooser = http(portal, "GET", "/dev/act-as", &[], None);
+    assert!(
+        chooser.body.contains("Act as Pat Payments"),
+        "{}",
+        chooser.body
+    );
+    let switched = http(
+        portal,
+        "POST",
+        "/dev/act-as",
+        &[],
+        Some(&form(&[
+            ("csrf", &csrf(&chooser.body)),
+            ("user", "Pat Payments"),
+        ])),
+    );
+    assert_eq!(switched.status, 303, "{}", switched.body);
+    let cookie = switched
+        .headers
+        .get("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("the act-as cookie")
+        .to_owned();
+    let as_pat = [("Cookie", cookie.as_str())];
+    let page = http(portal, "GET", &request, &as_pat, None);
+    assert!(
+        page.body
+            .contains("<span class=\"user\">Pat Payments</span>"),
+        "{}",
+        page.body
+    );
+    let approved = http(
+        portal,
+        "POST",
+        &format!("{request}/approve"),
+        &as_pat,
+        Some(&form(&[("csrf", &csrf(&page.body)), ("comment", "ok")])),
+    );
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    let page = http(portal, "GET", &request, &as_pat, None);
+    assert!(page.body.contains("approved"), "{}", page.body);
+    assert!(policy.join("grants/checkout-to-payments.yaml").is_file());
+}

@@ -62,6 +62,8 @@ pub struct AccessState {
     pub csrf: CsrfKey,
     /// Serializes changes to the policy directory, so two grants never pick the same file.
     pub lock: tokio::sync::Mutex<()>,
+    /// Dev mode (one machine): pages offer `/dev/act-as` where only another person could act.
+    pub dev_mode: bool,
 }
 
 /// Handles a `/access…` request from `user`.
@@ -124,7 +126,7 @@ fn not_found(user: &User) -> Answer {
 }
 
 /// Reads a form body (at most [`MAX_BODY`]) and checks its CSRF token and origin.
-async fn checked_form(
+pub(super) async fn checked_form(
     state: &AccessState,
     req: Request<Incoming>,
     user: &User,
@@ -1243,8 +1245,13 @@ async fn request_page(
         } else {
             let _ = write!(
                 body,
-                "<p class=\"muted\">Only members of team {} can approve or reject this request.</p>",
-                escape(&request.reviewer_team)
+                "<p class=\"muted\">Only members of team {} can approve or reject this request.{}</p>",
+                escape(&request.reviewer_team),
+                if state.dev_mode {
+                    " Dev mode: <a href=\"/dev/act-as\">act as one of them</a>."
+                } else {
+                    ""
+                }
             );
         }
     }

@@ -5,7 +5,10 @@
 //! `X-Forwarded-Email`); those headers are believed only on connections from the configured
 //! proxy addresses (`--portal-trusted-proxy`), since anyone else could send them. Locally, dev
 //! mode (`--portal-dev-user`) makes every request that user; the server refuses to start it on
-//! anything but loopback.
+//! anything but loopback. On one machine a single dev user cannot show the review path (the
+//! requester and the callee's team are different people), so dev mode also lets the person at
+//! the keyboard *act as* someone else (`/dev/act-as`, a cookie): on loopback anyone can already
+//! do anything the controller can, so this adds no privilege that was not there.
 //!
 //! **CSRF.** Every form carries a token, HMAC-SHA256 of the user's identity under a key made
 //! at process start, checked in constant time on every POST, plus a same-host check of
@@ -25,6 +28,8 @@ use super::User;
 pub const USER_HEADER: &str = "x-forwarded-user";
 /// The header an authenticating proxy gives the user's email in.
 pub const EMAIL_HEADER: &str = "x-forwarded-email";
+/// The cookie holding the dev-mode identity chosen at `/dev/act-as`.
+pub const ACT_AS_COOKIE: &str = "sluice_dev_act_as";
 /// The form field holding the CSRF token.
 pub const CSRF_FIELD: &str = "csrf";
 
@@ -65,13 +70,34 @@ pub fn user(config: &AuthConfig, peer: IpAddr, headers: &HeaderMap) -> Result<Us
         return Ok(User { name, email });
     }
     match &config.dev_user {
-        Some(name) => Ok(User {
-            name: name.clone(),
-            // `--portal-dev-user pat@shop.example` is matched against team emails too.
-            email: name.contains('@').then(|| name.clone()),
-        }),
+        Some(name) => {
+            let name = acting_as(headers).unwrap_or_else(|| name.clone());
+            Ok(User {
+                // `--portal-dev-user pat@shop.example` is matched against team emails too.
+                email: name.contains('@').then(|| name.clone()),
+                name,
+            })
+        }
         None => Err(AuthError::Untrusted(peer)),
     }
+}
+
+/// The dev-mode identity from the act-as cookie, if it holds a plausible name.
+fn acting_as(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == ACT_AS_COOKIE)
+        .and_then(|(_, v)| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .filter(|n| !n.is_empty() && n.len() <= MAX_IDENTITY && !n.chars().any(char::is_control))
 }
 
 /// IPv4-mapped IPv6 peers (`::ffff:127.0.0.1`) compare as their IPv4 address.

@@ -124,6 +124,9 @@ async fn route(server: &PortalServer, peer: SocketAddr, req: Request<Incoming>) 
     if under("/access") {
         return access::handle(&server.portal, &server.access, req, &user).await;
     }
+    if path == "/dev/act-as" && server.auth.dev_user.is_some() {
+        return act_as(server, req, &user).await;
+    }
     if under("/services") {
         return super::services::handle(&server.portal, req, &user).await;
     }
@@ -153,6 +156,74 @@ async fn route(server: &PortalServer, peer: SocketAddr, req: Request<Incoming>) 
         Some(&user),
         "<h1>Not found</h1><p><a href=\"/services\">Services</a> · <a href=\"/access\">Access requests</a></p>",
     )
+}
+
+/// Dev mode only: `GET` lists the teams' members to act as; `POST` (CSRF-checked) sets the
+/// act-as cookie (an empty name goes back to the dev user).
+async fn act_as(server: &PortalServer, req: Request<Incoming>, user: &super::User) -> Answer {
+    if req.method() == Method::POST {
+        let fields = match access::checked_form(&server.access, req, user).await {
+            Ok(fields) => fields,
+            Err(answer) => return answer,
+        };
+        let name = fields
+            .iter()
+            .find(|(k, _)| k == "user")
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default();
+        let encoded: String =
+            percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
+                .collect();
+        let cookie = if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+            format!(
+                "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict",
+                auth::ACT_AS_COOKIE
+            )
+        } else {
+            format!(
+                "{}={encoded}; Path=/; HttpOnly; SameSite=Strict",
+                auth::ACT_AS_COOKIE
+            )
+        };
+        let mut response = redirect("/access");
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&cookie) {
+            response
+                .headers_mut()
+                .insert(hyper::header::SET_COOKIE, value);
+        }
+        return response;
+    }
+    let policy = server.portal.plane.policy();
+    let token = escape(&server.access.csrf.token(user));
+    let mut body = format!(
+        "<h1>Act as someone else</h1><p class=\"muted\">Dev mode: the portal runs on this \
+machine for you alone, so you can play every part of the story — ask for access as yourself, \
+then approve it as a member of the callee's team. You are <strong>{}</strong>.</p>",
+        escape(&user.name)
+    );
+    for (team, spec) in &policy.set.teams {
+        body.push_str(&format!(
+            "<div class=\"card\"><h2>Team {}</h2>",
+            escape(&team.name)
+        ));
+        for member in &spec.doc.spec.members {
+            body.push_str(&format!(
+                "<form method=\"post\" action=\"/dev/act-as\" style=\"display:inline\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{token}\">\
+<input type=\"hidden\" name=\"user\" value=\"{n}\">\
+<button type=\"submit\" class=\"secondary\">Act as {n}</button></form> ",
+                n = escape(&member.name)
+            ));
+        }
+        body.push_str("</div>");
+    }
+    body.push_str(&format!(
+        "<form method=\"post\" action=\"/dev/act-as\"><input type=\"hidden\" name=\"csrf\" \
+value=\"{token}\"><input type=\"hidden\" name=\"user\" value=\"\"><button type=\"submit\">\
+Back to {}</button></form>",
+        escape(server.auth.dev_user.as_deref().unwrap_or("the dev user"))
+    ));
+    page(StatusCode::OK, "Act as", Some(user), &body)
 }
 
 fn redirect(location: &'static str) -> Answer {
