@@ -1,5 +1,9 @@
 //! The controller's gRPC server (`sluice.mesh.v1.Mesh`) and the `sluice controller` command.
 //!
+//! `Register`, `ReportTraffic` and `ReportDenials` first authenticate the caller's bootstrap
+//! token (`auth`: `authorization: Bearer <token>` metadata) and hand the proven workload to
+//! the handler, which refuses requests for any other workload.
+//!
 //! Each RPC lives in its own module (`certify`, `watch`, `register`, `report_denials`,
 //! `report_traffic`) as a
 //! plain function returning `Result<_, ApiError>`; [`MeshService`] only dispatches, logs, and
@@ -16,6 +20,7 @@
 //! the clear.
 
 pub mod admin;
+mod auth;
 mod certify;
 mod error;
 pub mod policy_watch;
@@ -153,10 +158,12 @@ impl Mesh for MeshService {
         request: Request<Registration>,
     ) -> Result<Response<RegistrationAck>, Status> {
         let peer = request.remote_addr();
-        let request = request.into_inner();
-        let workload = request.workload.clone().unwrap_or_default();
-        let address = request.address.clone();
-        let result = register::register(&self.plane, request).await;
+        let workload = request.get_ref().workload.clone().unwrap_or_default();
+        let address = request.get_ref().address.clone();
+        let result = match auth::caller(&*self.authenticator, request.metadata()).await {
+            Ok(caller) => register::register(&self.plane, &caller, request.into_inner()).await,
+            Err(e) => Err(e),
+        };
         match &result {
             Ok(_) => tracing::info!(
                 namespace = workload.namespace,
@@ -180,7 +187,12 @@ impl Mesh for MeshService {
         request: Request<DenialReport>,
     ) -> Result<Response<DenialReportAck>, Status> {
         let peer = request.remote_addr();
-        let result = report_denials::report_denials(&self.plane, request.into_inner()).await;
+        let result = match auth::caller(&*self.authenticator, request.metadata()).await {
+            Ok(caller) => {
+                report_denials::report_denials(&self.plane, &caller, request.into_inner()).await
+            }
+            Err(e) => Err(e),
+        };
         match &result {
             Ok(_) => {}
             Err(e) if e.is_internal() => {
@@ -196,7 +208,12 @@ impl Mesh for MeshService {
         request: Request<TrafficReport>,
     ) -> Result<Response<TrafficReportAck>, Status> {
         let peer = request.remote_addr();
-        let result = report_traffic::report_traffic(&self.plane, request.into_inner());
+        let result = match auth::caller(&*self.authenticator, request.metadata()).await {
+            Ok(caller) => {
+                report_traffic::report_traffic(&self.plane, &caller, request.into_inner())
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result {
             tracing::warn!(peer = ?peer, error = %e, "ReportTraffic refused");
         }

@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice_api::v1::mesh_client::MeshClient;
-use sluice_api::v1::{Denial, DenialReport, ProxyConfig, Registration, WatchRequest, Workload};
+use sluice_api::v1::{
+    Denial, DenialReport, LatencyBucket, ProxyConfig, Registration, TrafficReport, WatchRequest,
+    Workload,
+};
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
 mod common;
-use common::{Controller, repo_root};
+use common::{Controller, bearer, repo_root, token};
 
 /// How long a test waits for something that normally takes a fraction of a second. Speed is
 /// measured in `benches/` (the propagation benchmark), never asserted here.
@@ -250,11 +253,15 @@ async fn registrations_and_denials_survive_a_killed_controller() {
     next(&mut payments).await;
 
     // Register → every watcher's next config has the endpoint.
+    let payments_token = token(&fx.state, "payments");
     client
-        .register(Registration {
-            workload: Some(workload("payments", "payments-0")),
-            address: "127.0.0.1:18080".to_owned(),
-        })
+        .register(bearer(
+            Registration {
+                workload: Some(workload("payments", "payments-0")),
+                address: "127.0.0.1:18080".to_owned(),
+            },
+            &payments_token,
+        ))
         .await
         .expect("Register");
     for stream in [&mut checkout, &mut payments] {
@@ -266,10 +273,13 @@ async fn registrations_and_denials_survive_a_killed_controller() {
         assert_eq!(endpoints(&config, "payments"), ["127.0.0.1:18080"]);
     }
     let bad = client
-        .register(Registration {
-            workload: Some(workload("payments", "payments-1")),
-            address: "nowhere".to_owned(),
-        })
+        .register(bearer(
+            Registration {
+                workload: Some(workload("payments", "payments-1")),
+                address: "nowhere".to_owned(),
+            },
+            &payments_token,
+        ))
         .await
         .expect_err("not an address");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
@@ -290,12 +300,16 @@ async fn registrations_and_denials_survive_a_killed_controller() {
         request_id: "req-1".to_owned(),
     };
     for _ in 0..2 {
+        // Reported by payments' proxy: the callee reports the denials it made.
         client
-            .report_denials(DenialReport {
-                proxy_id: "checkout-0-proxy".to_owned(),
-                denials: vec![denial.clone()],
-                dropped: 1,
-            })
+            .report_denials(bearer(
+                DenialReport {
+                    proxy_id: "payments-0-proxy".to_owned(),
+                    denials: vec![denial.clone()],
+                    dropped: 1,
+                },
+                &payments_token,
+            ))
             .await
             .expect("ReportDenials");
     }
@@ -326,6 +340,133 @@ async fn registrations_and_denials_survive_a_killed_controller() {
     let status = fx.status_json();
     assert_eq!(status["denials"]["total"], 6);
     assert_eq!(status["registrations"][0]["instance"], "payments-0");
+}
+
+/// `Register`, `ReportTraffic` and `ReportDenials`: no token is UNAUTHENTICATED, another
+/// workload's token is PERMISSION_DENIED naming both, the workload's own token is accepted.
+#[tokio::test]
+async fn register_and_reports_need_the_workloads_own_token() {
+    let fx = Fixture::new();
+    let controller = fx.start();
+    let mut client = controller.client().await;
+    let payments = token(&fx.state, "payments");
+    let checkout = token(&fx.state, "checkout");
+
+    let registration = Registration {
+        workload: Some(workload("payments", "payments-0")),
+        address: "127.0.0.1:18080".to_owned(),
+    };
+    let traffic = TrafficReport {
+        proxy_id: "payments-0-proxy".to_owned(),
+        workload: Some(workload("payments", "payments-0")),
+        proxy_started_unix_ms: 1,
+        requests: 2,
+        failures: 1,
+        latency: vec![LatencyBucket {
+            le_seconds: 0.1,
+            count: 2,
+        }],
+        sent_unix_ms: 2,
+    };
+    let denials = DenialReport {
+        proxy_id: "payments-0-proxy".to_owned(),
+        denials: vec![Denial {
+            caller: "checkout".to_owned(),
+            caller_namespace: "default".to_owned(),
+            service: "payments".to_owned(),
+            namespace: "default".to_owned(),
+            rpc: "GET /v1/charges/42".to_owned(),
+            verdict: "deny".to_owned(),
+            count: 1,
+            ..Denial::default()
+        }],
+        dropped: 0,
+    };
+
+    // No token: UNAUTHENTICATED, saying what to send.
+    let errors = [
+        client
+            .register(registration.clone())
+            .await
+            .expect_err("Register without a token"),
+        client
+            .report_traffic(traffic.clone())
+            .await
+            .expect_err("ReportTraffic without a token"),
+        client
+            .report_denials(denials.clone())
+            .await
+            .expect_err("ReportDenials without a token"),
+    ];
+    for e in errors {
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        assert!(
+            e.message().contains("authorization: Bearer"),
+            "{}",
+            e.message()
+        );
+    }
+
+    // A token that is not one: UNAUTHENTICATED with the authenticator's reason.
+    let forged = client
+        .register(bearer(registration.clone(), "e30.AAAA"))
+        .await
+        .expect_err("a forged token");
+    assert_eq!(forged.code(), tonic::Code::Unauthenticated);
+    assert!(
+        forged.message().contains("bootstrap token"),
+        "{}",
+        forged.message()
+    );
+
+    // Checkout's token for payments: PERMISSION_DENIED naming both.
+    let errors = [
+        client
+            .register(bearer(registration.clone(), &checkout))
+            .await
+            .expect_err("Register with checkout's token"),
+        client
+            .report_traffic(bearer(traffic.clone(), &checkout))
+            .await
+            .expect_err("ReportTraffic with checkout's token"),
+        client
+            .report_denials(bearer(denials.clone(), &checkout))
+            .await
+            .expect_err("ReportDenials with checkout's token"),
+    ];
+    for e in errors {
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(
+            e.message().contains("the token proves default/checkout"),
+            "{}",
+            e.message()
+        );
+        assert!(e.message().contains("default/payments"), "{}", e.message());
+    }
+    let status = fx.status_json();
+    assert_eq!(
+        status["registrations"].as_array().map(Vec::len),
+        Some(0),
+        "{status:#}"
+    );
+    assert_eq!(status["denials"]["total"], 0, "{status:#}");
+
+    // Payments' own token: accepted.
+    client
+        .register(bearer(registration, &payments))
+        .await
+        .expect("Register with payments' token");
+    client
+        .report_traffic(bearer(traffic, &payments))
+        .await
+        .expect("ReportTraffic with payments' token");
+    client
+        .report_denials(bearer(denials, &payments))
+        .await
+        .expect("ReportDenials with payments' token");
+    let status = fx.status_json();
+    assert_eq!(status["registrations"][0]["instance"], "payments-0");
+    assert_eq!(status["denials"]["total"], 1);
 }
 
 #[tokio::test]

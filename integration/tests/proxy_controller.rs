@@ -165,7 +165,9 @@ async fn follows_the_controller_registers_and_survives_its_restart() {
                 "SLUICE_PROXY_EXPLICIT_INBOUND",
                 format!("{inbound}={}", app.addr),
             )
-            .env("SLUICE_PROXY_REGISTER_ADDR", inbound.to_string()),
+            .env("SLUICE_PROXY_REGISTER_ADDR", inbound.to_string())
+            // The controller only accepts payments' registration with payments' token.
+            .env("SLUICE_PROXY_IDENTITY_TOKEN", controller.token("payments")),
     );
     let admin = hyper_client(false);
     let client = hyper_client(false);

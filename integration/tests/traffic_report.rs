@@ -91,10 +91,18 @@ async fn app() -> App {
     App { addr, task }
 }
 
-/// payments v2's sidecar, fed by `controller`, in front of `app` on an explicit inbound.
+/// payments v2's sidecar, fed by `controller`, in front of `app` on an explicit inbound. Its
+/// token comes from a file (read again for every report), since the controller only accepts
+/// payments' traffic with payments' token.
 fn sidecar(controller: &RealController, app: &App) -> Proxy {
+    let token = controller.state.path().join("payments.token");
+    std::fs::write(&token, controller.token("payments")).expect("write the token file");
     Proxy::start(
         ProxyOptions::default()
+            .env(
+                "SLUICE_PROXY_IDENTITY_TOKEN_FILE",
+                token.display().to_string(),
+            )
             .env("SLUICE_PROXY_CONTROLLER_ADDR", controller.url.clone())
             .env("SLUICE_PROXY_SERVICE", "payments")
             .env("SLUICE_PROXY_SERVICE_VERSION", "v2")

@@ -111,6 +111,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let reporter = match &config.controller_addr {
         Some(addr) => Reporter::spawn(
             addr.clone(),
+            config.identity_token.clone(),
             config.proxy_id.clone(),
             config.denial_report_interval,
             metrics.clone(),

@@ -31,6 +31,9 @@ pub struct TrafficReportConfig {
     pub proxy_id: String,
     /// How often the totals are checked (and sent if they changed).
     pub interval: Duration,
+    /// The bootstrap token every report carries (the controller only accepts reports for the
+    /// workload it names); without one the controller refuses the reports.
+    pub token: Option<crate::identity::certify::Token>,
 }
 
 impl TrafficReportConfig {
@@ -50,6 +53,7 @@ impl TrafficReportConfig {
             workload: watch.workload,
             proxy_id: watch.proxy_id,
             interval: config.traffic_report_interval,
+            token: watch.token,
         })
     }
 }
@@ -76,6 +80,7 @@ async fn run(config: TrafficReportConfig, metrics: Metrics) {
     let mut client = MeshClient::new(channel);
     let mut sender = Sender::new(KEEP_ALIVE);
     let mut unimplemented_logged = false;
+    let mut refused_logged = false;
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -86,8 +91,9 @@ async fn run(config: TrafficReportConfig, metrics: Metrics) {
             continue;
         }
         let report = report(&config, started_unix_ms, &totals);
-        match send(&mut client, report).await {
+        match send(&mut client, report, config.token.as_ref()).await {
             Ok(()) => {
+                refused_logged = false;
                 tracing::trace!(requests = totals.requests, "traffic reported");
                 sender.sent(totals, now);
             }
@@ -99,6 +105,19 @@ async fn run(config: TrafficReportConfig, metrics: Metrics) {
                     unimplemented_logged = true;
                 }
             }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                // Once per refusal streak: a missing or wrong token does not fix itself
+                // between intervals, but an operator may fix it, so keep trying quietly.
+                if !refused_logged {
+                    tracing::warn!(%status, "the controller refused this proxy's traffic reports; canary analysis will not see them");
+                    refused_logged = true;
+                }
+            }
             // Retried next interval with fresher numbers: they are cumulative, nothing is lost.
             Err(status) => tracing::debug!(%status, "could not report traffic; retrying"),
         }
@@ -108,8 +127,13 @@ async fn run(config: TrafficReportConfig, metrics: Metrics) {
 async fn send(
     client: &mut MeshClient<Channel>,
     report: TrafficReport,
+    token: Option<&crate::identity::certify::Token>,
 ) -> Result<(), tonic::Status> {
-    client.report_traffic(report).await.map(|_| ())
+    let mut request = tonic::Request::new(report);
+    crate::identity::certify::with_bearer(&mut request, token)
+        .await
+        .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+    client.report_traffic(request).await.map(|_| ())
 }
 
 fn report(config: &TrafficReportConfig, started_unix_ms: i64, t: &InboundTotals) -> TrafficReport {
@@ -225,6 +249,7 @@ mod tests {
             },
             proxy_id: "p1".into(),
             interval: Duration::from_secs(1),
+            token: None,
         };
         let r = report(&config, 1_000, &metrics.inbound_totals());
         assert_eq!((r.requests, r.failures), (1, 1));

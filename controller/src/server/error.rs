@@ -29,6 +29,39 @@ pub enum ApiError {
         /// What the request asked for.
         requested: WorkloadIdentity,
     },
+    /// A call that needs the bootstrap token came without `authorization: Bearer <token>`.
+    #[error(
+        "no bootstrap token was sent; send `authorization: Bearer <token>` metadata with this \
+         workload's bootstrap token (a proxy sends SLUICE_PROXY_IDENTITY_TOKEN or \
+         SLUICE_PROXY_IDENTITY_TOKEN_FILE)"
+    )]
+    MissingBearer,
+    /// The token proves a different workload than the one a `Register` or `ReportTraffic`
+    /// names.
+    #[error(
+        "the token proves {authenticated}; this request is for {requested}; a proxy may only \
+         register and report for the workload its token names"
+    )]
+    WrongWorkload {
+        /// What the token proves.
+        authenticated: WorkloadIdentity,
+        /// What the request names.
+        requested: WorkloadIdentity,
+    },
+    /// A reported denial was made by another service than the reporter: proxies report only
+    /// the denials they made as the callee.
+    #[error(
+        "the token proves {authenticated}; denials[{index}] is a denial by {reported}; a proxy \
+         only reports denials of calls to its own workload"
+    )]
+    NotYourDenial {
+        /// What the token proves.
+        authenticated: WorkloadIdentity,
+        /// Which denial.
+        index: usize,
+        /// The callee it names, `namespace/service` as sent.
+        reported: String,
+    },
     /// Issuing failed.
     #[error(transparent)]
     Issue(#[from] IssueError),
@@ -53,8 +86,10 @@ impl ApiError {
             | ApiError::InvalidWorkload(_)
             | ApiError::InvalidField { .. } => Code::InvalidArgument,
             ApiError::Unauthenticated(AuthError::Unavailable(_)) => Code::Unavailable,
-            ApiError::Unauthenticated(_) => Code::Unauthenticated,
-            ApiError::NotYourIdentity { .. } => Code::PermissionDenied,
+            ApiError::Unauthenticated(_) | ApiError::MissingBearer => Code::Unauthenticated,
+            ApiError::NotYourIdentity { .. }
+            | ApiError::WrongWorkload { .. }
+            | ApiError::NotYourDenial { .. } => Code::PermissionDenied,
             ApiError::Issue(IssueError::Csr(_)) => Code::InvalidArgument,
             ApiError::Issue(IssueError::CaExpired(_)) => Code::FailedPrecondition,
             ApiError::Issue(IssueError::Signing(_)) => Code::Internal,

@@ -7,6 +7,10 @@
 //! watches, and every registration reloaded after a restart, starts in that grace period, so
 //! reconnecting proxies keep their endpoints and dead ones disappear on their own. Registering
 //! again replaces the instance's entry (a restarted workload on a new address).
+//!
+//! Only the workload itself may register: the caller's bootstrap token (see `auth`) must prove
+//! the registration's namespace and service, or anyone reaching the controller could put their
+//! address into every proxy's routes for that service.
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
@@ -23,11 +27,14 @@ pub const MAX_INSTANCE: usize = 253;
 /// The environment when none is given.
 pub const DEFAULT_ENVIRONMENT: &str = "stable";
 
+/// Stores `request` if `caller` (what the token proved) is the workload it names.
 pub(super) async fn register(
     plane: &ControlPlane,
+    caller: &WorkloadIdentity,
     request: Registration,
 ) -> Result<RegistrationAck, ApiError> {
     let row = validate(request)?;
+    super::auth::require_same(caller, WorkloadIdentity::new(&row.namespace, &row.service)?)?;
     plane.register(row).await?;
     Ok(RegistrationAck {})
 }

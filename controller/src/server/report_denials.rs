@@ -6,6 +6,10 @@
 //! callee, call, endpoint, policies, environment and verdict) add up into one row with a count, first and last seen; the table keeps the
 //! [`MAX_DENIALS`](crate::store::MAX_DENIALS) most recently seen. What proxies dropped under
 //! their rate limit is counted as a number.
+//!
+//! A proxy reports the denials it made as the callee, so every denial in a report must name
+//! the workload the caller's bootstrap token proves; otherwise one workload could fill the
+//! portal with denials (and pre-filled access requests) in another's name.
 
 use std::time::SystemTime;
 
@@ -13,6 +17,7 @@ use sluice_api::v1::{DenialReport, DenialReportAck};
 
 use super::ApiError;
 use super::state::ControlPlane;
+use crate::identity::WorkloadIdentity;
 use crate::store::{DenialIn, unix_ms};
 
 /// The most denials one report may carry.
@@ -20,6 +25,7 @@ pub const MAX_DENIALS_PER_REPORT: usize = 1_000;
 
 pub(super) async fn report_denials(
     plane: &ControlPlane,
+    caller: &WorkloadIdentity,
     request: DenialReport,
 ) -> Result<DenialReportAck, ApiError> {
     if request.proxy_id.is_empty() {
@@ -39,6 +45,18 @@ pub(super) async fn report_denials(
         if d.rpc.is_empty() {
             return Err(ApiError::MissingField("denials[].rpc"));
         }
+        let namespace = if d.namespace.is_empty() {
+            "default".to_owned()
+        } else {
+            d.namespace
+        };
+        if namespace != caller.namespace() || d.service != caller.service() {
+            return Err(ApiError::NotYourDenial {
+                authenticated: caller.clone(),
+                index: i,
+                reported: format!("{namespace}/{}", d.service),
+            });
+        }
         let verdict = match d.verdict.as_str() {
             "" | "deny" => "deny",
             "audit-deny" => "audit-deny",
@@ -56,11 +74,7 @@ pub(super) async fn report_denials(
             } else {
                 d.caller
             },
-            namespace: if d.namespace.is_empty() {
-                "default".to_owned()
-            } else {
-                d.namespace
-            },
+            namespace,
             service: d.service,
             rpc: if d.endpoint.is_empty() {
                 d.rpc

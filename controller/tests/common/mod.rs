@@ -105,3 +105,31 @@ impl Drop for Controller {
         self.kill();
     }
 }
+
+/// A bootstrap token for `default/<service>` from `state`'s token key, as the local runner
+/// mints it (`sluice identity token`).
+pub fn token(state: &Path, service: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["identity", "token", "--service", service])
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .expect("run sluice identity token");
+    assert!(
+        out.status.success(),
+        "sluice identity token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `message` with `authorization: Bearer <token>`, as `Register`, `ReportTraffic` and
+/// `ReportDenials` require.
+pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("an ASCII token"),
+    );
+    request
+}

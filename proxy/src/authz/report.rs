@@ -15,6 +15,7 @@ use sluice_api::v1::{Denial as DenialMsg, DenialReport};
 use tokio::sync::mpsc;
 
 use super::Denial;
+use crate::identity::certify::{Token, with_bearer};
 use crate::metrics::Metrics;
 
 /// Denials waiting for the background task.
@@ -35,15 +36,24 @@ impl Reporter {
         Reporter { tx: None, metrics }
     }
 
-    /// A reporter sending to `controller` every `interval`, and the task doing it.
+    /// A reporter sending to `controller` every `interval` with `token` (the controller
+    /// accepts only denials of calls to the workload the token names), and the task doing it.
     pub fn spawn(
         controller: String,
+        token: Option<Token>,
         proxy_id: String,
         interval: Duration,
         metrics: Metrics,
     ) -> Reporter {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rx, controller, proxy_id, interval, metrics.clone()));
+        tokio::spawn(run(
+            rx,
+            controller,
+            token,
+            proxy_id,
+            interval,
+            metrics.clone(),
+        ));
         Reporter {
             tx: Some(tx),
             metrics,
@@ -116,6 +126,7 @@ fn fold(batch: &mut HashMap<Key, DenialMsg>, d: DenialMsg) -> bool {
 async fn run(
     mut rx: mpsc::Receiver<DenialMsg>,
     controller: String,
+    token: Option<Token>,
     proxy_id: String,
     interval: Duration,
     metrics: Metrics,
@@ -143,7 +154,7 @@ async fn run(
                 let n = denials.len();
                 let report = DenialReport { proxy_id: proxy_id.clone(), denials, dropped };
                 dropped = 0;
-                match send(&controller, report).await {
+                match send(&controller, token.as_ref(), report).await {
                     Ok(()) => {
                         metrics.denial_reports_sent(n);
                         tracing::debug!(denials = n, "denials reported");
@@ -167,7 +178,15 @@ async fn run(
     }
 }
 
-async fn send(controller: &str, report: DenialReport) -> Result<(), tonic::Status> {
+async fn send(
+    controller: &str,
+    token: Option<&Token>,
+    report: DenialReport,
+) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(report);
+    with_bearer(&mut request, token)
+        .await
+        .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
     let endpoint = tonic::transport::Endpoint::from_shared(controller.to_owned())
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_secs(3))
@@ -176,7 +195,7 @@ async fn send(controller: &str, report: DenialReport) -> Result<(), tonic::Statu
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    MeshClient::new(channel).report_denials(report).await?;
+    MeshClient::new(channel).report_denials(request).await?;
     Ok(())
 }
 

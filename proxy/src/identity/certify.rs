@@ -36,6 +36,55 @@ pub enum Token {
     File(PathBuf),
 }
 
+impl Token {
+    /// The token as it is now: a file is read again on every call, so a token rotated in place
+    /// is picked up by the next call without a restart.
+    pub async fn read(&self) -> Result<String, TokenError> {
+        match self {
+            Token::Value(t) => Ok(t.clone()),
+            Token::File(path) => Ok(tokio::fs::read_to_string(path)
+                .await
+                .map_err(|source| TokenError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .to_owned()),
+        }
+    }
+}
+
+/// Why the bootstrap token could not be attached to a call.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The token file is unreadable.
+    #[error("bootstrap token {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The token cannot be sent as gRPC metadata (it is not printable ASCII).
+    #[error("the bootstrap token contains characters that cannot be sent as gRPC metadata")]
+    NotAscii,
+}
+
+/// Attaches `token` as `authorization: Bearer <token>`, which `Register`, `ReportTraffic` and
+/// `ReportDenials` require (the controller checks it against the workload named in the call).
+/// Without a token the request goes as it is and the controller decides.
+pub async fn with_bearer<T>(
+    request: &mut tonic::Request<T>,
+    token: Option<&Token>,
+) -> Result<(), TokenError> {
+    let Some(token) = token else { return Ok(()) };
+    let value = format!("Bearer {}", token.read().await?)
+        .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+        .map_err(|_| TokenError::NotAscii)?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(())
+}
+
 /// How to reach the controller and who we are.
 #[derive(Clone, Debug)]
 pub struct CertifyConfig {
@@ -51,13 +100,8 @@ pub struct CertifyConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum CertifyError {
     /// The token file is unreadable.
-    #[error("bootstrap token {path}: {source}")]
-    Token {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Token(#[from] TokenError),
     /// Key or CSR generation failed.
     #[error("generating the key or CSR: {0}")]
     Csr(String),
@@ -103,17 +147,7 @@ impl CertifyError {
 
 /// Asks for one certificate.
 pub async fn certify(config: &CertifyConfig) -> Result<Credentials, CertifyError> {
-    let token = match &config.token {
-        Token::Value(t) => t.clone(),
-        Token::File(path) => tokio::fs::read_to_string(path)
-            .await
-            .map_err(|source| CertifyError::Token {
-                path: path.clone(),
-                source,
-            })?
-            .trim()
-            .to_owned(),
-    };
+    let token = config.token.read().await?;
     // The key pair is created and kept here; only its public half leaves, inside the CSR.
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|e| CertifyError::Csr(e.to_string()))?;

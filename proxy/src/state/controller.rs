@@ -16,6 +16,10 @@
 //! by `Register` with the same workload fields: the controller keeps a registration while a
 //! stream of the same instance is open (plus a grace period), so registering again after each
 //! reconnect is what keeps this instance's endpoint alive across controller restarts.
+//! `Register` carries the bootstrap token (`SLUICE_PROXY_IDENTITY_TOKEN[_FILE]`, read again for
+//! every call) as `authorization: Bearer`; the controller only accepts a registration for the
+//! workload the token names. Without a token the proxy says so once and does not register.
+//! `Watch` needs no token.
 //!
 //! [`Status`] is what `/config` shows and `/ready` reads: ready once a first config from the
 //! controller has been applied (a proxy that never got one is running the empty,
@@ -58,6 +62,8 @@ pub struct WatchConfig {
     pub proxy_id: String,
     /// The address to register, if any.
     pub register: Option<SocketAddr>,
+    /// The bootstrap token that `Register` must carry, if the proxy has one.
+    pub token: Option<certify::Token>,
     /// Turns true once the proxy's listeners accept connections. Registering earlier would
     /// hand peers an endpoint that refuses them (the first config and the workload
     /// certificate arrive while the listeners bind). `None`: register at once.
@@ -82,6 +88,7 @@ impl WatchConfig {
             },
             proxy_id: config.proxy_id.clone(),
             register: config.register_addr,
+            token: config.identity_token.clone(),
             serving: None,
         })
     }
@@ -156,6 +163,16 @@ pub async fn run(
         addr: config.controller.clone(),
     }
     .describe();
+    if let (Some(address), None) = (config.register, &config.token) {
+        // Said once, loudly: without the token the controller refuses every attempt, so
+        // retrying would only repeat this.
+        tracing::error!(
+            %address,
+            "registration needs SLUICE_PROXY_IDENTITY_TOKEN (or SLUICE_PROXY_IDENTITY_TOKEN_FILE): \
+             the controller only accepts Register with the workload's bootstrap token, so this \
+             instance will not be an endpoint; the proxy keeps following the controller's config"
+        );
+    }
     let mut last: Option<ProxyConfig> = None;
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -235,18 +252,22 @@ async fn follow(
         s.connects += 1;
     });
     tracing::info!(%source, "config stream open");
-    let _register = config.register.map(|address| {
-        let registration = Registration {
-            workload: Some(config.workload.clone()),
-            address: address.to_string(),
-        };
-        AbortOnDrop(tokio::spawn(register(
-            channel,
-            registration,
-            status.clone(),
-            config.serving.clone(),
-        )))
-    });
+    let _register = config
+        .register
+        .zip(config.token.clone())
+        .map(|(address, token)| {
+            let registration = Registration {
+                workload: Some(config.workload.clone()),
+                address: address.to_string(),
+            };
+            AbortOnDrop(tokio::spawn(register(
+                channel,
+                registration,
+                token,
+                status.clone(),
+                config.serving.clone(),
+            )))
+        });
     loop {
         let message = match stream.message().await {
             Ok(Some(m)) => m,
@@ -281,6 +302,7 @@ async fn follow(
 async fn register(
     channel: Channel,
     registration: Registration,
+    token: certify::Token,
     status: Arc<Status>,
     serving: Option<tokio::sync::watch::Receiver<bool>>,
 ) {
@@ -294,7 +316,13 @@ async fn register(
     loop {
         let mut request = tonic::Request::new(registration.clone());
         request.set_timeout(CALL_TIMEOUT);
-        match client.register(request).await {
+        // Read for every attempt, so a token rotated in its file (or fixed by an operator
+        // after a refusal) is used by the next one.
+        let result = match certify::with_bearer(&mut request, Some(&token)).await {
+            Ok(()) => client.register(request).await.map_err(|s| s.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
             Ok(_) => {
                 tracing::info!(address = %registration.address, "registered with the controller");
                 status.with(|s| s.registered = true);
