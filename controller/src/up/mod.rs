@@ -560,6 +560,10 @@ fn start(
                 addr.into(),
                 "--portal-dev-user".into(),
                 user,
+                // Rollout pages and charts in team messages: the portal's stable address
+                // rather than the admin endpoint's random port.
+                "--public-url".into(),
+                format!("http://{addr}"),
             ];
         }
         Some((addr, Err(e))) => {
