@@ -5,8 +5,8 @@
 //! incoming-webhook Block Kit JSON and Sluice's own generic webhook JSON, in [`render`]), secret
 //! redaction of log lines ([`redact`]), and delivery ([`Notifier`]): retries with backoff,
 //! at-most-once success per (notification id, channel URL), never blocking the caller. Rollouts
-//! build their messages with [`rollout`]; access-request grants (a later issue) are expected to
-//! build a [`Notification`] the same way ("who, what, why, link") and use the same notifier.
+//! build their messages with [`rollout`]; the portal's access requests build a
+//! [`Notification`] the same way ("who, what, why, link") and use the same notifier.
 //! The user guide is `docs/notifications.md`.
 
 pub mod deliver;

@@ -24,8 +24,8 @@
 //! metrics this interval" warning is actionable.
 //!
 //! [`render`] substitutes `{{service}}`, `{{version}}`, `{{namespace}}` and `{{interval}}`
-//! into a PromQL template. A check's custom `query` is not evaluated yet (the judge's tests need
-//! counts, not a single number); the engine warns about it, see docs/rollouts.md.
+//! into a PromQL template; checks with a custom `query` are evaluated by
+//! [`super::custom`] (plain comparisons, since the judge's tests need counts).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
