@@ -40,6 +40,60 @@ pub struct StatusReport {
     pub last_config_error: Option<ConfigErrorInfo>,
     /// Denials reported by proxies.
     pub denials: DenialsInfo,
+    /// Active rollouts, and the last one of each other service (newest first).
+    #[serde(default)]
+    pub rollouts: Vec<RolloutLine>,
+}
+
+/// One rollout, as `sluice status` lists it (`sluice rollout status` has the details).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutLine {
+    /// Its id.
+    pub id: String,
+    /// `namespace/service`.
+    pub service: String,
+    /// The stable version.
+    pub baseline_version: String,
+    /// The new version.
+    pub canary_version: String,
+    /// Its phase.
+    pub phase: String,
+    /// The canary's weight now.
+    pub weight: u32,
+    /// The last decision.
+    pub decision: String,
+}
+
+/// The rollouts `sluice status` shows: every active one, then the newest of each service
+/// that has none active.
+pub fn rollout_lines(
+    store: &crate::store::Store,
+) -> Result<Vec<RolloutLine>, crate::store::StoreError> {
+    let all = crate::rollout::store::list(store, None)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut lines = Vec::new();
+    for r in all.iter().filter(|r| r.phase.is_active()) {
+        seen.insert((r.namespace.clone(), r.service.clone()));
+        lines.push(line(r));
+    }
+    for r in &all {
+        if seen.insert((r.namespace.clone(), r.service.clone())) {
+            lines.push(line(r));
+        }
+    }
+    Ok(lines)
+}
+
+fn line(r: &crate::rollout::model::Rollout) -> RolloutLine {
+    RolloutLine {
+        id: r.id.clone(),
+        service: format!("{}/{}", r.namespace, r.service),
+        baseline_version: r.baseline_version.clone(),
+        canary_version: r.canary_version.clone(),
+        phase: r.phase.to_string(),
+        weight: r.weight,
+        decision: r.decision.clone(),
+    }
 }
 
 /// The controller process.
@@ -385,12 +439,14 @@ fn offline(dir: &Path) -> Result<StatusReport, StatusError> {
     let denials = store
         .denial_summary(RECENT_DENIALS)
         .map_err(|e| no_state(e.to_string()))?;
+    let rollouts = rollout_lines(&store).map_err(|e| no_state(e.to_string()))?;
     Ok(StatusReport {
         controller: None,
         snapshot: None,
         proxies: Vec::new(),
         registrations,
         last_config_error,
+        rollouts,
         denials: DenialsInfo {
             distinct: denials.distinct,
             total: denials.total,
@@ -523,6 +579,32 @@ pub fn render(r: &StatusReport, now: SystemTime) -> String {
             }
         }
     }
+    if !r.rollouts.is_empty() {
+        let active = r
+            .rollouts
+            .iter()
+            .filter(|x| {
+                matches!(
+                    x.phase.as_str(),
+                    "pending" | "progressing" | "paused" | "waiting-confirmation"
+                )
+            })
+            .count();
+        let _ = writeln!(s, "\nrollouts    {active} active");
+        for x in &r.rollouts {
+            let _ = writeln!(
+                s,
+                "  {}  {} {} → {}  {} {}%  {}",
+                x.id,
+                x.service,
+                x.baseline_version,
+                x.canary_version,
+                x.phase,
+                x.weight,
+                x.decision
+            );
+        }
+    }
     let d = &r.denials;
     let _ = writeln!(
         s,
@@ -547,4 +629,72 @@ pub fn render(r: &StatusReport, now: SystemTime) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::model::{Phase, Rollout};
+
+    fn rollout(id: &str, service: &str, created: i64, phase: Phase) -> Rollout {
+        Rollout {
+            id: id.into(),
+            namespace: "default".into(),
+            service: service.into(),
+            baseline_version: "v1".into(),
+            canary_version: "v2".into(),
+            phase,
+            step: 0,
+            weight: if phase.is_active() { 5 } else { 0 },
+            steps: Vec::new(),
+            interval_ms: 1000,
+            progress_deadline_ms: 60_000,
+            policy: service.into(),
+            analysis: Default::default(),
+            on_failure: Default::default(),
+            requested_by: "test".into(),
+            created_unix_ms: created,
+            updated_unix_ms: created,
+            step_started_unix_ms: created,
+            first_traffic_unix_ms: None,
+            finished_unix_ms: None,
+            decision: format!("{phase}"),
+            evidence: Vec::new(),
+            failed_check: None,
+            canary_requests: 0,
+            baseline_requests: 0,
+        }
+    }
+
+    #[test]
+    fn status_lists_active_rollouts_then_the_last_of_each_other_service() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path()).expect("store");
+        for r in [
+            rollout("r-1", "payments", 1, Phase::RolledBack),
+            rollout("r-2", "payments", 2, Phase::Progressing),
+            rollout("r-3", "catalog", 3, Phase::Promoted),
+            rollout("r-4", "catalog", 4, Phase::Aborted),
+        ] {
+            crate::rollout::store::save(&store, &r, None).expect("save");
+        }
+        let lines = rollout_lines(&store).expect("lines");
+        let ids: Vec<&str> = lines.iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(ids, ["r-2", "r-4"]);
+        let report = StatusReport {
+            controller: None,
+            snapshot: None,
+            proxies: Vec::new(),
+            registrations: Vec::new(),
+            last_config_error: None,
+            denials: DenialsInfo::default(),
+            rollouts: lines,
+        };
+        let text = render(&report, SystemTime::now());
+        assert!(text.contains("rollouts    1 active"), "{text}");
+        assert!(
+            text.contains("r-2  default/payments v1 → v2  progressing 5%  progressing"),
+            "{text}"
+        );
+    }
 }

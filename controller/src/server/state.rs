@@ -459,6 +459,7 @@ impl ControlPlane {
     /// async workers).
     pub async fn status(&self) -> Result<StatusReport, StoreError> {
         let denials = self.store.run(|s| s.denial_summary(RECENT_DENIALS)).await?;
+        let rollouts = self.store.run(crate::status::rollout_lines).await?;
         let now = SystemTime::now();
         let now_instant = Instant::now();
         let policy = self.policy();
@@ -527,6 +528,7 @@ impl ControlPlane {
                 dropped: denials.dropped,
                 recent: denials.recent.into_iter().map(DenialInfo::from).collect(),
             },
+            rollouts,
         })
     }
 
