@@ -49,6 +49,15 @@ use crate::notify::{DeliveryConfig, Notifier};
 use crate::server::state::{ControlPlane, RouteOverrides};
 use crate::store::{StoreError, unix_ms};
 
+mod announce;
+pub use announce::chart;
+use announce::*;
+mod plan;
+use plan::*;
+
+mod source;
+pub use source::{MetricSource, ProxyTraffic, TotalsFuture};
+
 /// How often the engine looks at its rollouts.
 pub const TICK: Duration = Duration::from_millis(250);
 /// Defaults the CanaryPolicy documents.
@@ -57,55 +66,6 @@ const DEFAULT_STEP: Duration = Duration::from_secs(60);
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
 /// Canary log lines quoted in a rollback message.
 const LOG_LINES: usize = 20;
-
-/// What a metric source answers: cumulative counts, or why it could not.
-pub type TotalsFuture<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Counts, String>> + Send + 'a>>;
-
-/// Where cumulative request counts come from. Counts only ever grow (a source that sees a
-/// counter reset reports from zero again, which [`Counts::delta`] reads like `increase()`).
-pub trait MetricSource: Send + Sync + 'static {
-    /// Cumulative counts of `version` of `namespace/service` (stable environment) now.
-    fn totals<'a>(
-        &'a self,
-        namespace: &'a str,
-        service: &'a str,
-        version: &'a str,
-    ) -> TotalsFuture<'a>;
-}
-
-/// The default source: what the proxies report (`ReportTraffic`), summed per version over
-/// the instances, stable environment.
-pub struct ProxyTraffic(pub Arc<ControlPlane>);
-
-impl MetricSource for ProxyTraffic {
-    fn totals<'a>(
-        &'a self,
-        namespace: &'a str,
-        service: &'a str,
-        version: &'a str,
-    ) -> TotalsFuture<'a> {
-        Box::pin(async move { Ok(self.proxy_totals(namespace, service, version)) })
-    }
-}
-
-impl ProxyTraffic {
-    fn proxy_totals(&self, namespace: &str, service: &str, version: &str) -> Counts {
-        let t = self.0.traffic().totals(
-            namespace,
-            service,
-            version,
-            crate::server::register::DEFAULT_ENVIRONMENT,
-        );
-        let mut counts = Counts::empty();
-        counts.requests = t.requests;
-        counts.failures = t.failures;
-        if !t.latency.is_empty() {
-            counts.latency_buckets = t.latency;
-        }
-        counts
-    }
-}
 
 /// Why a rollout request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -923,98 +883,6 @@ impl Engine {
         Ok(())
     }
 
-    fn canary_logs(&self, r: &Rollout) -> Vec<String> {
-        let Some(dir) = &self.config.workload_logs else {
-            return Vec::new();
-        };
-        let mut lines = Vec::new();
-        for instance in self
-            .plane
-            .instances(&r.namespace, &r.service, &r.canary_version)
-        {
-            // Instance names are validated labels, so this stays inside `dir`.
-            let path = dir.join(format!("{instance}.log"));
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                lines.extend(text.lines().map(str::to_owned));
-            }
-        }
-        let skip = lines.len().saturating_sub(LOG_LINES);
-        lines.split_off(skip)
-    }
-
-    fn context(&self, r: &Rollout) -> RolloutContext {
-        let base = self.config.public_url.trim_end_matches('/');
-        RolloutContext {
-            rollout_id: r.id.clone(),
-            service: r.service.clone(),
-            canary_version: r.canary_version.clone(),
-            baseline_version: r.baseline_version.clone(),
-            rollout_url: format!("{base}/rollouts/{}", r.id),
-            chart_png_url: Some(format!("{base}/rollouts/{}/chart.png", r.id)),
-            chart_svg_url: Some(format!("{base}/rollouts/{}/chart.svg", r.id)),
-        }
-    }
-
-    /// Sends `event` to the service's team and the policy's `notify.teams`, if loud enough.
-    fn notify(&self, r: &Rollout, event: &RolloutEvent) {
-        let Some(notifier) = &self.notifier else {
-            return;
-        };
-        let policy = self.plane.policy();
-        let key = ObjectRef::new(r.namespace.clone(), r.service.clone());
-        let settings: NotifySettings = policy
-            .set
-            .canaries
-            .get(&key)
-            .map(|c| c.doc.spec.notify.clone())
-            .unwrap_or_default();
-        if !should_send(&settings, event.severity()) {
-            return;
-        }
-        let mut teams: Vec<String> = policy
-            .set
-            .services
-            .get(&key)
-            .map(|s| vec![s.source.doc.spec.team.clone()])
-            .unwrap_or_default();
-        teams.extend(settings.teams.iter().cloned());
-        teams.dedup();
-        let specs: Vec<_> = teams
-            .iter()
-            .filter_map(|t| {
-                policy
-                    .set
-                    .teams
-                    .get(&ObjectRef::new(r.namespace.clone(), t.clone()))
-                    .or_else(|| policy.set.teams.get(&ObjectRef::new("default", t.clone())))
-                    .map(|c| c.doc.spec.clone())
-            })
-            .collect();
-        let message = rollout_notification(&self.context(r), event);
-        if let Err(e) = notifier.notify_teams(message, specs.iter()) {
-            tracing::warn!(rollout = r.id, error = %e, "notification not queued");
-        }
-    }
-
-    /// Re-sends a finished rollout's final message (deduplicated by id).
-    fn announce_final(&self, r: &Rollout) {
-        match r.phase {
-            Phase::Promoted => self.notify(r, &RolloutEvent::Promoted),
-            Phase::RolledBack => {
-                let evidence = r
-                    .failed_check
-                    .clone()
-                    .and_then(|v| serde_json::from_value::<serde_json::Value>(v).ok());
-                let at_weight = r.steps.get(r.step).map_or(0, |s| s.weight);
-                if let Some(e) = evidence {
-                    let reason = rollback_reason_from_json(r, at_weight, &e, self.canary_logs(r));
-                    self.notify(r, &RolloutEvent::RolledBack(Box::new(reason)));
-                }
-            }
-            _ => {}
-        }
-    }
-
     /// A rollout with its events and points.
     pub fn detail(&self, r: Rollout) -> Result<super::model::RolloutDetail, RolloutError> {
         let st = self.plane.store();
@@ -1028,142 +896,6 @@ impl Engine {
     /// Rollouts, newest first.
     pub fn list(&self, service: Option<(&str, &str)>) -> Result<Vec<Rollout>, RolloutError> {
         Ok(store::list(self.plane.store(), service)?)
-    }
-}
-
-fn event(at: i64, kind: &str, message: &str) -> Event {
-    Event {
-        at_unix_ms: at,
-        kind: kind.to_owned(),
-        message: message.to_owned(),
-    }
-}
-
-/// `r-<yyyymmdd>-<4 hex>`.
-fn new_id(now_ms: i64) -> String {
-    let date = time::OffsetDateTime::from_unix_timestamp(now_ms / 1000)
-        .map(|t| format!("{:04}{:02}{:02}", t.year(), u8::from(t.month()), t.day()))
-        .unwrap_or_else(|_| "00000000".to_owned());
-    let mut b = [0u8; 2];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    format!("r-{date}-{:02x}{:02x}", b[0], b[1])
-}
-
-/// The steps of a CanaryPolicy: its `steps`, or `stepWeight` up to `maxWeight`.
-fn plan(spec: &CanaryPolicySpec) -> Vec<StepPlan> {
-    if !spec.steps.is_empty() {
-        return spec
-            .steps
-            .iter()
-            .map(|s| StepPlan {
-                weight: s.weight,
-                duration_ms: ms(s.duration.map_or(DEFAULT_STEP, |d| d.0)),
-                confirm: s.confirm,
-            })
-            .collect();
-    }
-    let step = spec.step_weight.unwrap_or(10).max(1);
-    let max = spec.max_weight.unwrap_or(50).clamp(1, 100);
-    let duration = ms(spec.step_duration.map_or(DEFAULT_STEP, |d| d.0));
-    let mut steps = Vec::new();
-    let mut w = step.min(max);
-    loop {
-        steps.push(StepPlan {
-            weight: w,
-            duration_ms: duration,
-            confirm: false,
-        });
-        if w >= max {
-            break;
-        }
-        w = (w + step).min(max);
-    }
-    steps
-}
-
-fn unit_of(signal: &str) -> (&'static str, &'static str) {
-    match signal {
-        "successRate" => ("%", "points"),
-        "latency" => ("ms", "%"),
-        _ => ("req/s", "%"),
-    }
-}
-
-fn rollback_reason(
-    r: &Rollout,
-    weight: u32,
-    e: &super::judge::Evidence,
-    logs: Vec<String>,
-) -> RollbackReason {
-    let json = serde_json::to_value(e).unwrap_or_default();
-    rollback_reason_from_json(r, weight, &json, logs)
-}
-
-fn rollback_reason_from_json(
-    r: &Rollout,
-    weight: u32,
-    e: &serde_json::Value,
-    canary_logs: Vec<String>,
-) -> RollbackReason {
-    let signal = e["signal"].as_str().unwrap_or_default();
-    let (unit, margin_unit) = unit_of(signal);
-    RollbackReason {
-        step: u32::try_from(r.step + 1).unwrap_or(u32::MAX),
-        weight,
-        metric: e["metric"].as_str().unwrap_or("analysis").to_owned(),
-        canary_value: e["canaryValue"].as_f64().unwrap_or(f64::NAN),
-        baseline_value: e["baselineValue"].as_f64().unwrap_or(f64::NAN),
-        unit: unit.to_owned(),
-        margin: e["margin"].as_f64().unwrap_or(0.0),
-        margin_unit: margin_unit.to_owned(),
-        evidence: e["explanation"].as_str().unwrap_or_default().to_owned(),
-        canary_logs,
-    }
-}
-
-/// Rollouts' chart data: success rate and p99 per interval, canary and baseline.
-pub fn chart(detail: &super::model::RolloutDetail) -> super::chart::RolloutChart {
-    use super::chart::{Annotation, AnnotationKind, ChartPoint, RolloutChart};
-    let r = &detail.rollout;
-    let pct = |c: &Counts| c.failure_rate().map(|f| 100.0 * (1.0 - f));
-    let p99 = |c: &Counts| c.quantile(0.99).map(|s| s * 1000.0);
-    let points = detail
-        .points
-        .iter()
-        .map(|p| ChartPoint {
-            t_unix_ms: u64::try_from(p.at_unix_ms).unwrap_or(0),
-            canary_success_pct: pct(&p.canary),
-            baseline_success_pct: pct(&p.baseline),
-            canary_p99_ms: p99(&p.canary),
-            baseline_p99_ms: p99(&p.baseline),
-            canary_weight: p.weight,
-        })
-        .collect();
-    let annotations = detail
-        .events
-        .iter()
-        .filter_map(|e| {
-            let kind = match e.kind.as_str() {
-                "rolled-back" => AnnotationKind::Rollback,
-                "promoted" => AnnotationKind::Promotion,
-                "waiting-confirmation" => AnnotationKind::Confirmation,
-                "failed" | "aborted" => AnnotationKind::Failure,
-                _ => return None,
-            };
-            Some(Annotation {
-                t_unix_ms: u64::try_from(e.at_unix_ms).unwrap_or(0),
-                kind,
-                label: e.kind.clone(),
-            })
-        })
-        .collect();
-    RolloutChart {
-        service: r.service.clone(),
-        canary_version: r.canary_version.clone(),
-        baseline_version: r.baseline_version.clone(),
-        subtitle: Some(r.decision.clone()),
-        points,
-        annotations,
     }
 }
 
