@@ -558,16 +558,7 @@ fn stable_version(
             return Some(r.canary_version.clone());
         }
     }
-    if let Some(route) = policy.set.routes.get(key)
-        && let Some(b) = route.doc.spec.backends.iter().max_by_key(|b| b.weight)
-    {
-        return Some(b.version.clone());
-    }
-    policy
-        .set
-        .services
-        .get(key)
-        .and_then(|s| s.source.doc.spec.versions.first().cloned())
+    crate::rollout::engine::policy_stable_version(&policy.set, key)
 }
 
 /// A link is only put in an `href` when it cannot run script: the template comes from policy

@@ -53,6 +53,7 @@ mod announce;
 pub use announce::chart;
 use announce::*;
 mod plan;
+pub use plan::policy_stable_version;
 use plan::*;
 
 mod source;
@@ -849,17 +850,10 @@ impl Engine {
             return Ok(Some(v));
         }
         let policy = self.plane.policy();
-        let key = ObjectRef::new(namespace, service);
-        if let Some(route) = policy.set.routes.get(&key)
-            && let Some(b) = route.doc.spec.backends.iter().max_by_key(|b| b.weight)
-        {
-            return Ok(Some(b.version.clone()));
-        }
-        Ok(policy
-            .set
-            .services
-            .get(&key)
-            .and_then(|s| s.source.doc.spec.versions.first().cloned()))
+        Ok(policy_stable_version(
+            &policy.set,
+            &ObjectRef::new(namespace, service),
+        ))
     }
 
     /// Recomputes the weights proxies enforce from the store and hands them to the plane.

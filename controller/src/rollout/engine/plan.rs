@@ -51,3 +51,17 @@ pub(super) fn plan(spec: &CanaryPolicySpec) -> Vec<StepPlan> {
     }
     steps
 }
+
+/// A service's stable version as its policy says: the Route's heaviest backend, else its first
+/// declared version. (A promotion recorded in the store, or an active rollout's baseline, comes
+/// before this; callers check those first.)
+pub fn policy_stable_version(set: &sluice_policy::PolicySet, key: &ObjectRef) -> Option<String> {
+    if let Some(route) = set.routes.get(key)
+        && let Some(b) = route.doc.spec.backends.iter().max_by_key(|b| b.weight)
+    {
+        return Some(b.version.clone());
+    }
+    set.services
+        .get(key)
+        .and_then(|s| s.source.doc.spec.versions.first().cloned())
+}
