@@ -375,3 +375,26 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The demo shop's mesh file for a test: its four services with the freshly built `shop`
+/// binary, payments also serving gRPC on 9090, and the policy in `policy/` beside the file.
+pub fn shop_mesh_yaml() -> String {
+    let bin = crate::shop_bin().display().to_string();
+    let workload = |name: &str| {
+        let grpc = if name == "payments" {
+            ", ports: [9090]"
+        } else {
+            ""
+        };
+        format!(
+            "  - {{ name: {name}, service: {name}, version: v1, command: [{bin}, {name}], port: 8080{grpc}, env: {{ SHOP_VERSION: v1 }} }}\n"
+        )
+    };
+    format!(
+        "policy: policy/\nworkloads:\n{}{}{}{}",
+        workload("frontend"),
+        workload("checkout"),
+        workload("payments"),
+        workload("catalog")
+    )
+}

@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use sluice_integration::inbox::Inbox;
 use sluice_integration::local_mesh::{
-    HostSnapshot, LocalMesh, SERIAL, copy_dir, output, skip_reason,
+    HostSnapshot, LocalMesh, SERIAL, copy_dir, output, shop_mesh_yaml, skip_reason,
 };
-use sluice_integration::{free_port, shop_bin, skip, target_dir};
+use sluice_integration::{free_port, skip, target_dir};
 
 const CALLER: &str = "checkout";
 const CALLEE: &str = "catalog";
@@ -86,24 +86,7 @@ fn start_shop(inbox: &Inbox, portal_port: u16) -> LocalMesh {
         "http://localhost:7070/",
         &format!("http://127.0.0.1:{portal_port}/"),
     );
-    let bin = shop_bin().display().to_string();
-    let workload = |name: &str| {
-        let grpc = if name == "payments" {
-            ", ports: [9090]"
-        } else {
-            ""
-        };
-        format!(
-            "  - {{ name: {name}, service: {name}, version: v1, command: [{bin}, {name}], port: 8080{grpc}, env: {{ SHOP_VERSION: v1 }} }}\n"
-        )
-    };
-    let mesh = format!(
-        "policy: policy/\nworkloads:\n{}{}{}{}",
-        workload("frontend"),
-        workload("checkout"),
-        workload("payments"),
-        workload("catalog")
-    );
+    let mesh = shop_mesh_yaml();
     let portal = format!("127.0.0.1:{portal_port}");
     LocalMesh::start_with(dir, &mesh, &[], &["--portal", &portal])
 }

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sluice_integration::local_mesh::{HostSnapshot, LocalMesh, SERIAL, copy_dir, skip_reason};
+use sluice_integration::local_mesh::{
+    HostSnapshot, LocalMesh, SERIAL, copy_dir, shop_mesh_yaml, skip_reason,
+};
 use sluice_integration::{shop_bin, skip};
 
 const GRANT: &str = "apiVersion: sluice.dev/v1alpha1
@@ -37,24 +39,7 @@ fn start_shop() -> LocalMesh {
     let dir = tempfile::tempdir().expect("tempdir");
     let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
     copy_dir(&shop.join("policy"), &dir.path().join("policy"));
-    let bin = shop_bin().display().to_string();
-    let workload = |name: &str| {
-        let grpc = if name == "payments" {
-            ", ports: [9090]"
-        } else {
-            ""
-        };
-        format!(
-            "  - {{ name: {name}, service: {name}, version: v1, command: [{bin}, {name}], port: 8080{grpc}, env: {{ SHOP_VERSION: v1 }} }}\n"
-        )
-    };
-    let mesh = format!(
-        "policy: policy/\nworkloads:\n{}{}{}{}",
-        workload("frontend"),
-        workload("checkout"),
-        workload("payments"),
-        workload("catalog")
-    );
+    let mesh = shop_mesh_yaml();
     LocalMesh::start_in(dir, &mesh)
 }
 
