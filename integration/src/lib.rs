@@ -42,6 +42,25 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     let release = !cfg!(debug_assertions);
     let mut build = Command::new(cargo);
     build.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    // Cargo gives this test process its own package's variables. Passed on, they change what
+    // the build sees (ring's build script reruns when CARGO_MANIFEST_DIR changes), so every
+    // test binary and every later `cargo test` would rebuild the TLS stack and relink the
+    // binaries: minutes of a 2-core CI run. Build in the environment a person's shell has.
+    for (var, _) in std::env::vars_os() {
+        let name = var.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                &*name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            build.env_remove(&var);
+        }
+    }
     if release {
         build.arg("--release");
     }
