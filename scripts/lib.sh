@@ -24,10 +24,12 @@ BENCH_APT_PACKAGES=(nginx)
 
 # Python packages (pip), as `import-name=pip-name`.
 #   grpc: a real gRPC peer for the proxy's gRPC tests
+#   grpc_tools: protoc for Python, which generates that peer's stubs from the test's .proto
+#     (integration/tests/proxy_grpc.rs: streaming, trailers and grpc_status through the proxy)
 #   grpc_status: decodes the rich gRPC status (ErrorInfo, Help) of mesh denials
 #   selenium: drives Chromium in the portal's browser test (with the Debian chromedriver, so
 #     Selenium Manager never downloads a browser or driver)
-TEST_PIP_PACKAGES=(grpc=grpcio grpc_status=grpcio-status selenium=selenium)
+TEST_PIP_PACKAGES=(grpc=grpcio grpc_tools=grpcio-tools grpc_status=grpcio-status selenium=selenium)
 
 SLUICE_LOG_DIR="${SLUICE_LOG_DIR:-${TMPDIR:-/tmp}/sluice-scripts}"
 mkdir -p "$SLUICE_LOG_DIR"
