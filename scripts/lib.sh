@@ -103,3 +103,47 @@ ensure_rust() {
         fi
     done
 }
+
+# summarize_tests CARGO_TEST_LOG SKIP_LOG: one honest count of a `cargo test` run. Sums every
+# test binary's "test result:" line (doc tests included); a test that skipped itself at run
+# time (listed in SKIP_LOG by sluice_integration::skip) counts as skipped, not passed; a test
+# binary that started but never printed a result (it crashed or was killed) counts as a
+# failure. Ends with `tests: N passed, N failed, N skipped`; returns non-zero if anything
+# failed.
+summarize_tests() {
+    local log="$1" skips="$2"
+    local runtime_skips=0
+    if [[ -s "$skips" ]]; then
+        runtime_skips=$(wc -l <"$skips")
+        echo
+        echo "skipped at run time (a tool or root missing; these fail in CI):"
+        sed 's/^/  /' "$skips"
+    fi
+    awk -v runtime_skips="$runtime_skips" '
+        /^[[:space:]]+Running / || /^[[:space:]]+Doc-tests / {
+            binaries++
+            name = $2
+            pending[binaries] = name
+        }
+        /^test result: / {
+            results++
+            for (i = 1; i <= NF; i++) {
+                n = $(i - 1) + 0
+                if ($i ~ /^passed/) passed += n
+                if ($i ~ /^failed/) failed += n
+                if ($i ~ /^ignored/) ignored += n
+            }
+        }
+        END {
+            crashed = binaries - results
+            if (crashed < 0) crashed = 0
+            passed -= runtime_skips
+            ran = passed + failed
+            printf "\nran %d tests from %d test binaries (doc tests included): %d passed, %d failed", ran, binaries, passed, failed
+            if (crashed > 0) printf "; %d test binaries ended without a result (crashed or killed), counted as failed", crashed
+            printf "; not run: %d skipped at run time, %d #[ignore]d\n", runtime_skips, ignored
+            printf "tests: %d passed, %d failed, %d skipped\n", passed, failed + crashed, runtime_skips + ignored
+            exit (failed + crashed > 0)
+        }
+    ' "$log"
+}
