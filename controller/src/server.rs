@@ -255,7 +255,7 @@ pub struct ControllerArgs {
     /// Where services are dialled: JSON `{"services": [{"namespace", "service",
     /// "addresses": ["ip:port", ...]}]}` (the shape of the proxy's endpoints file; instances
     /// are not listed, they register themselves). `sluice up` writes it; in Kubernetes the
-    /// Services' cluster IPs will take its place. Read at start.
+    /// Services' cluster IPs take its place (`--kubernetes`). Read at start.
     #[arg(long, value_name = "FILE")]
     pub service_addresses: Option<PathBuf>,
     /// The base URL of the rollout pages and charts in notifications. Default: the admin

@@ -404,6 +404,9 @@ async fn next_matching(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard only keeps the other tests (on other threads, with their own runtimes) off the
+// shared API server; nothing in this runtime waits for it.
+#[allow(clippy::await_holding_lock)]
 async fn an_edit_reaches_a_watching_proxy_and_ready_pods_are_the_instances() {
     let Some((api, _guard)) = setup("kubernetes::watch") else {
         return;

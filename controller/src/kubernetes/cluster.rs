@@ -154,11 +154,14 @@ pub fn initial_policy(picture: &Picture) -> (PolicySnapshot, BTreeMap<ObjectKey,
     }
 }
 
+/// The rollout phase of a service (namespace, service), from the rollout engine's store.
+pub type RolloutPhase = Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
+
 /// What one watcher saw.
 enum Change {
-    Object(Kind, Event<DynamicObject>),
-    Service(Event<Service>),
-    Pod(Event<Pod>),
+    Object(Kind, Box<Event<DynamicObject>>),
+    Service(Box<Event<Service>>),
+    Pod(Box<Event<Pod>>),
 }
 
 /// Runs the watch loop until the process ends.
@@ -174,7 +177,7 @@ pub struct ClusterController {
     /// The picture at start.
     pub picture: Picture,
     /// The rollout phase of a service, for CanaryPolicy status (namespace, service).
-    pub rollout_phase: Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>,
+    pub rollout_phase: RolloutPhase,
     /// The rendered diagnostics last reported, so a standing problem is logged once.
     pub reported_error: Option<String>,
 }
@@ -188,17 +191,19 @@ impl ClusterController {
                 Api::all_with(self.client.clone(), &api_resource(names.kind));
             let tx = tx.clone();
             let kind = names.kind;
-            tokio::spawn(forward(watcher(api), tx, move |e| Change::Object(kind, e)));
+            tokio::spawn(forward(watcher(api), tx, move |e| {
+                Change::Object(kind, Box::new(e))
+            }));
         }
         tokio::spawn(forward(
             watcher(Api::<Service>::all(self.client.clone())),
             tx.clone(),
-            Change::Service,
+            |e| Change::Service(Box::new(e)),
         ));
         tokio::spawn(forward(
             watcher(Api::<Pod>::all(self.client.clone())),
             tx,
-            Change::Pod,
+            |e| Change::Pod(Box::new(e)),
         ));
         let recorder = Recorder::new(
             self.client.clone(),
@@ -233,7 +238,7 @@ impl ClusterController {
     fn apply(&mut self, change: Change, relisting: &mut HashMap<&'static str, Picture>) {
         let p = &mut self.picture;
         match change {
-            Change::Object(kind, event) => match event {
+            Change::Object(kind, event) => match *event {
                 Event::Apply(o) => p.put_object(kind, &o),
                 Event::Delete(o) => {
                     if let Some(k) = serde_json::to_value(&o)
@@ -258,7 +263,7 @@ impl ClusterController {
                     p.objects.extend(fresh.objects);
                 }
             },
-            Change::Service(event) => match event {
+            Change::Service(event) => match *event {
                 Event::Apply(s) => p.put_service(s),
                 Event::Delete(s) => {
                     if let Some(k) = namespaced(&s.metadata) {
@@ -273,7 +278,7 @@ impl ClusterController {
                     p.services = relisting.remove("Service").unwrap_or_default().services;
                 }
             },
-            Change::Pod(event) => match event {
+            Change::Pod(event) => match *event {
                 Event::Apply(s) => p.put_pod(s),
                 Event::Delete(s) => {
                     if let Some(k) = namespaced(&s.metadata) {
@@ -424,10 +429,10 @@ impl ClusterController {
                 ..ResourceStatus::default()
             };
             self.kind_status(key, object, &mut new);
-            if new != old {
-                if let Err(e) = self.patch_status(key, &new).await {
-                    tracing::warn!(resource = %key, error = %e, "could not write the status");
-                }
+            if new != old
+                && let Err(e) = self.patch_status(key, &new).await
+            {
+                tracing::warn!(resource = %key, error = %e, "could not write the status");
             }
             if errors.is_empty() {
                 reported.remove(key);

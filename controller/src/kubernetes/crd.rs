@@ -401,8 +401,10 @@ pub fn structural(schema: Value) -> Value {
     }
     // An enum whose variants carry docs comes as `oneOf` single-value schemas.
     for key in ["oneOf", "anyOf"] {
-        if let Some(Value::Array(variants)) = map.get(key).cloned() {
-            if let Some(docs) = enum_variants(&variants) {
+        if let Some(Value::Array(variants)) = map.get(key).cloned()
+            && let Some(docs) = enum_variants(&variants)
+        {
+            {
                 map.remove(key);
                 map.insert("type".into(), json!("string"));
                 let mut description = map
@@ -414,7 +416,7 @@ pub fn structural(schema: Value) -> Value {
                     if !description.is_empty() {
                         description.push('\n');
                     }
-                    description.push_str(&format!("`{value}`: {doc}").trim_end_matches(": "));
+                    description.push_str(format!("`{value}`: {doc}").trim_end_matches(": "));
                 }
                 if !description.is_empty() {
                     map.insert("description".into(), Value::String(description));
@@ -438,10 +440,10 @@ pub fn structural(schema: Value) -> Value {
         description.push_str(&format!("One of {}.", listed.join(", ")));
         map.insert("description".into(), Value::String(description));
     }
-    if let Some(Value::String(format)) = map.get("format") {
-        if !KNOWN_FORMATS.contains(&format.as_str()) {
-            map.remove("format");
-        }
+    if let Some(Value::String(format)) = map.get("format")
+        && !KNOWN_FORMATS.contains(&format.as_str())
+    {
+        map.remove("format");
     }
     if map.get("additionalProperties") == Some(&Value::Bool(false)) {
         map.remove("additionalProperties");

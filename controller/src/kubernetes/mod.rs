@@ -137,10 +137,10 @@ pub async fn spawn(
         let a = webhook::serve(addr, ca, &hosts, std::sync::Arc::clone(&documents)).await?;
         tracing::info!(addr = %a, hosts = ?hosts, "serving the admission webhook");
         bound = Some(a);
-        if let Some(name) = &args.webhook_configuration {
-            if let Err(e) = set_ca_bundle(&started.client, name, ca.cert_pem()).await {
-                tracing::warn!(configuration = name, error = %e, "could not set the webhook's caBundle");
-            }
+        if let Some(name) = &args.webhook_configuration
+            && let Err(e) = set_ca_bundle(&started.client, name, ca.cert_pem()).await
+        {
+            tracing::warn!(configuration = name, error = %e, "could not set the webhook's caBundle");
         }
     }
     let store_plane = std::sync::Arc::clone(&plane);

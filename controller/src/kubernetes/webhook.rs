@@ -141,7 +141,10 @@ pub async fn serve(
                     let documents = Arc::clone(&documents);
                     async move { Ok::<_, std::convert::Infallible>(handle(req, &documents).await) }
                 });
+                // A client that never finishes its headers must not hold a task forever.
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                     .await;
             });
@@ -211,10 +214,10 @@ pub fn review_object(
     };
     let mut object = object;
     // Objects in a namespaced request may come without `metadata.namespace` filled in.
-    if let (Some(ns), Some(meta)) = (&request.namespace, object.get_mut("metadata")) {
-        if meta.get("namespace").is_none() {
-            meta["namespace"] = Value::String(ns.clone());
-        }
+    if let (Some(ns), Some(meta)) = (&request.namespace, object.get_mut("metadata"))
+        && meta.get("namespace").is_none()
+    {
+        meta["namespace"] = Value::String(ns.clone());
     }
     let Some(key) = ObjectKey::of(kind, &object) else {
         return response;
