@@ -96,23 +96,27 @@ pub fn shared(test: &str) -> Option<&'static ApiServer> {
         return None;
     }
     SERVER
-        .get_or_init(|| {
-            // Spawned from a thread that never ends, so `--pdeathsig` fires only when the
-            // test process does.
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                let _ = tx.send(ApiServer::start());
-                loop {
-                    std::thread::park();
-                }
-            });
-            Some(rx.recv().expect("the API server thread"))
-        })
+        .get_or_init(|| Some(ApiServer::start_for_process()))
         .as_ref()
 }
 
 impl ApiServer {
-    /// Starts etcd and the API server and waits until the API server is ready.
+    /// [`ApiServer::start`] from a thread that lives as long as the process. `--pdeathsig`
+    /// fires when the *thread* that started a child ends, so a server started from a test's
+    /// or a blocking pool's thread would die with that thread.
+    pub fn start_for_process() -> ApiServer {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(ApiServer::start());
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("the API server thread")
+    }
+
+    /// Starts etcd and the API server and waits until the API server is ready. They die with
+    /// the calling thread (see [`ApiServer::start_for_process`]).
     pub fn start() -> ApiServer {
         let bin = bin_dir().expect("cluster binaries");
         let started = Instant::now();

@@ -67,7 +67,7 @@ async fn main() -> Result<(), Error> {
     if let Some(reason) = skip_reason() {
         return Err(reason.into());
     }
-    let api = tokio::task::spawn_blocking(ApiServer::start).await?;
+    let api = tokio::task::spawn_blocking(ApiServer::start_for_process).await?;
     println!(
         "API server (etcd + kube-apiserver v1.20.2) ready in {}",
         ms(api.startup)
@@ -85,7 +85,7 @@ async fn main() -> Result<(), Error> {
         .arg(state.path().join("state"))
         .env("SLUICE_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(state.path().join("controller.log"))?)
         .spawn()?;
     let stdout = controller.stdout.take().ok_or("no stdout")?;
     let addr = tokio::task::spawn_blocking(move || {
@@ -99,7 +99,12 @@ async fn main() -> Result<(), Error> {
             })
     })
     .await?
-    .ok_or("the controller did not start")?;
+    .ok_or_else(|| {
+        format!(
+            "the controller did not start: {}",
+            std::fs::read_to_string(state.path().join("controller.log")).unwrap_or_default()
+        )
+    })?;
     let mut client = MeshClient::connect(format!("http://{addr}")).await?;
     let mut stream = client
         .watch(WatchRequest {
