@@ -581,6 +581,8 @@ fn the_chart_lints_and_validates_strictly_against_1_29_and_1_33() {
                 "portal.url=https://sluice.example",
                 "ca.cert=-----BEGIN CERTIFICATE-----",
                 "ca.key=-----BEGIN PRIVATE KEY-----",
+                "persistence.enabled=true",
+                "persistence.storageClass=standard",
             ],
         ),
     ] {
