@@ -763,3 +763,144 @@ fn helm_install_creates_everything_and_the_controller_runs_with_the_charts_rbac(
         .arg(&api.kubeconfig)
         .output();
 }
+
+/// End to end with real sidecars: payments' sidecar (fed and certified by the Kubernetes
+/// controller) in front of an app, and frontend's sidecar calling payments by the Service's
+/// cluster IP. The ungranted call is denied with its access-request link; an AccessPolicy
+/// applied with kubectl lets it through.
+///
+/// Not in network namespaces with iptables (that is `sluice up`'s test): the sidecars run on
+/// loopback in explicit mode, frontend's outbound listener standing for an intercepted
+/// connection to the cluster IP, which its sidecar resolves to payments through the
+/// controller. The pod "runs" on 127.0.0.1: no kubelet here, so the test patches the pod's
+/// status (IP, Ready) as a kubelet would, with the Service's target port at the sidecar's
+/// inbound listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // as above: the guard only orders the tests
+async fn an_ungranted_call_is_denied_with_its_link_until_an_access_policy_is_applied() {
+    let Some((api, _guard)) = setup("kubernetes::end_to_end") else {
+        return;
+    };
+    apply_shop(api);
+    let controller = KubeController::start(api, &[]);
+    let token = |service: &str| {
+        let out = Command::new(sluice_bin())
+            .args(["identity", "token", "--service", service, "--state-dir"])
+            .arg(controller.state.path().join("state"))
+            .output()
+            .expect("sluice identity token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let app = sluice_integration::upstream::http("payments").await;
+    let payments = sluice_integration::Proxy::start(
+        sluice_integration::ProxyOptions::default()
+            .env("SLUICE_PROXY_CONTROLLER_ADDR", controller.grpc.clone())
+            .env("SLUICE_PROXY_IDENTITY_TOKEN", token("payments"))
+            .env("SLUICE_PROXY_SERVICE", "payments")
+            .env("SLUICE_PROXY_SERVICE_VERSION", "v1")
+            .env("SLUICE_PROXY_ID", "payments-0")
+            .env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={}", app.addr)),
+    );
+    let inbound_port = payments.explicit(0).port();
+    api.kubectl_ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "payments",
+        &format!("--tcp=8080:{inbound_port}"),
+    ]);
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "payments-0", "namespace": "default",
+            "labels": {"app": "payments", "sluice.dev/version": "v1"}},
+        "spec": {"containers": [{"name": "app", "image": "payments:v1"}]},
+    });
+    let (ok, _, err) = api.kubectl_stdin(&["apply", "-f", "-"], &pod.to_string());
+    assert!(ok, "{err}");
+    api.mark_pod_ready("default", "payments-0", "127.0.0.1");
+    let cluster_ip = api
+        .kubectl_ok(&[
+            "get",
+            "service",
+            "payments",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .trim()
+        .to_owned();
+    let frontend = sluice_integration::Proxy::start(
+        sluice_integration::ProxyOptions::default()
+            .env("SLUICE_PROXY_CONTROLLER_ADDR", controller.grpc.clone())
+            .env("SLUICE_PROXY_IDENTITY_TOKEN", token("frontend"))
+            .env("SLUICE_PROXY_SERVICE", "frontend")
+            .env("SLUICE_PROXY_ID", "frontend-0")
+            .env(
+                "SLUICE_PROXY_EXPLICIT_OUTBOUND",
+                format!("0={cluster_ip}:8080"),
+            ),
+    );
+    let client = sluice_integration::client::hyper_client(false);
+    let call = async || {
+        sluice_integration::client::get(&client, frontend.explicit(0), "/v1/charges/42", &[])
+            .await
+            .expect("call")
+    };
+    // Until both sidecars have certificates and frontend's knows where payments runs, the
+    // call fails otherwise; then payments' sidecar denies it: no grant for frontend.
+    let deadline = Instant::now() + PATIENCE;
+    let denied = loop {
+        let reply = call().await;
+        if reply.status == 403 {
+            break reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never denied by payments: {} {}\n{}\n{}",
+            reply.status,
+            reply.body,
+            frontend.log(),
+            payments.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        denied
+            .body
+            // The link asks for the declared endpoint, not the one charge.
+            .contains("access/new?from=frontend&to=payments&rpc=GET%20%2Fv1%2Fcharges%2F%7Bid%7D"),
+        "{}",
+        denied.body
+    );
+    assert_eq!(app.hits(), 0, "nothing reached the app");
+
+    // The grant, as an AccessPolicy applied with kubectl.
+    let grant = "apiVersion: sluice.dev/v1alpha1\nkind: AccessPolicy\n\
+                 metadata: { name: frontend-reads-charges }\n\
+                 spec:\n  service: payments\n  rules:\n    - from: [frontend]\n      \
+                 allow: [\"GET /v1/charges/{id}\"]\n      reason: The order page shows the charge.\n";
+    let (ok, _, err) = api.kubectl_stdin(&["apply", "-f", "-"], grant);
+    assert!(ok, "{err}");
+    let allowed = loop {
+        let reply = call().await;
+        if reply.status == 200 {
+            break reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the grant never took effect: {} {}",
+            reply.status,
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        allowed.json()["headers"]["sluice-client-id"],
+        "spiffe://shop.local/ns/default/svc/frontend",
+        "payments' sidecar saw frontend's mesh identity"
+    );
+}
