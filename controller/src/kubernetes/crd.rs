@@ -295,8 +295,11 @@ pub fn to_yaml(crd: &Value) -> String {
     emitter.multiline(true);
     // Writing into a String cannot fail.
     let _ = emitter.dump(&yaml);
-    out.push_str(&text);
-    out.push('\n');
+    // Blank lines inside block scalars come indented; YAML reads them the same without.
+    for line in text.lines() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
     out
 }
 
