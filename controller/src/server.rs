@@ -565,7 +565,13 @@ async fn serve(
         Some(addr) => Some(start_portal(args, addr, &portal_file, &plane, &engine).await?),
         None => None,
     };
-    let admin_task = tokio::spawn(admin::serve(admin, Arc::clone(&plane), Some(engine)));
+    let env_routes = start_environments(args, &plane)?;
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        Arc::clone(&plane),
+        Some(engine),
+        Some(env_routes),
+    ));
     let reaper = tokio::spawn(reap_forever(Arc::clone(&plane), args.registration_grace));
     tracing::info!(addr = %admin_addr, "serving the admin endpoint (GET /status)");
     if let Some(file) = &args.ready_file {
@@ -615,6 +621,37 @@ async fn serve(
 
 /// Where the portal's bound address is written (like `admin.addr`).
 pub const PORTAL_ADDR_FILE: &str = "portal.addr";
+
+/// Loads the environments from the store, starts their idle clocks, and makes the admin token
+/// their changes need.
+fn start_environments(
+    args: &ControllerArgs,
+    plane: &Arc<ControlPlane>,
+) -> Result<admin::EnvRoutes, ServeError> {
+    let token = crate::env::api::load_or_create_token(&args.state_dir).map_err(|source| {
+        setup(
+            &format!(
+                "write {}",
+                crate::env::api::token_path(&args.state_dir).display()
+            ),
+            source,
+        )
+    })?;
+    let notifier = crate::notify::Notifier::start(
+        crate::notify::DeliveryConfig::default(),
+        Arc::new(crate::rollout::store::StoreDeliveryLog(
+            plane.store().clone(),
+        )),
+    )
+    .map_err(|e| tracing::error!(error = %e, "environments: no team messages: cannot start the notifier"))
+    .ok();
+    let envs = crate::env::Environments::load(Arc::clone(plane), notifier)?;
+    tokio::spawn(Arc::clone(&envs).run());
+    Ok(admin::EnvRoutes {
+        envs,
+        token: token.into(),
+    })
+}
 
 fn portal_auth(args: &ControllerArgs) -> crate::portal::auth::AuthConfig {
     crate::portal::auth::AuthConfig {

@@ -7,6 +7,7 @@
 //! | `GET /traffic` | every version's traffic totals as the proxies report them ([`crate::rollout::traffic`]) |
 //! | `GET /healthz` | `ok` |
 //! | `/rollouts…` | the rollout API and pages ([`super::rollout_api`]) |
+//! | `/environments…`, `/instances/sync` | ephemeral environments ([`crate::env::api`]); changes need the admin token |
 //!
 //! It listens on loopback only by default: the rollout actions (start, pause, promote, abort)
 //! are as powerful as the CLI, and anyone who can reach the port can use them. Behind an
@@ -26,11 +27,21 @@ use tokio::net::TcpListener;
 
 use super::state::ControlPlane;
 
+/// The environment routes' state: the environments and the admin token changes need.
+#[derive(Clone)]
+pub struct EnvRoutes {
+    /// The environments.
+    pub envs: Arc<crate::env::Environments>,
+    /// `STATE_DIR/admin.token`.
+    pub token: Arc<str>,
+}
+
 /// Serves until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
     plane: Arc<ControlPlane>,
     engine: Option<Arc<crate::rollout::engine::Engine>>,
+    envs: Option<EnvRoutes>,
 ) {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -43,11 +54,17 @@ pub async fn serve(
         };
         let plane = Arc::clone(&plane);
         let engine = engine.clone();
+        let envs = envs.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let plane = Arc::clone(&plane);
                 let engine = engine.clone();
+                let envs = envs.clone();
                 async move {
+                    if let Some(envs) = envs.filter(|_| crate::env::api::handles(req.uri().path()))
+                    {
+                        return Ok::<_, Infallible>(environments(&envs, req).await);
+                    }
                     let rollouts = req.uri().path() == "/rollouts"
                         || req.uri().path().starts_with("/rollouts/");
                     Ok::<_, Infallible>(match (rollouts, engine) {
@@ -64,6 +81,44 @@ pub async fn serve(
             }
         });
     }
+}
+
+async fn environments(routes: &EnvRoutes, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::{BodyExt, Limited};
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let authorization = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = match Limited::new(req.into_body(), crate::env::api::MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the body is too large or was cut off\n",
+            );
+        }
+    };
+    let (status, value) = crate::env::api::handle(
+        &routes.envs,
+        &method,
+        &path,
+        authorization.as_deref(),
+        &routes.token,
+        &body,
+    )
+    .await;
+    let body = serde_json::to_vec_pretty(&value).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "error\n"))
 }
 
 async fn handle(plane: &ControlPlane, req: &Request<Incoming>) -> Response<Full<Bytes>> {
