@@ -278,9 +278,7 @@ fn traffic_section(v: &ServiceView) -> Markup {
         section.card #traffic {
             h2 { "Live traffic" }
             iframe.live src={ (service_href(&v.key)) "/traffic" } title={ "Live traffic of " (v.key.to_string()) }
-                style={ "height:" (rem) "rem" } {
-                a href={ (service_href(&v.key)) "/traffic" } { "Live traffic" }
-            }
+                style={ "height:" (rem) "rem" } {}
         }
     }
 }
