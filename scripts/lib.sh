@@ -31,7 +31,10 @@ BENCH_APT_PACKAGES=(nginx)
 #     Selenium Manager never downloads a browser or driver)
 #   hypercorn: an application server that accepts `Upgrade: h2c`, for the test that the proxy
 #     never lets an h2c upgrade through (proxy_security.rs)
-TEST_PIP_PACKAGES=(grpc=grpcio grpc_tools=grpcio-tools grpc_status=grpcio-status selenium=selenium hypercorn=hypercorn)
+#   schemathesis: generates requests from the admin API's /openapi.json and checks the answers
+#     (controller/tests/admin_api.rs runs its `st` command: no server errors, answers as
+#     documented)
+TEST_PIP_PACKAGES=(grpc=grpcio grpc_tools=grpcio-tools grpc_status=grpcio-status selenium=selenium hypercorn=hypercorn schemathesis=schemathesis)
 
 SLUICE_LOG_DIR="${SLUICE_LOG_DIR:-${TMPDIR:-/tmp}/sluice-scripts}"
 mkdir -p "$SLUICE_LOG_DIR"

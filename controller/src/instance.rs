@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// What an instance runs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Run {
     /// The service's own definition of the version: the mesh file's workload and its
@@ -41,7 +41,7 @@ pub enum Run {
 }
 
 /// One instance that should run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceSpec {
     /// Unique among the backend's instances: `checkout.pr-1`, `payments-v2`.
     pub name: String,
@@ -64,7 +64,7 @@ pub struct InstanceSpec {
 }
 
 /// How a started instance is doing, as its backend sees it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceStatus {
     /// The instance.
     pub name: String,

@@ -41,7 +41,8 @@ use crate::server::state::ControlPlane;
 use crate::store::{StoreError, unix_ms};
 pub use model::{
     Command, Copy, CopyView, CreateRequest, Environment, EnvironmentList, EnvironmentView,
-    Heartbeat, Origin, Removed, RunRequest, SyncAnswer, SyncRequest, Usage, instance_name,
+    Heartbeat, Origin, Removed, RunRequest, RunStarted, SyncAnswer, SyncRequest, Usage,
+    instance_name,
 };
 
 /// How often the idle clocks and `env run` leases are checked.

@@ -18,7 +18,7 @@ pub const MAX_IDLE_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
 pub const RECENT_MINUTES: usize = 60;
 
 /// Why a copy runs in the environment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Origin {
     /// The service the environment was made for (`sluice env create --service`).
@@ -140,7 +140,7 @@ pub fn is_label(name: &str, max: usize) -> bool {
 }
 
 /// `POST /environments`: `sluice env create`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// The environment's name.
@@ -165,7 +165,7 @@ pub struct CreateRequest {
 }
 
 /// A developer's command.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Command {
     /// The argv; the program an absolute path.
@@ -178,7 +178,7 @@ pub struct Command {
 }
 
 /// `POST /environments/{name}/run`: `sluice env run` starts a session.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     /// The service the command is a copy of.
@@ -194,7 +194,7 @@ pub struct RunRequest {
 }
 
 /// `POST /environments/{name}/run/{service}/heartbeat`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// Restart the copy (the binary or a watched path changed).
@@ -203,7 +203,7 @@ pub struct Heartbeat {
 }
 
 /// One copy, as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CopyView {
     /// The service.
     pub service: String,
@@ -239,7 +239,7 @@ pub struct CopyView {
 }
 
 /// What an environment uses, and what that would cost.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     /// CPU-seconds of every process of every copy since they started.
     pub cpu_seconds: f64,
@@ -255,7 +255,7 @@ pub struct Usage {
 }
 
 /// An environment, as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnvironmentView {
     /// Its name.
     pub name: String,
@@ -297,7 +297,7 @@ pub struct EnvironmentView {
 }
 
 /// `GET /environments`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnvironmentList {
     /// By name.
     pub environments: Vec<EnvironmentView>,
@@ -306,7 +306,7 @@ pub struct EnvironmentList {
 }
 
 /// `POST /instances/sync`: a backend reports what it runs and learns what it should run.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
     /// Who is reporting (`sluice up run 3fa2c1`).
@@ -321,14 +321,23 @@ pub struct SyncRequest {
 }
 
 /// The answer to [`SyncRequest`].
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyncAnswer {
     /// Every environment instance that should run.
     pub instances: Vec<crate::instance::InstanceSpec>,
 }
 
+/// `POST /environments/{name}/run`: the session started.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunStarted {
+    /// The environment.
+    pub environment: EnvironmentView,
+    /// Whether the session made it (and removes it when it ends).
+    pub created: bool,
+}
+
 /// `DELETE /environments/{name}` and the end of a run session: what went.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Removed {
     /// The environment as it was.
     pub environment: EnvironmentView,
