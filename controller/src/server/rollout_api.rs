@@ -235,6 +235,7 @@ img{{max-width:100%;border:1px solid #eee}} time{{color:#777;font-size:.85rem}}\
 <h1>{svc}: {base} → {canary} <span class=\"phase\">{phase}</span></h1>\
 <p>{decision}</p>\
 <p>Canary weight now {weight}% · {creq} canary and {breq} baseline requests judged · rollout <code>{id}</code></p>\
+<p class=\"baseline\">Baseline: {baseline_used}</p>\
 <h2>Steps</h2><ol>{steps}</ol>\
 <h2>Evidence</h2><table>{evidence}</table>\
 <h2>Canary vs baseline</h2><img src=\"/rollouts/{id}/chart.svg\" alt=\"success rate and p99 latency of canary and baseline\">\
@@ -245,6 +246,7 @@ img{{max-width:100%;border:1px solid #eee}} time{{color:#777;font-size:.85rem}}\
         canary = e(&r.canary_version),
         phase = r.phase,
         decision = e(&r.decision),
+        baseline_used = e(&crate::rollout::cli::baseline_sentence(r)),
         weight = r.weight,
         creq = r.canary_requests,
         breq = r.baseline_requests,
