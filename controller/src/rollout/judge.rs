@@ -72,7 +72,11 @@
 //! check waits (inconclusive) until the baseline has `10 / (1 - q)` requests, enough for about
 //! ten above its quantile. With a baseline copy (a fresh instance of the stable version at the
 //! canary's weight, [`Judge::observe_with_reference`]) `Q_b` is the copy's once it has those
-//! requests, and before that the copy's pooled with the long-running instances'.
+//! requests, and before that the copy's pooled with the long-running instances'. Latency is
+//! what age and traffic share distort; errors are the code's, so the errors test takes the
+//! copy and the long-running instances together as its baseline (the copy alone has so few
+//! requests that its rate stays uncertain, and the test loses the power to catch a bad canary
+//! in a short rollout: in the local mesh, a 5%-error canary passed every step).
 //!
 //! # Request rate (relative)
 //!
@@ -407,10 +411,17 @@ impl Judge {
         let evidence = &mut values;
         let (log_e, sentence, ready) = match check.signal {
             Signal::SuccessRate => {
+                // Errors are the code's: a copy and the long-running instances of the stable
+                // version are one baseline here, and pooling them keeps the test's power (a
+                // copy alone, with the canary's few requests, leaves the baseline's rate so
+                // uncertain that a 5%-error canary passes a short rollout).
+                let mut pooled = self.baseline.clone();
+                pooled.add(&self.reference);
+                let nb = pooled.requests;
                 let sample = TwoSample {
                     canary_failures: self.canary.failures as f64,
                     canary_requests: nc as f64,
-                    baseline_failures: self.baseline.failures as f64,
+                    baseline_failures: pooled.failures as f64,
                     baseline_requests: nb as f64,
                 };
                 let log_e = two_sample_log_e(
@@ -420,7 +431,7 @@ impl Judge {
                     &self.baseline_prior,
                 );
                 let c = self.canary.failure_rate().map(|p| 100.0 * (1.0 - p));
-                let b = self.baseline.failure_rate().map(|p| 100.0 * (1.0 - p));
+                let b = pooled.failure_rate().map(|p| 100.0 * (1.0 - p));
                 evidence.0 = c;
                 evidence.1 = b;
                 let sentence = format!(

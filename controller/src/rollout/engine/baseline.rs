@@ -66,6 +66,7 @@ impl Engine {
             self.plane
                 .role_instances(&r.namespace, &r.service, &r.baseline_version, BASELINE_ROLE);
         if !copies.is_empty() {
+            self.forget_copy_wait(&r.id);
             r.baseline.kind = BaselineKind::Copy;
             r.baseline.description = format!(
                 "a fresh copy of {} ({}), with the canary's weight",
@@ -85,6 +86,7 @@ impl Engine {
         if elapsed_ms(since, now) < ms(COPY_WAIT) {
             return false;
         }
+        self.forget_copy_wait(&r.id);
         r.baseline.kind = BaselineKind::Stable;
         r.baseline.description = format!(
             "the running {} instances (no fresh copy of {} registered within {})",
@@ -94,6 +96,15 @@ impl Engine {
         );
         tracing::warn!(rollout = r.id, "{}", r.baseline.description);
         true
+    }
+}
+
+impl Engine {
+    fn forget_copy_wait(&self, id: &str) {
+        self.copy_wait_started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
     }
 }
 

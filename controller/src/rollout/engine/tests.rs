@@ -225,10 +225,9 @@ async fn a_canary_is_judged_against_a_fresh_copy_of_stable_with_its_weight() {
         r.decision
     );
     f.register_role("v1", "baseline").await;
-    // The copy is the baseline: it has the canary's traffic and 2% errors, the long-running
-    // v1 none. A canary with 2% errors passes against the copy (the same rate).
+    // The copy is the baseline, with the canary's traffic; everything fails 2% of requests.
     let traffic = |f: &Fixture| {
-        f.traffic("v1", 80, 0);
+        f.traffic("v1", 100, 2);
         let mut totals = f.totals.lock().expect("lock");
         let copy = totals
             .entry("v1/baseline".to_owned())
