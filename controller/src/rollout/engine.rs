@@ -512,7 +512,8 @@ impl Engine {
         // meantime wins and the fetched totals are dropped.
         let mut fetched = HashMap::new();
         for r in store::active(self.plane.store())? {
-            if r.phase != Phase::Progressing {
+            // A canary waiting for confirmation still serves its weight: it is still judged.
+            if !matches!(r.phase, Phase::Progressing | Phase::WaitingConfirmation) {
                 continue;
             }
             // The policy's Prometheus if it names one, else the proxies' reports.
@@ -558,7 +559,7 @@ impl Engine {
             let before = (r.phase, r.step, r.weight);
             match r.phase {
                 Phase::Pending => self.pending(&mut r, now)?,
-                Phase::Progressing => match fetched.remove(&r.id) {
+                Phase::Progressing | Phase::WaitingConfirmation => match fetched.remove(&r.id) {
                     Some((Ok(c), Ok(b), readings)) => {
                         self.progressing(&mut r, now, c, b, readings)?;
                     }
@@ -740,6 +741,11 @@ impl Engine {
                 (v, None) => v,
             }
         };
+        // Waiting for a person, only a failure changes anything: the canary keeps its weight
+        // (and is rolled back if it turns bad) until someone resumes or promotes.
+        if r.phase == Phase::WaitingConfirmation && !matches!(verdict, Verdict::Fail(_)) {
+            return Ok(());
+        }
         let step = r.current_step().cloned();
         let step_done = step
             .as_ref()

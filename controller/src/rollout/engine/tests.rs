@@ -494,3 +494,30 @@ async fn pause_abort_promote_supersede_and_refusals() {
     assert_eq!(promoted.phase, Phase::Promoted);
     assert!(f.published_split().contains("\"v2\",\"weight\":100"));
 }
+
+#[tokio::test]
+async fn a_canary_waiting_for_confirmation_is_still_judged() {
+    let f = Fixture::new();
+    let engine = f.engine();
+    engine.start_rollout(start("v2")).await.expect("start");
+    f.register("v2").await;
+    let healthy = |f: &Fixture| {
+        f.traffic("v1", 90, 0);
+        f.traffic("v2", 10, 0);
+    };
+    drive(&f, &engine, healthy, |r| {
+        r.phase == Phase::WaitingConfirmation
+    })
+    .await;
+    // It turns bad while nobody has confirmed yet: rolled back, not left at 50%.
+    let bad = |f: &Fixture| {
+        f.traffic("v1", 50, 0);
+        f.traffic("v2", 50, 10);
+    };
+    let r = drive(&f, &engine, bad, |r| !r.phase.is_active()).await;
+    assert_eq!(r.phase, Phase::RolledBack, "{}", r.decision);
+    assert_eq!(
+        r.failed_check.as_ref().map(|c| c["metric"].clone()),
+        Some("errors".into())
+    );
+}

@@ -423,3 +423,28 @@ fn numbers_read_well() {
     assert_eq!(millis(Some(0.612)), "612 ms");
     assert_eq!(quantile_label(0.999), "p99.9");
 }
+
+#[test]
+fn against_a_copy_a_canary_with_5_percent_errors_fails_for_errors_only() {
+    // The copy has the canary's traffic; the long-running instances the rest.
+    let bad = Version {
+        failure_rate: 0.05,
+        ..HEALTHY
+    };
+    let mut rng = SmallRng::seed_from_u64(21);
+    let mut judge = Judge::new(&shop_analysis());
+    for _ in 0..40 {
+        let (c, copy) = interval(&mut rng, 20, 50, bad, HEALTHY);
+        let (_, stable) = interval(&mut rng, 80, 0, HEALTHY, HEALTHY);
+        judge.observe_with_reference(&c, &copy, Some(&stable), FIVE_SECONDS, 50);
+        if matches!(judge.verdict(), Verdict::Fail(_)) {
+            break;
+        }
+    }
+    let Verdict::Fail(e) = judge.verdict() else {
+        panic!("a 5%-error canary passes: {:#?}", judge.evidence());
+    };
+    assert_eq!(e.metric, "errors");
+    let metrics: Vec<_> = judge.failures().iter().map(|f| f.metric.as_str()).collect();
+    assert_eq!(metrics, ["errors"]);
+}
