@@ -21,7 +21,8 @@ use crate::rpc::RpcPattern;
 
 mod kinds;
 use kinds::{
-    check_backends, check_canary, check_mesh, check_service, check_team, parse_rpc, warn_undeclared,
+    Surface, check_backends, check_canary, check_mesh, check_service, check_team, parse_rpc,
+    warn_undeclared,
 };
 
 /// A namespaced name, e.g. `default/payments`. Displayed without the namespace when it is
@@ -148,7 +149,7 @@ pub struct PolicySet {
     pub teams: BTreeMap<ObjectRef, Checked<TeamSpec>>,
     /// Services by name.
     pub services: BTreeMap<ObjectRef, CheckedService>,
-    /// Access policies, in file order.
+    /// Access policies, by callee, then name (not file order: see the end of `check`).
     pub access_policies: Vec<CheckedAccessPolicy>,
     /// Routes by service.
     pub routes: BTreeMap<ObjectRef, Checked<RouteSpec>>,
@@ -429,6 +430,15 @@ fn check(
             _ => None,
         })
     };
+    let ports_of = |svc: &ObjectRef| -> Vec<crate::resources::Port> {
+        service_names
+            .get(svc)
+            .and_then(|d| match &d.resource {
+                Resource::MeshService(s) => Some(s.spec.ports.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
     let endpoints_of = |svc: &ObjectRef| -> Vec<RpcPattern> {
         service_names
             .get(svc)
@@ -535,6 +545,12 @@ fn check(
                 let callee = own_service_ref(&mut ctx, &d.spec.service)
                     .and_then(|name| service_ref(&mut ctx, "spec.service", &name));
                 let declared = callee.as_ref().map(&endpoints_of).unwrap_or_default();
+                let ports = callee.as_ref().map(&ports_of).unwrap_or_default();
+                let surface = Surface {
+                    endpoints: &declared,
+                    ports: &ports,
+                    callee: callee.as_ref(),
+                };
                 let mut rules = Vec::new();
                 for (i, rule) in d.spec.rules.iter().enumerate() {
                     let base = format!("spec.rules[{i}]");
@@ -568,7 +584,7 @@ fn check(
                     for (j, rpc) in rule.allow.iter().enumerate() {
                         let field = format!("{base}.allow[{j}]");
                         if let Some(p) = parse_rpc(&mut ctx, &field, rpc) {
-                            warn_undeclared(&mut ctx, &field, &p, &declared, callee.as_ref());
+                            warn_undeclared(&mut ctx, &field, &p, &surface);
                             allow.push(p);
                         }
                     }
@@ -628,7 +644,7 @@ fn check(
                     }
                     let field = format!("{base}.rpc");
                     if let Some(p) = parse_rpc(&mut ctx, &field, &ex.rpc) {
-                        warn_undeclared(&mut ctx, &field, &p, &declared, callee.as_ref());
+                        warn_undeclared(&mut ctx, &field, &p, &surface);
                         unauthenticated.push((p, ex.reason.clone()));
                     }
                 }
@@ -662,7 +678,19 @@ fn check(
                 for (i, rule) in d.spec.rules.iter().enumerate() {
                     let base = format!("spec.rules[{i}]");
                     if let Some(rpc) = &rule.matches.rpc {
-                        parse_rpc(&mut ctx, &format!("{base}.match.rpc"), rpc);
+                        let field = format!("{base}.match.rpc");
+                        if let Some(RpcPattern::Tcp { .. }) = parse_rpc(&mut ctx, &field, rpc) {
+                            ctx.error(
+                                "invalid-rpc",
+                                &field,
+                                format!("`{rpc}`: Route rules match HTTP and gRPC requests"),
+                                Some(
+                                    "opaque TCP follows the Route's `backends`; remove the rule's \
+                                     `rpc` or match an HTTP or gRPC call"
+                                        .into(),
+                                ),
+                            );
+                        }
                     }
                     if rule.backends.is_empty() && rule.environment.is_none() {
                         ctx.error(
@@ -744,5 +772,10 @@ fn check(
             }
         }
     }
+    // One order whatever the layout: the bundle, its version and "the first grant wins" then
+    // do not depend on which file a policy sits in, or on whether it came from a file or a
+    // Kubernetes object (which has no file order), so both publish the same version.
+    set.access_policies
+        .sort_by(|a, b| (&a.service, &a.name).cmp(&(&b.service, &b.name)));
     set
 }

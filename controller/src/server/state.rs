@@ -118,6 +118,9 @@ struct Inner {
     service_addresses: ServiceAddresses,
     /// Rollout weights that replace the Routes' default splits (see [`RouteOverrides`]).
     route_overrides: RouteOverrides,
+    /// Instances a backend discovered itself (Kubernetes: ready pods), by instance. Published
+    /// like registrations, but never stored: the backend is their source of truth.
+    discovered: BTreeMap<InstanceKey, Registered>,
 }
 
 /// (namespace, service) → the default split to enforce instead of the Route file's, as
@@ -184,6 +187,7 @@ impl ControlPlane {
             last_error,
             service_addresses: ServiceAddresses::new(),
             route_overrides: RouteOverrides::new(),
+            discovered: BTreeMap::new(),
         };
         let first = Arc::new(Published {
             generation: 1,
@@ -191,6 +195,7 @@ impl ControlPlane {
                 &policy,
                 &inner.route_overrides,
                 &inner.registrations,
+                &inner.discovered,
                 &inner.service_addresses,
             ),
         });
@@ -247,6 +252,7 @@ impl ControlPlane {
             &self.policy.load(),
             &inner.route_overrides,
             &inner.registrations,
+            &inner.discovered,
             &inner.service_addresses,
         );
         self.published.send_replace(Arc::new(Published {
@@ -260,6 +266,39 @@ impl ControlPlane {
         let mut inner = self.lock();
         if inner.service_addresses != addresses {
             inner.service_addresses = addresses;
+            self.republish(&mut inner);
+        }
+    }
+
+    /// Replaces the instances a backend discovered (Kubernetes: the ready pods behind each
+    /// MeshService's Service), and publishes the change if there is one.
+    pub fn set_discovered_instances(&self, rows: Vec<RegistrationRow>) {
+        let discovered: BTreeMap<InstanceKey, Registered> = rows
+            .into_iter()
+            .map(|row| {
+                let key = InstanceKey {
+                    namespace: row.namespace.clone(),
+                    service: row.service.clone(),
+                    instance: row.instance.clone(),
+                };
+                (
+                    key,
+                    Registered {
+                        row,
+                        orphaned_since: None,
+                    },
+                )
+            })
+            .collect();
+        let mut inner = self.lock();
+        let same = inner.discovered.len() == discovered.len()
+            && inner
+                .discovered
+                .iter()
+                .zip(&discovered)
+                .all(|((ka, a), (kb, b))| ka == kb && same_endpoint(&a.row, &b.row));
+        if !same {
+            inner.discovered = discovered;
             self.republish(&mut inner);
         }
     }
@@ -279,9 +318,11 @@ impl ControlPlane {
         version: &str,
         role: &str,
     ) -> Vec<String> {
-        self.lock()
+        let inner = self.lock();
+        let mut names: Vec<String> = inner
             .registrations
             .values()
+            .chain(inner.discovered.values())
             .filter(|r| {
                 r.row.namespace == namespace
                     && r.row.service == service
@@ -290,7 +331,10 @@ impl ControlPlane {
                     && r.row.role == role
             })
             .map(|r| r.row.instance.clone())
-            .collect()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Replaces the rollout weights, and publishes the change if there is one.
@@ -631,6 +675,7 @@ fn build_config(
     policy: &PolicySnapshot,
     route_overrides: &RouteOverrides,
     registrations: &BTreeMap<InstanceKey, Registered>,
+    discovered: &BTreeMap<InstanceKey, Registered>,
     service_addresses: &ServiceAddresses,
 ) -> ProxyConfig {
     /// (version, environment, role) → endpoints.
@@ -641,7 +686,12 @@ fn build_config(
     for (namespace, service) in service_addresses.keys() {
         services.entry((namespace, service)).or_default();
     }
-    for r in registrations.values() {
+    // A discovered instance that also registers itself is listed once, as discovered.
+    let registered = registrations
+        .iter()
+        .filter(|(k, _)| !discovered.contains_key(k))
+        .map(|(_, r)| r);
+    for r in discovered.values().chain(registered) {
         services
             .entry((&r.row.namespace, &r.row.service))
             .or_default()
