@@ -266,6 +266,11 @@ pub struct ControllerArgs {
     /// a rollback message quotes the canary's last lines from there.
     #[arg(long, value_name = "DIR")]
     pub workload_logs: Option<PathBuf>,
+    /// The runtime starts a fresh copy of the stable version beside each canary (with the
+    /// role `baseline`), so canaries can be judged against a like-for-like baseline (a
+    /// CanaryPolicy's `analysis.baseline: copy`). `sluice up` does and sets this.
+    #[arg(long)]
+    pub baseline_copies: bool,
     /// Once listening, write the bound address (`127.0.0.1:7071`) and a newline to this file.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -555,6 +560,7 @@ async fn serve(
                 .unwrap_or_else(|| format!("http://{admin_addr}")),
             workload_logs: args.workload_logs.clone(),
             delivery: Some(crate::notify::DeliveryConfig::default()),
+            baseline_copies: args.baseline_copies,
         },
     )
     .map_err(|e| {

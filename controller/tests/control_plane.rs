@@ -116,6 +116,7 @@ fn workload(service: &str, instance: &str) -> Workload {
         version: "v1".to_owned(),
         environment: "stable".to_owned(),
         instance: instance.to_owned(),
+        role: String::new(),
     }
 }
 

@@ -58,6 +58,7 @@ fn workload(namespace: &str, service: &str) -> Option<Workload> {
         version: "v1".to_owned(),
         environment: "stable".to_owned(),
         instance: format!("{service}-0"),
+        role: String::new(),
     })
 }
 

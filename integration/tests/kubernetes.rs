@@ -377,6 +377,7 @@ async fn watch(grpc: &str) -> tonic::Streaming<ProxyConfig> {
                 version: "v1".into(),
                 environment: "stable".into(),
                 instance: "observer".into(),
+                role: String::new(),
             }),
             proxy_id: "observer".into(),
             have_version: String::new(),

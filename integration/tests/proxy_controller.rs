@@ -87,6 +87,7 @@ impl Observer {
                     version: "v1".into(),
                     environment: "stable".into(),
                     instance: "observer".into(),
+                    role: String::new(),
                 }),
                 proxy_id: "observer".into(),
                 have_version: String::new(),

@@ -308,6 +308,7 @@ async fn start_identity(
                 version: config.service_version.clone(),
                 environment: config.environment.clone(),
                 instance: config.instance.clone(),
+                role: config.role.clone(),
             },
         };
         identity::certify::first(&certify, &store, FIRST_CERTIFICATE_WAIT).await;

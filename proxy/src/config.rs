@@ -69,6 +69,11 @@ pub const ENV_SERVICE_VERSION: &str = "SLUICE_PROXY_SERVICE_VERSION";
 pub const ENV_NAMESPACE: &str = "SLUICE_PROXY_NAMESPACE";
 /// The workload's environment: `stable` (default) or an ephemeral one such as `pr-42`.
 pub const ENV_ENVIRONMENT: &str = "SLUICE_PROXY_ENVIRONMENT";
+/// The workload instance's role: empty (default) for an ordinary instance, or `baseline` for a
+/// rollout's fresh copy of the stable version (started beside the canary so it is judged
+/// against a like-for-like baseline). Registered and reported with the instance, so that its
+/// traffic is routed and counted apart from the version's ordinary instances.
+pub const ENV_ROLE: &str = "SLUICE_PROXY_ROLE";
 /// The workload instance's unique name (pod name). Default: the proxy id.
 pub const ENV_INSTANCE: &str = "SLUICE_PROXY_INSTANCE";
 /// This proxy's id for loop detection. Default: random per process.
@@ -220,6 +225,8 @@ pub struct Config {
     pub namespace: String,
     /// See [`ENV_ENVIRONMENT`].
     pub environment: String,
+    /// See [`ENV_ROLE`].
+    pub role: String,
     /// See [`ENV_INSTANCE`].
     pub instance: String,
     /// See [`ENV_PROXY_ID`].
@@ -282,6 +289,7 @@ impl Config {
             service: self.service.clone(),
             version: self.service_version.clone(),
             environment: self.environment.clone(),
+            role: self.role.clone(),
             instance: self.instance.clone(),
         }
     }
@@ -345,6 +353,13 @@ impl Config {
             service_version: p.get(ENV_SERVICE_VERSION).unwrap_or_default(),
             namespace: p.non_empty(ENV_NAMESPACE, "default"),
             environment: p.non_empty(ENV_ENVIRONMENT, crate::state::endpoints::STABLE),
+            role: p.parse(ENV_ROLE, String::new(), |s| match s {
+                "" | sluice_policy::resources::BASELINE_ROLE => Ok(s.to_owned()),
+                _ => Err(format!(
+                    "expected `{}` or nothing",
+                    sluice_policy::resources::BASELINE_ROLE
+                )),
+            }),
             instance: p.get(ENV_INSTANCE).unwrap_or_default(),
             proxy_id: p
                 .get(ENV_PROXY_ID)

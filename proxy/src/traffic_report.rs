@@ -246,6 +246,7 @@ mod tests {
                 version: "v2".into(),
                 environment: "stable".into(),
                 instance: "payments-1".into(),
+                role: String::new(),
             },
             proxy_id: "p1".into(),
             interval: Duration::from_secs(1),

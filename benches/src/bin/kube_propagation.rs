@@ -114,6 +114,7 @@ async fn main() -> Result<(), Error> {
                 version: "v1".into(),
                 environment: "stable".into(),
                 instance: "bench".into(),
+                role: String::new(),
             }),
             proxy_id: "bench".into(),
             have_version: String::new(),

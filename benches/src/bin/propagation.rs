@@ -153,6 +153,7 @@ async fn main() -> Result<(), Error> {
                     version: "v1".to_owned(),
                     environment: "stable".to_owned(),
                     instance: format!("svc-{}-{i}", i % 50),
+                    role: String::new(),
                 }),
                 proxy_id: format!("bench-{i}"),
                 have_version: String::new(),

@@ -124,9 +124,10 @@ struct Inner {
 }
 
 /// (namespace, service) → the default split to enforce instead of the Route file's, as
-/// (version, weight) pairs: the rollout engine's weights, or a promoted stable version. The
-/// policy files stay as written; what proxies receive is the policy with these applied.
-pub type RouteOverrides = BTreeMap<(String, String), Vec<(String, u32)>>;
+/// backends (version, weight, and the role of a rollout's baseline copy): the rollout
+/// engine's weights, or a promoted stable version. The policy files stay as written; what
+/// proxies receive is the policy with these applied.
+pub type RouteOverrides = BTreeMap<(String, String), Vec<sluice_policy::resources::Backend>>;
 
 /// (namespace, service) → the stable `ip:port`s clients dial (ClusterIPs, or the local
 /// runner's service addresses).
@@ -302,8 +303,21 @@ impl ControlPlane {
         }
     }
 
-    /// The registered instances of `version` of a service (stable environment), by name.
+    /// The registered ordinary instances of `version` of a service (stable environment), by
+    /// name.
     pub fn instances(&self, namespace: &str, service: &str, version: &str) -> Vec<String> {
+        self.role_instances(namespace, service, version, "")
+    }
+
+    /// The registered instances of `version` with `role` (empty: the ordinary ones), stable
+    /// environment, by name.
+    pub fn role_instances(
+        &self,
+        namespace: &str,
+        service: &str,
+        version: &str,
+        role: &str,
+    ) -> Vec<String> {
         let inner = self.lock();
         let mut names: Vec<String> = inner
             .registrations
@@ -314,6 +328,7 @@ impl ControlPlane {
                     && r.row.service == service
                     && r.row.version == version
                     && r.row.environment == crate::server::register::DEFAULT_ENVIRONMENT
+                    && r.row.role == role
             })
             .map(|r| r.row.instance.clone())
             .collect();
@@ -603,7 +618,8 @@ impl Drop for WatcherGuard {
 }
 
 fn same_endpoint(a: &RegistrationRow, b: &RegistrationRow) -> bool {
-    (&a.version, &a.environment, &a.address) == (&b.version, &b.environment, &b.address)
+    (&a.version, &a.environment, &a.role, &a.address)
+        == (&b.version, &b.environment, &b.role, &b.address)
 }
 
 /// The message for the current policy and registrations: services by namespace and name,
@@ -622,13 +638,7 @@ fn effective_policy(policy: &PolicySnapshot, overrides: &RouteOverrides) -> (Str
         if !set.services.contains_key(&key) {
             continue;
         }
-        let backends: Vec<Backend> = split
-            .iter()
-            .map(|(version, weight)| Backend {
-                version: version.clone(),
-                weight: *weight,
-            })
-            .collect();
+        let backends: Vec<Backend> = split.clone();
         match set.routes.get_mut(&key) {
             Some(route) => route.doc.spec.backends = backends,
             None => {
@@ -668,8 +678,8 @@ fn build_config(
     discovered: &BTreeMap<InstanceKey, Registered>,
     service_addresses: &ServiceAddresses,
 ) -> ProxyConfig {
-    /// (version, environment) → endpoints.
-    type Versions<'a> = BTreeMap<(&'a str, &'a str), Vec<Endpoint>>;
+    /// (version, environment, role) → endpoints.
+    type Versions<'a> = BTreeMap<(&'a str, &'a str, &'a str), Vec<Endpoint>>;
     let mut services: BTreeMap<(&str, &str), Versions<'_>> = BTreeMap::new();
     // A service with addresses but no instance yet is still published, so that clients get
     // `no-endpoints` from their proxy instead of an unrouted connection.
@@ -685,7 +695,7 @@ fn build_config(
         services
             .entry((&r.row.namespace, &r.row.service))
             .or_default()
-            .entry((&r.row.version, &r.row.environment))
+            .entry((&r.row.version, &r.row.environment, &r.row.role))
             .or_default()
             .push(Endpoint {
                 address: r.row.address.clone(),
@@ -707,11 +717,14 @@ fn build_config(
                     .unwrap_or_default(),
                 versions: versions
                     .into_iter()
-                    .map(|((version, environment), endpoints)| VersionEndpoints {
-                        version: version.to_owned(),
-                        environment: environment.to_owned(),
-                        endpoints,
-                    })
+                    .map(
+                        |((version, environment, role), endpoints)| VersionEndpoints {
+                            version: version.to_owned(),
+                            environment: environment.to_owned(),
+                            endpoints,
+                            role: role.to_owned(),
+                        },
+                    )
                     .collect(),
             })
             .collect(),
@@ -738,6 +751,7 @@ mod tests {
             instance: instance.into(),
             version: "v1".into(),
             environment: "stable".into(),
+            role: String::new(),
             address: address.into(),
             registered_unix_ms: 0,
         }
@@ -750,6 +764,7 @@ mod tests {
             version: "v1".into(),
             environment: "stable".into(),
             instance: instance.into(),
+            role: String::new(),
         }
     }
 

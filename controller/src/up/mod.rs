@@ -143,6 +143,7 @@ impl Shared {
                 service: l.service.clone(),
                 version: l.version.clone(),
                 canary: l.canary,
+                role: l.role.clone(),
             })
             .collect()
     }
@@ -592,6 +593,8 @@ fn start(
             addresses_file.display().to_string(),
             "--workload-logs".into(),
             logs_dir.display().to_string(),
+            // The runner starts a fresh copy of the stable version beside each canary.
+            "--baseline-copies".into(),
         ]
         .into_iter()
         .chain(portal_args)

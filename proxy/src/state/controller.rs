@@ -85,6 +85,7 @@ impl WatchConfig {
                 version: w.version,
                 environment: w.environment,
                 instance: w.instance,
+                role: w.role,
             },
             proxy_id: config.proxy_id.clone(),
             register: config.register_addr,
@@ -388,6 +389,7 @@ pub fn endpoints_from_proto(
                                 .collect::<Result<_, SourceError>>()?,
                             version: v.version,
                             environment: or(v.environment, super::endpoints::STABLE),
+                            role: v.role,
                         })
                     })
                     .collect::<Result<_, SourceError>>()?,
@@ -413,6 +415,7 @@ mod tests {
             versions: vec![api::VersionEndpoints {
                 version: "v1".into(),
                 environment: String::new(),
+                role: String::new(),
                 endpoints: vec![api::Endpoint {
                     address: "127.0.0.1:1".into(),
                     instance: "pay-0".into(),
