@@ -711,9 +711,9 @@ fn write_ready_file(file: &Path, addr: SocketAddr) -> Result<(), ServeError> {
 /// (where the watcher starts from). Problems are printed like `sluice policy check` prints
 /// them, and the controller does not start.
 fn initial_policy(dir: &Path, err: &mut dyn Write) -> Result<(PolicySnapshot, u64), CliError> {
-    let files = sluice_policy::load::read_sources(dir)?;
-    let applied = policy_watch::hash_sources(&files);
-    let set = match PolicySet::from_sources(&files) {
+    let read = sluice_policy::load::read_policy_dir(dir);
+    let applied = policy_watch::hash_read(&read);
+    let set = match PolicySet::from_read(read?) {
         Ok(set) => set,
         Err(LoadError::Read(e)) => return Err(e.into()),
         Err(LoadError::Invalid {
@@ -726,6 +726,13 @@ fn initial_policy(dir: &Path, err: &mut dyn Write) -> Result<(PolicySnapshot, u6
             return Err(CliError::PolicyInvalid);
         }
     };
+    for w in set
+        .warnings
+        .iter()
+        .filter(|w| w.code == "not-a-regular-file")
+    {
+        tracing::warn!(policy = %dir.display(), "{w}");
+    }
     let policy = PolicySnapshot::new(set);
     tracing::info!(policy = %dir.display(), version = policy.version, "policy is valid; watching it for changes");
     Ok((policy, applied))

@@ -9,13 +9,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
 
 use sluice_api::v1::mesh_client::MeshClient;
 use tonic::transport::Channel;
 
 /// How long the controller may take to start (a cold debug binary on a busy CI machine).
 pub const STARTUP: Duration = Duration::from_secs(30);
+
+/// How long a test waits for something that normally takes a fraction of a second. Speed is
+/// measured in `benches/` (the propagation benchmark), never asserted here.
+pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// The workspace root: relative paths in arguments (`examples/…`) are resolved from it.
 pub fn repo_root() -> PathBuf {
@@ -132,4 +138,91 @@ pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
         format!("Bearer {token}").parse().expect("an ASCII token"),
     );
     request
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the policy copy");
+    for entry in std::fs::read_dir(from).expect("read the example policy") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy a policy file");
+        }
+    }
+}
+
+/// A state directory and a copy of the shop's policy.
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    pub state: PathBuf,
+    pub policy: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let policy = dir.path().join("policy");
+        copy_dir(&repo_root().join("examples/shop/policy"), &policy);
+        Fixture {
+            _dir: dir,
+            state,
+            policy,
+        }
+    }
+
+    pub fn access(&self) -> PathBuf {
+        self.policy.join("payments/access.yaml")
+    }
+
+    pub fn edit(&self, file: &Path, from: &str, to: &str) {
+        let text = std::fs::read_to_string(file).expect("read the policy file");
+        assert!(text.contains(from), "{} has no {from:?}", file.display());
+        // Written in place, as many editors do.
+        std::fs::write(file, text.replacen(from, to, 1)).expect("write the policy file");
+    }
+
+    pub fn start(&self) -> Controller {
+        std::fs::create_dir_all(&self.state).expect("state dir");
+        let policy = self.policy.to_str().expect("a UTF-8 temp path");
+        Controller::start(&self.state, &["--policy", policy, "--admin", "127.0.0.1:0"])
+    }
+
+    /// `sluice status --state-dir STATE [--format json]`: exit status and stdout.
+    pub fn status(&self, json: bool) -> (i32, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("status").arg("--state-dir").arg(&self.state);
+        if json {
+            cmd.args(["--format", "json"]);
+        }
+        let out = cmd.output().expect("run sluice status");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    pub fn status_json(&self) -> Value {
+        let (code, out) = self.status(true);
+        assert_eq!(code, 0, "sluice status: {out}");
+        serde_json::from_str(&out).expect("status is JSON")
+    }
+
+    /// Polls `sluice status` until `check` holds.
+    pub async fn wait_status(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let status = self.status_json();
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {what}; status: {status:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
