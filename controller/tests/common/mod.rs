@@ -1,5 +1,6 @@
 //! Shared by the controller's end-to-end tests: the real `sluice controller` binary, started on
-//! loopback port 0 and reached with a real gRPC client.
+//! loopback port 0 and reached with a real gRPC client over TLS, as a proxy reaches it: trusting
+//! the mesh CA, and presenting a workload certificate from `Certify` where a call needs one.
 
 // Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
@@ -13,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sluice_api::v1::mesh_client::MeshClient;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 /// How long the controller may take to start (a cold debug binary on a busy CI machine).
 pub const STARTUP: Duration = Duration::from_secs(30);
@@ -35,7 +37,26 @@ pub fn repo_root() -> PathBuf {
 pub struct Controller {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The mesh CA certificate clients trust it with (`STATE/ca/ca.crt` unless `--ca-cert`).
+    pub ca: PathBuf,
+    /// Its state directory (the token key, for bootstrap tokens).
+    pub state: PathBuf,
     log: PathBuf,
+}
+
+/// A workload's certificate and key, as `Certify` issued them to a proxy.
+pub struct WorkloadCert {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for WorkloadCert {
+    fn clone(&self) -> Self {
+        WorkloadCert {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
 }
 
 impl Controller {
@@ -84,14 +105,94 @@ impl Controller {
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .parse()
             .expect("an address");
-        Controller { child, addr, log }
+        let ca = extra
+            .iter()
+            .position(|a| *a == "--ca-cert")
+            .and_then(|i| extra.get(i + 1))
+            .map(|p| repo_root().join(p))
+            .unwrap_or_else(|| state.join("ca/ca.crt"));
+        Controller {
+            child,
+            addr,
+            ca,
+            state: state.to_owned(),
+            log,
+        }
     }
 
-    /// A gRPC client of its `Mesh` service.
-    pub async fn client(&self) -> MeshClient<Channel> {
-        MeshClient::connect(format!("http://{}", self.addr))
+    /// A gRPC channel over TLS, trusting the mesh CA, presenting `cert` if given.
+    pub async fn channel(
+        &self,
+        endpoint: Endpoint,
+        cert: Option<&WorkloadCert>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let pem = std::fs::read(&self.ca).expect("read the mesh CA certificate");
+        let roots = sluice_api::tls::roots_from_pem(&pem).expect("the CA is PEM");
+        let client = cert.map(|c| {
+            sluice_api::tls::fixed_client_cert(c.chain.clone(), c.key.clone_key())
+                .expect("a usable workload certificate")
+        });
+        let config = sluice_api::tls::client_config(roots, client).expect("a TLS config");
+        endpoint
+            .connect_with_connector(sluice_api::tls::Connector::new(config))
             .await
-            .expect("connect to the controller")
+    }
+
+    /// `https://ADDR`.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::from_shared(format!("https://{}", self.addr)).expect("an endpoint")
+    }
+
+    /// A client without a workload certificate: what a proxy has before its first `Certify`.
+    pub async fn client(&self) -> MeshClient<Channel> {
+        MeshClient::new(
+            self.channel(self.endpoint(), None)
+                .await
+                .expect("connect to the controller"),
+        )
+    }
+
+    /// A certificate for `default/<service>`, from `Certify` with a bootstrap token.
+    pub async fn certify(&self, service: &str) -> WorkloadCert {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .and_then(|p| p.serialize_request(&key))
+            .expect("csr");
+        let issued = self
+            .client()
+            .await
+            .certify(sluice_api::v1::CertifyRequest {
+                workload: Some(sluice_api::v1::Workload {
+                    namespace: "default".into(),
+                    service: service.into(),
+                    ..Default::default()
+                }),
+                csr_der: csr.der().to_vec(),
+                token: token(&self.state, service),
+            })
+            .await
+            .expect("Certify")
+            .into_inner();
+        WorkloadCert {
+            chain: vec![CertificateDer::from(issued.certificate_der)],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        }
+    }
+
+    /// A client presenting `cert`.
+    pub async fn client_with(&self, cert: &WorkloadCert) -> MeshClient<Channel> {
+        MeshClient::new(
+            self.channel(self.endpoint(), Some(cert))
+                .await
+                .expect("connect to the controller"),
+        )
+    }
+
+    /// A client presenting a fresh certificate for `default/<service>`, as that service's
+    /// proxy.
+    pub async fn client_as(&self, service: &str) -> MeshClient<Channel> {
+        let cert = self.certify(service).await;
+        self.client_with(&cert).await
     }
 
     /// Everything it has logged so far.
@@ -127,17 +228,6 @@ pub fn token(state: &Path, service: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// `message` with `authorization: Bearer <token>`, as `Register`, `ReportTraffic` and
-/// `ReportDenials` require.
-pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("an ASCII token"),
-    );
-    request
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
