@@ -312,6 +312,26 @@ impl tower::Service<http::Uri> for Connector {
     }
 }
 
+/// A server that always presents the same certificate: for stand-ins and tests; the controller
+/// renews its own.
+pub fn fixed_server_cert(
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<dyn ResolvesServerCert>, TlsError> {
+    let certified = rustls::sign::CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(Arc::new(Fixed(Arc::new(certified))))
+}
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
 /// A server config for the controller's API: its certificate from `cert`, client
 /// certificates optional but verified against `roots` when presented.
 pub fn server_config(

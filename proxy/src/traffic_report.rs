@@ -241,7 +241,10 @@ mod tests {
             Duration::from_millis(4),
         );
         let config = TrafficReportConfig {
-            controller: "http://127.0.0.1:1".into(),
+            controller: ControllerConn {
+                addr: "https://127.0.0.1:1".into(),
+                ca: "/nonexistent/ca.pem".into(),
+            },
             workload: Workload {
                 namespace: "default".into(),
                 service: "payments".into(),
@@ -251,7 +254,7 @@ mod tests {
             },
             proxy_id: "p1".into(),
             interval: Duration::from_secs(1),
-            token: None,
+            identity: Arc::new(IdentityStore::new()),
         };
         let r = report(&config, 1_000, &metrics.inbound_totals());
         assert_eq!((r.requests, r.failures), (1, 1));
