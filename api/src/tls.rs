@@ -429,7 +429,12 @@ pub fn incoming(
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
-            let (tcp, remote) = match listener.accept().await {
+            // The server dropped the stream (it shut down): stop accepting and free the port.
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let (tcp, remote) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -464,9 +469,6 @@ pub fn incoming(
                 };
                 let _ = conn_tx.send(Ok(TlsConn { inner: tls, peer })).await;
             });
-            if tx.is_closed() {
-                return;
-            }
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)

@@ -51,6 +51,10 @@ pub struct State {
     pub certified: Mutex<Vec<String>>,
     /// Of those, the ones that proved themselves with a client certificate (renewals).
     pub renewed_with_certificate: Mutex<Vec<String>>,
+    /// `ca`'s certificate as a file, for `SLUICE_PROXY_CONTROLLER_CA`; it outlives restarts of
+    /// the stand-in, as the real controller's does.
+    pub ca_file: PathBuf,
+    _dir: tempfile::TempDir,
     /// Every denial report.
     pub reports: Mutex<Vec<DenialReport>>,
 }
@@ -58,8 +62,13 @@ pub struct State {
 impl State {
     /// A stand-in's state: `ca` signs, `token` is the only token accepted.
     pub fn new(ca: TestCa, token: &str, lifetime: Duration) -> State {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca.pem).expect("write the CA certificate");
         State {
             ca,
+            ca_file,
+            _dir: dir,
             token: token.to_owned(),
             lifetime,
             certified: Mutex::new(Vec::new()),
@@ -78,7 +87,6 @@ pub struct FakeController {
     pub url: String,
     /// Its CA's certificate, PEM, for `SLUICE_PROXY_CONTROLLER_CA`.
     pub ca_file: PathBuf,
-    _dir: Arc<tempfile::TempDir>,
     task: JoinHandle<()>,
 }
 
@@ -95,9 +103,7 @@ impl FakeController {
             .await
             .expect("bind");
         let url = format!("https://{}", listener.local_addr().expect("addr"));
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, &state.ca.pem).expect("write the CA certificate");
+        let ca_file = state.ca_file.clone();
         let (cert, key) = state.ca.issue(&Leaf {
             uris: vec![sluice_api::tls::controller_spiffe_id(TRUST_DOMAIN)],
             not_before: time::Duration::minutes(-1),
@@ -125,7 +131,6 @@ impl FakeController {
             state,
             url,
             ca_file,
-            _dir: Arc::new(dir),
             task,
         }
     }
