@@ -27,7 +27,9 @@ BENCH_APT_PACKAGES=(nginx)
 #   grpc_status: decodes the rich gRPC status (ErrorInfo, Help) of mesh denials
 #   selenium: drives Chromium in the portal's browser test (with the Debian chromedriver, so
 #     Selenium Manager never downloads a browser or driver)
-TEST_PIP_PACKAGES=(grpc=grpcio grpc_status=grpcio-status selenium=selenium)
+#   hypercorn: an application server that accepts `Upgrade: h2c`, for the test that the proxy
+#     never lets an h2c upgrade through (proxy_security.rs)
+TEST_PIP_PACKAGES=(grpc=grpcio grpc_status=grpcio-status selenium=selenium hypercorn=hypercorn)
 
 SLUICE_LOG_DIR="${SLUICE_LOG_DIR:-${TMPDIR:-/tmp}/sluice-scripts}"
 mkdir -p "$SLUICE_LOG_DIR"

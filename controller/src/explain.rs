@@ -204,9 +204,21 @@ fn explain(
             .collect(),
     };
     let info = snapshot.service(&service.namespace, &service.name);
-    let endpoint = info
-        .and_then(|i| i.endpoints.iter().find(|e| e.matches(rpc)))
-        .map(ToString::to_string);
+    // Opaque TCP names a port, which the service declares under `ports`, not `endpoints`.
+    let endpoint = match rpc {
+        Rpc::Tcp { port } => info
+            .and_then(|i| i.ports.iter().find(|p| p.port == *port))
+            .map(|p| {
+                let protocol = serde_json::to_value(p.protocol)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                format!("port {port} (declared `{protocol}`)")
+            }),
+        _ => info
+            .and_then(|i| i.endpoints.iter().find(|e| e.matches(rpc)))
+            .map(ToString::to_string),
+    };
     let denied = decision.verdict != Verdict::Allow;
     let access_request_url = denied.then(|| {
         let offered = sluice_policy::link::offered_rpc(endpoint.as_deref(), &rpc.to_string());
@@ -298,8 +310,20 @@ fn print_human(
     if let Some(why) = &e.grant_reason {
         writeln!(out, "  grant:    {why}")?;
     }
+    if e.rpc.starts_with("tcp:") {
+        writeln!(
+            out,
+            "  kind:     opaque TCP, decided once per connection; only `tcp` or `tcp:PORT` \
+             grants it, never an HTTP rule"
+        )?;
+    }
     match &e.endpoint {
         Some(endpoint) => writeln!(out, "  endpoint: {endpoint}")?,
+        None if e.rpc.starts_with("tcp:") => writeln!(
+            out,
+            "  endpoint: the port is not declared; add it to the service's `ports` with \
+             `protocol: tcp`"
+        )?,
         None => writeln!(
             out,
             "  endpoint: none declared matches; add it to the service's `endpoints` so the \

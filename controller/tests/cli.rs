@@ -355,3 +355,19 @@ fn explain_audit_mode_allows_but_says_it_would_deny() {
     assert!(out.contains("would be denied"), "{out}");
     assert!(out.contains("request:  "), "{out}");
 }
+
+#[test]
+fn explain_a_tcp_connection_says_it_is_opaque_tcp() {
+    let o = explain("checkout", "payments", "tcp:5432", &[]);
+    assert_eq!(code(&o), EXIT_NO, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("checkout → payments: tcp:5432"), "{out}");
+    assert!(out.contains("kind:     opaque TCP"), "{out}");
+    assert!(out.contains("rpc=tcp%3A5432"), "{out}");
+    let o = explain("checkout", "payments", "TCP:5432", &[]);
+    assert!(
+        stderr(&o).contains("did you mean `tcp:5432`?"),
+        "{}",
+        stderr(&o)
+    );
+}

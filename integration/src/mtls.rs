@@ -229,6 +229,9 @@ pub struct PairOptions {
     pub opaque: bool,
     /// Get certificates from this controller instead of files.
     pub controller: Option<crate::controller::ControllerAccess>,
+    /// Put the server proxy in front of this application instead of the built-in echo
+    /// upstream (e.g. a Python server a test started). The echo upstream still runs, unused.
+    pub app_addr: Option<SocketAddr>,
 }
 
 impl Default for PairOptions {
@@ -240,23 +243,29 @@ impl Default for PairOptions {
             env: Vec::new(),
             controller: None,
             opaque: false,
+            app_addr: None,
         }
     }
 }
 
 impl Pair {
-    /// Starts the app and both proxies.
+    /// Starts the app and both proxies. `APP_PORT` in the policy text becomes the port the
+    /// application listens on (for `ports:` declarations).
     pub async fn start(opts: PairOptions) -> Pair {
         let app = upstream::http("payments-app").await;
+        let app_addr = opts.app_addr.unwrap_or(app.addr);
+        let policy = opts
+            .policy
+            .replace("APP_PORT", &app_addr.port().to_string());
         let ca = TestCa::new("sluice test mesh CA");
         let dir = tempfile::tempdir().expect("tempdir");
         let policy_dir = dir.path().join("policy");
         std::fs::create_dir_all(&policy_dir).expect("policy dir");
-        write_atomically(&policy_dir.join("mesh.yaml"), &opts.policy);
+        write_atomically(&policy_dir.join("mesh.yaml"), &policy);
         // The client's own copy, so that tests changing the server's policy change only it.
         let client_policy = dir.path().join("client-policy");
         std::fs::create_dir_all(&client_policy).expect("policy dir");
-        write_atomically(&client_policy.join("mesh.yaml"), &opts.policy);
+        write_atomically(&client_policy.join("mesh.yaml"), &policy);
         let identity = |o: ProxyOptions, name: &str, leaf: &Leaf| match &opts.controller {
             Some(c) => o
                 .env("SLUICE_PROXY_CONTROLLER_ADDR", c.url.clone())
@@ -287,11 +296,11 @@ impl Pair {
                 .env("SLUICE_PROXY_SERVICE", "payments")
                 .env("SLUICE_PROXY_ID", "payments-0")
                 .env("SLUICE_PROXY_POLICY_DIR", path(&policy_dir))
-                .env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={}", app.addr))
+                .env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={app_addr}"))
                 .env(
                     "SLUICE_PROXY_OPAQUE_PORTS",
                     if opts.opaque {
-                        app.addr.port().to_string()
+                        app_addr.port().to_string()
                     } else {
                         String::new()
                     },

@@ -131,7 +131,7 @@ async fn raw_exchange(pair: &Pair) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn opaque_tcp_is_authorized_per_connection() {
-    // Not granted the whole service: the TCP connection is closed, logged and counted.
+    // No TCP grant: the TCP connection is closed, logged and counted.
     let pair = Pair::start(PairOptions::default()).await;
     assert!(raw_exchange(&pair).await.is_empty());
     assert_eq!(pair.app.hits(), 0);
@@ -142,17 +142,30 @@ async fn opaque_tcp_is_authorized_per_connection() {
     )
     .await;
     assert_eq!(denied, 1.0);
-    assert!(pair.server.log().contains("CONNECT /"));
+    assert!(pair.server.log().contains("tcp:"), "{}", pair.server.log());
 
-    // Granted `* /*`: the bytes reach the app (whose HTTP server answers 400 to them).
-    let whole = policy("enforce", "short")
+    // The whole HTTP surface (`* /*`) is still not opaque TCP.
+    let http_only = policy("enforce", "short")
         .replace(r#"rpc: "* /tcp""#, r#"rpc: "* /*""#)
         .replace(
             r#"allow: ["GET /v1/charges/{id}"]"#,
             r#"allow: ["GET /v1/charges/{id}", "* /*"]"#,
         );
     let pair = Pair::start(PairOptions {
-        policy: whole.clone(),
+        policy: http_only,
+        ..PairOptions::default()
+    })
+    .await;
+    assert!(raw_exchange(&pair).await.is_empty());
+    assert_eq!(pair.app.hits(), 0);
+
+    // Granted `tcp`: the bytes reach the app (whose HTTP server answers 400 to them).
+    let tcp = policy("enforce", "short").replace(
+        r#"allow: ["GET /v1/charges/{id}"]"#,
+        r#"allow: ["GET /v1/charges/{id}", "tcp"]"#,
+    );
+    let pair = Pair::start(PairOptions {
+        policy: tcp.clone(),
         ..PairOptions::default()
     })
     .await;
@@ -165,7 +178,7 @@ async fn opaque_tcp_is_authorized_per_connection() {
 
     // The same over a declared opaque port: still mTLS between the proxies, still authorized.
     let pair = Pair::start(PairOptions {
-        policy: whole,
+        policy: tcp,
         opaque: true,
         ..PairOptions::default()
     })
@@ -179,7 +192,7 @@ async fn opaque_tcp_is_authorized_per_connection() {
     let allowed = counter(
         &pair.server,
         "sluice_proxy_authz_allow_total",
-        &[r#"caller="checkout""#, r#"rpc="* /*""#],
+        &[r#"caller="checkout""#, r#"rpc="tcp""#],
     )
     .await;
     assert_eq!(allowed, 1.0);

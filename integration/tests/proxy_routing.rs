@@ -199,7 +199,7 @@ async fn unknown_destinations_can_be_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ambiguous_paths_are_refused_both_ways() {
+async fn non_canonical_paths_are_refused_both_ways() {
     let up = upstream::http("x").await;
     let proxy = Proxy::start(
         ProxyOptions::default()
@@ -214,12 +214,30 @@ async fn ambiguous_paths_are_refused_both_ways() {
     );
     let client = hyper_client(false);
     for listener in [proxy.explicit(0), proxy.explicit(1)] {
-        for path in ["/public/%2e%2e/admin", "/a%2Fb", "/a%5cb"] {
+        for path in [
+            "/public/%2e%2e/admin",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a/../b",
+            "/a//b",
+        ] {
             let r = get(&client, listener, path, &[]).await.expect("reply");
             assert_eq!(r.status, 400, "{path}");
-            assert_eq!(r.headers["sluice-proxy-error"], "ambiguous-path");
-            assert!(r.body.contains("ambiguous request path"), "{}", r.body);
+            assert_eq!(r.headers["sluice-proxy-error"], "non-canonical-path");
+            let problem = r.json();
+            assert_eq!(
+                problem["type"],
+                "https://sluice.dev/problems/non-canonical-path"
+            );
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("not canonical")),
+                "{problem}"
+            );
         }
+        let r = get(&client, listener, "/a/../b", &[]).await.expect("reply");
+        assert_eq!(r.json()["canonical"], "/b");
         let r = get(&client, listener, "/public/a%20b", &[])
             .await
             .expect("ok");

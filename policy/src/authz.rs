@@ -36,6 +36,8 @@
 //! indexed by what they match:
 //!
 //! - gRPC: service name → method name (or the `*` method) → grants;
+//! - opaque TCP: port (or `tcp` for any port) → grants, apart from HTTP so that no HTTP pattern
+//!   can ever grant a TCP connection;
 //! - HTTP: a trie of path segments. A node has literal children, one `{param}` child, `rest`
 //!   grants (patterns whose trailing `*` starts at this depth: they match here and everything
 //!   below) and `end` grants (patterns that end exactly here);
@@ -515,6 +517,14 @@ pub struct ServiceAuthz {
     grants: Vec<GrantInfo>,
     http: Node,
     grpc: HashMap<Box<str>, GrpcService>,
+    tcp: TcpGrants,
+}
+
+/// Grants of opaque TCP: per port, and `tcp` for any port. Methods do not apply.
+#[derive(Clone, Debug, Default)]
+struct TcpGrants {
+    ports: HashMap<u16, Grants>,
+    any: Grants,
 }
 
 impl ServiceAuthz {
@@ -537,6 +547,7 @@ impl ServiceAuthz {
             grants: Vec::new(),
             http: Node::default(),
             grpc: HashMap::new(),
+            tcp: TcpGrants::default(),
         };
         let mut pattern_names: HashMap<&RpcPattern, Arc<str>> = HashMap::new();
         let mut name_of = |p: &'a RpcPattern| -> Arc<str> {
@@ -606,6 +617,8 @@ impl ServiceAuthz {
                     None => &mut svc.any,
                 }
             }
+            RpcPattern::Tcp { port: Some(p) } => self.tcp.ports.entry(*p).or_default(),
+            RpcPattern::Tcp { port: None } => &mut self.tcp.any,
         };
         for &who in grantees {
             grants.add(who, ordinal);
@@ -670,6 +683,10 @@ impl ServiceAuthz {
                     exact.min(svc.any.best(who))
                 }
             },
+            Rpc::Tcp { port } => {
+                let exact = self.tcp.ports.get(port).map_or(NONE, |g| g.best(who));
+                exact.min(self.tcp.any.best(who))
+            }
         };
         match usize::try_from(best).ok().and_then(|i| self.grants.get(i)) {
             Some(info) => Decision {

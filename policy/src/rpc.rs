@@ -9,6 +9,13 @@
 //! | `* /v1/*`                        | the same, for any method                            |
 //! | `payments.v1.Payments/Refund`    | one gRPC method                                     |
 //! | `payments.v1.Payments/*`         | every method of a gRPC service                      |
+//! | `tcp:5432`                       | opaque TCP connections to port 5432                 |
+//! | `tcp`                            | opaque TCP connections to any port                  |
+//!
+//! TCP is its own kind of call: no HTTP or gRPC pattern ever matches a TCP connection (not even
+//! `* /*`), and a TCP grant never matches an HTTP request. An opaque connection carries
+//! whatever bytes the caller likes, so it is granted only where a policy says so in as many
+//! words.
 //!
 //! Paths are compared after normalisation ([`normalize_path`]): the query is dropped, empty and
 //! `.` segments are removed and `..` pops a segment, so `/v1//charges/./x/..` is `/v1/charges`.
@@ -32,9 +39,20 @@ pub enum Rpc {
         /// Method name, e.g. `Refund`.
         method: String,
     },
+    /// An opaque TCP connection (not HTTP, or a port that skips detection), decided once for
+    /// the whole connection.
+    Tcp {
+        /// The destination port on the callee.
+        port: u16,
+    },
 }
 
 impl Rpc {
+    /// An opaque TCP connection to `port`.
+    pub fn tcp(port: u16) -> Rpc {
+        Rpc::Tcp { port }
+    }
+
     /// An HTTP call.
     pub fn http(method: impl Into<String>, path: impl Into<String>) -> Rpc {
         Rpc::Http {
@@ -80,6 +98,12 @@ impl Rpc {
                 service,
                 method: Some(method),
             } => Ok(Rpc::Grpc { service, method }),
+            RpcPattern::Tcp { port: Some(port) } => Ok(Rpc::Tcp { port }),
+            RpcPattern::Tcp { port: None } => Err(RpcSyntaxError::new(
+                s,
+                "a concrete TCP connection names its port",
+                "write e.g. `tcp:5432`",
+            )),
         }
     }
 
@@ -109,6 +133,7 @@ impl fmt::Display for Rpc {
                 write!(f, "{method} {path}")
             }
             Rpc::Grpc { service, method } => write!(f, "{service}/{method}"),
+            Rpc::Tcp { port } => write!(f, "tcp:{port}"),
         }
     }
 }
@@ -141,6 +166,11 @@ pub enum RpcPattern {
         /// `None` for `*`.
         method: Option<String>,
     },
+    /// `tcp` (any port) or `tcp:PORT`: opaque TCP connections.
+    Tcp {
+        /// `None` for any port.
+        port: Option<u16>,
+    },
 }
 
 /// Why an RPC or pattern could not be parsed.
@@ -172,6 +202,7 @@ pub const HTTP_METHODS: [&str; 9] = [
 
 const HTTP_HELP: &str = "write `METHOD /path`, e.g. `GET /v1/charges/{id}` or `* /v1/*`";
 const GRPC_HELP: &str = "write `package.Service/Method` or `package.Service/*`";
+const TCP_HELP: &str = "write `tcp` for opaque TCP to any port, or `tcp:5432` for one port";
 
 impl RpcPattern {
     /// Parses the written notation (see the module docs).
@@ -179,6 +210,14 @@ impl RpcPattern {
         let text = s.trim();
         if text.is_empty() {
             return Err(RpcSyntaxError::new(s, "it is empty", HTTP_HELP));
+        }
+        let head = text.get(..4).unwrap_or(text);
+        if text.eq_ignore_ascii_case("tcp")
+            || (head.len() == 4
+                && head[..3].eq_ignore_ascii_case("tcp")
+                && matches!(head.as_bytes()[3], b':' | b'/' | b' ' | b'\t'))
+        {
+            return Self::parse_tcp(s, text);
         }
         match text.split_once(char::is_whitespace) {
             Some((method, path)) => Self::parse_http(s, method, path.trim()),
@@ -270,12 +309,42 @@ impl RpcPattern {
         })
     }
 
+    fn parse_tcp(input: &str, text: &str) -> Result<RpcPattern, RpcSyntaxError> {
+        if text == "tcp" {
+            return Ok(RpcPattern::Tcp { port: None });
+        }
+        let port = text.get(4..).unwrap_or("").trim();
+        let number = port.parse::<u16>().ok().filter(|p| *p != 0);
+        if let (Some(n), Some("tcp:")) = (number, text.get(..4)) {
+            return Ok(RpcPattern::Tcp { port: Some(n) });
+        }
+        let (reason, help) = match number {
+            Some(n) => (
+                format!("`{text}` is not how a TCP grant is written"),
+                format!("did you mean `tcp:{n}`? {TCP_HELP}"),
+            ),
+            None if text.eq_ignore_ascii_case("tcp") => (
+                format!("`{text}` is not how a TCP grant is written"),
+                format!("did you mean `tcp`? {TCP_HELP}"),
+            ),
+            None => (
+                format!("`{port}` is not a port number (1-65535)"),
+                TCP_HELP.to_owned(),
+            ),
+        };
+        Err(RpcSyntaxError::new(input, reason, help))
+    }
+
     fn parse_grpc(input: &str, text: &str) -> Result<RpcPattern, RpcSyntaxError> {
         let Some((service, method)) = text.split_once('/') else {
+            let help = match crate::diagnostic::did_you_mean(text, ["tcp"]) {
+                Some(t) => format!("did you mean `{t}`? {TCP_HELP}"),
+                None => format!("{HTTP_HELP}; or {GRPC_HELP}; or {TCP_HELP}"),
+            };
             return Err(RpcSyntaxError::new(
                 input,
-                "it is neither `METHOD /path` nor `package.Service/Method`",
-                format!("{HTTP_HELP}; or {GRPC_HELP}"),
+                "it is neither `METHOD /path`, `package.Service/Method` nor `tcp:PORT`",
+                help,
             ));
         };
         let ident = |s: &str| {
@@ -343,6 +412,7 @@ impl RpcPattern {
                     method: m,
                 },
             ) => service == s && method.as_ref().is_none_or(|want| want == m),
+            (RpcPattern::Tcp { port }, Rpc::Tcp { port: p }) => port.is_none_or(|want| want == *p),
             _ => false,
         }
     }
@@ -398,6 +468,7 @@ impl RpcPattern {
                         (None, Some(_)) => false,
                     }
             }
+            (RpcPattern::Tcp { port: a }, RpcPattern::Tcp { port: b }) => b.is_none() || a == b,
             _ => false,
         }
     }
@@ -431,7 +502,8 @@ impl RpcPattern {
                         _ => true,
                     })
             }
-            (RpcPattern::Grpc { .. }, RpcPattern::Grpc { .. }) => {
+            (RpcPattern::Grpc { .. }, RpcPattern::Grpc { .. })
+            | (RpcPattern::Tcp { .. }, RpcPattern::Tcp { .. }) => {
                 self.is_covered_by(other) || other.is_covered_by(self)
             }
             _ => false,
@@ -463,42 +535,165 @@ impl fmt::Display for RpcPattern {
             RpcPattern::Grpc { service, method } => {
                 write!(f, "{service}/{}", method.as_deref().unwrap_or("*"))
             }
+            RpcPattern::Tcp { port: None } => f.write_str("tcp"),
+            RpcPattern::Tcp { port: Some(p) } => write!(f, "tcp:{p}"),
         }
     }
 }
 
-/// Why a request path is refused before any policy is consulted.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("ambiguous request path: {0}")]
-pub struct AmbiguousPath(pub &'static str);
+/// What makes a request path non-canonical. See [`check_request_path`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PathProblem {
+    /// Not origin-form: the path does not start with `/` (e.g. `*`).
+    NotOriginForm,
+    /// A `.` or `..` segment, also with a path parameter (`..;x`, which Java servers resolve).
+    DotSegment,
+    /// An empty segment: `//`.
+    EmptySegment,
+    /// `%2e`: a `.` an application may decode into a dot segment.
+    EncodedDot,
+    /// `%2f`: a `/` an application may decode into a separator.
+    EncodedSlash,
+    /// `%5c`: a `\` an application may decode into a separator.
+    EncodedBackslash,
+    /// `\`, a separator to some servers.
+    Backslash,
+    /// A control character (which some servers truncate at).
+    Control,
+}
 
-/// Refuses paths that the proxy and the application could read differently.
-///
-/// Matching works on the path as sent. An application that decodes `%2e%2e`, `%2f` or `\`
-/// before routing would see `/public/%2e%2e/admin` as `/admin`, which a `GET /public/*`
-/// exemption must not let through. Such paths are refused (the proxy answers 400) rather than
-/// decoded, because decoding them differently from the application is the very risk.
-pub fn check_request_path(path: &str) -> Result<(), AmbiguousPath> {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    if path.contains('\\') {
-        return Err(AmbiguousPath("`\\` in the path"));
-    }
-    let bytes = path.as_bytes();
-    for (i, b) in bytes.iter().enumerate() {
-        if *b == b'%' {
-            let escaped = bytes.get(i + 1..i + 3).map(|h| h.to_ascii_lowercase());
-            match escaped.as_deref() {
-                Some(b"2e") => return Err(AmbiguousPath("an encoded `.` (%2e) in the path")),
-                Some(b"2f") => return Err(AmbiguousPath("an encoded `/` (%2f) in the path")),
-                Some(b"5c") => return Err(AmbiguousPath("an encoded `\\` (%5c) in the path")),
-                _ => {}
-            }
+impl PathProblem {
+    /// What is wrong, as a phrase: "it has a `..` segment".
+    pub fn describe(self) -> &'static str {
+        match self {
+            PathProblem::NotOriginForm => "it does not start with `/`",
+            PathProblem::DotSegment => "it has a `.` or `..` segment",
+            PathProblem::EmptySegment => "it has an empty segment (`//`)",
+            PathProblem::EncodedDot => "it has an encoded `.` (%2e)",
+            PathProblem::EncodedSlash => "it has an encoded `/` (%2f)",
+            PathProblem::EncodedBackslash => "it has an encoded `\\` (%5c)",
+            PathProblem::Backslash => "it has a `\\`",
+            PathProblem::Control => "it has a control character",
         }
-        if b.is_ascii_control() {
-            return Err(AmbiguousPath("a control character in the path"));
+    }
+}
+
+/// Why a request path is refused before any policy is consulted: what is wrong and, when the
+/// path has an unambiguous canonical form, that form.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct NonCanonicalPath {
+    /// What is wrong.
+    pub problem: PathProblem,
+    /// The canonical form (dot segments resolved, slashes merged, query kept), for the
+    /// problems that have one; encoded separators have none (decoding them is the risk).
+    pub canonical: Option<String>,
+}
+
+impl NonCanonicalPath {
+    /// One sentence for the client: what is wrong and what to send instead.
+    pub fn message(&self) -> String {
+        match &self.canonical {
+            Some(c) => format!(
+                "the request path is not canonical: {}; send its canonical form `{c}` instead",
+                self.problem.describe()
+            ),
+            None => format!(
+                "the request path is not canonical: {}; send the path unencoded, with `/` \
+                 separators and no `.`, `..` or empty segments",
+                self.problem.describe()
+            ),
+        }
+    }
+}
+
+/// Refuses request paths that are not canonical, so that the path the proxy authorizes is the
+/// path the application reads, byte for byte.
+///
+/// The proxy never rewrites a path: rewriting means two parties (the proxy and the
+/// application) must agree on what the rewritten path means, and they don't (RFC 3986,
+/// WHATWG URL, Tomcat's `..;` and servers that decode `%2f` all differ). Instead a path is
+/// forwarded only when every reader must read it the same way:
+///
+/// - it starts with `/` (origin-form);
+/// - no segment is empty (`//`), except that the path may end with one `/`;
+/// - no segment is `.` or `..`, not even with a path parameter (`..;x`);
+/// - no `%2e`, `%2f` or `%5c` (any case), no `\`, no control character.
+///
+/// The query (after `?`) is not checked. Other percent-encodings pass as they are and are
+/// matched literally, so `/v1/ch%61rges` does not match a grant for `/v1/charges` (it fails
+/// closed). The common, canonical case does not allocate.
+pub fn check_request_path(path: &str) -> Result<(), NonCanonicalPath> {
+    let path_only = path.split(['?', '#']).next().unwrap_or("");
+    let bytes = path_only.as_bytes();
+    let fail = |problem: PathProblem| {
+        let canonical = matches!(problem, PathProblem::DotSegment | PathProblem::EmptySegment)
+            .then(|| canonical_form(path));
+        Err(NonCanonicalPath { problem, canonical })
+    };
+    if bytes.first() != Some(&b'/') {
+        return fail(PathProblem::NotOriginForm);
+    }
+    // Bytes first: an encoded or odd separator is the more precise complaint.
+    for (i, b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' => return fail(PathProblem::Backslash),
+            b'%' => match bytes.get(i + 1..i + 3) {
+                Some([b'2', b'e' | b'E']) => return fail(PathProblem::EncodedDot),
+                Some([b'2', b'f' | b'F']) => return fail(PathProblem::EncodedSlash),
+                Some([b'5', b'c' | b'C']) => return fail(PathProblem::EncodedBackslash),
+                _ => {}
+            },
+            b if b.is_ascii_control() => return fail(PathProblem::Control),
+            _ => {}
+        }
+    }
+    let mut segments = path_only[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if segment.is_empty() && !last {
+            return fail(PathProblem::EmptySegment);
+        }
+        let name = segment.split(';').next().unwrap_or("");
+        if name == "." || name == ".." {
+            return fail(PathProblem::DotSegment);
         }
     }
     Ok(())
+}
+
+/// The canonical form of `path`: `.` and `..` resolved as RFC 3986 §5.2.4 (and WHATWG URL)
+/// do, where an empty segment is a segment (`/a//../b` is `/a/b`) and `..;x` counts as `..`;
+/// then empty segments merged away. A trailing `/` stays when the input ended in `/`, `/.` or
+/// `/..`, and the query is kept as it was.
+pub fn canonical_form(path: &str) -> String {
+    let (path_only, rest) = match path.find(['?', '#']) {
+        Some(i) => path.split_at(i),
+        None => (path, ""),
+    };
+    let mut out: Vec<&str> = Vec::new();
+    let mut trailing = false;
+    for segment in path_only.strip_prefix('/').unwrap_or(path_only).split('/') {
+        let name = segment.split(';').next().unwrap_or("");
+        trailing = matches!(name, "" | "." | "..");
+        match name {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => out.push(segment),
+        }
+    }
+    let mut s = String::with_capacity(path.len());
+    for segment in out.iter().filter(|s| !s.is_empty()) {
+        s.push('/');
+        s.push_str(segment);
+    }
+    if s.is_empty() || trailing {
+        s.push('/');
+    }
+    s.push_str(rest);
+    s
 }
 
 /// Normalises a request path for matching: drops the query and fragment, empty and `.`
@@ -550,6 +745,8 @@ mod tests {
             "* /*",
             "payments.v1.Payments/Refund",
             "payments.v1.Payments/*",
+            "tcp",
+            "tcp:5432",
         ] {
             assert_eq!(p(s).to_string(), s);
         }
@@ -578,6 +775,43 @@ mod tests {
         }
         let err = RpcPattern::parse("GTE /x").expect_err("typo");
         assert!(err.help.contains("did you mean `GET`"), "{}", err.help);
+        for (typo, want) in [
+            ("TCP:5432", "did you mean `tcp:5432`?"),
+            ("tcp/5432", "did you mean `tcp:5432`?"),
+            ("tcp 5432", "did you mean `tcp:5432`?"),
+            ("TCP", "did you mean `tcp`?"),
+            ("tpc", "did you mean `tcp`?"),
+        ] {
+            let err = RpcPattern::parse(typo).expect_err(typo);
+            assert!(err.help.contains(want), "{typo}: {}", err.help);
+        }
+        for bad in ["tcp:0", "tcp:65536", "tcp:", "tcp:http"] {
+            let err = RpcPattern::parse(bad).expect_err(bad);
+            assert!(err.reason.contains("is not a port number"), "{bad}: {err}");
+        }
+        assert!(
+            Rpc::parse("tcp").is_err(),
+            "a concrete connection names its port"
+        );
+        assert_eq!(Rpc::parse("tcp:5432").ok(), Some(Rpc::tcp(5432)));
+    }
+
+    #[test]
+    fn tcp_is_its_own_kind_of_call() {
+        let conn = Rpc::tcp(5432);
+        assert!(p("tcp").matches(&conn));
+        assert!(p("tcp:5432").matches(&conn));
+        assert!(!p("tcp:5433").matches(&conn));
+        for http in ["* /*", "* /", "CONNECT /"] {
+            assert!(!p(http).matches(&conn), "{http} must not grant opaque TCP");
+        }
+        assert!(!p("tcp").matches(&Rpc::http("CONNECT", "/")));
+        assert!(p("tcp:5432").is_covered_by(&p("tcp")));
+        assert!(!p("tcp").is_covered_by(&p("tcp:5432")));
+        assert!(p("tcp").overlaps(&p("tcp:1")));
+        assert!(!p("tcp:2").overlaps(&p("tcp:1")));
+        assert!(!p("tcp").overlaps(&p("* /*")));
+        assert_eq!(conn.to_string(), "tcp:5432");
     }
 
     #[test]
@@ -617,18 +851,62 @@ mod tests {
 
     #[test]
     fn refuses_paths_an_application_could_read_differently() {
-        assert!(check_request_path("/v1/charges/ch_1?q=%2e%2e").is_ok());
-        assert!(check_request_path("/v1/ch%41rges").is_ok());
-        for bad in [
-            "/public/%2e%2e/admin",
-            "/public/%2E./x",
-            "/a%2Fb",
-            "/a%5cb",
-            "/a\\b",
-            "/a\tb",
+        for ok in [
+            "/",
+            "/v1/charges/ch_1?q=%2e%2e/../x",
+            "/v1/ch%41rges",
+            "/v1/charges/",
+            "/a;b/c",
+            "/.well-known/x",
+            "/...",
+            "/..a",
         ] {
-            assert!(check_request_path(bad).is_err(), "{bad}");
+            assert_eq!(check_request_path(ok), Ok(()), "{ok}");
         }
+        let cases = [
+            ("/public/%2e%2e/admin", PathProblem::EncodedDot),
+            ("/public/%2E./x", PathProblem::EncodedDot),
+            ("/a%2Fb", PathProblem::EncodedSlash),
+            ("/a%5cb", PathProblem::EncodedBackslash),
+            ("/a\\b", PathProblem::Backslash),
+            ("/a\tb", PathProblem::Control),
+            ("*", PathProblem::NotOriginForm),
+            ("", PathProblem::NotOriginForm),
+            ("/admin/../public/x", PathProblem::DotSegment),
+            ("/admin//../public/x", PathProblem::EmptySegment),
+            ("/public/./x", PathProblem::DotSegment),
+            ("/public/..;/admin", PathProblem::DotSegment),
+            ("/public/.;x/admin", PathProblem::DotSegment),
+            ("/..", PathProblem::DotSegment),
+            ("//", PathProblem::EmptySegment),
+            ("//admin", PathProblem::EmptySegment),
+        ];
+        for (bad, problem) in cases {
+            let err = check_request_path(bad).expect_err(bad);
+            assert_eq!(err.problem, problem, "{bad}");
+        }
+    }
+
+    #[test]
+    fn canonical_forms_follow_rfc_3986_with_merged_slashes() {
+        let err = check_request_path("/admin/../healthz?x=1").expect_err("dots");
+        assert_eq!(err.canonical.as_deref(), Some("/healthz?x=1"));
+        assert!(err.to_string().contains("`..`"), "{err}");
+        assert!(err.to_string().contains("`/healthz?x=1`"), "{err}");
+        for (path, canonical) in [
+            ("/admin//../public/x", "/admin/public/x"),
+            ("/a/./b/", "/a/b/"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/../../x", "/x"),
+            ("//", "/"),
+            ("/a/..;/b", "/b"),
+        ] {
+            assert_eq!(canonical_form(path), canonical, "{path}");
+            assert_eq!(check_request_path(canonical), Ok(()), "{canonical}");
+        }
+        let encoded = check_request_path("/a%2fb").expect_err("encoded");
+        assert_eq!(encoded.canonical, None);
     }
 
     #[test]

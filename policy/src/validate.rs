@@ -22,7 +22,8 @@ use crate::rpc::RpcPattern;
 
 mod kinds;
 use kinds::{
-    check_backends, check_canary, check_mesh, check_service, check_team, parse_rpc, warn_undeclared,
+    Surface, check_backends, check_canary, check_mesh, check_service, check_team, parse_rpc,
+    warn_undeclared,
 };
 
 /// A namespaced name, e.g. `default/payments`. Displayed without the namespace when it is
@@ -444,6 +445,15 @@ fn check(
             _ => None,
         })
     };
+    let ports_of = |svc: &ObjectRef| -> Vec<crate::resources::Port> {
+        service_names
+            .get(svc)
+            .and_then(|d| match &d.resource {
+                Resource::MeshService(s) => Some(s.spec.ports.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
     let endpoints_of = |svc: &ObjectRef| -> Vec<RpcPattern> {
         service_names
             .get(svc)
@@ -550,6 +560,12 @@ fn check(
                 let callee = own_service_ref(&mut ctx, &d.spec.service)
                     .and_then(|name| service_ref(&mut ctx, "spec.service", &name));
                 let declared = callee.as_ref().map(&endpoints_of).unwrap_or_default();
+                let ports = callee.as_ref().map(&ports_of).unwrap_or_default();
+                let surface = Surface {
+                    endpoints: &declared,
+                    ports: &ports,
+                    callee: callee.as_ref(),
+                };
                 let mut rules = Vec::new();
                 for (i, rule) in d.spec.rules.iter().enumerate() {
                     let base = format!("spec.rules[{i}]");
@@ -583,7 +599,7 @@ fn check(
                     for (j, rpc) in rule.allow.iter().enumerate() {
                         let field = format!("{base}.allow[{j}]");
                         if let Some(p) = parse_rpc(&mut ctx, &field, rpc) {
-                            warn_undeclared(&mut ctx, &field, &p, &declared, callee.as_ref());
+                            warn_undeclared(&mut ctx, &field, &p, &surface);
                             allow.push(p);
                         }
                     }
@@ -643,7 +659,7 @@ fn check(
                     }
                     let field = format!("{base}.rpc");
                     if let Some(p) = parse_rpc(&mut ctx, &field, &ex.rpc) {
-                        warn_undeclared(&mut ctx, &field, &p, &declared, callee.as_ref());
+                        warn_undeclared(&mut ctx, &field, &p, &surface);
                         unauthenticated.push((p, ex.reason.clone()));
                     }
                 }
@@ -677,7 +693,19 @@ fn check(
                 for (i, rule) in d.spec.rules.iter().enumerate() {
                     let base = format!("spec.rules[{i}]");
                     if let Some(rpc) = &rule.matches.rpc {
-                        parse_rpc(&mut ctx, &format!("{base}.match.rpc"), rpc);
+                        let field = format!("{base}.match.rpc");
+                        if let Some(RpcPattern::Tcp { .. }) = parse_rpc(&mut ctx, &field, rpc) {
+                            ctx.error(
+                                "invalid-rpc",
+                                &field,
+                                format!("`{rpc}`: Route rules match HTTP and gRPC requests"),
+                                Some(
+                                    "opaque TCP follows the Route's `backends`; remove the rule's \
+                                     `rpc` or match an HTTP or gRPC call"
+                                        .into(),
+                                ),
+                            );
+                        }
                     }
                     if rule.backends.is_empty() && rule.environment.is_none() {
                         ctx.error(

@@ -69,6 +69,7 @@ pub fn init_tracing(config: &Config) {
 /// Runs the proxy until SIGTERM, SIGINT or `POST /shutdown`, then drains.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let metrics = Metrics::new().map_err(|e| StartError::Other(e.to_string()))?;
+    let nofile = raise_fd_limit();
     let shared = Arc::new(SharedState::new(config.workload()));
     let source = ConfigSource::from_config(&config);
     let loaded = source.load_initial(&shared).map_err(|error| {
@@ -158,11 +159,25 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         connect_timeout: config.connect_timeout,
         opaque_ports: config.opaque_ports.clone(),
         server: ServerConfig {
-            header_read_timeout: std::time::Duration::from_secs(30),
+            header_read_timeout: config.header_read_timeout,
+            h2_keepalive: H2_KEEPALIVE,
         },
         tls,
         authorizer,
+        state: shared.clone(),
+        max_connections: config.max_connections.unwrap_or_else(|| {
+            let listeners = usize::from(config.inbound_addr.is_some())
+                + usize::from(config.outbound_addr.is_some())
+                + config.explicit.len();
+            crate::config::default_max_connections(nofile, listeners)
+        }),
     });
+    tracing::info!(
+        max_connections = dispatch.max_connections,
+        nofile,
+        header_read_timeout = ?config.header_read_timeout,
+        "limits: connections per listener, open files, time to send request headers"
+    );
 
     let mut listeners = Vec::new();
     let mut bound = BTreeMap::new();
@@ -305,6 +320,41 @@ async fn start_identity(
         return Ok((None, tasks));
     }
     Ok((Some(Arc::new(MeshTls::new(store.clone()))), tasks))
+}
+
+/// HTTP/2 connections: ping after this long idle, close if the ping is not answered within as
+/// long again.
+const H2_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Raises the soft open-files limit to the hard limit, so the proxy gets every descriptor it
+/// is allowed (a default soft limit of 1024 is easily exhausted by slow clients), and returns
+/// the soft limit now in force. Failing to raise it is logged, not fatal.
+fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read RLIMIT_NOFILE; assuming 1024");
+            return 1024;
+        }
+    };
+    if soft >= hard {
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            tracing::info!(
+                from = soft,
+                to = hard,
+                "raised the open-files limit (RLIMIT_NOFILE)"
+            );
+            hard
+        }
+        Err(error) => {
+            tracing::warn!(%error, soft, hard, "cannot raise RLIMIT_NOFILE");
+            soft
+        }
+    }
 }
 
 /// How long startup waits for the first certificate before serving without one.

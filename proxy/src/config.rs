@@ -25,6 +25,13 @@ pub const ENV_LOG: &str = "SLUICE_PROXY_LOG";
 pub const ENV_DRAIN_DEADLINE: &str = "SLUICE_PROXY_DRAIN_DEADLINE";
 /// How long to wait for a client's first bytes before treating it as opaque TCP. Default `1s`.
 pub const ENV_DETECT_TIMEOUT: &str = "SLUICE_PROXY_DETECT_TIMEOUT";
+/// How long a client may take to send one request's headers (HTTP/1) before the connection
+/// is closed: the slowloris bound. Default `10s`.
+pub const ENV_HEADER_READ_TIMEOUT: &str = "SLUICE_PROXY_HEADER_READ_TIMEOUT";
+/// Most connections each listener (inbound, outbound, explicit) serves at once; connections
+/// over it are closed as they arrive, with one log line when the limit is reached. Default:
+/// what the file-descriptor limit allows (see [`default_max_connections`]).
+pub const ENV_MAX_CONNECTIONS: &str = "SLUICE_PROXY_MAX_CONNECTIONS";
 /// Upstream connect timeout. Default `3s`.
 pub const ENV_CONNECT_TIMEOUT: &str = "SLUICE_PROXY_CONNECT_TIMEOUT";
 /// Comma-separated destination ports that skip protocol detection (server-speaks-first
@@ -105,6 +112,20 @@ pub const ENV_DENIAL_REPORT_INTERVAL: &str = "SLUICE_PROXY_DENIAL_REPORT_INTERVA
 /// changed, reported to the controller (`ReportTraffic`, for canary analysis). Default `1s`.
 pub const ENV_TRAFFIC_REPORT_INTERVAL: &str = "SLUICE_PROXY_TRAFFIC_REPORT_INTERVAL";
 
+/// File descriptors kept for everything but proxied connections: the admin listener and its
+/// clients, the controller stream, config files, logs.
+pub const RESERVED_FDS: u64 = 256;
+
+/// The default connection limit per listener for a file-descriptor limit of `nofile` and
+/// `listeners` listeners: a proxied connection holds two descriptors (client and upstream),
+/// so the listeners together can never take the descriptors reserved for health checks.
+pub fn default_max_connections(nofile: u64, listeners: usize) -> usize {
+    let per_listener = nofile.saturating_sub(RESERVED_FDS) / (2 * listeners.max(1) as u64);
+    usize::try_from(per_listener)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 100_000)
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -178,6 +199,10 @@ pub struct Config {
     pub detect_timeout: Duration,
     /// See [`ENV_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
+    /// See [`ENV_HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// See [`ENV_MAX_CONNECTIONS`]; `None`: derived from the fd limit at start.
+    pub max_connections: Option<usize>,
     /// See [`ENV_OPAQUE_PORTS`].
     pub opaque_ports: BTreeSet<u16>,
     /// See [`ENV_EXPLICIT_OUTBOUND`] and [`ENV_EXPLICIT_INBOUND`].
@@ -303,6 +328,11 @@ impl Config {
             drain_deadline: p.duration(ENV_DRAIN_DEADLINE, Duration::from_secs(30)),
             detect_timeout: p.duration(ENV_DETECT_TIMEOUT, Duration::from_secs(1)),
             connect_timeout: p.duration(ENV_CONNECT_TIMEOUT, Duration::from_secs(3)),
+            header_read_timeout: p.duration(ENV_HEADER_READ_TIMEOUT, Duration::from_secs(10)),
+            max_connections: p.parse(ENV_MAX_CONNECTIONS, None, |s| match s.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => Err("expected a positive number of connections, e.g. `10000`".into()),
+            }),
             opaque_ports: p.parse(ENV_OPAQUE_PORTS, BTreeSet::new(), parse_ports),
             explicit: {
                 let mut v = p.parse(ENV_EXPLICIT_OUTBOUND, Vec::new(), |s| {

@@ -2,6 +2,13 @@
 //!
 //! The proxy reads the client's first bytes (with a timeout) and decides how to handle the
 //! connection. Detection only recognises shapes; hyper does all real HTTP parsing.
+//!
+//! Whatever is not detected as HTTP becomes opaque TCP, which only a `tcp` grant lets through
+//! (and never on a port declared HTTP). So detection leans towards HTTP: a connection that
+//! starts like an origin-form request line (`GET /`) *is* HTTP/1 from its first bytes, however
+//! long its line, however slow its sender, and whether its lines end in CRLF or a bare LF
+//! (which hyper accepts). A request cannot be shaped to slip past per-request authorization as
+//! "not HTTP".
 
 use std::io;
 use std::time::Duration;
@@ -14,9 +21,12 @@ use crate::io::PrefixedIo;
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Longest HTTP/1 request line we wait for. Longer lines are treated as opaque rather than
-/// buffered without bound.
+/// Most bytes detection buffers before giving up (an origin-form request is decided long
+/// before). Longer prefixes are treated as opaque rather than buffered without bound.
 pub const MAX_DETECT_BYTES: usize = 8 * 1024;
+
+/// Longest method detection accepts (real ones are at most 7 letters; WebDAV's are longer).
+const MAX_METHOD: usize = 24;
 
 /// What a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,21 +79,31 @@ pub fn classify(buf: &[u8]) -> Verdict {
 
 /// `METHOD SP request-target SP HTTP/1.x CRLF`, checked byte by byte so that binary protocols
 /// are rejected at their first implausible byte instead of waiting for the timeout.
+///
+/// An uppercase method followed by `SP /` is HTTP/1 at once: no binary or text protocol that
+/// the mesh carries opaquely starts that way, and deciding there means the rest of the line
+/// (its length, its line ending, its pace) is hyper's to judge. Other targets (`*`,
+/// absolute-form, `CONNECT host:port`) need the whole line, ending in CRLF or LF.
 fn classify_http1(buf: &[u8]) -> Verdict {
     const VERSION: &[u8] = b"HTTP/1.";
     let opaque = Verdict::Known(Protocol::Opaque);
     let Some(sp1) = buf.iter().position(|&b| !is_tchar(b)) else {
-        return if buf.len() < 32 {
+        return if buf.len() < MAX_METHOD {
             Verdict::NeedMore
         } else {
             opaque
         };
     };
-    if sp1 == 0 || buf[sp1] != b' ' {
+    if sp1 == 0 || sp1 > MAX_METHOD || buf[sp1] != b' ' {
         return opaque;
     }
     let rest = &buf[sp1 + 1..];
-    let Some(sp2) = rest.iter().position(|&b| !(0x21..=0x7e).contains(&b)) else {
+    let uppercase = buf[..sp1].iter().all(u8::is_ascii_uppercase);
+    if uppercase && rest.first() == Some(&b'/') {
+        return Verdict::Known(Protocol::Http1);
+    }
+    // A target is visible ASCII; hyper also takes bytes above 0x7f (raw UTF-8).
+    let Some(sp2) = rest.iter().position(|&b| b <= 0x20 || b == 0x7f) else {
         return if buf.len() < MAX_DETECT_BYTES {
             Verdict::NeedMore
         } else {
@@ -94,17 +114,14 @@ fn classify_http1(buf: &[u8]) -> Verdict {
         return opaque;
     }
     let version = &rest[sp2 + 1..];
-    let n = version.len().min(VERSION.len() + 2);
-    let mut expected = VERSION.to_vec();
-    expected.push(version.get(VERSION.len()).copied().unwrap_or(b'1'));
-    expected.push(b'\r');
-    if !matches!(expected[VERSION.len()], b'0' | b'1') || version[..n] != expected[..n] {
+    let n = version.len().min(VERSION.len() + 1);
+    if version[..n] != b"HTTP/1.0"[..n] && version[..n] != b"HTTP/1.1"[..n] {
         return opaque;
     }
-    if n < expected.len() {
-        Verdict::NeedMore
-    } else {
-        Verdict::Known(Protocol::Http1)
+    match version.get(VERSION.len() + 1..) {
+        None | Some([]) | Some([b'\r']) => Verdict::NeedMore,
+        Some([b'\r', b'\n', ..]) | Some([b'\n', ..]) => Verdict::Known(Protocol::Http1),
+        Some(_) => opaque,
     }
 }
 
@@ -138,6 +155,30 @@ pub async fn detect<I: AsyncRead + Unpin>(
     Ok((protocol, PrefixedIo::new(Bytes::from(buf), io)))
 }
 
+/// Why bytes that detection read are not HTTP, for the refusal on a port declared HTTP:
+/// "sent no request within 1s", "sent bytes that are not HTTP", ...
+pub fn why_not_http(prefix: &[u8], timeout: Duration) -> String {
+    if prefix.is_empty() {
+        return format!(
+            "sent no request within {}",
+            humantime::format_duration(timeout)
+        );
+    }
+    if prefix.len() >= MAX_DETECT_BYTES {
+        return format!(
+            "sent {MAX_DETECT_BYTES} bytes without an HTTP request line (one that starts with \
+             `METHOD /` is always read as HTTP)"
+        );
+    }
+    match classify(prefix) {
+        Verdict::Known(_) => "sent bytes that are not HTTP".to_owned(),
+        Verdict::NeedMore => format!(
+            "sent no complete request line within {}",
+            humantime::format_duration(timeout)
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,7 +193,28 @@ mod tests {
             classify(b"CONNECT example.com:443 HTTP/1.1\r\n"),
             Known(Http1)
         );
-        assert_eq!(classify(b"GET / HTTP/1.1\n"), Known(Opaque));
+        assert_eq!(classify(b"OPTIONS * HTTP/1.1\r\n"), Known(Http1));
+        assert_eq!(classify(b"GET http://x/ HTTP/1.0\n"), Known(Http1));
+    }
+
+    #[test]
+    fn shapes_that_used_to_force_opaque_are_http() {
+        // Bare LF line endings (hyper reads them), and a request line of any length: decided
+        // at `GET /`.
+        assert_eq!(classify(b"GET /admin HTTP/1.1\nHost: x\n\n"), Known(Http1));
+        assert_eq!(classify(b"GET /"), Known(Http1));
+        let long = [&b"GET /"[..], &[b'a'; 20_000][..]].concat();
+        assert_eq!(classify(&long), Known(Http1));
+        assert_eq!(classify(b"PROPFIND /dav HTTP/1.1\r\n"), Known(Http1));
+    }
+
+    #[test]
+    fn text_protocols_stay_opaque() {
+        // memcached and Redis inline commands: lowercase, or no `/` target.
+        assert_eq!(classify(b"get key\r\n"), Known(Opaque));
+        assert_eq!(classify(b"set /key 0 0 5\r\n"), Known(Opaque));
+        assert_eq!(classify(b"GET key\r\n"), Known(Opaque));
+        assert_eq!(classify(b"PING\r\n"), Known(Opaque));
     }
 
     #[test]
@@ -161,9 +223,11 @@ mod tests {
             &b"G"[..],
             b"GET",
             b"GET ",
-            b"GET /x",
-            b"GET /x HTTP/",
-            b"GET / HTTP/1.1",
+            b"OPTIONS *",
+            b"OPTIONS * HTTP/",
+            b"OPTIONS * HTTP/1.1",
+            b"OPTIONS * HTTP/1.1\r",
+            b"get /x",
         ] {
             assert_eq!(
                 classify(prefix),
@@ -200,30 +264,30 @@ mod tests {
         assert_eq!(classify(&[0x00, 0x01, 0x02]), Known(Opaque));
         assert_eq!(classify(b"SSH-2.0-OpenSSH_9.2\r\n"), Known(Opaque));
         assert_eq!(classify(b"GET\x00"), Known(Opaque));
-        assert_eq!(classify(b"GET / SPDY/3\r\n"), Known(Opaque));
-        assert_eq!(classify(b"GET / HTTP/1.2\r\n"), Known(Opaque));
+        assert_eq!(classify(b"OPTIONS * SPDY/3\r\n"), Known(Opaque));
+        assert_eq!(classify(b"OPTIONS * HTTP/1.2\r\n"), Known(Opaque));
     }
 
     #[tokio::test]
     async fn detect_times_out_to_opaque_and_keeps_bytes() {
         let (mut client, server) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HT")
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"OPTIONS")
             .await
             .expect("write");
         let (p, mut io) = detect(server, Duration::from_millis(50))
             .await
             .expect("detect");
         assert_eq!(p, Opaque);
-        let mut got = [0u8; 8];
+        let mut got = [0u8; 7];
         io.read_exact(&mut got).await.expect("replay");
-        assert_eq!(&got, b"GET / HT");
+        assert_eq!(&got, b"OPTIONS");
     }
 
     #[tokio::test]
     async fn detect_split_reads() {
         let (mut client, server) = tokio::io::duplex(64);
         let task = tokio::spawn(async move {
-            for chunk in [&b"GET /"[..], b" HTTP/1", b".1\r\n"] {
+            for chunk in [&b"OPTI"[..], b"ONS * HTTP/1", b".1\r\n"] {
                 tokio::io::AsyncWriteExt::write_all(&mut client, chunk)
                     .await
                     .expect("write");

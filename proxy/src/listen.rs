@@ -22,8 +22,10 @@ use crate::identity::SpiffeId;
 use crate::io::PrefixedIo;
 use crate::metrics::{Metrics, TrafficLabels};
 use crate::routing::{Decision, Router};
+use crate::state::SharedState;
 use crate::tls::MeshTls;
 use crate::{Direction, tcp};
+use sluice_policy::resources::Protocol as PortProtocol;
 
 /// A finished per-request stack, type-erased so listeners can hold one per direction.
 pub type HttpStack = BoxCloneSyncService<Request, Response, Infallible>;
@@ -89,12 +91,35 @@ pub struct Dispatch {
     pub tls: Option<Arc<MeshTls>>,
     /// Inbound authorization for opaque TCP (HTTP is authorized per request in the stack).
     pub authorizer: Option<Arc<Authorizer>>,
+    /// The config in force: which ports the local service declares, and as what.
+    pub state: Arc<SharedState>,
+    /// Most connections one listener serves at once; more are closed as they arrive.
+    pub max_connections: usize,
+}
+
+/// What the local service declares a port to speak (`MeshService.spec.ports`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Declared {
+    /// Not declared: detect, and treat what is not HTTP as opaque TCP (a `tcp` grant needed).
+    Unknown,
+    /// HTTP or gRPC: never opaque; what is not HTTP gets a 400 and is closed.
+    Http(&'static str),
+    /// Opaque TCP: no detection, like `SLUICE_PROXY_OPAQUE_PORTS`.
+    Tcp,
 }
 
 /// Accepts connections until draining starts; each connection keeps a drain watch so
 /// shutdown waits for it.
+///
+/// At most `dispatch.max_connections` are served at once. Over the cap a new connection is
+/// closed at once (the client sees a reset or EOF and can retry elsewhere) rather than left
+/// queueing, so slow clients cannot take every file descriptor: the admin listener (health
+/// checks) is not capped, and the cap leaves it descriptors. Reaching the cap, and leaving
+/// it, is logged once each time.
 pub async fn accept_loop(listener: Listener, dispatch: Arc<Dispatch>, drain: drain::Watch) {
     let mut stop = drain.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(dispatch.max_connections));
+    let mut at_cap = false;
     loop {
         let accepted = tokio::select! {
             _ = stop.signaled() => break,
@@ -102,13 +127,32 @@ pub async fn accept_loop(listener: Listener, dispatch: Arc<Dispatch>, drain: dra
         };
         match accepted {
             Ok((stream, client)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    if !at_cap {
+                        at_cap = true;
+                        tracing::warn!(
+                            listener = %listener.local, direction = %listener.direction,
+                            limit = dispatch.max_connections,
+                            "connection limit reached: closing new connections until some end \
+                             (raise SLUICE_PROXY_MAX_CONNECTIONS if this load is legitimate)"
+                        );
+                    }
+                    dispatch.metrics.over_limit(listener.direction);
+                    drop(stream);
+                    continue;
+                };
+                if at_cap {
+                    at_cap = false;
+                    tracing::info!(listener = %listener.local, "below the connection limit again");
+                }
                 let dispatch = dispatch.clone();
                 let watch = drain.clone();
                 let (direction, mode, local) = (listener.direction, listener.mode, listener.local);
                 tokio::spawn(async move {
                     dispatch
                         .handle(stream, client, direction, mode, local, watch)
-                        .await
+                        .await;
+                    drop(slot);
                 });
             }
             Err(error) => {
@@ -147,7 +191,12 @@ impl Dispatch {
             },
         };
         let _ = stream.set_nodelay(true);
-        let opaque_port = self.opaque_ports.contains(&orig_dst.port());
+        let declared = match direction {
+            Direction::Inbound => self.declared(orig_dst.port()),
+            Direction::Outbound => Declared::Unknown,
+        };
+        let opaque_port = declared == Declared::Tcp
+            || (self.opaque_ports.contains(&orig_dst.port()) && declared == Declared::Unknown);
         let detected = if opaque_port && (direction == Direction::Outbound || self.tls.is_none()) {
             Ok((Protocol::Opaque, PrefixedIo::new(Bytes::new(), stream)))
         } else if opaque_port {
@@ -180,7 +229,11 @@ impl Dispatch {
         match (protocol, direction, &self.tls) {
             // A peer proxy's mTLS: terminate it, learn the caller, then serve what is inside.
             (Protocol::Tls, Direction::Inbound, Some(tls)) => {
-                self.serve_mtls(io, ctx, tls, drain).await;
+                self.serve_mtls(io, ctx, tls, declared, drain).await;
+            }
+            // A port declared HTTP is never opaque.
+            (Protocol::Tls | Protocol::Opaque, _, _) if matches!(declared, Declared::Http(_)) => {
+                self.refuse_not_http(io, protocol, &ctx, declared).await
             }
             // Without a mesh identity a client's own TLS is relayed untouched, like any
             // opaque stream.
@@ -211,6 +264,7 @@ impl Dispatch {
         io: PrefixedIo<TcpStream>,
         mut ctx: ConnCtx,
         tls: &MeshTls,
+        declared: Declared,
         drain: drain::Watch,
     ) {
         let (stream, peer) = match tls.accept(io).await {
@@ -240,11 +294,74 @@ impl Dispatch {
             Ok((Protocol::Http2, io)) => {
                 self.serve_http(io, http::Version::Http2, ctx, drain).await
             }
+            Ok((protocol, io)) if matches!(declared, Declared::Http(_)) => {
+                self.refuse_not_http(io, protocol, &ctx, declared).await
+            }
             Ok((_, io)) => self.forward_tcp(io, ctx).await,
             Err(error) => {
                 tracing::debug!(client = %ctx.client, %error, "mTLS connection failed during detection")
             }
         }
+    }
+
+    /// What the local service declares `port` (its original destination) to speak.
+    fn declared(&self, port: u16) -> Declared {
+        let state = self.state.load();
+        let local = self.state.local();
+        let Some(info) = state.policy.service(&local.namespace, &local.service) else {
+            return Declared::Unknown;
+        };
+        match info
+            .ports
+            .iter()
+            .find(|p| p.port == port)
+            .map(|p| p.protocol)
+        {
+            None => Declared::Unknown,
+            Some(PortProtocol::Http) => Declared::Http("http"),
+            Some(PortProtocol::Grpc) => Declared::Http("grpc"),
+            Some(PortProtocol::Tcp) => Declared::Tcp,
+        }
+    }
+
+    /// A connection to a port declared HTTP that does not speak HTTP: answered with a 400
+    /// that says why (unless it is TLS, which could not read it), then closed. Never opaque:
+    /// that would let bytes past per-request authorization.
+    async fn refuse_not_http<I>(
+        &self,
+        mut io: I,
+        protocol: Protocol,
+        ctx: &ConnCtx,
+        declared: Declared,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + HasPrefix,
+    {
+        let Declared::Http(kind) = declared else {
+            return;
+        };
+        let why = match protocol {
+            Protocol::Tls => "sent a TLS handshake the mesh does not terminate".to_owned(),
+            _ => detect::why_not_http(io.prefix(), self.detect_timeout),
+        };
+        let port = ctx.orig_dst.port();
+        tracing::info!(
+            client = %ctx.client, port, protocol = kind, reason = %why,
+            "refused a connection that is not HTTP on a port declared `{kind}`"
+        );
+        self.metrics.not_http(ctx.direction);
+        if protocol != Protocol::Tls {
+            let service = &self.state.local().service;
+            let message = format!(
+                "port {port} of {service} is declared `{kind}`, but this connection {why}; it \
+                 is refused rather than carried as opaque TCP"
+            );
+            let _ = tokio::io::AsyncWriteExt::write_all(
+                &mut io,
+                &http::errors::not_http_response(&message),
+            )
+            .await;
+        }
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
     }
 
     async fn forward_tcp<I>(&self, io: I, ctx: ConnCtx)
@@ -253,13 +370,12 @@ impl Dispatch {
     {
         let decision = match ctx.direction {
             Direction::Inbound => {
-                // Opaque TCP is authorized once, for the whole connection.
+                // Opaque TCP is authorized once, for the whole connection, and only by a TCP
+                // grant for this port (`tcp:PORT` or `tcp`): never by an HTTP rule.
                 if let Some(authorizer) = &self.authorizer {
                     let id = format!("{:032x}", rand::random::<u128>());
-                    if authorizer
-                        .check(ctx.peer.as_deref(), &authz::tcp_rpc(), &id)
-                        .is_err()
-                    {
+                    let rpc = authz::tcp_rpc(ctx.orig_dst.port());
+                    if authorizer.check(ctx.peer.as_deref(), &rpc, &id).is_err() {
                         // Logged and counted by the authorizer; TCP has no way to say more.
                         return;
                     }
@@ -301,6 +417,18 @@ impl Dispatch {
             ),
         }
         drop(decision.in_flight);
+    }
+}
+
+/// A stream that can say which bytes detection read before giving up on it.
+pub trait HasPrefix {
+    /// The bytes read during detection.
+    fn prefix(&self) -> &[u8];
+}
+
+impl<I> HasPrefix for PrefixedIo<I> {
+    fn prefix(&self) -> &[u8] {
+        PrefixedIo::prefix(self)
     }
 }
 

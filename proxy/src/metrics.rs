@@ -53,6 +53,7 @@ pub struct Metrics {
     authz_would_deny: IntCounterVec,
     denial_reports: IntCounterVec,
     tls_failures: IntCounterVec,
+    refused_connections: IntCounterVec,
 }
 
 /// Labels of the authorization counters. `rpc` is the granting or declared *pattern*
@@ -203,7 +204,14 @@ impl Metrics {
             "Mesh TLS handshakes that failed or presented an unacceptable identity.",
             &["direction"],
         )?;
+        let refused_connections = counter(
+            "sluice_proxy_refused_connections_total",
+            "Connections closed before any request: over the listener's connection limit \
+             (reason=limit), or not HTTP on a port declared HTTP (reason=not-http).",
+            &["direction", "reason"],
+        )?;
         Ok(Metrics {
+            refused_connections,
             authz_allow,
             authz_deny,
             authz_would_deny,
@@ -306,6 +314,20 @@ impl Metrics {
         self.denial_reports
             .with_label_values(&["dropped"])
             .inc_by(n as u64);
+    }
+
+    /// Counts a connection closed for not speaking HTTP on a port declared HTTP.
+    pub fn not_http(&self, direction: Direction) {
+        self.refused_connections
+            .with_label_values(&[direction.as_str(), "not-http"])
+            .inc();
+    }
+
+    /// Counts a connection closed because its listener was at its connection limit.
+    pub fn over_limit(&self, direction: Direction) {
+        self.refused_connections
+            .with_label_values(&[direction.as_str(), "limit"])
+            .inc();
     }
 
     /// Counts a failed mesh TLS handshake.

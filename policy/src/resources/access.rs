@@ -62,8 +62,9 @@ pub struct AccessRule {
     /// or `*` for any service with a mesh identity.
     pub from: Vec<String>,
     /// The endpoints: `METHOD /path` with `{param}` segments and a trailing `*`
-    /// (`GET /v1/charges/{id}`, `GET /v1/*`, `* /v1/*` for any method), or gRPC
-    /// `package.Service/Method` and `package.Service/*`.
+    /// (`GET /v1/charges/{id}`, `GET /v1/*`, `* /v1/*` for any method), gRPC
+    /// `package.Service/Method` and `package.Service/*`, or opaque TCP: `tcp:5432` for one
+    /// port, `tcp` for any port. HTTP and gRPC patterns never grant opaque TCP, not even `* /*`.
     pub allow: Vec<String>,
     /// Why this access exists. Required: the portal shows it to whoever reviews the policy.
     pub reason: String,

@@ -72,12 +72,15 @@ pub struct Port {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Protocol {
-    /// HTTP/1.1 or HTTP/2; requests are authorized per method and path.
+    /// HTTP/1.1 or HTTP/2; requests are authorized per method and path. The proxy never
+    /// treats such a port as opaque TCP: a connection that does not speak HTTP gets a 400 and
+    /// is closed.
     #[default]
     Http,
-    /// gRPC over HTTP/2; requests are authorized per `package.Service/Method`.
+    /// gRPC over HTTP/2; requests are authorized per `package.Service/Method`. Never opaque,
+    /// like `http`.
     Grpc,
-    /// Opaque TCP; connections are authorized as a whole.
+    /// Opaque TCP; connections are authorized as a whole, by `tcp` or `tcp:PORT` grants.
     Tcp,
 }
 

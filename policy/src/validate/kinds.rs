@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use super::{Ctx, ObjectRef, is_dns_label, label_help, resolve_team, team_suggestion};
 use crate::diagnostic::did_you_mean;
-use crate::resources::{Backend, CanaryPolicySpec, MeshServiceSpec, MeshSpec, TeamSpec};
+use crate::resources::{
+    Backend, CanaryPolicySpec, MeshServiceSpec, MeshSpec, Port, Protocol, TeamSpec,
+};
 use crate::rpc::RpcPattern;
 
 pub(super) fn parse_rpc(ctx: &mut Ctx<'_>, field: &str, text: &str) -> Option<RpcPattern> {
@@ -412,23 +414,73 @@ pub(super) fn check_canary(
     }
 }
 
+/// What a callee declares: the RPC surface a grant is checked against.
+pub(super) struct Surface<'a> {
+    pub(super) endpoints: &'a [RpcPattern],
+    pub(super) ports: &'a [Port],
+    pub(super) callee: Option<&'a ObjectRef>,
+}
+
 /// Warns when a grant or exemption matches nothing the callee declares: usually a typo, and
-/// the portal could never offer it.
+/// the portal could never offer it. A TCP grant is checked against the declared `ports`
+/// instead, and one for a port declared HTTP or gRPC has no effect (the proxy never opens such
+/// a port to opaque TCP), which is said too.
 pub(super) fn warn_undeclared(
     ctx: &mut Ctx<'_>,
     field: &str,
     pattern: &RpcPattern,
-    declared: &[RpcPattern],
-    callee: Option<&ObjectRef>,
+    surface: &Surface<'_>,
 ) {
+    let callee = surface
+        .callee
+        .map_or_else(|| "the service".to_owned(), ToString::to_string);
+    if let RpcPattern::Tcp { port } = pattern {
+        let declared = |p: u16| surface.ports.iter().find(|d| d.port == p);
+        if let Some(p) = port {
+            match declared(*p) {
+                Some(d) if d.protocol != Protocol::Tcp => ctx.warning(
+                    "tcp-to-http-port",
+                    field,
+                    format!(
+                        "port {p} of {callee} is declared `{}`, and the proxy never opens it to \
+                         opaque TCP: `{pattern}` has no effect",
+                        protocol_name(d.protocol)
+                    ),
+                    Some(format!(
+                        "grant the port's HTTP or gRPC endpoints instead, or declare port {p} \
+                         with `protocol: tcp`"
+                    )),
+                ),
+                None if !surface.ports.is_empty() => ctx.warning(
+                    "undeclared-port",
+                    field,
+                    format!("`{pattern}` names no port that {callee} declares"),
+                    Some(format!(
+                        "add `{{ port: {p}, protocol: tcp }}` to the MeshService's `ports`, or \
+                         fix the port"
+                    )),
+                ),
+                _ => {}
+            }
+        }
+        return;
+    }
+    let declared = surface.endpoints;
     if declared.is_empty() || declared.iter().any(|e| e.overlaps(pattern)) {
         return;
     }
-    let callee = callee.map_or_else(|| "the service".to_owned(), ToString::to_string);
     ctx.warning(
         "undeclared-endpoint",
         field,
         format!("`{pattern}` matches no endpoint that {callee} declares"),
         Some("add it to the MeshService's `endpoints`, or fix the pattern".into()),
     );
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http => "http",
+        Protocol::Grpc => "grpc",
+        Protocol::Tcp => "tcp",
+    }
 }

@@ -24,12 +24,10 @@ use crate::metrics::{AuthzLabels, Metrics};
 use crate::state::SharedState;
 pub use report::Reporter;
 
-/// The call an opaque TCP connection stands for. TCP has no method or path, so a connection is
-/// decided as `CONNECT /`: granted by patterns that cover the whole service (`* /*`, `* /`),
-/// never by a narrower HTTP grant. (A dedicated `Rpc::Tcp` in the policy crate would read
-/// better in denials; see the report.)
-pub fn tcp_rpc() -> Rpc {
-    Rpc::http("CONNECT", "/")
+/// The call an opaque TCP connection to `port` stands for: `tcp:PORT`, granted only by
+/// `tcp:PORT` or `tcp`, never by an HTTP or gRPC pattern (not even `* /*`).
+pub fn tcp_rpc(port: u16) -> Rpc {
+    Rpc::tcp(port)
 }
 
 /// Label for calls that match no endpoint the callee declares (keeps metrics bounded).

@@ -2,7 +2,8 @@
 //! then either fail it with the denial (rendered by the error layer) or forward it with the
 //! caller's verified identity in `sluice-client-id`.
 //!
-//! Ambiguous paths never get here: the check-path layer (outer) refuses them with 400 first.
+//! Non-canonical paths never get here: the check-path layer (outer) refuses them with 400
+//! first, so the path decided on is byte for byte the path forwarded.
 //! It sits inside the sanitize layer, so by the time it adds `sluice-client-id` every
 //! `sluice-*` header the client sent is gone: the application can trust the header because
 //! only this proxy can have set it.
@@ -16,7 +17,7 @@ use sluice_policy::rpc::Rpc;
 use tower::Service;
 
 use super::errors::ProxyError;
-use super::{BoxFuture, ConnCtx, Request, Response, Svc};
+use super::{BoxFuture, ConnCtx, Request, Response, RouteSlot, Svc};
 use crate::authz::{self, Authorizer};
 
 /// The header carrying the caller's verified SPIFFE ID to the application.
@@ -52,7 +53,12 @@ impl<S: Svc<ProxyError>> Service<Request> for Authz<S> {
             .and_then(|v| v.to_str().ok());
         let rpc = Rpc::from_request(req.method().as_str(), req.uri().path(), content_type);
         let request_id = authz::request_id(req.headers());
-        if let Err(denial) = authorizer.check(peer.as_deref(), &rpc, &request_id) {
+        let decided = authorizer.check(peer.as_deref(), &rpc, &request_id);
+        // For the access log: the call as the matcher saw it (see `AccessLog`).
+        if let Some(slot) = req.extensions().get::<RouteSlot>() {
+            slot.set_authorized(rpc);
+        }
+        if let Err(denial) = decided {
             return Box::pin(async move { Err(ProxyError::Denied(denial)) });
         }
         if let Some(id) = peer

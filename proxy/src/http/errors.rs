@@ -9,7 +9,29 @@ use http_body_util::{BodyExt, Full};
 use super::{Body, Response};
 use crate::authz::Denial;
 use crate::routing::RouteError;
-use sluice_policy::rpc::AmbiguousPath;
+use sluice_policy::rpc::NonCanonicalPath;
+
+/// A request the proxy refuses to carry whatever policy says, because what it would authorize
+/// and what the application would act on could differ.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// `CONNECT`: the proxy is no tunnel; opaque TCP has its own grant (`tcp:PORT`).
+    #[error(
+        "CONNECT is not proxied: a sidecar is no tunnel (opaque TCP to a port is granted with \
+         `tcp:PORT` and needs no CONNECT)"
+    )]
+    Connect,
+    /// An HTTP/1 request target in absolute-form (`GET http://host/path`).
+    #[error(
+        "the request target is in absolute-form (`{0}`); the sidecar is not a forward proxy: \
+         send the path (origin-form, `GET /path`) with a `Host` header"
+    )]
+    AbsoluteForm(String),
+    /// An upstream tried to switch a connection to HTTP/2 (`h2c`) whose requests the proxy
+    /// would then never see.
+    #[error("the application answered with a switch to h2c, which the mesh does not relay")]
+    H2cSwitch,
+}
 
 /// The request already passed through this proxy in this direction.
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +79,12 @@ pub enum ProxyError {
     /// See [`RouteError`].
     #[error(transparent)]
     Route(#[from] RouteError),
-    /// The path could mean different things to the proxy and the application.
-    #[error(
-        "{0}; refused because the proxy and the application could read it differently \
-         (send the path unencoded, with `/` separators)"
-    )]
-    AmbiguousPath(#[from] AmbiguousPath),
+    /// The path is not canonical, so the proxy and the application could read it differently.
+    #[error(transparent)]
+    NonCanonicalPath(#[from] NonCanonicalPath),
+    /// See [`Refused`].
+    #[error(transparent)]
+    Refused(#[from] Refused),
     /// See [`RequestTimeout`].
     #[error(transparent)]
     Timeout(#[from] RequestTimeout),
@@ -84,7 +106,14 @@ impl ProxyError {
             ProxyError::Route(RouteError::NoEndpoints { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, 14, "no-endpoints")
             }
-            ProxyError::AmbiguousPath(_) => (StatusCode::BAD_REQUEST, 3, "ambiguous-path"),
+            ProxyError::NonCanonicalPath(_) => (StatusCode::BAD_REQUEST, 3, "non-canonical-path"),
+            ProxyError::Refused(Refused::Connect) => {
+                (StatusCode::METHOD_NOT_ALLOWED, 12, "connect-refused")
+            }
+            ProxyError::Refused(Refused::AbsoluteForm(_)) => {
+                (StatusCode::BAD_REQUEST, 3, "absolute-form")
+            }
+            ProxyError::Refused(Refused::H2cSwitch) => (StatusCode::BAD_GATEWAY, 14, "h2c-refused"),
             ProxyError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, 4, "timeout"),
             ProxyError::Forward(F::Connect { .. }) => (StatusCode::BAD_GATEWAY, 14, "connect"),
             ProxyError::Forward(F::Upstream { .. }) => (StatusCode::BAD_GATEWAY, 14, "upstream"),
@@ -106,6 +135,14 @@ pub fn to_response(err: &ProxyError, grpc: bool, accept: Option<&str>) -> Respon
     }
     let (status, grpc_code, reason) = err.classify();
     let message = err.to_string();
+    if !grpc
+        && matches!(
+            status,
+            StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED
+        )
+    {
+        return problem(err, status, reason, accept);
+    }
     let mut rsp = if grpc {
         let mut rsp = http::Response::new(empty());
         let h = rsp.headers_mut();
@@ -129,6 +166,58 @@ pub fn to_response(err: &ProxyError, grpc: bool, accept: Option<&str>) -> Respon
     rsp.headers_mut()
         .insert("sluice-proxy-error", HeaderValue::from_static(reason));
     rsp
+}
+
+/// Requests the proxy refuses as malformed get the same treatment as denials: RFC 9457
+/// problem+json unless the client reads text, with a stable `type` per reason and, for a path
+/// that has one, its canonical form.
+fn problem(
+    err: &ProxyError,
+    status: StatusCode,
+    reason: &'static str,
+    accept: Option<&str>,
+) -> Response {
+    let message = err.to_string();
+    let (body, content_type) = match super::denial::negotiate(accept) {
+        super::denial::Format::Problem => {
+            let mut v = serde_json::json!({
+                "type": format!("https://sluice.dev/problems/{reason}"),
+                "title": "Request refused by the mesh",
+                "status": status.as_u16(),
+                "detail": message,
+            });
+            if let ProxyError::NonCanonicalPath(p) = err {
+                v["problem"] = p.problem.describe().into();
+                if let Some(c) = &p.canonical {
+                    v["canonical"] = c.clone().into();
+                }
+            }
+            (v.to_string(), "application/problem+json")
+        }
+        _ => (
+            format!("sluice-proxy: {message}\n"),
+            "text/plain; charset=utf-8",
+        ),
+    };
+    let mut rsp = http::Response::new(text(body));
+    *rsp.status_mut() = status;
+    let h = rsp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static(content_type));
+    h.insert("sluice-proxy-error", HeaderValue::from_static(reason));
+    rsp
+}
+
+/// The bytes answering a connection that is not HTTP on a port declared HTTP, before it is
+/// closed: the listener has no HTTP connection to answer through, so the response is written
+/// whole. `message` says why.
+pub fn not_http_response(message: &str) -> Vec<u8> {
+    let body = format!("sluice-proxy: {message}\n");
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         sluice-proxy-error: not-http\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 fn empty() -> Body {
@@ -157,11 +246,17 @@ mod tests {
         assert_eq!(rsp.status(), StatusCode::OK);
         assert_eq!(rsp.headers()["grpc-status"], "4");
         assert_eq!(rsp.headers()["sluice-proxy-error"], "timeout");
-        let e = ProxyError::from(AmbiguousPath("an encoded `/` (%2f) in the path"));
-        assert_eq!(
-            to_response(&e, false, None).status(),
-            StatusCode::BAD_REQUEST
-        );
+        let e =
+            ProxyError::from(sluice_policy::rpc::check_request_path("/a/../b").expect_err("dots"));
+        let rsp = to_response(&e, false, None);
+        assert_eq!(rsp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(rsp.headers()["content-type"], "application/problem+json");
+        assert_eq!(rsp.headers()["sluice-proxy-error"], "non-canonical-path");
         assert_eq!(to_response(&e, true, None).headers()["grpc-status"], "3");
+        let e = ProxyError::from(Refused::Connect);
+        assert_eq!(
+            to_response(&e, false, Some("text/plain")).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 }

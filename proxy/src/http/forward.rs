@@ -1,5 +1,9 @@
 //! The innermost service: sends the request to the chosen endpoint over a pooled connection
 //! and relays the response (and, for `101 Switching Protocols`, the upgraded stream).
+//!
+//! An upgrade is authorized as the request that asks for it (`GET /chat` with
+//! `Upgrade: websocket`); after the `101` the tunnel is opaque bytes both ways, which the
+//! proxy relays without looking. Never to h2c: see [`super::headers::strip_h2c_upgrade`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -147,6 +151,11 @@ impl Service<Request> for Forward {
                 .await
                 .map_err(|e| client_error(e, target.addr))?;
             let switching = rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+            // The request's h2c offer was removed, so an application switching to h2c anyway
+            // would bypass the proxy for every later request on this connection.
+            if switching && headers::switches_to_h2c(rsp.headers()) {
+                return Err(super::errors::Refused::H2cSwitch.into());
+            }
             if let (true, Some(downstream)) = (switching, downstream) {
                 let upstream = hyper::upgrade::on(&mut rsp);
                 tokio::spawn(relay_upgrade(

@@ -41,6 +41,54 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Removes an `h2c` upgrade offer: the `h2c` tokens of `Upgrade` (the whole header when none
+/// is left) and `HTTP2-Settings`. An application that accepted it would answer `101` and then
+/// serve HTTP/2 streams on the same connection, for any path, without the proxy seeing them.
+/// Other protocols in the same `Upgrade` (a WebSocket) stay. Returns whether it removed one.
+pub fn strip_h2c_upgrade(headers: &mut HeaderMap) -> bool {
+    let offered = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| v.to_str().map_or(true, |v| v.split(',').any(is_h2c)));
+    if !offered && !headers.contains_key(HTTP2_SETTINGS) {
+        return false;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !is_h2c(t))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::UPGRADE);
+    headers.remove(HTTP2_SETTINGS);
+    if let Ok(v) = HeaderValue::from_str(&kept.join(", "))
+        && !kept.is_empty()
+    {
+        headers.insert(header::UPGRADE, v);
+    }
+    true
+}
+
+/// `HTTP2-Settings`, sent with an h2c upgrade offer (RFC 7540 §3.2.1).
+const HTTP2_SETTINGS: &str = "http2-settings";
+
+/// `h2c`, and any other spelling of HTTP/2 as an upgrade token.
+fn is_h2c(token: &str) -> bool {
+    let t = token.trim().to_ascii_lowercase();
+    t.starts_with("h2") || t.starts_with("http/2")
+}
+
+/// Whether a `101` answer switches to HTTP/2 (whatever was asked).
+pub fn switches_to_h2c(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| v.to_str().map_or(true, |v| v.split(',').any(is_h2c)))
+}
+
 /// Removes hop-by-hop headers, including any named in `Connection`. `TE: trailers` survives
 /// because gRPC over HTTP/2 requires it end to end. With `keep_upgrade`, `Upgrade` and
 /// `Connection: upgrade` survive so a protocol switch can be relayed.
@@ -142,6 +190,26 @@ mod tests {
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn h2c_offers_are_removed_and_other_upgrades_kept() {
+        let mut h = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ]);
+        assert!(strip_h2c_upgrade(&mut h));
+        assert!(!is_upgrade(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = map(&[("connection", "upgrade"), ("upgrade", "websocket, H2C")]);
+        assert!(strip_h2c_upgrade(&mut h));
+        assert_eq!(h["upgrade"], "websocket");
+        let mut ws = map(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        assert!(!strip_h2c_upgrade(&mut ws));
+        assert!(switches_to_h2c(&map(&[("upgrade", "h2c")])));
+        assert!(!switches_to_h2c(&ws));
     }
 
     #[test]

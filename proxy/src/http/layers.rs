@@ -9,13 +9,14 @@ use std::time::Instant;
 use http::HeaderValue;
 use tower::Service;
 
-use super::errors::{self, LoopDetected, ProxyError, RequestTimeout};
+use super::errors::{self, LoopDetected, ProxyError, Refused, RequestTimeout};
 use super::forward::Target;
 use super::headers;
 use super::{BoxFuture, ConnCtx, Request, Response, RouteInfo, RouteSlot, Svc};
 use crate::Direction;
 use crate::metrics::TrafficLabels;
 use crate::routing::Router;
+use sluice_policy::rpc::{Rpc, normalize_path};
 
 /// Every layer is always ready; see [`Svc`].
 macro_rules! always_ready {
@@ -96,6 +97,12 @@ impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
             let rsp = fut.await?;
             let route = slot.get();
             let labels = route.map(|r| &r.labels);
+            // The path as the access matcher read it (its segments, normalised), so what was
+            // authorized can be compared with what was forwarded (`path`).
+            let authz_path = match slot.authorized() {
+                Some(Rpc::Http { path, .. }) => normalize_path(path),
+                _ => String::new(),
+            };
             tracing::info!(
                 target: "sluice_proxy::access",
                 direction = ctx.as_ref().map_or("", |c| c.direction.as_str()),
@@ -105,6 +112,7 @@ impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
                 %method,
                 %authority,
                 %path,
+                %authz_path,
                 version = ?version,
                 status = rsp.status().as_u16(),
                 latency_ms = start.elapsed().as_secs_f64() * 1000.0,
@@ -210,10 +218,17 @@ impl<S: Svc<ProxyError>> Service<Request> for Route<S> {
     }
 }
 
-/// Refuses request paths that the proxy and the application could read differently
-/// (`%2e`, `%2f`, `%5c`, `\\`, control characters), in both directions, before anything matches
-/// on the path: routing rules today, access rules next. See
-/// [`sluice_policy::rpc::check_request_path`].
+/// Refuses requests whose target the proxy and the application could read differently, in
+/// both directions, before anything matches on the path (routing rules outbound, access rules
+/// inbound), so that the path that is authorized is byte for byte the path that is forwarded:
+///
+/// - a path that is not canonical ([`sluice_policy::rpc::check_request_path`]: dot segments,
+///   `//`, encoded separators, asterisk-form `OPTIONS *`): 400, with the canonical form;
+/// - HTTP/1 absolute-form (`GET http://host/path`): 400; the `Host` header and the target's
+///   authority could disagree, and a sidecar is not a forward proxy;
+/// - `CONNECT` (authority-form): 405; the proxy is no tunnel, opaque TCP has its own grant.
+///
+/// The canonical case costs one pass over the path and no allocation.
 #[derive(Clone, Debug)]
 pub struct CheckPath<S> {
     pub(super) inner: S,
@@ -223,15 +238,28 @@ impl<S: Svc<ProxyError>> Service<Request> for CheckPath<S> {
     always_ready!(ProxyError);
 
     fn call(&mut self, req: Request) -> Self::Future {
-        if let Err(e) = sluice_policy::rpc::check_request_path(req.uri().path()) {
-            return Box::pin(async move { Err(e.into()) });
+        if let Err(e) = check_target(&req) {
+            return Box::pin(async move { Err(e) });
         }
         self.inner.clone().call(req)
     }
 }
 
-/// Header hygiene: drops hop-by-hop headers and every `sluice-*` header the client sent, then
-/// adds this proxy's hop marker.
+fn check_target(req: &Request) -> Result<(), ProxyError> {
+    if req.method() == http::Method::CONNECT {
+        return Err(Refused::Connect.into());
+    }
+    // HTTP/2 always carries `:scheme` and `:authority`; on HTTP/1 only absolute-form does.
+    if req.version() < http::Version::HTTP_2 && req.uri().scheme().is_some() {
+        return Err(Refused::AbsoluteForm(req.uri().to_string()).into());
+    }
+    let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+    sluice_policy::rpc::check_request_path(target)?;
+    Ok(())
+}
+
+/// Header hygiene: drops `Upgrade: h2c`, hop-by-hop headers and every `sluice-*` header (and
+/// trailer) the client sent, then adds this proxy's hop marker.
 #[derive(Clone, Debug)]
 pub struct Sanitize<S> {
     pub(super) inner: S,
@@ -242,13 +270,31 @@ impl<S: Svc<ProxyError>> Service<Request> for Sanitize<S> {
     always_ready!(ProxyError);
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let upgrade = headers::is_upgrade(req.headers());
         let direction = req.extensions().get::<ConnCtx>().map(|c| c.direction);
         let h = req.headers_mut();
+        // Before anything else: an h2c upgrade would hand the connection to HTTP/2 streams
+        // this proxy never sees, so it is removed and the request goes on as HTTP/1.1.
+        headers::strip_h2c_upgrade(h);
+        let upgrade = headers::is_upgrade(h);
         headers::strip_hop_by_hop(h, upgrade);
         headers::strip_mesh_headers(h);
         if let Some(marker) = direction.and_then(|d| hop_marker(&self.proxy_id, d)) {
             h.insert(headers::HOP_HEADER, marker);
+        }
+        // Trailers are headers too. A body that has ended cannot carry any, so the common
+        // bodiless request pays nothing.
+        if !http_body::Body::is_end_stream(req.body()) {
+            req = req.map(|body| {
+                http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_frame(
+                    body,
+                    |mut frame| {
+                        if let Some(trailers) = frame.trailers_mut() {
+                            headers::strip_mesh_headers(trailers);
+                        }
+                        frame
+                    },
+                ))
+            });
         }
         self.inner.clone().call(req)
     }

@@ -89,20 +89,37 @@ pub struct RouteInfo {
     pub target: SocketAddr,
 }
 
-/// Filled once by the route layer; read by the outer layers after the response. Per request,
-/// so it is never contended.
+/// What the inner layers decided, for the outer ones (metrics, access log): the route, filled
+/// once by the route layer, and the call the authorization layer decided on. Read after the
+/// response. Per request (one allocation for both), so it is never contended.
 #[derive(Clone, Debug, Default)]
-pub struct RouteSlot(Arc<OnceLock<RouteInfo>>);
+pub struct RouteSlot(Arc<Decided>);
+
+#[derive(Debug, Default)]
+struct Decided {
+    route: OnceLock<RouteInfo>,
+    authz: OnceLock<sluice_policy::rpc::Rpc>,
+}
 
 impl RouteSlot {
-    /// Records the decision (later calls are ignored).
+    /// Records the routing decision (later calls are ignored).
     pub fn set(&self, info: RouteInfo) {
-        let _ = self.0.set(info);
+        let _ = self.0.route.set(info);
     }
 
-    /// The decision, if routing got that far.
+    /// The routing decision, if routing got that far.
     pub fn get(&self) -> Option<&RouteInfo> {
-        self.0.get()
+        self.0.route.get()
+    }
+
+    /// Records the call authorization decided on (later calls are ignored).
+    pub fn set_authorized(&self, rpc: sluice_policy::rpc::Rpc) {
+        let _ = self.0.authz.set(rpc);
+    }
+
+    /// The call authorization decided on, if it ran.
+    pub fn authorized(&self) -> Option<&sluice_policy::rpc::Rpc> {
+        self.0.authz.get()
     }
 }
 
@@ -118,9 +135,20 @@ pub enum Version {
 /// Connection-level HTTP settings.
 #[derive(Clone, Copy, Debug)]
 pub struct ServerConfig {
-    /// How long a client may take to send request headers (slowloris guard).
+    /// How long a client may take to send a request's headers (slowloris guard), HTTP/1.
     pub header_read_timeout: Duration,
+    /// HTTP/2: how often an idle connection is pinged, and how long the answer may take
+    /// before the connection is closed. Bounds dead or stalled peers; an idle but live peer
+    /// (a gRPC channel) is kept.
+    pub h2_keepalive: Duration,
 }
+
+/// Largest HTTP/2 header block (HPACK-decoded) a client may send: 64 KiB, far above what real
+/// requests carry and far below hyper's default.
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// Largest HTTP/1 request head (request line, headers, and chunked trailers): larger ones get
+/// a 431 and the connection is closed.
+const H1_MAX_HEAD: usize = 64 * 1024;
 
 /// Serves one client connection with `svc` until it closes. When draining starts, HTTP/1
 /// stops keep-alive after the in-flight request and HTTP/2 sends GOAWAY, so clients move to
@@ -149,7 +177,8 @@ where
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(config.header_read_timeout);
+                .header_read_timeout(config.header_read_timeout)
+                .max_header_size(H1_MAX_HEAD);
             let conn = builder.serve_connection(io, hyper_svc).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
@@ -162,7 +191,11 @@ where
         }
         Version::Http2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            builder.timer(TokioTimer::new());
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(config.h2_keepalive)
+                .keep_alive_timeout(config.h2_keepalive)
+                .max_header_list_size(H2_MAX_HEADER_LIST);
             let conn = builder.serve_connection(io, hyper_svc);
             tokio::pin!(conn);
             tokio::select! {

@@ -1,0 +1,616 @@
+//! The data plane as an attacker tries it (issue 11): every test here is an attack that got
+//! through before the fix, against two real proxies over mTLS and a real application server.
+//!
+//! - Paths: the path that is authorized must be byte-for-byte the path that is forwarded, so
+//!   a path that is not canonical (dot segments, `//`, encoded separators) is refused with 400,
+//!   over HTTP/1 and HTTP/2, inbound and through the caller's own sidecar.
+//! - Upgrades: `Upgrade: h2c` never reaches the application (Hypercorn accepts it and would
+//!   then serve HTTP/2 streams for any path, unchecked).
+//! - Opaque TCP: HTTP rules never grant it; requests shaped to miss detection (a request line
+//!   over 8 KiB, a pause before the first byte, bare LF line endings) are either read as HTTP
+//!   and authorized per request, or refused.
+//! - Limits: `sluice-*` trailers, the header read timeout, the per-listener connection cap, and
+//!   the file-descriptor limit.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sluice_integration::client::{curl, get, hyper_client};
+use sluice_integration::mtls::{Pair, PairOptions, TRUST_DOMAIN};
+use sluice_integration::{Proxy, ProxyOptions, have, skip, upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `payments` behind its proxy: checkout may read `/public/*` and call `* /` (an HTTP rule for
+/// the root, which used to grant opaque TCP too); `/healthz` is exempt. `ports` is inserted
+/// under the service's spec (e.g. a declared HTTP port), `allow` is appended to checkout's rule.
+fn policy(ports: &str, allow: &str) -> String {
+    format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: Mesh
+metadata: {{ name: mesh }}
+spec:
+  trustDomain: {TRUST_DOMAIN}
+  accessRequestUrl: "http://portal.test/access/new?from={{caller}}&to={{service}}&rpc={{rpc}}"
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Team
+metadata: {{ name: shop }}
+spec: {{}}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: MeshService
+metadata: {{ name: payments }}
+spec:
+  team: shop
+{ports}  endpoints:
+    - {{ rpc: "GET /public/*" }}
+    - {{ rpc: "GET /admin/*" }}
+    - {{ rpc: "GET /healthz" }}
+    - {{ rpc: "* /" }}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: MeshService
+metadata: {{ name: checkout }}
+spec: {{ team: shop }}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{ name: payments-callers }}
+spec:
+  service: payments
+  rules:
+    - {{ name: public, from: [checkout], allow: ["GET /public/*", "* /"{allow}], reason: catalogue }}
+  unauthenticated:
+    - {{ rpc: GET /healthz, reason: kubelet probes }}
+"#
+    )
+}
+
+/// The application's port declared as HTTP.
+const HTTP_PORT: &str = "  ports: [{ port: APP_PORT, protocol: http }]\n";
+
+async fn pair(ports: &str, allow: &str) -> Pair {
+    Pair::start(PairOptions {
+        policy: policy(ports, allow),
+        ..PairOptions::default()
+    })
+    .await
+}
+
+/// `curl --path-as-is` (curl would otherwise remove the dot segments itself): status and body.
+async fn curl_as_is(extra: &[&str], url: &str) -> (String, String) {
+    let mut args = vec!["--path-as-is", "-w", "\n%{http_code}"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = curl(&args).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_owned(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dot_segments_never_ride_an_exemption_or_a_grant() {
+    if !have("curl") {
+        return skip("dot_segments", "curl not installed");
+    }
+    let pair = pair("", "").await;
+    // No identity at all: `/admin/../healthz` was decided as the exempt `/healthz` and reached
+    // the app as `/admin/../healthz`.
+    for (via, h2) in [(pair.inbound(), false), (pair.inbound(), true)] {
+        let flag: &[&str] = if h2 {
+            &["--http2-prior-knowledge"]
+        } else {
+            &[]
+        };
+        let url = format!("http://{via}/admin/../healthz");
+        let (status, body) = curl_as_is(flag, &url).await;
+        assert_eq!(status, "400", "h2={h2}: {body}");
+        assert!(body.contains("`..`"), "says what is wrong: {body}");
+        assert!(
+            body.contains("/healthz"),
+            "gives the canonical form: {body}"
+        );
+    }
+    // Through the caller's own sidecar, HTTP/1 and HTTP/2: `/admin/../public/x` was allowed
+    // as `/public/x`, and `/admin//../public/x` (which WHATWG URL parsing reads as
+    // `/admin/public/x`) too.
+    for path in [
+        "/admin/../public/x",
+        "/admin//../public/x",
+        "/public/../admin/x",
+        "/public/./x",
+        "/public//x",
+        "/public/%2e%2e/admin/x",
+        "/public/..;/admin/x",
+    ] {
+        for h2 in [false, true] {
+            let flag: &[&str] = if h2 {
+                &["--http2-prior-knowledge"]
+            } else {
+                &[]
+            };
+            let url = format!("http://{}{path}", pair.outbound());
+            let (status, body) = curl_as_is(flag, &url).await;
+            assert_eq!(status, "400", "{path} h2={h2}: {body}");
+        }
+    }
+    assert_eq!(pair.app.hits(), 0, "no refused path reached the app");
+    // The canonical paths still work, and reach the app exactly as sent.
+    let (status, body) = curl_as_is(&[], &format!("http://{}/public/x/", pair.outbound())).await;
+    assert_eq!(status, "200", "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(seen["path"], "/public/x/");
+    let (status, _) = curl_as_is(&[], &format!("http://{}/healthz", pair.inbound())).await;
+    assert_eq!(status, "200");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_origin_request_targets_are_refused() {
+    let pair = pair("", "").await;
+    // Absolute-form, asterisk-form and CONNECT's authority-form, on HTTP/1.
+    for head in [
+        "GET http://payments/public/x HTTP/1.1\r\nHost: payments\r\n",
+        "OPTIONS * HTTP/1.1\r\nHost: payments\r\n",
+        "CONNECT payments:443 HTTP/1.1\r\nHost: payments:443\r\n",
+    ] {
+        for via in [pair.outbound(), pair.inbound()] {
+            let reply = raw(
+                via,
+                Duration::ZERO,
+                &format!("{head}Connection: close\r\n\r\n"),
+            )
+            .await;
+            let want = if head.starts_with("CONNECT") {
+                "HTTP/1.1 405"
+            } else {
+                "HTTP/1.1 400"
+            };
+            assert!(reply.starts_with(want), "{head:?} via {via}: {reply}");
+            assert!(reply.contains("sluice-proxy-error"), "{reply}");
+        }
+    }
+    assert_eq!(pair.app.hits(), 0);
+}
+
+/// Sends `bytes` after `pause` on a new connection to `addr`; returns everything read until
+/// the peer closes (or 10 s pass).
+async fn raw(addr: SocketAddr, pause: Duration, bytes: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::time::sleep(pause).await;
+    let _ = s.write_all(bytes.as_bytes()).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The three ways that used to force the opaque fallback, each carrying a request for
+/// `/admin/secret` that no rule grants.
+fn fallback_attacks() -> Vec<(&'static str, Duration, String)> {
+    let long = format!(
+        "GET /admin/secret?pad={} HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n",
+        "x".repeat(9 * 1024)
+    );
+    vec![
+        ("request line over 8 KiB", Duration::ZERO, long),
+        (
+            "bare LF line endings",
+            Duration::ZERO,
+            "GET /admin/secret HTTP/1.1\nHost: payments\nConnection: close\n\n".to_owned(),
+        ),
+        (
+            // Longer than both proxies' detect timeouts (1 s each, one after the other).
+            "a pause before the first byte",
+            Duration::from_millis(2500),
+            "GET /admin/secret HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n".to_owned(),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_rules_never_grant_opaque_tcp() {
+    // `* /` is an HTTP rule. It used to grant the opaque pseudo-call `CONNECT /`, so any of
+    // the three fallbacks carried a raw `GET /admin/secret` to the app.
+    let pair = pair("", "").await;
+    for (what, pause, bytes) in fallback_attacks() {
+        let reply = raw(pair.outbound(), pause, &bytes).await;
+        assert!(
+            !reply.contains("payments-app"),
+            "{what}: the request reached the app: {reply}"
+        );
+        // Read as HTTP and denied like any request, or (the pause) closed as TCP nobody
+        // granted.
+        assert!(
+            reply.starts_with("HTTP/1.1 403") || reply.is_empty(),
+            "{what}: {reply}"
+        );
+    }
+    assert_eq!(pair.app.hits(), 0, "nothing reached the app");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declared_http_port_never_falls_back_to_opaque() {
+    // Even a TCP grant does not open an HTTP port to raw bytes: what is not HTTP gets a 400.
+    let pair = pair(HTTP_PORT, r#", "tcp""#).await;
+    for (what, pause, bytes) in fallback_attacks() {
+        let reply = raw(pair.outbound(), pause, &bytes).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 400") || reply.starts_with("HTTP/1.1 403"),
+            "{what}: {reply}"
+        );
+        assert!(
+            !reply.contains("payments-app"),
+            "{what}: reached the app: {reply}"
+        );
+    }
+    // Not HTTP at all, directly at the inbound port: 400 with the reason, then closed.
+    let reply = raw(pair.inbound(), Duration::ZERO, "\u{1}\u{2}binary\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("declared `http`"), "{reply}");
+    let reply = raw(pair.inbound(), Duration::from_millis(1500), "").await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "silence: {reply}");
+    assert_eq!(pair.app.hits(), 0, "nothing reached the app");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tcp_grant_is_what_opens_opaque_tcp() {
+    // The same opaque bytes, with `tcp:PORT` granted and the port not declared as HTTP: they
+    // reach the app, and the decision names the TCP grant.
+    let pair = pair("", r#", "tcp:APP_PORT""#).await;
+    let reply = raw(pair.outbound(), Duration::ZERO, "\u{1}\u{2}binary\r\n\r\n").await;
+    assert!(
+        reply.starts_with("HTTP/1.1 400"),
+        "the app's own answer: {reply}"
+    );
+    let port = pair.app.addr.port();
+    let allowed = sluice_integration::mtls::counter(
+        &pair.server,
+        "sluice_proxy_authz_allow_total",
+        &[r#"caller="checkout""#, &format!(r#"rpc="tcp:{port}""#)],
+    )
+    .await;
+    assert_eq!(allowed, 1.0);
+}
+
+/// An ASGI app served by Hypercorn, which accepts `Upgrade: h2c`; it answers `app saw PATH`.
+struct Hypercorn {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl Hypercorn {
+    async fn start() -> Option<Hypercorn> {
+        let available = std::process::Command::new("python3")
+            .args(["-c", "import hypercorn"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !available {
+            return None;
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h2c");
+        let port = sluice_integration::free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let child = tokio::process::Command::new("python3")
+            .args(["-m", "hypercorn", "--bind", &addr.to_string(), "app:app"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("hypercorn");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(Instant::now() < deadline, "hypercorn did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(Hypercorn { child, addr })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_upgrade_never_reaches_the_app() {
+    if !have("curl") || !have("nghttp") {
+        return skip("h2c_upgrade", "curl or nghttp not installed");
+    }
+    let Some(mut app) = Hypercorn::start().await else {
+        return skip("h2c_upgrade", "python3 -m hypercorn not available");
+    };
+    let pair = Pair::start(PairOptions {
+        policy: policy("", ""),
+        app_addr: Some(app.addr),
+        ..PairOptions::default()
+    })
+    .await;
+    // The exempt path, upgraded: the app answered 101 and spoke HTTP/2 from then on.
+    let out = curl(&[
+        "--http2",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version}",
+        &format!("http://{}/healthz", pair.inbound()),
+    ])
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 1.1");
+    // nghttp upgrades with the first URI and sends the second as a new HTTP/2 stream on the
+    // same connection: that stream would reach `/admin/secret` without any check.
+    let out = tokio::process::Command::new("nghttp")
+        .args([
+            "-u",
+            &format!("http://{}/healthz", pair.inbound()),
+            &format!("http://{}/admin/secret", pair.inbound()),
+        ])
+        .output()
+        .await
+        .expect("nghttp");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("app saw /admin/secret"), "{stdout}");
+    let _ = app.child.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_upgrade_is_authorized_as_its_request() {
+    let ws = upstream::websocket_echo().await;
+    let pair = Pair::start(PairOptions {
+        policy: policy("", ""),
+        app_addr: Some(ws.addr),
+        ..PairOptions::default()
+    })
+    .await;
+    // Not granted: the upgrade request itself is denied.
+    let denied =
+        tokio_tungstenite::connect_async(format!("ws://{}/admin/socket", pair.outbound())).await;
+    match denied {
+        Err(tokio_tungstenite::tungstenite::Error::Http(rsp)) => {
+            assert_eq!(rsp.status(), 403)
+        }
+        other => panic!("expected a 403, got {other:?}"),
+    }
+    assert_eq!(ws.hits(), 0);
+    // Granted: the tunnel opens (and is opaque from then on).
+    let (mut socket, rsp) =
+        tokio_tungstenite::connect_async(format!("ws://{}/public/socket", pair.outbound()))
+            .await
+            .expect("granted upgrade");
+    assert_eq!(rsp.status(), 101);
+    use futures_util::{SinkExt, StreamExt};
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .expect("send");
+    let echoed = socket.next().await.expect("echo").expect("message");
+    assert_eq!(echoed.into_text().expect("text").as_str(), "hi");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mesh_trailers_from_the_client_are_stripped() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    // HTTP/2 (where trailers are common: gRPC) through a proxy to the echo upstream, which
+    // sends back the body and trailers it received.
+    let app = upstream::http("app").await;
+    let proxy = Proxy::start(
+        ProxyOptions::default().env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={}", app.addr)),
+    );
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert(
+        "sluice-client-id",
+        "spiffe://evil/ns/x/svc/admin".parse().expect("v"),
+    );
+    trailers.insert("x-kept", "yes".parse().expect("v"));
+    let frames: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> = vec![
+        Ok(hyper::body::Frame::data(Bytes::from_static(b"hello"))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(frames));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = http::Request::post(format!("http://{}/echo", proxy.explicit(0)))
+        .body(body)
+        .expect("request");
+    let rsp = client.request(req).await.expect("response");
+    assert_eq!(rsp.status(), 200);
+    let collected = rsp.into_body().collect().await.expect("body");
+    let echoed = collected.trailers().cloned().unwrap_or_default();
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"hello"));
+    assert_eq!(
+        echoed.get("x-kept").map(|v| v.as_bytes()),
+        Some(&b"yes"[..])
+    );
+    assert!(
+        echoed.get("sluice-client-id").is_none(),
+        "a client-sent sluice-* trailer reached the app: {echoed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_headers_are_cut_off() {
+    let app = upstream::http("app").await;
+    let proxy = Proxy::start(
+        ProxyOptions::default()
+            .env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={}", app.addr))
+            .env("SLUICE_PROXY_HEADER_READ_TIMEOUT", "1s"),
+    );
+    let mut s = tokio::net::TcpStream::connect(proxy.explicit(0))
+        .await
+        .expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the connection was still open after 15 s");
+    // Generous: the point is "bounded", not a latency figure.
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(app.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_per_listener_are_capped_and_the_admin_port_stays_up() {
+    let app = upstream::http("app").await;
+    let proxy = Proxy::start(
+        ProxyOptions::default()
+            .env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={}", app.addr))
+            .env("SLUICE_PROXY_MAX_CONNECTIONS", "16"),
+    );
+    // 16 slow clients hold every slot (each has sent half a request).
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let mut s = tokio::net::TcpStream::connect(proxy.explicit(0))
+            .await
+            .expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The 17th is closed at once instead of queueing behind them.
+    let mut extra = tokio::net::TcpStream::connect(proxy.explicit(0))
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection over the cap was not closed: {read:?}"
+    );
+    assert!(proxy.log().contains("connection limit"), "{}", proxy.log());
+    // Health checks live on the admin listener, which the cap does not touch.
+    let ready = get(&hyper_client(false), proxy.admin(), "/live", &[])
+        .await
+        .expect("admin");
+    assert_eq!(ready.status, 200);
+    // Freed slots are reused.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ok = get(&hyper_client(false), proxy.explicit(0), "/x", &[])
+        .await
+        .expect("after the burst");
+    assert_eq!(ok.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_soft_fd_limit_is_raised_to_the_hard_limit() {
+    if !have("prlimit") {
+        return skip("fd_limit", "prlimit not installed");
+    }
+    let proxy = Proxy::start(ProxyOptions {
+        wrapper: vec!["prlimit".into(), "--nofile=256:4096".into()],
+        ..ProxyOptions::default()
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3], "4096", "soft limit: {line}");
+    assert_eq!(fields[4], "4096", "hard limit: {line}");
+}
+
+/// The differential property behind the path rule: for generated paths (dot segments, empty
+/// segments, percent-encodings, path parameters, mixtures), the proxy either refuses the
+/// request with 400, or the path its access matcher decided on (the `authz_path` field of the
+/// access log) has exactly the segments of the path the application received, and that path is
+/// byte-for-byte the one the client sent.
+#[test]
+fn the_matcher_sees_the_path_the_app_receives() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pair = rt.block_on(pair("", ""));
+    let segment = prop::sample::select(vec![
+        "public", "admin", "x", "healthz", ".", "..", "", "%2e", "%2E%2e", ".%2e", "%2f", "a%2Fb",
+        "%5c", "..;", ".;x", "%41", "~", "a;b", "%", "%zz", "...", "..a",
+    ]);
+    let path = (
+        prop::collection::vec(segment, 1..7),
+        any::<bool>(),
+        prop::sample::select(vec!["", "?q=1", "?next=/../admin"]),
+    )
+        .prop_map(|(segments, trailing, query)| {
+            let mut p = String::new();
+            for s in segments {
+                p.push('/');
+                p.push_str(s);
+            }
+            if trailing {
+                p.push('/');
+            }
+            p.push_str(query);
+            p
+        });
+    let mut runner = TestRunner::new(Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let refused = std::cell::Cell::new(0usize);
+    let decided = std::cell::Cell::new(0usize);
+    let result = runner.run(&path, |path| {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n");
+        // Unauthenticated, straight to the callee's proxy; then as checkout through its own.
+        for via in [pair.inbound(), pair.outbound()] {
+            let reply = rt.block_on(raw(via, Duration::ZERO, &head));
+            if reply.starts_with("HTTP/1.1 400") {
+                refused.set(refused.get() + 1);
+                continue;
+            }
+            let log = pair.server.log();
+            let matcher = last_authz_path(&log)
+                .ok_or_else(|| TestCaseError::fail(format!("{path}: no access log line")))?;
+            let sent = path.split('?').next().unwrap_or("");
+            prop_assert_eq!(
+                segments(&matcher),
+                segments(sent),
+                "{} via {}: the matcher decided on {}",
+                path,
+                via,
+                matcher
+            );
+            if reply.starts_with("HTTP/1.1 200") {
+                let body = reply.split("\r\n\r\n").nth(1).unwrap_or("");
+                let seen: serde_json::Value = serde_json::from_str(body)
+                    .map_err(|e| TestCaseError::fail(format!("{path}: {e}: {reply}")))?;
+                prop_assert_eq!(seen["path"].as_str(), Some(sent), "{}", reply);
+            }
+            decided.set(decided.get() + 1);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // Both branches were exercised.
+    let (refused, decided) = (refused.get(), decided.get());
+    assert!(
+        refused > 0 && decided > 0,
+        "refused {refused}, decided {decided}"
+    );
+}
+
+/// The `authz_path` of the newest access-log line that has one.
+fn last_authz_path(log: &str) -> Option<String> {
+    log.lines().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        let path = v.get("authz_path")?.as_str()?;
+        (!path.is_empty()).then(|| path.to_owned())
+    })
+}
+
+/// A path's segments, ignoring a single trailing `/` (which names no segment of its own).
+fn segments(path: &str) -> Vec<&str> {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let path = path.strip_suffix('/').unwrap_or(path);
+    if path.is_empty() {
+        Vec::new()
+    } else {
+        path.split('/').collect()
+    }
+}
