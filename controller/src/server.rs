@@ -280,7 +280,7 @@ pub struct ControllerArgs {
     /// Where services are dialled: JSON `{"services": [{"namespace", "service",
     /// "addresses": ["ip:port", ...]}]}` (the shape of the proxy's endpoints file; instances
     /// are not listed, they register themselves). `sluice up` writes it; in Kubernetes the
-    /// Services' cluster IPs will take its place. Read at start.
+    /// Services' cluster IPs take its place (`--kubernetes`). Read at start.
     #[arg(long, value_name = "FILE")]
     pub service_addresses: Option<PathBuf>,
     /// The base URL of the rollout pages and charts in notifications. Default: the admin
@@ -297,6 +297,9 @@ pub struct ControllerArgs {
     /// The portal's flags (boxed: they would make every `Command` as large as this one).
     #[command(flatten)]
     pub portal: Box<PortalArgs>,
+    /// The Kubernetes backend's flags (`--kubernetes`, …).
+    #[command(flatten)]
+    pub kubernetes: Box<crate::kubernetes::KubernetesArgs>,
 }
 
 /// The portal's flags of `sluice controller`.
@@ -362,6 +365,9 @@ pub enum ServeError {
     /// The portal's flags do not say how to identify users safely.
     #[error(transparent)]
     Portal(#[from] crate::portal::server::PortalConfigError),
+    /// The cluster could not be read, or the webhook not served.
+    #[error(transparent)]
+    Kubernetes(#[from] crate::kubernetes::KubernetesError),
 }
 
 /// `sluice controller`.
@@ -377,9 +383,28 @@ pub(crate) fn run(
     if let Some(addr) = args.portal.portal {
         crate::portal::server::check_config(addr, &portal_auth(args)).map_err(ServeError::from)?;
     }
-    let (policy, applied) = match &args.policy {
-        Some(dir) => initial_policy(dir, err)?,
-        None => (PolicySnapshot::new(PolicySet::default()), 0),
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| setup("start the async runtime", source))?;
+    // In Kubernetes the cluster is listed before anything is served, so the first policy
+    // proxies get is the cluster's, rebuilt from the API server at every start.
+    let mut cluster = if args.kubernetes.kubernetes {
+        Some(
+            runtime
+                .block_on(crate::kubernetes::start(&args.kubernetes))
+                .map_err(ServeError::from)?,
+        )
+    } else {
+        None
+    };
+    let (policy, applied) = match (&args.policy, &mut cluster) {
+        (Some(dir), _) => initial_policy(dir, err)?,
+        (None, Some(c)) => (
+            std::mem::replace(&mut c.policy, PolicySnapshot::new(PolicySet::default())),
+            0,
+        ),
+        (None, None) => (PolicySnapshot::new(PolicySet::default()), 0),
     };
     let trust_domain =
         TrustDomain::new(&policy.set.mesh.trust_domain).map_err(IdentityError::from)?;
@@ -391,8 +416,14 @@ pub(crate) fn run(
             ca
         }
         _ => {
-            let (ca, origin) =
-                MeshCa::load_or_create(&args.state_dir, now).map_err(IdentityError::from)?;
+            let (ca, origin) = match (&cluster, &args.kubernetes.ca_secret) {
+                (Some(c), Some(secret)) => runtime
+                    .block_on(crate::kubernetes::secret::load_or_create(
+                        &c.client, secret, now,
+                    ))
+                    .map_err(|e| ServeError::from(crate::kubernetes::KubernetesError::from(e)))?,
+                _ => MeshCa::load_or_create(&args.state_dir, now).map_err(IdentityError::from)?,
+            };
             let verb = match origin {
                 CaOrigin::Generated => "created a new mesh CA",
                 CaOrigin::Loaded => "loaded the mesh CA",
@@ -436,12 +467,20 @@ pub(crate) fn run(
         policy_watch::spawn(dir.clone(), applied, Arc::clone(&plane))
             .map_err(|source| setup("start the policy watcher", source))?;
     }
+    if let Some(started) = cluster {
+        let webhook = runtime
+            .block_on(crate::kubernetes::spawn(
+                &args.kubernetes,
+                started,
+                Arc::clone(&plane),
+                certifier.ca(),
+            ))
+            .map_err(ServeError::from)?;
+        if let Some(addr) = webhook {
+            writeln!(out, "sluice controller webhook on {addr}")?;
+        }
+    }
     let service = MeshService::new(certifier, Arc::new(tokens), Arc::clone(&plane));
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| setup("start the async runtime", source))?;
     runtime.block_on(serve(args, service, plane, out))?;
     Ok(Outcome::Success)
 }

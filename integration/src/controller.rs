@@ -366,43 +366,7 @@ impl RealController {
     /// A gRPC client presenting a fresh certificate for `default/<service>` (from `Certify`
     /// with the service's token), as that service's proxy would.
     pub async fn client_as(&self, service: &str) -> MeshClient<tonic::transport::Channel> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .and_then(|p| p.serialize_request(&key))
-            .expect("csr");
-        let issued = MeshClient::new(self.channel(None).await)
-            .certify(CertifyRequest {
-                workload: Some(sluice_api::v1::Workload {
-                    namespace: "default".into(),
-                    service: service.into(),
-                    ..Default::default()
-                }),
-                csr_der: csr.der().to_vec(),
-                token: self.token(service),
-            })
-            .await
-            .expect("Certify")
-            .into_inner();
-        let cert = sluice_api::tls::fixed_client_cert(
-            vec![CertificateDer::from(issued.certificate_der)],
-            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .expect("the issued certificate");
-        MeshClient::new(self.channel(Some(cert)).await)
-    }
-
-    async fn channel(
-        &self,
-        cert: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
-    ) -> tonic::transport::Channel {
-        let pem = std::fs::read(self.ca_file()).expect("the mesh CA");
-        let roots = sluice_api::tls::roots_from_pem(&pem).expect("PEM");
-        let config = sluice_api::tls::client_config(roots, cert).expect("TLS config");
-        tonic::transport::Endpoint::from_shared(self.url.clone())
-            .expect("endpoint")
-            .connect_with_connector(sluice_api::tls::Connector::new(config))
-            .await
-            .expect("connect to the controller")
+        client_as(&self.url, &self.ca_file(), &self.token(service), service).await
     }
 
     /// SIGKILL, as a crash: nothing is flushed or closed gracefully.
@@ -452,4 +416,53 @@ impl Drop for RealController {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A gRPC client of the controller at `url` (`https://…`), trusting `ca_file`, presenting a
+/// fresh certificate for `default/<service>` from `Certify` with `token`: what that service's
+/// proxy has once it started.
+pub async fn client_as(
+    url: &str,
+    ca_file: &std::path::Path,
+    token: &str,
+    service: &str,
+) -> MeshClient<tonic::transport::Channel> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .expect("csr");
+    let issued = MeshClient::new(channel(url, ca_file, None).await)
+        .certify(CertifyRequest {
+            workload: Some(sluice_api::v1::Workload {
+                namespace: "default".into(),
+                service: service.into(),
+                ..Default::default()
+            }),
+            csr_der: csr.der().to_vec(),
+            token: token.to_owned(),
+        })
+        .await
+        .expect("Certify")
+        .into_inner();
+    let cert = sluice_api::tls::fixed_client_cert(
+        vec![CertificateDer::from(issued.certificate_der)],
+        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("the issued certificate");
+    MeshClient::new(channel(url, ca_file, Some(cert)).await)
+}
+
+async fn channel(
+    url: &str,
+    ca_file: &std::path::Path,
+    cert: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+) -> tonic::transport::Channel {
+    let pem = std::fs::read(ca_file).expect("the mesh CA");
+    let roots = sluice_api::tls::roots_from_pem(&pem).expect("PEM");
+    let config = sluice_api::tls::client_config(roots, cert).expect("TLS config");
+    tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("endpoint")
+        .connect_with_connector(sluice_api::tls::Connector::new(config))
+        .await
+        .expect("connect to the controller")
 }

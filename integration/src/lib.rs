@@ -9,6 +9,7 @@
 pub mod client;
 pub mod controller;
 pub mod inbox;
+pub mod kube;
 pub mod local_mesh;
 pub mod mesh;
 pub mod mtls;

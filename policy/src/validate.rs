@@ -150,7 +150,7 @@ pub struct PolicySet {
     pub teams: BTreeMap<ObjectRef, Checked<TeamSpec>>,
     /// Services by name.
     pub services: BTreeMap<ObjectRef, CheckedService>,
-    /// Access policies, in file order.
+    /// Access policies, by callee, then name (not file order: see the end of `check`).
     pub access_policies: Vec<CheckedAccessPolicy>,
     /// Routes by service.
     pub routes: BTreeMap<ObjectRef, Checked<RouteSpec>>,
@@ -787,5 +787,10 @@ fn check(
             }
         }
     }
+    // One order whatever the layout: the bundle, its version and "the first grant wins" then
+    // do not depend on which file a policy sits in, or on whether it came from a file or a
+    // Kubernetes object (which has no file order), so both publish the same version.
+    set.access_policies
+        .sort_by(|a, b| (&a.service, &a.name).cmp(&(&b.service, &b.name)));
     set
 }

@@ -142,6 +142,9 @@ struct Inner {
     service_addresses: ServiceAddresses,
     /// Rollout weights that replace the Routes' default splits (see [`RouteOverrides`]).
     route_overrides: RouteOverrides,
+    /// Instances a backend discovered itself (Kubernetes: ready pods), by instance. Published
+    /// like registrations, but never stored: the backend is their source of truth.
+    discovered: BTreeMap<InstanceKey, Registered>,
 }
 
 /// (namespace, service) → the default split to enforce instead of the Route file's, as
@@ -207,11 +210,13 @@ impl ControlPlane {
             last_error,
             service_addresses: ServiceAddresses::new(),
             route_overrides: RouteOverrides::new(),
+            discovered: BTreeMap::new(),
         };
         let (config, overridden) = build_config(
             &policy,
             &inner.route_overrides,
             &inner.registrations,
+            &inner.discovered,
             &inner.service_addresses,
         );
         let first = Arc::new(Published {
@@ -277,6 +282,7 @@ impl ControlPlane {
             &policy,
             &inner.route_overrides,
             &inner.registrations,
+            &inner.discovered,
             &inner.service_addresses,
         );
         // The same effective policy (only endpoints changed): keep the views already made.
@@ -302,11 +308,46 @@ impl ControlPlane {
         }
     }
 
+    /// Replaces the instances a backend discovered (Kubernetes: the ready pods behind each
+    /// MeshService's Service), and publishes the change if there is one.
+    pub fn set_discovered_instances(&self, rows: Vec<RegistrationRow>) {
+        let discovered: BTreeMap<InstanceKey, Registered> = rows
+            .into_iter()
+            .map(|row| {
+                let key = InstanceKey {
+                    namespace: row.namespace.clone(),
+                    service: row.service.clone(),
+                    instance: row.instance.clone(),
+                };
+                (
+                    key,
+                    Registered {
+                        row,
+                        orphaned_since: None,
+                    },
+                )
+            })
+            .collect();
+        let mut inner = self.lock();
+        let same = inner.discovered.len() == discovered.len()
+            && inner
+                .discovered
+                .iter()
+                .zip(&discovered)
+                .all(|((ka, a), (kb, b))| ka == kb && same_endpoint(&a.row, &b.row));
+        if !same {
+            inner.discovered = discovered;
+            self.republish(&mut inner);
+        }
+    }
+
     /// The registered instances of `version` of a service (stable environment), by name.
     pub fn instances(&self, namespace: &str, service: &str, version: &str) -> Vec<String> {
-        self.lock()
+        let inner = self.lock();
+        let mut names: Vec<String> = inner
             .registrations
             .values()
+            .chain(inner.discovered.values())
             .filter(|r| {
                 r.row.namespace == namespace
                     && r.row.service == service
@@ -314,7 +355,10 @@ impl ControlPlane {
                     && r.row.environment == crate::server::register::DEFAULT_ENVIRONMENT
             })
             .map(|r| r.row.instance.clone())
-            .collect()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Replaces the rollout weights, and publishes the change if there is one.
@@ -663,6 +707,7 @@ fn build_config(
     policy: &PolicySnapshot,
     route_overrides: &RouteOverrides,
     registrations: &BTreeMap<InstanceKey, Registered>,
+    discovered: &BTreeMap<InstanceKey, Registered>,
     service_addresses: &ServiceAddresses,
 ) -> (ProxyConfig, Option<PolicySet>) {
     /// (version, environment) → endpoints.
@@ -673,7 +718,12 @@ fn build_config(
     for (namespace, service) in service_addresses.keys() {
         services.entry((namespace, service)).or_default();
     }
-    for r in registrations.values() {
+    // A discovered instance that also registers itself is listed once, as discovered.
+    let registered = registrations
+        .iter()
+        .filter(|(k, _)| !discovered.contains_key(k))
+        .map(|(_, r)| r);
+    for r in discovered.values().chain(registered) {
         services
             .entry((&r.row.namespace, &r.row.service))
             .or_default()
