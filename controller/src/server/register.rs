@@ -8,7 +8,7 @@
 //! reconnecting proxies keep their endpoints and dead ones disappear on their own. Registering
 //! again replaces the instance's entry (a restarted workload on a new address).
 //!
-//! Only the workload itself may register: the caller's bootstrap token (see `auth`) must prove
+//! Only the workload itself may register: the caller's workload certificate (see `auth`) must prove
 //! the registration's namespace and service, or anyone reaching the controller could put their
 //! address into every proxy's routes for that service.
 
@@ -27,7 +27,7 @@ pub const MAX_INSTANCE: usize = 253;
 /// The environment when none is given.
 pub const DEFAULT_ENVIRONMENT: &str = "stable";
 
-/// Stores `request` if `caller` (what the token proved) is the workload it names.
+/// Stores `request` if `caller` (what the client certificate proved) is the workload it names.
 pub(super) async fn register(
     plane: &ControlPlane,
     caller: &WorkloadIdentity,

@@ -19,7 +19,7 @@ pub const MAX_BUCKETS: usize = 64;
 /// The longest `proxy_id` accepted (as for `Watch`).
 pub const MAX_PROXY_ID: usize = 256;
 
-/// Records `request` if `caller` (what the token proved) is the workload it reports for: a
+/// Records `request` if `caller` (what the client certificate proved) is the workload it reports for: a
 /// proxy speaks only for its own traffic, so one workload cannot skew another's rollout.
 pub(super) fn report_traffic(
     plane: &ControlPlane,

@@ -20,6 +20,7 @@ use sluice_api::v1::{Endpoint, ProxyConfig, ServiceEndpoints, VersionEndpoints, 
 use sluice_policy::{PolicySet, Snapshot};
 use tokio::sync::watch;
 
+use super::view::Views;
 use crate::rollout::traffic::TrafficBook;
 use crate::status::{
     ConfigErrorInfo, ControllerInfo, DenialInfo, DenialsInfo, ProxyInfo, RECENT_DENIALS,
@@ -57,12 +58,35 @@ impl PolicySnapshot {
 }
 
 /// What every watcher is sent: the current configuration and its generation.
-#[derive(Debug)]
 pub struct Published {
     /// Counts every change since the controller started (policy or endpoints).
     pub generation: u64,
-    /// The message.
+    /// The whole configuration (the whole policy bundle), as `sluice status` and the rollout
+    /// engine see it.
     pub config: ProxyConfig,
+    /// Each workload's share of the policy (see [`super::view`]).
+    pub views: Arc<Views>,
+}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Published")
+            .field("generation", &self.generation)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Published {
+    /// What a proxy of `namespace`/`service` is sent: the same version and endpoints as
+    /// everyone, and only the policy its workload needs.
+    pub fn config_for(&self, namespace: &str, service: &str) -> ProxyConfig {
+        ProxyConfig {
+            version: self.config.version.clone(),
+            policy_bundle: self.views.bundle(namespace, service).to_string(),
+            services: self.config.services.clone(),
+        }
+    }
 }
 
 /// An instance, as registrations and watchers name it.
@@ -189,15 +213,21 @@ impl ControlPlane {
             route_overrides: RouteOverrides::new(),
             discovered: BTreeMap::new(),
         };
+        let (config, overridden) = build_config(
+            &policy,
+            &inner.route_overrides,
+            &inner.registrations,
+            &inner.discovered,
+            &inner.service_addresses,
+        );
         let first = Arc::new(Published {
             generation: 1,
-            config: build_config(
-                &policy,
-                &inner.route_overrides,
-                &inner.registrations,
-                &inner.discovered,
-                &inner.service_addresses,
-            ),
+            views: Arc::new(Views::new(
+                config.version.clone(),
+                Arc::clone(&policy),
+                overridden,
+            )),
+            config,
         });
         let (published, _) = watch::channel(first);
         Ok(Arc::new(ControlPlane {
@@ -248,16 +278,25 @@ impl ControlPlane {
     /// contents are published in order.
     fn republish(&self, inner: &mut Inner) {
         inner.generation += 1;
-        let config = build_config(
-            &self.policy.load(),
+        let policy = self.policy.load_full();
+        let (config, overridden) = build_config(
+            &policy,
             &inner.route_overrides,
             &inner.registrations,
             &inner.discovered,
             &inner.service_addresses,
         );
+        // The same effective policy (only endpoints changed): keep the views already made.
+        let previous = self.published.borrow().views.clone();
+        let views = if previous.version == config.version {
+            previous
+        } else {
+            Arc::new(Views::new(config.version.clone(), policy, overridden))
+        };
         self.published.send_replace(Arc::new(Published {
             generation: inner.generation,
             config,
+            views,
         }));
     }
 
@@ -626,11 +665,14 @@ fn same_endpoint(a: &RegistrationRow, b: &RegistrationRow) -> bool {
 /// versions by (version, environment), endpoints by instance.
 /// The policy bundle and version proxies get: the files' own, or with the rollout weights
 /// applied to the Routes (a service without a Route gets one holding just the split).
-fn effective_policy(policy: &PolicySnapshot, overrides: &RouteOverrides) -> (String, String) {
+fn effective_policy(
+    policy: &PolicySnapshot,
+    overrides: &RouteOverrides,
+) -> (String, String, Option<PolicySet>) {
     use sluice_policy::resources::{Backend, Document, Metadata, RouteSpec};
     use sluice_policy::validate::{Checked, ObjectRef, Origin};
     if overrides.is_empty() {
-        return (policy.bundle.clone(), policy.version.clone());
+        return (policy.bundle.clone(), policy.version.clone(), None);
     }
     let mut set = policy.set.clone();
     for ((namespace, service), split) in overrides {
@@ -668,7 +710,7 @@ fn effective_policy(policy: &PolicySnapshot, overrides: &RouteOverrides) -> (Str
     }
     let bundle = set.to_bundle();
     let version = set.version();
-    (bundle, version)
+    (bundle, version, Some(set))
 }
 
 fn build_config(
@@ -677,7 +719,7 @@ fn build_config(
     registrations: &BTreeMap<InstanceKey, Registered>,
     discovered: &BTreeMap<InstanceKey, Registered>,
     service_addresses: &ServiceAddresses,
-) -> ProxyConfig {
+) -> (ProxyConfig, Option<PolicySet>) {
     /// (version, environment, role) → endpoints.
     type Versions<'a> = BTreeMap<(&'a str, &'a str, &'a str), Vec<Endpoint>>;
     let mut services: BTreeMap<(&str, &str), Versions<'_>> = BTreeMap::new();
@@ -702,8 +744,8 @@ fn build_config(
                 instance: r.row.instance.clone(),
             });
     }
-    let (policy_bundle, version) = effective_policy(policy, route_overrides);
-    ProxyConfig {
+    let (policy_bundle, version, overridden) = effective_policy(policy, route_overrides);
+    let config = ProxyConfig {
         version,
         policy_bundle,
         services: services
@@ -728,7 +770,8 @@ fn build_config(
                     .collect(),
             })
             .collect(),
-    }
+    };
+    (config, overridden)
 }
 
 #[cfg(test)]

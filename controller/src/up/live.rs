@@ -38,6 +38,8 @@ pub struct Context {
     pub hosts: String,
     /// The controller's gRPC address (`ip:port`) on the bridge.
     pub controller_addr: String,
+    /// The mesh CA certificate, readable by the proxies, which they trust the controller with.
+    pub controller_ca: PathBuf,
     /// Signs the proxies' bootstrap tokens.
     pub tokens: TokenKey,
     /// `sluice-proxy`.
@@ -215,7 +217,11 @@ impl Workloads {
                 ),
                 (
                     "SLUICE_PROXY_CONTROLLER_ADDR",
-                    format!("http://{}", ctx.controller_addr),
+                    format!("https://{}", ctx.controller_addr),
+                ),
+                (
+                    "SLUICE_PROXY_CONTROLLER_CA",
+                    ctx.controller_ca.display().to_string(),
                 ),
                 ("SLUICE_PROXY_IDENTITY_TOKEN", token),
                 ("SLUICE_PROXY_SERVICE", live.service.clone()),
