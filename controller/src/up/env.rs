@@ -322,10 +322,13 @@ impl Backend for NetnsBackend {
             .add(
                 &mut shared.rec,
                 &mut shared.sup,
-                &spec.name,
-                &base,
-                &spec.version,
-                &config,
+                super::live::NewInstance {
+                    name: &spec.name,
+                    base: &base,
+                    version: &spec.version,
+                    role: &spec.role,
+                    config: &config,
+                },
             )
             .map_err(BackendError::Failed)?;
         let addr = live.addr;
