@@ -603,9 +603,20 @@ async fn serve(
         )
     })?;
     let engine_task = tokio::spawn(Arc::clone(&engine).run());
+    let env_routes = start_environments(args, &plane)?;
     let portal_file = args.state_dir.join(PORTAL_ADDR_FILE);
     let portal_task = match args.portal.portal {
-        Some(addr) => Some(start_portal(args, addr, &portal_file, &plane, &engine).await?),
+        Some(addr) => Some(
+            start_portal(
+                args,
+                addr,
+                &portal_file,
+                &plane,
+                &engine,
+                &env_routes.envs,
+            )
+            .await?,
+        ),
         None => None,
     };
     // The admin API answers to IP addresses, loopback names and `--public-url`'s host.
@@ -620,7 +631,7 @@ async fn serve(
     let admin_state = admin::AdminState {
         plane: Arc::clone(&plane),
         engine: Some(engine),
-        envs: Some(start_environments(args, &plane)?),
+        envs: Some(env_routes),
     };
     let admin_task = tokio::spawn(crate::web::serve(
         admin,
@@ -726,6 +737,7 @@ async fn start_portal(
     file: &Path,
     plane: &Arc<ControlPlane>,
     engine: &Arc<crate::rollout::engine::Engine>,
+    envs: &Arc<crate::env::Environments>,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
     use crate::portal::{Portal, access::AccessState, auth::CsrfKey, server::PortalServer};
     let listener = TcpListener::bind(addr)
@@ -764,6 +776,7 @@ async fn start_portal(
         portal: Portal {
             plane: Arc::clone(plane),
             engine: Some(Arc::clone(engine)),
+            envs: Some(Arc::clone(envs)),
         },
         access: AccessState {
             policy_dir: args.policy.clone(),
