@@ -21,8 +21,8 @@
 
 pub mod admin;
 mod auth;
-pub mod env_api;
 mod certify;
+pub mod env_api;
 mod error;
 pub mod policy_watch;
 pub(crate) mod register;
@@ -606,17 +606,9 @@ async fn serve(
     let env_routes = start_environments(args, &plane)?;
     let portal_file = args.state_dir.join(PORTAL_ADDR_FILE);
     let portal_task = match args.portal.portal {
-        Some(addr) => Some(
-            start_portal(
-                args,
-                addr,
-                &portal_file,
-                &plane,
-                &engine,
-                &env_routes.envs,
-            )
-            .await?,
-        ),
+        Some(addr) => {
+            Some(start_portal(args, addr, &portal_file, &plane, &engine, &env_routes.envs).await?)
+        }
         None => None,
     };
     // The admin API answers to IP addresses, loopback names and `--public-url`'s host.

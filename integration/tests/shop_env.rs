@@ -81,10 +81,10 @@ fn start(inbox: &Inbox) -> LocalMesh {
 fn env(mesh: &LocalMesh, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(sluice_bin())
         .arg("env")
-        .args(args)
         .arg("--state-dir")
         .arg(mesh.state())
         .args(["--color", "never"])
+        .args(args)
         .output()
         .expect("sluice env");
     (
@@ -120,8 +120,8 @@ fn served(mesh: &LocalMesh, workload: &str, request: &str) -> usize {
 
 /// `curl` against the portal as its dev user: (status line and headers, body).
 fn portal(mesh: &LocalMesh, path: &str, form: Option<&str>) -> (String, String) {
-    let addr = std::fs::read_to_string(mesh.state().join("controller/portal.addr"))
-        .expect("portal.addr");
+    let addr =
+        std::fs::read_to_string(mesh.state().join("controller/portal.addr")).expect("portal.addr");
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "-i", "--max-time", "10"]);
     if let Some(form) = form {
@@ -143,9 +143,20 @@ fn csrf(page: &str) -> String {
         .to_owned()
 }
 
+fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    i64::try_from(since.as_millis()).expect("ms")
+}
+
 /// Places an order through the ingress as `host`.
 fn order(mesh: &LocalMesh, host: &str) -> String {
-    mesh.curl_ingress(host, "/checkout", &["-d", "product_id=ceramic-mug&quantity=1"])
+    mesh.curl_ingress(
+        host,
+        "/checkout",
+        &["-d", "product_id=ceramic-mug&quantity=1"],
+    )
 }
 
 #[test]
@@ -216,7 +227,12 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
     // 3. From inside checkout's copy, a call without baggage: its sidecar adds the member.
     mesh.curl(
         "checkout.pr-1",
-        &["-f", "-o", "/dev/null", "http://catalog:8080/v1/products/ceramic-mug"],
+        &[
+            "-f",
+            "-o",
+            "/dev/null",
+            "http://catalog:8080/v1/products/ceramic-mug",
+        ],
     )
     .expect("curl from the copy");
     assert_eq!(
@@ -246,7 +262,10 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
     );
     let (code, human, _) = env(&mesh, &["list"]);
     assert_eq!(code, 0);
-    assert!(human.contains("pr-1") && human.contains("checkout"), "{human}");
+    assert!(
+        human.contains("pr-1") && human.contains("checkout"),
+        "{human}"
+    );
 
     // The portal: checkout's page lists pr-1 with the button; pr-1's page has the graph with
     // its copies marked; the button makes an environment, and the page deletes it.
@@ -264,7 +283,9 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
     let (head, _) = portal(
         &mesh,
         "/environments",
-        Some(&format!("csrf={token}&service=catalog&namespace=default&name=pr-4")),
+        Some(&format!(
+            "csrf={token}&service=catalog&namespace=default&name=pr-4"
+        )),
     );
     assert!(head.contains("location: /environments/pr-4"), "{head}");
     mesh.wait_for("pr-4's copy", WITHIN, |m| {
@@ -303,7 +324,13 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
     let (code, _, err) = env(
         &mesh,
         &[
-            "create", "pr-8", "--service", "checkout", "--", "/bin/sh", "-c",
+            "create",
+            "pr-8",
+            "--service",
+            "checkout",
+            "--",
+            "/bin/sh",
+            "-c",
             "echo 'listening… no: the port is taken' >&2; exit 3",
         ],
     );
@@ -324,7 +351,9 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
             .as_u64()
             .is_some_and(|p| p != pid)
     });
-    let after = find(&list(&mesh), "pr-1").expect("pr-1 after the restart").clone();
+    let after = find(&list(&mesh), "pr-1")
+        .expect("pr-1 after the restart")
+        .clone();
     assert_eq!(
         after["last_request_unix_ms"], before_restart["last_request_unix_ms"],
         "{after:#}"
@@ -334,25 +363,42 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
     // 6. Idle cleanup: pr-2 with a 3 s timeout goes on its own, and storefront is told.
     let (code, out, err) = env(
         &mesh,
-        &["create", "pr-2", "--service", "frontend", "--idle-timeout", "3s"],
+        &[
+            "create",
+            "pr-2",
+            "--service",
+            "frontend",
+            "--idle-timeout",
+            "3s",
+        ],
     );
     assert_eq!(code, 0, "{out}{err}");
-    let ready = Instant::now();
+    // The clock runs from creation (and from each request after it).
+    let created_ms = find(&list(&mesh), "pr-2").expect("pr-2")["created_unix_ms"]
+        .as_i64()
+        .expect("created_unix_ms");
+    let mut seen_deleted_ms = 0;
     mesh.wait_for("pr-2's idle deletion", WITHIN, |m| {
+        seen_deleted_ms = unix_ms();
         find(&list(m), "pr-2").is_none()
     });
-    let deleted_after = ready.elapsed();
+    let idle_for = seen_deleted_ms - created_ms;
     println!(
-        "idle timeout 3s → pr-2 deleted {:.2}s after it was ready",
-        deleted_after.as_secs_f64()
+        "idle timeout 3s → pr-2 gone from the list {:.2}s after it was created ({} ms late, \
+         polling included)",
+        idle_for as f64 / 1000.0,
+        idle_for - 3000
     );
-    assert!(deleted_after >= Duration::from_secs(3), "{deleted_after:?}");
+    assert!(idle_for >= 3000, "deleted after {idle_for} ms");
     mesh.wait_for("storefront's message", WITHIN, |_| {
-        inbox.received().iter().any(|r| {
-            r.path == "/slack/storefront" && r.body.to_string().contains("pr-2")
-        })
+        inbox
+            .received()
+            .iter()
+            .any(|r| r.path == "/slack/storefront" && r.body.to_string().contains("pr-2"))
     });
-    mesh.wait_for("pr-2's namespace to go", WITHIN, |m| !m.has_ns("frontend.pr-2"));
+    mesh.wait_for("pr-2's namespace to go", WITHIN, |m| {
+        !m.has_ns("frontend.pr-2")
+    });
 
     // 7. The dev loop: `env run` with a build of the shop; a new build restarts the copy, and
     // Ctrl-C removes the environment the session made.
@@ -361,7 +407,15 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
     std::fs::copy(shop_bin(), &bin).expect("copy the shop");
     let run_log = mesh.dir.path().join("env-run.log");
     let mut session = Command::new(sluice_bin())
-        .args(["env", "run", "pr-3", "--service", "catalog", "--color", "never"])
+        .args([
+            "env",
+            "run",
+            "pr-3",
+            "--service",
+            "catalog",
+            "--color",
+            "never",
+        ])
         .arg("--state-dir")
         .arg(mesh.state())
         .arg("--")
@@ -404,7 +458,9 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
     let ended = session.wait().expect("wait");
     assert!(ended.success(), "{ended}: {}", run_output());
     assert!(find(&list(&mesh), "pr-3").is_none());
-    mesh.wait_for("pr-3's namespace to go", WITHIN, |m| !m.has_ns("catalog.pr-3"));
+    mesh.wait_for("pr-3's namespace to go", WITHIN, |m| {
+        !m.has_ns("catalog.pr-3")
+    });
 
     // 8. Delete pr-1: its copies go, stable stays.
     let (code, out, err) = env(&mesh, &["delete", "pr-1"]);

@@ -129,11 +129,12 @@ pub async fn delete(
     user: User,
     Path(name): Path<String>,
 ) -> Result<Response, PortalError> {
-    let removed = envs(&s)?
-        .delete(&name, Why::Asked)
-        .await
-        .map_err(refused)?;
-    tracing::info!(environment = name, user = user.name, "portal: environment deleted");
+    let removed = envs(&s)?.delete(&name, Why::Asked).await.map_err(refused)?;
+    tracing::info!(
+        environment = name,
+        user = user.name,
+        "portal: environment deleted"
+    );
     let body: Markup = pages::deleted_markup(&removed.environment);
     Ok(layout("Environment deleted", Some(&user), body).into_response())
 }

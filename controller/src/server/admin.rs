@@ -24,8 +24,8 @@ use serde::Serialize;
 use tower::ServiceBuilder;
 use utoipa::OpenApi as _;
 
-use super::{env_api, rollout_api};
 use super::state::ControlPlane;
+use super::{env_api, rollout_api};
 use crate::rollout::engine::{Engine, RolloutError};
 use crate::rollout::model::ApiErrorBody;
 use crate::status::StatusReport;

@@ -94,9 +94,8 @@ fn json<T: DeserializeOwned>(
 ) -> Result<T, AdminError> {
     let body = body.map_err(|_| AdminError::TooLarge(limit))?;
     let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
-    serde_json::from_slice(body).map_err(|e| {
-        AdminError::BadRequest(format!("the body is not the expected JSON: {e}"))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| AdminError::BadRequest(format!("the body is not the expected JSON: {e}")))
 }
 
 /// Every environment.
@@ -161,7 +160,10 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<Response, AdminError> {
     let envs = changing(&s, &headers)?;
-    Ok(pretty(StatusCode::OK, &envs.delete(&name, Why::Asked).await?))
+    Ok(pretty(
+        StatusCode::OK,
+        &envs.delete(&name, Why::Asked).await?,
+    ))
 }
 
 /// Starts a `sluice env run` session: the command becomes the service's copy.
@@ -240,7 +242,10 @@ pub async fn run_end(
     Path((name, service)): Path<(String, String)>,
 ) -> Result<Response, AdminError> {
     let envs = changing(&s, &headers)?;
-    Ok(pretty(StatusCode::OK, &envs.end_run(&name, &service).await?))
+    Ok(pretty(
+        StatusCode::OK,
+        &envs.end_run(&name, &service).await?,
+    ))
 }
 
 /// A backend reports the environment instances it runs and gets those that should run.

@@ -251,8 +251,16 @@ fn layout(g: &Graph) -> BTreeMap<&str, (i64, i64)> {
 /// The graph as SVG: a box per service (green for copies), an arrow per call.
 pub fn graph_svg(g: &Graph) -> Markup {
     let at = layout(g);
-    let width = at.values().map(|(x, _)| x + NODE_W + PAD).max().unwrap_or(PAD);
-    let height = at.values().map(|(_, y)| y + NODE_H + PAD).max().unwrap_or(PAD);
+    let width = at
+        .values()
+        .map(|(x, _)| x + NODE_W + PAD)
+        .max()
+        .unwrap_or(PAD);
+    let height = at
+        .values()
+        .map(|(_, y)| y + NODE_H + PAD)
+        .max()
+        .unwrap_or(PAD);
     html! {
         svg xmlns="http://www.w3.org/2000/svg" width=(width) height=(height)
             viewBox={ "0 0 " (width) " " (height) } role="img"
