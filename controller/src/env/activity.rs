@@ -92,6 +92,7 @@ mod tests {
                 service: "checkout".into(),
                 version: "v1".into(),
                 environment: env.into(),
+                role: String::new(),
             },
             proxy_id: proxy.into(),
             proxy_started_unix_ms: started,

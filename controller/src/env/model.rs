@@ -393,11 +393,12 @@ mod tests {
         e.count(3, 1_030_000);
         e.count(2, 1_050_000);
         e.count(4, 1_130_000);
-        assert_eq!(e.recent, [(960_000, 5), (1_080_000, 4)]);
+        // Counted per minute: 1_030_000 and 1_050_000 fall in the minute from 1_020_000.
+        assert_eq!(e.recent, [(1_020_000, 5), (1_080_000, 4)]);
         assert_eq!(e.requests_total, 9);
         assert_eq!(e.last_activity_unix_ms(), 1_130_000);
         assert_eq!(e.requests_last_hour(1_140_000), 9);
-        assert_eq!(e.requests_last_hour(960_000 + 3_600_000), 4);
+        assert_eq!(e.requests_last_hour(1_020_000 + 3_600_000), 4);
         for m in 0..100 {
             e.count(1, 2_000_000 + m * 60_000);
         }

@@ -332,7 +332,8 @@ mod tests {
 
     #[test]
     fn callers_stand_left_of_callees_and_copies_are_marked() {
-        let at = layout(&shop());
+        let g = shop();
+        let at = layout(&g);
         assert!(at["frontend"].0 < at["checkout"].0);
         assert!(at["checkout"].0 < at["catalog"].0);
         assert!(at["checkout"].0 < at["payments"].0);
