@@ -9,7 +9,8 @@
 //!    stable payments (each workload's own log says which served); the same order without the
 //!    environment reaches only stable.
 //! 3. The copy's app sends no baggage, and still reaches the environment's catalog: its
-//!    sidecar adds `sluice-env=pr-1`.
+//!    sidecar adds `sluice-env=pr-1`; a call it may not make is denied naming `pr-1`. The
+//!    portal lists pr-1 on checkout's page, draws its graph, and its button makes one.
 //! 4. Bad input is refused with the fix: a duplicate name, a name that is not a DNS label, an
 //!    unknown service, a command that exits at once (with its last log lines).
 //! 5. The controller is killed: the restarted one still lists the environment, with its
@@ -224,7 +225,9 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
         copy_products
     );
 
-    // 3. From inside checkout's copy, a call without baggage: its sidecar adds the member.
+    // 3. From inside checkout's copy, a call without baggage: its sidecar adds the member, so
+    // catalog's copy answers, not stable's.
+    let stable_products = served(&mesh, "catalog", "GET /v1/products/");
     mesh.curl(
         "checkout.pr-1",
         &[
@@ -236,10 +239,37 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
     )
     .expect("curl from the copy");
     assert_eq!(
-        served(&mesh, "catalog.pr-1", "GET /v1/products/ceramic-mug"),
-        served(&mesh, "catalog.pr-1", "GET /v1/products/ceramic-mug").max(copy_products + 1)
+        served(&mesh, "catalog.pr-1", "GET /v1/products/"),
+        copy_products + 1
     );
-    assert!(served(&mesh, "catalog.pr-1", "GET /v1/products/") > copy_products);
+    assert_eq!(
+        served(&mesh, "catalog", "GET /v1/products/"),
+        stable_products
+    );
+
+    // A call the copy may not make, to another copy, is denied naming the environment (the
+    // denying sidecar is catalog's copy's; a grant made from it applies in every environment).
+    let denied = mesh
+        .curl(
+            "checkout.pr-1",
+            &[
+                "-H",
+                "accept: application/json",
+                "-X",
+                "DELETE",
+                "http://catalog:8080/v1/products/ceramic-mug",
+            ],
+        )
+        .expect("curl from the copy");
+    let problem: Value = serde_json::from_str(&denied).expect("problem+json");
+    assert_eq!(problem["caller"], "checkout", "{problem}");
+    assert_eq!(problem["environment"], "pr-1", "{problem}");
+    assert!(
+        problem["requestAccess"]
+            .as_str()
+            .is_some_and(|l| l.ends_with("&env=pr-1")),
+        "{problem}"
+    );
 
     // The list shows it: copies, shared, traffic, URL.
     mesh.wait_for("pr-1's requests in the list", WITHIN, |m| {
