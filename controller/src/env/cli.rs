@@ -919,13 +919,12 @@ fn run_session(cli: &mut Cli<'_>, a: &RunArgs) -> Result<Outcome, CliError> {
                 // A controller restarting: the session outlives short outages.
                 Err(e) => say(cli.out, &format!("{e}; retrying"))?,
             }
-        } else if last_state != "running" {
-            if let Ok((s, v)) = cli.call(Method::GET, &format!("/environments/{}", a.name), None)
-                && s.is_success()
-                && let Ok(view) = serde_json::from_value::<EnvironmentView>(v)
-            {
-                report_state(cli, &view, &instance, &mut last_state)?;
-            }
+        } else if last_state != "running"
+            && let Ok((s, v)) = cli.call(Method::GET, &format!("/environments/{}", a.name), None)
+            && s.is_success()
+            && let Ok(view) = serde_json::from_value::<EnvironmentView>(v)
+        {
+            report_state(cli, &view, &instance, &mut last_state)?;
         }
         std::thread::sleep(POLL);
     }

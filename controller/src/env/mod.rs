@@ -987,7 +987,7 @@ fn parse_idle_timeout(text: &str) -> Result<u64, EnvError> {
         ))
     })?;
     let v = ms(d);
-    if v < 1_000 || v > model::MAX_IDLE_TIMEOUT_MS {
+    if !(1_000..=model::MAX_IDLE_TIMEOUT_MS).contains(&v) {
         return Err(EnvError::Invalid(format!(
             "--idle-timeout `{text}` is out of range: between 1s and 30d"
         )));
