@@ -110,14 +110,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, LifecycleError> {
 
 /// Polls `GET /ready` until it answers 200 or `timeout` passes.
 pub async fn wait_ready(admin: SocketAddr, timeout: Duration) -> Result<(), LifecycleError> {
-    let client: Client<_, Empty<bytes::Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let uri: http::Uri = format!("http://{admin}/ready")
         .parse()
         .map_err(|_| LifecycleError::Admin(admin.to_string()))?;
     let started = Instant::now();
     loop {
-        let last = match tokio::time::timeout(Duration::from_secs(2), client.get(uri.clone())).await {
+        let last = match tokio::time::timeout(Duration::from_secs(2), client.get(uri.clone())).await
+        {
             Ok(Ok(rsp)) if rsp.status() == http::StatusCode::OK => return Ok(()),
             Ok(Ok(rsp)) => {
                 let status = rsp.status();
@@ -150,8 +150,7 @@ pub fn run_wait(args: &WaitArgs) -> Result<(), LifecycleError> {
 
 /// `POST /shutdown`; failures are reported, not fatal (the proxy may be gone already).
 pub async fn shutdown_proxy(admin: SocketAddr) -> Result<(), String> {
-    let client: Client<_, Empty<bytes::Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let req = http::Request::post(format!("http://{admin}/shutdown"))
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
@@ -174,10 +173,13 @@ pub fn run_await(args: &AwaitArgs) -> Result<u8, LifecycleError> {
             // is up, which its own retries handle as they would any outage.
             eprintln!("sluice-proxy await: {e}; starting the app anyway");
         }
-        let (program, rest) = args.command.split_first().ok_or_else(|| LifecycleError::Spawn {
-            command: String::new(),
-            source: std::io::Error::other("no command"),
-        })?;
+        let (program, rest) = args
+            .command
+            .split_first()
+            .ok_or_else(|| LifecycleError::Spawn {
+                command: String::new(),
+                source: std::io::Error::other("no command"),
+            })?;
         let mut child = tokio::process::Command::new(program)
             .args(rest)
             .spawn()

@@ -15,6 +15,7 @@
 
 pub mod cluster;
 pub mod crd;
+pub mod inject;
 pub mod secret;
 pub mod source;
 pub mod status;
