@@ -718,6 +718,9 @@ pub fn inject(template: &mut Value, workload: &str, config: &Config) -> Report {
             added.push(token.into());
         }
     }
+    if template["metadata"].is_null() {
+        added.push("metadata".into());
+    }
     if template["metadata"]["annotations"].is_null() {
         added.push("annotations".into());
     }
@@ -1068,6 +1071,12 @@ pub fn uninject(template: &mut Value) -> bool {
         if annotations.is_empty() && added.iter().any(|a| a == "annotations") {
             metadata.remove("annotations");
         }
+    }
+    if added.iter().any(|a| a == "metadata")
+        && template["metadata"].as_object().is_some_and(Map::is_empty)
+        && let Some(t) = template.as_object_mut()
+    {
+        t.remove("metadata");
     }
     true
 }

@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod crd;
 pub mod inject;
+pub mod manifests;
 pub mod secret;
 pub mod source;
 pub mod status;
