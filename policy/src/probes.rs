@@ -116,7 +116,7 @@ impl ProbeSet {
                 reason,
             };
             let (port, rest, grpc) = match (entry.split_once('='), entry.find('/')) {
-                (Some((port, kind)), _) if kind == "grpc" => (port, "", true),
+                (Some((port, "grpc")), _) => (port, "", true),
                 (Some(_), _) => return Err(bad("only `grpc` may follow `=`")),
                 (None, Some(i)) => (&entry[..i], &entry[i..], false),
                 (None, None) => return Err(bad("no path")),

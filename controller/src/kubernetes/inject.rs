@@ -801,7 +801,7 @@ fn wrap_apps(spec: &mut Value, restart: &str, problems: &mut Vec<Problem>) -> bo
     let missing: Vec<usize> = containers
         .iter()
         .enumerate()
-        .filter(|(_, c)| !c["command"].as_array().is_some_and(|a| !a.is_empty()))
+        .filter(|(_, c)| c["command"].as_array().is_none_or(|a| a.is_empty()))
         .map(|(i, _)| i)
         .collect();
     if !missing.is_empty() {
@@ -1115,7 +1115,7 @@ pub fn template_path(kind: &str) -> Option<&'static [&'static str]> {
 }
 
 /// The pod template inside a workload object, if it is one.
-pub fn template_mut<'a>(object: &'a mut Value) -> Option<&'a mut Value> {
+pub fn template_mut(object: &mut Value) -> Option<&mut Value> {
     let kind = object["kind"].as_str()?.to_owned();
     let path = template_path(&kind)?;
     let mut at = object;
