@@ -166,6 +166,14 @@ pub struct ExplainArgs {
     /// access-request link.
     #[arg(long, default_value = "stable")]
     pub env: String,
+    /// A Kubernetes manifest with the callee's workload: its kubelet probes are allowed
+    /// without identity, as the injected sidecar allows them ("kubelet probe (from the pod
+    /// spec)").
+    #[arg(long, value_name = "FILE")]
+    pub pod: Option<PathBuf>,
+    /// With `--pod`: the port the call goes to (default: any probe's port).
+    #[arg(long, requires = "pod")]
+    pub port: Option<u16>,
     /// How to print the result.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
@@ -289,6 +297,9 @@ pub enum CliError {
     /// The local mesh could not run or be cleaned up.
     #[error(transparent)]
     Up(#[from] up::UpError),
+    /// `--pod` names no workload of the service.
+    #[error("{0}")]
+    Pod(String),
     /// `sluice inject` could not read its input.
     #[error(transparent)]
     Manifests(#[from] kubernetes::manifests::ManifestError),

@@ -237,6 +237,62 @@ fn read_inputs(path: &Path) -> Result<Vec<(String, String)>, ManifestError> {
         .collect()
 }
 
+/// The kubelet probes of `service`'s workloads in the manifest `file` (what the injected
+/// sidecar lets through), for `sluice policy explain --pod`.
+pub fn probes_of_service(
+    file: &Path,
+    service: &str,
+) -> Result<sluice_policy::probes::ProbeSet, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let name: std::sync::Arc<Path> = file.into();
+    let (docs, diags) = sluice_policy::load::parse_yaml(&name, &text);
+    if let Some(d) = diags.iter().find(|d| d.is_error()) {
+        return Err(format!("{}: {}", file.display(), d.message));
+    }
+    let mut objects = Vec::new();
+    for doc in docs {
+        match doc.value["items"].as_array() {
+            Some(items) => objects.extend(items.iter().cloned()),
+            None => objects.push(doc.value),
+        }
+    }
+    let mut found = Vec::new();
+    let mut names = Vec::new();
+    for mut object in objects {
+        let workload = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let Some(template) = inject::template_mut(&mut object) else {
+            continue;
+        };
+        let mut probe = template.clone();
+        let report = inject::inject(&mut probe, &workload, &Config::default());
+        if let Outcome::Injected {
+            service: s, probes, ..
+        } = report.outcome
+        {
+            if s == service {
+                found.extend(probes.probes().iter().cloned());
+            }
+            names.push(s);
+        }
+    }
+    if names.iter().all(|n| n != service) {
+        return Err(format!(
+            "{} has no workload of service `{service}` (found: {}); the service is `sluice.dev/service`, else the label `app.kubernetes.io/name` or `app`, else the workload's name",
+            file.display(),
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ));
+    }
+    Ok(sluice_policy::probes::ProbeSet::new(found))
+}
+
 /// Where each document of `text` starts (char index): the first at 0, every other at its
 /// `---`. Parsed by saphyr's parser, so a `---` inside a block scalar is not a boundary.
 fn document_starts(name: &str, text: &str) -> Result<Vec<usize>, ManifestError> {
