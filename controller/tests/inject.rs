@@ -37,7 +37,9 @@ fn the_shops_manifests_match_the_golden_files() {
         let golden = repo(&format!("controller/tests/golden/shop-{mode}.yaml"));
         let text = format!(
             "# `sluice inject --mode {mode} examples/shop/k8s`; its summary on stderr was:\n{}{out}",
-            err.lines().map(|l| format!("#   {l}\n")).collect::<String>()
+            err.lines()
+                .map(|l| format!("#   {l}\n"))
+                .collect::<String>()
         );
         if std::env::var_os("SLUICE_UPDATE_GOLDEN").is_some() {
             std::fs::write(&golden, &text).expect("write golden");
@@ -65,12 +67,17 @@ fn the_shops_manifests_match_the_golden_files() {
         std::fs::write(&once, &out).expect("write");
         let (_, again, err) = sluice(&["inject", "--mode", mode, once.to_str().expect("path")]);
         assert_eq!(again, out, "injecting twice differs from once");
-        assert!(err.contains("deployment/payments: already injected"), "{err}");
+        assert!(
+            err.contains("deployment/payments: already injected"),
+            "{err}"
+        );
         // And uninject gives back the original manifests' data.
         let (_, back, _) = sluice(&["uninject", once.to_str().expect("path")]);
         let original: String = ["catalog", "checkout", "frontend", "payments", "refunds"]
             .iter()
-            .map(|f| std::fs::read_to_string(repo(&format!("examples/shop/k8s/{f}.yaml"))).expect("read"))
+            .map(|f| {
+                std::fs::read_to_string(repo(&format!("examples/shop/k8s/{f}.yaml"))).expect("read")
+            })
             .collect::<Vec<_>>()
             .join("---\n");
         assert_eq!(data(&back), data(&original));
@@ -118,7 +125,10 @@ fn every_workload_kind_validates_strictly_against_1_29_and_1_33_in_both_modes() 
         ] {
             assert!(err.contains(line), "{mode}: {line}\n{err}");
         }
-        assert!(out.contains("image: \"registry.example/sluice-proxy-init:0.1.0\""), "{out}");
+        assert!(
+            out.contains("image: \"registry.example/sluice-proxy-init:0.1.0\""),
+            "{out}"
+        );
         if mode == "classic" {
             assert!(err.contains("the proxy exits with the app"), "{err}");
         }

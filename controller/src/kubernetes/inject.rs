@@ -721,6 +721,13 @@ pub fn inject(template: &mut Value, workload: &str, config: &Config) -> Report {
     if template["metadata"].is_null() {
         added.push("metadata".into());
     }
+    // A projected token needs a named service account. The API server's ServiceAccount
+    // admission sets `default` before any webhook runs; `sluice inject` output must stand on
+    // its own (and `kubernetes-validate` and a server without that plugin agree).
+    let spec = &template["spec"];
+    if spec["serviceAccountName"].is_null() && spec["serviceAccount"].is_null() {
+        added.push("service-account".into());
+    }
     if template["metadata"]["annotations"].is_null() {
         added.push("annotations".into());
     }
@@ -751,6 +758,9 @@ pub fn inject(template: &mut Value, workload: &str, config: &Config) -> Report {
                 containers.insert(0, proxy);
             }
         }
+    }
+    if added.iter().any(|a| a == "service-account") {
+        spec["serviceAccountName"] = json!("default");
     }
     if let Some(volumes) = array(spec, "volumes") {
         volumes.push(json!({
@@ -1048,6 +1058,11 @@ pub fn uninject(template: &mut Value) -> bool {
         && let Some(m) = spec.as_object_mut()
     {
         m.remove("volumes");
+    }
+    if created("service-account")
+        && let Some(m) = spec.as_object_mut()
+    {
+        m.remove("serviceAccountName");
     }
     if added.iter().any(|a| a == "await") {
         for c in spec

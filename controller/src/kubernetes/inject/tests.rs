@@ -94,7 +94,7 @@ fn table() {
                 assert_eq!(p["restartPolicy"], "Always");
                 assert_eq!(p["startupProbe"]["httpGet"]["path"], "/ready");
                 assert!(p.get("lifecycle").is_none());
-                assert_eq!(t["metadata"]["annotations"][INJECTED], "native,volumes");
+                assert_eq!(t["metadata"]["annotations"][INJECTED], "native,volumes,service-account");
                 assert_eq!(
                     t["metadata"]["annotations"].as_object().map(Map::len),
                     Some(1)
@@ -378,7 +378,7 @@ fn table() {
                 );
                 assert_eq!(
                     t["metadata"]["annotations"][INJECTED],
-                    "classic,init-containers,volumes,await,default-container"
+                    "classic,init-containers,volumes,service-account,await,default-container"
                 );
             },
         ),
