@@ -94,7 +94,10 @@ fn table() {
                 assert_eq!(p["restartPolicy"], "Always");
                 assert_eq!(p["startupProbe"]["httpGet"]["path"], "/ready");
                 assert!(p.get("lifecycle").is_none());
-                assert_eq!(t["metadata"]["annotations"][INJECTED], "native,volumes,service-account");
+                assert_eq!(
+                    t["metadata"]["annotations"][INJECTED],
+                    "native,volumes,service-account"
+                );
                 assert_eq!(
                     t["metadata"]["annotations"].as_object().map(Map::len),
                     Some(1)
