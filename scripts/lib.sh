@@ -24,12 +24,17 @@ BENCH_APT_PACKAGES=(nginx)
 
 # Python packages (pip), as `import-name=pip-name`.
 #   grpc: a real gRPC peer for the proxy's gRPC tests
+#   grpc_tools: protoc for Python, which generates that peer's stubs from the test's .proto
+#     (integration/tests/proxy_grpc.rs: streaming, trailers and grpc_status through the proxy)
 #   grpc_status: decodes the rich gRPC status (ErrorInfo, Help) of mesh denials
 #   selenium: drives Chromium in the portal's browser test (with the Debian chromedriver, so
 #     Selenium Manager never downloads a browser or driver)
 #   hypercorn: an application server that accepts `Upgrade: h2c`, for the test that the proxy
 #     never lets an h2c upgrade through (proxy_security.rs)
-TEST_PIP_PACKAGES=(grpc=grpcio grpc_status=grpcio-status selenium=selenium hypercorn=hypercorn)
+#   schemathesis: generates requests from the admin API's /openapi.json and checks the answers
+#     (controller/tests/admin_api.rs runs its `st` command: no server errors, answers as
+#     documented)
+TEST_PIP_PACKAGES=(grpc=grpcio grpc_tools=grpcio-tools grpc_status=grpcio-status selenium=selenium hypercorn=hypercorn schemathesis=schemathesis)
 
 SLUICE_LOG_DIR="${SLUICE_LOG_DIR:-${TMPDIR:-/tmp}/sluice-scripts}"
 mkdir -p "$SLUICE_LOG_DIR"
@@ -102,6 +107,50 @@ ensure_rust() {
             run_quietly "rustup-$component" rustup component add "$component"
         fi
     done
+}
+
+# summarize_tests CARGO_TEST_LOG SKIP_LOG: one honest count of a `cargo test` run. Sums every
+# test binary's "test result:" line (doc tests included); a test that skipped itself at run
+# time (listed in SKIP_LOG by sluice_integration::skip) counts as skipped, not passed; a test
+# binary that started but never printed a result (it crashed or was killed) counts as a
+# failure. Ends with `tests: N passed, N failed, N skipped`; returns non-zero if anything
+# failed.
+summarize_tests() {
+    local log="$1" skips="$2"
+    local runtime_skips=0
+    if [[ -s "$skips" ]]; then
+        runtime_skips=$(wc -l <"$skips")
+        echo
+        echo "skipped at run time (a tool or root missing; these fail in CI):"
+        sed 's/^/  /' "$skips"
+    fi
+    awk -v runtime_skips="$runtime_skips" '
+        /^[[:space:]]+Running / || /^[[:space:]]+Doc-tests / {
+            binaries++
+            name = $2
+            pending[binaries] = name
+        }
+        /^test result: / {
+            results++
+            for (i = 1; i <= NF; i++) {
+                n = $(i - 1) + 0
+                if ($i ~ /^passed/) passed += n
+                if ($i ~ /^failed/) failed += n
+                if ($i ~ /^ignored/) ignored += n
+            }
+        }
+        END {
+            crashed = binaries - results
+            if (crashed < 0) crashed = 0
+            passed -= runtime_skips
+            ran = passed + failed
+            printf "\nran %d tests from %d test binaries (doc tests included): %d passed, %d failed", ran, binaries, passed, failed
+            if (crashed > 0) printf "; %d test binaries ended without a result (crashed or killed), counted as failed", crashed
+            printf "; not run: %d skipped at run time, %d #[ignore]d\n", runtime_skips, ignored
+            printf "tests: %d passed, %d failed, %d skipped\n", passed, failed + crashed, runtime_skips + ignored
+            exit (failed + crashed > 0)
+        }
+    ' "$log"
 }
 
 # --- A real Kubernetes API server for the tests (issue 13) -----------------------------------

@@ -30,6 +30,7 @@ pub mod server;
 pub mod status;
 pub mod store;
 pub mod up;
+pub mod web;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};

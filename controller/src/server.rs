@@ -291,7 +291,8 @@ pub struct PortalArgs {
     /// Dev mode: every other portal request is this user. Only on a loopback `--portal`.
     #[arg(long, value_name = "NAME")]
     pub portal_dev_user: Option<String>,
-    /// The portal's base URL in notifications. Default: `http://` and the portal's address.
+    /// The portal's base URL in notifications; its host is the only name the portal answers to
+    /// (plus loopback names in dev mode). Default: `http://` and the portal's address.
     #[arg(long, value_name = "URL")]
     pub portal_url: Option<String>,
 }
@@ -340,6 +341,9 @@ pub enum ServeError {
     /// The cluster could not be read, or the webhook not served.
     #[error(transparent)]
     Kubernetes(#[from] crate::kubernetes::KubernetesError),
+    /// `--public-url` names no host for the admin API to answer to.
+    #[error("--public-url: {0}")]
+    PublicUrl(#[from] crate::web::host::BadBaseUrl),
 }
 
 /// `sluice controller`.
@@ -565,7 +569,23 @@ async fn serve(
         Some(addr) => Some(start_portal(args, addr, &portal_file, &plane, &engine).await?),
         None => None,
     };
-    let admin_task = tokio::spawn(admin::serve(admin, Arc::clone(&plane), Some(engine)));
+    // The admin API answers to IP addresses, loopback names and `--public-url`'s host.
+    let admin_hosts = match &args.public_url {
+        Some(url) => {
+            crate::web::host::AllowedHosts::from_base_url(url).map_err(ServeError::from)?
+        }
+        None => crate::web::host::AllowedHosts::default(),
+    }
+    .and_loopback()
+    .and_ip_literals();
+    let admin_state = admin::AdminState {
+        plane: Arc::clone(&plane),
+        engine: Some(engine),
+    };
+    let admin_task = tokio::spawn(crate::web::serve(
+        admin,
+        admin::router(admin_state, admin_hosts),
+    ));
     let reaper = tokio::spawn(reap_forever(Arc::clone(&plane), args.registration_grace));
     tracing::info!(addr = %admin_addr, "serving the admin endpoint (GET /status)");
     if let Some(file) = &args.ready_file {
@@ -657,6 +677,13 @@ async fn start_portal(
             std::io::Error::other(e.to_string()),
         )
     })?;
+    let public_url = args
+        .portal
+        .portal_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"));
+    let auth = portal_auth(args);
+    let hosts = crate::portal::server::allowed_hosts(&public_url, &auth)?;
     let server = PortalServer {
         portal: Portal {
             plane: Arc::clone(plane),
@@ -664,17 +691,14 @@ async fn start_portal(
         },
         access: AccessState {
             policy_dir: args.policy.clone(),
-            public_url: args
-                .portal
-                .portal_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{bound}")),
+            public_url,
             notifier: Some(notifier),
             csrf,
             lock: tokio::sync::Mutex::new(()),
             dev_mode: args.portal.portal_dev_user.is_some(),
         },
-        auth: portal_auth(args),
+        auth,
+        hosts,
     };
     tracing::info!(
         addr = %bound,
@@ -682,9 +706,9 @@ async fn start_portal(
         trusted_proxies = ?args.portal.portal_trusted_proxy,
         "serving the portal"
     );
-    Ok(tokio::spawn(crate::portal::server::serve(
+    Ok(tokio::spawn(crate::web::serve(
         listener,
-        Arc::new(server),
+        crate::portal::server::router(Arc::new(server)),
     )))
 }
 

@@ -150,7 +150,7 @@ pub enum StoreError {
 }
 
 /// One workload instance's registration.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegistrationRow {
     /// Its namespace.
     pub namespace: String,

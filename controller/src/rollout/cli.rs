@@ -354,7 +354,13 @@ fn start(admin: &Admin, args: &StartArgs, p: &mut Printer<'_>) -> Result<Outcome
         requested_by: Some(requester()),
     };
     let body = serde_json::to_string(&request).map_err(std::io::Error::from)?;
-    one_rollout(admin, "POST", "/rollouts", Some(&body), p)
+    one_rollout(
+        admin,
+        "POST",
+        crate::server::admin::paths::ROLLOUTS,
+        Some(&body),
+        p,
+    )
 }
 
 fn act(

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a rollout is in its life. The first four are *active*: the canary runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Waiting for the canary's first instance to register.
@@ -63,7 +63,7 @@ impl std::fmt::Display for Phase {
 
 /// One traffic step, resolved from the CanaryPolicy when the rollout started (later policy
 /// edits do not change a running rollout's plan).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepPlan {
     /// Canary weight in percent.
     pub weight: u32,
@@ -74,7 +74,7 @@ pub struct StepPlan {
 }
 
 /// One rollout.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rollout {
     /// `r-<yyyymmdd>-<4 hex>`, stable and shareable (`/rollouts/<id>`).
     pub id: String,
@@ -101,11 +101,14 @@ pub struct Rollout {
     pub progress_deadline_ms: u64,
     /// The CanaryPolicy it follows.
     pub policy: String,
-    /// The analysis settings, frozen at start like the steps.
+    /// The analysis settings, frozen at start like the steps (the CanaryPolicy's `analysis`,
+    /// see the policy JSON Schema).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub analysis: sluice_policy::resources::Analysis,
-    /// What a failed analysis does.
+    /// What a failed analysis does (the CanaryPolicy's `onFailure`).
     #[serde(default)]
+    #[schema(value_type = String)]
     pub on_failure: sluice_policy::resources::FailureAction,
     /// Who or what started it (`cli`, `mesh-file`, a user name).
     pub requested_by: String,
@@ -124,8 +127,10 @@ pub struct Rollout {
     pub decision: String,
     /// The judge's latest evidence, one entry per check
     /// ([`crate::rollout::judge::Evidence`], serialized).
+    #[schema(value_type = Vec<Object>)]
     pub evidence: Vec<serde_json::Value>,
     /// The check that failed the canary, if one did.
+    #[schema(value_type = Option<Object>)]
     pub failed_check: Option<serde_json::Value>,
     /// Canary and baseline requests judged so far.
     pub canary_requests: u64,
@@ -142,7 +147,7 @@ impl Rollout {
 
 /// One analysis interval of a rollout: what each side did in it (increments), for the
 /// chart and for rebuilding the judge after a controller restart.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Point {
     /// End of the interval, Unix ms.
     pub at_unix_ms: i64,
@@ -157,7 +162,7 @@ pub struct Point {
 }
 
 /// Something that happened to a rollout, for history and notifications.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Unix ms.
     pub at_unix_ms: i64,
@@ -169,14 +174,14 @@ pub struct Event {
 }
 
 /// `GET /rollouts`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RolloutList {
     /// Newest first.
     pub rollouts: Vec<Rollout>,
 }
 
 /// `GET /rollouts/{id}`: the rollout, its events and its points.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RolloutDetail {
     /// The rollout.
     #[serde(flatten)]
@@ -188,15 +193,17 @@ pub struct RolloutDetail {
 }
 
 /// `POST /rollouts`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
     /// Default `default`.
     #[serde(default = "default_namespace")]
     pub namespace: String,
     /// The service.
+    #[schema(example = "payments")]
     pub service: String,
     /// The version to roll out.
+    #[schema(example = "v2")]
     pub version: String,
     /// Who asks (free text).
     #[serde(default)]
@@ -209,7 +216,7 @@ fn default_namespace() -> String {
 
 /// A manual action: `POST /rollouts/{id}/{action}` (the id may also be a service name: its
 /// newest rollout).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     /// Hold at the current weights.
@@ -246,7 +253,7 @@ impl Action {
 }
 
 /// An API error body: `{"error": "..."}`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiErrorBody {
     /// What went wrong and how to fix it.
     pub error: String,

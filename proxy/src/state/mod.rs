@@ -12,9 +12,14 @@
 //! Every layer reads the current state per request with [`SharedState::load`] (a few atomic
 //! operations, no lock):
 //!
-//! ```ignore
+//! ```
+//! # use sluice_policy::{authz::{Caller, Decision}, rpc::Rpc};
+//! # use sluice_proxy::state::SharedState;
+//! # fn decide(shared: &SharedState, caller: &Caller, rpc: &Rpc) -> Decision {
 //! let state = shared.load();
-//! let decision = state.decide_inbound(shared.local(), &caller, &rpc);
+//! let decision = state.decide_inbound(shared.local(), caller, rpc);
+//! # decision
+//! # }
 //! ```
 
 pub mod controller;
