@@ -46,7 +46,10 @@ run_quietly() {
     local log="$SLUICE_LOG_DIR/$name.log"
     if ! "$@" >"$log" 2>&1; then
         echo "FAILED: $name ($*)" >&2
-        tail -n 200 "$log" >&2
+        # The cause first: a compiler's error or panic can sit far above a tail of long
+        # command lines.
+        grep -n -E '^error|panicked|No space left|Killed|signal: ' "$log" | cut -c1-400 | head -n 40 >&2 || true
+        tail -n 200 "$log" | cut -c1-2000 >&2
         return 1
     fi
 }

@@ -1,8 +1,10 @@
 //! The controller's gRPC server (`sluice.mesh.v1.Mesh`) and the `sluice controller` command.
 //!
-//! `Register`, `ReportTraffic` and `ReportDenials` first authenticate the caller's bootstrap
-//! token (`auth`: `authorization: Bearer <token>` metadata) and hand the proven workload to
-//! the handler, which refuses requests for any other workload.
+//! The API is served over TLS 1.3 only (`tls`): the controller's certificate comes from the
+//! mesh CA, and a client may present its workload certificate. `Watch`, `Register`,
+//! `ReportTraffic` and `ReportDenials` need one (`auth::caller`) and hand the proven workload to
+//! the handler, which refuses requests for any other workload; `Certify` takes the certificate
+//! (renewal) or a bootstrap token (the first certificate).
 //!
 //! Each RPC lives in its own module (`certify`, `watch`, `register`, `report_denials`,
 //! `report_traffic`) as a
@@ -14,10 +16,8 @@
 //! `store` (crate root) persists runtime state, `admin` serves `GET /status`. The whole design
 //! is described in `docs/controller.md`.
 //!
-//! The listener is plaintext HTTP/2, meant for loopback. In Kubernetes it will get a server
-//! certificate from the same CA, and proxies will verify it against the CA certificate they are
-//! given at start; bootstrap tokens are bearer credentials and must not cross a network in
-//! the clear.
+//! Proxies verify the controller against the mesh CA certificate they are given at start
+//! (`SLUICE_PROXY_CONTROLLER_CA`); a plaintext client fails the handshake.
 
 pub mod admin;
 mod auth;
@@ -29,6 +29,8 @@ mod report_denials;
 mod report_traffic;
 pub mod rollout_api;
 pub mod state;
+pub mod tls;
+pub mod view;
 mod watch;
 
 use std::io::Write;
@@ -39,6 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
+use sluice_api::tls::PeerCertificates;
 use sluice_api::v1::mesh_server::{Mesh, MeshServer};
 use sluice_api::v1::{
     CertifyRequest, CertifyResponse, DenialReport, DenialReportAck, ProxyConfig, Registration,
@@ -50,7 +53,6 @@ use sluice_policy::validate::LoadError;
 use state::{ControlPlane, PolicySnapshot};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 pub use error::ApiError;
@@ -96,6 +98,11 @@ impl MeshService {
         }
     }
 
+    /// The certificate authority it issues with.
+    pub fn certifier(&self) -> &Arc<Certifier> {
+        &self.certifier
+    }
+
     /// The tonic service, with the request size bound applied.
     pub fn into_server(self) -> MeshServer<MeshService> {
         MeshServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
@@ -112,14 +119,21 @@ impl Mesh for MeshService {
         &self,
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
-        let peer = request.remote_addr();
+        let certs = peer_certificates(&request);
+        let peer = certs.as_ref().and_then(|c| c.remote_addr);
         let request = request.into_inner();
         let (namespace, service) = request
             .workload
             .as_ref()
             .map(|w| (w.namespace.clone(), w.service.clone()))
             .unwrap_or_default();
-        let result = certify::certify(&self.certifier, &*self.authenticator, request).await;
+        let result = certify::certify(
+            &self.certifier,
+            &*self.authenticator,
+            certs.as_ref(),
+            request,
+        )
+        .await;
         match &result {
             Ok(response) => tracing::info!(
                 peer = ?peer,
@@ -143,8 +157,11 @@ impl Mesh for MeshService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let peer = request.remote_addr();
-        match watch::watch(&self.plane, request.into_inner(), peer) {
+        let certs = peer_certificates(&request);
+        let peer = certs.as_ref().and_then(|c| c.remote_addr);
+        let result = auth::caller(certs.as_ref(), self.certifier.trust_domain())
+            .and_then(|caller| watch::watch(&self.plane, &caller, request.into_inner(), peer));
+        match result {
             Ok(stream) => Ok(Response::new(Box::pin(stream))),
             Err(e) => {
                 tracing::warn!(peer = ?peer, error = %e, "Watch refused");
@@ -157,10 +174,11 @@ impl Mesh for MeshService {
         &self,
         request: Request<Registration>,
     ) -> Result<Response<RegistrationAck>, Status> {
-        let peer = request.remote_addr();
+        let certs = peer_certificates(&request);
+        let peer = certs.as_ref().and_then(|c| c.remote_addr);
         let workload = request.get_ref().workload.clone().unwrap_or_default();
         let address = request.get_ref().address.clone();
-        let result = match auth::caller(&*self.authenticator, request.metadata()).await {
+        let result = match auth::caller(certs.as_ref(), self.certifier.trust_domain()) {
             Ok(caller) => register::register(&self.plane, &caller, request.into_inner()).await,
             Err(e) => Err(e),
         };
@@ -186,8 +204,9 @@ impl Mesh for MeshService {
         &self,
         request: Request<DenialReport>,
     ) -> Result<Response<DenialReportAck>, Status> {
-        let peer = request.remote_addr();
-        let result = match auth::caller(&*self.authenticator, request.metadata()).await {
+        let certs = peer_certificates(&request);
+        let peer = certs.as_ref().and_then(|c| c.remote_addr);
+        let result = match auth::caller(certs.as_ref(), self.certifier.trust_domain()) {
             Ok(caller) => {
                 report_denials::report_denials(&self.plane, &caller, request.into_inner()).await
             }
@@ -207,8 +226,9 @@ impl Mesh for MeshService {
         &self,
         request: Request<TrafficReport>,
     ) -> Result<Response<TrafficReportAck>, Status> {
-        let peer = request.remote_addr();
-        let result = match auth::caller(&*self.authenticator, request.metadata()).await {
+        let certs = peer_certificates(&request);
+        let peer = certs.as_ref().and_then(|c| c.remote_addr);
+        let result = match auth::caller(certs.as_ref(), self.certifier.trust_domain()) {
             Ok(caller) => {
                 report_traffic::report_traffic(&self.plane, &caller, request.into_inner())
             }
@@ -219,6 +239,11 @@ impl Mesh for MeshService {
         }
         result.map(Response::new).map_err(Status::from)
     }
+}
+
+/// The connection's address and verified client certificate (`sluice_api::tls::incoming`).
+fn peer_certificates<T>(request: &Request<T>) -> Option<PeerCertificates> {
+    request.extensions().get::<PeerCertificates>().cloned()
 }
 
 /// Arguments of `sluice controller`.
@@ -266,6 +291,11 @@ pub struct ControllerArgs {
     /// a rollback message quotes the canary's last lines from there.
     #[arg(long, value_name = "DIR")]
     pub workload_logs: Option<PathBuf>,
+    /// The runtime starts a fresh copy of the stable version beside each canary (with the
+    /// role `baseline`), so canaries can be judged against a like-for-like baseline (a
+    /// CanaryPolicy's `analysis.baseline: copy`). `sluice up` does and sets this.
+    #[arg(long)]
+    pub baseline_copies: bool,
     /// Once listening, write the bound address (`127.0.0.1:7071`) and a newline to this file.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -321,6 +351,9 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// TLS could not be set up (the serving certificate, the roots).
+    #[error("cannot serve TLS: {0}")]
+    Tls(String),
     /// The server failed while running.
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -520,12 +553,16 @@ async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|source| setup("read the bound address", source))?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(
-            %addr,
-            "serving plaintext gRPC on a non-loopback address: bootstrap tokens can be read on the network"
-        );
-    }
+    // TLS: the controller's own certificate from the mesh CA, renewed in memory; client
+    // certificates verified against the same CA.
+    let certifier = Arc::clone(service.certifier());
+    let serving =
+        tls::ServingCert::issue(&certifier).map_err(|e| ServeError::Tls(e.to_string()))?;
+    let roots = sluice_api::tls::roots_from_der(&certifier.trust_roots_der())
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let tls_config = sluice_api::tls::server_config(roots, serving.clone())
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let renew = tokio::spawn(serving.renew_forever(Arc::clone(&certifier)));
     let admin = TcpListener::bind(args.admin)
         .await
         .map_err(|source| ServeError::Bind {
@@ -555,6 +592,7 @@ async fn serve(
                 .unwrap_or_else(|| format!("http://{admin_addr}")),
             workload_logs: args.workload_logs.clone(),
             delivery: Some(crate::notify::DeliveryConfig::default()),
+            baseline_copies: args.baseline_copies,
         },
     )
     .map_err(|e| {
@@ -591,7 +629,11 @@ async fn serve(
     if let Some(file) = &args.ready_file {
         write_ready_file(file, addr)?;
     }
-    tracing::info!(%addr, "serving sluice.mesh.v1.Mesh");
+    tracing::info!(
+        %addr,
+        identity = sluice_api::tls::controller_spiffe_id(certifier.trust_domain().as_str()),
+        "serving sluice.mesh.v1.Mesh over TLS"
+    );
     writeln!(out, "sluice controller listening on {addr}")?;
     out.flush()?;
 
@@ -600,7 +642,7 @@ async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(sluice_api::tls::incoming(listener, tls_config), async {
             let _ = stopped.await;
         });
     tokio::pin!(server);
@@ -625,6 +667,7 @@ async fn serve(
     }
     engine_task.abort();
     reaper.abort();
+    renew.abort();
     let _ = std::fs::remove_file(&admin_file);
     if let Some(file) = &args.ready_file {
         let _ = std::fs::remove_file(file);
@@ -774,9 +817,9 @@ fn write_ready_file(file: &Path, addr: SocketAddr) -> Result<(), ServeError> {
 /// (where the watcher starts from). Problems are printed like `sluice policy check` prints
 /// them, and the controller does not start.
 fn initial_policy(dir: &Path, err: &mut dyn Write) -> Result<(PolicySnapshot, u64), CliError> {
-    let files = sluice_policy::load::read_sources(dir)?;
-    let applied = policy_watch::hash_sources(&files);
-    let set = match PolicySet::from_sources(&files) {
+    let read = sluice_policy::load::read_policy_dir(dir);
+    let applied = policy_watch::hash_read(&read);
+    let set = match PolicySet::from_read(read?) {
         Ok(set) => set,
         Err(LoadError::Read(e)) => return Err(e.into()),
         Err(LoadError::Invalid {
@@ -789,6 +832,13 @@ fn initial_policy(dir: &Path, err: &mut dyn Write) -> Result<(PolicySnapshot, u6
             return Err(CliError::PolicyInvalid);
         }
     };
+    for w in set
+        .warnings
+        .iter()
+        .filter(|w| w.code == "not-a-regular-file")
+    {
+        tracing::warn!(policy = %dir.display(), "{w}");
+    }
     let policy = PolicySnapshot::new(set);
     tracing::info!(policy = %dir.display(), version = policy.version, "policy is valid; watching it for changes");
     Ok((policy, applied))

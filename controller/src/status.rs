@@ -661,6 +661,8 @@ mod tests {
             decision: format!("{phase}"),
             evidence: Vec::new(),
             failed_check: None,
+            failed_checks: Vec::new(),
+            baseline: Default::default(),
             canary_requests: 0,
             baseline_requests: 0,
         }

@@ -17,7 +17,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_api::v1::mesh_client::MeshClient;
 use sluice_api::v1::{ProxyConfig, WatchRequest, Workload};
 use sluice_integration::controller::sluice_bin;
 use sluice_integration::kube::{ApiServer, shared};
@@ -83,6 +82,31 @@ impl KubeController {
             .expect("spawn sluice controller")
     }
 
+    /// The mesh CA certificate its proxies trust it with (in the state directory, without
+    /// `--ca-secret`).
+    fn ca_file(&self) -> String {
+        self.state
+            .path()
+            .join("state/ca/ca.crt")
+            .display()
+            .to_string()
+    }
+
+    /// A bootstrap token for `default/<service>`, signed with its token key.
+    fn token(&self, service: &str) -> String {
+        let out = Command::new(sluice_bin())
+            .args(["identity", "token", "--service", service, "--state-dir"])
+            .arg(self.state.path().join("state"))
+            .output()
+            .expect("sluice identity token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -91,7 +115,7 @@ impl KubeController {
                 .lines()
                 .find_map(|l| l.strip_prefix("sluice controller listening on "))
             {
-                self.grpc = format!("http://{addr}");
+                self.grpc = format!("https://{addr}");
                 self.webhook = out
                     .lines()
                     .find_map(|l| l.strip_prefix("sluice controller webhook on "))
@@ -364,19 +388,25 @@ fn register_webhook(api: &ApiServer, addr: &str, ca_pem: &str) {
     assert!(ok, "{err}");
 }
 
-/// A bare `Watch` client, reading the controller's config as a proxy sees it.
-async fn watch(grpc: &str) -> tonic::Streaming<ProxyConfig> {
-    let mut client = MeshClient::connect(grpc.to_owned())
-        .await
-        .expect("connect to the controller");
+/// A bare `Watch` client, reading the controller's config as payments' proxy sees it (over
+/// TLS, with payments' certificate: each proxy is sent its own service's AccessPolicies).
+async fn watch(controller: &KubeController) -> tonic::Streaming<ProxyConfig> {
+    let mut client = sluice_integration::controller::client_as(
+        &controller.grpc,
+        std::path::Path::new(&controller.ca_file()),
+        &controller.token("payments"),
+        "payments",
+    )
+    .await;
     client
         .watch(WatchRequest {
             workload: Some(Workload {
                 namespace: "default".into(),
-                service: "checkout".into(),
+                service: "payments".into(),
                 version: "v1".into(),
                 environment: "stable".into(),
                 instance: "observer".into(),
+                role: String::new(),
             }),
             proxy_id: "observer".into(),
             have_version: String::new(),
@@ -413,7 +443,7 @@ async fn an_edit_reaches_a_watching_proxy_and_ready_pods_are_the_instances() {
     };
     apply_shop(api);
     let controller = KubeController::start(api, &[]);
-    let mut stream = watch(&controller.grpc).await;
+    let mut stream = watch(&controller).await;
     let first = next_matching(&mut stream, "the shop", |c| {
         c.version == directory_version()
     })
@@ -422,6 +452,8 @@ async fn an_edit_reaches_a_watching_proxy_and_ready_pods_are_the_instances() {
     let proxy = sluice_integration::Proxy::start(
         sluice_integration::ProxyOptions::default()
             .env("SLUICE_PROXY_CONTROLLER_ADDR", controller.grpc.clone())
+            .env("SLUICE_PROXY_CONTROLLER_CA", controller.ca_file())
+            .env("SLUICE_PROXY_IDENTITY_TOKEN", controller.token("checkout"))
             .env("SLUICE_PROXY_SERVICE", "checkout"),
     );
     let admin = sluice_integration::client::hyper_client(false);
@@ -783,23 +815,12 @@ async fn an_ungranted_call_is_denied_with_its_link_until_an_access_policy_is_app
     };
     apply_shop(api);
     let controller = KubeController::start(api, &[]);
-    let token = |service: &str| {
-        let out = Command::new(sluice_bin())
-            .args(["identity", "token", "--service", service, "--state-dir"])
-            .arg(controller.state.path().join("state"))
-            .output()
-            .expect("sluice identity token");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let token = |service: &str| controller.token(service);
     let app = sluice_integration::upstream::http("payments").await;
     let payments = sluice_integration::Proxy::start(
         sluice_integration::ProxyOptions::default()
             .env("SLUICE_PROXY_CONTROLLER_ADDR", controller.grpc.clone())
+            .env("SLUICE_PROXY_CONTROLLER_CA", controller.ca_file())
             .env("SLUICE_PROXY_IDENTITY_TOKEN", token("payments"))
             .env("SLUICE_PROXY_SERVICE", "payments")
             .env("SLUICE_PROXY_SERVICE_VERSION", "v1")
@@ -836,6 +857,7 @@ async fn an_ungranted_call_is_denied_with_its_link_until_an_access_policy_is_app
     let frontend = sluice_integration::Proxy::start(
         sluice_integration::ProxyOptions::default()
             .env("SLUICE_PROXY_CONTROLLER_ADDR", controller.grpc.clone())
+            .env("SLUICE_PROXY_CONTROLLER_CA", controller.ca_file())
             .env("SLUICE_PROXY_IDENTITY_TOKEN", token("frontend"))
             .env("SLUICE_PROXY_SERVICE", "frontend")
             .env("SLUICE_PROXY_ID", "frontend-0")

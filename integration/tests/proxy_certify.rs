@@ -14,13 +14,11 @@ use sluice_integration::mtls::{Leaf, Pair, PairOptions, TestCa, eventually, spif
 use sluice_integration::{PATIENCE, Proxy, have, skip};
 
 fn state(lifetime: Duration) -> Arc<State> {
-    Arc::new(State {
-        ca: TestCa::new("controller CA"),
-        token: "let-me-in".into(),
+    Arc::new(State::new(
+        TestCa::new("controller CA"),
+        "let-me-in",
         lifetime,
-        certified: Mutex::new(Vec::new()),
-        reports: Mutex::new(Vec::new()),
-    })
+    ))
 }
 
 fn certified(s: &State) -> Vec<String> {
@@ -48,11 +46,7 @@ async fn certify_renew_and_survive_a_controller_outage() {
     let controller = FakeController::start(state(lifetime), None).await;
     let addr = controller.addr();
     let pair = Pair::start(PairOptions {
-        controller: Some((
-            controller.url.clone(),
-            "let-me-in".into(),
-            "let-me-in".into(),
-        )),
+        controller: Some(controller.access("let-me-in", "let-me-in")),
         env: vec![("SLUICE_PROXY_DENIAL_REPORT_INTERVAL".into(), "200ms".into())],
         ..PairOptions::default()
     })
@@ -82,6 +76,16 @@ async fn certify_renew_and_survive_a_controller_outage() {
         .await,
         "no renewal: {:?}",
         certified(&controller.state)
+    );
+    // Renewals prove themselves with the current certificate, not the token.
+    assert!(
+        controller
+            .state
+            .renewed_with_certificate
+            .lock()
+            .map(|r| r.len() >= 2)
+            .unwrap_or(false),
+        "renewals did not present the current certificate"
     );
 
     // Denials reach the controller, folded with counts.
@@ -202,7 +206,7 @@ async fn certify_renew_and_survive_a_controller_outage() {
 async fn a_wrong_token_gets_no_certificate() {
     let controller = FakeController::start(state(Duration::from_secs(3600)), None).await;
     let pair = Pair::start(PairOptions {
-        controller: Some((controller.url.clone(), "guess".into(), "guess".into())),
+        controller: Some(controller.access("guess", "guess")),
         env: vec![],
         ..PairOptions::default()
     })

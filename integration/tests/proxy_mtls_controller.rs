@@ -1,11 +1,12 @@
 //! The proxies against the real controller: `sluice controller` issues both certificates over
 //! `Certify` from its own CA with tokens from `sluice identity token`, the proxies talk mTLS
-//! with them, authorize, and renew short-lived certificates without failing requests.
+//! with them, authorize, and renew short-lived certificates without failing requests — on the
+//! strength of the current certificate, long after their bootstrap tokens expired.
 
 use std::time::Duration;
 
 use sluice_integration::client::{get, hyper_client};
-use sluice_integration::controller::RealController;
+use sluice_integration::controller::{ControllerAccess, RealController};
 use sluice_integration::mtls::{Pair, PairOptions, policy, spiffe};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -18,11 +19,12 @@ async fn certificates_from_the_real_controller() {
     .expect("write");
     let controller = RealController::start(policy_dir.path(), "10s");
     let pair = Pair::start(PairOptions {
-        controller: Some((
-            controller.url.clone(),
-            controller.token("payments"),
-            controller.token("checkout"),
-        )),
+        // Tokens that expire before the second renewal: renewing needs only the certificate.
+        controller: Some(ControllerAccess {
+            server_token: controller.token_ttl("payments", "8s"),
+            client_token: controller.token_ttl("checkout", "8s"),
+            ..controller.access()
+        }),
         ..PairOptions::default()
     })
     .await;

@@ -18,7 +18,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use sluice_api::v1::mesh_client::MeshClient;
 use sluice_api::v1::{WatchRequest, Workload};
 use sluice_integration::kube::{ApiServer, skip_reason};
 
@@ -105,7 +104,18 @@ async fn main() -> Result<(), Error> {
             std::fs::read_to_string(state.path().join("controller.log")).unwrap_or_default()
         )
     })?;
-    let mut client = MeshClient::connect(format!("http://{addr}")).await?;
+    // Over TLS with checkout's certificate, as checkout's proxy watches.
+    let token = Command::new(sluice)
+        .args(["identity", "token", "--service", "checkout", "--state-dir"])
+        .arg(state.path().join("state"))
+        .output()?;
+    let mut client = sluice_integration::controller::client_as(
+        &format!("https://{addr}"),
+        &state.path().join("state/ca/ca.crt"),
+        String::from_utf8_lossy(&token.stdout).trim(),
+        "checkout",
+    )
+    .await;
     let mut stream = client
         .watch(WatchRequest {
             workload: Some(Workload {
@@ -114,6 +124,7 @@ async fn main() -> Result<(), Error> {
                 version: "v1".into(),
                 environment: "stable".into(),
                 instance: "bench".into(),
+                role: String::new(),
             }),
             proxy_id: "bench".into(),
             have_version: String::new(),

@@ -627,6 +627,9 @@ pub fn registry_of(
             instance: name.clone(),
             version,
             environment,
+            // No baseline copies in Kubernetes yet (the engine runs without
+            // --baseline-copies there): every discovered pod is an ordinary instance.
+            role: String::new(),
             address: socket(ip, port),
             registered_unix_ms: 0,
         });

@@ -175,6 +175,7 @@ pub fn detail_page(d: &RolloutDetail) -> Markup {
                     "Canary weight now " (r.weight) "% · " (r.canary_requests) " canary and "
                     (r.baseline_requests) " baseline requests judged · rollout " code { (r.id) }
                 }
+                p.baseline { "Baseline: " (crate::rollout::cli::baseline_sentence(r)) }
                 h2 { "Steps" }
                 ol {
                     @for (i, s) in r.steps.iter().enumerate() {
@@ -288,8 +289,10 @@ mod tests {
                 "metric": "errors", "failed": true, "explanation": "canary 94% vs 99.8%"
             })],
             failed_check: None,
+            failed_checks: Vec::new(),
             canary_requests: 412,
             baseline_requests: 3000,
+            baseline: Default::default(),
         }
     }
 

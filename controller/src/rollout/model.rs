@@ -61,6 +61,39 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// Where a rollout's baseline stands.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaselineKind {
+    /// A fresh copy of the stable version was asked for and has not registered yet (the
+    /// rollout is pending).
+    Waiting,
+    /// A fresh copy of the stable version, beside the canary with the canary's weight.
+    Copy,
+    /// The stable version's long-running instances.
+    #[default]
+    Stable,
+}
+
+/// What a rollout's canary is judged against, for the status, the page and the messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Baseline {
+    /// Copy, stable, or still waiting for the copy.
+    pub kind: BaselineKind,
+    /// Whether a copy was asked for (the policy's `analysis.baseline: copy` and a runtime
+    /// that starts copies). The local runner starts the copy while this is set, the rollout
+    /// is active and `kind` is not `stable`.
+    pub copy_requested: bool,
+    /// The copy's instances, once it is the baseline.
+    #[serde(default)]
+    pub instances: Vec<String>,
+    /// A sentence: "a fresh copy of v1 (payments-v1-baseline), with the canary's weight", or
+    /// "the running v1 instances (no copy of v1 registered within 30s)".
+    pub description: String,
+}
+
 /// One traffic step, resolved from the CanaryPolicy when the rollout started (later policy
 /// edits do not change a running rollout's plan).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -132,6 +165,13 @@ pub struct Rollout {
     /// The check that failed the canary, if one did.
     #[schema(value_type = Option<Object>)]
     pub failed_check: Option<serde_json::Value>,
+    /// What the canary is judged against (older rollouts: the stable instances).
+    #[serde(default)]
+    pub baseline: Baseline,
+    /// Every check that failed at the look that failed the canary, most decisive first
+    /// (`failed_check` is the first); more than one when several fail at once.
+    #[serde(default)]
+    pub failed_checks: Vec<serde_json::Value>,
     /// Canary and baseline requests judged so far.
     pub canary_requests: u64,
     /// Baseline requests judged so far.
@@ -159,6 +199,15 @@ pub struct Point {
     pub canary: crate::rollout::judge::Counts,
     /// The baseline's increments.
     pub baseline: crate::rollout::judge::Counts,
+    /// With a baseline copy: the copy's weight (the long-running stable instances had the
+    /// rest). `None`: the baseline had all the traffic the canary did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_weight: Option<u32>,
+    /// With a baseline copy: the long-running stable instances' increments, which the latency
+    /// check reads its baseline quantile from (pooled with the copy's) until the copy alone
+    /// has enough requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::rollout::judge::Counts>,
 }
 
 /// Something that happened to a rollout, for history and notifications.

@@ -51,6 +51,8 @@ pub struct Workload {
     pub version: String,
     /// `stable`, or an ephemeral environment such as `pr-42`.
     pub environment: String,
+    /// Empty, or `baseline` for a rollout's fresh copy of the stable version.
+    pub role: String,
     /// Unique per instance (pod name, local workload name); defaults to the proxy id.
     pub instance: String,
 }

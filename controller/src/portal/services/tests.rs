@@ -12,6 +12,7 @@ fn config() -> ProxyConfig {
     let version = |v: &str, env: &str, inst: &str, addr: &str| VersionEndpoints {
         version: v.into(),
         environment: env.into(),
+        role: String::new(),
         endpoints: vec![Endpoint {
             instance: inst.into(),
             address: addr.into(),
@@ -191,6 +192,8 @@ fn rollout_section_links_the_rollout_and_its_chart() {
         decision: "step 2: every check passed".into(),
         evidence: Vec::new(),
         failed_check: None,
+        failed_checks: Vec::new(),
+        baseline: Default::default(),
         canary_requests: 0,
         baseline_requests: 0,
     };
@@ -236,6 +239,7 @@ fn rates_need_two_readings() {
         service: "payments".into(),
         version: "v1".into(),
         environment: "stable".into(),
+        role: String::new(),
     };
     let t0 = Instant::now();
     assert_eq!(s.rate(&key, 100, t0), None);
