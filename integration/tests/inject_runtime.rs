@@ -208,6 +208,96 @@ async fn the_kubelets_probes_pass_default_deny_and_nothing_else_does() {
     );
 }
 
+/// The proxy's environment exactly as injected, resolved the way the kubelet resolves it,
+/// starts a proxy that the real controller certifies and feeds: the address is `https://`,
+/// the CA to trust the controller by and the token are files in the identity volume, the
+/// facts come from the downward API. A mismatch between what the injector writes and what
+/// the proxy accepts (an `http://` address, a missing CA) would stop every injected pod.
+///
+/// Three things stand in for the cluster, and only these: the controller's address (the
+/// Service's DNS name does not resolve here), the identity volume's files (the kubelet would
+/// project them: the ConfigMap's CA is the controller's CA file; the token is a bootstrap
+/// token for the pod's service, since the controller does not yet check service-account
+/// tokens with TokenReview), and the listeners on loopback port 0 instead of the pod's fixed
+/// ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_injected_environment_starts_a_proxy_the_controller_certifies_and_feeds() {
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: payments-0\n  labels: {app: payments, sluice.dev/version: v1}\n\
+         spec:\n  containers:\n    - name: payments\n      image: shop:0.1.0\n      ports: [{name: http, containerPort: 8080}]\n\
+         \x20     readinessProbe: {httpGet: {path: /healthz, port: http}}\n";
+    let (_dir, _file, docs) = inject(&[], manifest);
+    let spec = container(&docs[0], "initContainers", "sluice-proxy");
+    let controller = sluice_integration::controller::RealController::start(
+        &repo("examples/shop/policy"),
+        "1h",
+    );
+    let identity = tempfile::tempdir().expect("tempdir");
+    std::fs::write(identity.path().join("token"), controller.token("payments")).expect("token");
+    std::fs::copy(controller.ca_file(), identity.path().join("ca.crt")).expect("ca.crt");
+    let identity_dir = "/var/run/sluice/identity";
+    let mut opts = ProxyOptions::default();
+    let mut names = Vec::new();
+    for var in spec["env"].as_array().expect("env") {
+        let name = var["name"].as_str().expect("name");
+        names.push(name.to_owned());
+        let value = match (var["value"].as_str(), &var["valueFrom"]["fieldRef"]["fieldPath"]) {
+            (Some(v), _) => v.to_owned(),
+            (None, Value::String(path)) => match path.as_str() {
+                "metadata.namespace" => "default".to_owned(),
+                "metadata.name" => "payments-0".to_owned(),
+                "metadata.labels['sluice.dev/version']" => "v1".to_owned(),
+                other => panic!("a field the test does not resolve: {other}"),
+            },
+            _ => panic!("{name}: neither a value nor a field: {var}"),
+        };
+        let value = match name {
+            "SLUICE_PROXY_CONTROLLER_ADDR" => {
+                assert!(value.starts_with("https://"), "{value}");
+                controller.url.clone()
+            }
+            "SLUICE_PROXY_ADMIN_ADDR" => continue,
+            _ => value.replace(identity_dir, &identity.path().display().to_string()),
+        };
+        opts = opts.env(name, value);
+    }
+    for wired in [
+        "SLUICE_PROXY_CONTROLLER_CA",
+        "SLUICE_PROXY_IDENTITY_TOKEN_FILE",
+        "SLUICE_PROXY_NAMESPACE",
+        "SLUICE_PROXY_SERVICE_VERSION",
+        "SLUICE_PROXY_PROBES",
+    ] {
+        assert!(names.iter().any(|n| n == wired), "{wired} missing: {names:?}");
+    }
+    let proxy = Proxy::start(opts);
+    let client = sluice_integration::client::hyper_client(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = sluice_integration::client::get(&client, proxy.admin(), "/ready", &[])
+            .await
+            .map(|r| r.status)
+            .unwrap_or_default();
+        let config = sluice_integration::client::get(&client, proxy.admin(), "/config", &[])
+            .await
+            .map(|r| r.json())
+            .unwrap_or_default();
+        if ready == 200 && config["version"].as_str().is_some_and(|v| !v.is_empty()) {
+            assert_eq!(
+                config["kubelet_probes"][0]["rpc"], "GET /healthz",
+                "{config:#}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the injected proxy never got its config from the controller (ready {ready}):\n{}\n--- controller ---\n{}",
+            proxy.log(),
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Skips (with the reason) where network namespaces and iptables cannot be used.
 fn netns_or_skip(test: &str) -> Option<sluice_integration::netns::Netns> {
     if !sluice_integration::is_root() || !sluice_integration::have("ip") {

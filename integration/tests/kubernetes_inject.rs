@@ -10,7 +10,7 @@
 //! ReplicaSet controller would (the Deployment's template, `generateName`, the
 //! `pod-template-hash` label and the owner reference), through the API, as it would. What the
 //! sidecar then does at run time (probes, Jobs finishing) is tested at process level
-//! (`proxy_probes.rs`, `job_completion.rs`).
+//! (`inject_runtime.rs`).
 //!
 //! The chart's webhook is registered with a `url` instead of its in-cluster `service` (the
 //! controller runs beside the API server, not in a pod), and otherwise as rendered by
@@ -121,43 +121,8 @@ impl Drop for Injector {
     }
 }
 
-/// The chart's MutatingWebhookConfiguration as `helm template` renders it, pointed at `addr`.
 fn register_chart_webhook(api: &ApiServer, addr: &str, ca_pem: &str) {
-    use base64::Engine;
-    let out = Command::new(api.bin.join("helm"))
-        .args(["template", "sluice"])
-        .arg(repo("deploy/helm/sluice"))
-        .args([
-            "-n",
-            OWN_NAMESPACE,
-            "--show-only",
-            "templates/injector.yaml",
-        ])
-        .output()
-        .expect("helm template");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut config = sluice_policy::load::parse_yaml(&Path::new("injector.yaml").into(), &text)
-        .0
-        .into_iter()
-        .map(|d| d.value)
-        .find(|v| v["kind"] == "MutatingWebhookConfiguration")
-        .expect("the chart renders a MutatingWebhookConfiguration");
-    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    for webhook in config["webhooks"].as_array_mut().expect("webhooks") {
-        let path = webhook["clientConfig"]["service"]["path"]
-            .as_str()
-            .expect("path")
-            .to_owned();
-        webhook["clientConfig"] =
-            json!({"url": format!("https://{addr}{path}"), "caBundle": bundle});
-    }
-    let (ok, _, err) = api.kubectl_stdin(&["apply", "-f", "-"], &config.to_string());
-    assert!(ok, "{err}");
+    api.register_chart_injector(OWN_NAMESPACE, addr, ca_pem);
 }
 
 /// A namespace, labelled for injection or not.
@@ -198,6 +163,30 @@ fn create(api: &ApiServer, namespace: &str, pod: &Value) -> Result<(Value, Strin
         return Err(err);
     }
     Ok((serde_json::from_str(&out).expect("pod json"), err))
+}
+
+/// The mesh CA certificate in `namespace`'s ConfigMap `sluice-ca`, waiting a while for the
+/// controller to publish it (it does so in the background of the admission).
+fn ca_config_map(api: &ApiServer, namespace: &str) -> Option<String> {
+    ca_config_map_within(api, namespace, Duration::from_secs(10))
+}
+
+fn ca_config_map_within(api: &ApiServer, namespace: &str, wait: Duration) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let out = api
+            .kubectl(&["get", "configmap", "sluice-ca", "-n", namespace, "-o", "json"])
+            .output()
+            .expect("kubectl");
+        if out.status.success() {
+            let cm: Value = serde_json::from_slice(&out.stdout).expect("json");
+            return cm["data"]["ca.crt"].as_str().map(str::to_owned);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn names(pod: &Value, key: &str) -> Vec<String> {
@@ -291,6 +280,27 @@ fn the_webhook_injects_classic_sidecars_where_asked_and_nowhere_else() {
         token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
         "sluice"
     );
+    // The proxy trusts the controller (TLS only) by the mesh CA from the namespace's
+    // ConfigMap, which the controller publishes there: public, no secret in the pod.
+    assert_eq!(
+        token["projected"]["sources"][1]["configMap"]["name"],
+        "sluice-ca"
+    );
+    assert_eq!(
+        env(proxy, "SLUICE_PROXY_CONTROLLER_CA")["value"],
+        "/var/run/sluice/identity/ca.crt"
+    );
+    assert!(
+        env(proxy, "SLUICE_PROXY_CONTROLLER_ADDR")["value"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("https://")),
+        "{proxy:#}"
+    );
+    assert_eq!(
+        ca_config_map(api, "shop").as_deref(),
+        Some(controller.ca_pem().as_str()),
+        "the mesh CA published in the pod's namespace"
+    );
     assert!(
         pod["metadata"]["annotations"]["sluice.dev/injected"]
             .as_str()
@@ -322,6 +332,11 @@ fn the_webhook_injects_classic_sidecars_where_asked_and_nowhere_else() {
         ["payments"],
         "unlabelled namespace"
     );
+    assert_eq!(
+        ca_config_map_within(api, "plain", Duration::from_secs(1)),
+        None,
+        "no CA where nothing is injected"
+    );
     let mut asks = deployment.clone();
     asks["spec"]["template"]["metadata"]["annotations"] = json!({"sluice.dev/inject": "enabled"});
     let (pod, _) = pod_of(api, "plain", &asks).expect("admitted");
@@ -329,6 +344,44 @@ fn the_webhook_injects_classic_sidecars_where_asked_and_nowhere_else() {
         names(&pod, "containers"),
         ["sluice-proxy", "payments"],
         "pod opted in"
+    );
+    assert!(ca_config_map(api, "plain").is_some(), "the CA follows the pod");
+
+    // Injected offline by `sluice inject`, into a namespace nobody labelled: the webhook
+    // adds nothing, and the proxy still gets the CA to trust the controller by.
+    namespace(api, "offline", false);
+    let out = Command::new(sluice_bin())
+        .args(["inject", "--mode", "classic", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(deployment.to_string().as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("sluice inject");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let injected: Value = sluice_policy::load::parse_yaml(
+        &Path::new("stdin").into(),
+        &String::from_utf8_lossy(&out.stdout),
+    )
+    .0
+    .into_iter()
+    .map(|d| d.value)
+    .next()
+    .expect("the Deployment");
+    let (pod, _) = pod_of(api, "offline", &injected).expect("admitted");
+    assert_eq!(names(&pod, "containers"), ["sluice-proxy", "payments"]);
+    assert_eq!(names(&pod, "initContainers"), ["sluice-init"], "once");
+    assert!(
+        ca_config_map(api, "offline").is_some(),
+        "the CA follows a pod injected offline"
     );
 
     // The controller's own namespace is never injected, even labelled.

@@ -13,7 +13,7 @@
 //! |---|---|
 //! | init container `sluice-init` (`sluice-proxy init`) | installs the iptables redirect; capabilities `NET_ADMIN` and `NET_RAW` only, and the proxy's UID is exempt so its own traffic is not looped back |
 //! | container `sluice-proxy` | the sidecar: a native sidecar (an init container with `restartPolicy: Always`, servers ≥ 1.29) or a classic one (the first container, with a `postStart` hook that waits until it is ready) |
-//! | volume `sluice-identity` | the pod's service-account token projected for audience `sluice`, which the proxy presents to the controller; no secret is copied into the pod |
+//! | volume `sluice-identity` | the pod's service-account token projected for audience `sluice`, which the proxy presents to the controller, and the mesh CA certificate (public) from the ConfigMap `sluice-ca` the controller keeps in the pod's namespace, by which the proxy trusts the controller; no secret is copied into the pod |
 //! | volume `sluice-xtables` | an `emptyDir` at `/run` for iptables' lock file, so the init container keeps a read-only root |
 //! | volume `sluice-bin` (classic Jobs only) | the init container copies `sluice-proxy` here, and each app container runs under `sluice-proxy await`, which stops the proxy when the app exits |
 //! | annotation `sluice.dev/injected` | the mode, and what else was added (so `uninject` removes exactly that) |
@@ -52,6 +52,14 @@ pub const BIN_VOLUME: &str = "sluice-bin";
 pub const BIN_DIR: &str = "/var/run/sluice/bin";
 /// The audience of the projected token.
 pub const TOKEN_AUDIENCE: &str = "sluice";
+/// The ConfigMap, in every namespace with injected pods, holding the mesh CA certificate
+/// (public, not a secret) under [`CA_KEY`]: how an injected proxy trusts the controller's
+/// TLS before it has an identity. The controller publishes it (Istio's
+/// `istio-ca-root-cert` works the same way), and the kubelet keeps the projected copy
+/// current, so a CA brought later reaches running pods.
+pub const CA_CONFIGMAP: &str = "sluice-ca";
+/// The key of the CA certificate in [`CA_CONFIGMAP`], and its file name in the identity volume.
+pub const CA_KEY: &str = "ca.crt";
 /// The proxy's executable inside its image.
 pub const PROXY_EXE: &str = "/usr/local/bin/sluice-proxy";
 /// `kubectl logs` and `exec` pick this container when the proxy comes first (classic).
@@ -136,6 +144,28 @@ impl fmt::Display for Mode {
     }
 }
 
+/// Where injected proxies reach the controller by default: the chart's Service, over TLS
+/// (the controller serves its API over TLS only).
+pub const DEFAULT_CONTROLLER_ADDR: &str = "https://sluice-controller.sluice.svc:7071";
+
+/// Checks a controller address for injected proxies (`--controller-addr`,
+/// `--inject-controller-addr`): the proxy would refuse anything but `https://HOST:PORT` at
+/// start, in every pod, so it is refused here first.
+pub fn parse_controller_addr(text: &str) -> Result<String, String> {
+    let rest = text.strip_prefix("https://").unwrap_or_default();
+    let host_port = rest.trim_end_matches('/');
+    match host_port.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() =>
+        {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!(
+            "`{text}`: the controller serves its API over TLS only; use https://HOST:PORT, e.g. {DEFAULT_CONTROLLER_ADDR}"
+        )),
+    }
+}
+
 /// Mesh-wide injection settings (chart values, controller flags, `sluice inject` flags).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -169,7 +199,7 @@ impl Default for Config {
             proxy_image: format!("sluice-proxy:{version}"),
             init_image: format!("sluice-proxy-init:{version}"),
             pull_policy: None,
-            controller_addr: "http://sluice-controller.sluice.svc:7071".into(),
+            controller_addr: DEFAULT_CONTROLLER_ADDR.into(),
             mode: Mode::Native,
             proxy_uid: 2102,
             log_level: "info".into(),
@@ -765,9 +795,14 @@ pub fn inject(template: &mut Value, workload: &str, config: &Config) -> Report {
     if let Some(volumes) = array(spec, "volumes") {
         volumes.push(json!({
             "name": IDENTITY_VOLUME,
-            "projected": {"sources": [{"serviceAccountToken": {
-                "audience": TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token",
-            }}]},
+            "projected": {"sources": [
+                {"serviceAccountToken": {
+                    "audience": TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token",
+                }},
+                {"configMap": {
+                    "name": CA_CONFIGMAP, "items": [{"key": CA_KEY, "path": CA_KEY}],
+                }},
+            ]},
         }));
         volumes.push(json!({"name": XTABLES_VOLUME, "emptyDir": {}}));
         if awaited {
@@ -907,6 +942,10 @@ fn proxy_container(
         (
             "SLUICE_PROXY_CONTROLLER_ADDR",
             json!({"value": config.controller_addr}),
+        ),
+        (
+            "SLUICE_PROXY_CONTROLLER_CA",
+            json!({"value": format!("{IDENTITY_DIR}/{CA_KEY}")}),
         ),
         (
             "SLUICE_PROXY_IDENTITY_TOKEN_FILE",

@@ -20,8 +20,17 @@
 //! Problems in a pod's annotations or probes are returned as admission warnings (`kubectl`
 //! prints them) and recorded as Events on the pod's owner (a ReplicaSet's pods have no name
 //! yet when they are admitted), never on dry runs.
+//!
+//! An injected proxy trusts the controller by the mesh CA certificate in the ConfigMap
+//! [`CA_CONFIGMAP`] of its own namespace. The first time this process admits a pod with a
+//! sidecar (injected now, or by `sluice inject` before: the pod webhook sees every namespace's
+//! pods) in a namespace, it server-side applies
+//! that ConfigMap there, in the background: the kubelet retries the pod's volume until it
+//! exists, so admission never waits on it. The certificate is public; the key stays in the
+//! controller's Secret.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::DynamicObject;
@@ -29,7 +38,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use serde_json::Value;
 
-use super::inject::{self, Config, INJECT, Outcome};
+use super::inject::{self, CA_CONFIGMAP, CA_KEY, Config, INJECT, Outcome};
 
 /// The path of the webhook for opted-in namespaces.
 pub const NAMESPACE_PATH: &str = "/mutate/namespace";
@@ -44,6 +53,12 @@ pub struct Injector {
     pub excluded: Vec<String>,
     /// Where Events go (none in tests).
     pub recorder: Option<Recorder>,
+    /// The API, for the CA ConfigMaps (none in tests).
+    client: Option<kube::Client>,
+    /// The mesh CA certificate (PEM) published as [`CA_CONFIGMAP`].
+    ca_pem: Option<String>,
+    /// Namespaces this process has published (or is publishing) the ConfigMap to.
+    published: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Injector {
@@ -58,7 +73,7 @@ impl Injector {
         Injector {
             config,
             excluded,
-            recorder: client.map(|c| {
+            recorder: client.clone().map(|c| {
                 Recorder::new(
                     c,
                     Reporter {
@@ -67,7 +82,70 @@ impl Injector {
                     },
                 )
             }),
+            client,
+            ca_pem: None,
+            published: Arc::default(),
         }
+    }
+
+    /// Publishes `ca_pem` (the mesh CA certificate) as [`CA_CONFIGMAP`] in each namespace
+    /// with injected pods.
+    pub fn with_ca(mut self, ca_pem: &str) -> Self {
+        self.ca_pem = Some(ca_pem.to_owned());
+        self
+    }
+
+    /// Server-side applies the CA ConfigMap in `namespace`, once per namespace and process, in
+    /// the background; a failure is logged and retried at the namespace's next pod.
+    fn publish_ca(&self, namespace: &str) {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use kube::api::{Patch, PatchParams};
+        let (Some(client), Some(pem)) = (self.client.clone(), self.ca_pem.clone()) else {
+            return;
+        };
+        {
+            let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+            if !published.insert(namespace.to_owned()) {
+                return;
+            }
+        }
+        let config_map = ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(CA_CONFIGMAP.into()),
+                labels: Some(
+                    [("app.kubernetes.io/managed-by".to_owned(), "sluice".to_owned())].into(),
+                ),
+                annotations: Some(
+                    [(
+                        "sluice.dev/description".to_owned(),
+                        "The mesh CA certificate (public) by which injected proxies trust the Sluice controller; kept by the controller.".to_owned(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            data: Some([(CA_KEY.to_owned(), pem)].into()),
+            ..Default::default()
+        };
+        let namespace = namespace.to_owned();
+        let published = Arc::clone(&self.published);
+        tokio::spawn(async move {
+            let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, &namespace);
+            let params = PatchParams::apply("sluice-injector").force();
+            match api
+                .patch(CA_CONFIGMAP, &params, &Patch::Apply(&config_map))
+                .await
+            {
+                Ok(_) => tracing::info!(namespace, "published the mesh CA for injected proxies"),
+                Err(e) => {
+                    tracing::warn!(namespace, error = %e, "could not publish the mesh CA ConfigMap; retried at the next pod");
+                    published
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&namespace);
+                }
+            }
+        });
     }
 
     /// The decision on one admission request; `namespace_opted_in` says which webhook called.
@@ -94,6 +172,10 @@ impl Injector {
         else {
             return response;
         };
+        // Injected before (`sluice inject`, or an earlier call): its proxy needs the CA too.
+        if inject::is_injected(&original) && !request.dry_run {
+            self.publish_ca(&namespace);
+        }
         let wanted = original["metadata"]["annotations"][INJECT] == "enabled";
         if !namespace_opted_in && !wanted {
             return response;
@@ -112,6 +194,9 @@ impl Injector {
         let mut response = response;
         if !warnings.is_empty() {
             response.warnings = Some(warnings);
+        }
+        if matches!(report.outcome, Outcome::Injected { .. }) && !request.dry_run {
+            self.publish_ca(&namespace);
         }
         if !matches!(report.outcome, Outcome::Injected { .. }) {
             tracing::debug!(namespace, workload, outcome = %report.outcome, "not injected");

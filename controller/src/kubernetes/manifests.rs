@@ -39,11 +39,12 @@ pub struct InjectArgs {
     /// `imagePullPolicy` for both.
     #[arg(long, value_name = "POLICY")]
     pub pull_policy: Option<String>,
-    /// Where proxies reach the controller's gRPC API.
+    /// Where proxies reach the controller's gRPC API (TLS only: `https://`).
     #[arg(
         long,
         value_name = "URL",
-        default_value = "http://sluice-controller.sluice.svc:7071"
+        default_value = inject::DEFAULT_CONTROLLER_ADDR,
+        value_parser = inject::parse_controller_addr
     )]
     pub controller_addr: String,
     /// The UID the proxy runs as (exempt from interception).

@@ -76,8 +76,13 @@ pub struct KubernetesArgs {
     #[arg(long, value_name = "POLICY", requires = "inject")]
     pub inject_pull_policy: Option<String>,
     /// Where injected proxies reach this controller, e.g.
-    /// `http://sluice-controller.sluice.svc:7071`.
-    #[arg(long, value_name = "URL", requires = "inject")]
+    /// `https://sluice-controller.sluice.svc:7071` (TLS only).
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "inject",
+        value_parser = inject::parse_controller_addr
+    )]
     pub inject_controller_addr: Option<String>,
     /// The controller's own namespace, never injected (in a pod: from the service account).
     #[arg(long, value_name = "NAMESPACE", requires = "inject")]
@@ -170,7 +175,11 @@ pub async fn spawn(
             hosts.push(addr.ip().to_string());
         }
         let injector = if args.inject {
-            Some(std::sync::Arc::new(injector(args, &started.client).await?))
+            Some(std::sync::Arc::new(
+                injector(args, &started.client)
+                    .await?
+                    .with_ca(ca.cert_pem()),
+            ))
         } else {
             None
         };

@@ -187,9 +187,19 @@ fn table() {
                     "metadata.labels['sluice.dev/version']"
                 );
                 assert_eq!(env(&p, "SLUICE_PROXY_SERVICE")["value"], "payments");
+                // Over TLS (the controller serves nothing else), trusting the mesh CA from the
+                // namespace's public ConfigMap.
                 assert_eq!(
                     env(&p, "SLUICE_PROXY_CONTROLLER_ADDR")["value"],
-                    "http://sluice-controller.sluice.svc:7071"
+                    "https://sluice-controller.sluice.svc:7071"
+                );
+                assert_eq!(
+                    env(&p, "SLUICE_PROXY_CONTROLLER_CA")["value"],
+                    "/var/run/sluice/identity/ca.crt"
+                );
+                assert_eq!(
+                    token["projected"]["sources"][1]["configMap"],
+                    json!({"name": CA_CONFIGMAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]})
                 );
                 let text = t.to_string();
                 assert!(
@@ -496,5 +506,26 @@ fn workload_kinds_have_templates() {
     ] {
         let mut object = json!({"kind": kind, "spec": {"template": {}, "jobTemplate": {"spec": {"template": {}}}}});
         assert_eq!(template_mut(&mut object).is_some(), found, "{kind}");
+    }
+}
+
+#[test]
+fn the_controller_address_must_be_tls() {
+    for (text, ok) in [
+        ("https://sluice-controller.sluice.svc:7071", true),
+        ("https://10.0.0.1:7071/", true),
+        ("https://[fd00::1]:7071", true),
+        // The proxy refuses these at start, in every pod: refused here first.
+        ("http://sluice-controller.sluice.svc:7071", false),
+        ("sluice-controller.sluice.svc:7071", false),
+        ("https://sluice-controller.sluice.svc", false),
+        ("https://:7071", false),
+        ("https://host/path:7071", false),
+    ] {
+        let parsed = parse_controller_addr(text);
+        assert_eq!(parsed.is_ok(), ok, "{text}: {parsed:?}");
+        if let Err(e) = parsed {
+            assert!(e.contains("https://HOST:PORT"), "{e}");
+        }
     }
 }
