@@ -329,13 +329,12 @@ impl ApiServer {
             String::from_utf8_lossy(&out.stderr)
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        let mut config =
-            sluice_policy::load::parse_yaml(&Path::new("injector.yaml").into(), &text)
-                .0
-                .into_iter()
-                .map(|d| d.value)
-                .find(|v| v["kind"] == "MutatingWebhookConfiguration")
-                .expect("the chart renders a MutatingWebhookConfiguration");
+        let mut config = sluice_policy::load::parse_yaml(&Path::new("injector.yaml").into(), &text)
+            .0
+            .into_iter()
+            .map(|d| d.value)
+            .find(|v| v["kind"] == "MutatingWebhookConfiguration")
+            .expect("the chart renders a MutatingWebhookConfiguration");
         let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
         for webhook in config["webhooks"].as_array_mut().expect("webhooks") {
             let path = webhook["clientConfig"]["service"]["path"]

@@ -227,10 +227,8 @@ async fn the_injected_environment_starts_a_proxy_the_controller_certifies_and_fe
          \x20     readinessProbe: {httpGet: {path: /healthz, port: http}}\n";
     let (_dir, _file, docs) = inject(&[], manifest);
     let spec = container(&docs[0], "initContainers", "sluice-proxy");
-    let controller = sluice_integration::controller::RealController::start(
-        &repo("examples/shop/policy"),
-        "1h",
-    );
+    let controller =
+        sluice_integration::controller::RealController::start(&repo("examples/shop/policy"), "1h");
     let identity = tempfile::tempdir().expect("tempdir");
     std::fs::write(identity.path().join("token"), controller.token("payments")).expect("token");
     std::fs::copy(controller.ca_file(), identity.path().join("ca.crt")).expect("ca.crt");
@@ -240,7 +238,10 @@ async fn the_injected_environment_starts_a_proxy_the_controller_certifies_and_fe
     for var in spec["env"].as_array().expect("env") {
         let name = var["name"].as_str().expect("name");
         names.push(name.to_owned());
-        let value = match (var["value"].as_str(), &var["valueFrom"]["fieldRef"]["fieldPath"]) {
+        let value = match (
+            var["value"].as_str(),
+            &var["valueFrom"]["fieldRef"]["fieldPath"],
+        ) {
             (Some(v), _) => v.to_owned(),
             (None, Value::String(path)) => match path.as_str() {
                 "metadata.namespace" => "default".to_owned(),
@@ -267,7 +268,10 @@ async fn the_injected_environment_starts_a_proxy_the_controller_certifies_and_fe
         "SLUICE_PROXY_SERVICE_VERSION",
         "SLUICE_PROXY_PROBES",
     ] {
-        assert!(names.iter().any(|n| n == wired), "{wired} missing: {names:?}");
+        assert!(
+            names.iter().any(|n| n == wired),
+            "{wired} missing: {names:?}"
+        );
     }
     let proxy = Proxy::start(opts);
     let client = sluice_integration::client::hyper_client(false);

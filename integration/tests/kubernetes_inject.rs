@@ -175,7 +175,15 @@ fn ca_config_map_within(api: &ApiServer, namespace: &str, wait: Duration) -> Opt
     let deadline = Instant::now() + wait;
     loop {
         let out = api
-            .kubectl(&["get", "configmap", "sluice-ca", "-n", namespace, "-o", "json"])
+            .kubectl(&[
+                "get",
+                "configmap",
+                "sluice-ca",
+                "-n",
+                namespace,
+                "-o",
+                "json",
+            ])
             .output()
             .expect("kubectl");
         if out.status.success() {
@@ -345,7 +353,10 @@ fn the_webhook_injects_classic_sidecars_where_asked_and_nowhere_else() {
         ["sluice-proxy", "payments"],
         "pod opted in"
     );
-    assert!(ca_config_map(api, "plain").is_some(), "the CA follows the pod");
+    assert!(
+        ca_config_map(api, "plain").is_some(),
+        "the CA follows the pod"
+    );
 
     // Injected offline by `sluice inject`, into a namespace nobody labelled: the webhook
     // adds nothing, and the proxy still gets the CA to trust the controller by.
@@ -366,7 +377,11 @@ fn the_webhook_injects_classic_sidecars_where_asked_and_nowhere_else() {
             child.wait_with_output()
         })
         .expect("sluice inject");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let injected: Value = sluice_policy::load::parse_yaml(
         &Path::new("stdin").into(),
         &String::from_utf8_lossy(&out.stdout),

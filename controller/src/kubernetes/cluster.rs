@@ -789,7 +789,10 @@ mod tests {
             pods.insert(key, pod);
         }
         let found = kubelet_probes_of(&svc, &pods);
-        let shown: Vec<String> = found.iter().map(|(p, pod)| format!("{p} ({pod})")).collect();
+        let shown: Vec<String> = found
+            .iter()
+            .map(|(p, pod)| format!("{p} ({pod})"))
+            .collect();
         assert_eq!(shown, ["GET /healthz on port 8080 (payments-a)"]);
     }
 }

@@ -157,8 +157,7 @@ pub type RouteOverrides = BTreeMap<(String, String), Vec<sluice_policy::resource
 /// (read by a backend from the pod specs: `SLUICE_PROXY_PROBES` of each injected proxy), each
 /// with one pod that declares it. Shown on the service page; proxies learn their own from
 /// their pod, not from here.
-pub type KubeletProbes =
-    BTreeMap<(String, String), BTreeMap<sluice_policy::probes::Probe, String>>;
+pub type KubeletProbes = BTreeMap<(String, String), BTreeMap<sluice_policy::probes::Probe, String>>;
 
 /// (namespace, service) → the stable `ip:port`s clients dial (ClusterIPs, or the local
 /// runner's service addresses).
