@@ -217,8 +217,9 @@ async fn the_kubelets_probes_pass_default_deny_and_nothing_else_does() {
 /// Three things stand in for the cluster, and only these: the controller's address (the
 /// Service's DNS name does not resolve here), the identity volume's files (the kubelet would
 /// project them: the ConfigMap's CA is the controller's CA file; the token is a bootstrap
-/// token for the pod's service, since the controller does not yet check service-account
-/// tokens with TokenReview), and the listeners on loopback port 0 instead of the pod's fixed
+/// token for the pod's service: this controller runs standalone, and the service-account
+/// token path, TokenReview against a real API server, is
+/// `kubernetes.rs::service_account_tokens_prove_exactly_their_own_workload`), and the listeners on loopback port 0 instead of the pod's fixed
 /// ports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_injected_environment_starts_a_proxy_the_controller_certifies_and_feeds() {
