@@ -57,6 +57,7 @@ pub mod baggage;
 pub mod diagnostic;
 pub mod link;
 pub mod load;
+pub mod probes;
 pub mod resources;
 pub mod rpc;
 pub mod schema;

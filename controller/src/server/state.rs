@@ -153,6 +153,12 @@ struct Inner {
 /// proxies receive is the policy with these applied.
 pub type RouteOverrides = BTreeMap<(String, String), Vec<sluice_policy::resources::Backend>>;
 
+/// (namespace, service) → the kubelet probes its sidecars let through without a mesh identity
+/// (read by a backend from the pod specs: `SLUICE_PROXY_PROBES` of each injected proxy), each
+/// with one pod that declares it. Shown on the service page; proxies learn their own from
+/// their pod, not from here.
+pub type KubeletProbes = BTreeMap<(String, String), BTreeMap<sluice_policy::probes::Probe, String>>;
+
 /// (namespace, service) → the stable `ip:port`s clients dial (ClusterIPs, or the local
 /// runner's service addresses).
 pub type ServiceAddresses = BTreeMap<(String, String), Vec<String>>;
@@ -170,6 +176,7 @@ pub struct ControlPlane {
     traffic: TrafficBook,
     /// Requests served in ephemeral environments, for their idle clocks.
     env_activity: crate::env::activity::Activity,
+    kubelet_probes: ArcSwap<KubeletProbes>,
 }
 
 impl ControlPlane {
@@ -244,6 +251,7 @@ impl ControlPlane {
             env_activity: crate::env::activity::Activity::new(crate::store::unix_ms(
                 SystemTime::now(),
             )),
+            kubelet_probes: ArcSwap::default(),
         }))
     }
 
@@ -257,6 +265,16 @@ impl ControlPlane {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Replaces the kubelet probes a backend read from its pods.
+    pub fn set_kubelet_probes(&self, probes: KubeletProbes) {
+        self.kubelet_probes.store(Arc::new(probes));
+    }
+
+    /// The kubelet probes of every service's pods, as last set by the backend.
+    pub fn kubelet_probes(&self) -> Arc<KubeletProbes> {
+        self.kubelet_probes.load_full()
     }
 
     /// Every version's traffic, as the proxies report it (`ReportTraffic`).
