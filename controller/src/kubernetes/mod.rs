@@ -12,9 +12,11 @@
 //! - [`cluster`]: the watch loop, the registry, `status` and Events.
 //! - [`webhook`]: the validating admission webhook.
 //! - [`secret`]: the mesh CA kept in a Secret.
+//! - [`identity`]: workloads proven by their pods' service-account tokens (TokenReview).
 
 pub mod cluster;
 pub mod crd;
+pub mod identity;
 pub mod secret;
 pub mod source;
 pub mod status;
