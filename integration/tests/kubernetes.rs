@@ -705,7 +705,9 @@ fn helm_install_creates_everything_and_the_controller_runs_with_the_charts_rbac(
         assert!(objects.contains(expected), "{expected} missing:\n{objects}");
     }
     let roles = api.kubectl_ok(&["get", "clusterroles", "-o", "name"]);
-    for need in ["policy", "registry", "events", "identity", "webhook"] {
+    for need in [
+        "policy", "registry", "events", "identity", "webhook", "trust",
+    ] {
         assert!(
             roles.contains(&format!("sluice-sluice-controller-{need}")),
             "{need}: {roles}"

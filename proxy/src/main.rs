@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice_proxy::{app, config::Config, init};
+use sluice_proxy::{app, config::Config, init, lifecycle};
 
 /// Exit code for bad configuration (BSD `EX_USAGE`... `EX_DATAERR` is 65; 64 is usage).
 const EXIT_CONFIG: u8 = 64;
@@ -26,6 +26,12 @@ enum Command {
     Run,
     /// Install (or with --remove, remove) the iptables rules that redirect traffic to the proxy.
     Init(init::InitArgs),
+    /// Wait until the proxy is ready (`GET /ready` on the admin port): the injected proxy's
+    /// `postStart` hook on servers without native sidecars, so the app starts after it.
+    WaitReady(lifecycle::WaitArgs),
+    /// Run the app's command, then stop the proxy when it exits (Jobs on servers without
+    /// native sidecars); exits with the app's status.
+    Await(lifecycle::AwaitArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +43,21 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("sluice-proxy init: {e}");
                 ExitCode::from(e.exit_code())
+            }
+        },
+        Command::WaitReady(args) => match lifecycle::run_wait(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice-proxy wait-ready: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Await(args) => match lifecycle::run_await(&args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("sluice-proxy await: {e}");
+                // What a shell says for a command it cannot run.
+                ExitCode::from(127)
             }
         },
     }

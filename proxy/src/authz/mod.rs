@@ -100,6 +100,7 @@ pub struct Authorizer {
     denied_by: String,
     metrics: Metrics,
     reporter: Reporter,
+    probes: sluice_policy::probes::ProbeSet,
 }
 
 impl Authorizer {
@@ -116,15 +117,26 @@ impl Authorizer {
             denied_by,
             metrics,
             reporter,
+            probes: Default::default(),
         }
     }
 
-    /// Decides `rpc` from `peer` (None: no mesh identity) against the policy in force, counts
-    /// and logs it, reports denials, and returns the denial if the call must not go through.
+    /// Also allows the pod's kubelet probes (`SLUICE_PROXY_PROBES`): exactly those calls on
+    /// exactly those ports, for any caller, when no policy allows them already.
+    pub fn with_probes(mut self, probes: sluice_policy::probes::ProbeSet) -> Authorizer {
+        self.probes = probes;
+        self
+    }
+
+    /// Decides `rpc` to `port` (the connection's original destination port) from `peer`
+    /// (None: no mesh identity) against the policy in force and the pod's kubelet probes,
+    /// counts and logs it, reports denials, and returns the denial if the call must not go
+    /// through.
     pub fn check(
         &self,
         peer: Option<&SpiffeId>,
         rpc: &Rpc,
+        port: u16,
         request_id: &str,
     ) -> Result<(), Box<Denial>> {
         let state = self.state.load();
@@ -133,7 +145,12 @@ impl Authorizer {
             Some(id) => Caller::service(&id.namespace, &id.service),
             None => Caller::Unauthenticated,
         };
-        let decision = state.decide_inbound(local, &caller, rpc);
+        let mut decision = state.decide_inbound(local, &caller, rpc);
+        if decision.verdict != Verdict::Allow
+            && let Some(probe) = self.probes.decide(Some(port), rpc)
+        {
+            decision = probe;
+        }
         let policy = &state.policy;
         let endpoint = policy
             .service(&local.namespace, &local.service)
@@ -223,6 +240,7 @@ fn policy_label(d: &Decision) -> String {
         return p.to_string();
     }
     match &d.reason {
+        Reason::KubeletProbe => "kubelet-probe".into(),
         Reason::DefaultAllow | Reason::DefaultAudit | Reason::DefaultDeny => "mesh-default".into(),
         r => r
             .governing()
