@@ -448,3 +448,191 @@ fn against_a_copy_a_canary_with_5_percent_errors_fails_for_errors_only() {
     let metrics: Vec<_> = judge.failures().iter().map(|f| f.metric.as_str()).collect();
     assert_eq!(metrics, ["errors"]);
 }
+
+/// An instance in a rollout with real-world warm-up: a fresh process (the canary, a baseline
+/// copy) is slow on its first requests, the long-running stable instances are not.
+struct Instance {
+    version: Version,
+    /// Seconds since the instance started, or `None` for a warm, long-running one.
+    age_s: Option<f64>,
+    /// Extra latency on top of the version's: in the local mesh a fresh payments process took
+    /// 10–50 ms on its first requests, against a 2 ms p99 once warm; it fades over seconds.
+    warmup_s: (f64, f64),
+    /// Seconds for the warm-up to fade by a factor e.
+    warmup_tau_s: f64,
+}
+
+impl Instance {
+    fn warm(version: Version) -> Instance {
+        Instance {
+            version,
+            age_s: None,
+            warmup_s: (0.0, 0.0),
+            warmup_tau_s: 1.0,
+        }
+    }
+
+    fn fresh(version: Version) -> Instance {
+        Instance {
+            version,
+            age_s: Some(0.0),
+            warmup_s: (0.010, 0.050),
+            warmup_tau_s: 3.0,
+        }
+    }
+
+    fn latency(&self, rng: &mut SmallRng) -> f64 {
+        let v = self.version;
+        let mut l = v.median_s * (v.sigma * normal(rng)).exp();
+        if let Some(age) = self.age_s {
+            let (lo, hi) = self.warmup_s;
+            l += (lo + (hi - lo) * rng.random::<f64>()) * (-age / self.warmup_tau_s).exp();
+        }
+        l
+    }
+}
+
+/// A millisecond-scale service like the shop's payments (p99 about 5 ms when warm).
+const FAST: Version = Version {
+    failure_rate: 0.001,
+    median_s: 0.0015,
+    sigma: 0.5,
+};
+
+/// How a rollout with warm-up ended: the verdict's metric and the second it failed at.
+#[derive(Debug)]
+struct Ended {
+    failed: Option<(String, f64)>,
+}
+
+/// A rollout of the shop's steps (5% for 30 s, 25% for 1 m, 50% for 2 m) with 1 s intervals
+/// at `rps`, as the engine runs it: canary `w`, and with a copy the copy `w` too and the
+/// long-running stable instances the rest. Both the canary and the copy start fresh.
+fn rollout_with_warmup(seed: u64, canary: Version, stable: Version, copy: bool, rps: u64) -> Ended {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut judge = Judge::new(&shop_analysis());
+    let mut can = Instance::fresh(canary);
+    let mut cp = Instance::fresh(stable);
+    let old = Instance::warm(stable);
+    let mut t = 0.0;
+    for (weight, seconds) in [(5u32, 30), (25, 60), (50, 120)] {
+        judge.begin_step();
+        let w = f64::from(weight) / 100.0;
+        let wc = if copy { w.min(1.0 - w) } else { 0.0 };
+        let mut s = 0;
+        loop {
+            let (mut c, mut b, mut r) = (Counts::empty(), Counts::empty(), Counts::empty());
+            for _ in 0..rps {
+                let u: f64 = rng.random();
+                let (inst, counts) = if u < w {
+                    (&can, &mut c)
+                } else if u < w + wc {
+                    (&cp, &mut b)
+                } else if copy {
+                    (&old, &mut r)
+                } else {
+                    (&old, &mut b)
+                };
+                let latency = inst.latency(&mut rng);
+                counts.record(latency, rng.random::<f64>() < inst.version.failure_rate);
+            }
+            t += 1.0;
+            s += 1;
+            for inst in [&mut can, &mut cp] {
+                inst.age_s = inst.age_s.map(|a| a + 1.0);
+            }
+            let second = Duration::from_secs(1);
+            if copy {
+                let judged = (w * 100.0 / (w + wc)).round() as u32;
+                judge.observe_with_reference(&c, &b, Some(&r), second, judged);
+            } else {
+                judge.observe(&c, &b, second, weight);
+            }
+            match judge.verdict() {
+                Verdict::Fail(e) => {
+                    return Ended {
+                        failed: Some((e.metric.clone(), t)),
+                    };
+                }
+                Verdict::Pass if s >= seconds => break,
+                _ if s >= 600 => panic!("step at {weight}% never passed: {:?}", judge.verdict()),
+                _ => {}
+            }
+        }
+    }
+    Ended { failed: None }
+}
+
+#[test]
+fn a_fresh_canary_warming_up_is_not_rolled_back_against_a_fresh_copy() {
+    // The smoke run's case: a healthy millisecond-scale canary whose first requests take
+    // 10–50 ms, judged against a copy that warms up the same way. Warm-up is the process's
+    // age, not the code: neither side's may count against the other.
+    let mut failed = Vec::new();
+    for seed in 0..20 {
+        let v = Version {
+            failure_rate: [0.001, 0.01][seed as usize % 2],
+            ..FAST
+        };
+        if let Some(f) = rollout_with_warmup(seed, v, v, true, 100).failed {
+            failed.push(f);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "healthy canaries rolled back: {failed:?}"
+    );
+}
+
+#[test]
+fn a_fresh_canary_warming_up_is_not_rolled_back_against_warm_stable_instances() {
+    // Without a copy (a runtime that starts none), the canary's warm-up is still its age.
+    let mut failed = Vec::new();
+    for seed in 0..20 {
+        if let Some(f) = rollout_with_warmup(seed, FAST, FAST, false, 100).failed {
+            failed.push(f);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "healthy canaries rolled back: {failed:?}"
+    );
+}
+
+#[test]
+fn with_warm_up_a_canary_50_ms_slower_fails_on_p99_within_20_seconds() {
+    // Shop v4: +50 ms on every request. Leaving warm-up out must not hide it for long.
+    let slow = Version {
+        median_s: FAST.median_s + 0.050,
+        ..FAST
+    };
+    for copy in [true, false] {
+        for seed in 40..50 {
+            let ended = rollout_with_warmup(seed, slow, FAST, copy, 100);
+            let (metric, at) = ended.failed.expect("a +50 ms canary is rolled back");
+            assert_eq!(metric, "p99", "copy: {copy}, seed {seed}");
+            assert!(at <= 20.0, "copy: {copy}, seed {seed}: failed after {at} s");
+        }
+    }
+}
+
+#[test]
+fn with_warm_up_a_canary_with_5_percent_errors_fails_for_errors_within_30_seconds() {
+    // Shop v3: 5% errors, no added latency; its warm-up is no reason to blame latency.
+    let bad = Version {
+        failure_rate: 0.05,
+        ..FAST
+    };
+    let mut times = Vec::new();
+    for seed in 60..80 {
+        let ended = rollout_with_warmup(seed, bad, FAST, true, 100);
+        let (metric, at) = ended.failed.expect("a 5%-error canary is rolled back");
+        assert_eq!(metric, "errors", "seed {seed}");
+        times.push(at);
+    }
+    times.sort_by(f64::total_cmp);
+    assert!(
+        times[times.len() / 2] <= 30.0,
+        "median time to rollback: {times:?}"
+    );
+}

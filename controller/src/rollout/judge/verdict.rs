@@ -49,6 +49,17 @@ pub enum Pending {
         /// The check's name.
         metric: String,
     },
+    /// A latency check waits for the fresh instances it compares (the canary, a baseline
+    /// copy) to finish warming up: each one's first `seconds` and `requests` are left out.
+    #[serde(rename_all = "camelCase")]
+    WarmingUp {
+        /// The check's name.
+        metric: String,
+        /// Seconds left out from each fresh instance's first request.
+        seconds: u64,
+        /// Requests left out at least.
+        requests: u64,
+    },
 }
 
 impl fmt::Display for Pending {
@@ -74,6 +85,15 @@ impl fmt::Display for Pending {
             Pending::LatencyOutOfRange { metric } => write!(
                 f,
                 "{metric}: the baseline's latency is beyond the histogram's highest bucket"
+            ),
+            Pending::WarmingUp {
+                metric,
+                seconds,
+                requests,
+            } => write!(
+                f,
+                "{metric}: warming up (latency leaves out each fresh instance's first {seconds} s \
+                 and {requests} requests)"
             ),
         }
     }
