@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice_proxy::{app, config::Config, init};
+use sluice_proxy::config::{Config, RuntimeShape};
+use sluice_proxy::{app, init};
 
 /// Exit code for bad configuration (BSD `EX_USAGE`... `EX_DATAERR` is 65; 64 is usage).
 const EXIT_CONFIG: u8 = 64;
@@ -51,10 +52,11 @@ fn run() -> ExitCode {
         }
     };
     app::init_tracing(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match config.runtime {
+        RuntimeShape::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        RuntimeShape::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sluice-proxy: cannot start runtime: {e}");
