@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use super::authz::Authz;
 use super::forward::Forward;
-use super::layers::{AccessLog, CheckPath, Errors, LoopDetect, Route, Routes, Sanitize, Timeout};
+use super::layers::{
+    AccessLog, CheckPath, Errors, HopMarkers, LoopDetect, Route, Routes, Sanitize, Timeout,
+};
 use super::observe::Observe;
 use super::{ProxyError, Svc};
 use crate::authz::Authorizer;
@@ -79,7 +81,7 @@ impl<S: Svc<ProxyError>> Stack<S> {
     pub fn push_sanitize(self, proxy_id: Arc<str>) -> Stack<Sanitize<S>> {
         Stack(Sanitize {
             inner: self.0,
-            proxy_id,
+            markers: HopMarkers::new(&proxy_id),
         })
     }
 
@@ -100,6 +102,7 @@ impl<S: Svc<ProxyError>> Stack<S> {
     pub fn push_loop_detect(self, proxy_id: Arc<str>) -> Stack<LoopDetect<S>> {
         Stack(LoopDetect {
             inner: self.0,
+            markers: HopMarkers::new(&proxy_id),
             proxy_id,
         })
     }
