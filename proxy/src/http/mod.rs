@@ -78,6 +78,9 @@ pub struct ConnCtx {
     /// The caller's verified mesh identity, when the connection arrived over mesh mTLS.
     /// `None` means unauthenticated (plaintext, or outbound).
     pub peer: Option<Arc<crate::identity::SpiffeId>>,
+    /// `peer` as the `sluice-client-id` value the application receives, made once per
+    /// connection rather than formatted for every request on it.
+    pub peer_header: Option<http::HeaderValue>,
 }
 
 /// What routing decided, for layers outside the route layer (metrics, access log).
