@@ -131,12 +131,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         config.connect_timeout,
         tls.clone().map(|tls| MeshOut { tls }),
     );
-    let inbound_labels = TrafficLabels {
+    let inbound_labels = Arc::new(TrafficLabels {
         dst_service: config.service.clone(),
         dst_version: config.service_version.clone(),
         route: "default".into(),
         ..TrafficLabels::default()
-    };
+    });
     let stack = |routes, authorizer| {
         BoxCloneSyncService::new(Stack::build(StackConfig {
             proxy_id: proxy_id.clone(),

@@ -76,7 +76,7 @@ pub struct Dispatch {
     /// Routing for outbound opaque TCP.
     pub router: Arc<Router>,
     /// Labels for inbound traffic (this workload as destination).
-    pub inbound_labels: TrafficLabels,
+    pub inbound_labels: Arc<TrafficLabels>,
     /// Metrics sink.
     pub metrics: Metrics,
     /// Detection timeout.

@@ -194,7 +194,7 @@ impl HopMarkers {
 #[derive(Clone, Debug)]
 pub enum Routes {
     /// To the local workload at the original destination, with these labels.
-    Inbound(TrafficLabels),
+    Inbound(Arc<TrafficLabels>),
     /// Through the routing table.
     Outbound(Arc<Router>),
 }

@@ -87,7 +87,7 @@ pub struct ConnCtx {
 #[derive(Clone, Debug)]
 pub struct RouteInfo {
     /// Labels for metrics and logs.
-    pub labels: TrafficLabels,
+    pub labels: Arc<TrafficLabels>,
     /// The endpoint chosen.
     pub target: SocketAddr,
 }

@@ -123,7 +123,7 @@ impl<S: Svc<Infallible>> Stack<S> {
     pub fn push_metrics(self, metrics: Metrics) -> Stack<Observe<S>> {
         Stack(Observe {
             inner: self.0,
-            metrics,
+            metrics: Arc::new(metrics),
         })
     }
 }
