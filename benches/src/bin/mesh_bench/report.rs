@@ -286,14 +286,19 @@ impl Report {
                 .map_or_else(|| "default (one per CPU)".to_owned(), |n| n.to_string()),
             p.sluice_log,
         );
-        let _ = writeln!(
-            out,
-            "Fixed rate: {} req/s for {}s after a {}s warm-up, {} keep-alive connections, \
-             open loop, latency from each request's intended send time (corrected for \
-             coordinated omission). Max throughput: closed loop, {} connections, {}s.\n",
-            p.rate, p.duration_s, p.warmup_s, p.connections, p.max_connections, p.max_duration_s
-        );
         if !self.paths.is_empty() {
+            let _ = writeln!(
+                out,
+                "Fixed rate: {} req/s for {}s after a {}s warm-up, {} keep-alive connections, \
+                 open loop, latency from each request's intended send time (corrected for \
+                 coordinated omission). Max throughput: closed loop, {} connections, {}s.\n",
+                p.rate,
+                p.duration_s,
+                p.warmup_s,
+                p.connections,
+                p.max_connections,
+                p.max_duration_s
+            );
             self.latency_table(&mut out);
             self.added_table(&mut out);
             self.throughput_table(&mut out);

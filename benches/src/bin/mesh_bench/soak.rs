@@ -246,7 +246,9 @@ set datafile separator ','
 set multiplot layout 2,1 title 'sluice mTLS pair soak: {rate} req/s, policy edit every 10 s, certificate rotation every 60 s'
 set xlabel 'seconds'
 set ylabel 'RSS (MB)'
+set xrange [0:{end:.0}]
 set yrange [0:*]
+set key right bottom
 set grid
 plot {plots}
 set ylabel 'p99 per 10 s window (ms)'
@@ -257,6 +259,7 @@ unset multiplot
         rate = report.rate,
         plots = plots.join(", "),
         lat = lat_csv.display(),
+        end = report.duration_s,
     );
     let script_path = dir.join("soak.gnuplot");
     if std::fs::write(&script_path, script).is_err() {
