@@ -21,6 +21,7 @@
 mod check;
 mod explain;
 pub mod identity;
+pub mod kubernetes;
 pub mod notify;
 pub mod portal;
 pub mod rollout;
@@ -29,6 +30,7 @@ pub mod server;
 pub mod status;
 pub mod store;
 pub mod up;
+pub mod web;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -82,6 +84,9 @@ pub enum Command {
     Up(up::UpArgs),
     /// Remove what a killed `sluice up` left behind (namespaces, veths, bridge, processes).
     Down(up::DownArgs),
+    /// Kubernetes: print or write the CustomResourceDefinitions of the six kinds.
+    #[command(subcommand)]
+    Kubernetes(KubernetesCommand),
     /// Progressive delivery: start, watch, pause, resume, promote and abort rollouts.
     ///
     /// Exits 0 when done (`watch`: promoted), 1 when the controller refused or a watched
@@ -104,6 +109,18 @@ pub enum PolicyCommand {
     Explain(ExplainArgs),
     /// Print the JSON Schema of policy files, for editors, or write one file per kind.
     Schema(SchemaArgs),
+}
+
+/// `sluice kubernetes …`.
+#[derive(Debug, Subcommand)]
+pub enum KubernetesCommand {
+    /// Print the CustomResourceDefinitions (YAML, `---` between them), or write one file per
+    /// kind into `--out` (what `deploy/crds/` and the Helm chart's `crds/` hold).
+    Crds {
+        /// Write `<kind>.yaml` per kind into this directory instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Arguments of `sluice policy check`.
@@ -324,7 +341,41 @@ fn execute(
             .map(|()| Outcome::Success)
             .map_err(Into::into),
         Command::Rollout(command) => rollout::cli::run(&command, terminal, out, err),
+        Command::Kubernetes(KubernetesCommand::Crds { out: dir }) => crds(dir.as_deref(), out),
     }
+}
+
+/// `sluice kubernetes crds`.
+fn crds(dir: Option<&std::path::Path>, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    use kubernetes::crd::{KindNames, crd, to_yaml};
+    let kinds = sluice_policy::resources::Kind::ALL;
+    match dir {
+        None => {
+            for (i, kind) in kinds.into_iter().enumerate() {
+                if i > 0 {
+                    writeln!(out, "---")?;
+                }
+                write!(out, "{}", to_yaml(&crd(kind)))?;
+            }
+        }
+        Some(dir) => {
+            let write = |path: PathBuf, text: String| {
+                std::fs::write(&path, text).map_err(|source| CliError::Write { path, source })
+            };
+            std::fs::create_dir_all(dir).map_err(|source| CliError::Write {
+                path: dir.to_owned(),
+                source,
+            })?;
+            for kind in kinds {
+                write(
+                    dir.join(KindNames::of(kind).file_name()),
+                    to_yaml(&crd(kind)),
+                )?;
+            }
+            writeln!(out, "wrote {} CRDs to {}", kinds.len(), dir.display())?;
+        }
+    }
+    Ok(Outcome::Success)
 }
 
 /// Minimal ANSI painting for the CLI's own lines; diagnostics use

@@ -1,8 +1,10 @@
 //! The controller's gRPC server (`sluice.mesh.v1.Mesh`) and the `sluice controller` command.
 //!
-//! `Register`, `ReportTraffic` and `ReportDenials` first authenticate the caller's bootstrap
-//! token (`auth`: `authorization: Bearer <token>` metadata) and hand the proven workload to
-//! the handler, which refuses requests for any other workload.
+//! The API is served over TLS 1.3 only (`tls`): the controller's certificate comes from the
+//! mesh CA, and a client may present its workload certificate. `Watch`, `Register`,
+//! `ReportTraffic` and `ReportDenials` need one (`auth::caller`) and hand the proven workload to
+//! the handler, which refuses requests for any other workload; `Certify` takes the certificate
+//! (renewal) or a bootstrap token (the first certificate).
 //!
 //! Each RPC lives in its own module (`certify`, `watch`, `register`, `report_denials`,
 //! `report_traffic`) as a
@@ -14,10 +16,8 @@
 //! `store` (crate root) persists runtime state, `admin` serves `GET /status`. The whole design
 //! is described in `docs/controller.md`.
 //!
-//! The listener is plaintext HTTP/2, meant for loopback. In Kubernetes it will get a server
-//! certificate from the same CA, and proxies will verify it against the CA certificate they are
-//! given at start; bootstrap tokens are bearer credentials and must not cross a network in
-//! the clear.
+//! Proxies verify the controller against the mesh CA certificate they are given at start
+//! (`SLUICE_PROXY_CONTROLLER_CA`); a plaintext client fails the handshake.
 
 pub mod admin;
 mod auth;
@@ -29,6 +29,8 @@ mod report_denials;
 mod report_traffic;
 pub mod rollout_api;
 pub mod state;
+pub mod tls;
+pub mod view;
 mod watch;
 
 use std::io::Write;
@@ -39,6 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
+use sluice_api::tls::PeerCertificates;
 use sluice_api::v1::mesh_server::{Mesh, MeshServer};
 use sluice_api::v1::{
     CertifyRequest, CertifyResponse, DenialReport, DenialReportAck, ProxyConfig, Registration,
@@ -50,7 +53,6 @@ use sluice_policy::validate::LoadError;
 use state::{ControlPlane, PolicySnapshot};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 pub use error::ApiError;
@@ -96,6 +98,11 @@ impl MeshService {
         }
     }
 
+    /// The certificate authority it issues with.
+    pub fn certifier(&self) -> &Arc<Certifier> {
+        &self.certifier
+    }
+
     /// The tonic service, with the request size bound applied.
     pub fn into_server(self) -> MeshServer<MeshService> {
         MeshServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
@@ -112,14 +119,21 @@ impl Mesh for MeshService {
         &self,
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
-        let peer = request.remote_addr();
+        let certs = peer_certificates(&request);
+        let peer = certs.as_ref().and_then(|c| c.remote_addr);
         let request = request.into_inner();
         let (namespace, service) = request
             .workload
             .as_ref()
             .map(|w| (w.namespace.clone(), w.service.clone()))
             .unwrap_or_default();
-        let result = certify::certify(&self.certifier, &*self.authenticator, request).await;
+        let result = certify::certify(
+            &self.certifier,
+            &*self.authenticator,
+            certs.as_ref(),
+            request,
+        )
+        .await;
         match &result {
             Ok(response) => tracing::info!(
                 peer = ?peer,
@@ -143,8 +157,11 @@ impl Mesh for MeshService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let peer = request.remote_addr();
-        match watch::watch(&self.plane, request.into_inner(), peer) {
+        let certs = peer_certificates(&request);
+        let peer = certs.as_ref().and_then(|c| c.remote_addr);
+        let result = auth::caller(certs.as_ref(), self.certifier.trust_domain())
+            .and_then(|caller| watch::watch(&self.plane, &caller, request.into_inner(), peer));
+        match result {
             Ok(stream) => Ok(Response::new(Box::pin(stream))),
             Err(e) => {
                 tracing::warn!(peer = ?peer, error = %e, "Watch refused");
@@ -157,10 +174,11 @@ impl Mesh for MeshService {
         &self,
         request: Request<Registration>,
     ) -> Result<Response<RegistrationAck>, Status> {
-        let peer = request.remote_addr();
+        let certs = peer_certificates(&request);
+        let peer = certs.as_ref().and_then(|c| c.remote_addr);
         let workload = request.get_ref().workload.clone().unwrap_or_default();
         let address = request.get_ref().address.clone();
-        let result = match auth::caller(&*self.authenticator, request.metadata()).await {
+        let result = match auth::caller(certs.as_ref(), self.certifier.trust_domain()) {
             Ok(caller) => register::register(&self.plane, &caller, request.into_inner()).await,
             Err(e) => Err(e),
         };
@@ -186,8 +204,9 @@ impl Mesh for MeshService {
         &self,
         request: Request<DenialReport>,
     ) -> Result<Response<DenialReportAck>, Status> {
-        let peer = request.remote_addr();
-        let result = match auth::caller(&*self.authenticator, request.metadata()).await {
+        let certs = peer_certificates(&request);
+        let peer = certs.as_ref().and_then(|c| c.remote_addr);
+        let result = match auth::caller(certs.as_ref(), self.certifier.trust_domain()) {
             Ok(caller) => {
                 report_denials::report_denials(&self.plane, &caller, request.into_inner()).await
             }
@@ -207,8 +226,9 @@ impl Mesh for MeshService {
         &self,
         request: Request<TrafficReport>,
     ) -> Result<Response<TrafficReportAck>, Status> {
-        let peer = request.remote_addr();
-        let result = match auth::caller(&*self.authenticator, request.metadata()).await {
+        let certs = peer_certificates(&request);
+        let peer = certs.as_ref().and_then(|c| c.remote_addr);
+        let result = match auth::caller(certs.as_ref(), self.certifier.trust_domain()) {
             Ok(caller) => {
                 report_traffic::report_traffic(&self.plane, &caller, request.into_inner())
             }
@@ -219,6 +239,11 @@ impl Mesh for MeshService {
         }
         result.map(Response::new).map_err(Status::from)
     }
+}
+
+/// The connection's address and verified client certificate (`sluice_api::tls::incoming`).
+fn peer_certificates<T>(request: &Request<T>) -> Option<PeerCertificates> {
+    request.extensions().get::<PeerCertificates>().cloned()
 }
 
 /// Arguments of `sluice controller`.
@@ -255,7 +280,7 @@ pub struct ControllerArgs {
     /// Where services are dialled: JSON `{"services": [{"namespace", "service",
     /// "addresses": ["ip:port", ...]}]}` (the shape of the proxy's endpoints file; instances
     /// are not listed, they register themselves). `sluice up` writes it; in Kubernetes the
-    /// Services' cluster IPs will take its place. Read at start.
+    /// Services' cluster IPs take its place (`--kubernetes`). Read at start.
     #[arg(long, value_name = "FILE")]
     pub service_addresses: Option<PathBuf>,
     /// The base URL of the rollout pages and charts in notifications. Default: the admin
@@ -266,12 +291,20 @@ pub struct ControllerArgs {
     /// a rollback message quotes the canary's last lines from there.
     #[arg(long, value_name = "DIR")]
     pub workload_logs: Option<PathBuf>,
+    /// The runtime starts a fresh copy of the stable version beside each canary (with the
+    /// role `baseline`), so canaries can be judged against a like-for-like baseline (a
+    /// CanaryPolicy's `analysis.baseline: copy`). `sluice up` does and sets this.
+    #[arg(long)]
+    pub baseline_copies: bool,
     /// Once listening, write the bound address (`127.0.0.1:7071`) and a newline to this file.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
     /// The portal's flags (boxed: they would make every `Command` as large as this one).
     #[command(flatten)]
     pub portal: Box<PortalArgs>,
+    /// The Kubernetes backend's flags (`--kubernetes`, …).
+    #[command(flatten)]
+    pub kubernetes: Box<crate::kubernetes::KubernetesArgs>,
 }
 
 /// The portal's flags of `sluice controller`.
@@ -288,7 +321,8 @@ pub struct PortalArgs {
     /// Dev mode: every other portal request is this user. Only on a loopback `--portal`.
     #[arg(long, value_name = "NAME")]
     pub portal_dev_user: Option<String>,
-    /// The portal's base URL in notifications. Default: `http://` and the portal's address.
+    /// The portal's base URL in notifications; its host is the only name the portal answers to
+    /// (plus loopback names in dev mode). Default: `http://` and the portal's address.
     #[arg(long, value_name = "URL")]
     pub portal_url: Option<String>,
 }
@@ -317,6 +351,9 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// TLS could not be set up (the serving certificate, the roots).
+    #[error("cannot serve TLS: {0}")]
+    Tls(String),
     /// The server failed while running.
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -334,6 +371,12 @@ pub enum ServeError {
     /// The portal's flags do not say how to identify users safely.
     #[error(transparent)]
     Portal(#[from] crate::portal::server::PortalConfigError),
+    /// The cluster could not be read, or the webhook not served.
+    #[error(transparent)]
+    Kubernetes(#[from] crate::kubernetes::KubernetesError),
+    /// `--public-url` names no host for the admin API to answer to.
+    #[error("--public-url: {0}")]
+    PublicUrl(#[from] crate::web::host::BadBaseUrl),
 }
 
 /// `sluice controller`.
@@ -349,9 +392,28 @@ pub(crate) fn run(
     if let Some(addr) = args.portal.portal {
         crate::portal::server::check_config(addr, &portal_auth(args)).map_err(ServeError::from)?;
     }
-    let (policy, applied) = match &args.policy {
-        Some(dir) => initial_policy(dir, err)?,
-        None => (PolicySnapshot::new(PolicySet::default()), 0),
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| setup("start the async runtime", source))?;
+    // In Kubernetes the cluster is listed before anything is served, so the first policy
+    // proxies get is the cluster's, rebuilt from the API server at every start.
+    let mut cluster = if args.kubernetes.kubernetes {
+        Some(
+            runtime
+                .block_on(crate::kubernetes::start(&args.kubernetes))
+                .map_err(ServeError::from)?,
+        )
+    } else {
+        None
+    };
+    let (policy, applied) = match (&args.policy, &mut cluster) {
+        (Some(dir), _) => initial_policy(dir, err)?,
+        (None, Some(c)) => (
+            std::mem::replace(&mut c.policy, PolicySnapshot::new(PolicySet::default())),
+            0,
+        ),
+        (None, None) => (PolicySnapshot::new(PolicySet::default()), 0),
     };
     let trust_domain =
         TrustDomain::new(&policy.set.mesh.trust_domain).map_err(IdentityError::from)?;
@@ -363,8 +425,14 @@ pub(crate) fn run(
             ca
         }
         _ => {
-            let (ca, origin) =
-                MeshCa::load_or_create(&args.state_dir, now).map_err(IdentityError::from)?;
+            let (ca, origin) = match (&cluster, &args.kubernetes.ca_secret) {
+                (Some(c), Some(secret)) => runtime
+                    .block_on(crate::kubernetes::secret::load_or_create(
+                        &c.client, secret, now,
+                    ))
+                    .map_err(|e| ServeError::from(crate::kubernetes::KubernetesError::from(e)))?,
+                _ => MeshCa::load_or_create(&args.state_dir, now).map_err(IdentityError::from)?,
+            };
             let verb = match origin {
                 CaOrigin::Generated => "created a new mesh CA",
                 CaOrigin::Loaded => "loaded the mesh CA",
@@ -408,12 +476,20 @@ pub(crate) fn run(
         policy_watch::spawn(dir.clone(), applied, Arc::clone(&plane))
             .map_err(|source| setup("start the policy watcher", source))?;
     }
+    if let Some(started) = cluster {
+        let webhook = runtime
+            .block_on(crate::kubernetes::spawn(
+                &args.kubernetes,
+                started,
+                Arc::clone(&plane),
+                certifier.ca(),
+            ))
+            .map_err(ServeError::from)?;
+        if let Some(addr) = webhook {
+            writeln!(out, "sluice controller webhook on {addr}")?;
+        }
+    }
     let service = MeshService::new(certifier, Arc::new(tokens), Arc::clone(&plane));
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| setup("start the async runtime", source))?;
     runtime.block_on(serve(args, service, plane, out))?;
     Ok(Outcome::Success)
 }
@@ -477,12 +553,16 @@ async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|source| setup("read the bound address", source))?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(
-            %addr,
-            "serving plaintext gRPC on a non-loopback address: bootstrap tokens can be read on the network"
-        );
-    }
+    // TLS: the controller's own certificate from the mesh CA, renewed in memory; client
+    // certificates verified against the same CA.
+    let certifier = Arc::clone(service.certifier());
+    let serving =
+        tls::ServingCert::issue(&certifier).map_err(|e| ServeError::Tls(e.to_string()))?;
+    let roots = sluice_api::tls::roots_from_der(&certifier.trust_roots_der())
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let tls_config = sluice_api::tls::server_config(roots, serving.clone())
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let renew = tokio::spawn(serving.renew_forever(Arc::clone(&certifier)));
     let admin = TcpListener::bind(args.admin)
         .await
         .map_err(|source| ServeError::Bind {
@@ -512,6 +592,7 @@ async fn serve(
                 .unwrap_or_else(|| format!("http://{admin_addr}")),
             workload_logs: args.workload_logs.clone(),
             delivery: Some(crate::notify::DeliveryConfig::default()),
+            baseline_copies: args.baseline_copies,
         },
     )
     .map_err(|e| {
@@ -526,13 +607,33 @@ async fn serve(
         Some(addr) => Some(start_portal(args, addr, &portal_file, &plane, &engine).await?),
         None => None,
     };
-    let admin_task = tokio::spawn(admin::serve(admin, Arc::clone(&plane), Some(engine)));
+    // The admin API answers to IP addresses, loopback names and `--public-url`'s host.
+    let admin_hosts = match &args.public_url {
+        Some(url) => {
+            crate::web::host::AllowedHosts::from_base_url(url).map_err(ServeError::from)?
+        }
+        None => crate::web::host::AllowedHosts::default(),
+    }
+    .and_loopback()
+    .and_ip_literals();
+    let admin_state = admin::AdminState {
+        plane: Arc::clone(&plane),
+        engine: Some(engine),
+    };
+    let admin_task = tokio::spawn(crate::web::serve(
+        admin,
+        admin::router(admin_state, admin_hosts),
+    ));
     let reaper = tokio::spawn(reap_forever(Arc::clone(&plane), args.registration_grace));
     tracing::info!(addr = %admin_addr, "serving the admin endpoint (GET /status)");
     if let Some(file) = &args.ready_file {
         write_ready_file(file, addr)?;
     }
-    tracing::info!(%addr, "serving sluice.mesh.v1.Mesh");
+    tracing::info!(
+        %addr,
+        identity = sluice_api::tls::controller_spiffe_id(certifier.trust_domain().as_str()),
+        "serving sluice.mesh.v1.Mesh over TLS"
+    );
     writeln!(out, "sluice controller listening on {addr}")?;
     out.flush()?;
 
@@ -541,7 +642,7 @@ async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(sluice_api::tls::incoming(listener, tls_config), async {
             let _ = stopped.await;
         });
     tokio::pin!(server);
@@ -566,6 +667,7 @@ async fn serve(
     }
     engine_task.abort();
     reaper.abort();
+    renew.abort();
     let _ = std::fs::remove_file(&admin_file);
     if let Some(file) = &args.ready_file {
         let _ = std::fs::remove_file(file);
@@ -618,6 +720,13 @@ async fn start_portal(
             std::io::Error::other(e.to_string()),
         )
     })?;
+    let public_url = args
+        .portal
+        .portal_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"));
+    let auth = portal_auth(args);
+    let hosts = crate::portal::server::allowed_hosts(&public_url, &auth)?;
     let server = PortalServer {
         portal: Portal {
             plane: Arc::clone(plane),
@@ -625,17 +734,14 @@ async fn start_portal(
         },
         access: AccessState {
             policy_dir: args.policy.clone(),
-            public_url: args
-                .portal
-                .portal_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{bound}")),
+            public_url,
             notifier: Some(notifier),
             csrf,
             lock: tokio::sync::Mutex::new(()),
             dev_mode: args.portal.portal_dev_user.is_some(),
         },
-        auth: portal_auth(args),
+        auth,
+        hosts,
     };
     tracing::info!(
         addr = %bound,
@@ -643,9 +749,9 @@ async fn start_portal(
         trusted_proxies = ?args.portal.portal_trusted_proxy,
         "serving the portal"
     );
-    Ok(tokio::spawn(crate::portal::server::serve(
+    Ok(tokio::spawn(crate::web::serve(
         listener,
-        Arc::new(server),
+        crate::portal::server::router(Arc::new(server)),
     )))
 }
 
@@ -711,9 +817,9 @@ fn write_ready_file(file: &Path, addr: SocketAddr) -> Result<(), ServeError> {
 /// (where the watcher starts from). Problems are printed like `sluice policy check` prints
 /// them, and the controller does not start.
 fn initial_policy(dir: &Path, err: &mut dyn Write) -> Result<(PolicySnapshot, u64), CliError> {
-    let files = sluice_policy::load::read_sources(dir)?;
-    let applied = policy_watch::hash_sources(&files);
-    let set = match PolicySet::from_sources(&files) {
+    let read = sluice_policy::load::read_policy_dir(dir);
+    let applied = policy_watch::hash_read(&read);
+    let set = match PolicySet::from_read(read?) {
         Ok(set) => set,
         Err(LoadError::Read(e)) => return Err(e.into()),
         Err(LoadError::Invalid {
@@ -726,6 +832,13 @@ fn initial_policy(dir: &Path, err: &mut dyn Write) -> Result<(PolicySnapshot, u6
             return Err(CliError::PolicyInvalid);
         }
     };
+    for w in set
+        .warnings
+        .iter()
+        .filter(|w| w.code == "not-a-regular-file")
+    {
+        tracing::warn!(policy = %dir.display(), "{w}");
+    }
     let policy = PolicySnapshot::new(set);
     tracing::info!(policy = %dir.display(), version = policy.version, "policy is valid; watching it for changes");
     Ok((policy, applied))

@@ -26,7 +26,7 @@ pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything `sluice status` shows.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusReport {
     /// The controller process; absent when it is not running (read from the store).
     pub controller: Option<ControllerInfo>,
@@ -46,7 +46,7 @@ pub struct StatusReport {
 }
 
 /// One rollout, as `sluice status` lists it (`sluice rollout status` has the details).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RolloutLine {
     /// Its id.
     pub id: String,
@@ -97,7 +97,7 @@ fn line(r: &crate::rollout::model::Rollout) -> RolloutLine {
 }
 
 /// The controller process.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ControllerInfo {
     /// The gRPC API address.
     pub grpc: String,
@@ -116,7 +116,7 @@ pub struct ControllerInfo {
 }
 
 /// The published configuration.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SnapshotInfo {
     /// The policy version (content hash of the bundle).
     pub version: String,
@@ -131,7 +131,7 @@ pub struct SnapshotInfo {
 }
 
 /// One connected proxy (one open `Watch` stream).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProxyInfo {
     /// As the proxy named itself.
     pub proxy_id: String,
@@ -156,7 +156,7 @@ pub struct ProxyInfo {
 }
 
 /// One registration.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegistrationInfo {
     /// The registration.
     #[serde(flatten)]
@@ -169,7 +169,7 @@ pub struct RegistrationInfo {
 }
 
 /// The latest refused policy change.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConfigErrorInfo {
     /// When, Unix ms.
     pub at_unix_ms: i64,
@@ -194,7 +194,7 @@ impl ConfigErrorInfo {
 }
 
 /// Denials.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DenialsInfo {
     /// Distinct denials stored.
     pub distinct: i64,
@@ -207,7 +207,7 @@ pub struct DenialsInfo {
 }
 
 /// One aggregated denial.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DenialInfo {
     /// `namespace/caller` or `unauthenticated`.
     pub caller: String,
@@ -329,7 +329,7 @@ pub(crate) fn run(args: &StatusArgs, out: &mut dyn Write) -> Result<Outcome, Cli
 
 /// `GET /status` from the admin endpoint.
 pub fn fetch(addr: &str) -> Result<StatusReport, StatusError> {
-    let response = request(addr, "GET", "/status", None)?;
+    let response = request(addr, "GET", crate::server::admin::paths::STATUS, None)?;
     if response.status != 200 {
         return Err(StatusError::Unreachable {
             addr: addr.to_owned(),
@@ -661,6 +661,8 @@ mod tests {
             decision: format!("{phase}"),
             evidence: Vec::new(),
             failed_check: None,
+            failed_checks: Vec::new(),
+            baseline: Default::default(),
             canary_requests: 0,
             baseline_requests: 0,
         }

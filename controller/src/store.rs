@@ -118,6 +118,9 @@ pub const MIGRATIONS: &[&str] = &[
         action     TEXT NOT NULL,
         detail     TEXT NOT NULL
     );",
+    // 4: an instance's role (empty, or `baseline` for a rollout's fresh copy of the stable
+    // version).
+    "ALTER TABLE registrations ADD COLUMN role TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Why the store failed.
@@ -150,7 +153,7 @@ pub enum StoreError {
 }
 
 /// One workload instance's registration.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegistrationRow {
     /// Its namespace.
     pub namespace: String,
@@ -162,6 +165,9 @@ pub struct RegistrationRow {
     pub version: String,
     /// `stable` or an ephemeral environment.
     pub environment: String,
+    /// Empty, or `baseline` for a rollout's fresh copy of the stable version.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
     /// `ip:port` it is reachable at.
     pub address: String,
     /// When it (last) registered.
@@ -352,11 +358,13 @@ impl Store {
         self.with(|c| {
             c.execute(
                 "INSERT INTO registrations
-                   (namespace, service, instance, version, environment, address, registered_unix_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                   (namespace, service, instance, version, environment, address, registered_unix_ms,
+                    role)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (namespace, service, instance) DO UPDATE SET
                    version = excluded.version, environment = excluded.environment,
-                   address = excluded.address, registered_unix_ms = excluded.registered_unix_ms",
+                   address = excluded.address, registered_unix_ms = excluded.registered_unix_ms,
+                   role = excluded.role",
                 params![
                     r.namespace,
                     r.service,
@@ -364,7 +372,8 @@ impl Store {
                     r.version,
                     r.environment,
                     r.address,
-                    r.registered_unix_ms
+                    r.registered_unix_ms,
+                    r.role
                 ],
             )
             .map(drop)
@@ -392,7 +401,7 @@ impl Store {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT namespace, service, instance, version, environment, address,
-                        registered_unix_ms
+                        registered_unix_ms, role
                  FROM registrations ORDER BY namespace, service, instance",
             )?;
             let rows = stmt.query_map([], |row| {
@@ -404,6 +413,7 @@ impl Store {
                     environment: row.get(4)?,
                     address: row.get(5)?,
                     registered_unix_ms: row.get(6)?,
+                    role: row.get(7)?,
                 })
             })?;
             rows.collect()
@@ -625,6 +635,7 @@ mod tests {
             instance: "payments-0".into(),
             version: "v1".into(),
             environment: "stable".into(),
+            role: "baseline".into(),
             address: "127.0.0.1:9000".into(),
             registered_unix_ms: 5,
         };
@@ -644,6 +655,7 @@ mod tests {
             "the same instance registering again replaces"
         );
         assert_eq!(rows[0].address, "127.0.0.1:9001");
+        assert_eq!(rows[0].role, "baseline", "the role is kept");
         store.delete_registration("shop", "payments", "payments-0")?;
         assert!(store.registrations()?.is_empty());
         Ok(())

@@ -2,11 +2,8 @@
 //! clients as proxies, real policy edits on disk, `sluice status` as an operator runs it, and
 //! a SIGKILL in the middle.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use sluice_api::v1::mesh_client::MeshClient;
 use sluice_api::v1::{
     Denial, DenialReport, LatencyBucket, ProxyConfig, Registration, TrafficReport, WatchRequest,
@@ -16,98 +13,7 @@ use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
 mod common;
-use common::{Controller, bearer, repo_root, token};
-
-/// How long a test waits for something that normally takes a fraction of a second. Speed is
-/// measured in `benches/` (the propagation benchmark), never asserted here.
-const PATIENCE: Duration = Duration::from_secs(10);
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create the policy copy");
-    for entry in std::fs::read_dir(from).expect("read the example policy") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy a policy file");
-        }
-    }
-}
-
-/// A state directory and a copy of the shop's policy.
-struct Fixture {
-    _dir: tempfile::TempDir,
-    state: PathBuf,
-    policy: PathBuf,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("state");
-        let policy = dir.path().join("policy");
-        copy_dir(&repo_root().join("examples/shop/policy"), &policy);
-        Fixture {
-            _dir: dir,
-            state,
-            policy,
-        }
-    }
-
-    fn access(&self) -> PathBuf {
-        self.policy.join("payments/access.yaml")
-    }
-
-    fn edit(&self, file: &Path, from: &str, to: &str) {
-        let text = std::fs::read_to_string(file).expect("read the policy file");
-        assert!(text.contains(from), "{} has no {from:?}", file.display());
-        // Written in place, as many editors do.
-        std::fs::write(file, text.replacen(from, to, 1)).expect("write the policy file");
-    }
-
-    fn start(&self) -> Controller {
-        std::fs::create_dir_all(&self.state).expect("state dir");
-        let policy = self.policy.to_str().expect("a UTF-8 temp path");
-        Controller::start(&self.state, &["--policy", policy, "--admin", "127.0.0.1:0"])
-    }
-
-    /// `sluice status --state-dir STATE [--format json]`: exit status and stdout.
-    fn status(&self, json: bool) -> (i32, String) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        cmd.arg("status").arg("--state-dir").arg(&self.state);
-        if json {
-            cmd.args(["--format", "json"]);
-        }
-        let out = cmd.output().expect("run sluice status");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
-
-    fn status_json(&self) -> Value {
-        let (code, out) = self.status(true);
-        assert_eq!(code, 0, "sluice status: {out}");
-        serde_json::from_str(&out).expect("status is JSON")
-    }
-
-    /// Polls `sluice status` until `check` holds.
-    async fn wait_status(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let status = self.status_json();
-            if check(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gave up waiting for {what}; status: {status:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
+use common::{Fixture, PATIENCE, token};
 
 fn workload(service: &str, instance: &str) -> Workload {
     Workload {
@@ -116,6 +22,7 @@ fn workload(service: &str, instance: &str) -> Workload {
         version: "v1".to_owned(),
         environment: "stable".to_owned(),
         instance: instance.to_owned(),
+        role: String::new(),
     }
 }
 
@@ -171,15 +78,24 @@ fn endpoints(config: &ProxyConfig, service: &str) -> Vec<String> {
 async fn policy_edits_reach_every_watcher_and_bad_edits_are_refused() {
     let fx = Fixture::new();
     let controller = fx.start();
-    let mut a = watch(&mut controller.client().await, "checkout", "checkout-0").await;
-    let mut b = watch(&mut controller.client().await, "payments", "payments-0").await;
+    let mut a = watch(
+        &mut controller.client_as("checkout").await,
+        "checkout",
+        "checkout-0",
+    )
+    .await;
+    let mut b = watch(
+        &mut controller.client_as("payments").await,
+        "payments",
+        "payments-0",
+    )
+    .await;
 
-    // The snapshot at once, the same for both, and loadable by a proxy.
+    // The snapshot at once, the same version for both, and loadable by a proxy (each gets its
+    // workload's share of the policy; the version is the mesh's).
     let first = next(&mut a).await;
     assert_eq!(next(&mut b).await.version, first.version);
-    let shipped = sluice_policy::PolicySet::from_str("bundle", &first.policy_bundle)
-        .expect("the bundle loads");
-    assert_eq!(shipped.compile().version(), first.version);
+    sluice_policy::PolicySet::from_str("bundle", &first.policy_bundle).expect("the bundle loads");
 
     // Grant checkout the lookup: both watchers get the new version.
     let edited = Instant::now();
@@ -191,8 +107,9 @@ async fn policy_edits_reach_every_watcher_and_bad_edits_are_refused() {
     let second = next(&mut a).await;
     let took = edited.elapsed();
     assert_ne!(second.version, first.version);
-    assert_eq!(next(&mut b).await.version, second.version);
-    assert!(second.policy_bundle.contains("GET /v1/charges/{id}"));
+    let payments = next(&mut b).await;
+    assert_eq!(payments.version, second.version);
+    assert!(payments.policy_bundle.contains("GET /v1/charges/{id}"));
     eprintln!("a policy edit reached the watchers in {took:?}");
 
     // A typo is refused: no new version, the error (with file:line:col) in `sluice status`.
@@ -246,22 +163,28 @@ async fn policy_edits_reach_every_watcher_and_bad_edits_are_refused() {
 async fn registrations_and_denials_survive_a_killed_controller() {
     let fx = Fixture::new();
     let mut controller = fx.start();
-    let mut client = controller.client().await;
-    let mut checkout = watch(&mut controller.client().await, "checkout", "checkout-0").await;
-    let mut payments = watch(&mut controller.client().await, "payments", "payments-0").await;
+    let mut client = controller.client_as("payments").await;
+    let mut checkout = watch(
+        &mut controller.client_as("checkout").await,
+        "checkout",
+        "checkout-0",
+    )
+    .await;
+    let mut payments = watch(
+        &mut controller.client_as("payments").await,
+        "payments",
+        "payments-0",
+    )
+    .await;
     let version = next(&mut checkout).await.version;
     next(&mut payments).await;
 
     // Register → every watcher's next config has the endpoint.
-    let payments_token = token(&fx.state, "payments");
     client
-        .register(bearer(
-            Registration {
-                workload: Some(workload("payments", "payments-0")),
-                address: "127.0.0.1:18080".to_owned(),
-            },
-            &payments_token,
-        ))
+        .register(Registration {
+            workload: Some(workload("payments", "payments-0")),
+            address: "127.0.0.1:18080".to_owned(),
+        })
         .await
         .expect("Register");
     for stream in [&mut checkout, &mut payments] {
@@ -273,13 +196,10 @@ async fn registrations_and_denials_survive_a_killed_controller() {
         assert_eq!(endpoints(&config, "payments"), ["127.0.0.1:18080"]);
     }
     let bad = client
-        .register(bearer(
-            Registration {
-                workload: Some(workload("payments", "payments-1")),
-                address: "nowhere".to_owned(),
-            },
-            &payments_token,
-        ))
+        .register(Registration {
+            workload: Some(workload("payments", "payments-1")),
+            address: "nowhere".to_owned(),
+        })
         .await
         .expect_err("not an address");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
@@ -302,14 +222,11 @@ async fn registrations_and_denials_survive_a_killed_controller() {
     for _ in 0..2 {
         // Reported by payments' proxy: the callee reports the denials it made.
         client
-            .report_denials(bearer(
-                DenialReport {
-                    proxy_id: "payments-0-proxy".to_owned(),
-                    denials: vec![denial.clone()],
-                    dropped: 1,
-                },
-                &payments_token,
-            ))
+            .report_denials(DenialReport {
+                proxy_id: "payments-0-proxy".to_owned(),
+                denials: vec![denial.clone()],
+                dropped: 1,
+            })
             .await
             .expect("ReportDenials");
     }
@@ -333,7 +250,12 @@ async fn registrations_and_denials_survive_a_killed_controller() {
     // Restarted on the same state: the registration is back and a reconnecting proxy gets the
     // current version with it, at once.
     let controller = fx.start();
-    let mut checkout = watch(&mut controller.client().await, "checkout", "checkout-0").await;
+    let mut checkout = watch(
+        &mut controller.client_as("checkout").await,
+        "checkout",
+        "checkout-0",
+    )
+    .await;
     let config = next(&mut checkout).await;
     assert_eq!(config.version, version);
     assert_eq!(endpoints(&config, "payments"), ["127.0.0.1:18080"]);
@@ -342,15 +264,16 @@ async fn registrations_and_denials_survive_a_killed_controller() {
     assert_eq!(status["registrations"][0]["instance"], "payments-0");
 }
 
-/// `Register`, `ReportTraffic` and `ReportDenials`: no token is UNAUTHENTICATED, another
-/// workload's token is PERMISSION_DENIED naming both, the workload's own token is accepted.
+/// `Watch`, `Register`, `ReportTraffic` and `ReportDenials`: no certificate is
+/// UNAUTHENTICATED, another workload's certificate is PERMISSION_DENIED naming both, the
+/// workload's own certificate is accepted. A bootstrap token is no substitute.
 #[tokio::test]
-async fn register_and_reports_need_the_workloads_own_token() {
+async fn every_call_needs_the_workloads_own_certificate() {
     let fx = Fixture::new();
     let controller = fx.start();
-    let mut client = controller.client().await;
-    let payments = token(&fx.state, "payments");
-    let checkout = token(&fx.state, "checkout");
+    let mut anonymous = controller.client().await;
+    let mut checkout = controller.client_as("checkout").await;
+    let mut payments = controller.client_as("payments").await;
 
     let registration = Registration {
         workload: Some(workload("payments", "payments-0")),
@@ -382,62 +305,77 @@ async fn register_and_reports_need_the_workloads_own_token() {
         }],
         dropped: 0,
     };
+    let watch_payments = WatchRequest {
+        workload: Some(workload("payments", "payments-0")),
+        proxy_id: "payments-0-proxy".to_owned(),
+        have_version: String::new(),
+    };
 
-    // No token: UNAUTHENTICATED, saying what to send.
+    // No certificate (even with the workload's bootstrap token as a header): UNAUTHENTICATED,
+    // saying what is needed.
+    let mut with_token = tonic::Request::new(registration.clone());
+    with_token.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(&fx.state, "payments"))
+            .parse()
+            .expect("ascii"),
+    );
     let errors = [
-        client
+        anonymous
+            .watch(watch_payments.clone())
+            .await
+            .expect_err("Watch without a certificate"),
+        anonymous
             .register(registration.clone())
             .await
-            .expect_err("Register without a token"),
-        client
+            .expect_err("Register without a certificate"),
+        anonymous
+            .register(with_token)
+            .await
+            .expect_err("Register with a token instead"),
+        anonymous
             .report_traffic(traffic.clone())
             .await
-            .expect_err("ReportTraffic without a token"),
-        client
+            .expect_err("ReportTraffic without a certificate"),
+        anonymous
             .report_denials(denials.clone())
             .await
-            .expect_err("ReportDenials without a token"),
+            .expect_err("ReportDenials without a certificate"),
     ];
     for e in errors {
         assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
         assert!(
-            e.message().contains("authorization: Bearer"),
+            e.message()
+                .contains("needs the workload's mesh certificate"),
             "{}",
             e.message()
         );
     }
 
-    // A token that is not one: UNAUTHENTICATED with the authenticator's reason.
-    let forged = client
-        .register(bearer(registration.clone(), "e30.AAAA"))
-        .await
-        .expect_err("a forged token");
-    assert_eq!(forged.code(), tonic::Code::Unauthenticated);
-    assert!(
-        forged.message().contains("bootstrap token"),
-        "{}",
-        forged.message()
-    );
-
-    // Checkout's token for payments: PERMISSION_DENIED naming both.
+    // Checkout's certificate for payments: PERMISSION_DENIED naming both.
     let errors = [
-        client
-            .register(bearer(registration.clone(), &checkout))
+        checkout
+            .watch(watch_payments.clone())
             .await
-            .expect_err("Register with checkout's token"),
-        client
-            .report_traffic(bearer(traffic.clone(), &checkout))
+            .expect_err("Watch as payments with checkout's certificate"),
+        checkout
+            .register(registration.clone())
             .await
-            .expect_err("ReportTraffic with checkout's token"),
-        client
-            .report_denials(bearer(denials.clone(), &checkout))
+            .expect_err("Register with checkout's certificate"),
+        checkout
+            .report_traffic(traffic.clone())
             .await
-            .expect_err("ReportDenials with checkout's token"),
+            .expect_err("ReportTraffic with checkout's certificate"),
+        checkout
+            .report_denials(denials.clone())
+            .await
+            .expect_err("ReportDenials with checkout's certificate"),
     ];
     for e in errors {
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
         assert!(
-            e.message().contains("the token proves default/checkout"),
+            e.message()
+                .contains("the client certificate proves default/checkout"),
             "{}",
             e.message()
         );
@@ -450,23 +388,106 @@ async fn register_and_reports_need_the_workloads_own_token() {
         "{status:#}"
     );
     assert_eq!(status["denials"]["total"], 0, "{status:#}");
+    assert_eq!(status["proxies"].as_array().map(Vec::len), Some(0));
 
-    // Payments' own token: accepted.
-    client
-        .register(bearer(registration, &payments))
+    // Payments' own certificate: accepted.
+    let mut stream = payments
+        .watch(watch_payments)
         .await
-        .expect("Register with payments' token");
-    client
-        .report_traffic(bearer(traffic, &payments))
+        .expect("Watch with payments' certificate")
+        .into_inner();
+    next(&mut stream).await;
+    payments
+        .register(registration)
         .await
-        .expect("ReportTraffic with payments' token");
-    client
-        .report_denials(bearer(denials, &payments))
+        .expect("Register with payments' certificate");
+    payments
+        .report_traffic(traffic)
         .await
-        .expect("ReportDenials with payments' token");
+        .expect("ReportTraffic with payments' certificate");
+    payments
+        .report_denials(denials)
+        .await
+        .expect("ReportDenials with payments' certificate");
     let status = fx.status_json();
     assert_eq!(status["registrations"][0]["instance"], "payments-0");
     assert_eq!(status["denials"]["total"], 1);
+}
+
+/// A client that does not speak TLS gets nothing: the handshake fails and the connection is
+/// closed.
+#[tokio::test]
+async fn a_plaintext_client_is_refused() {
+    let fx = Fixture::new();
+    let controller = fx.start();
+    let plain = Endpoint::from_shared(format!("http://{}", controller.addr))
+        .expect("endpoint")
+        .connect_timeout(PATIENCE)
+        .timeout(PATIENCE);
+    let result = match plain.connect().await {
+        Err(e) => Err(e.to_string()),
+        Ok(channel) => MeshClient::new(channel)
+            .watch(WatchRequest {
+                workload: Some(workload("checkout", "checkout-0")),
+                proxy_id: "plain".to_owned(),
+                have_version: String::new(),
+            })
+            .await
+            .map(drop)
+            .map_err(|s| s.to_string()),
+    };
+    assert!(result.is_err(), "a plaintext Watch was served");
+    assert_eq!(
+        fx.status_json()["proxies"].as_array().map(Vec::len),
+        Some(0)
+    );
+}
+
+/// Each proxy is sent only its workload's share of the policy: checkout's stream has its own
+/// AccessPolicy and what routing its calls needs, not who may call payments, the rollout, or
+/// the teams' people and channels.
+#[tokio::test]
+async fn watch_hands_a_proxy_only_the_policy_its_workload_needs() {
+    let fx = Fixture::new();
+    let controller = fx.start();
+    let mut checkout = watch(
+        &mut controller.client_as("checkout").await,
+        "checkout",
+        "checkout-0",
+    )
+    .await;
+    let config = next(&mut checkout).await;
+    let bundle = &config.policy_bundle;
+    // Valid on its own: the proxy compiles it.
+    let view = sluice_policy::PolicySet::from_str("bundle", bundle).expect("a valid bundle");
+    assert_eq!(
+        view.access_policies
+            .iter()
+            .map(|p| p.name.to_string())
+            .collect::<Vec<_>>(),
+        ["checkout-callers"]
+    );
+    assert!(view.routes.keys().any(|r| r.name == "payments"), "{bundle}");
+    assert!(
+        view.services.keys().any(|s| s.name == "payments"),
+        "{bundle}"
+    );
+    for absent in [
+        "payments-callers",
+        "CanaryPolicy",
+        "pat@shop.example",
+        "localhost:7072",
+    ] {
+        assert!(
+            !bundle.contains(absent),
+            "checkout was sent {absent}: {bundle}"
+        );
+    }
+    // The version is the mesh's, so `sluice status` compares proxies as before.
+    assert_eq!(
+        fx.status_json()["snapshot"]["version"],
+        config.version.as_str()
+    );
 }
 
 #[tokio::test]
@@ -480,15 +501,25 @@ async fn a_proxy_that_stops_reading_is_shown_behind_and_holds_up_no_one() {
     );
     std::fs::write(fx.policy.join("big.yaml"), big).expect("write big.yaml");
     let controller = fx.start();
-    let small_window = Endpoint::from_shared(format!("http://{}", controller.addr))
-        .expect("endpoint")
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
+    // `big` watches its own service, whose description it is sent in full.
+    let cert = controller.certify("big").await;
+    let small_window = controller
+        .channel(
+            controller
+                .endpoint()
+                .initial_stream_window_size(65_535)
+                .initial_connection_window_size(65_535),
+            Some(&cert),
+        )
         .await
         .expect("connect");
-    let mut stalled = watch(&mut MeshClient::new(small_window), "frontend", "frontend-0").await;
-    let mut reader = watch(&mut controller.client().await, "checkout", "checkout-0").await;
+    let mut stalled = watch(&mut MeshClient::new(small_window), "big", "big-0").await;
+    let mut reader = watch(
+        &mut controller.client_as("checkout").await,
+        "checkout",
+        "checkout-0",
+    )
+    .await;
     next(&mut stalled).await;
     next(&mut reader).await;
     fx.wait_status("both proxies to be current", |s| {
@@ -513,7 +544,7 @@ async fn a_proxy_that_stops_reading_is_shown_behind_and_holds_up_no_one() {
         .wait_status("the stalled proxy to be behind", |s| {
             let proxies = s["proxies"].as_array().cloned().unwrap_or_default();
             let by = |id: &str| proxies.iter().find(|p| p["proxy_id"] == id).cloned();
-            by("frontend-0-proxy").is_some_and(|p| p["behind"] == true)
+            by("big-0-proxy").is_some_and(|p| p["behind"] == true)
                 && by("checkout-0-proxy").is_some_and(|p| p["behind"] == false)
         })
         .await;

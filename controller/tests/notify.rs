@@ -179,6 +179,7 @@ fn rollback_context() -> RolloutContext {
         service: "payments".into(),
         canary_version: "v2".into(),
         baseline_version: "v1".into(),
+        baseline: "the running v1 instances".into(),
         rollout_url: "http://localhost:7070/rollouts/payments-v2-1790000000".into(),
         chart_png_url: Some(
             "http://localhost:7070/rollouts/payments-v2-1790000000/chart.png".into(),
@@ -206,6 +207,7 @@ fn rollback_event() -> RolloutEvent {
         margin: 0.5,
         margin_unit: "points".into(),
         evidence: "SPRT: 412 canary requests, 20 failed; p < 0.001".into(),
+        also: Vec::new(),
         canary_logs: logs,
     }))
 }

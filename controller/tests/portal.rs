@@ -908,3 +908,252 @@ fn in_dev_mode_one_person_can_request_then_approve_as_a_team_member() {
     assert!(page.body.contains("approved"), "{}", page.body);
     assert!(policy.join("grants/checkout-to-payments.yaml").is_file());
 }
+
+// ---- issue 11's portal attacks: each failed on the hand-routed portal ----
+
+/// `http`, but with the `Host` header the test chooses (a DNS-rebinding page's browser sends
+/// the attacker's name; the address it connects to is the portal's).
+fn http_host(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect to the portal");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read the reply");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete reply");
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    Reply {
+        status,
+        headers: HashMap::new(),
+        body: body.to_owned(),
+    }
+}
+
+/// A controller with the shop's policy and a portal started with `flags`.
+fn portal_with(flags: &[&str]) -> (tempfile::TempDir, PathBuf, Controller, SocketAddr) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy");
+    copy_dir(&repo_root().join("examples/shop/policy"), &policy);
+    let state = dir.path().join("state");
+    let mut args = vec![
+        "--policy",
+        policy.to_str().expect("utf-8 path"),
+        "--portal",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(flags);
+    let controller = Controller::start(&state, &args);
+    let portal = std::fs::read_to_string(state.join("portal.addr"))
+        .expect("portal.addr")
+        .trim()
+        .parse()
+        .expect("an address");
+    (dir, policy, controller, portal)
+}
+
+/// Pat is in team payments: Pat may review other people's requests to payments, never their
+/// own, under any of the names that identify them.
+#[test]
+fn the_requester_can_never_approve_their_own_request() {
+    let m = mesh(false, "127.0.0.1");
+    let reply = m.request(PAT, PAYMENTS_LINK, &payments_fields("refunds, says pat"));
+    let path = location(&reply);
+    let page = get(m.portal, PAT, &path);
+    assert!(page.body.contains(">pending<"), "{}", page.body);
+    assert!(!page.body.contains(">Approve<"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("You asked for this access: another member of team payments decides"),
+        "{}",
+        page.body
+    );
+    // The same person under each of their names: user name, email as the name, member name.
+    for who in [
+        PAT,
+        As("PAT@shop.example", None),
+        As("Pat Payments", None),
+        As("pat", Some("pat@shop.example")),
+    ] {
+        let token = csrf(&get(m.portal, who, PAYMENTS_LINK).body);
+        let refused = post(
+            m.portal,
+            who,
+            &format!("{path}/approve"),
+            &[("csrf", &token)],
+        );
+        assert_eq!(refused.status, 403, "{}: {}", who.0, refused.body);
+        assert!(
+            refused
+                .body
+                .contains("You asked for this access: another member of team payments decides"),
+            "{}",
+            refused.body
+        );
+    }
+    assert!(!m.policy.join("grants/checkout-to-payments.yaml").exists());
+    // Another member approves.
+    let sam = As("sam", Some("sam@shop.example"));
+    let page = get(m.portal, sam, &path);
+    let token = csrf(&page.body);
+    location(&post(
+        m.portal,
+        sam,
+        &format!("{path}/approve"),
+        &[("csrf", &token), ("comment", "ok")],
+    ));
+    assert!(m.policy.join("grants/checkout-to-payments.yaml").exists());
+}
+
+/// In dev mode one person plays every part on purpose, but as one identity at a time: the dev
+/// user who asked cannot approve as themselves, only by acting as another member.
+#[test]
+fn in_dev_mode_the_requester_must_act_as_someone_else_to_approve() {
+    let (_dir, policy, _c, portal) = portal_with(&["--portal-dev-user", "pat@shop.example"]);
+    let form_page = http(portal, "GET", PAYMENTS_LINK, &[], None);
+    let token = csrf(&form_page.body);
+    let mut fields = vec![("csrf", token.clone())];
+    fields.extend(
+        payments_fields("refunds")
+            .into_iter()
+            .map(|(k, v)| (k, v.to_owned())),
+    );
+    let body = fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let request = location(&http(portal, "POST", "/access", &[], Some(&body)));
+    let page = http(portal, "GET", &request, &[], None);
+    assert!(page.body.contains("act as one of them"), "{}", page.body);
+    assert!(!page.body.contains(">Approve<"), "{}", page.body);
+    let refused = http(
+        portal,
+        "POST",
+        &format!("{request}/approve"),
+        &[],
+        Some(&form(&[("csrf", &token)])),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(!policy.join("grants/checkout-to-payments.yaml").exists());
+    let as_sam = [("Cookie", "sluice_dev_act_as=Sam%20Security")];
+    let page = http(portal, "GET", &request, &as_sam, None);
+    let approved = http(
+        portal,
+        "POST",
+        &format!("{request}/approve"),
+        &as_sam,
+        Some(&form(&[("csrf", &csrf(&page.body))])),
+    );
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    assert!(policy.join("grants/checkout-to-payments.yaml").is_file());
+}
+
+/// Team storefront lets *its* services get access without review; someone outside the team
+/// (in no team, or in another) cannot use that to grant access in its name.
+#[test]
+fn an_immediate_grant_needs_a_member_of_the_callers_team() {
+    let m = mesh(false, "127.0.0.1");
+    let mallory = As("mallory", Some("mallory@elsewhere.example"));
+    for who in [mallory, PAT] {
+        let form = get(m.portal, who, CATALOG_LINK);
+        assert!(
+            form.body.contains(&format!(
+                "Submitting sends a request to team storefront: {} is not a member of team \
+                 storefront, which owns checkout.",
+                who.0
+            )),
+            "{}",
+            form.body
+        );
+    }
+    let reply = m.request(mallory, CATALOG_LINK, &catalog_fields("let me in"));
+    let page = get(m.portal, mallory, &location(&reply));
+    assert!(page.body.contains(">pending<"), "{}", page.body);
+    assert!(!m.policy.join("grants/checkout-to-catalog.yaml").exists());
+    // A member of storefront (Tina) reviews it.
+    let tina = As("tina", Some("tina@shop.example"));
+    let path = location(&reply);
+    let token = csrf(&get(m.portal, tina, &path).body);
+    location(&post(
+        m.portal,
+        tina,
+        &format!("{path}/approve"),
+        &[("csrf", &token)],
+    ));
+    assert!(m.policy.join("grants/checkout-to-catalog.yaml").exists());
+}
+
+/// A DNS-rebinding page makes the victim's browser send the attacker's host name to the
+/// portal's address: only the configured names are served.
+#[test]
+fn only_configured_host_names_are_served() {
+    // Trusted-proxy mode: the `--portal-url` host only.
+    let (_dir, _policy, _c, portal) = portal_with(&[
+        "--portal-trusted-proxy",
+        "127.0.0.1",
+        "--portal-url",
+        "https://mesh.example.com",
+    ]);
+    let user = [("X-Forwarded-User", "ernie")];
+    let ok = http_host(portal, "mesh.example.com", "/access", &user);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(
+        http_host(portal, "MESH.example.com:443", "/access", &user).status,
+        200
+    );
+    for host in [
+        "evil.example",
+        "evil.example:7070",
+        "localhost",
+        &portal.to_string(),
+        "mesh.example.com.evil.example",
+        "mesh.example.com:8443",
+    ] {
+        let refused = http_host(portal, host, "/access", &user);
+        assert_eq!(refused.status, 421, "{host}: {}", refused.body);
+        assert!(
+            refused
+                .body
+                .contains("This portal answers to mesh.example.com only"),
+            "{host}: {}",
+            refused.body
+        );
+        assert!(!refused.body.contains("Audit log"), "{}", refused.body);
+    }
+    // Health checks are answered whatever the name (they show nothing).
+    assert_eq!(
+        http_host(portal, "10.1.2.3:7070", "/healthz", &[]).body,
+        "ok\n"
+    );
+    drop(_c);
+
+    // Dev mode: loopback names too, but still not the attacker's.
+    let (_dir, _policy, _c, portal) = portal_with(&["--portal-dev-user", "ernie"]);
+    let port = portal.port();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        "localhost".to_owned(),
+    ] {
+        let ok = http_host(portal, &host, "/access", &[]);
+        assert_eq!(ok.status, 200, "{host}: {}", ok.body);
+    }
+    for host in ["evil.example", "localhost.evil.example", "127.0.0.1.nip.io"] {
+        let refused = http_host(portal, host, "/access", &[]);
+        assert_eq!(refused.status, 421, "{host}: {}", refused.body);
+        assert!(refused.body.contains("DNS rebinding"), "{}", refused.body);
+    }
+}

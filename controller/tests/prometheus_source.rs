@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use sluice_controller::rollout::engine::MetricSource;
 use sluice_controller::rollout::judge::Counts;
 use sluice_controller::rollout::prometheus::PrometheusSource;
+use sluice_integration::{have, skip};
 
 /// Not a timing assertion: only how long we wait before calling the setup broken (a cold
 /// Prometheus on a loaded 2-core CI machine takes a few seconds; a scrape is every second).
@@ -159,14 +160,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn have_prometheus() -> bool {
-    Command::new("sh")
-        .args(["-c", "command -v prometheus"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn start_prometheus(dir: &Path, exporter: SocketAddr, port: u16) -> PrometheusProcess {
     let config = dir.join("prom.yml");
     std::fs::write(
@@ -245,12 +238,11 @@ async fn wait_for(source: &PrometheusSource, version: &str, want: &Counts) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_the_served_counts_back_from_a_real_prometheus() {
-    if !have_prometheus() {
-        eprintln!(
-            "SKIPPED reads_the_served_counts_back_from_a_real_prometheus: `prometheus` not \
-             installed (apt-get install prometheus)"
+    if !have("prometheus") {
+        return skip(
+            "reads_the_served_counts_back_from_a_real_prometheus",
+            "`prometheus` not installed (apt-get install prometheus)",
         );
-        return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let mut v1 = Served {

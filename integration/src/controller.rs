@@ -1,12 +1,19 @@
 //! A stand-in for the controller's `Mesh` gRPC service, for proxy tests that run before (or
 //! without) the real controller: `Certify` signs CSRs with a [`TestCa`] after checking the
-//! bootstrap token, `ReportDenials` records what it receives. It speaks the real
-//! `sluice.mesh.v1` contract, so the proxy cannot tell it from the controller.
+//! credential (the client certificate on renewal, else the bootstrap token), `ReportDenials`
+//! records what it receives. It speaks the real `sluice.mesh.v1` contract over the real
+//! transport (TLS with a `spiffe://…/sluice/controller` certificate from the same CA), so the
+//! proxy cannot tell it from the controller.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sluice_api::tls::PeerCertificates;
+use sluice_api::v1::mesh_client::MeshClient;
 use sluice_api::v1::mesh_server::{Mesh, MeshServer};
 use sluice_api::v1::{
     CertifyRequest, CertifyResponse, DenialReport, DenialReportAck, ProxyConfig, Registration,
@@ -15,7 +22,21 @@ use sluice_api::v1::{
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
-use crate::mtls::{TRUST_DOMAIN, TestCa};
+use crate::mtls::{Leaf, TRUST_DOMAIN, TestCa};
+
+/// What a pair of test proxies needs to get certificates from a controller: where it is, the
+/// mesh CA file to trust it with, and each proxy's bootstrap token.
+#[derive(Clone, Debug)]
+pub struct ControllerAccess {
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// The mesh CA certificate, PEM (`SLUICE_PROXY_CONTROLLER_CA`).
+    pub ca: PathBuf,
+    /// The server-side proxy's (payments') token.
+    pub server_token: String,
+    /// The client-side proxy's (checkout's) token.
+    pub client_token: String,
+}
 
 /// What the fake controller saw and decides.
 #[derive(Debug)]
@@ -28,8 +49,33 @@ pub struct State {
     pub lifetime: Duration,
     /// Successful `Certify` calls.
     pub certified: Mutex<Vec<String>>,
+    /// Of those, the ones that proved themselves with a client certificate (renewals).
+    pub renewed_with_certificate: Mutex<Vec<String>>,
+    /// `ca`'s certificate as a file, for `SLUICE_PROXY_CONTROLLER_CA`; it outlives restarts of
+    /// the stand-in, as the real controller's does.
+    pub ca_file: PathBuf,
+    _dir: tempfile::TempDir,
     /// Every denial report.
     pub reports: Mutex<Vec<DenialReport>>,
+}
+
+impl State {
+    /// A stand-in's state: `ca` signs, `token` is the only token accepted.
+    pub fn new(ca: TestCa, token: &str, lifetime: Duration) -> State {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca.pem).expect("write the CA certificate");
+        State {
+            ca,
+            ca_file,
+            _dir: dir,
+            token: token.to_owned(),
+            lifetime,
+            certified: Mutex::new(Vec::new()),
+            renewed_with_certificate: Mutex::new(Vec::new()),
+            reports: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 /// A running fake controller; stopped on drop.
@@ -37,8 +83,10 @@ pub struct State {
 pub struct FakeController {
     /// Its state.
     pub state: Arc<State>,
-    /// The gRPC address, `http://127.0.0.1:port`.
+    /// The gRPC address, `https://127.0.0.1:port`.
     pub url: String,
+    /// Its CA's certificate, PEM, for `SLUICE_PROXY_CONTROLLER_CA`.
+    pub ca_file: PathBuf,
     task: JoinHandle<()>,
 }
 
@@ -54,21 +102,53 @@ impl FakeController {
         let listener = tokio::net::TcpListener::bind(addr.unwrap_or(([127, 0, 0, 1], 0).into()))
             .await
             .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let url = format!("https://{}", listener.local_addr().expect("addr"));
+        let ca_file = state.ca_file.clone();
+        let (cert, key) = state.ca.issue(&Leaf {
+            uris: vec![sluice_api::tls::controller_spiffe_id(TRUST_DOMAIN)],
+            not_before: time::Duration::minutes(-1),
+            not_after: time::Duration::hours(1),
+        });
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("cert PEM");
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key PEM");
+        let roots =
+            sluice_api::tls::roots_from_der(std::slice::from_ref(&state.ca.der)).expect("the CA");
+        let tls = sluice_api::tls::server_config(
+            roots,
+            sluice_api::tls::fixed_server_cert(chain, key).expect("the serving certificate"),
+        )
+        .expect("TLS config");
         let svc = MeshServer::new(Svc(state.clone()));
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .serve_with_incoming(sluice_api::tls::incoming(listener, tls))
                 .await;
         });
-        FakeController { state, url, task }
+        FakeController {
+            state,
+            url,
+            ca_file,
+            task,
+        }
+    }
+
+    /// What the test proxies need, with these tokens.
+    pub fn access(&self, server_token: &str, client_token: &str) -> ControllerAccess {
+        ControllerAccess {
+            url: self.url.clone(),
+            ca: self.ca_file.clone(),
+            server_token: server_token.to_owned(),
+            client_token: client_token.to_owned(),
+        }
     }
 
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.url
-            .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .parse()
             .expect("addr")
     }
@@ -88,10 +168,15 @@ impl Mesh for Svc {
         &self,
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
+        // The credential: the client certificate (renewal), else the token. The certificate
+        // was verified against the CA in the handshake; it must name the same workload.
+        let presented = request
+            .extensions()
+            .get::<PeerCertificates>()
+            .and_then(|p| p.chain.as_ref())
+            .and_then(|c| c.first())
+            .map(|leaf| sluice_api::tls::spiffe_uris(leaf).unwrap_or_default());
         let req = request.into_inner();
-        if req.token != self.0.token {
-            return Err(Status::unauthenticated("bad bootstrap token"));
-        }
         let w = req
             .workload
             .ok_or_else(|| Status::invalid_argument("no workload"))?;
@@ -99,6 +184,22 @@ impl Mesh for Svc {
             "spiffe://{TRUST_DOMAIN}/ns/{}/svc/{}",
             w.namespace, w.service
         );
+        match presented {
+            Some(uris) if uris == [id.clone()] => {
+                if let Ok(mut r) = self.0.renewed_with_certificate.lock() {
+                    r.push(id.clone());
+                }
+            }
+            Some(uris) => {
+                return Err(Status::permission_denied(format!(
+                    "the client certificate is for {uris:?}, not {id}"
+                )));
+            }
+            None if req.token != self.0.token => {
+                return Err(Status::unauthenticated("bad bootstrap token"));
+            }
+            None => {}
+        }
         let der = self
             .0
             .ca
@@ -162,7 +263,7 @@ pub struct RealController {
     child: std::process::Child,
     /// Its state directory (CA, token key).
     pub state: tempfile::TempDir,
-    /// `http://127.0.0.1:port`.
+    /// `https://127.0.0.1:port`.
     pub url: String,
     policy_dir: std::path::PathBuf,
     lifetime: String,
@@ -224,7 +325,7 @@ impl RealController {
             if let Ok(addr) = std::fs::read_to_string(&ready)
                 && addr.ends_with('\n')
             {
-                self.url = format!("http://{}", addr.trim());
+                self.url = format!("https://{}", addr.trim());
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -242,9 +343,30 @@ impl RealController {
     /// The gRPC address.
     pub fn addr(&self) -> SocketAddr {
         self.url
-            .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .parse()
             .expect("addr")
+    }
+
+    /// The mesh CA certificate (`SLUICE_PROXY_CONTROLLER_CA` for its proxies).
+    pub fn ca_file(&self) -> PathBuf {
+        self.state.path().join("state/ca/ca.crt")
+    }
+
+    /// What the test proxies need, with each one's token.
+    pub fn access(&self) -> ControllerAccess {
+        ControllerAccess {
+            url: self.url.clone(),
+            ca: self.ca_file(),
+            server_token: self.token("payments"),
+            client_token: self.token("checkout"),
+        }
+    }
+
+    /// A gRPC client presenting a fresh certificate for `default/<service>` (from `Certify`
+    /// with the service's token), as that service's proxy would.
+    pub async fn client_as(&self, service: &str) -> MeshClient<tonic::transport::Channel> {
+        client_as(&self.url, &self.ca_file(), &self.token(service), service).await
     }
 
     /// SIGKILL, as a crash: nothing is flushed or closed gracefully.
@@ -264,8 +386,13 @@ impl RealController {
 
     /// A bootstrap token for `service` in `default`, as the local runner would mint it.
     pub fn token(&self, service: &str) -> String {
+        self.token_ttl(service, "24h")
+    }
+
+    /// A bootstrap token for `service` in `default` that expires after `ttl` (`8s`).
+    pub fn token_ttl(&self, service: &str, ttl: &str) -> String {
         let out = std::process::Command::new(sluice_bin())
-            .args(["identity", "token", "--service", service])
+            .args(["identity", "token", "--service", service, "--ttl", ttl])
             .arg("--state-dir")
             .arg(self.state.path().join("state"))
             .output()
@@ -289,4 +416,53 @@ impl Drop for RealController {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A gRPC client of the controller at `url` (`https://…`), trusting `ca_file`, presenting a
+/// fresh certificate for `default/<service>` from `Certify` with `token`: what that service's
+/// proxy has once it started.
+pub async fn client_as(
+    url: &str,
+    ca_file: &std::path::Path,
+    token: &str,
+    service: &str,
+) -> MeshClient<tonic::transport::Channel> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .expect("csr");
+    let issued = MeshClient::new(channel(url, ca_file, None).await)
+        .certify(CertifyRequest {
+            workload: Some(sluice_api::v1::Workload {
+                namespace: "default".into(),
+                service: service.into(),
+                ..Default::default()
+            }),
+            csr_der: csr.der().to_vec(),
+            token: token.to_owned(),
+        })
+        .await
+        .expect("Certify")
+        .into_inner();
+    let cert = sluice_api::tls::fixed_client_cert(
+        vec![CertificateDer::from(issued.certificate_der)],
+        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("the issued certificate");
+    MeshClient::new(channel(url, ca_file, Some(cert)).await)
+}
+
+async fn channel(
+    url: &str,
+    ca_file: &std::path::Path,
+    cert: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+) -> tonic::transport::Channel {
+    let pem = std::fs::read(ca_file).expect("the mesh CA");
+    let roots = sluice_api::tls::roots_from_pem(&pem).expect("PEM");
+    let config = sluice_api::tls::client_config(roots, cert).expect("TLS config");
+    tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("endpoint")
+        .connect_with_connector(sluice_api::tls::Connector::new(config))
+        .await
+        .expect("connect to the controller")
 }

@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests in `tests/`: building and running the real
-//! `sluice-proxy` binary, test upstream servers, and skipping tests whose tools are missing.
+//! `sluice-proxy` binary, test upstream servers, waiting on conditions, and skipping tests
+//! whose tools are missing (a failure in CI).
 //!
 //! Everything binds to 127.0.0.1 port 0 (or to addresses inside network namespaces a test
 //! creates), so tests can run in parallel and never touch other hosts.
@@ -9,6 +10,7 @@
 pub mod client;
 pub mod controller;
 pub mod inbox;
+pub mod kube;
 pub mod local_mesh;
 pub mod mesh;
 pub mod mtls;
@@ -42,6 +44,25 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     let release = !cfg!(debug_assertions);
     let mut build = Command::new(cargo);
     build.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    // Cargo gives this test process its own package's variables. Passed on, they change what
+    // the build sees (ring's build script reruns when CARGO_MANIFEST_DIR changes), so every
+    // test binary and every later `cargo test` would rebuild the TLS stack and relink the
+    // binaries: minutes of a 2-core CI run. Build in the environment a person's shell has.
+    for (var, _) in std::env::vars_os() {
+        let name = var.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                &*name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            build.env_remove(&var);
+        }
+    }
     if release {
         build.arg("--release");
     }
@@ -65,11 +86,91 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
-/// Prints why a test is skipped. Tests call this and return early when a tool or privilege
-/// is missing; CI has everything, so there they run.
+/// The one way a test gives up because a tool or privilege is missing: call it, then return.
+///
+/// Where every test must run, it fails the test instead: when `SLUICE_REQUIRE_ALL=1` (which
+/// `.ci/run` sets) or `CI` is set (to anything but `false` or `0`). CI installs every tool and
+/// runs as root, so a test that cannot run there is a broken install step, not a pass.
+///
+/// On a developer's machine it prints the reason and, when `SLUICE_SKIP_LOG` names a file
+/// (`scripts/test` sets it), appends `test: reason` to it, so that the run's summary counts
+/// the test as skipped rather than passed (cargo only knows it returned).
 pub fn skip(test: &str, reason: &str) {
+    // The harness names each test's thread after the test: more exact than what callers pass.
+    let current = std::thread::current();
+    let test = current.name().filter(|n| *n != "main").unwrap_or(test);
+    if must_run_everything() {
+        panic!(
+            "{test} cannot run here: {reason}. A skip fails the run where every test must run \
+             (SLUICE_REQUIRE_ALL=1 or CI is set); install what it needs (scripts/lib.sh)"
+        );
+    }
     eprintln!("SKIPPED {test}: {reason}");
+    if let Some(log) = std::env::var_os("SLUICE_SKIP_LOG") {
+        use std::io::Write;
+        // The test binary (cargo runs each with its crate's name) says where the test lives.
+        let binary = std::env::var("CARGO_CRATE_NAME").unwrap_or_default();
+        let line = format!("{binary}::{test}: {}\n", reason.replace('\n', " "));
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            panic!("SLUICE_SKIP_LOG {}: {e}", Path::new(&log).display());
+        }
+    }
 }
+
+/// Whether a skip must fail (see [`skip`]).
+pub fn must_run_everything() -> bool {
+    let set = |var: &str| {
+        std::env::var(var)
+            .is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
+    };
+    set("SLUICE_REQUIRE_ALL") || set("CI")
+}
+
+/// Polls `check` every 20 ms until it yields a value, and returns it; fails the test naming
+/// `what` if `within` passes first. For conditions a test can observe (a log line, a metric,
+/// a file, a state) instead of sleeping and hoping: give it a generous `within`, since a busy
+/// machine only makes it wait longer, never fail sooner.
+pub fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`wait_for`] for checks that are async (an HTTP call, a gRPC call).
+pub async fn wait_for_async<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A generous deadline for [`wait_for`]: long enough for a loaded 2-core CI machine, short
+/// enough that a broken feature fails the test in reasonable time.
+pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Whether `bin` is on PATH.
 pub fn have(bin: &str) -> bool {
@@ -207,6 +308,11 @@ impl Proxy {
     pub fn terminate(&self) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Waits up to `timeout` for the process to exit.

@@ -227,9 +227,8 @@ pub struct PairOptions {
     pub env: Vec<(String, String)>,
     /// Declare the service's port opaque (`SLUICE_PROXY_OPAQUE_PORTS`) on both proxies.
     pub opaque: bool,
-    /// Get certificates from this controller instead of files: gRPC URL, then the server's
-    /// and the client's bootstrap tokens.
-    pub controller: Option<(String, String, String)>,
+    /// Get certificates from this controller instead of files.
+    pub controller: Option<crate::controller::ControllerAccess>,
     /// Put the server proxy in front of this application instead of the built-in echo
     /// upstream (e.g. a Python server a test started). The echo upstream still runs, unused.
     pub app_addr: Option<SocketAddr>,
@@ -268,17 +267,18 @@ impl Pair {
         std::fs::create_dir_all(&client_policy).expect("policy dir");
         write_atomically(&client_policy.join("mesh.yaml"), &policy);
         let identity = |o: ProxyOptions, name: &str, leaf: &Leaf| match &opts.controller {
-            Some((url, server_token, client_token)) => {
-                o.env("SLUICE_PROXY_CONTROLLER_ADDR", url.clone()).env(
+            Some(c) => o
+                .env("SLUICE_PROXY_CONTROLLER_ADDR", c.url.clone())
+                .env("SLUICE_PROXY_CONTROLLER_CA", path(&c.ca))
+                .env(
                     "SLUICE_PROXY_IDENTITY_TOKEN",
                     if name == "server-id" {
-                        server_token
+                        &c.server_token
                     } else {
-                        client_token
+                        &c.client_token
                     }
                     .clone(),
-                )
-            }
+                ),
             None => {
                 ca.write_identity(&dir.path().join(name), leaf);
                 o.env("SLUICE_PROXY_IDENTITY_DIR", path(&dir.path().join(name)))

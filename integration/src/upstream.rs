@@ -48,6 +48,8 @@ impl Drop for Upstream {
 /// * `/echo`: streams the request body back.
 /// * `/bytes/N`: streams N bytes.
 /// * `/slow/MS`: answers after MS milliseconds.
+/// * any path ending in `/forbidden`: the app's own refusal, [`APP_403_BODY`] with a 403,
+///   `content-type: application/json` and `x-app-reason: not-your-charge`.
 /// * anything else: JSON `{name, method, path, version, headers}`.
 pub async fn http(name: &str) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -75,6 +77,9 @@ pub async fn http(name: &str) -> Upstream {
     Upstream { addr, hits, task }
 }
 
+/// The body of the app's own 403 (`…/forbidden`): a refusal by the app, not by the mesh.
+pub const APP_403_BODY: &str = r#"{"error":"this charge belongs to another customer"}"#;
+
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|e| match e {}).boxed()
 }
@@ -101,6 +106,19 @@ async fn handle(
     } else if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         http::Response::new(full(format!("slow {name}")))
+    } else if path.ends_with("/forbidden") {
+        let mut rsp = http::Response::new(full(APP_403_BODY));
+        *rsp.status_mut() = http::StatusCode::FORBIDDEN;
+        let h = rsp.headers_mut();
+        h.insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            "x-app-reason",
+            http::HeaderValue::from_static("not-your-charge"),
+        );
+        rsp
     } else {
         let headers: serde_json::Map<String, serde_json::Value> = req
             .headers()

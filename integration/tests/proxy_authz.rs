@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sluice_integration::client::{curl, get, hyper_client};
 use sluice_integration::mtls::{Pair, PairOptions, counter, eventually, policy, spiffe};
-use sluice_integration::{have, skip};
+use sluice_integration::{have, skip, upstream};
 
 const LINK: &str =
     "http://portal.test/access/new?from=checkout&to=payments&rpc=POST%20%2Fv1%2Fcharges&env=stable";
@@ -277,6 +277,25 @@ async fn policy_change_reaches_an_open_connection() {
     assert_eq!(String::from_utf8_lossy(&posted.stdout), "200");
 }
 
+/// A response as `curl -i` prints it: status, headers (lower-cased names, in order), body.
+fn parse_curl_i(out: &std::process::Output) -> (u16, Vec<(String, String)>, String) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header block: {text}"));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn app_403_is_distinguishable_from_a_mesh_denial() {
     if !have("curl") {
@@ -290,9 +309,40 @@ async fn app_403_is_distinguishable_from_a_mesh_denial() {
         &format!("http://{}/v1/charges", pair.outbound()),
     ])
     .await;
-    let text = String::from_utf8_lossy(&denied.stdout);
-    assert!(text.contains("sluice-denied-by:"));
-    // An allowed call's response (whatever the app says) never carries the mesh's marker.
-    let allowed = curl(&["-i", &format!("http://{}/v1/charges/9", pair.outbound())]).await;
-    assert!(!String::from_utf8_lossy(&allowed.stdout).contains("sluice-denied-by"));
+    let (status, headers, _) = parse_curl_i(&denied);
+    assert_eq!(status, 403);
+    assert!(
+        headers.iter().any(|(k, _)| k == "sluice-denied-by"),
+        "{headers:?}"
+    );
+
+    // The app itself refuses an allowed call (`GET /v1/charges/{id}` is granted to checkout):
+    // its 403 reaches the caller exactly as the app sent it, without the mesh's marker.
+    let path = "/v1/charges/forbidden";
+    let direct = parse_curl_i(&curl(&["-i", &format!("http://{}{path}", pair.app.addr)]).await);
+    let meshed = parse_curl_i(&curl(&["-i", &format!("http://{}{path}", pair.outbound())]).await);
+    assert_eq!((direct.0, direct.2.as_str()), (403, upstream::APP_403_BODY));
+    assert_eq!(meshed.0, 403, "{meshed:?}");
+    assert_eq!(meshed.2, direct.2, "the body passes through unchanged");
+    for (name, value) in direct.1.iter().filter(|(k, _)| k != "date") {
+        let through: Vec<&String> = meshed
+            .1
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(through, vec![value], "header {name}: {meshed:?}");
+    }
+    let added: Vec<&(String, String)> = meshed
+        .1
+        .iter()
+        .filter(|(k, _)| k != "date" && !direct.1.iter().any(|(d, _)| d == k))
+        .collect();
+    assert!(
+        added.iter().all(|(k, _)| !k.starts_with("sluice-")),
+        "the mesh marked the app's 403: {added:?}"
+    );
+    // Counted as a response, not as a mesh denial: only the POST above was denied.
+    let denials = counter(&pair.server, "sluice_proxy_authz_deny_total", &[]).await;
+    assert_eq!(denials, 1.0);
 }

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use sluice_integration::client::{get, hyper_client};
 use sluice_integration::mesh::{self, MeshDir, SERVICE_ADDR};
-use sluice_integration::{Proxy, ProxyOptions, upstream, write_atomically};
+use sluice_integration::mtls::counter;
+use sluice_integration::{
+    PATIENCE, Proxy, ProxyOptions, upstream, wait_for, wait_for_async, write_atomically,
+};
 
 fn options() -> ProxyOptions {
     ProxyOptions::default()
@@ -118,21 +121,47 @@ async fn snapshot_reload_under_load_drops_nothing() {
     let proxy = Proxy::start(options().env("SLUICE_PROXY_SNAPSHOT", path.display().to_string()));
     let addr = proxy.explicit(0);
     let load = Load::start(addr, "/");
+    let rejected = async || {
+        counter(
+            &proxy,
+            "sluice_proxy_snapshot_reloads_total",
+            &[r#"result="error""#],
+        )
+        .await
+    };
     // Flip the split back and forth, with invalid files in between that must be ignored:
-    // broken JSON, and valid JSON whose policy bundle is invalid.
+    // broken JSON, and valid JSON whose policy bundle is invalid. Each file is written only
+    // once the proxy has dealt with the one before, so every one of them is tried under load.
     for i in 0..10u32 {
         let (w1, w2) = if i % 2 == 0 { (0, 100) } else { (100, 0) };
-        write_atomically(&path, &snapshot(&format!("v{i}"), w1, w2));
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        let version = format!("v{i}");
+        write_atomically(&path, &snapshot(&version, w1, w2));
+        wait_for_async(
+            &format!("snapshot {version} in force"),
+            PATIENCE,
+            async || (config(&proxy).await["version"] == version.as_str()).then_some(()),
+        )
+        .await;
+        let before = rejected().await;
         if i % 2 == 0 {
             write_atomically(&path, "{ not json");
         } else {
             write_atomically(&path, &snapshot("bad", 50, 60));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_for_async(
+            "the invalid snapshot to be rejected",
+            PATIENCE,
+            async || (rejected().await > before).then_some(()),
+        )
+        .await;
+        assert_eq!(config(&proxy).await["version"], version.as_str());
     }
     write_atomically(&path, &snapshot("final", 0, 100));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_async("the final snapshot in force", PATIENCE, async || {
+        (config(&proxy).await["version"] == "final").then_some(())
+    })
+    .await;
+    assert_eq!(rejected().await, 10.0, "each invalid file rejected once");
     let (ok, failed) = load.finish().await;
     assert_eq!(failed, 0);
     assert!(ok > 100, "load ran");
@@ -251,8 +280,11 @@ async fn weight_change_in_policy_dir_applies_without_dropping_in_flight_requests
             tokio::spawn(async move { get(&client, addr, "/slow/700", &[]).await })
         })
         .collect();
+    // Change the policy only once every slow request is at the app, i.e. in flight.
+    wait_for("the slow requests to reach the app", PATIENCE, || {
+        (a.hits() >= 16).then_some(())
+    });
     let load = Load::start(addr, "/");
-    tokio::time::sleep(Duration::from_millis(150)).await;
     mesh.write_policy(&mesh::policy(Some(&mesh::route(0, 100, ""))));
     wait_for_new_version(&proxy, &before).await;
     for r in slow {

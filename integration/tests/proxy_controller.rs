@@ -12,10 +12,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use serde_json::Value;
-use sluice_api::v1::mesh_client::MeshClient;
 use sluice_api::v1::{ProxyConfig, WatchRequest, Workload};
 use sluice_integration::client::{get, hyper_client, request};
 use sluice_integration::controller::RealController;
+use sluice_integration::mtls::{Leaf, TestCa};
 use sluice_integration::{Proxy, ProxyOptions, free_port, upstream};
 
 /// Long enough for a reconnect at the end of the proxy's backoff (5 s cap) on a busy machine.
@@ -76,9 +76,8 @@ struct Observer {
 
 impl Observer {
     async fn watch(controller: &RealController) -> Observer {
-        let mut client = MeshClient::connect(controller.url.clone())
-            .await
-            .expect("connect to the controller");
+        // With checkout's certificate: the controller streams only to the workload it proves.
+        let mut client = controller.client_as("checkout").await;
         let stream = client
             .watch(WatchRequest {
                 workload: Some(Workload {
@@ -87,6 +86,7 @@ impl Observer {
                     version: "v1".into(),
                     environment: "stable".into(),
                     instance: "observer".into(),
+                    role: String::new(),
                 }),
                 proxy_id: "observer".into(),
                 have_version: String::new(),
@@ -158,6 +158,10 @@ async fn follows_the_controller_registers_and_survives_its_restart() {
     let proxy = Proxy::start(
         ProxyOptions::default()
             .env("SLUICE_PROXY_CONTROLLER_ADDR", controller.url.clone())
+            .env(
+                "SLUICE_PROXY_CONTROLLER_CA",
+                controller.ca_file().display().to_string(),
+            )
             .env("SLUICE_PROXY_SERVICE", "payments")
             .env("SLUICE_PROXY_SERVICE_VERSION", "v1")
             .env("SLUICE_PROXY_INSTANCE", "payments-0")
@@ -166,7 +170,8 @@ async fn follows_the_controller_registers_and_survives_its_restart() {
                 format!("{inbound}={}", app.addr),
             )
             .env("SLUICE_PROXY_REGISTER_ADDR", inbound.to_string())
-            // The controller only accepts payments' registration with payments' token.
+            // Its certificate (from Certify with payments' token) is what the controller
+            // accepts payments' Watch and registration with.
             .env("SLUICE_PROXY_IDENTITY_TOKEN", controller.token("payments")),
     );
     let admin = hyper_client(false);
@@ -270,9 +275,21 @@ async fn waits_unready_for_an_unreachable_controller_and_rejects_conflicts() {
     // Nothing listens on this port: the proxy runs (empty config, deny by default) but is not
     // ready, and /config says why.
     let addr = format!("127.0.0.1:{}", free_port());
+    // A certificate from files, so the proxy does not wait for one from the absent controller.
+    let ca = TestCa::new("mesh CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    ca.write_identity(dir.path(), &Leaf::service("payments"));
     let proxy = Proxy::start(
         ProxyOptions::default()
             .env("SLUICE_PROXY_CONTROLLER_ADDR", addr.clone())
+            .env(
+                "SLUICE_PROXY_CONTROLLER_CA",
+                dir.path().join("roots.pem").display().to_string(),
+            )
+            .env(
+                "SLUICE_PROXY_IDENTITY_DIR",
+                dir.path().display().to_string(),
+            )
             .env("SLUICE_PROXY_SERVICE", "payments"),
     );
     let admin = hyper_client(false);

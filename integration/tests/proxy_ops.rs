@@ -1,20 +1,78 @@
 //! Operations: graceful drain on SIGTERM, admin endpoints, metrics format, config errors.
 
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use sluice_integration::client::{curl, get, hyper_client};
-use sluice_integration::{Proxy, ProxyOptions, have, proxy_bin, skip, upstream};
+use sluice_integration::{
+    PATIENCE, Proxy, ProxyOptions, have, proxy_bin, skip, upstream, wait_for, wait_for_async,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+/// An upstream that holds its one request until the test releases it, so the request is in
+/// flight for exactly as long as the test says, however slow the machine. Reports when the
+/// request has arrived.
+async fn held_upstream() -> (SocketAddr, oneshot::Receiver<()>, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (arrived_tx, arrived) = oneshot::channel();
+    let (release, released) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.expect("read the request");
+            assert!(n > 0, "the proxy closed the upstream connection");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let _ = arrived_tx.send(());
+        let _ = released.await;
+        let body = "held, then released";
+        let _ = stream
+            .write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await;
+    });
+    (addr, arrived, release)
+}
+
+/// The byte offset of the first JSON log line whose message is `message` (and, if given,
+/// whose field `key` is `value`).
+fn log_position(log: &str, message: &str, field: Option<(&str, &str)>) -> Option<usize> {
+    let mut offset = 0;
+    for line in log.split_inclusive('\n') {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+            && v["message"] == message
+            && field.is_none_or(|(k, want)| v[k] == want)
+        {
+            return Some(offset);
+        }
+        offset += line.len();
+    }
+    None
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_requests_then_exits() {
-    let up = upstream::http("slow").await;
+    let (up, arrived, release) = held_upstream().await;
+    // A drain deadline far beyond the test's patience: the proxy must exit because the work is
+    // done, never because the deadline passed.
     let mut proxy = Proxy::start(
         ProxyOptions::default()
             .env(
                 "SLUICE_PROXY_EXPLICIT_OUTBOUND",
-                format!("127.0.0.1:0={}", up.addr),
+                format!("127.0.0.1:0={up}"),
             )
-            .env("SLUICE_PROXY_DRAIN_DEADLINE", "20s"),
+            .env("SLUICE_PROXY_DRAIN_DEADLINE", "300s"),
     );
     let addr = proxy.explicit(0);
     let client = hyper_client(false);
@@ -26,44 +84,85 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         200
     );
 
+    // 1. A request is in flight: the app has it and has not answered.
     let in_flight = {
         let client = client.clone();
-        tokio::spawn(async move { get(&client, addr, "/slow/1500", &[]).await })
+        tokio::spawn(async move { get(&client, addr, "/held", &[]).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = Instant::now();
-    proxy.terminate();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
-    // Draining: not ready, and no new connections accepted.
-    let ready = get(&hyper_client(false), proxy.admin(), "/ready", &[])
+    tokio::time::timeout(PATIENCE, arrived)
         .await
-        .expect("ready");
-    assert_eq!(ready.status, 503);
+        .expect("the request reaches the app")
+        .expect("upstream task");
+
+    // 2. SIGTERM: the proxy drains: not ready, and its listener closed.
+    proxy.terminate();
+    let listener = addr.to_string();
+    wait_for_async(
+        "the proxy to report draining and close its listener",
+        PATIENCE,
+        async || {
+            if let Some(status) = proxy.exit_status() {
+                panic!(
+                    "exited ({status}) with a request in flight:\n{}",
+                    proxy.log()
+                );
+            }
+            let ready = get(&hyper_client(false), proxy.admin(), "/ready", &[]).await;
+            let closed = log_position(
+                &proxy.log(),
+                "stopped accepting",
+                Some(("listener", &listener)),
+            );
+            (ready.is_ok_and(|r| r.status == 503) && closed.is_some()).then_some(())
+        },
+    )
+    .await;
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "listener still open"
     );
 
+    // 3. While the request is in flight, the proxy waits for it.
+    assert!(
+        proxy.exit_status().is_none(),
+        "exited with a request in flight:\n{}",
+        proxy.log()
+    );
+    assert!(
+        !in_flight.is_finished(),
+        "the in-flight request was cut off"
+    );
+
+    // 4. The app answers: the caller gets the whole response, and only then does the proxy exit.
+    release.send(()).expect("release the request");
     let reply = in_flight
         .await
         .expect("task")
         .expect("in-flight request completes");
-    assert_eq!((reply.status, reply.body.as_str()), (200, "slow slow"));
-    let status = tokio::task::spawn_blocking(move || {
-        let status = proxy.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "held, then released")
+    );
+    let (status, proxy) = tokio::task::spawn_blocking(move || {
+        let status = proxy.wait_exit(PATIENCE);
         (status, proxy)
     })
     .await
     .expect("join");
-    let (status, proxy) = status;
     let status = status.unwrap_or_else(|| panic!("did not exit:\n{}", proxy.log()));
     assert!(status.success(), "{status}");
-    // Exited once the work was done, long before the 20s deadline.
+
+    // The log tells the same story, in this order; and the drain ended because the work was
+    // done, not because the deadline passed.
+    let log = proxy.log();
+    let order = [
+        log_position(&log, "draining", None),
+        log_position(&log, "stopped accepting", Some(("listener", &listener))),
+        log_position(&log, "drained; exiting", Some(("outcome", "Drained"))),
+    ];
     assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        started.elapsed()
+        order.iter().all(Option::is_some) && order.is_sorted(),
+        "draining → stopped accepting → drained (Drained), got {order:?}:\n{log}"
     );
 }
 
@@ -222,13 +321,14 @@ async fn curl_sees_json_access_log() {
     ])
     .await;
     assert!(out.status.success());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let line = wait_for("the access log line", PATIENCE, || {
+        proxy
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["target"] == "sluice_proxy::access")
+    });
     let log = proxy.log();
-    let line = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["target"] == "sluice_proxy::access")
-        .unwrap_or_else(|| panic!("no access log line:\n{log}"));
     assert_eq!(line["path"], "/logged");
     assert_eq!(line["status"], 200);
     assert!(!log.contains("secret=1"), "query strings are not logged");

@@ -16,13 +16,13 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use sluice_integration::local_mesh::{
     HostSnapshot, LocalMesh, SERIAL, copy_dir, shop_mesh_yaml, skip_reason,
 };
-use sluice_integration::{shop_bin, skip};
+use sluice_integration::{PATIENCE, shop_bin, skip, wait_for};
 
 const GRANT: &str = "apiVersion: sluice.dev/v1alpha1
 kind: AccessPolicy
@@ -160,9 +160,10 @@ fn the_shop_denies_then_grants_survives_a_controller_restart_and_cleans_up() {
     let denials_total = status["denials"]["total"].as_i64().expect("total");
     let controller_pid = status["controller"]["pid"].as_u64().expect("pid");
     let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU32::new(0));
     let ns = mesh.ns("checkout");
     let load = {
-        let stop = stop.clone();
+        let (stop, served) = (stop.clone(), served.clone());
         std::thread::spawn(move || {
             let (mut ok, mut failed) = (0u32, Vec::new());
             while !stop.load(Ordering::Relaxed) {
@@ -181,6 +182,7 @@ fn the_shop_denies_then_grants_survives_a_controller_restart_and_cleans_up() {
                 for code in String::from_utf8_lossy(&out.stdout).lines() {
                     if code == "200" {
                         ok += 1;
+                        served.fetch_add(1, Ordering::Relaxed);
                     } else if failed.len() < 20 {
                         failed.push(code.to_owned());
                     }
@@ -189,7 +191,13 @@ fn the_shop_denies_then_grants_survives_a_controller_restart_and_cleans_up() {
             (ok, failed)
         })
     };
-    std::thread::sleep(Duration::from_secs(1));
+    // The load is flowing before the kill, and goes on after the new controller took over.
+    let flowing = |after: u32| {
+        wait_for("requests through the mesh", PATIENCE, || {
+            (served.load(Ordering::Relaxed) >= after + 20).then_some(())
+        })
+    };
+    flowing(0);
     Command::new("kill")
         .args(["-KILL", &controller_pid.to_string()])
         .status()
@@ -206,7 +214,7 @@ fn the_shop_denies_then_grants_survives_a_controller_restart_and_cleans_up() {
         },
     );
     // Keep going on the new controller's configuration for a while.
-    std::thread::sleep(Duration::from_secs(2));
+    flowing(served.load(Ordering::Relaxed));
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = load.join().expect("load thread");
     assert!(ok >= 20, "only {ok} requests made it");

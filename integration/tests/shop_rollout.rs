@@ -2,16 +2,19 @@
 //! controller and sidecars, real traffic, and a real webhook receiver standing in for the
 //! teams' Slack and generic webhooks. One run walks three rollouts of payments:
 //!
-//! 1. v3, which fails 5% of requests, is rolled back automatically; the teams get a message
-//!    naming the metric, both values, the margin, the evidence, the canary's last log lines,
-//!    the rollout page and the chart (a valid PNG);
+//! 1. v3, which fails 5% of requests and is no slower, is rolled back automatically *for its
+//!    errors* (no latency check fails it), judged against a fresh copy of v1; the teams get a
+//!    message naming the metric, both values, the margin, the evidence, the baseline used, the
+//!    canary's last log lines, the rollout page and the chart (a valid PNG);
 //! 2. v2, healthy, survives a SIGKILL of the controller mid-rollout (same rollout, same step,
 //!    one promotion, one promotion message), waits for confirmation and is promoted: payments
 //!    then answers as v2 only;
 //! 3. v3 again, paused (the weights hold) and aborted by hand; then promoted by hand.
 //!
-//! The canary policy is the shop's, with shorter steps and a 1 s interval so the run takes
-//! about two minutes. Needs root, `ip`, `iptables-save`, `curl` and `setpriv`.
+//! The canary policy is the shop's as shipped (`examples/shop/policy/payments/rollout.yaml`:
+//! errors within 0.5 points, p99 within 20% and 5 ms and under 500 ms, α 0.01, 100 requests a
+//! step), only with shorter steps, so the run takes a few minutes. Needs root, `ip`,
+//! `iptables-save`, `curl` and `setpriv`.
 
 use std::path::Path;
 use std::process::Command;
@@ -24,24 +27,23 @@ use sluice_integration::inbox::Inbox;
 use sluice_integration::local_mesh::{HostSnapshot, LocalMesh, SERIAL, copy_dir, skip_reason};
 use sluice_integration::{shop_bin, skip};
 
-const CANARY_POLICY: &str = "apiVersion: sluice.dev/v1alpha1
-kind: CanaryPolicy
-metadata: { name: payments }
-spec:
-  service: payments
-  steps:
-    - { weight: 10, duration: 8s }
-    - { weight: 50, duration: 4s, confirm: true }
-  analysis:
-    interval: 1s
-    minRequests: 30
-    alpha: 0.01
-    metrics:
-      - { name: errors, signal: successRate, relative: { margin: 0.5 } }
-  progressDeadline: 2m
-  onFailure: rollback
-  notify: { teams: [storefront], severity: info }
-";
+/// The shop's CanaryPolicy step durations, and what this test shortens them to: the shipped
+/// policy otherwise (its analysis, α, margins and floor, `minRequests`, the confirmation step,
+/// the deadline and the notifications), so the test judges what users run.
+const SHORTER_STEPS: [(&str, &str); 3] = [
+    (
+        "{ weight: 5, duration: 30s }",
+        "{ weight: 5, duration: 10s }",
+    ),
+    (
+        "{ weight: 25, duration: 1m }",
+        "{ weight: 25, duration: 8s }",
+    ),
+    (
+        "{ weight: 50, duration: 2m, confirm: true }",
+        "{ weight: 50, duration: 4s, confirm: true }",
+    ),
+];
 
 /// The shop with payments' canary versions, its policy copied so the test can point the
 /// teams' channels at `inbox` and speed the canary policy up.
@@ -56,17 +58,16 @@ fn start(inbox: &Inbox) -> LocalMesh {
         teams.replace("http://localhost:7072", &inbox.url()),
     )
     .expect("teams");
-    let route = std::fs::read_to_string(policy.join("payments/rollout.yaml")).expect("route");
-    let route = route
-        .split("\n---\n")
-        .filter(|d| !d.contains("kind: CanaryPolicy"))
-        .collect::<Vec<_>>()
-        .join("\n---\n");
-    std::fs::write(
-        policy.join("payments/rollout.yaml"),
-        format!("{route}\n---\n{CANARY_POLICY}"),
-    )
-    .expect("route");
+    let path = policy.join("payments/rollout.yaml");
+    let mut rollout = std::fs::read_to_string(&path).expect("rollout.yaml");
+    for (shipped, shorter) in SHORTER_STEPS {
+        assert!(
+            rollout.contains(shipped),
+            "examples/shop/policy/payments/rollout.yaml no longer has `{shipped}`: update this test"
+        );
+        rollout = rollout.replace(shipped, shorter);
+    }
+    std::fs::write(&path, rollout).expect("rollout.yaml");
     let bin = shop_bin().display().to_string();
     let plain = |name: &str| {
         format!(
@@ -167,11 +168,41 @@ fn rollout(mesh: &LocalMesh, args: &[&str]) -> serde_json::Value {
     })
 }
 
-fn phase(mesh: &LocalMesh, id: &str) -> String {
-    rollout(mesh, &["status", id])["phase"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+/// payments' split as checkout's sidecar enforces it, from the proxy's `/config`: version
+/// (with `-role` for a role's instances) → weight.
+fn payments_weights(mesh: &LocalMesh) -> std::collections::BTreeMap<String, u64> {
+    let config = Command::new("ip")
+        .args(["netns", "exec", &mesh.ns("checkout"), "curl", "-sS"])
+        .arg("http://127.0.0.1:4191/config")
+        .output()
+        .expect("curl");
+    let config: serde_json::Value =
+        serde_json::from_slice(&config.stdout).expect("the proxy's /config JSON");
+    let services = config["routing"]["services"]
+        .as_array()
+        .or_else(|| config["services"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    let payments = services
+        .iter()
+        .find(|s| s["name"] == "payments")
+        .unwrap_or_else(|| panic!("payments in checkout's /config: {config:#}"));
+    payments["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            let name = v["name"].as_str()?;
+            let role = v["role"].as_str().unwrap_or_default();
+            let key = if role.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{name}-{role}")
+            };
+            Some((key, v["weight"].as_u64()?))
+        })
+        .filter(|(_, w)| *w > 0)
+        .collect()
 }
 
 fn wait_phase(mesh: &LocalMesh, id: &str, want: &[&str], within: Duration) -> serde_json::Value {
@@ -230,10 +261,25 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
         Duration::from_secs(120),
     );
     assert_eq!(done["phase"], "rolled-back", "{done:#}");
+    // For its errors, and only for them: v3 is no slower than v1.
+    assert_eq!(done["failed_check"]["metric"], "errors", "{done:#}");
+    let failed: Vec<&str> = done["failed_checks"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["metric"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(failed, ["errors"], "{done:#}");
     assert!(
         done["decision"]
             .as_str()
-            .is_some_and(|d| d.contains("errors")),
+            .is_some_and(|d| d.contains("errors:") && !d.contains("p99")),
+        "{done:#}"
+    );
+    // Judged against a fresh copy of v1 beside the canary, which is gone with it.
+    assert_eq!(done["baseline"]["kind"], "copy", "{done:#}");
+    assert!(
+        done["baseline"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("fresh copy of v1") && d.contains("payments-v1-baseline")),
         "{done:#}"
     );
     let first = done["first_traffic_unix_ms"]
@@ -241,7 +287,7 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
         .expect("first traffic");
     let finished = done["finished_unix_ms"].as_i64().expect("finished");
     println!(
-        "v3 (5% errors) at 10%: rolled back {:.1}s after its first traffic; {} failed requests during the rollout; {} canary requests judged",
+        "v3 (5% errors) at 5%: rolled back {:.1}s after its first traffic; {} failed requests during the rollout; {} canary requests judged",
         (finished - first) as f64 / 1000.0,
         load.failed() - failed_before,
         done["canary_requests"]
@@ -267,6 +313,13 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
     }
     assert_eq!(fields["service"], "payments");
     assert_eq!(fields["metric"], "errors");
+    assert!(
+        fields["baseline used"]
+            .as_str()
+            .is_some_and(|b| b.contains("fresh copy of v1")),
+        "{:#}",
+        generic.body
+    );
     assert!(
         fields["versions"]
             .as_str()
@@ -304,11 +357,17 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
         .stdout;
     assert_eq!(png_size(&png), Some((960, 540)), "{chart}");
     assert!(chart.starts_with(&format!("http://{}", admin(&mesh))));
-    // The canary's namespace goes away.
+    // The canary's and the copy's namespaces go away.
     let canary_ns = format!("{}-v3", mesh.ns("payments"));
-    mesh.wait_for("the canary to be removed", Duration::from_secs(30), |_| {
-        !HostSnapshot::take().netns.contains(&canary_ns)
-    });
+    let copy_ns = format!("{}-v1-baseline", mesh.ns("payments"));
+    mesh.wait_for(
+        "the canary and the copy to be removed",
+        Duration::from_secs(30),
+        |_| {
+            let netns = HostSnapshot::take().netns;
+            !netns.contains(&canary_ns) && !netns.contains(&copy_ns)
+        },
+    );
 
     // 2. A healthy canary survives a controller restart and is promoted once.
     let started = rollout(&mesh, &["start", "payments", "--version", "v2"]);
@@ -343,12 +402,14 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
             .as_str()
             .is_some_and(|p| p != "rolled-back" && p != "failed")
     );
-    wait_phase(
+    let waiting = wait_phase(
         &mesh,
         &id,
-        &["waiting-confirmation"],
-        Duration::from_secs(90),
+        &["waiting-confirmation", "rolled-back", "failed"],
+        Duration::from_secs(180),
     );
+    // A healthy version passes the shipped analysis: no false rollback.
+    assert_eq!(waiting["phase"], "waiting-confirmation", "{waiting:#}");
     let resumed = rollout(&mesh, &["resume", "payments"]);
     assert_eq!(resumed["phase"], "promoted", "{resumed:#}");
     let detail = rollout(&mesh, &["status", &id]);
@@ -380,8 +441,27 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
     wait_phase(&mesh, &id, &["progressing"], Duration::from_secs(60));
     let paused = rollout(&mesh, &["pause", &id]);
     assert_eq!(paused["phase"], "paused", "{paused:#}");
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(phase(&mesh, &id), "paused");
+    let enforced = |m: &LocalMesh| payments_weights(m);
+    let weights_at_pause = enforced(&mesh);
+    assert_eq!(
+        weights_at_pause.get("v3").copied(),
+        paused["weight"].as_u64(),
+        "the proxies enforce the paused rollout's weight: {weights_at_pause:?}\n{paused:#}"
+    );
+    // Longer than the step: unpaused, it would have moved on by now.
+    std::thread::sleep(Duration::from_secs(12));
+    let held = rollout(&mesh, &["status", &id]);
+    assert_eq!(held["phase"], "paused");
+    assert_eq!(
+        (held["step"].as_u64(), held["weight"].as_u64()),
+        (paused["step"].as_u64(), paused["weight"].as_u64()),
+        "{held:#}"
+    );
+    assert_eq!(
+        enforced(&mesh),
+        weights_at_pause,
+        "the weights proxies enforce held"
+    );
     let aborted = rollout(&mesh, &["abort", &id]);
     assert_eq!(
         (aborted["phase"].as_str(), aborted["weight"].as_u64()),

@@ -92,8 +92,8 @@ async fn app() -> App {
 }
 
 /// payments v2's sidecar, fed by `controller`, in front of `app` on an explicit inbound. Its
-/// token comes from a file (read again for every report), since the controller only accepts
-/// payments' traffic with payments' token.
+/// token comes from a file; the certificate it gets with it is what the controller accepts
+/// payments' traffic reports with.
 fn sidecar(controller: &RealController, app: &App) -> Proxy {
     let token = controller.state.path().join("payments.token");
     std::fs::write(&token, controller.token("payments")).expect("write the token file");
@@ -104,6 +104,10 @@ fn sidecar(controller: &RealController, app: &App) -> Proxy {
                 token.display().to_string(),
             )
             .env("SLUICE_PROXY_CONTROLLER_ADDR", controller.url.clone())
+            .env(
+                "SLUICE_PROXY_CONTROLLER_CA",
+                controller.ca_file().display().to_string(),
+            )
             .env("SLUICE_PROXY_SERVICE", "payments")
             .env("SLUICE_PROXY_SERVICE_VERSION", "v2")
             .env("SLUICE_PROXY_INSTANCE", "payments-v2-0")

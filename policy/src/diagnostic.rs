@@ -57,12 +57,14 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    /// A new error.
+    /// A new error. The message is kept to one line of at most [`MAX_MESSAGE_CHARS`]: messages
+    /// quote values from the input, and a diagnostic must never echo more of a file than one
+    /// line (it reaches logs, `sluice status` and the portal).
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Error,
             code,
-            message: message.into(),
+            message: clip(&message.into(), MAX_MESSAGE_CHARS),
             location: None,
             field: None,
             help: None,
@@ -85,19 +87,19 @@ impl Diagnostic {
 
     /// Sets the field path.
     pub fn field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
+        self.field = Some(clip(&field.into(), MAX_MESSAGE_CHARS));
         self
     }
 
     /// Sets the fix.
     pub fn help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
+        self.help = Some(clip(&help.into(), MAX_MESSAGE_CHARS));
         self
     }
 
     /// Sets the fix, if there is one.
     pub fn maybe_help(mut self, help: Option<String>) -> Self {
-        self.help = help;
+        self.help = help.map(|h| clip(&h, MAX_MESSAGE_CHARS));
         self
     }
 
@@ -125,6 +127,56 @@ impl std::fmt::Display for Diagnostic {
         }
         Ok(())
     }
+}
+
+/// The longest message, field path or help kept, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 300;
+/// The longest source line shown in a snippet, in characters: longer lines are shown as a
+/// window around the column.
+pub const MAX_SNIPPET_CHARS: usize = 160;
+
+/// `text` on one line (line breaks and other control characters escaped) and at most `max`
+/// characters, ending in `…` when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    for c in text.chars() {
+        let piece: std::borrow::Cow<'_, str> = match c {
+            '\n' => "\\n".into(),
+            '\r' => "\\r".into(),
+            '\t' => "\\t".into(),
+            c if c.is_control() => format!("\\u{{{:x}}}", u32::from(c)).into(),
+            c => c.to_string().into(),
+        };
+        let len = piece.chars().count();
+        if n + len > max {
+            out.push('…');
+            return out;
+        }
+        n += len;
+        out.push_str(&piece);
+    }
+    out
+}
+
+/// The part of `line` a snippet shows around 1-based `column`, and the caret's new column.
+fn snippet_window(line: &str, column: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= MAX_SNIPPET_CHARS {
+        return (line.to_owned(), column);
+    }
+    let at = column.saturating_sub(1).min(chars.len());
+    let start = at.saturating_sub(MAX_SNIPPET_CHARS / 3);
+    let end = (start + MAX_SNIPPET_CHARS).min(chars.len());
+    let mut shown = String::new();
+    if start > 0 {
+        shown.push('…');
+    }
+    shown.extend(&chars[start..end]);
+    if end < chars.len() {
+        shown.push('…');
+    }
+    (shown, at - start + usize::from(start > 0) + 1)
 }
 
 /// The closest candidate to `input`, if one is close enough to be a plausible typo.
@@ -221,15 +273,25 @@ pub fn render(d: &Diagnostic, sources: &dyn SourceText, style: Style) -> String 
     );
     let mut gutter = 2;
     if let Some(loc) = &d.location {
+        // Never more than the offending line, and of a long line only a window around the
+        // column. Control characters (tabs too) show as one space each, so the caret stays
+        // under its column and nothing in the file can drive the reader's terminal.
         let line_text = sources
             .text(&loc.file)
-            .and_then(|t| t.lines().nth(loc.line.saturating_sub(1)));
+            .and_then(|t| t.lines().nth(loc.line.saturating_sub(1)))
+            .map(|l| {
+                let l: String = l
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                snippet_window(&l, loc.column)
+            });
         gutter = loc.line.to_string().len() + 1;
         let pad = " ".repeat(gutter);
         // As rustc does: the arrow sits one column left of the gutter bar.
         let arrow_pad = " ".repeat(gutter - 1);
         let _ = writeln!(out, "{arrow_pad}{}-->{} {loc}", style.accent, style.reset);
-        if let Some(text) = line_text {
+        if let Some((text, column)) = line_text {
             let _ = writeln!(out, "{pad}{}|{}", style.accent, style.reset);
             let _ = writeln!(
                 out,
@@ -241,8 +303,8 @@ pub fn render(d: &Diagnostic, sources: &dyn SourceText, style: Style) -> String 
             );
             let caret_pad: String = text
                 .chars()
-                .take(loc.column.saturating_sub(1))
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .take(column.saturating_sub(1))
+                .map(|_| ' ')
                 .collect();
             let _ = writeln!(
                 out,
@@ -296,5 +358,48 @@ mod tests {
             text,
             "error[unknown-field]: unknown field `alow`\n --> p.yaml:2:3\n  |\n2 |   alow: x\n  |   ^\n  = field: spec.alow\n  = help: did you mean `allow`?\n"
         );
+    }
+
+    #[test]
+    fn messages_are_one_bounded_line() {
+        let d = Diagnostic::error("x", format!("bad value `{}`\nline two", "v".repeat(1000)));
+        assert!(!d.message.contains('\n'));
+        assert!(
+            d.message.chars().count() <= MAX_MESSAGE_CHARS + 1,
+            "{}",
+            d.message
+        );
+        assert!(d.message.ends_with('…'));
+        assert_eq!(clip("a\nb", 10), "a\\nb");
+    }
+
+    #[test]
+    fn long_lines_show_a_window_around_the_column() {
+        let file: Arc<Path> = Arc::from(Path::new("p.yaml"));
+        let line = format!("{}HERE{}", "a".repeat(5000), "b".repeat(5000));
+        let mut sources = std::collections::HashMap::new();
+        sources.insert(
+            PathBuf::from("p.yaml"),
+            format!("first\n{line}\nthird SECRET\n"),
+        );
+        let d = Diagnostic::error("x", "y").at(Some(Location {
+            file,
+            line: 2,
+            column: 5001,
+        }));
+        let text = render(&d, &sources, Style::plain());
+        assert!(
+            !text.contains("SECRET") && !text.contains("first"),
+            "{text}"
+        );
+        let snippet = text.lines().nth(3).expect("the snippet line");
+        let caret = text.lines().nth(4).expect("the caret line");
+        assert!(
+            snippet.chars().count() < MAX_SNIPPET_CHARS + 10,
+            "{snippet}"
+        );
+        let at = caret.chars().position(|c| c == '^').expect("caret");
+        let under: String = snippet.chars().skip(at).take(4).collect();
+        assert_eq!(under, "HERE", "{snippet}\n{caret}");
     }
 }

@@ -10,16 +10,18 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use saphyr::{LoadableYamlNode, MarkedYamlOwned, ScalarOwned, YamlDataOwned};
+use saphyr::{MarkedYamlOwned, ScalarOwned, YamlDataOwned};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::diagnostic::{Diagnostic, Location, did_you_mean};
 use crate::resources::{API_VERSION, Document, Kind, Resource};
 
-/// Files larger than this are refused rather than parsed: policy files are small, and a huge
-/// file is a mistake (or an attack on the controller).
-pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+pub mod bounded;
+pub mod dir;
+
+pub use bounded::{Budget, MAX_DEPTH, MAX_EXPANDED_BYTES};
+pub use dir::{MAX_FILE_BYTES, MAX_TOTAL_BYTES, PolicySources, read_policy_dir};
 
 /// Where each field of one document was written.
 #[derive(Clone, Debug, Default)]
@@ -112,21 +114,13 @@ pub struct SourceFile {
 /// Why a policy directory could not be read at all (as opposed to being invalid).
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// The directory or one of its files could not be read.
+    /// The directory could not be listed.
     #[error("cannot read {path}: {source}")]
     Io {
         /// What could not be read.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
-    },
-    /// A file is too large to be a policy file.
-    #[error("{path} is {size} bytes; policy files may be at most {MAX_FILE_BYTES} bytes")]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-        /// Its size.
-        size: u64,
     },
     /// The path holds no `*.yaml` or `*.yml` file: almost always a wrong path, and an empty
     /// policy set would deny every call.
@@ -135,66 +129,30 @@ pub enum ReadError {
         /// The path given.
         path: PathBuf,
     },
-    /// A file is not UTF-8.
-    #[error("{path} is not UTF-8 text")]
-    NotUtf8 {
-        /// The file.
-        path: PathBuf,
+    /// Files were refused ([`read_sources`] only; [`read_policy_dir`] returns them as
+    /// diagnostics).
+    #[error("{}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Refused {
+        /// What was wrong, one per file.
+        problems: Vec<Diagnostic>,
     },
 }
 
-/// Reads every `*.yaml` and `*.yml` file below `path` (or `path` itself if it is a file), in a
-/// stable order. Hidden files and directories (`.git`) are skipped.
+/// Reads every policy file under `path` (see [`read_policy_dir`] for the rules), failing if any
+/// file is refused. Skipped files (FIFOs, sockets) are left out silently: use
+/// [`read_policy_dir`] to report them.
 pub fn read_sources(path: &Path) -> Result<Vec<SourceFile>, ReadError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| ReadError::Io { path: p, source }
-    };
-    let meta = std::fs::metadata(path).map_err(io(path))?;
-    let mut files = Vec::new();
-    if meta.is_file() {
-        files.push(path.to_path_buf());
-    } else {
-        let mut stack = vec![path.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
-                let entry = entry.map_err(io(&dir))?;
-                let p = entry.path();
-                let hidden = entry.file_name().to_string_lossy().starts_with('.');
-                let ty = entry.file_type().map_err(io(&p))?;
-                if hidden {
-                    continue;
-                }
-                if ty.is_dir() {
-                    stack.push(p);
-                } else if is_policy_file(&p) {
-                    files.push(p);
-                }
-            }
-        }
-    }
-    files.sort();
-    if files.is_empty() {
-        return Err(ReadError::NoPolicyFiles {
-            path: path.to_path_buf(),
+    let read = read_policy_dir(path)?;
+    if read.has_errors() {
+        return Err(ReadError::Refused {
+            problems: read
+                .diagnostics
+                .into_iter()
+                .filter(Diagnostic::is_error)
+                .collect(),
         });
     }
-    files
-        .into_iter()
-        .map(|p| {
-            let size = std::fs::metadata(&p).map_err(io(&p))?.len();
-            if size > MAX_FILE_BYTES {
-                return Err(ReadError::TooLarge { path: p, size });
-            }
-            let bytes = std::fs::read(&p).map_err(io(&p))?;
-            let text =
-                String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8 { path: p.clone() })?;
-            Ok(SourceFile {
-                path: Arc::from(p.as_path()),
-                text,
-            })
-        })
-        .collect()
+    Ok(read.files)
 }
 
 /// Whether a path names a policy file.
@@ -228,8 +186,13 @@ pub struct ParsedFile {
 /// Parses the documents of one file. Problems are collected, never fatal: a document with an
 /// error is skipped and the others are still returned.
 pub fn parse_file(file: &Arc<Path>, text: &str) -> ParsedFile {
+    parse_file_within(file, text, &mut Budget::default())
+}
+
+/// [`parse_file`], charging the alias expansion to `budget` (shared by the files of a set).
+pub fn parse_file_within(file: &Arc<Path>, text: &str, budget: &mut Budget) -> ParsedFile {
     let mut out = ParsedFile::default();
-    let (docs, diags) = parse_documents(file, text, &mut out.broken);
+    let (docs, diags) = parse_documents(file, text, &mut out.broken, budget);
     out.documents = docs;
     out.diagnostics = diags;
     out
@@ -246,23 +209,22 @@ pub struct YamlDocument {
 
 /// Parses YAML text into one JSON value per document (empty documents are `null`), recording
 /// every field's position. The policy loader builds on this, and so do the other YAML files
-/// Sluice reads (the mesh file), so that all of them point at errors the same way.
+/// Sluice reads (the mesh file), so that all of them point at errors the same way. Alias
+/// expansion and nesting are bounded ([`bounded`]).
 pub fn parse_yaml(file: &Arc<Path>, text: &str) -> (Vec<YamlDocument>, Vec<Diagnostic>) {
+    parse_yaml_within(file, text, &mut Budget::default())
+}
+
+fn parse_yaml_within(
+    file: &Arc<Path>,
+    text: &str,
+    budget: &mut Budget,
+) -> (Vec<YamlDocument>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
-    let nodes = match MarkedYamlOwned::load_from_str(text) {
+    let nodes = match bounded::load(text, budget) {
         Ok(nodes) => nodes,
-        Err(e) => {
-            let m = e.marker();
-            let loc = Location {
-                file: file.clone(),
-                line: m.line(),
-                column: m.col() + 1,
-            };
-            diags.push(
-                Diagnostic::error("yaml-syntax", format!("invalid YAML: {}", e.info()))
-                    .at(Some(loc))
-                    .help("check the indentation and quoting around this point"),
-            );
+        Err(failure) => {
+            diags.push(load_failure(file, failure));
             return (Vec::new(), diags);
         }
     };
@@ -280,12 +242,57 @@ pub fn parse_yaml(file: &Arc<Path>, text: &str) -> (Vec<YamlDocument>, Vec<Diagn
     (docs, diags)
 }
 
+fn load_failure(file: &Arc<Path>, failure: bounded::LoadFailure) -> Diagnostic {
+    use bounded::LoadFailure;
+    let at = |m: saphyr::Marker| {
+        Some(Location {
+            file: file.clone(),
+            line: m.line(),
+            column: m.col() + 1,
+        })
+    };
+    let mib = MAX_EXPANDED_BYTES / (1024 * 1024);
+    match failure {
+        LoadFailure::Syntax(e) => {
+            Diagnostic::error("yaml-syntax", format!("invalid YAML: {}", e.info()))
+                .at(at(*e.marker()))
+                .help("check the indentation and quoting around this point")
+        }
+        LoadFailure::TooLarge { at: m, alias: true } => Diagnostic::error(
+            "yaml-too-large",
+            format!(
+                "this alias expands the policy files beyond {mib} MiB; nothing was loaded from this file"
+            ),
+        )
+        .at(at(m))
+        .help(format!(
+            "write the value out where it is needed instead of repeating a large anchor: \
+             with every alias expanded, the policy files may hold at most {mib} MiB"
+        )),
+        LoadFailure::TooLarge { at: m, alias: false } => Diagnostic::error(
+            "yaml-too-large",
+            format!(
+                "the policy files are larger than {mib} MiB once loaded (counting each value with its field path); nothing was loaded from this file"
+            ),
+        )
+        .at(at(m))
+        .help("policy files are normally a few KiB: look for very long keys or values, or split the set"),
+        LoadFailure::TooDeep { at: m } => Diagnostic::error(
+            "yaml-too-deep",
+            format!("values nest deeper than {MAX_DEPTH} levels here"),
+        )
+        .at(at(m))
+        .help("policy documents need only a few levels of nesting; flatten this value"),
+    }
+}
+
 fn parse_documents(
     file: &Arc<Path>,
     text: &str,
     broken: &mut Vec<BrokenDocument>,
+    budget: &mut Budget,
 ) -> (Vec<LoadedDocument>, Vec<Diagnostic>) {
-    let (yaml, mut diags) = parse_yaml(file, text);
+    let (yaml, mut diags) = parse_yaml_within(file, text, budget);
     let mut docs = Vec::new();
     for (index, YamlDocument { value, spans }) in yaml.into_iter().enumerate() {
         if value.is_null() {

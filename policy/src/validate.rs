@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use crate::diagnostic::{Diagnostic, Location, did_you_mean};
 use crate::load::{
-    BrokenDocument, LoadedDocument, ReadError, SourceFile, parse_file, read_sources,
+    BrokenDocument, Budget, LoadedDocument, PolicySources, ReadError, SourceFile,
+    parse_file_within, read_policy_dir,
 };
 use crate::resources::{
     AccessPolicySpec, CanaryPolicySpec, Document, EphemeralMode, Kind, MeshServiceSpec, MeshSpec,
@@ -149,7 +150,7 @@ pub struct PolicySet {
     pub teams: BTreeMap<ObjectRef, Checked<TeamSpec>>,
     /// Services by name.
     pub services: BTreeMap<ObjectRef, CheckedService>,
-    /// Access policies, in file order.
+    /// Access policies, by callee, then name (not file order: see the end of `check`).
     pub access_policies: Vec<CheckedAccessPolicy>,
     /// Routes by service.
     pub routes: BTreeMap<ObjectRef, Checked<RouteSpec>>,
@@ -178,10 +179,16 @@ pub enum LoadError {
 }
 
 impl PolicySet {
-    /// Reads, parses and checks every policy file under `path`.
+    /// Reads, parses and checks every policy file under `path` (see
+    /// [`crate::load::read_policy_dir`] for which files are read).
     pub fn load(path: &Path) -> Result<PolicySet, LoadError> {
-        let files = read_sources(path)?;
-        PolicySet::from_sources(&files)
+        PolicySet::from_read(read_policy_dir(path)?)
+    }
+
+    /// Parses and checks what [`read_policy_dir`] read: files it refused make the set invalid,
+    /// files it skipped are warnings.
+    pub fn from_read(read: PolicySources) -> Result<PolicySet, LoadError> {
+        PolicySet::check_sources(&read.files, read.diagnostics)
     }
 
     /// Parses and checks one YAML text, named `file` in diagnostics.
@@ -195,11 +202,19 @@ impl PolicySet {
 
     /// Parses and checks a set of files.
     pub fn from_sources(files: &[SourceFile]) -> Result<PolicySet, LoadError> {
-        let mut diags = Vec::new();
+        PolicySet::check_sources(files, Vec::new())
+    }
+
+    fn check_sources(
+        files: &[SourceFile],
+        mut diags: Vec<Diagnostic>,
+    ) -> Result<PolicySet, LoadError> {
         let mut docs = Vec::new();
         let mut broken = Vec::new();
+        // One budget for the whole set: many small files cannot each expand to the limit.
+        let mut budget = Budget::default();
         for f in files {
-            let parsed = parse_file(&f.path, &f.text);
+            let parsed = parse_file_within(&f.path, &f.text, &mut budget);
             docs.extend(parsed.documents);
             broken.extend(parsed.broken);
             diags.extend(parsed.diagnostics);
@@ -772,5 +787,10 @@ fn check(
             }
         }
     }
+    // One order whatever the layout: the bundle, its version and "the first grant wins" then
+    // do not depend on which file a policy sits in, or on whether it came from a file or a
+    // Kubernetes object (which has no file order), so both publish the same version.
+    set.access_policies
+        .sort_by(|a, b| (&a.service, &a.name).cmp(&(&b.service, &b.name)));
     set
 }

@@ -126,6 +126,7 @@ impl Admin {
                     "addresses": s.addresses,
                     "versions": s.versions.iter().enumerate().map(|(i, v)| serde_json::json!({
                         "name": &*v.name,
+                        "role": &*v.role,
                         "weight": weights.get(&i).copied().unwrap_or(0),
                         "endpoints": v.endpoints.len(),
                     })).collect::<Vec<_>>(),
@@ -146,7 +147,7 @@ impl Admin {
             "workload": {
                 "namespace": local.namespace, "service": local.service,
                 "version": local.version, "environment": local.environment,
-                "instance": local.instance,
+                "instance": local.instance, "role": local.role,
             },
             "policy": {
                 "version": policy.version(),

@@ -89,10 +89,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     ) {
         metrics.snapshot_reload(true);
     }
+    // The workload certificate first: every call to the controller but `Certify` presents it.
+    let identity = Arc::new(IdentityStore::new());
+    let (tls, identity_tasks) = start_identity(&config, &identity).await?;
     // The controller's stream starts before the listeners, so the first config usually
     // arrives while they bind; `/ready` says when it has.
     let (serving, serving_rx) = tokio::sync::watch::channel(false);
-    let watch_config = WatchConfig::from_config(&config).map(|mut w| {
+    let watch_config = WatchConfig::from_config(&config, identity.clone()).map(|mut w| {
         w.serving = Some(serving_rx);
         w
     });
@@ -103,16 +106,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tokio::spawn(controller::run(w, shared.clone(), metrics.clone(), status))
     });
     let source_status = Arc::new(SourceStatus::new(source.clone(), stream_status));
-    let traffic_reports = crate::traffic_report::TrafficReportConfig::from_config(&config)
-        .map(|c| crate::traffic_report::spawn(c, metrics.clone()));
+    let traffic_reports =
+        crate::traffic_report::TrafficReportConfig::from_config(&config, identity.clone())
+            .map(|c| crate::traffic_report::spawn(c, metrics.clone()));
     let router = Arc::new(Router::new(shared.clone(), config.unknown_destinations));
 
     let proxy_id: Arc<str> = config.proxy_id.as_str().into();
-    let (tls, identity_tasks) = start_identity(&config).await?;
-    let reporter = match &config.controller_addr {
-        Some(addr) => Reporter::spawn(
-            addr.clone(),
-            config.identity_token.clone(),
+    let reporter = match config.controller() {
+        Some(controller) => Reporter::spawn(
+            controller,
+            identity.clone(),
             config.proxy_id.clone(),
             config.denial_report_interval,
             metrics.clone(),
@@ -286,21 +289,19 @@ async fn wait_for_shutdown(admin: &Notify) {
 /// not (the proxy serves plaintext and keeps trying).
 async fn start_identity(
     config: &Config,
+    store: &Arc<IdentityStore>,
 ) -> Result<(Option<Arc<MeshTls>>, Vec<tokio::task::JoinHandle<()>>), StartError> {
-    let store = Arc::new(IdentityStore::new());
     let mut tasks = Vec::new();
     if let Some(dir) = &config.identity_dir {
-        identity::files::load_into(dir, &store).map_err(|e| StartError::Identity(e.to_string()))?;
+        identity::files::load_into(dir, store).map_err(|e| StartError::Identity(e.to_string()))?;
         tasks.push(tokio::spawn(identity::files::watch(
             dir.clone(),
             store.clone(),
             config.identity_poll,
         )));
-    } else if let (Some(token), Some(controller)) =
-        (&config.identity_token, &config.controller_addr)
-    {
+    } else if let (Some(token), Some(controller)) = (&config.identity_token, config.controller()) {
         let certify = CertifyConfig {
-            controller: controller.clone(),
+            controller,
             token: token.clone(),
             workload: sluice_api::v1::Workload {
                 namespace: config.namespace.clone(),
@@ -308,9 +309,10 @@ async fn start_identity(
                 version: config.service_version.clone(),
                 environment: config.environment.clone(),
                 instance: config.instance.clone(),
+                role: config.role.clone(),
             },
         };
-        identity::certify::first(&certify, &store, FIRST_CERTIFICATE_WAIT).await;
+        identity::certify::first(&certify, store, FIRST_CERTIFICATE_WAIT).await;
         tasks.push(tokio::spawn(identity::certify::renew(
             certify,
             store.clone(),
@@ -318,7 +320,7 @@ async fn start_identity(
     } else {
         return Ok((None, tasks));
     }
-    Ok((Some(Arc::new(MeshTls::new(store))), tasks))
+    Ok((Some(Arc::new(MeshTls::new(store.clone()))), tasks))
 }
 
 /// HTTP/2 connections: ping after this long idle, close if the ping is not answered within as

@@ -69,6 +69,11 @@ pub const ENV_SERVICE_VERSION: &str = "SLUICE_PROXY_SERVICE_VERSION";
 pub const ENV_NAMESPACE: &str = "SLUICE_PROXY_NAMESPACE";
 /// The workload's environment: `stable` (default) or an ephemeral one such as `pr-42`.
 pub const ENV_ENVIRONMENT: &str = "SLUICE_PROXY_ENVIRONMENT";
+/// The workload instance's role: empty (default) for an ordinary instance, or `baseline` for a
+/// rollout's fresh copy of the stable version (started beside the canary so it is judged
+/// against a like-for-like baseline). Registered and reported with the instance, so that its
+/// traffic is routed and counted apart from the version's ordinary instances.
+pub const ENV_ROLE: &str = "SLUICE_PROXY_ROLE";
 /// The workload instance's unique name (pod name). Default: the proxy id.
 pub const ENV_INSTANCE: &str = "SLUICE_PROXY_INSTANCE";
 /// This proxy's id for loop detection. Default: random per process.
@@ -76,10 +81,15 @@ pub const ENV_PROXY_ID: &str = "SLUICE_PROXY_ID";
 /// If set, the proxy writes the addresses it actually bound (JSON) to this file once all
 /// listeners are up. Lets tests and tooling use port 0.
 pub const ENV_LISTEN_ADDRS_FILE: &str = "SLUICE_PROXY_LISTEN_ADDRS_FILE";
-/// The controller's gRPC address (`http://127.0.0.1:7071`): certificates (`Certify`), denial
-/// reports (`ReportDenials`) and, unless a policy directory or snapshot file is configured,
-/// the config itself (`Watch`, see [`crate::state::controller`]).
+/// The controller's gRPC address (`127.0.0.1:7071` or `https://127.0.0.1:7071`; it serves TLS
+/// only): certificates (`Certify`), denial reports (`ReportDenials`) and, unless a policy
+/// directory or snapshot file is configured, the config itself (`Watch`, see
+/// [`crate::state::controller`]).
 pub const ENV_CONTROLLER_ADDR: &str = "SLUICE_PROXY_CONTROLLER_ADDR";
+/// The mesh CA certificate(s), PEM, that the controller's certificate must chain to: how the
+/// proxy trusts the controller before it has an identity of its own. Required with
+/// [`ENV_CONTROLLER_ADDR`]. Read again for every new connection.
+pub const ENV_CONTROLLER_CA: &str = "SLUICE_PROXY_CONTROLLER_CA";
 /// Which config source to use: `controller`, `policy-dir`, `snapshot` or `none`. Unset: the
 /// policy directory or snapshot file if one is set, else the controller if its address is set,
 /// else none. Setting it makes a missing or conflicting source a configuration error.
@@ -244,6 +254,8 @@ pub struct Config {
     pub namespace: String,
     /// See [`ENV_ENVIRONMENT`].
     pub environment: String,
+    /// See [`ENV_ROLE`].
+    pub role: String,
     /// See [`ENV_INSTANCE`].
     pub instance: String,
     /// See [`ENV_PROXY_ID`].
@@ -252,6 +264,8 @@ pub struct Config {
     pub listen_addrs_file: Option<PathBuf>,
     /// See [`ENV_CONTROLLER_ADDR`].
     pub controller_addr: Option<String>,
+    /// See [`ENV_CONTROLLER_CA`].
+    pub controller_ca: Option<PathBuf>,
     /// See [`ENV_CONFIG_SOURCE`]: the source in use, explicit or inferred.
     pub source: SourceKind,
     /// See [`ENV_REGISTER_ADDR`].
@@ -301,6 +315,14 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Config {
+    /// The controller and how to trust it, if one is configured.
+    pub fn controller(&self) -> Option<crate::identity::controller::ControllerConn> {
+        Some(crate::identity::controller::ControllerConn {
+            addr: self.controller_addr.clone()?,
+            ca: self.controller_ca.clone()?,
+        })
+    }
+
     /// The local workload's identity.
     pub fn workload(&self) -> crate::state::Workload {
         crate::state::Workload {
@@ -308,6 +330,7 @@ impl Config {
             service: self.service.clone(),
             version: self.service_version.clone(),
             environment: self.environment.clone(),
+            role: self.role.clone(),
             instance: self.instance.clone(),
         }
     }
@@ -371,6 +394,13 @@ impl Config {
             service_version: p.get(ENV_SERVICE_VERSION).unwrap_or_default(),
             namespace: p.non_empty(ENV_NAMESPACE, "default"),
             environment: p.non_empty(ENV_ENVIRONMENT, crate::state::endpoints::STABLE),
+            role: p.parse(ENV_ROLE, String::new(), |s| match s {
+                "" | sluice_policy::resources::BASELINE_ROLE => Ok(s.to_owned()),
+                _ => Err(format!(
+                    "expected `{}` or nothing",
+                    sluice_policy::resources::BASELINE_ROLE
+                )),
+            }),
             instance: p.get(ENV_INSTANCE).unwrap_or_default(),
             proxy_id: p
                 .get(ENV_PROXY_ID)
@@ -383,9 +413,10 @@ impl Config {
                     if s.contains("://") {
                         s
                     } else {
-                        format!("http://{s}")
+                        format!("https://{s}")
                     }
                 }),
+            controller_ca: p.path(ENV_CONTROLLER_CA),
             source: SourceKind::None,
             register_addr: p.parse(ENV_REGISTER_ADDR, None, |s| {
                 s.parse()
@@ -433,7 +464,41 @@ impl Config {
             p.errors.push(ConfigError {
                 var: ENV_CONTROLLER_ADDR,
                 value: String::new(),
-                reason: "a bootstrap token is set, so the controller address is needed to use it (e.g. http://127.0.0.1:7071)".into(),
+                reason: "a bootstrap token is set, so the controller address is needed to use it (e.g. 127.0.0.1:7071)".into(),
+            });
+        }
+        if let Some(addr) = &config.controller_addr {
+            if !addr.starts_with("https://") {
+                p.errors.push(ConfigError {
+                    var: ENV_CONTROLLER_ADDR,
+                    value: addr.clone(),
+                    reason: "the controller serves TLS only: use https://HOST:PORT, or HOST:PORT"
+                        .into(),
+                });
+            }
+            if config.controller_ca.is_none() {
+                p.errors.push(ConfigError {
+                    var: ENV_CONTROLLER_CA,
+                    value: String::new(),
+                    reason: "the controller's address is set, so the mesh CA certificate (PEM) \
+                             that its certificate chains to is needed to trust it (the \
+                             controller's STATE_DIR/ca/ca.crt, or the file given as --ca-cert)"
+                        .into(),
+                });
+            }
+        }
+        if config.source == SourceKind::Controller
+            && config.identity_token.is_none()
+            && config.identity_dir.is_none()
+        {
+            p.errors.push(ConfigError {
+                var: ENV_IDENTITY_TOKEN,
+                value: String::new(),
+                reason: format!(
+                    "the controller streams config only to a workload that proves who it is: \
+                     set {ENV_IDENTITY_TOKEN} or {ENV_IDENTITY_TOKEN_FILE} (a bootstrap token, \
+                     for a certificate from the controller) or {ENV_IDENTITY_DIR}"
+                ),
             });
         }
         if config.identity_token.is_some() && config.identity_dir.is_some() {
@@ -720,14 +785,19 @@ mod tests {
     #[test]
     fn the_controller_is_the_source_unless_a_file_is_named() {
         let addr = (ENV_CONTROLLER_ADDR, "127.0.0.1:7071");
-        let c = parse(&[addr, (ENV_SERVICE, "web")]).expect("valid");
+        let ca = (ENV_CONTROLLER_CA, "/run/ca.pem");
+        let token = (ENV_IDENTITY_TOKEN, "t");
+        let c = parse(&[addr, ca, token, (ENV_SERVICE, "web")]).expect("valid");
         assert_eq!(c.source, SourceKind::Controller);
+        assert_eq!(c.controller_addr.as_deref(), Some("https://127.0.0.1:7071"));
         assert!(c.authz, "a controller-fed proxy enforces");
         // A file source wins; the controller is then only for Certify and denial reports.
-        let c = parse(&[addr, (ENV_POLICY_DIR, "/p")]).expect("valid");
+        let c = parse(&[addr, ca, (ENV_POLICY_DIR, "/p")]).expect("valid");
         assert_eq!(c.source, SourceKind::PolicyDir);
         let c = parse(&[
             addr,
+            ca,
+            token,
             (ENV_SERVICE, "web"),
             (ENV_SERVICE_VERSION, "v1"),
             (ENV_REGISTER_ADDR, "10.0.0.1:4143"),
@@ -741,19 +811,58 @@ mod tests {
         let vars = |e: ConfigErrors| e.0.iter().map(|e| e.var).collect::<Vec<_>>();
         let errs = parse(&[
             addr,
+            ca,
+            token,
             (ENV_CONFIG_SOURCE, "controller"),
             (ENV_SNAPSHOT, "/s"),
         ])
         .expect_err("conflict");
         assert_eq!(vars(errs), [ENV_SNAPSHOT, ENV_SERVICE]);
-        let errs = parse(&[(ENV_CONFIG_SOURCE, "controller"), (ENV_SERVICE, "web")])
-            .expect_err("no address");
-        assert_eq!(vars(errs), [ENV_CONTROLLER_ADDR]);
+        let errs = parse(&[
+            (ENV_CONFIG_SOURCE, "controller"),
+            (ENV_SERVICE, "web"),
+            token,
+        ])
+        .expect_err("no address");
+        assert_eq!(vars(errs), [ENV_CONTROLLER_ADDR, ENV_CONTROLLER_ADDR]);
         let errs = parse(&[(ENV_POLICY_DIR, "/p"), (ENV_REGISTER_ADDR, "10.0.0.1:1")])
             .expect_err("register without the controller");
         assert_eq!(vars(errs), [ENV_REGISTER_ADDR]);
         let errs = parse(&[(ENV_CONFIG_SOURCE, "etcd")]).expect_err("unknown");
         assert_eq!(vars(errs), [ENV_CONFIG_SOURCE]);
+    }
+
+    #[test]
+    fn the_controller_is_reached_over_tls_by_a_workload_that_can_prove_who_it_is() {
+        let vars = |e: ConfigErrors| e.0.iter().map(|e| e.var).collect::<Vec<_>>();
+        let service = (ENV_SERVICE, "web");
+        let token = (ENV_IDENTITY_TOKEN, "t");
+        let ca = (ENV_CONTROLLER_CA, "/run/ca.pem");
+        let errs = parse(&[
+            (ENV_CONTROLLER_ADDR, "http://127.0.0.1:7071"),
+            ca,
+            token,
+            service,
+        ])
+        .expect_err("plaintext");
+        assert_eq!(vars(errs), [ENV_CONTROLLER_ADDR]);
+        let errs = parse(&[(ENV_CONTROLLER_ADDR, "127.0.0.1:7071"), token, service])
+            .expect_err("no CA to trust the controller with");
+        assert_eq!(vars(errs), [ENV_CONTROLLER_CA]);
+        let errs = parse(&[(ENV_CONTROLLER_ADDR, "127.0.0.1:7071"), ca, service])
+            .expect_err("no identity to watch with");
+        assert_eq!(vars(errs), [ENV_IDENTITY_TOKEN]);
+        let c = parse(&[
+            (ENV_CONTROLLER_ADDR, "https://ctl:7071"),
+            ca,
+            (ENV_IDENTITY_DIR, "/id"),
+            service,
+        ])
+        .expect("certificates from files will do");
+        assert_eq!(
+            c.controller().map(|c| c.ca),
+            Some(PathBuf::from("/run/ca.pem"))
+        );
     }
 
     #[test]

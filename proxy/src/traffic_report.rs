@@ -8,12 +8,14 @@
 //! successful send, and at least every [`KEEP_ALIVE`] so the controller knows the instance is
 //! still there. A controller that is away costs a debug line and a retry next interval.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use sluice_api::v1::mesh_client::MeshClient;
 use sluice_api::v1::{LatencyBucket, TrafficReport, Workload};
-use tonic::transport::Channel;
 
+use crate::identity::IdentityStore;
+use crate::identity::controller::ControllerConn;
 use crate::metrics::{InboundTotals, Metrics};
 
 /// The longest the proxy stays silent, even when nothing changed: the controller counts an
@@ -23,24 +25,27 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// What the reporter needs to know.
 #[derive(Clone, Debug)]
 pub struct TrafficReportConfig {
-    /// The controller's gRPC address, `http://127.0.0.1:7071`.
-    pub controller: String,
+    /// The controller, and how to trust it.
+    pub controller: ControllerConn,
     /// The workload this proxy fronts (whose inbound traffic is reported).
     pub workload: Workload,
     /// This proxy process.
     pub proxy_id: String,
     /// How often the totals are checked (and sent if they changed).
     pub interval: Duration,
-    /// The bootstrap token every report carries (the controller only accepts reports for the
-    /// workload it names); without one the controller refuses the reports.
-    pub token: Option<crate::identity::certify::Token>,
+    /// This workload's certificate, which every report presents (the controller only accepts
+    /// reports for the workload it names).
+    pub identity: Arc<IdentityStore>,
 }
 
 impl TrafficReportConfig {
     /// The reporter's configuration, when there is something to report to: the controller is
     /// the config source and the workload has a version (what canary analysis compares).
-    pub fn from_config(config: &crate::config::Config) -> Option<TrafficReportConfig> {
-        let watch = crate::state::controller::WatchConfig::from_config(config)?;
+    pub fn from_config(
+        config: &crate::config::Config,
+        identity: Arc<IdentityStore>,
+    ) -> Option<TrafficReportConfig> {
+        let watch = crate::state::controller::WatchConfig::from_config(config, identity)?;
         if watch.workload.version.is_empty() {
             tracing::info!(
                 "no {} set, so no traffic reports to the controller (canary analysis compares versions)",
@@ -53,7 +58,7 @@ impl TrafficReportConfig {
             workload: watch.workload,
             proxy_id: watch.proxy_id,
             interval: config.traffic_report_interval,
-            token: watch.token,
+            identity: watch.identity,
         })
     }
 }
@@ -65,15 +70,24 @@ pub fn spawn(config: TrafficReportConfig, metrics: Metrics) -> tokio::task::Join
 
 async fn run(config: TrafficReportConfig, metrics: Metrics) {
     let started_unix_ms = unix_ms(SystemTime::now());
-    let channel = match tonic::transport::Endpoint::from_shared(config.controller.clone()) {
-        // Lazy: the channel connects on first use and reconnects after failures by itself,
-        // so one channel serves the proxy's whole life without a connection per report.
-        Ok(endpoint) => endpoint
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy(),
+    // Lazy: the channel connects on first use and reconnects after failures by itself, so one
+    // channel serves the proxy's whole life without a connection per report.
+    let channel = match config.controller.endpoint() {
+        Ok(endpoint) => {
+            let endpoint = endpoint
+                .connect_timeout(Duration::from_secs(3))
+                .timeout(Duration::from_secs(5));
+            config
+                .controller
+                .connect_lazy(endpoint, &config.identity)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let channel = match channel {
+        Ok(channel) => channel,
         Err(e) => {
-            tracing::warn!(controller = %config.controller, error = %e, "no traffic reports: bad controller address");
+            tracing::warn!(controller = %config.controller.addr, error = %e, "no traffic reports to the controller");
             return;
         }
     };
@@ -91,7 +105,7 @@ async fn run(config: TrafficReportConfig, metrics: Metrics) {
             continue;
         }
         let report = report(&config, started_unix_ms, &totals);
-        match send(&mut client, report, config.token.as_ref()).await {
+        match client.report_traffic(report).await.map(drop) {
             Ok(()) => {
                 refused_logged = false;
                 tracing::trace!(requests = totals.requests, "traffic reported");
@@ -111,8 +125,8 @@ async fn run(config: TrafficReportConfig, metrics: Metrics) {
                     tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
                 ) =>
             {
-                // Once per refusal streak: a missing or wrong token does not fix itself
-                // between intervals, but an operator may fix it, so keep trying quietly.
+                // Once per refusal streak: a missing or wrong certificate does not fix itself
+                // between intervals (a renewal may), so keep trying quietly.
                 if !refused_logged {
                     tracing::warn!(%status, "the controller refused this proxy's traffic reports; canary analysis will not see them");
                     refused_logged = true;
@@ -122,18 +136,6 @@ async fn run(config: TrafficReportConfig, metrics: Metrics) {
             Err(status) => tracing::debug!(%status, "could not report traffic; retrying"),
         }
     }
-}
-
-async fn send(
-    client: &mut MeshClient<Channel>,
-    report: TrafficReport,
-    token: Option<&crate::identity::certify::Token>,
-) -> Result<(), tonic::Status> {
-    let mut request = tonic::Request::new(report);
-    crate::identity::certify::with_bearer(&mut request, token)
-        .await
-        .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
-    client.report_traffic(request).await.map(|_| ())
 }
 
 fn report(config: &TrafficReportConfig, started_unix_ms: i64, t: &InboundTotals) -> TrafficReport {
@@ -239,17 +241,21 @@ mod tests {
             Duration::from_millis(4),
         );
         let config = TrafficReportConfig {
-            controller: "http://127.0.0.1:1".into(),
+            controller: ControllerConn {
+                addr: "https://127.0.0.1:1".into(),
+                ca: "/nonexistent/ca.pem".into(),
+            },
             workload: Workload {
                 namespace: "default".into(),
                 service: "payments".into(),
                 version: "v2".into(),
                 environment: "stable".into(),
                 instance: "payments-1".into(),
+                role: String::new(),
             },
             proxy_id: "p1".into(),
             interval: Duration::from_secs(1),
-            token: None,
+            identity: Arc::new(IdentityStore::new()),
         };
         let r = report(&config, 1_000, &metrics.inbound_totals());
         assert_eq!((r.requests, r.failures), (1, 1));

@@ -1,8 +1,9 @@
 //! `propagation`: how long a policy edit takes to reach every proxy.
 //!
 //! Starts the real `sluice controller` (release build) on a copy of the shop's policy, opens
-//! `--proxies` Watch streams from this process (each a tonic client on its own connection, as
-//! real proxies have), then edits a policy file `--edits` times. For each edit it measures,
+//! `--proxies` Watch streams from this process (each a tonic client on its own mTLS connection
+//! with its workload's certificate from `Certify`, as real proxies have), then edits a policy
+//! file `--edits` times. For each edit it measures,
 //! per proxy, the time from just before the file is written to the moment that proxy's stream
 //! delivers the new version, and reports p50, p99 and max per edit and over all of them.
 //!
@@ -18,10 +19,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use clap::Parser;
+use rustls::client::ResolvesClientCert;
 use sluice_api::v1::mesh_client::MeshClient;
-use sluice_api::v1::{WatchRequest, Workload};
+use sluice_api::v1::{CertifyRequest, WatchRequest, Workload};
+use sluice_controller::identity::{TokenKey, WorkloadIdentity};
 use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
 
 /// Measure policy propagation from the controller to many proxies.
 #[derive(Debug, Parser)]
@@ -96,6 +102,51 @@ impl Drop for Controller {
     }
 }
 
+/// An mTLS channel to the controller at `addr`, trusting `ca_pem`, presenting `cert`.
+async fn channel(
+    addr: &str,
+    ca_pem: &[u8],
+    cert: Option<Arc<dyn ResolvesClientCert>>,
+) -> Result<Channel, Error> {
+    let config = sluice_api::tls::client_config(sluice_api::tls::roots_from_pem(ca_pem)?, cert)?;
+    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .connect_with_connector(sluice_api::tls::Connector::new(config))
+        .await?)
+}
+
+/// A certificate for `default/<service>` from `Certify`, with a token signed by the
+/// controller's key: what each simulated proxy presents.
+async fn certificate(
+    addr: &str,
+    ca_pem: &[u8],
+    tokens: &TokenKey,
+    service: &str,
+) -> Result<Arc<dyn ResolvesClientCert>, Error> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
+    let token = tokens.issue(
+        &WorkloadIdentity::new("default", service)?,
+        Duration::from_secs(3600),
+        std::time::SystemTime::now(),
+    );
+    let issued = MeshClient::new(channel(addr, ca_pem, None).await?)
+        .certify(CertifyRequest {
+            workload: Some(Workload {
+                namespace: "default".to_owned(),
+                service: service.to_owned(),
+                ..Workload::default()
+            }),
+            csr_der: csr.der().to_vec(),
+            token,
+        })
+        .await?
+        .into_inner();
+    Ok(sluice_api::tls::fixed_client_cert(
+        vec![issued.certificate_der.into()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )?)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -136,14 +187,21 @@ async fn main() -> Result<(), Error> {
         .ok_or_else(|| format!("unexpected first line {line:?}"))?
         .to_owned();
 
+    // One certificate per simulated service (the controller streams to a workload only with
+    // its own), from Certify with a token signed by the controller's key.
+    let ca_pem = std::fs::read(state.join("ca/ca.crt"))?;
+    let tokens = TokenKey::load_or_create(&state)?;
+    let mut certs = Vec::new();
+    for s in 0..50 {
+        certs.push(certificate(&addr, &ca_pem, &tokens, &format!("svc-{s}")).await?);
+    }
+
     // Connect every proxy and wait for its first config.
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, String, Instant)>();
     let connect_start = Instant::now();
     let mut first_versions = Vec::new();
     for i in 0..args.proxies {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await?;
+        let channel = channel(&addr, &ca_pem, Some(certs[i % 50].clone())).await?;
         let mut client = MeshClient::new(channel);
         let mut stream = client
             .watch(WatchRequest {
@@ -153,6 +211,7 @@ async fn main() -> Result<(), Error> {
                     version: "v1".to_owned(),
                     environment: "stable".to_owned(),
                     instance: format!("svc-{}-{i}", i % 50),
+                    role: String::new(),
                 }),
                 proxy_id: format!("bench-{i}"),
                 have_version: String::new(),

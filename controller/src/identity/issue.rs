@@ -132,10 +132,40 @@ impl Certifier {
         now: SystemTime,
     ) -> Result<IssuedCertificate, IssueError> {
         let public_key = check_csr(csr_der)?;
+        self.sign(
+            &public_key,
+            workload.spiffe_id(&self.trust_domain),
+            self.lifetime,
+            now,
+        )
+    }
+
+    /// The controller's own serving certificate for `key`: the same shape as a workload's, but
+    /// named `spiffe://<trust-domain>/sluice/controller`, which no workload can be.
+    pub fn issue_controller(
+        &self,
+        key: &impl PublicKeyData,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedCertificate, IssueError> {
+        self.sign(
+            key,
+            sluice_api::tls::controller_spiffe_id(self.trust_domain.as_str()),
+            lifetime,
+            now,
+        )
+    }
+
+    fn sign(
+        &self,
+        public_key: &impl PublicKeyData,
+        spiffe_id: String,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedCertificate, IssueError> {
         if self.ca.not_after() <= now {
             return Err(IssueError::CaExpired(self.ca.not_after()));
         }
-        let spiffe_id = workload.spiffe_id(&self.trust_domain);
         let signing = |e: &dyn std::fmt::Display| IssueError::Signing(e.to_string());
 
         let mut params = CertificateParams::default();
@@ -154,12 +184,12 @@ impl Certifier {
         let not_before = asn1_time(now.checked_sub(CLOCK_SKEW_ALLOWANCE).unwrap_or(now))
             .map_err(|e| signing(&e))?;
         let not_after =
-            asn1_time((now + self.lifetime).min(self.ca.not_after())).map_err(|e| signing(&e))?;
+            asn1_time((now + lifetime).min(self.ca.not_after())).map_err(|e| signing(&e))?;
         params.not_before = not_before;
         params.not_after = not_after;
 
         let cert = params
-            .signed_by(&public_key, self.ca.issuer())
+            .signed_by(public_key, self.ca.issuer())
             .map_err(|e| signing(&e))?;
         Ok(IssuedCertificate {
             der: cert.der().to_vec(),

@@ -60,6 +60,24 @@ impl WorkloadIdentity {
         &self.service
     }
 
+    /// Parses `spiffe://<trust-domain>/ns/<namespace>/svc/<service>` from `trust_domain`, the
+    /// only shape the mesh CA issues to workloads. Anything else (another trust domain, the
+    /// controller's own `/sluice/controller`, extra segments) is not a workload.
+    pub fn from_spiffe_id(uri: &str, trust_domain: &TrustDomain) -> Result<Self, String> {
+        let not = |why: &str| format!("`{uri}` is not a workload identity of this mesh: {why}");
+        let rest = uri
+            .strip_prefix("spiffe://")
+            .and_then(|r| r.strip_prefix(trust_domain.as_str()))
+            .ok_or_else(|| not(&format!("it is not from trust domain `{trust_domain}`")))?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            ["", "ns", namespace, "svc", service] => {
+                WorkloadIdentity::new(namespace, service).map_err(|e| not(&e.to_string()))
+            }
+            _ => Err(not("the path is not /ns/<namespace>/svc/<service>")),
+        }
+    }
+
     /// `spiffe://<trust-domain>/ns/<namespace>/svc/<service>`.
     pub fn spiffe_id(&self, trust_domain: &TrustDomain) -> String {
         format!(
@@ -198,6 +216,26 @@ mod tests {
         ] {
             assert!(check_dns_label("service", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn workload_identities_parse_from_spiffe_ids_of_this_mesh_only() -> Result<(), InvalidName> {
+        let td = TrustDomain::new("shop.local")?;
+        let id = WorkloadIdentity::new("shop", "payments")?;
+        assert_eq!(
+            WorkloadIdentity::from_spiffe_id(&id.spiffe_id(&td), &td),
+            Ok(id)
+        );
+        for bad in [
+            "spiffe://other.local/ns/shop/svc/payments",
+            "spiffe://shop.local/sluice/controller",
+            "spiffe://shop.local/ns/shop/svc/payments/x",
+            "spiffe://shop.localx/ns/shop/svc/payments",
+            "spiffe://shop.local/ns/Shop/svc/payments",
+        ] {
+            assert!(WorkloadIdentity::from_spiffe_id(bad, &td).is_err(), "{bad}");
+        }
+        Ok(())
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct RolloutContext {
     pub canary_version: String,
     /// The stable version it is judged against.
     pub baseline_version: String,
+    /// Which instances of it: "a fresh copy of v1 (payments-v1-baseline), with the canary's
+    /// weight", or "the running v1 instances"; empty when unknown.
+    pub baseline: String,
     /// The rollout's page in the portal.
     pub rollout_url: String,
     /// The chart as PNG, at a stable URL served by the controller (shown inline in Slack).
@@ -50,10 +53,45 @@ pub struct RollbackReason {
     pub margin: f64,
     /// Unit of the margin, e.g. `points` or `%`.
     pub margin_unit: String,
-    /// The judge's explanation, e.g. `SPRT: 412 canary requests, 19 failed; p < 0.001`.
+    /// The judge's explanation of every failed check, e.g. `errors: canary success rate
+    /// 94.2% vs baseline 99.89% (margin 0.5 points); evidence 626 ≥ 300 …`.
     pub evidence: String,
+    /// Other metrics that failed at the same look (the headline names them all).
+    pub also: Vec<FailedCheck>,
     /// The canary's last log lines (any number; the last 20 are sent, redacted).
     pub canary_logs: Vec<String>,
+}
+
+/// One failed check of a rollback, in the message's units.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FailedCheck {
+    /// The metric check's name, e.g. `p99`.
+    pub metric: String,
+    /// The canary's value.
+    pub canary_value: f64,
+    /// The baseline's value.
+    pub baseline_value: f64,
+    /// Unit of both values.
+    pub unit: String,
+    /// The allowed margin.
+    pub margin: f64,
+    /// Unit of the margin.
+    pub margin_unit: String,
+    /// The judge's sentence.
+    pub evidence: String,
+}
+
+impl RollbackReason {
+    /// `errors` or `errors and p99`: what failed.
+    pub fn metrics(&self) -> String {
+        let mut names: Vec<&str> = vec![self.metric.as_str()];
+        names.extend(self.also.iter().map(|c| c.metric.as_str()));
+        match names.as_slice() {
+            [one] => (*one).to_owned(),
+            [init @ .., last] => format!("{} and {last}", init.join(", ")),
+            [] => String::new(),
+        }
+    }
 }
 
 /// Something that happened to a rollout.
@@ -133,7 +171,9 @@ pub fn rollout_notification(ctx: &RolloutContext, event: &RolloutEvent) -> Notif
             format!("{} {}: rollout started", ctx.service, ctx.canary_version),
             format!(
                 "{} {} is being rolled out over {steps} step(s), judged against {}.",
-                ctx.service, ctx.canary_version, ctx.baseline_version
+                ctx.service,
+                ctx.canary_version,
+                judged_against(ctx)
             ),
         ),
         RolloutEvent::Step { step, weight } => (
@@ -162,20 +202,41 @@ pub fn rollout_notification(ctx: &RolloutContext, event: &RolloutEvent) -> Notif
                 ctx.service, ctx.canary_version
             ),
         ),
-        RolloutEvent::RolledBack(r) => (
-            format!("{} {} rolled back", ctx.service, ctx.canary_version),
-            format!(
-                "{} failed at step {} ({}%): canary {} vs baseline {} (margin {}). All traffic \
-                 is back on {}.",
+        RolloutEvent::RolledBack(r) => {
+            let mut values = vec![format!(
+                "{}: canary {} vs baseline {} (margin {})",
                 r.metric,
-                r.step,
-                r.weight,
                 with_unit(r.canary_value, &r.unit),
                 with_unit(r.baseline_value, &r.unit),
                 with_unit(r.margin, &r.margin_unit),
-                ctx.baseline_version
-            ),
-        ),
+            )];
+            values.extend(r.also.iter().map(|c| {
+                format!(
+                    "{}: canary {} vs baseline {} (margin {})",
+                    c.metric,
+                    with_unit(c.canary_value, &c.unit),
+                    with_unit(c.baseline_value, &c.unit),
+                    with_unit(c.margin, &c.margin_unit),
+                )
+            }));
+            (
+                format!(
+                    "{} {} rolled back: {}",
+                    ctx.service,
+                    ctx.canary_version,
+                    r.metrics()
+                ),
+                format!(
+                    "{} failed at step {} ({}%): {}; judged against {}. All traffic is back on {}.",
+                    r.metrics(),
+                    r.step,
+                    r.weight,
+                    values.join("; "),
+                    judged_against(ctx),
+                    ctx.baseline_version
+                ),
+            )
+        }
     };
     let mut n = Notification::new(id, event.kind(), event.severity(), title)
         .with_text(text)
@@ -194,11 +255,14 @@ pub fn rollout_notification(ctx: &RolloutContext, event: &RolloutEvent) -> Notif
             n = n
                 .with_field("step", r.step.to_string())
                 .with_field("weight", format!("{}%", r.weight))
-                .with_field("metric", r.metric.as_str())
+                .with_field("metric", r.metrics())
                 .with_field("canary", with_unit(r.canary_value, &r.unit))
                 .with_field("baseline", with_unit(r.baseline_value, &r.unit))
                 .with_field("margin", with_unit(r.margin, &r.margin_unit))
                 .with_field("evidence", r.evidence.as_str());
+            if !ctx.baseline.is_empty() {
+                n = n.with_field("baseline used", ctx.baseline.as_str());
+            }
             if !r.canary_logs.is_empty() {
                 n = n.with_logs(&r.canary_logs);
             }
@@ -216,6 +280,16 @@ pub fn rollout_notification(ctx: &RolloutContext, event: &RolloutEvent) -> Notif
         n = n.with_link("chart (SVG)", svg.as_str());
     }
     n
+}
+
+/// What the canary is compared with, for a sentence: the baseline's description, else its
+/// version.
+fn judged_against(ctx: &RolloutContext) -> String {
+    if ctx.baseline.is_empty() {
+        ctx.baseline_version.clone()
+    } else {
+        ctx.baseline.clone()
+    }
 }
 
 /// `95.2 %`, `412 ms`, `0.5 points`: at most three decimals, no trailing zeros.
@@ -250,6 +324,7 @@ mod tests {
             service: "payments".into(),
             canary_version: "v2".into(),
             baseline_version: "v1".into(),
+            baseline: "a fresh copy of v1 (payments-v1-baseline), with the canary's weight".into(),
             rollout_url: "http://localhost:7070/rollouts/payments-v2-1".into(),
             chart_png_url: Some("http://localhost:7070/rollouts/payments-v2-1/chart.png".into()),
             chart_svg_url: None,
@@ -278,6 +353,52 @@ mod tests {
             ..NotifySettings::default()
         };
         assert!(!should_send(&critical, RolloutEvent::Promoted.severity()));
+    }
+
+    #[test]
+    fn a_rollback_names_every_failed_metric_and_the_baseline() {
+        let check = |metric: &str, c: f64, b: f64, unit: &str, margin: f64, mu: &str| FailedCheck {
+            metric: metric.into(),
+            canary_value: c,
+            baseline_value: b,
+            unit: unit.into(),
+            margin,
+            margin_unit: mu.into(),
+            evidence: format!("{metric}: …"),
+        };
+        let p99 = check("p99", 61.0, 9.0, "ms", 20.0, "%");
+        let reason = RollbackReason {
+            step: 1,
+            weight: 5,
+            metric: "errors".into(),
+            canary_value: 94.0,
+            baseline_value: 99.9,
+            unit: "%".into(),
+            margin: 0.5,
+            margin_unit: "points".into(),
+            evidence: "errors: …; and p99: …".into(),
+            also: vec![p99],
+            canary_logs: Vec::new(),
+        };
+        let n = rollout_notification(&ctx(), &RolloutEvent::RolledBack(Box::new(reason)));
+        assert_eq!(n.title, "payments v2 rolled back: errors and p99");
+        let text = n.text.clone();
+        assert!(
+            text.starts_with(
+                "errors and p99 failed at step 1 (5%): errors: canary 94% vs baseline 99.9% \
+                 (margin 0.5 points); p99: canary 61 ms vs baseline 9 ms (margin 20%); judged \
+                 against a fresh copy of v1 (payments-v1-baseline)"
+            ),
+            "{text}"
+        );
+        let field = |k: &str| {
+            n.fields
+                .iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(field("metric").as_deref(), Some("errors and p99"));
+        assert!(field("baseline used").is_some_and(|b| b.contains("fresh copy of v1")));
     }
 
     #[test]

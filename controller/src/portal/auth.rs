@@ -36,6 +36,12 @@ pub const CSRF_FIELD: &str = "csrf";
 /// The longest user name or email accepted from a header.
 const MAX_IDENTITY: usize = 256;
 
+tokio::task_local! {
+    /// The user of the request this task is answering (set by the portal's auth layer), so
+    /// that an error page rendered anywhere below it can show who is signed in.
+    pub static CURRENT_USER: User;
+}
+
 /// How users are identified.
 #[derive(Clone, Debug, Default)]
 pub struct AuthConfig {

@@ -1,32 +1,34 @@
-//! The service portal: the access-request form every denial links to, its review path, and a
-//! page per service. Server-rendered HTML, usable without JavaScript.
+//! The service portal: the access-request form every denial links to, its review path, a page
+//! per service, and the rollout pages. Server-rendered HTML, usable without JavaScript.
 //!
-//! Routing lives here; each area has its module: [`access`] (`/access/…`: the form, requests,
-//! reviews, the audit log), [`services`] (`/services`, `/services/<name>`). [`html`] holds the
-//! page layout and escaping every page uses. [`server`] serves it all (`--portal`), [`auth`]
-//! says who is asking and checks forms' CSRF tokens, [`grants`] writes grants into the policy
-//! directory (and git), [`store`] keeps requests and the audit log. The guide is
-//! `docs/portal.md`.
+//! The folders mirror the routes: [`access`] (`/access/…`: the form, requests, reviews, the
+//! audit log), [`services`] (`/services/…`), [`rollouts`] (`/rollouts/…`, read-only), [`dev`]
+//! (`/dev/act-as`, dev mode only). Each holds short handlers, the domain code they call (which
+//! renders nothing), and `pages.rs`, its maud templates.
+//!
+//! [`server`] has the route table and the layers every request goes through (host names,
+//! security headers, the user, CSRF and Origin checks, body limits, the access log); [`error`]
+//! is every refusal and the one place it becomes a page; [`page`] is the layout; [`extract`]
+//! the extractors (the user, the CSRF token, typed queries and forms); [`auth`] says who is
+//! asking; [`grants`] writes grants into the policy directory (and git); [`store`] keeps
+//! requests and the audit log. The guide is `docs/portal.md`.
 
 pub mod access;
 pub mod auth;
+pub mod dev;
+pub mod error;
+pub mod extract;
 pub mod grants;
-pub mod html;
+pub mod page;
+pub mod rollouts;
 pub mod server;
 pub mod services;
 pub mod store;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::Response;
-
 use crate::rollout::engine::Engine;
 use crate::server::state::ControlPlane;
-
-/// An HTTP answer.
-pub type Answer = Response<Full<Bytes>>;
 
 /// Who is asking: from the trusted proxy's header, or the local dev user.
 #[derive(Clone, Debug, PartialEq, Eq)]

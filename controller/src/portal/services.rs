@@ -1,30 +1,39 @@
-//! `/services` and `/services/<name>` (or `/services/<namespace>/<name>`): what a service is,
-//! who may call it and why, whom it calls, how it is doing, its rollout, who was refused, and
-//! where it runs.
+//! `/services/…`: what a service is, who may call it and why, whom it calls, how it is doing,
+//! its rollout, who was refused, and where it runs.
+//!
+//! | route | handler |
+//! |---|---|
+//! | `GET /services` | [`index`] |
+//! | `GET /services/{name}`, `/services/{namespace}/{name}` | [`page`], [`page_in`] |
+//! | `GET /services/{name}/traffic`, `/services/{namespace}/{name}/traffic` | [`traffic`], [`traffic_in`]: the live traffic fragment the page frames |
 //!
 //! Each request is answered in two steps so that the HTML can be tested without a server:
 //! [`gather_service`] / [`gather_index`] read the plane's in-memory state (policy, published
 //! registrations, traffic) plus what the handler fetched from the store (rollouts, one denial
-//! summary), and [`service_page`] / [`index_page`] turn that view into HTML. Every value from
-//! policy files, registrations or reports goes through [`escape`]: a service description or a
-//! denied call can contain anything.
+//! summary), and [`service_page`] / [`index_page`] (in `render`) turn that view into HTML with
+//! maud, which escapes every value: a service description or a denied call can contain
+//! anything.
 //!
-//! Requests per second are a rate between two views of the same counter, so the first view of
-//! a version shows "—" (see [`RateSampler`]).
+//! Requests per second are a rate between two readings of the same counter (see
+//! [`RateSampler`]); the traffic fragment reloads itself (`<meta http-equiv=refresh>`, no
+//! JavaScript), so the page shows a rate a second after it opens.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode};
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use maud::Markup;
 use sluice_api::v1::ProxyConfig;
 use sluice_policy::link::{DeniedCall, access_request_link, offered_rpc};
 use sluice_policy::resources::{EphemeralMode, PolicyMode, SecurityLevel};
 use sluice_policy::validate::{CallerSelector, ObjectRef};
 
-use super::html::{escape, page};
-use super::{Answer, Portal, User};
+use super::error::PortalError;
+use super::page::page as layout;
+use super::server::Shared;
+use super::{Portal, User};
 use crate::rollout::model::{Phase, Rollout};
 use crate::rollout::traffic::{VersionKey, VersionTotals};
 use crate::server::register::DEFAULT_ENVIRONMENT;
@@ -42,45 +51,6 @@ const DENIALS_SHOWN: usize = 25;
 /// How many earlier rollouts a service page links to.
 const EARLIER_ROLLOUTS: usize = 5;
 
-/// Answers `GET /services…`.
-pub async fn handle(portal: &Portal, req: Request<Incoming>, user: &User) -> Answer {
-    if req.method() != Method::GET {
-        let mut answer = page(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Method not allowed",
-            Some(user),
-            "<div class=\"error\">Service pages are read-only: use GET.</div>",
-        );
-        answer.headers_mut().insert(
-            hyper::header::ALLOW,
-            hyper::header::HeaderValue::from_static("GET"),
-        );
-        return answer;
-    }
-    match parse_path(req.uri().path()) {
-        Some(None) => index(portal, user).await,
-        Some(Some(key)) => service(portal, user, key).await,
-        None => not_found(user, req.uri().path()),
-    }
-}
-
-/// `/services` → `Some(None)`; `/services/<name>` (namespace `default`) or
-/// `/services/<namespace>/<name>` → that service; anything else → `None`.
-fn parse_path(path: &str) -> Option<Option<ObjectRef>> {
-    let rest = path.strip_prefix("/services")?;
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() {
-        return Some(None);
-    }
-    let rest = rest.strip_prefix('/')?;
-    let parts: Vec<&str> = rest.split('/').collect();
-    match parts.as_slice() {
-        [name] if !name.is_empty() => Some(Some(ObjectRef::new(DEFAULT_NAMESPACE, *name))),
-        [ns, name] if !ns.is_empty() && !name.is_empty() => Some(Some(ObjectRef::new(*ns, *name))),
-        _ => None,
-    }
-}
-
 const DEFAULT_NAMESPACE: &str = sluice_policy::resources::DEFAULT_NAMESPACE;
 
 /// The shareable address of a service's page.
@@ -92,20 +62,12 @@ pub fn service_href(key: &ObjectRef) -> String {
     }
 }
 
-fn not_found(user: &User, what: &str) -> Answer {
-    let body = format!(
-        "<h1>Not found</h1><div class=\"error\">There is no service page at <code>{}</code>.</div>\
-<p><a href=\"/services\">← All services</a></p>",
-        escape(what)
-    );
-    page(StatusCode::NOT_FOUND, "Not found", Some(user), &body)
-}
-
-async fn index(portal: &Portal, user: &User) -> Answer {
-    let rollouts = list_rollouts(portal, None).await;
-    let policy = portal.plane.policy();
-    let published = portal.plane.current();
-    let traffic = portal.plane.traffic().all();
+/// `GET /services`.
+pub async fn index(State(s): State<Shared>, user: User) -> Markup {
+    let rollouts = list_rollouts(&s.portal, None).await;
+    let policy = s.portal.plane.policy();
+    let published = s.portal.plane.current();
+    let traffic = s.portal.plane.traffic().all();
     let rows = gather_index(
         &policy,
         &published.config,
@@ -114,13 +76,27 @@ async fn index(portal: &Portal, user: &User) -> Answer {
         rate_sampler(),
         Instant::now(),
     );
-    page(StatusCode::OK, "Services", Some(user), &index_page(&rows))
+    layout("Services", Some(&user), index_markup(&rows))
 }
 
-async fn service(portal: &Portal, user: &User, key: ObjectRef) -> Answer {
-    let policy = portal.plane.policy();
-    if !policy.set.services.contains_key(&key) {
-        return not_found(user, &service_href(&key));
+/// `GET /services/{name}` (namespace `default`).
+pub async fn page(State(s): State<Shared>, user: User, Path(name): Path<String>) -> Response {
+    service(&s, &user, ObjectRef::new(DEFAULT_NAMESPACE, name)).await
+}
+
+/// `GET /services/{namespace}/{name}`.
+pub async fn page_in(
+    State(s): State<Shared>,
+    user: User,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    service(&s, &user, ObjectRef::new(namespace, name)).await
+}
+
+async fn service(s: &Shared, user: &User, key: ObjectRef) -> Response {
+    let portal = &s.portal;
+    if !portal.plane.policy().set.services.contains_key(&key) {
+        return PortalError::NoService(service_href(&key)).into_response();
     }
     let rollouts = list_rollouts(portal, Some((key.namespace.clone(), key.name.clone()))).await;
     let denials = match portal
@@ -135,6 +111,7 @@ async fn service(portal: &Portal, user: &User, key: ObjectRef) -> Answer {
             Err(e.to_string())
         }
     };
+    let policy = portal.plane.policy();
     let published = portal.plane.current();
     let traffic = portal.plane.traffic().all();
     let sources = Sources {
@@ -151,14 +128,45 @@ async fn service(portal: &Portal, user: &User, key: ObjectRef) -> Answer {
         Instant::now(),
         unix_ms(SystemTime::now()),
     ) {
-        Some(view) => page(
-            StatusCode::OK,
-            &key.to_string(),
-            Some(user),
-            &service_page(&view),
-        ),
-        None => not_found(user, &service_href(&key)),
+        Some(view) => layout(&key.to_string(), Some(user), service_markup(&view)).into_response(),
+        None => PortalError::NoService(service_href(&key)).into_response(),
     }
+}
+
+/// `GET /services/{name}/traffic`.
+pub async fn traffic(State(s): State<Shared>, Path(name): Path<String>) -> Response {
+    live_traffic(&s.portal, &ObjectRef::new(DEFAULT_NAMESPACE, name))
+}
+
+/// `GET /services/{namespace}/{name}/traffic`.
+pub async fn traffic_in(
+    State(s): State<Shared>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    live_traffic(&s.portal, &ObjectRef::new(namespace, name))
+}
+
+/// The live traffic fragment: a document of its own that the service page frames and that
+/// reloads itself, so the page's numbers stay current without JavaScript or a reload.
+fn live_traffic(portal: &Portal, key: &ObjectRef) -> Response {
+    if !portal.plane.policy().set.services.contains_key(key) {
+        return PortalError::NoService(format!("{}/traffic", service_href(key))).into_response();
+    }
+    let rows = gather_traffic(
+        key,
+        &portal.plane.traffic().all(),
+        rate_sampler(),
+        Instant::now(),
+    );
+    let csp = crate::web::CSP.replace("frame-ancestors 'none'", "frame-ancestors 'self'");
+    (
+        [
+            (http::header::CONTENT_SECURITY_POLICY, csp),
+            (http::header::X_FRAME_OPTIONS, "SAMEORIGIN".to_owned()),
+        ],
+        traffic_fragment(key, &rows),
+    )
+        .into_response()
 }
 
 /// Rollouts as the pages need them: the engine may not run, or the store may fail; neither
@@ -532,6 +540,28 @@ pub fn gather_index(
         .collect()
 }
 
+/// A service's traffic per version and environment, from `TrafficBook::all()`.
+pub fn gather_traffic(
+    key: &ObjectRef,
+    traffic: &[(VersionKey, VersionTotals)],
+    rates: &RateSampler,
+    now: Instant,
+) -> Vec<TrafficView> {
+    traffic
+        .iter()
+        .filter(|(k, _)| k.namespace == key.namespace && k.service == key.name)
+        .map(|(k, t)| TrafficView {
+            version: k.version.clone(),
+            environment: k.environment.clone(),
+            rate: rates.rate(k, t.requests, now),
+            requests: t.requests,
+            success: t.success_rate(),
+            p99_ms: t.quantile(0.99).map(|s| s * 1000.0),
+            reporting: t.instances,
+        })
+        .collect()
+}
+
 fn caller_view(sel: &CallerSelector, policy: &PolicySnapshot) -> (String, Option<String>) {
     match sel {
         CallerSelector::AnyService => ("*".to_owned(), None),
@@ -656,20 +686,7 @@ pub fn gather_service(
     // By callee, so a caller's dependencies read the same whatever the files' order.
     calls.sort_by(|a, b| a.service.cmp(&b.service));
 
-    let traffic = src
-        .traffic
-        .iter()
-        .filter(|(k, _)| k.namespace == key.namespace && k.service == key.name)
-        .map(|(k, t)| TrafficView {
-            version: k.version.clone(),
-            environment: k.environment.clone(),
-            rate: rates.rate(k, t.requests, now),
-            requests: t.requests,
-            success: t.success_rate(),
-            p99_ms: t.quantile(0.99).map(|s| s * 1000.0),
-            reporting: t.instances,
-        })
-        .collect();
+    let traffic = gather_traffic(key, src.traffic, rates, now);
 
     let callee = key.to_string();
     let template = &set.mesh.access_request_url;
@@ -826,9 +843,6 @@ pub fn gather_service(
         now_unix_ms,
     })
 }
-
-// ---------------------------------------------------------------------------------------------
-// Rendering: views in, HTML out. Every value is escaped here, at the last moment.
 
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,17 @@ use crate::store::unix_ms;
 use crate::{CliError, ColorChoice, Format, Outcome, Paint, Terminal};
 
 mod render;
+
+/// What a rollout's canary is (or was) judged against, as the status, the page and the
+/// messages say it: the baseline's description, or for a rollout from before baseline copies
+/// existed, its stable version's running instances.
+pub fn baseline_sentence(r: &Rollout) -> String {
+    if r.baseline.description.is_empty() {
+        format!("the running {} instances", r.baseline_version)
+    } else {
+        r.baseline.description.clone()
+    }
+}
 pub use render::*;
 
 /// How often `watch` polls (the judge looks every few seconds; a second keeps the countdown
@@ -354,7 +365,13 @@ fn start(admin: &Admin, args: &StartArgs, p: &mut Printer<'_>) -> Result<Outcome
         requested_by: Some(requester()),
     };
     let body = serde_json::to_string(&request).map_err(std::io::Error::from)?;
-    one_rollout(admin, "POST", "/rollouts", Some(&body), p)
+    one_rollout(
+        admin,
+        "POST",
+        crate::server::admin::paths::ROLLOUTS,
+        Some(&body),
+        p,
+    )
 }
 
 fn act(

@@ -168,6 +168,7 @@ pub fn judge(check: &MetricCheck, reading: &Reading, violations: u32) -> Option<
             canary_value: Some(canary),
             baseline_value: reading.baseline,
             margin: check.relative.as_ref().map(|r| r.margin),
+            floor: None,
             threshold: check.threshold.clone(),
             e_value: None,
             log_e_value: None,
@@ -212,7 +213,10 @@ mod tests {
             name: "p99-db".into(),
             signal: Signal::Latency,
             quantile: None,
-            relative: relative.map(|margin| RelativeMargin { margin }),
+            relative: relative.map(|margin| RelativeMargin {
+                margin,
+                at_least: None,
+            }),
             threshold,
             query: Some("histogram_quantile(0.99, x{version=\"{{version}}\"})".into()),
         }

@@ -39,7 +39,9 @@ use sluice_policy::validate::ObjectRef;
 
 use super::custom;
 use super::judge::{Counts, Judge, Verdict};
-use super::model::{Action, Event, Phase, Point, Rollout, StartRequest, StepPlan};
+use super::model::{
+    Action, Baseline, BaselineKind, Event, Phase, Point, Rollout, StartRequest, StepPlan,
+};
 use super::prometheus::PrometheusSource;
 use super::store;
 use crate::notify::rollout::{
@@ -56,6 +58,8 @@ mod plan;
 pub use plan::policy_stable_version;
 use plan::*;
 
+mod baseline;
+use baseline::*;
 mod source;
 pub use source::{MetricSource, ProxyTraffic, TotalsFuture};
 
@@ -95,14 +99,18 @@ pub struct EngineConfig {
     pub workload_logs: Option<PathBuf>,
     /// Webhook delivery settings; `None` sends nothing.
     pub delivery: Option<DeliveryConfig>,
+    /// Whether the runtime starts a fresh copy of the stable version beside each canary
+    /// (`sluice up` does), so `analysis.baseline: copy` can be honoured.
+    pub baseline_copies: bool,
 }
 
 /// What the engine keeps in memory per active rollout (rebuilt from the store on start).
 struct Runtime {
     judge: Judge,
-    /// Cumulative totals at the last look (canary, baseline); `None` until the first look,
-    /// which only takes the reference.
-    last: Option<(Counts, Counts)>,
+    /// Cumulative totals at the last look (canary, baseline, and with a baseline copy the
+    /// long-running stable instances); `None` until the first look, which only takes the
+    /// reference.
+    last: Option<(Counts, Counts, Option<Counts>)>,
     last_look_ms: i64,
     step_of_last_point: Option<usize>,
     /// Custom-query checks: consecutive violating looks by check name.
@@ -113,7 +121,7 @@ struct Runtime {
 /// and baseline, and the custom-query readings (if the rollout has custom checks).
 type Fetched = (
     Result<Counts, String>,
-    Result<Counts, String>,
+    Result<(Counts, Option<Counts>), String>,
     Option<Result<Vec<custom::Reading>, String>>,
 );
 
@@ -129,6 +137,8 @@ pub struct Engine {
     prometheus: Mutex<HashMap<String, Arc<PrometheusSource>>>,
     /// Serialises changes (the tick and API actions) so two cannot interleave.
     changing: tokio::sync::Mutex<()>,
+    /// Per pending rollout waiting for its baseline copy: since when (Unix ms).
+    copy_wait_started: Mutex<HashMap<String, i64>>,
 }
 
 fn now_ms() -> i64 {
@@ -172,6 +182,7 @@ impl Engine {
             runtime: Mutex::new(HashMap::new()),
             prometheus: Mutex::new(HashMap::new()),
             changing: tokio::sync::Mutex::new(()),
+            copy_wait_started: Mutex::new(HashMap::new()),
         });
         let st = engine.plane.store();
         let now = now_ms();
@@ -260,11 +271,12 @@ impl Engine {
                 }
                 step = Some(p.step);
             }
-            judge.observe(
+            judge.observe_with_reference(
                 &p.canary,
                 &p.baseline,
+                p.reference.as_ref(),
                 Duration::from_millis(r.interval_ms),
-                p.weight,
+                judged_weight(p.weight, p.baseline_weight),
             );
         }
         // A step change after the last point (the engine advanced, then stopped).
@@ -369,9 +381,13 @@ impl Engine {
             decision: format!("waiting for {} of {} to start", req.version, req.service),
             evidence: Vec::new(),
             failed_check: None,
+            failed_checks: Vec::new(),
+            baseline: Baseline::default(),
             canary_requests: 0,
             baseline_requests: 0,
         };
+        let mut rollout = rollout;
+        rollout.baseline = self.initial_baseline(&rollout);
         let message = format!(
             "rollout of {} {} → {} started ({} steps: {})",
             rollout.service,
@@ -496,14 +512,28 @@ impl Engine {
         // meantime wins and the fetched totals are dropped.
         let mut fetched = HashMap::new();
         for r in store::active(self.plane.store())? {
-            if r.phase != Phase::Progressing {
+            // A canary waiting for confirmation still serves its weight: it is still judged.
+            if !matches!(r.phase, Phase::Progressing | Phase::WaitingConfirmation) {
                 continue;
             }
             // The policy's Prometheus if it names one, else the proxies' reports.
             let metrics = self.metric_source(&r);
             let (ns, svc) = (r.namespace.as_str(), r.service.as_str());
             let canary = metrics.totals(ns, svc, &r.canary_version).await;
-            let baseline = metrics.totals(ns, svc, &r.baseline_version).await;
+            let baseline = if r.baseline.kind == BaselineKind::Copy {
+                // The copy's counts, and the long-running instances' as the latency check's
+                // reference until the copy has enough of its own.
+                let copy = metrics
+                    .role_totals(ns, svc, &r.baseline_version, BASELINE_ROLE)
+                    .await;
+                let stable = metrics.totals(ns, svc, &r.baseline_version).await;
+                copy.and_then(|c| stable.map(|s| (c, Some(s))))
+            } else {
+                metrics
+                    .totals(ns, svc, &r.baseline_version)
+                    .await
+                    .map(|b| (b, None))
+            };
             let checks = custom::custom_checks(&r.analysis);
             let readings = match self.prometheus_source(&r) {
                 Some(p) if !checks.is_empty() => {
@@ -529,7 +559,7 @@ impl Engine {
             let before = (r.phase, r.step, r.weight);
             match r.phase {
                 Phase::Pending => self.pending(&mut r, now)?,
-                Phase::Progressing => match fetched.remove(&r.id) {
+                Phase::Progressing | Phase::WaitingConfirmation => match fetched.remove(&r.id) {
                     Some((Ok(c), Ok(b), readings)) => {
                         self.progressing(&mut r, now, c, b, readings)?;
                     }
@@ -555,7 +585,17 @@ impl Engine {
             .plane
             .instances(&r.namespace, &r.service, &r.canary_version)
             .len();
-        if ready > 0 {
+        if ready > 0 && !self.baseline_settled(r, now) {
+            let wanted = format!(
+                "waiting for a fresh copy of {} to start beside {}",
+                r.baseline_version, r.canary_version
+            );
+            if r.decision != wanted {
+                r.decision = wanted;
+                r.updated_unix_ms = now;
+                store::save(self.plane.store(), r, None)?;
+            }
+        } else if ready > 0 {
             r.phase = Phase::Progressing;
             r.step = 0;
             r.weight = r.steps.first().map_or(0, |s| s.weight);
@@ -599,7 +639,7 @@ impl Engine {
         r: &mut Rollout,
         now: i64,
         canary: Counts,
-        baseline: Counts,
+        (baseline, reference): (Counts, Option<Counts>),
         readings: Option<Result<Vec<custom::Reading>, String>>,
     ) -> Result<(), RolloutError> {
         let verdict = {
@@ -611,25 +651,35 @@ impl Engine {
                 step_of_last_point: None,
                 custom_violations: HashMap::new(),
             });
-            let Some((last_c, last_b)) = rt.last.take() else {
-                rt.last = Some((canary, baseline));
+            let Some((last_c, last_b, last_ref)) = rt.last.take() else {
+                rt.last = Some((canary, baseline, reference));
                 rt.last_look_ms = now;
                 return Ok(());
             };
             if elapsed_ms(rt.last_look_ms, now) < r.interval_ms {
-                rt.last = Some((last_c, last_b));
+                rt.last = Some((last_c, last_b, last_ref));
                 return Ok(());
             }
             let dc = canary.delta(&last_c);
             let db = baseline.delta(&last_b);
-            rt.last = Some((canary, baseline));
+            let dref = match (&reference, &last_ref) {
+                (Some(now), Some(then)) => Some(now.delta(then)),
+                _ => None,
+            };
+            rt.last = Some((canary, baseline, reference));
             rt.last_look_ms = now;
             if rt.step_of_last_point.is_some_and(|s| s != r.step) {
                 rt.judge.begin_step();
             }
             rt.step_of_last_point = Some(r.step);
-            rt.judge
-                .observe(&dc, &db, Duration::from_millis(r.interval_ms), r.weight);
+            let baseline_weight = baseline_copy_weight(r);
+            rt.judge.observe_with_reference(
+                &dc,
+                &db,
+                dref.as_ref(),
+                Duration::from_millis(r.interval_ms),
+                judged_weight(r.weight, baseline_weight),
+            );
             r.canary_requests += dc.requests;
             r.baseline_requests += db.requests;
             if dc.requests > 0 && r.first_traffic_unix_ms.is_none() {
@@ -647,6 +697,8 @@ impl Engine {
                 weight: r.weight,
                 canary: dc,
                 baseline: db,
+                baseline_weight,
+                reference: dref,
             };
             // Custom-query checks: one comparison per look, failing after consecutive
             // violations (see `custom`).
@@ -677,19 +729,30 @@ impl Engine {
             }
             r.updated_unix_ms = now;
             store::save_point(self.plane.store(), r, &point)?;
+            let mut failures: Vec<_> = rt.judge.failures().to_vec();
+            failures.extend(custom_failure.iter().cloned());
+            r.failed_checks = failures
+                .iter()
+                .filter_map(|e| serde_json::to_value(e).ok())
+                .collect();
             match (rt.judge.verdict(), custom_failure) {
                 (Verdict::Fail(e), _) => Verdict::Fail(e),
                 (_, Some(e)) => Verdict::Fail(Box::new(e)),
                 (v, None) => v,
             }
         };
+        // Waiting for a person, only a failure changes anything: the canary keeps its weight
+        // (and is rolled back if it turns bad) until someone resumes or promotes.
+        if r.phase == Phase::WaitingConfirmation && !matches!(verdict, Verdict::Fail(_)) {
+            return Ok(());
+        }
         let step = r.current_step().cloned();
         let step_done = step
             .as_ref()
             .is_some_and(|s| elapsed_ms(r.step_started_unix_ms, now) >= s.duration_ms);
         match verdict {
             Verdict::Fail(evidence) => {
-                let explanation = evidence.explanation.clone();
+                let explanation = failed_explanations(r, &evidence);
                 r.failed_check = serde_json::to_value(&*evidence).ok();
                 match r.on_failure {
                     FailureAction::Rollback => {
@@ -704,7 +767,7 @@ impl Engine {
                         );
                         self.save(r, now, "rolled-back")?;
                         self.lock_runtime().remove(&r.id);
-                        let reason = rollback_reason(r, at_weight, &evidence, logs);
+                        let reason = rollback_reason(r, at_weight, logs);
                         self.notify(r, &RolloutEvent::RolledBack(Box::new(reason)));
                     }
                     FailureAction::Pause => {
@@ -861,17 +924,10 @@ impl Engine {
         let st = self.plane.store();
         let mut overrides = RouteOverrides::new();
         for ((ns, svc), version) in store::stable_versions(st)? {
-            overrides.insert((ns, svc), vec![(version, 100)]);
+            overrides.insert((ns, svc), vec![backend(&version, None, 100)]);
         }
         for r in store::active(st)? {
-            let split: Vec<(String, u32)> = [
-                (r.baseline_version.clone(), 100 - r.weight.min(100)),
-                (r.canary_version.clone(), r.weight.min(100)),
-            ]
-            .into_iter()
-            .filter(|(_, w)| *w > 0)
-            .collect();
-            overrides.insert((r.namespace.clone(), r.service.clone()), split);
+            overrides.insert((r.namespace.clone(), r.service.clone()), rollout_split(&r));
         }
         self.plane.set_route_overrides(overrides);
         Ok(())

@@ -60,14 +60,23 @@
 //!
 //! # Latency (relative)
 //!
-//! `H0`: the canary's `q`-quantile is at most `(1 + m)` times the baseline's. Then the canary's
-//! share of requests slower than `T = (1 + m) · Q_b(q)` is at most `1 - q`, and the judge
+//! `H0`: the canary's `q`-quantile is at most `max((1 + m) · Q_b, Q_b + f)`: within the margin
+//! `m` *or* the absolute floor `f` (`relative.atLeast`, default 5 ms) of the baseline's. A
+//! relative margin alone is noise on a fast service (20% of a 2 ms p99 is less than two
+//! instances of one build differ by). Then the canary's share of requests slower than
+//! `T = max((1 + m) · Q_b(q), Q_b(q) + f)` is at most `1 - q`, and the judge
 //! runs the one-sample version of the same e-process on the canary's count above `T`
 //! (interpolated within its histogram bucket like `histogram_quantile`, so fractional).
 //! `Q_b` is read from the baseline's histogram over the same window, re-estimated at each
 //! look; the baseline has most of the traffic, and the margin leaves slack for its noise. The
 //! check waits (inconclusive) until the baseline has `10 / (1 - q)` requests, enough for about
-//! ten above its quantile.
+//! ten above its quantile. With a baseline copy (a fresh instance of the stable version at the
+//! canary's weight, [`Judge::observe_with_reference`]) `Q_b` is the copy's once it has those
+//! requests, and before that the copy's pooled with the long-running instances'. Latency is
+//! what age and traffic share distort; errors are the code's, so the errors test takes the
+//! copy and the long-running instances together as its baseline (the copy alone has so few
+//! requests that its rate stays uncertain, and the test loses the power to catch a bad canary
+//! in a short rollout: in the local mesh, a 5%-error canary passed every step).
 //!
 //! # Request rate (relative)
 //!
@@ -92,7 +101,9 @@
 //!
 //! # Verdicts
 //!
-//! Failing latches: once any check fails the verdict stays `Fail` with that evidence. No data
+//! Failing latches: once any check fails the verdict stays `Fail` with that evidence (the most
+//! decisive), and [`Judge::failures`] keeps every check that failed at that look, so a canary
+//! that is both erroring and slow is reported for both. No data
 //! is never a failure: without canary traffic, or before the step has `minRequests` canary
 //! requests, or while a relative check has no baseline to compare with, the verdict is
 //! `Inconclusive` (the rollout engine's progress deadline handles a canary that never gets
@@ -134,6 +145,9 @@ struct Check {
     signal: Signal,
     quantile: f64,
     margin: Option<f64>,
+    /// For a relative latency check: the least excess over the baseline, in seconds, that
+    /// counts as worse (`relative.atLeast`).
+    floor_s: f64,
     threshold: Option<AbsoluteThreshold>,
     /// For a relative success-rate check: the canary's failure-rate prior.
     canary_prior: RatePrior,
@@ -168,6 +182,10 @@ pub struct Judge {
     /// The rollout's cumulative samples.
     canary: Counts,
     baseline: Counts,
+    /// With a baseline copy: the long-running stable instances' cumulative sample, which a
+    /// relative latency check pools with the copy's for the baseline quantile until the copy
+    /// alone has enough requests.
+    reference: Counts,
     /// Traffic by canary weight (1-99), for relative request rate.
     by_weight: BTreeMap<u32, WeightTotals>,
     /// Canary requests in the current step.
@@ -180,6 +198,8 @@ pub struct Judge {
     pending: Vec<Pending>,
     /// The first failure; it latches.
     failure: Option<Evidence>,
+    /// Every comparison that failed at that look, most decisive first (`failure` among them).
+    failures: Vec<Evidence>,
 }
 
 impl Judge {
@@ -211,12 +231,14 @@ impl Judge {
             baseline_prior: RatePrior::log_uniform(BASELINE_PRIOR_LO, PRIOR_HI),
             canary: Counts::default(),
             baseline: Counts::default(),
+            reference: Counts::default(),
             by_weight: BTreeMap::new(),
             step_requests: 0,
             recent: VecDeque::new(),
             evidence: Vec::new(),
             pending: Vec::new(),
             failure: None,
+            failures: Vec::new(),
         }
     }
 
@@ -235,6 +257,26 @@ impl Judge {
         interval: Duration,
         canary_weight: u32,
     ) {
+        self.observe_with_reference(canary, baseline, None, interval, canary_weight);
+    }
+
+    /// [`Judge::observe`] for a baseline that is a fresh copy of the stable version:
+    /// `reference` is the long-running stable instances' increments over the same interval.
+    /// They are not the baseline; a relative latency check reads its baseline quantile from
+    /// them pooled with the copy's until the copy alone has the requests it needs (a copy at
+    /// a canary's 5% of traffic takes minutes to see a thousand). `canary_weight` is the
+    /// canary's share of what canary and copy received together.
+    pub fn observe_with_reference(
+        &mut self,
+        canary: &Counts,
+        baseline: &Counts,
+        reference: Option<&Counts>,
+        interval: Duration,
+        canary_weight: u32,
+    ) {
+        if let Some(r) = reference {
+            self.reference.add(r);
+        }
         self.canary.add(canary);
         self.baseline.add(baseline);
         self.step_requests = self.step_requests.saturating_add(canary.requests);
@@ -292,6 +334,13 @@ impl Judge {
         self.failure.as_ref()
     }
 
+    /// Every comparison that failed at the look that failed the canary, most decisive first
+    /// (empty while nothing failed). Several checks of one metric (a relative p99 and a p99
+    /// threshold) may be among them.
+    pub fn failures(&self) -> &[Evidence] {
+        &self.failures
+    }
+
     /// The α in force (after sanitising the policy's value).
     pub fn alpha(&self) -> f64 {
         self.alpha
@@ -330,16 +379,14 @@ impl Judge {
             }
         }
         if self.failure.is_none() {
-            // The most decisive failure is the one reported: relative by evidence, then the
-            // first threshold.
-            self.failure = evidence
-                .iter()
-                .filter(|e| e.failed)
-                .max_by(|a, b| {
-                    let key = |e: &Evidence| e.log_e_value.unwrap_or(f64::NEG_INFINITY);
-                    key(a).total_cmp(&key(b)).then(std::cmp::Ordering::Greater)
-                })
-                .cloned();
+            // Every check that fails at this look is reported, the most decisive first
+            // (sequential tests by evidence, then thresholds in policy order): a canary that is
+            // both erroring and slow is rolled back for both, not for whichever came first.
+            let mut failed: Vec<Evidence> = evidence.iter().filter(|e| e.failed).cloned().collect();
+            let key = |e: &Evidence| e.log_e_value.unwrap_or(f64::NEG_INFINITY);
+            failed.sort_by(|a, b| key(b).total_cmp(&key(a)));
+            self.failure = failed.first().cloned();
+            self.failures = failed;
         }
         self.evidence = evidence;
         self.pending = pending;
@@ -364,10 +411,17 @@ impl Judge {
         let evidence = &mut values;
         let (log_e, sentence, ready) = match check.signal {
             Signal::SuccessRate => {
+                // Errors are the code's: a copy and the long-running instances of the stable
+                // version are one baseline here, and pooling them keeps the test's power (a
+                // copy alone, with the canary's few requests, leaves the baseline's rate so
+                // uncertain that a 5%-error canary passes a short rollout).
+                let mut pooled = self.baseline.clone();
+                pooled.add(&self.reference);
+                let nb = pooled.requests;
                 let sample = TwoSample {
                     canary_failures: self.canary.failures as f64,
                     canary_requests: nc as f64,
-                    baseline_failures: self.baseline.failures as f64,
+                    baseline_failures: pooled.failures as f64,
                     baseline_requests: nb as f64,
                 };
                 let log_e = two_sample_log_e(
@@ -377,7 +431,7 @@ impl Judge {
                     &self.baseline_prior,
                 );
                 let c = self.canary.failure_rate().map(|p| 100.0 * (1.0 - p));
-                let b = self.baseline.failure_rate().map(|p| 100.0 * (1.0 - p));
+                let b = pooled.failure_rate().map(|p| 100.0 * (1.0 - p));
                 evidence.0 = c;
                 evidence.1 = b;
                 let sentence = format!(
@@ -401,19 +455,34 @@ impl Judge {
                 let q = check.quantile;
                 let needed = (BASELINE_TAIL_REQUESTS / (1.0 - q)).ceil() as u64;
                 let c = self.canary.quantile(q);
-                let b = self.baseline.quantile(q);
+                // The baseline's own quantile once it has enough requests; before that, a
+                // copy's pooled with the long-running instances' (the floor and margin leave
+                // room for the difference), so a step need not wait minutes for the copy.
+                let (b, enough) = if nb >= needed || self.reference.requests == 0 {
+                    (self.baseline.quantile(q), nb >= needed)
+                } else {
+                    let mut pooled = self.baseline.clone();
+                    pooled.add(&self.reference);
+                    (pooled.quantile(q), pooled.requests >= needed)
+                };
                 evidence.0 = c.map(|s| s * 1000.0);
                 evidence.1 = b.map(|s| s * 1000.0);
                 let label = quantile_label(q);
-                let Some(b) = b.filter(|_| nb >= needed) else {
+                let Some(b) = b.filter(|_| enough) else {
                     return Err(Pending::TooFewBaselineRequests {
                         metric: check.name.clone(),
                         requests: nb,
                         needed,
                     });
                 };
-                let limit = b * (1.0 + margin / 100.0);
-                if self.baseline.max_bound().is_none_or(|max| limit >= max) {
+                // Worse means over both the margin and the floor.
+                let limit = (b * (1.0 + margin / 100.0)).max(b + check.floor_s);
+                if self
+                    .baseline
+                    .max_bound()
+                    .or(self.reference.max_bound())
+                    .is_none_or(|max| limit >= max)
+                {
                     return Err(Pending::LatencyOutOfRange {
                         metric: check.name.clone(),
                     });
@@ -421,8 +490,13 @@ impl Judge {
                 let slow = self.canary.exceeding(limit);
                 let prior = RatePrior::log_uniform(1.0 - q, PRIOR_HI.max(1.0 - q));
                 let log_e = one_sample_log_e(slow, nc as f64, 1.0 - q, &prior);
+                let floor = if check.floor_s > 0.0 {
+                    format!(", at least {} ms", trim_float(check.floor_s * 1000.0))
+                } else {
+                    String::new()
+                };
                 let sentence = format!(
-                    "canary {label} latency {} vs baseline {} (margin {}%): {} of canary \
+                    "canary {label} latency {} vs baseline {} (margin {}%{floor}): {} of canary \
                      requests took over {}, where a canary within the margin has at most {}",
                     millis(c),
                     millis(Some(b)),
@@ -465,6 +539,9 @@ impl Judge {
         let mut evidence = self.sequential_evidence(check, Comparison::Relative, log_e, sentence);
         (evidence.canary_value, evidence.baseline_value) = values;
         evidence.margin = Some(margin);
+        if check.signal == Signal::Latency && check.floor_s > 0.0 {
+            evidence.floor = Some(check.floor_s * 1000.0);
+        }
         match ready {
             // A failure needs no minimum (the test is valid at any time); a pass does.
             Err(p) if !evidence.failed => Err(p),
@@ -567,6 +644,7 @@ impl Judge {
             canary_value: None,
             baseline_value: None,
             margin: None,
+            floor: None,
             threshold: None,
             e_value: Some(log_e.min(690.0).exp()),
             log_e_value: Some(log_e),
@@ -641,6 +719,7 @@ impl Judge {
             canary_value: c,
             baseline_value: b,
             margin: None,
+            floor: None,
             threshold: Some(threshold.clone()),
             e_value: None,
             log_e_value: None,
@@ -717,11 +796,17 @@ impl Check {
             }
         });
         let delta = margin.unwrap_or(0.0) / 100.0;
+        let floor_s = m
+            .relative
+            .as_ref()
+            .filter(|_| m.signal == Signal::Latency)
+            .map_or(0.0, |r| r.latency_floor().as_secs_f64());
         Check {
             name: m.name.clone(),
             signal: m.signal,
             quantile,
             margin,
+            floor_s,
             threshold: m.threshold.clone(),
             canary_prior: RatePrior::log_uniform(delta.max(CANARY_PRIOR_FLOOR), PRIOR_HI),
         }
@@ -734,7 +819,10 @@ fn default_metrics() -> Vec<MetricCheck> {
         name: name.to_owned(),
         signal,
         quantile,
-        relative: Some(RelativeMargin { margin }),
+        relative: Some(RelativeMargin {
+            margin,
+            at_least: None,
+        }),
         threshold: None,
         query: None,
     };

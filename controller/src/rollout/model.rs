@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a rollout is in its life. The first four are *active*: the canary runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Waiting for the canary's first instance to register.
@@ -61,9 +61,42 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// Where a rollout's baseline stands.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaselineKind {
+    /// A fresh copy of the stable version was asked for and has not registered yet (the
+    /// rollout is pending).
+    Waiting,
+    /// A fresh copy of the stable version, beside the canary with the canary's weight.
+    Copy,
+    /// The stable version's long-running instances.
+    #[default]
+    Stable,
+}
+
+/// What a rollout's canary is judged against, for the status, the page and the messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Baseline {
+    /// Copy, stable, or still waiting for the copy.
+    pub kind: BaselineKind,
+    /// Whether a copy was asked for (the policy's `analysis.baseline: copy` and a runtime
+    /// that starts copies). The local runner starts the copy while this is set, the rollout
+    /// is active and `kind` is not `stable`.
+    pub copy_requested: bool,
+    /// The copy's instances, once it is the baseline.
+    #[serde(default)]
+    pub instances: Vec<String>,
+    /// A sentence: "a fresh copy of v1 (payments-v1-baseline), with the canary's weight", or
+    /// "the running v1 instances (no copy of v1 registered within 30s)".
+    pub description: String,
+}
+
 /// One traffic step, resolved from the CanaryPolicy when the rollout started (later policy
 /// edits do not change a running rollout's plan).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepPlan {
     /// Canary weight in percent.
     pub weight: u32,
@@ -74,7 +107,7 @@ pub struct StepPlan {
 }
 
 /// One rollout.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rollout {
     /// `r-<yyyymmdd>-<4 hex>`, stable and shareable (`/rollouts/<id>`).
     pub id: String,
@@ -101,11 +134,14 @@ pub struct Rollout {
     pub progress_deadline_ms: u64,
     /// The CanaryPolicy it follows.
     pub policy: String,
-    /// The analysis settings, frozen at start like the steps.
+    /// The analysis settings, frozen at start like the steps (the CanaryPolicy's `analysis`,
+    /// see the policy JSON Schema).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub analysis: sluice_policy::resources::Analysis,
-    /// What a failed analysis does.
+    /// What a failed analysis does (the CanaryPolicy's `onFailure`).
     #[serde(default)]
+    #[schema(value_type = String)]
     pub on_failure: sluice_policy::resources::FailureAction,
     /// Who or what started it (`cli`, `mesh-file`, a user name).
     pub requested_by: String,
@@ -124,9 +160,18 @@ pub struct Rollout {
     pub decision: String,
     /// The judge's latest evidence, one entry per check
     /// ([`crate::rollout::judge::Evidence`], serialized).
+    #[schema(value_type = Vec<Object>)]
     pub evidence: Vec<serde_json::Value>,
     /// The check that failed the canary, if one did.
+    #[schema(value_type = Option<Object>)]
     pub failed_check: Option<serde_json::Value>,
+    /// What the canary is judged against (older rollouts: the stable instances).
+    #[serde(default)]
+    pub baseline: Baseline,
+    /// Every check that failed at the look that failed the canary, most decisive first
+    /// (`failed_check` is the first); more than one when several fail at once.
+    #[serde(default)]
+    pub failed_checks: Vec<serde_json::Value>,
     /// Canary and baseline requests judged so far.
     pub canary_requests: u64,
     /// Baseline requests judged so far.
@@ -142,7 +187,7 @@ impl Rollout {
 
 /// One analysis interval of a rollout: what each side did in it (increments), for the
 /// chart and for rebuilding the judge after a controller restart.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Point {
     /// End of the interval, Unix ms.
     pub at_unix_ms: i64,
@@ -154,10 +199,19 @@ pub struct Point {
     pub canary: crate::rollout::judge::Counts,
     /// The baseline's increments.
     pub baseline: crate::rollout::judge::Counts,
+    /// With a baseline copy: the copy's weight (the long-running stable instances had the
+    /// rest). `None`: the baseline had all the traffic the canary did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_weight: Option<u32>,
+    /// With a baseline copy: the long-running stable instances' increments, which the latency
+    /// check reads its baseline quantile from (pooled with the copy's) until the copy alone
+    /// has enough requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::rollout::judge::Counts>,
 }
 
 /// Something that happened to a rollout, for history and notifications.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Unix ms.
     pub at_unix_ms: i64,
@@ -169,14 +223,14 @@ pub struct Event {
 }
 
 /// `GET /rollouts`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RolloutList {
     /// Newest first.
     pub rollouts: Vec<Rollout>,
 }
 
 /// `GET /rollouts/{id}`: the rollout, its events and its points.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RolloutDetail {
     /// The rollout.
     #[serde(flatten)]
@@ -188,15 +242,17 @@ pub struct RolloutDetail {
 }
 
 /// `POST /rollouts`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
     /// Default `default`.
     #[serde(default = "default_namespace")]
     pub namespace: String,
     /// The service.
+    #[schema(example = "payments")]
     pub service: String,
     /// The version to roll out.
+    #[schema(example = "v2")]
     pub version: String,
     /// Who asks (free text).
     #[serde(default)]
@@ -209,7 +265,7 @@ fn default_namespace() -> String {
 
 /// A manual action: `POST /rollouts/{id}/{action}` (the id may also be a service name: its
 /// newest rollout).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     /// Hold at the current weights.
@@ -246,7 +302,7 @@ impl Action {
 }
 
 /// An API error body: `{"error": "..."}`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiErrorBody {
     /// What went wrong and how to fix it.
     pub error: String,

@@ -253,6 +253,8 @@ mod tests {
             decision: String::new(),
             evidence: Vec::new(),
             failed_check: None,
+            failed_checks: Vec::new(),
+            baseline: Default::default(),
             canary_requests: 0,
             baseline_requests: 0,
         }
@@ -275,6 +277,8 @@ mod tests {
             weight: 5,
             canary: crate::rollout::judge::Counts::empty(),
             baseline: crate::rollout::judge::Counts::empty(),
+            baseline_weight: None,
+            reference: None,
         };
         save_point(&store, &r, &point).expect("point");
         save(&store, &rollout("r-2", 2, Phase::Aborted), None).expect("save");

@@ -47,6 +47,9 @@ pub struct VersionKey {
     pub version: String,
     /// `stable`, or an ephemeral environment.
     pub environment: String,
+    /// Empty for the version's ordinary instances; `baseline` for a rollout's fresh copy of
+    /// the stable version, whose traffic is judged apart from the long-running instances'.
+    pub role: String,
 }
 
 /// One validated traffic report (see `ReportTraffic` in `mesh.proto`).
@@ -317,7 +320,7 @@ impl TrafficBook {
         v.forget_silent(now);
     }
 
-    /// The totals of one version now; zeros when nothing was reported for it.
+    /// The totals of one version's ordinary instances now; zeros when nothing was reported.
     pub fn totals(
         &self,
         namespace: &str,
@@ -325,12 +328,25 @@ impl TrafficBook {
         version: &str,
         environment: &str,
     ) -> VersionTotals {
+        self.role_totals(namespace, service, version, environment, "")
+    }
+
+    /// The totals of one version's instances with `role` (empty: the ordinary ones) now.
+    pub fn role_totals(
+        &self,
+        namespace: &str,
+        service: &str,
+        version: &str,
+        environment: &str,
+        role: &str,
+    ) -> VersionTotals {
         self.totals_at(
             &VersionKey {
                 namespace: namespace.to_owned(),
                 service: service.to_owned(),
                 version: version.to_owned(),
                 environment: environment.to_owned(),
+                role: role.to_owned(),
             },
             Instant::now(),
         )
@@ -374,6 +390,7 @@ mod tests {
             service: "payments".into(),
             version: version.into(),
             environment: "stable".into(),
+            role: String::new(),
         }
     }
 

@@ -1,50 +1,80 @@
-//! Who is calling: the bootstrap token in `authorization: Bearer <token>` metadata.
+//! Who is calling: the workload certificate the connection presented, or, for `Certify` only,
+//! a bootstrap token.
 //!
-//! `Register`, `ReportTraffic` and `ReportDenials` change what every proxy routes to and what
-//! canary analysis concludes, so they need the same proof as `Certify`: the workload's
-//! bootstrap token, checked by the same [`WorkloadAuthenticator`]. It travels as metadata
-//! rather than a message field so the messages stay as they are and a proxy can attach it to
-//! every call in one place. `Watch` does not need it (see docs/controller.md).
+//! Every call but `Certify` needs the caller's workload certificate (issued by `Certify`,
+//! verified against the mesh CA during the TLS handshake) and may only speak for the workload
+//! it names: a certificate for `checkout` cannot watch, register or report as `payments`.
+//! `Certify` takes a [`Credential`]: the certificate when the connection has one (renewal), else
+//! the bootstrap token in the request (the first certificate). Tokens are checked by a
+//! [`WorkloadAuthenticator`] — HMAC tokens standalone; in Kubernetes, ServiceAccount tokens
+//! checked with TokenReview — which is the one thing a new credential source replaces.
 
-use tonic::metadata::MetadataMap;
+use sluice_api::tls::PeerCertificates;
 
 use super::ApiError;
-use crate::identity::{AuthError, WorkloadAuthenticator, WorkloadIdentity};
+use super::tls::{PeerIdentity, peer_identity};
+use crate::identity::{AuthError, TrustDomain, WorkloadAuthenticator, WorkloadIdentity};
 
-/// The metadata key carrying the token.
-pub const AUTHORIZATION: &str = "authorization";
-/// The scheme in front of the token, as in HTTP.
-const BEARER: &str = "Bearer ";
-
-/// The workload the call's bearer token proves. Runs before the request is looked at, so an
-/// anonymous caller learns nothing about what the controller would accept.
-pub(super) async fn caller(
-    authenticator: &dyn WorkloadAuthenticator,
-    metadata: &MetadataMap,
-) -> Result<WorkloadIdentity, ApiError> {
-    let Some(value) = metadata.get(AUTHORIZATION) else {
-        return Err(ApiError::MissingBearer);
-    };
-    let value = value
-        .to_str()
-        .map_err(|_| AuthError::Malformed("the authorization metadata is not ASCII".into()))?;
-    // The scheme is case-insensitive in HTTP; accept `bearer` as well.
-    let token = match value.get(..BEARER.len()) {
-        Some(scheme) if scheme.eq_ignore_ascii_case(BEARER) => value[BEARER.len()..].trim(),
-        _ => {
-            return Err(AuthError::Malformed(
-                "the authorization metadata must be `Bearer <token>`".into(),
-            )
-            .into());
-        }
-    };
-    if token.is_empty() {
-        return Err(ApiError::MissingBearer);
-    }
-    Ok(authenticator.authenticate(token).await?)
+/// What a `Certify` call proves its identity with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// The workload certificate the connection presented (renewal): already verified.
+    Certificate(WorkloadIdentity),
+    /// A bootstrap token (the first certificate), to be checked by the authenticator.
+    BootstrapToken(&'a str),
 }
 
-/// Refuses a request for another workload than the token proves.
+impl Credential<'_> {
+    /// What it is, for messages.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Credential::Certificate(_) => "client certificate",
+            Credential::BootstrapToken(_) => "bootstrap token",
+        }
+    }
+}
+
+/// The credential of a `Certify` call: the connection's certificate if it has one, else the
+/// request's `token`.
+pub(super) fn certify_credential<'a>(
+    peer: Option<&PeerCertificates>,
+    trust_domain: &TrustDomain,
+    token: &'a str,
+) -> Result<Credential<'a>, ApiError> {
+    match peer_identity(peer, trust_domain) {
+        PeerIdentity::Workload(id) => Ok(Credential::Certificate(id)),
+        PeerIdentity::NotAWorkload(why) => Err(ApiError::NotAWorkloadCertificate(why)),
+        PeerIdentity::None if token.is_empty() => Err(AuthError::Missing.into()),
+        PeerIdentity::None => Ok(Credential::BootstrapToken(token)),
+    }
+}
+
+/// The workload a credential proves.
+pub(super) async fn authenticate(
+    credential: &Credential<'_>,
+    authenticator: &dyn WorkloadAuthenticator,
+) -> Result<WorkloadIdentity, ApiError> {
+    match credential {
+        Credential::Certificate(id) => Ok(id.clone()),
+        Credential::BootstrapToken(token) => Ok(authenticator.authenticate(token).await?),
+    }
+}
+
+/// The workload the connection's certificate proves; every call but `Certify` needs one.
+/// Checked before the request is looked at, so an anonymous caller learns nothing about what
+/// the controller would accept.
+pub(super) fn caller(
+    peer: Option<&PeerCertificates>,
+    trust_domain: &TrustDomain,
+) -> Result<WorkloadIdentity, ApiError> {
+    match peer_identity(peer, trust_domain) {
+        PeerIdentity::Workload(id) => Ok(id),
+        PeerIdentity::None => Err(ApiError::NoClientCertificate),
+        PeerIdentity::NotAWorkload(why) => Err(ApiError::NotAWorkloadCertificate(why)),
+    }
+}
+
+/// Refuses a request for another workload than the certificate proves.
 pub(super) fn require_same(
     authenticated: &WorkloadIdentity,
     requested: WorkloadIdentity,
@@ -61,24 +91,12 @@ pub(super) fn require_same(
 
 #[cfg(test)]
 mod tests {
-    use tonic::metadata::MetadataValue;
-
     use super::*;
     use crate::identity::TokenKey;
 
-    async fn run(key: &TokenKey, value: Option<&str>) -> Result<WorkloadIdentity, ApiError> {
-        let mut metadata = MetadataMap::new();
-        if let Some(v) = value {
-            metadata.insert(
-                AUTHORIZATION,
-                MetadataValue::try_from(v).expect("ascii metadata"),
-            );
-        }
-        caller(key, &metadata).await
-    }
-
     #[tokio::test]
-    async fn bearer_tokens_are_parsed_and_checked() {
+    async fn certify_prefers_the_certificate_and_needs_one_or_a_token() {
+        let td = TrustDomain::default();
         let key = TokenKey::generate().expect("key");
         let payments = WorkloadIdentity::new("default", "payments").expect("identity");
         let token = key.issue(
@@ -86,29 +104,23 @@ mod tests {
             std::time::Duration::from_secs(60),
             std::time::SystemTime::now(),
         );
+        let credential = certify_credential(None, &td, &token).expect("a token");
+        assert_eq!(credential, Credential::BootstrapToken(&token));
         assert_eq!(
-            run(&key, Some(&format!("Bearer {token}"))).await.ok(),
+            authenticate(&credential, &key).await.ok(),
             Some(payments.clone())
         );
-        assert_eq!(
-            run(&key, Some(&format!("bearer {token}"))).await.ok(),
-            Some(payments)
-        );
         assert!(matches!(
-            run(&key, None).await,
-            Err(ApiError::MissingBearer)
+            certify_credential(None, &td, ""),
+            Err(ApiError::Unauthenticated(AuthError::Missing))
         ));
         assert!(matches!(
-            run(&key, Some("Bearer ")).await,
-            Err(ApiError::MissingBearer)
-        ));
-        assert!(matches!(
-            run(&key, Some(&token)).await,
-            Err(ApiError::Unauthenticated(AuthError::Malformed(_)))
-        ));
-        assert!(matches!(
-            run(&key, Some("Bearer x.y")).await,
+            authenticate(&Credential::BootstrapToken("x.y"), &key).await,
             Err(ApiError::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            caller(None, &td),
+            Err(ApiError::NoClientCertificate)
         ));
     }
 }

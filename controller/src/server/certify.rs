@@ -1,18 +1,24 @@
-//! `Certify`: a workload certificate for a CSR and a bootstrap token.
+//! `Certify`: a workload certificate for a CSR, on the strength of the current certificate
+//! (renewal) or a bootstrap token (the first one).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sluice_api::v1::{CertifyRequest, CertifyResponse};
 
-use super::ApiError;
-use crate::identity::{AuthError, Certifier, WorkloadAuthenticator, WorkloadIdentity};
+use sluice_api::tls::PeerCertificates;
 
-/// Checks the request's shape, authenticates the token, checks that the token names the
-/// requested workload, then verifies the CSR and issues. Authentication comes before the CSR
-/// is looked at, so anonymous callers cannot make the controller verify signatures.
+use super::ApiError;
+use super::auth::{authenticate, certify_credential};
+use crate::identity::{Certifier, WorkloadAuthenticator, WorkloadIdentity};
+
+/// Checks the request's shape, authenticates the credential (the connection's certificate, else
+/// the token), checks that it names the requested workload, then verifies the CSR and issues.
+/// Authentication comes before the CSR is looked at, so anonymous callers cannot make the
+/// controller verify signatures.
 pub(super) async fn certify(
     certifier: &Certifier,
     authenticator: &dyn WorkloadAuthenticator,
+    peer: Option<&PeerCertificates>,
     request: CertifyRequest,
 ) -> Result<CertifyResponse, ApiError> {
     let workload = request
@@ -20,12 +26,11 @@ pub(super) async fn certify(
         .as_ref()
         .ok_or(ApiError::MissingField("workload"))?;
     let requested = WorkloadIdentity::new(&workload.namespace, &workload.service)?;
-    if request.token.is_empty() {
-        return Err(AuthError::Missing.into());
-    }
-    let authenticated = authenticator.authenticate(&request.token).await?;
+    let credential = certify_credential(peer, certifier.trust_domain(), &request.token)?;
+    let authenticated = authenticate(&credential, authenticator).await?;
     if authenticated != requested {
         return Err(ApiError::NotYourIdentity {
+            credential: credential.describe(),
             authenticated,
             requested,
         });

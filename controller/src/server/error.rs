@@ -18,32 +18,36 @@ pub enum ApiError {
     /// The token proves nothing.
     #[error(transparent)]
     Unauthenticated(#[from] AuthError),
-    /// The token proves a different workload than the request names.
+    /// The credential proves a different workload than the request names.
     #[error(
-        "the bootstrap token is for {authenticated}, but the request asks for a certificate for \
-         {requested}; a token only yields certificates for the workload it names"
+        "the {credential} is for {authenticated}, but the request asks for a certificate for \
+         {requested}; a credential only yields certificates for the workload it names"
     )]
     NotYourIdentity {
-        /// What the token proves.
+        /// `bootstrap token` or `client certificate`.
+        credential: &'static str,
+        /// What the credential proves.
         authenticated: WorkloadIdentity,
         /// What the request asked for.
         requested: WorkloadIdentity,
     },
-    /// A call that needs the bootstrap token came without `authorization: Bearer <token>`.
+    /// A call that needs a workload certificate came on a connection without one.
     #[error(
-        "no bootstrap token was sent; send `authorization: Bearer <token>` metadata with this \
-         workload's bootstrap token (a proxy sends SLUICE_PROXY_IDENTITY_TOKEN or \
-         SLUICE_PROXY_IDENTITY_TOKEN_FILE)"
+        "this call needs the workload's mesh certificate: connect with the certificate that \
+         Certify issued (a proxy does once it has one; until then only Certify with a bootstrap \
+         token is open to it)"
     )]
-    MissingBearer,
-    /// The token proves a different workload than the one a `Register` or `ReportTraffic`
-    /// names.
+    NoClientCertificate,
+    /// The client certificate is from the mesh CA but names no workload.
+    #[error("the client certificate is not a workload certificate: {0}")]
+    NotAWorkloadCertificate(String),
+    /// The certificate proves a different workload than the one a call names.
     #[error(
-        "the token proves {authenticated}; this request is for {requested}; a proxy may only \
-         register and report for the workload its token names"
+        "the client certificate proves {authenticated}; this request is for {requested}; a proxy \
+         may only watch, register and report for its own workload"
     )]
     WrongWorkload {
-        /// What the token proves.
+        /// What the certificate proves.
         authenticated: WorkloadIdentity,
         /// What the request names.
         requested: WorkloadIdentity,
@@ -51,11 +55,11 @@ pub enum ApiError {
     /// A reported denial was made by another service than the reporter: proxies report only
     /// the denials they made as the callee.
     #[error(
-        "the token proves {authenticated}; denials[{index}] is a denial by {reported}; a proxy \
-         only reports denials of calls to its own workload"
+        "the client certificate proves {authenticated}; denials[{index}] is a denial by \
+         {reported}; a proxy only reports denials of calls to its own workload"
     )]
     NotYourDenial {
-        /// What the token proves.
+        /// What the certificate proves.
         authenticated: WorkloadIdentity,
         /// Which denial.
         index: usize,
@@ -86,7 +90,9 @@ impl ApiError {
             | ApiError::InvalidWorkload(_)
             | ApiError::InvalidField { .. } => Code::InvalidArgument,
             ApiError::Unauthenticated(AuthError::Unavailable(_)) => Code::Unavailable,
-            ApiError::Unauthenticated(_) | ApiError::MissingBearer => Code::Unauthenticated,
+            ApiError::Unauthenticated(_)
+            | ApiError::NoClientCertificate
+            | ApiError::NotAWorkloadCertificate(_) => Code::Unauthenticated,
             ApiError::NotYourIdentity { .. }
             | ApiError::WrongWorkload { .. }
             | ApiError::NotYourDenial { .. } => Code::PermissionDenied,

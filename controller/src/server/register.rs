@@ -8,7 +8,7 @@
 //! reconnecting proxies keep their endpoints and dead ones disappear on their own. Registering
 //! again replaces the instance's entry (a restarted workload on a new address).
 //!
-//! Only the workload itself may register: the caller's bootstrap token (see `auth`) must prove
+//! Only the workload itself may register: the caller's workload certificate (see `auth`) must prove
 //! the registration's namespace and service, or anyone reaching the controller could put their
 //! address into every proxy's routes for that service.
 
@@ -27,7 +27,7 @@ pub const MAX_INSTANCE: usize = 253;
 /// The environment when none is given.
 pub const DEFAULT_ENVIRONMENT: &str = "stable";
 
-/// Stores `request` if `caller` (what the token proved) is the workload it names.
+/// Stores `request` if `caller` (what the client certificate proved) is the workload it names.
 pub(super) async fn register(
     plane: &ControlPlane,
     caller: &WorkloadIdentity,
@@ -59,6 +59,21 @@ pub(crate) fn check_label(field: &'static str, value: &str, max: usize) -> Resul
     }
 }
 
+/// Checks a workload's role: empty, or `baseline` (a rollout's fresh copy of the stable
+/// version). Shared by `Register` and `ReportTraffic`.
+pub(crate) fn check_role(role: &str) -> Result<String, ApiError> {
+    match role {
+        "" | sluice_policy::resources::BASELINE_ROLE => Ok(role.to_owned()),
+        _ => Err(ApiError::InvalidField {
+            field: "workload.role",
+            reason: format!(
+                "`{role}`: empty, or `{}`",
+                sluice_policy::resources::BASELINE_ROLE
+            ),
+        }),
+    }
+}
+
 fn validate(request: Registration) -> Result<RegistrationRow, ApiError> {
     let w = request.workload.ok_or(ApiError::MissingField("workload"))?;
     WorkloadIdentity::new(&w.namespace, &w.service)?;
@@ -70,6 +85,7 @@ fn validate(request: Registration) -> Result<RegistrationRow, ApiError> {
         check_label("workload.environment", &w.environment, 63)?;
         w.environment
     };
+    let role = check_role(&w.role)?;
     if request.address.is_empty() {
         return Err(ApiError::MissingField("address"));
     }
@@ -86,6 +102,7 @@ fn validate(request: Registration) -> Result<RegistrationRow, ApiError> {
         instance: w.instance,
         version: w.version,
         environment,
+        role,
         address: address.to_string(),
         registered_unix_ms: unix_ms(SystemTime::now()),
     })
@@ -105,6 +122,7 @@ mod tests {
                 version: "v1".into(),
                 environment: environment.into(),
                 instance: "payments-0".into(),
+                role: String::new(),
             }),
             address: address.into(),
         }

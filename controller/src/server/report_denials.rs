@@ -8,7 +8,7 @@
 //! their rate limit is counted as a number.
 //!
 //! A proxy reports the denials it made as the callee, so every denial in a report must name
-//! the workload the caller's bootstrap token proves; otherwise one workload could fill the
+//! the workload the caller's certificate proves; otherwise one workload could fill the
 //! portal with denials (and pre-filled access requests) in another's name.
 
 use std::time::SystemTime;

@@ -19,7 +19,7 @@ pub const MAX_BUCKETS: usize = 64;
 /// The longest `proxy_id` accepted (as for `Watch`).
 pub const MAX_PROXY_ID: usize = 256;
 
-/// Records `request` if `caller` (what the token proved) is the workload it reports for: a
+/// Records `request` if `caller` (what the client certificate proved) is the workload it reports for: a
 /// proxy speaks only for its own traffic, so one workload cannot skew another's rollout.
 pub(super) fn report_traffic(
     plane: &ControlPlane,
@@ -55,6 +55,7 @@ fn validate(request: TrafficReport) -> Result<InstanceReport, ApiError> {
         super::register::check_label("workload.environment", &w.environment, 63)?;
         w.environment
     };
+    let role = super::register::check_role(&w.role)?;
     if request.failures > request.requests {
         return Err(ApiError::InvalidField {
             field: "failures",
@@ -71,6 +72,7 @@ fn validate(request: TrafficReport) -> Result<InstanceReport, ApiError> {
             service: w.service,
             version: w.version,
             environment,
+            role,
         },
         proxy_id: request.proxy_id,
         proxy_started_unix_ms: request.proxy_started_unix_ms,
@@ -156,6 +158,7 @@ mod tests {
                 version: "v2".into(),
                 environment: String::new(),
                 instance: String::new(),
+                role: String::new(),
             }),
             proxy_started_unix_ms: 1,
             requests: 10,

@@ -20,6 +20,7 @@ use sluice_api::v1::{Endpoint, ProxyConfig, ServiceEndpoints, VersionEndpoints, 
 use sluice_policy::{PolicySet, Snapshot};
 use tokio::sync::watch;
 
+use super::view::Views;
 use crate::rollout::traffic::TrafficBook;
 use crate::status::{
     ConfigErrorInfo, ControllerInfo, DenialInfo, DenialsInfo, ProxyInfo, RECENT_DENIALS,
@@ -57,12 +58,35 @@ impl PolicySnapshot {
 }
 
 /// What every watcher is sent: the current configuration and its generation.
-#[derive(Debug)]
 pub struct Published {
     /// Counts every change since the controller started (policy or endpoints).
     pub generation: u64,
-    /// The message.
+    /// The whole configuration (the whole policy bundle), as `sluice status` and the rollout
+    /// engine see it.
     pub config: ProxyConfig,
+    /// Each workload's share of the policy (see [`super::view`]).
+    pub views: Arc<Views>,
+}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Published")
+            .field("generation", &self.generation)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Published {
+    /// What a proxy of `namespace`/`service` is sent: the same version and endpoints as
+    /// everyone, and only the policy its workload needs.
+    pub fn config_for(&self, namespace: &str, service: &str) -> ProxyConfig {
+        ProxyConfig {
+            version: self.config.version.clone(),
+            policy_bundle: self.views.bundle(namespace, service).to_string(),
+            services: self.config.services.clone(),
+        }
+    }
 }
 
 /// An instance, as registrations and watchers name it.
@@ -118,12 +142,16 @@ struct Inner {
     service_addresses: ServiceAddresses,
     /// Rollout weights that replace the Routes' default splits (see [`RouteOverrides`]).
     route_overrides: RouteOverrides,
+    /// Instances a backend discovered itself (Kubernetes: ready pods), by instance. Published
+    /// like registrations, but never stored: the backend is their source of truth.
+    discovered: BTreeMap<InstanceKey, Registered>,
 }
 
 /// (namespace, service) → the default split to enforce instead of the Route file's, as
-/// (version, weight) pairs: the rollout engine's weights, or a promoted stable version. The
-/// policy files stay as written; what proxies receive is the policy with these applied.
-pub type RouteOverrides = BTreeMap<(String, String), Vec<(String, u32)>>;
+/// backends (version, weight, and the role of a rollout's baseline copy): the rollout
+/// engine's weights, or a promoted stable version. The policy files stay as written; what
+/// proxies receive is the policy with these applied.
+pub type RouteOverrides = BTreeMap<(String, String), Vec<sluice_policy::resources::Backend>>;
 
 /// (namespace, service) → the stable `ip:port`s clients dial (ClusterIPs, or the local
 /// runner's service addresses).
@@ -183,15 +211,23 @@ impl ControlPlane {
             last_error,
             service_addresses: ServiceAddresses::new(),
             route_overrides: RouteOverrides::new(),
+            discovered: BTreeMap::new(),
         };
+        let (config, overridden) = build_config(
+            &policy,
+            &inner.route_overrides,
+            &inner.registrations,
+            &inner.discovered,
+            &inner.service_addresses,
+        );
         let first = Arc::new(Published {
             generation: 1,
-            config: build_config(
-                &policy,
-                &inner.route_overrides,
-                &inner.registrations,
-                &inner.service_addresses,
-            ),
+            views: Arc::new(Views::new(
+                config.version.clone(),
+                Arc::clone(&policy),
+                overridden,
+            )),
+            config,
         });
         let (published, _) = watch::channel(first);
         Ok(Arc::new(ControlPlane {
@@ -242,15 +278,25 @@ impl ControlPlane {
     /// contents are published in order.
     fn republish(&self, inner: &mut Inner) {
         inner.generation += 1;
-        let config = build_config(
-            &self.policy.load(),
+        let policy = self.policy.load_full();
+        let (config, overridden) = build_config(
+            &policy,
             &inner.route_overrides,
             &inner.registrations,
+            &inner.discovered,
             &inner.service_addresses,
         );
+        // The same effective policy (only endpoints changed): keep the views already made.
+        let previous = self.published.borrow().views.clone();
+        let views = if previous.version == config.version {
+            previous
+        } else {
+            Arc::new(Views::new(config.version.clone(), policy, overridden))
+        };
         self.published.send_replace(Arc::new(Published {
             generation: inner.generation,
             config,
+            views,
         }));
     }
 
@@ -263,19 +309,71 @@ impl ControlPlane {
         }
     }
 
-    /// The registered instances of `version` of a service (stable environment), by name.
+    /// Replaces the instances a backend discovered (Kubernetes: the ready pods behind each
+    /// MeshService's Service), and publishes the change if there is one.
+    pub fn set_discovered_instances(&self, rows: Vec<RegistrationRow>) {
+        let discovered: BTreeMap<InstanceKey, Registered> = rows
+            .into_iter()
+            .map(|row| {
+                let key = InstanceKey {
+                    namespace: row.namespace.clone(),
+                    service: row.service.clone(),
+                    instance: row.instance.clone(),
+                };
+                (
+                    key,
+                    Registered {
+                        row,
+                        orphaned_since: None,
+                    },
+                )
+            })
+            .collect();
+        let mut inner = self.lock();
+        let same = inner.discovered.len() == discovered.len()
+            && inner
+                .discovered
+                .iter()
+                .zip(&discovered)
+                .all(|((ka, a), (kb, b))| ka == kb && same_endpoint(&a.row, &b.row));
+        if !same {
+            inner.discovered = discovered;
+            self.republish(&mut inner);
+        }
+    }
+
+    /// The registered ordinary instances of `version` of a service (stable environment), by
+    /// name.
     pub fn instances(&self, namespace: &str, service: &str, version: &str) -> Vec<String> {
-        self.lock()
+        self.role_instances(namespace, service, version, "")
+    }
+
+    /// The registered instances of `version` with `role` (empty: the ordinary ones), stable
+    /// environment, by name.
+    pub fn role_instances(
+        &self,
+        namespace: &str,
+        service: &str,
+        version: &str,
+        role: &str,
+    ) -> Vec<String> {
+        let inner = self.lock();
+        let mut names: Vec<String> = inner
             .registrations
             .values()
+            .chain(inner.discovered.values())
             .filter(|r| {
                 r.row.namespace == namespace
                     && r.row.service == service
                     && r.row.version == version
                     && r.row.environment == crate::server::register::DEFAULT_ENVIRONMENT
+                    && r.row.role == role
             })
             .map(|r| r.row.instance.clone())
-            .collect()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Replaces the rollout weights, and publishes the change if there is one.
@@ -559,18 +657,22 @@ impl Drop for WatcherGuard {
 }
 
 fn same_endpoint(a: &RegistrationRow, b: &RegistrationRow) -> bool {
-    (&a.version, &a.environment, &a.address) == (&b.version, &b.environment, &b.address)
+    (&a.version, &a.environment, &a.role, &a.address)
+        == (&b.version, &b.environment, &b.role, &b.address)
 }
 
 /// The message for the current policy and registrations: services by namespace and name,
 /// versions by (version, environment), endpoints by instance.
 /// The policy bundle and version proxies get: the files' own, or with the rollout weights
 /// applied to the Routes (a service without a Route gets one holding just the split).
-fn effective_policy(policy: &PolicySnapshot, overrides: &RouteOverrides) -> (String, String) {
+fn effective_policy(
+    policy: &PolicySnapshot,
+    overrides: &RouteOverrides,
+) -> (String, String, Option<PolicySet>) {
     use sluice_policy::resources::{Backend, Document, Metadata, RouteSpec};
     use sluice_policy::validate::{Checked, ObjectRef, Origin};
     if overrides.is_empty() {
-        return (policy.bundle.clone(), policy.version.clone());
+        return (policy.bundle.clone(), policy.version.clone(), None);
     }
     let mut set = policy.set.clone();
     for ((namespace, service), split) in overrides {
@@ -578,13 +680,7 @@ fn effective_policy(policy: &PolicySnapshot, overrides: &RouteOverrides) -> (Str
         if !set.services.contains_key(&key) {
             continue;
         }
-        let backends: Vec<Backend> = split
-            .iter()
-            .map(|(version, weight)| Backend {
-                version: version.clone(),
-                weight: *weight,
-            })
-            .collect();
+        let backends: Vec<Backend> = split.clone();
         match set.routes.get_mut(&key) {
             Some(route) => route.doc.spec.backends = backends,
             None => {
@@ -614,36 +710,42 @@ fn effective_policy(policy: &PolicySnapshot, overrides: &RouteOverrides) -> (Str
     }
     let bundle = set.to_bundle();
     let version = set.version();
-    (bundle, version)
+    (bundle, version, Some(set))
 }
 
 fn build_config(
     policy: &PolicySnapshot,
     route_overrides: &RouteOverrides,
     registrations: &BTreeMap<InstanceKey, Registered>,
+    discovered: &BTreeMap<InstanceKey, Registered>,
     service_addresses: &ServiceAddresses,
-) -> ProxyConfig {
-    /// (version, environment) → endpoints.
-    type Versions<'a> = BTreeMap<(&'a str, &'a str), Vec<Endpoint>>;
+) -> (ProxyConfig, Option<PolicySet>) {
+    /// (version, environment, role) → endpoints.
+    type Versions<'a> = BTreeMap<(&'a str, &'a str, &'a str), Vec<Endpoint>>;
     let mut services: BTreeMap<(&str, &str), Versions<'_>> = BTreeMap::new();
     // A service with addresses but no instance yet is still published, so that clients get
     // `no-endpoints` from their proxy instead of an unrouted connection.
     for (namespace, service) in service_addresses.keys() {
         services.entry((namespace, service)).or_default();
     }
-    for r in registrations.values() {
+    // A discovered instance that also registers itself is listed once, as discovered.
+    let registered = registrations
+        .iter()
+        .filter(|(k, _)| !discovered.contains_key(k))
+        .map(|(_, r)| r);
+    for r in discovered.values().chain(registered) {
         services
             .entry((&r.row.namespace, &r.row.service))
             .or_default()
-            .entry((&r.row.version, &r.row.environment))
+            .entry((&r.row.version, &r.row.environment, &r.row.role))
             .or_default()
             .push(Endpoint {
                 address: r.row.address.clone(),
                 instance: r.row.instance.clone(),
             });
     }
-    let (policy_bundle, version) = effective_policy(policy, route_overrides);
-    ProxyConfig {
+    let (policy_bundle, version, overridden) = effective_policy(policy, route_overrides);
+    let config = ProxyConfig {
         version,
         policy_bundle,
         services: services
@@ -657,15 +759,19 @@ fn build_config(
                     .unwrap_or_default(),
                 versions: versions
                     .into_iter()
-                    .map(|((version, environment), endpoints)| VersionEndpoints {
-                        version: version.to_owned(),
-                        environment: environment.to_owned(),
-                        endpoints,
-                    })
+                    .map(
+                        |((version, environment, role), endpoints)| VersionEndpoints {
+                            version: version.to_owned(),
+                            environment: environment.to_owned(),
+                            endpoints,
+                            role: role.to_owned(),
+                        },
+                    )
                     .collect(),
             })
             .collect(),
-    }
+    };
+    (config, overridden)
 }
 
 #[cfg(test)]
@@ -688,6 +794,7 @@ mod tests {
             instance: instance.into(),
             version: "v1".into(),
             environment: "stable".into(),
+            role: String::new(),
             address: address.into(),
             registered_unix_ms: 0,
         }
@@ -700,6 +807,7 @@ mod tests {
             version: "v1".into(),
             environment: "stable".into(),
             instance: instance.into(),
+            role: String::new(),
         }
     }
 

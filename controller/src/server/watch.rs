@@ -1,5 +1,8 @@
 //! `Watch`: one stream per proxy, the current configuration at once, then every change.
 //!
+//! Only the workload's own certificate opens its stream, and the stream carries only the policy
+//! that workload needs (`view`).
+//!
 //! The stream follows the control plane's `tokio::sync::watch` channel, which keeps only the
 //! latest configuration: a proxy that reads slowly (or not at all) is sent the newest one when
 //! it reads again and holds up no one else. Whatever the stream hands to gRPC is recorded as
@@ -21,15 +24,23 @@ use crate::identity::WorkloadIdentity;
 /// The longest `proxy_id` accepted.
 pub const MAX_PROXY_ID: usize = 256;
 
-/// Checks the request and opens the proxy's stream.
+/// Checks the request and opens the proxy's stream, if `caller` (what the client certificate
+/// proves) is the workload it names. The stream carries only that workload's share of the
+/// policy (see `view`).
 pub(super) fn watch(
     plane: &Arc<ControlPlane>,
+    caller: &WorkloadIdentity,
     request: WatchRequest,
     peer: Option<SocketAddr>,
-) -> Result<impl tokio_stream::Stream<Item = Result<ProxyConfig, Status>> + Send + 'static, ApiError>
-{
+) -> Result<
+    impl tokio_stream::Stream<Item = Result<ProxyConfig, Status>> + Send + 'static + use<>,
+    ApiError,
+> {
     let workload = request.workload.ok_or(ApiError::MissingField("workload"))?;
-    WorkloadIdentity::new(&workload.namespace, &workload.service)?;
+    super::auth::require_same(
+        caller,
+        WorkloadIdentity::new(&workload.namespace, &workload.service)?,
+    )?;
     if request.proxy_id.is_empty() {
         return Err(ApiError::MissingField("proxy_id"));
     }
@@ -49,12 +60,13 @@ pub(super) fn watch(
         "proxy connected"
     );
     let proxy_id = request.proxy_id.clone();
+    let (namespace, service) = (workload.namespace.clone(), workload.service.clone());
     let (receiver, guard) = plane.subscribe(request.proxy_id, workload, peer);
     let closed = ClosedLog(proxy_id);
     Ok(WatchStream::new(receiver).map(move |published| {
         let _ = &closed;
         guard.sent(&published);
-        Ok(published.config.clone())
+        Ok(published.config_for(&namespace, &service))
     }))
 }
 

@@ -38,6 +38,8 @@ pub struct Context {
     pub hosts: String,
     /// The controller's gRPC address (`ip:port`) on the bridge.
     pub controller_addr: String,
+    /// The mesh CA certificate, readable by the proxies, which they trust the controller with.
+    pub controller_ca: PathBuf,
     /// Signs the proxies' bootstrap tokens.
     pub tokens: TokenKey,
     /// `sluice-proxy`.
@@ -63,8 +65,11 @@ pub struct Live {
     pub service: String,
     /// The version it runs.
     pub version: String,
-    /// Whether it is a rollout's canary (not yet promoted).
+    /// Whether a rollout started it: a canary (not yet promoted), or a baseline copy.
     pub canary: bool,
+    /// Empty, or `baseline` for a rollout's fresh copy of the stable version (its proxy
+    /// registers and reports with that role, see `SLUICE_PROXY_ROLE`).
+    pub role: String,
     /// Its namespace.
     pub ns: String,
     /// The host end of its veth.
@@ -147,6 +152,7 @@ impl Workloads {
             service: base.service.clone(),
             version: version.to_owned(),
             canary,
+            role: String::new(),
             ns: ns.clone(),
             veth: veth.clone(),
             addr,
@@ -211,13 +217,18 @@ impl Workloads {
                 ),
                 (
                     "SLUICE_PROXY_CONTROLLER_ADDR",
-                    format!("http://{}", ctx.controller_addr),
+                    format!("https://{}", ctx.controller_addr),
+                ),
+                (
+                    "SLUICE_PROXY_CONTROLLER_CA",
+                    ctx.controller_ca.display().to_string(),
                 ),
                 ("SLUICE_PROXY_IDENTITY_TOKEN", token),
                 ("SLUICE_PROXY_SERVICE", live.service.clone()),
                 ("SLUICE_PROXY_SERVICE_VERSION", live.version.clone()),
                 ("SLUICE_PROXY_ENVIRONMENT", base.environment.clone()),
                 ("SLUICE_PROXY_INSTANCE", name.to_owned()),
+                ("SLUICE_PROXY_ROLE", live.role.clone()),
                 ("SLUICE_PROXY_ID", format!("{name}-{}", ctx.run_id)),
                 // Policy and endpoints come from the controller's Watch stream; the proxy
                 // registers this workload at its own address, as a pod's sidecar would. So a
@@ -254,23 +265,32 @@ impl Workloads {
         Ok(())
     }
 
-    /// Creates and starts a workload while the mesh runs; on failure, removes what was made.
+    /// Creates and starts `new` while the mesh runs; on failure, removes what was made.
     pub fn add(
         &mut self,
         rec: &mut Record,
         sup: &mut Supervisor,
-        name: &str,
-        base: &Workload,
-        version: &str,
-        config: &VersionConfig,
+        new: NewInstance<'_>,
     ) -> Result<&Live, String> {
+        let NewInstance {
+            name,
+            base,
+            version,
+            role,
+            config,
+        } = new;
         if self.get(name).is_some() {
             return Err(format!("a workload named `{name}` is already running"));
         }
         let created = self
             .create(rec, name, base, version, true, Vec::new())
-            .map(|_| ())
-            .and_then(|()| self.start(sup, name, base, config));
+            .map(|live| live.name.clone())
+            .and_then(|name| {
+                if let Some(l) = self.live.iter_mut().find(|l| l.name == name) {
+                    l.role = role.to_owned();
+                }
+                self.start(sup, &name, base, config)
+            });
         if let Err(e) = created {
             if let Err(cleanup) = self.remove(rec, sup, name) {
                 return Err(format!("{e}; and removing it again: {cleanup}"));
@@ -323,4 +343,20 @@ impl Workloads {
             l.canary = false;
         }
     }
+}
+
+/// An instance to start beside the running mesh: `version` of `base`'s service, with `role`
+/// (empty for a canary; `baseline` for a rollout's fresh copy of the stable version).
+#[derive(Clone, Copy, Debug)]
+pub struct NewInstance<'a> {
+    /// The workload's (and namespace's) name.
+    pub name: &'a str,
+    /// The mesh file's workload it is a version of.
+    pub base: &'a Workload,
+    /// The version it runs.
+    pub version: &'a str,
+    /// Its role in the rollout.
+    pub role: &'a str,
+    /// How that version runs.
+    pub config: &'a VersionConfig,
 }

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args;
 
@@ -143,6 +143,7 @@ impl Shared {
                 service: l.service.clone(),
                 version: l.version.clone(),
                 canary: l.canary,
+                role: l.role.clone(),
             })
             .collect()
     }
@@ -506,6 +507,13 @@ fn start(
     let controller_dir = state_dir.join("controller");
     std::fs::create_dir_all(&controller_dir).map_err(host("controller state dir"))?;
     let tokens = TokenKey::load_or_create(&controller_dir).map_err(host("token key"))?;
+    // The mesh CA, made now (the controller loads the same one), so that every proxy is given
+    // its certificate to trust the controller with: the state directory is private, so a copy
+    // goes into the run directory, readable by the proxies' UID.
+    let (ca, _) = crate::identity::MeshCa::load_or_create(&controller_dir, SystemTime::now())
+        .map_err(|e| UpError::Host(format!("mesh CA: {e}")))?;
+    let controller_ca = run_dir.join("controller-ca.pem");
+    std::fs::write(&controller_ca, ca.cert_pem()).map_err(host("controller CA file"))?;
     let controller_addr = format!("{}:{CONTROLLER_PORT}", subnet.host());
     let logs_dir = state_dir.join("logs");
     std::fs::create_dir_all(&logs_dir).map_err(host("logs directory"))?;
@@ -515,6 +523,7 @@ fn start(
         bridge: bridge.clone(),
         hosts,
         controller_addr: controller_addr.clone(),
+        controller_ca,
         tokens,
         proxy_bin: proxy_bin.to_owned(),
         mesh_dir: mesh.dir.clone(),
@@ -592,6 +601,8 @@ fn start(
             addresses_file.display().to_string(),
             "--workload-logs".into(),
             logs_dir.display().to_string(),
+            // The runner starts a fresh copy of the stable version beside each canary.
+            "--baseline-copies".into(),
         ]
         .into_iter()
         .chain(portal_args)

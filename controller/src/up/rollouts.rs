@@ -7,9 +7,9 @@
 //!
 //! | newest rollout of a service is | the runner |
 //! |---|---|
-//! | `pending`, `progressing`, `paused`, `waiting-confirmation` | runs a canary `<workload>-<version>` beside each stable workload of the service (from the workload's `versions` entry) and removes canaries of any other version |
+//! | `pending`, `progressing`, `paused`, `waiting-confirmation` | runs a canary `<workload>-<version>` beside each stable workload of the service (from the workload's `versions` entry) and removes canaries of any other version; when the rollout asks for a baseline copy, also a fresh copy of the stable version, `<workload>-<stable version>-baseline`, with the role `baseline` ([`baseline_copies`]) |
 //! | `promoted` | retires the stable workloads its canaries replace (their service address moves to the canary first) and keeps the canaries as the new stable ones |
-//! | `rolled-back`, `aborted`, `superseded`, `failed` | removes the service's canaries |
+//! | `rolled-back`, `aborted`, `superseded`, `failed` | removes the service's canaries and baseline copies |
 //!
 //! [`Reconciler`] carries the plan out. It also polls the mesh file every second: an edit
 //! that only changes workloads' `version` asks the controller for a rollout
@@ -35,6 +35,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
 use super::Shared;
+use super::live::NewInstance;
 use super::meshfile::{MAX_CANARY_NAME, MeshFile, VersionOverride, is_label};
 use crate::status::ADMIN_ADDR_FILE;
 
@@ -131,6 +132,28 @@ pub struct Rollout {
     pub canary_version: String,
     /// Where it is.
     pub phase: Phase,
+    /// What the canary is judged against (absent from controllers without baseline copies).
+    #[serde(default)]
+    pub baseline: RolloutBaseline,
+}
+
+/// The part of a rollout's `baseline` the runner acts on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct RolloutBaseline {
+    /// `waiting`, `copy` or `stable`.
+    #[serde(default)]
+    pub kind: String,
+    /// Whether the controller asked for a fresh copy of the stable version.
+    #[serde(default)]
+    pub copy_requested: bool,
+}
+
+impl Rollout {
+    /// Whether the runner should run a baseline copy for this rollout: asked for, and not
+    /// given up on (the controller fell back to the stable instances).
+    pub fn wants_copy(&self) -> bool {
+        self.phase.is_active() && self.baseline.copy_requested && self.baseline.kind != "stable"
+    }
 }
 
 fn default_namespace() -> String {
@@ -158,23 +181,28 @@ pub struct Running {
     pub service: String,
     /// Its version.
     pub version: String,
-    /// Whether it is a canary not yet promoted.
+    /// Whether a rollout started it: a canary not yet promoted, or a baseline copy.
     pub canary: bool,
+    /// Empty, or `baseline` for a rollout's fresh copy of the stable version.
+    pub role: String,
 }
 
 /// One change to the running workloads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Start `name` running `version` of mesh-file workload `base`.
+    /// Start `name`: an instance of `version` of mesh-file workload `base`'s service with
+    /// `role` (empty for a canary; `baseline` for a fresh copy of the stable version).
     Start {
         /// The rollout that wants it.
         rollout: Rollout,
         /// The mesh file's workload.
         base: String,
-        /// The canary's name.
+        /// The instance's name.
         name: String,
         /// Its version.
         version: String,
+        /// Its role.
+        role: String,
     },
     /// Stop and remove canary `name`.
     Remove {
@@ -220,8 +248,9 @@ pub fn plan(mesh: &MeshFile, running: &[Running], rollouts: &[Rollout]) -> Vec<A
         let of_service = |canary: bool| {
             running
                 .iter()
-                .filter(move |w| w.service == r.service && w.canary == canary)
+                .filter(move |w| w.service == r.service && w.canary == canary && w.role.is_empty())
         };
+        actions.extend(baseline_copies(mesh, running, r));
         let version = &r.canary_version;
         match &r.phase {
             phase if phase.is_active() => {
@@ -279,6 +308,7 @@ pub fn plan(mesh: &MeshFile, running: &[Running], rollouts: &[Rollout]) -> Vec<A
                         base: base.name.clone(),
                         name,
                         version: version.clone(),
+                        role: String::new(),
                     });
                 }
             }
@@ -336,6 +366,85 @@ pub fn plan(mesh: &MeshFile, running: &[Running], rollouts: &[Rollout]) -> Vec<A
         }
     }
     actions
+}
+
+/// The baseline copies `r` needs, as starts and removals: while [`Rollout::wants_copy`], one
+/// fresh instance of the stable version with the role `baseline` beside each stable workload
+/// (`<workload>-<stable version>-baseline`, the workload's own command and env); otherwise
+/// none. Kept apart from the canaries' planning so that it reads as what a backend does:
+/// "start an instance of service S, version V, role `baseline`", and "stop it".
+pub fn baseline_copies(mesh: &MeshFile, running: &[Running], r: &Rollout) -> Vec<Action> {
+    let role = sluice_policy::resources::BASELINE_ROLE;
+    let mut actions = Vec::new();
+    let copies = || {
+        running
+            .iter()
+            .filter(move |w| w.service == r.service && w.role == role)
+    };
+    let wanted: Vec<(String, String)> = if r.wants_copy() {
+        running
+            .iter()
+            .filter(|w| {
+                w.service == r.service
+                    && w.role.is_empty()
+                    && !w.canary
+                    && w.version == r.baseline_version
+            })
+            .map(|w| (w.base.clone(), copy_name(&w.base, &r.baseline_version)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for c in copies() {
+        if !wanted.iter().any(|(_, name)| *name == c.name) || c.version != r.baseline_version {
+            actions.push(Action::Remove {
+                rollout: r.clone(),
+                name: c.name.clone(),
+            });
+        }
+    }
+    for (base, name) in wanted {
+        if running.iter().any(|w| w.name == name) {
+            continue;
+        }
+        if name.len() > MAX_CANARY_NAME {
+            actions.push(Action::Warn {
+                key: format!("copy-name {} {name}", r.id),
+                message: format!(
+                    "{}: no baseline copy: `{name}` is longer than {MAX_CANARY_NAME} characters; \
+                     the canary is judged against the running {} instances",
+                    r.label(),
+                    r.baseline_version
+                ),
+            });
+            continue;
+        }
+        if mesh
+            .workloads
+            .iter()
+            .find(|w| w.name == base)
+            .and_then(|w| w.config_for(&r.baseline_version))
+            .is_none()
+        {
+            continue;
+        }
+        actions.push(Action::Start {
+            rollout: r.clone(),
+            base,
+            name,
+            version: r.baseline_version.clone(),
+            role: role.to_owned(),
+        });
+    }
+    actions
+}
+
+/// `payments-v1-baseline`: the name of a stable workload's baseline copy.
+pub fn copy_name(base: &str, version: &str) -> String {
+    format!(
+        "{base}-{version}-{}",
+        sluice_policy::resources::BASELINE_ROLE
+    )
 }
 
 fn mesh_file_name(mesh: &MeshFile) -> String {
@@ -768,8 +877,14 @@ impl Reconciler {
                 base,
                 name,
                 version,
+                role,
             } => {
                 let label = rollout.label();
+                let what = if role.is_empty() {
+                    "canary".to_owned()
+                } else {
+                    format!("{role} copy")
+                };
                 match self
                     .mesh
                     .workloads
@@ -779,12 +894,19 @@ impl Reconciler {
                 {
                     None => Err(format!("{label}: no configuration for {name}")),
                     Some((w, config)) => {
-                        match workloads.add(rec, sup, &name, w, &version, &config) {
+                        let new = NewInstance {
+                            name: &name,
+                            base: w,
+                            version: &version,
+                            role: &role,
+                            config: &config,
+                        };
+                        match workloads.add(rec, sup, new) {
                             Ok(live) => {
-                                say(&format!("{label}: started canary {name} ({})", live.addr));
+                                say(&format!("{label}: started {what} {name} ({})", live.addr));
                                 Ok(())
                             }
-                            Err(e) => Err(format!("{label}: cannot start canary {name}: {e}")),
+                            Err(e) => Err(format!("{label}: cannot start {what} {name}: {e}")),
                         }
                     }
                 }
@@ -793,6 +915,7 @@ impl Reconciler {
                 let label = rollout.label();
                 // A canary of another version than the newest rollout's was superseded by it.
                 let why = match workloads.get(&name) {
+                    Some(l) if !l.role.is_empty() => "baseline copy no longer needed",
                     Some(l) if l.version != rollout.canary_version => "superseded",
                     _ => rollout.phase.ended(),
                 };
@@ -974,6 +1097,7 @@ workloads:
                 service: w.service.clone(),
                 version: w.version.clone(),
                 canary: false,
+                role: String::new(),
             })
             .collect()
     }
@@ -986,6 +1110,7 @@ workloads:
             baseline_version: from.into(),
             canary_version: to.into(),
             phase: Phase::from(phase.to_owned()),
+            baseline: RolloutBaseline::default(),
         }
     }
 
@@ -998,12 +1123,14 @@ workloads:
                     name,
                     version,
                     rollout,
+                    role,
                 } => running.push(Running {
                     name: name.clone(),
                     base: base.clone(),
                     service: rollout.service.clone(),
                     version: version.clone(),
                     canary: true,
+                    role: role.clone(),
                 }),
                 Action::Remove { name, .. } => running.retain(|w| w.name != *name),
                 Action::Promote {
@@ -1099,6 +1226,66 @@ workloads:
             };
             assert_eq!((base.as_str(), version.as_str()), ("payments", "v2"));
         }
+    }
+
+    #[test]
+    fn a_rollout_that_asks_for_a_baseline_copy_gets_one_until_it_ends() {
+        let mesh = mesh();
+        let mut running = initial(&mesh);
+        let at = |phase: &str, kind: &str| {
+            let mut r = rollout("r-1", "payments", "v1", "v2", phase);
+            r.baseline = RolloutBaseline {
+                kind: kind.into(),
+                copy_requested: true,
+            };
+            [r]
+        };
+        let actions = step(&mesh, &mut running, &at("pending", "waiting"));
+        assert_eq!(
+            starts(&actions),
+            [
+                "payments-v1-baseline",
+                "payments-b-v1-baseline",
+                "payments-v2",
+                "payments-b-v2"
+            ]
+        );
+        let copy = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Start {
+                    name,
+                    version,
+                    role,
+                    ..
+                } if name == "payments-v1-baseline" => Some((version.clone(), role.clone())),
+                _ => None,
+            })
+            .expect("the copy's start");
+        assert_eq!(copy, ("v1".to_owned(), "baseline".to_owned()));
+        // The copies are not stable workloads: no copy of a copy, no canary beside one.
+        assert_eq!(plan(&mesh, &running, &at("progressing", "copy")), []);
+        // The controller gave up on the copy: it goes, the canaries stay.
+        let actions = step(&mesh, &mut running, &at("progressing", "stable"));
+        assert_eq!(
+            removes(&actions),
+            ["payments-v1-baseline", "payments-b-v1-baseline"]
+        );
+        assert!(starts(&actions).is_empty());
+        // Promoted: the copies go with the old stable workloads.
+        let mut running = initial(&mesh);
+        step(&mesh, &mut running, &at("progressing", "copy"));
+        let actions = step(&mesh, &mut running, &at("promoted", "copy"));
+        assert_eq!(
+            removes(&actions),
+            ["payments-v1-baseline", "payments-b-v1-baseline"]
+        );
+        assert_eq!(names(&running), ["catalog", "payments-b-v2", "payments-v2"]);
+        // Rolled back: canaries and copies go.
+        let mut running = initial(&mesh);
+        step(&mesh, &mut running, &at("progressing", "copy"));
+        step(&mesh, &mut running, &at("rolled-back", "copy"));
+        assert_eq!(running, initial(&mesh));
     }
 
     #[test]
@@ -1358,6 +1545,7 @@ workloads:
             service: "ledger".into(),
             version: "v1".into(),
             canary: false,
+            role: String::new(),
         });
         let mut text = MESH.to_owned();
         text.push_str("    versions: { v2: {} }\n");

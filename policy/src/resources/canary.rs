@@ -94,6 +94,23 @@ pub struct Analysis {
     /// Where metrics come from. Default: collected by the controller from its proxies.
     #[serde(default)]
     pub provider: MetricProvider,
+    /// What the canary is compared with. Default `copy`.
+    #[serde(default)]
+    pub baseline: BaselineSource,
+}
+
+/// What a canary is compared with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BaselineSource {
+    /// A fresh copy of the stable version, started beside the canary with the canary's weight
+    /// (Kayenta's like-for-like baseline: the same age, the same share of traffic, the same
+    /// neighbours), where the runtime can start one (`sluice up` does); else, or when no copy
+    /// starts within 30 s, the stable version's running instances.
+    #[default]
+    Copy,
+    /// The stable version's running instances.
+    Stable,
 }
 
 impl Default for Analysis {
@@ -104,6 +121,7 @@ impl Default for Analysis {
             alpha: default_alpha(),
             metrics: Vec::new(),
             provider: MetricProvider::default(),
+            baseline: BaselineSource::default(),
         }
     }
 }
@@ -152,12 +170,34 @@ pub enum Signal {
 }
 
 /// How much worse than the baseline the canary may be.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+///
+/// For `latency`, worse means over **both** the relative margin and the absolute floor:
+/// `relative: { margin: 20, atLeast: 5ms }` accepts a canary p99 up to
+/// `max(1.2 × baseline, baseline + 5 ms)`. Two instances of the same build differ by more than
+/// 20% of a 2 ms p99 (a fresh process, a noisy neighbour on a shared core), and neither is
+/// practically worse.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RelativeMargin {
     /// The practical margin: percentage points for `successRate`, percent of the baseline for
     /// `latency` and `requestRate`.
     pub margin: f64,
+    /// For `latency`: the least difference from the baseline that counts as worse, however
+    /// small the baseline (default `5ms`; `0ms` turns the floor off). Not for other signals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_least: Option<Duration>,
+}
+
+/// The latency floor of a relative check without `atLeast`: a p99 may be this much above the
+/// baseline's before the margin counts. Sized for services answering in milliseconds, where
+/// instances of one build differ by a millisecond or two.
+pub const DEFAULT_LATENCY_FLOOR: Duration = Duration::from_millis(5);
+
+impl RelativeMargin {
+    /// The latency floor in force: `atLeast`, or [`DEFAULT_LATENCY_FLOOR`].
+    pub fn latency_floor(&self) -> std::time::Duration {
+        self.at_least.unwrap_or(DEFAULT_LATENCY_FLOOR).0
+    }
 }
 
 /// A fixed bound. Success rate in percent, latency in milliseconds, request rate per second.

@@ -18,11 +18,12 @@ use serde::{Deserialize, Serialize};
 
 pub use access::{AccessPolicySpec, AccessRule, EphemeralMode, Exemption, PolicyMode};
 pub use canary::{
-    AbsoluteThreshold, Analysis, CanaryPolicySpec, CanaryStep, FailureAction, MetricCheck,
-    MetricProvider, NotifySettings, PrometheusProvider, RelativeMargin, Severity, Signal,
+    AbsoluteThreshold, Analysis, BaselineSource, CanaryPolicySpec, CanaryStep,
+    DEFAULT_LATENCY_FLOOR, FailureAction, MetricCheck, MetricProvider, NotifySettings,
+    PrometheusProvider, RelativeMargin, Severity, Signal,
 };
 pub use mesh::{DefaultPolicy, DenialDetail, MeshSpec, UnknownDestinations};
-pub use route::{Backend, EnvironmentRouting, RouteMatch, RouteRule, RouteSpec};
+pub use route::{BASELINE_ROLE, Backend, EnvironmentRouting, RouteMatch, RouteRule, RouteSpec};
 pub use service::{Endpoint, MeshServiceSpec, Port, Protocol, SecurityLevel};
 pub use team::{Channel, ReviewRequirement, TeamMember, TeamSpec};
 

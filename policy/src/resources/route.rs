@@ -43,6 +43,9 @@ pub struct RouteSpec {
     pub timeout: Option<Duration>,
 }
 
+/// The role of a rollout's fresh copy of the stable version (see [`Backend::role`]).
+pub const BASELINE_ROLE: &str = "baseline";
+
 /// A version and its share of traffic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -51,6 +54,11 @@ pub struct Backend {
     pub version: String,
     /// Share of traffic in percent (0-100).
     pub weight: u32,
+    /// Which of the version's instances: omitted for its ordinary ones; `baseline` for the
+    /// fresh copy of the stable version a rollout starts beside its canary (the rollout
+    /// engine writes this; see docs/rollouts.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// A rule that sends matching requests to particular backends or an environment.

@@ -217,7 +217,24 @@ pub(super) fn check_backends(
                 Some("weights are percentages".into()),
             );
         }
-        if backends[..i].iter().any(|o| o.version == b.version) {
+        if let Some(role) = b.role.as_deref()
+            && role != crate::resources::BASELINE_ROLE
+        {
+            ctx.error(
+                "invalid-value",
+                &format!("{f}.role"),
+                format!("unknown role `{role}`"),
+                Some(format!(
+                    "the only role is `{}` (a rollout's fresh copy of the stable version); \
+                     leave `role` out for the version's ordinary instances",
+                    crate::resources::BASELINE_ROLE
+                )),
+            );
+        }
+        if backends[..i]
+            .iter()
+            .any(|o| o.version == b.version && o.role == b.role)
+        {
             ctx.error(
                 "duplicate",
                 &format!("{f}.version"),
@@ -378,6 +395,17 @@ pub(super) fn check_canary(
                 &format!("{base}.relative.margin"),
                 format!("margin {} must be zero or more", r.margin),
                 None,
+            );
+        }
+        if let Some(r) = &m.relative
+            && r.at_least.is_some()
+            && m.signal != crate::resources::Signal::Latency
+        {
+            ctx.error(
+                "invalid-value",
+                &format!("{base}.relative.atLeast"),
+                "`atLeast` only applies to `latency`".into(),
+                Some("for a success rate the margin is already absolute (points)".into()),
             );
         }
         if let Some(t) = &m.threshold {

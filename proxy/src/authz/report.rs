@@ -14,8 +14,11 @@ use sluice_api::v1::mesh_client::MeshClient;
 use sluice_api::v1::{Denial as DenialMsg, DenialReport};
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
 use super::Denial;
-use crate::identity::certify::{Token, with_bearer};
+use crate::identity::IdentityStore;
+use crate::identity::controller::ControllerConn;
 use crate::metrics::Metrics;
 
 /// Denials waiting for the background task.
@@ -36,11 +39,12 @@ impl Reporter {
         Reporter { tx: None, metrics }
     }
 
-    /// A reporter sending to `controller` every `interval` with `token` (the controller
-    /// accepts only denials of calls to the workload the token names), and the task doing it.
+    /// A reporter sending to `controller` every `interval` with this workload's certificate
+    /// from `identity` (the controller accepts only denials of calls to the workload the
+    /// certificate names), and the task doing it.
     pub fn spawn(
-        controller: String,
-        token: Option<Token>,
+        controller: ControllerConn,
+        identity: Arc<IdentityStore>,
         proxy_id: String,
         interval: Duration,
         metrics: Metrics,
@@ -49,7 +53,7 @@ impl Reporter {
         tokio::spawn(run(
             rx,
             controller,
-            token,
+            identity,
             proxy_id,
             interval,
             metrics.clone(),
@@ -125,8 +129,8 @@ fn fold(batch: &mut HashMap<Key, DenialMsg>, d: DenialMsg) -> bool {
 
 async fn run(
     mut rx: mpsc::Receiver<DenialMsg>,
-    controller: String,
-    token: Option<Token>,
+    controller: ControllerConn,
+    identity: Arc<IdentityStore>,
     proxy_id: String,
     interval: Duration,
     metrics: Metrics,
@@ -154,7 +158,7 @@ async fn run(
                 let n = denials.len();
                 let report = DenialReport { proxy_id: proxy_id.clone(), denials, dropped };
                 dropped = 0;
-                match send(&controller, token.as_ref(), report).await {
+                match send(&controller, &identity, report).await {
                     Ok(()) => {
                         metrics.denial_reports_sent(n);
                         tracing::debug!(denials = n, "denials reported");
@@ -179,23 +183,20 @@ async fn run(
 }
 
 async fn send(
-    controller: &str,
-    token: Option<&Token>,
+    controller: &ControllerConn,
+    identity: &Arc<IdentityStore>,
     report: DenialReport,
 ) -> Result<(), tonic::Status> {
-    let mut request = tonic::Request::new(report);
-    with_bearer(&mut request, token)
-        .await
-        .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
-    let endpoint = tonic::transport::Endpoint::from_shared(controller.to_owned())
+    let endpoint = controller
+        .endpoint()
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
+    let channel = controller
+        .connect(endpoint, identity)
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    MeshClient::new(channel).report_denials(request).await?;
+    MeshClient::new(channel).report_denials(report).await?;
     Ok(())
 }
 

@@ -1,9 +1,12 @@
-//! Certificates from the controller: generate a key here, send only a CSR over `Certify` with
-//! the bootstrap token, and renew at about 70% of the lifetime.
+//! Certificates from the controller: generate a key here, send only a CSR over `Certify`, and
+//! renew at about 70% of the lifetime.
 //!
-//! While the controller is away the proxy keeps serving with the certificate it has and retries
-//! with exponential backoff and jitter (so a mesh of proxies does not stampede a controller
-//! that comes back). Each renewal uses a fresh key pair.
+//! The first certificate is asked for with the bootstrap token; renewals connect with the
+//! current certificate, which is then the credential, and send no token at all. So the token
+//! only has to be valid when the proxy starts (or after its certificate lapsed), and can be
+//! short-lived. While the controller is away the proxy keeps serving with the certificate it
+//! has and retries with exponential backoff and jitter (so a mesh of proxies does not stampede
+//! a controller that comes back). Each renewal uses a fresh key pair.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sluice_api::v1::mesh_client::MeshClient;
 use sluice_api::v1::{CertifyRequest, Workload};
 
+use super::controller::ControllerConn;
 use super::{Credentials, CredentialsError, IdentityStore, SpiffeId};
 
 /// Renew when this fraction of the lifetime has passed (before jitter).
@@ -70,26 +74,11 @@ pub enum TokenError {
     NotAscii,
 }
 
-/// Attaches `token` as `authorization: Bearer <token>`, which `Register`, `ReportTraffic` and
-/// `ReportDenials` require (the controller checks it against the workload named in the call).
-/// Without a token the request goes as it is and the controller decides.
-pub async fn with_bearer<T>(
-    request: &mut tonic::Request<T>,
-    token: Option<&Token>,
-) -> Result<(), TokenError> {
-    let Some(token) = token else { return Ok(()) };
-    let value = format!("Bearer {}", token.read().await?)
-        .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
-        .map_err(|_| TokenError::NotAscii)?;
-    request.metadata_mut().insert("authorization", value);
-    Ok(())
-}
-
 /// How to reach the controller and who we are.
 #[derive(Clone, Debug)]
 pub struct CertifyConfig {
-    /// The controller's gRPC address, e.g. `http://127.0.0.1:7071`.
-    pub controller: String,
+    /// The controller, and how to trust it.
+    pub controller: ControllerConn,
     /// The bootstrap token.
     pub token: Token,
     /// The workload this proxy fronts.
@@ -106,8 +95,19 @@ pub enum CertifyError {
     #[error("generating the key or CSR: {0}")]
     Csr(String),
     /// The controller address is not a URI.
-    #[error("controller address `{0}` is not a URI like http://127.0.0.1:7071")]
+    #[error("controller address `{0}` is not a URI like https://127.0.0.1:7071")]
     Address(String),
+    /// The mesh CA file, which the controller's certificate is checked against, is unusable.
+    #[error("the controller's CA ({}): {reason}", path.display())]
+    ControllerCa {
+        /// The file (`SLUICE_PROXY_CONTROLLER_CA`).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A call that needs this workload's certificate, before it has one.
+    #[error("no mesh certificate yet: the controller needs one for this call")]
+    NoCertificate,
     /// The controller could not be reached.
     #[error("controller {addr} unreachable: {reason}")]
     Unreachable {
@@ -145,9 +145,21 @@ impl CertifyError {
     }
 }
 
-/// Asks for one certificate.
-pub async fn certify(config: &CertifyConfig) -> Result<Credentials, CertifyError> {
-    let token = config.token.read().await?;
+/// Asks for one certificate: with the current one as the credential while it is valid, else
+/// with the bootstrap token.
+pub async fn certify(
+    config: &CertifyConfig,
+    store: &Arc<IdentityStore>,
+) -> Result<Credentials, CertifyError> {
+    let renewing = store
+        .current()
+        .is_some_and(|c| c.not_after > SystemTime::now());
+    // Renewing, the token is neither needed nor sent: it may well have expired by now.
+    let token = if renewing {
+        String::new()
+    } else {
+        config.token.read().await?
+    };
     // The key pair is created and kept here; only its public half leaves, inside the CSR.
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|e| CertifyError::Csr(e.to_string()))?;
@@ -155,15 +167,15 @@ pub async fn certify(config: &CertifyConfig) -> Result<Credentials, CertifyError
         .and_then(|p| p.serialize_request(&key))
         .map_err(|e| CertifyError::Csr(e.to_string()))?;
     let unreachable = |reason: String| CertifyError::Unreachable {
-        addr: config.controller.clone(),
+        addr: config.controller.addr.clone(),
         reason,
     };
-    let channel = connect(
-        endpoint(&config.controller)?
-            .connect_timeout(CALL_TIMEOUT)
-            .timeout(CALL_TIMEOUT),
-    )
-    .await?;
+    let endpoint = config
+        .controller
+        .endpoint()?
+        .connect_timeout(CALL_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    let channel = config.controller.connect(endpoint, store).await?;
     let rsp = MeshClient::new(channel)
         .certify(CertifyRequest {
             workload: Some(config.workload.clone()),
@@ -198,29 +210,8 @@ pub async fn certify(config: &CertifyConfig) -> Result<Credentials, CertifyError
     Ok(creds)
 }
 
-/// The controller's address as a tonic endpoint. Shared by every controller client (`Certify`
-/// here, `Watch` and `Register` in [`crate::state::controller`]), so the address is checked
-/// and reported the same way.
-pub fn endpoint(controller: &str) -> Result<tonic::transport::Endpoint, CertifyError> {
-    tonic::transport::Endpoint::from_shared(controller.to_owned())
-        .map_err(|_| CertifyError::Address(controller.to_owned()))
-}
-
-/// Connects `endpoint`, reporting failure as [`CertifyError::Unreachable`] with the whole
-/// error chain (tonic's top-level message alone is just "transport error").
-pub async fn connect(
-    endpoint: tonic::transport::Endpoint,
-) -> Result<tonic::transport::Channel, CertifyError> {
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| CertifyError::Unreachable {
-            addr: endpoint.uri().to_string(),
-            reason: error_chain(&e),
-        })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The whole error chain (tonic's top-level message alone is just "transport error").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {
@@ -261,11 +252,11 @@ pub fn next_backoff_capped(
 
 /// Tries to get the first certificate within `wait`; the proxy then starts either way (it
 /// serves plaintext and keeps trying in [`renew`]).
-pub async fn first(config: &CertifyConfig, store: &IdentityStore, wait: Duration) {
+pub async fn first(config: &CertifyConfig, store: &Arc<IdentityStore>, wait: Duration) {
     let deadline = tokio::time::Instant::now() + wait;
     let mut backoff = BACKOFF_MIN;
     loop {
-        match tokio::time::timeout_at(deadline, certify(config)).await {
+        match tokio::time::timeout_at(deadline, certify(config, store)).await {
             Ok(Ok(creds)) => return store.set(creds),
             // A refused token will not become valid within the wait: start now, keep trying.
             Ok(Err(error)) if error.is_permanent() => {
@@ -284,7 +275,7 @@ pub async fn first(config: &CertifyConfig, store: &IdentityStore, wait: Duration
             break;
         }
     }
-    tracing::warn!(controller = %config.controller, "starting without a mesh certificate; inbound mTLS is refused until one arrives");
+    tracing::warn!(controller = %config.controller.addr, "starting without a mesh certificate; inbound mTLS is refused until one arrives");
 }
 
 /// Keeps the certificate fresh forever.
@@ -297,7 +288,7 @@ pub async fn renew(config: CertifyConfig, store: Arc<IdentityStore>) {
         };
         tokio::time::sleep(delay).await;
         loop {
-            match certify(&config).await {
+            match certify(&config, &store).await {
                 Ok(creds) => {
                     store.set(creds);
                     backoff = BACKOFF_MIN;

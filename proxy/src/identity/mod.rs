@@ -7,11 +7,13 @@
 //! lose nothing. Credentials come from one of two sources:
 //!
 //! * [`certify`]: the controller's `Certify` call with a bootstrap token, renewed at about 70%
-//!   of the lifetime with backoff and jitter; the key never leaves the process.
+//!   of the lifetime with backoff and jitter on the strength of the current certificate; the
+//!   key never leaves the process. [`controller`] is how every call reaches the controller.
 //! * [`files`]: `cert.pem`, `key.pem` and `roots.pem` in a directory, reloaded when they change
 //!   (standalone use and tests).
 
 pub mod certify;
+pub mod controller;
 pub mod files;
 pub mod spiffe;
 

@@ -71,11 +71,14 @@ pub struct Endpoint {
     pub in_flight: Arc<AtomicUsize>,
 }
 
-/// A named group of endpoints: one version, or one environment's copy.
+/// A named group of endpoints: one version, one role of a version (a rollout's fresh baseline
+/// copy), or one environment's copy.
 #[derive(Clone, Debug)]
 pub struct Version {
     /// The version name, or the environment name for a copy.
     pub name: Arc<str>,
+    /// Empty, or the role of the version's instances in this group (`baseline`).
+    pub role: Arc<str>,
     /// The `dst_version` label: the version, or for a copy the version its instances run
     /// (empty if they run several).
     pub version: Arc<str>,
@@ -188,6 +191,7 @@ fn compile_service(
     let name: Arc<str> = info.name.to_string().into();
     let group = |name: &str, version: &str, addrs: Vec<SocketAddr>| Version {
         name: name.into(),
+        role: "".into(),
         version: version.into(),
         endpoints: addrs
             .into_iter()
@@ -197,7 +201,7 @@ fn compile_service(
             })
             .collect(),
     };
-    let versions: Vec<Version> = if info.versions.is_empty() {
+    let mut versions: Vec<Version> = if info.versions.is_empty() {
         vec![group("", "", eps.addrs(None, STABLE).collect())]
     } else {
         info.versions
@@ -205,6 +209,31 @@ fn compile_service(
             .map(|v| group(v, v, eps.addrs(Some(v), STABLE).collect()))
             .collect()
     };
+    // A role's instances (a rollout's baseline copy) form their own group, reached only by a
+    // backend that names the role, so the version's ordinary split never sends them traffic.
+    let named_roles = route.into_iter().flat_map(|r| {
+        r.backends
+            .iter()
+            .chain(r.rules.iter().flat_map(|rule| rule.backends.iter()))
+    });
+    for b in named_roles {
+        let Some(role) = b.role.as_deref() else {
+            continue;
+        };
+        if versions
+            .iter()
+            .any(|v| *v.name == b.version && &*v.role == role)
+        {
+            continue;
+        }
+        let mut g = group(
+            &b.version,
+            &b.version,
+            eps.role_addrs(Some(&b.version), STABLE, role).collect(),
+        );
+        g.role = role.into();
+        versions.push(g);
+    }
     for v in &eps.versions {
         if !info.versions.is_empty() && !info.versions.contains(&v.version) {
             table.warnings.push(format!(
@@ -244,6 +273,7 @@ fn compile_service(
                     .map(|v| v.name.to_string())
                     .unwrap_or_default(),
                 weight: 100,
+                role: None,
             }];
             &default_backends
         }
@@ -326,9 +356,10 @@ fn make_split(
     let mut all = Vec::new();
     for b in backends {
         // Validation guarantees declared versions; an undeclared one here is a bug upstream.
+        let role = b.role.as_deref().unwrap_or("");
         let i = versions
             .iter()
-            .position(|v| *v.name == b.version)
+            .position(|v| *v.name == b.version && &*v.role == role)
             .ok_or_else(|| TableError::Invalid {
                 service: service.to_owned(),
                 reason: format!("{what} names undeclared version `{}`", b.version),
@@ -342,8 +373,12 @@ fn make_split(
         .collect();
     for &(i, w) in &all {
         if w > 0 && versions[i].endpoints.is_empty() {
+            let role = match &*versions[i].role {
+                "" => String::new(),
+                role => format!(" ({role})"),
+            };
             warn(format!(
-                "`{service}` {what}: version `{}` has weight {w} but no instances",
+                "`{service}` {what}: version `{}`{role} has weight {w} but no instances",
                 versions[i].name
             ));
         }
@@ -411,6 +446,44 @@ mod tests {
         assert!(
             !t.by_addr
                 .contains_key(&"10.0.0.9:80".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn a_baseline_copy_gets_only_the_weight_its_role_is_given() {
+        let policy = POLICY.replace(
+            "{ version: v1, weight: 100 }, { version: v2, weight: 0 }",
+            "{ version: v1, weight: 90 }, { version: v1, role: baseline, weight: 5 }, \
+             { version: v2, weight: 5 }",
+        );
+        let endpoints = r#"[{"service":"pay","addresses":["10.0.0.1:80"],"versions":[
+            {"version":"v1","endpoints":[{"address":"127.0.0.1:1"}]},
+            {"version":"v1","role":"baseline","endpoints":[{"address":"127.0.0.1:4"}]},
+            {"version":"v2","endpoints":[{"address":"127.0.0.1:2"}]}]}]"#;
+        let t = compile(&policy, endpoints).expect("valid");
+        let s = &t.by_addr[&"10.0.0.1:80".parse().expect("addr")];
+        let group = |i: usize| {
+            let v = &s.versions[i];
+            let ports: Vec<u16> = v.endpoints.iter().map(|e| e.addr.port()).collect();
+            (v.name.to_string(), v.role.to_string(), ports)
+        };
+        let split: Vec<_> = s.split.0.iter().map(|&(i, w)| (group(i), w)).collect();
+        assert_eq!(
+            split,
+            [
+                (("v1".into(), "".into(), vec![1]), 90),
+                (("v1".into(), "baseline".into(), vec![4]), 5),
+                (("v2".into(), "".into(), vec![2]), 5),
+            ],
+            "the copy is not among v1's ordinary instances"
+        );
+        // Without a backend naming the role, the copy gets nothing.
+        let t = compile(POLICY, endpoints).expect("valid");
+        let s = &t.by_addr[&"10.0.0.1:80".parse().expect("addr")];
+        assert!(
+            s.versions
+                .iter()
+                .all(|v| v.endpoints.iter().all(|e| e.addr.port() != 4))
         );
     }
 

@@ -16,10 +16,11 @@
 //! by `Register` with the same workload fields: the controller keeps a registration while a
 //! stream of the same instance is open (plus a grace period), so registering again after each
 //! reconnect is what keeps this instance's endpoint alive across controller restarts.
-//! `Register` carries the bootstrap token (`SLUICE_PROXY_IDENTITY_TOKEN[_FILE]`, read again for
-//! every call) as `authorization: Bearer`; the controller only accepts a registration for the
-//! workload the token names. Without a token the proxy says so once and does not register.
-//! `Watch` needs no token.
+//!
+//! Both calls travel over TLS and present this workload's certificate
+//! ([`crate::identity::controller`]): the controller opens a stream, and accepts a registration,
+//! only for the workload the certificate names. So the stream starts once the proxy has a
+//! certificate (from `Certify` or `SLUICE_PROXY_IDENTITY_DIR`); until then it retries.
 //!
 //! [`Status`] is what `/config` shows and `/ready` reads: ready once a first config from the
 //! controller has been applied (a proxy that never got one is running the empty,
@@ -37,7 +38,9 @@ use super::endpoints::{Endpoint, ServiceEndpoints, VersionEndpoints};
 use super::source::apply;
 use super::{ConfigSource, Endpoints, ProxyState, SharedState, SourceError};
 use crate::config::{Config, SourceKind};
+use crate::identity::IdentityStore;
 use crate::identity::certify::{self, CertifyError};
+use crate::identity::controller::ControllerConn;
 use crate::metrics::Metrics;
 
 /// First reconnect delay.
@@ -54,16 +57,16 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Who watches, and where.
 #[derive(Clone, Debug)]
 pub struct WatchConfig {
-    /// The controller's gRPC address, `http://127.0.0.1:7071`.
-    pub controller: String,
+    /// The controller, and how to trust it.
+    pub controller: ControllerConn,
     /// The workload this proxy fronts (the same fields in `Watch` and `Register`).
     pub workload: Workload,
     /// This proxy process.
     pub proxy_id: String,
     /// The address to register, if any.
     pub register: Option<SocketAddr>,
-    /// The bootstrap token that `Register` must carry, if the proxy has one.
-    pub token: Option<certify::Token>,
+    /// This workload's certificate, which every call presents.
+    pub identity: Arc<IdentityStore>,
     /// Turns true once the proxy's listeners accept connections. Registering earlier would
     /// hand peers an endpoint that refuses them (the first config and the workload
     /// certificate arrive while the listeners bind). `None`: register at once.
@@ -72,23 +75,24 @@ pub struct WatchConfig {
 
 impl WatchConfig {
     /// The `Watch` configuration, when the controller is the config source.
-    pub fn from_config(config: &Config) -> Option<WatchConfig> {
+    pub fn from_config(config: &Config, identity: Arc<IdentityStore>) -> Option<WatchConfig> {
         if config.source != SourceKind::Controller {
             return None;
         }
         let w = config.workload();
         Some(WatchConfig {
-            controller: config.controller_addr.clone()?,
+            controller: config.controller()?,
             workload: Workload {
                 namespace: w.namespace,
                 service: w.service,
                 version: w.version,
                 environment: w.environment,
                 instance: w.instance,
+                role: w.role,
             },
             proxy_id: config.proxy_id.clone(),
             register: config.register_addr,
-            token: config.identity_token.clone(),
+            identity,
             serving: None,
         })
     }
@@ -160,19 +164,9 @@ pub async fn run(
     status: Arc<Status>,
 ) {
     let source = ConfigSource::Controller {
-        addr: config.controller.clone(),
+        addr: config.controller.addr.clone(),
     }
     .describe();
-    if let (Some(address), None) = (config.register, &config.token) {
-        // Said once, loudly: without the token the controller refuses every attempt, so
-        // retrying would only repeat this.
-        tracing::error!(
-            %address,
-            "registration needs SLUICE_PROXY_IDENTITY_TOKEN (or SLUICE_PROXY_IDENTITY_TOKEN_FILE): \
-             the controller only accepts Register with the workload's bootstrap token, so this \
-             instance will not be an endpoint; the proxy keeps following the controller's config"
-        );
-    }
     let mut last: Option<ProxyConfig> = None;
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -195,7 +189,10 @@ pub async fn run(
         let (sleep, next) = certify::next_backoff_capped(backoff, BACKOFF_MAX, &mut rand::rng());
         backoff = next;
         let version = shared.current().version.clone();
-        if let StreamError::Refused(s) = &error
+        if matches!(error, StreamError::Connect(CertifyError::NoCertificate)) {
+            // Expected for a moment at start: the first certificate is on its way.
+            tracing::info!(%source, retry_in = ?sleep, "waiting for this proxy's mesh certificate before watching the controller");
+        } else if let StreamError::Refused(s) = &error
             && matches!(
                 s.code(),
                 tonic::Code::InvalidArgument
@@ -224,7 +221,15 @@ async fn follow(
     last: &mut Option<ProxyConfig>,
     backoff: &mut Duration,
 ) -> StreamError {
-    let endpoint = match certify::endpoint(&config.controller) {
+    // The controller opens a stream only for the workload a certificate proves.
+    if config
+        .identity
+        .current()
+        .is_none_or(|c| c.not_after <= std::time::SystemTime::now())
+    {
+        return CertifyError::NoCertificate.into();
+    }
+    let endpoint = match config.controller.endpoint() {
         Ok(e) => e
             .connect_timeout(CALL_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -233,7 +238,7 @@ async fn follow(
             .tcp_nodelay(true),
         Err(e) => return e.into(),
     };
-    let channel = match certify::connect(endpoint).await {
+    let channel = match config.controller.connect(endpoint, &config.identity).await {
         Ok(c) => c,
         Err(e) => return e.into(),
     };
@@ -252,22 +257,18 @@ async fn follow(
         s.connects += 1;
     });
     tracing::info!(%source, "config stream open");
-    let _register = config
-        .register
-        .zip(config.token.clone())
-        .map(|(address, token)| {
-            let registration = Registration {
-                workload: Some(config.workload.clone()),
-                address: address.to_string(),
-            };
-            AbortOnDrop(tokio::spawn(register(
-                channel,
-                registration,
-                token,
-                status.clone(),
-                config.serving.clone(),
-            )))
-        });
+    let _register = config.register.map(|address| {
+        let registration = Registration {
+            workload: Some(config.workload.clone()),
+            address: address.to_string(),
+        };
+        AbortOnDrop(tokio::spawn(register(
+            channel,
+            registration,
+            status.clone(),
+            config.serving.clone(),
+        )))
+    });
     loop {
         let message = match stream.message().await {
             Ok(Some(m)) => m,
@@ -302,7 +303,6 @@ async fn follow(
 async fn register(
     channel: Channel,
     registration: Registration,
-    token: certify::Token,
     status: Arc<Status>,
     serving: Option<tokio::sync::watch::Receiver<bool>>,
 ) {
@@ -316,12 +316,7 @@ async fn register(
     loop {
         let mut request = tonic::Request::new(registration.clone());
         request.set_timeout(CALL_TIMEOUT);
-        // Read for every attempt, so a token rotated in its file (or fixed by an operator
-        // after a refusal) is used by the next one.
-        let result = match certify::with_bearer(&mut request, Some(&token)).await {
-            Ok(()) => client.register(request).await.map_err(|s| s.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let result = client.register(request).await.map_err(|s| s.to_string());
         match result {
             Ok(_) => {
                 tracing::info!(address = %registration.address, "registered with the controller");
@@ -388,6 +383,7 @@ pub fn endpoints_from_proto(
                                 .collect::<Result<_, SourceError>>()?,
                             version: v.version,
                             environment: or(v.environment, super::endpoints::STABLE),
+                            role: v.role,
                         })
                     })
                     .collect::<Result<_, SourceError>>()?,
@@ -413,6 +409,7 @@ mod tests {
             versions: vec![api::VersionEndpoints {
                 version: "v1".into(),
                 environment: String::new(),
+                role: String::new(),
                 endpoints: vec![api::Endpoint {
                     address: "127.0.0.1:1".into(),
                     instance: "pay-0".into(),

@@ -54,6 +54,10 @@ pub struct VersionEndpoints {
     /// `stable` (the default), or an ephemeral environment such as `pr-42`.
     #[serde(default = "default_environment")]
     pub environment: String,
+    /// Empty for ordinary instances; `baseline` for a rollout's fresh copy of the stable
+    /// version, routed to only by a Route backend naming that role.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
     /// The instances.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
@@ -97,15 +101,29 @@ impl Endpoints {
 }
 
 impl ServiceEndpoints {
-    /// The instance addresses of `version` in `environment`.
+    /// The ordinary instance addresses of `version` in `environment` (no role).
     pub fn addrs<'a>(
         &'a self,
         version: Option<&'a str>,
         environment: &'a str,
     ) -> impl Iterator<Item = SocketAddr> + 'a {
+        self.role_addrs(version, environment, "")
+    }
+
+    /// The addresses of `version`'s instances with `role` in `environment`.
+    pub fn role_addrs<'a>(
+        &'a self,
+        version: Option<&'a str>,
+        environment: &'a str,
+        role: &'a str,
+    ) -> impl Iterator<Item = SocketAddr> + 'a {
         self.versions
             .iter()
-            .filter(move |v| v.environment == environment && version.is_none_or(|n| v.version == n))
+            .filter(move |v| {
+                v.environment == environment
+                    && v.role == role
+                    && version.is_none_or(|n| v.version == n)
+            })
             .flat_map(|v| v.endpoints.iter().map(|e| e.address))
     }
 }

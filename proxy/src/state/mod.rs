@@ -12,9 +12,14 @@
 //! Every layer reads the current state per request with [`SharedState::load`] (a few atomic
 //! operations, no lock):
 //!
-//! ```ignore
+//! ```
+//! # use sluice_policy::{authz::{Caller, Decision}, rpc::Rpc};
+//! # use sluice_proxy::state::SharedState;
+//! # fn decide(shared: &SharedState, caller: &Caller, rpc: &Rpc) -> Decision {
 //! let state = shared.load();
-//! let decision = state.decide_inbound(shared.local(), &caller, &rpc);
+//! let decision = state.decide_inbound(shared.local(), caller, rpc);
+//! # decision
+//! # }
 //! ```
 
 pub mod controller;
@@ -46,6 +51,8 @@ pub struct Workload {
     pub version: String,
     /// `stable`, or an ephemeral environment such as `pr-42`.
     pub environment: String,
+    /// Empty, or `baseline` for a rollout's fresh copy of the stable version.
+    pub role: String,
     /// Unique per instance (pod name, local workload name); defaults to the proxy id.
     pub instance: String,
 }

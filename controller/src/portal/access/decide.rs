@@ -14,27 +14,42 @@ pub(super) struct FormInput {
     pub(super) ephemeral: String,
 }
 
+/// The form's fields as sent (`/access/new?…` names the same ones).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct AccessFields {
+    /// The caller.
+    pub from: String,
+    /// The callee.
+    pub to: String,
+    /// The caller's environment.
+    pub env: String,
+    /// The endpoints (ticked boxes and the "another endpoint" box).
+    pub rpc: Vec<String>,
+    /// Why.
+    pub reason: String,
+    /// `shared` or `copy`.
+    pub ephemeral: String,
+    /// `all`: show the form again with every endpoint ticked.
+    pub select: String,
+}
+
 impl FormInput {
-    pub(super) fn from_fields(fields: &[(String, String)]) -> FormInput {
+    pub(super) fn from_fields(fields: &AccessFields) -> FormInput {
         let mut rpcs: Vec<String> = Vec::new();
-        for (k, v) in fields {
-            if k == "rpc" && !v.trim().is_empty() && !rpcs.contains(v) {
+        for v in &fields.rpc {
+            if !v.trim().is_empty() && !rpcs.contains(v) {
                 rpcs.push(v.trim().to_owned());
             }
         }
-        let get = |name: &str| field(fields, name).unwrap_or_default().trim().to_owned();
         FormInput {
-            from: get("from"),
-            to: get("to"),
-            env: get("env"),
+            from: fields.from.trim().to_owned(),
+            to: fields.to.trim().to_owned(),
+            env: fields.env.trim().to_owned(),
             rpcs,
             // Browsers send CRLF for textarea line breaks; the grant file uses LF.
-            reason: field(fields, "reason")
-                .unwrap_or_default()
-                .replace("\r\n", "\n")
-                .trim()
-                .to_owned(),
-            ephemeral: get("ephemeral"),
+            reason: fields.reason.replace("\r\n", "\n").trim().to_owned(),
+            ephemeral: fields.ephemeral.trim().to_owned(),
         }
     }
 }
@@ -74,8 +89,24 @@ pub(super) fn team_name(set: &PolicySet, service: &ObjectRef) -> String {
         .unwrap_or_default()
 }
 
-/// Immediate when the callee is `open` and the caller's team does not require review.
-pub(super) fn decide(set: &PolicySet, caller: &ObjectRef, callee: &ObjectRef) -> Decision {
+/// Who asks, as far as the decision goes.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Asker<'a> {
+    /// A user: an immediate grant needs them in the caller's team.
+    User(&'a User),
+    /// Dev mode: the person at the keyboard plays every part (and can edit the policy
+    /// directory directly), so they speak for every team.
+    DevMode,
+}
+
+/// Immediate when the callee is `open`, the caller's team does not require review, and the
+/// asker is a member of the caller's team (a team's "no review" is for its own people).
+pub(super) fn decide(
+    set: &PolicySet,
+    caller: &ObjectRef,
+    callee: &ObjectRef,
+    asker: Asker<'_>,
+) -> Decision {
     let callee_team = team_name(set, callee);
     let review = |why: String| Decision {
         immediate: false,
@@ -91,8 +122,17 @@ pub(super) fn decide(set: &PolicySet, caller: &ObjectRef, callee: &ObjectRef) ->
         return review(format!("{callee} is restricted"));
     }
     let caller_team = team_name(set, caller);
-    match team_of(set, caller).map(|(_, t)| t.review) {
-        Some(ReviewRequirement::Optional) => Decision {
+    match team_of(set, caller).map(|(_, t)| (t.review, t)) {
+        Some((ReviewRequirement::Optional, team)) if !speaks_for(team, asker) => {
+            let who = match asker {
+                Asker::User(u) => u.name.as_str(),
+                Asker::DevMode => "the dev user",
+            };
+            review(format!(
+                "{who} is not a member of team {caller_team}, which owns {caller}"
+            ))
+        }
+        Some((ReviewRequirement::Optional, _)) => Decision {
             immediate: true,
             sentence: format!(
                 "Submitting grants access at once: {callee} is open and {caller_team} lets its \
@@ -100,11 +140,49 @@ pub(super) fn decide(set: &PolicySet, caller: &ObjectRef, callee: &ObjectRef) ->
             ),
             reviewer_team: callee_team.clone(),
         },
-        Some(ReviewRequirement::Required) => review(format!(
+        Some((ReviewRequirement::Required, _)) => review(format!(
             "team {caller_team} asks for review of its services' access"
         )),
         None => review(format!("team {caller_team} is not declared")),
     }
+}
+
+fn speaks_for(team: &TeamSpec, asker: Asker<'_>) -> bool {
+    match asker {
+        Asker::User(user) => is_member(team, user),
+        Asker::DevMode => true,
+    }
+}
+
+/// Whether `user` is in `team` (by name or email, case-insensitively).
+pub(super) fn is_member(team: &TeamSpec, user: &User) -> bool {
+    team.members.iter().any(|m| matches_member(m, user))
+}
+
+fn matches_member(m: &TeamMember, user: &User) -> bool {
+    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    same(&m.name, &user.name)
+        || same(&m.email, &user.name)
+        || user.email.as_deref().is_some_and(|e| same(&m.email, e))
+}
+
+/// Whether `a` and `b` are the same person: a name or email in common, or both matching one
+/// member of a team (`pat` with email `pat@shop.example` and `Pat Payments`).
+pub(super) fn same_person(set: &PolicySet, a: &User, b: &User) -> bool {
+    let ids = |u: &User| {
+        let mut ids = vec![u.name.to_lowercase()];
+        ids.extend(u.email.as_deref().map(str::to_lowercase));
+        ids
+    };
+    let (ia, ib) = (ids(a), ids(b));
+    ia.iter().any(|i| ib.contains(i))
+        || set.teams.values().any(|t| {
+            t.doc
+                .spec
+                .members
+                .iter()
+                .any(|m| matches_member(m, a) && matches_member(m, b))
+        })
 }
 
 /// A declared service, or a message saying what is wrong.

@@ -1,220 +1,230 @@
-//! The read-only access pages: one request (status, diff, the review form for members of the
-//! callee's team) and the list of requests with the audit log.
+//! The access pages' HTML: the form, one request (status, diff, the review form), and the list
+//! with the audit log. maud escapes every value.
+
+use maud::{Markup, html};
 
 use super::*;
 
-/// `GET /access/<id>` (and the same page with `messages` after a refused review).
-pub(super) async fn request_page(
-    portal: &Portal,
-    state: &AccessState,
-    user: &User,
-    id: i64,
-    messages: &[String],
-    status: StatusCode,
-) -> Answer {
-    let store = portal.plane.store().clone();
-    let found = store
-        .run(move |s| Ok((requests::get(s, id)?, requests::audit(s, Some(id), 50)?)))
-        .await;
-    let (request, audit) = match found {
-        Ok((Some(r), audit)) => (r, audit),
-        Ok((None, _)) => return not_found(user),
-        Err(e) => return store_failed(user, &e),
+/// The form, with `errors` above it.
+pub(super) fn form(v: &FormView, token: &str, errors: &[String]) -> Markup {
+    let input = &v.input;
+    let team = |t: &Option<String>| {
+        html! { @if let Some(t) = t { " " span.muted { "team " (t) } } }
     };
-    let mut body = format!(
-        "<h1>Access request #{id} <span class=\"pill status-{s}\">{s}</span></h1>",
-        s = request.status.as_str()
-    );
-    for m in messages {
-        let _ = write!(body, "<p class=\"error\">{}</p>", escape(m));
+    html! {
+        h1 { "Request access" }
+        @if !errors.is_empty() {
+            div.error {
+                p { "The request was not sent:" }
+                ul { @for e in errors { li { pre { (e) } } } }
+            }
+        }
+        form method="post" action="/access" class="card" {
+            input type="hidden" name="csrf" value=(token);
+            // Enter in a text field submits this (off-screen) button, not "Select all".
+            button type="submit" class="default-submit" tabindex="-1" aria-hidden="true" { "Request access" }
+            label { "Caller " input type="text" name="from" value=(input.from) maxlength=(MAX_FIELD); (team(&v.caller_team)) }
+            label { "Callee " input type="text" name="to" value=(input.to) maxlength=(MAX_FIELD); (team(&v.callee_team)) }
+            label { "Environment " input type="text" name="env" value=(input.env) maxlength="63"; }
+            fieldset {
+                legend { "Endpoints" }
+                @if v.offered.is_empty() {
+                    p.muted { "No endpoints to offer: name a declared callee." }
+                }
+                @for (rpc, description) in &v.offered {
+                    label {
+                        input type="checkbox" name="rpc" value=(rpc) checked[input.rpcs.contains(rpc)];
+                        " " code { (rpc) } " " span.muted { (description) }
+                    }
+                }
+                label {
+                    "Another endpoint "
+                    input type="text" name="rpc" value="" maxlength=(MAX_FIELD) placeholder="GET /v1/things/{id}";
+                }
+                button type="submit" name="select" value="all" class="secondary" { "Select all" }
+            }
+            label { "Why (optional) " textarea name="reason" rows="3" { (input.reason) } }
+            fieldset {
+                legend { "Ephemeral environments" }
+                label {
+                    input type="radio" name="ephemeral" value="shared" checked[input.ephemeral != "copy"];
+                    " share the stable copy of the callee"
+                }
+                label {
+                    input type="radio" name="ephemeral" value="copy" checked[input.ephemeral == "copy"];
+                    " start a fresh copy of the callee in each environment"
+                }
+            }
+            @if !matches!(input.ephemeral.as_str(), "" | "shared" | "copy") {
+                // Keep what was sent visible even though it is not one of the choices.
+                p.muted { "You sent ephemeral mode " code { (input.ephemeral) } "." }
+            }
+            @if let Some(decision) = &v.decision {
+                p.decision { (decision) }
+            }
+            button type="submit" { "Request access" }
+        }
     }
-    let decided = request.decided_by.as_deref().unwrap_or_default();
-    let comment = request.comment.as_deref().unwrap_or_default();
-    let banner = match request.status {
-        Status::Granted => format!(
-            "<p class=\"ok\">Granted: {} may now call {}. The grant is in <code>{}</code>.</p>",
-            escape(&request.caller),
-            escape(&request.callee),
-            escape(&request.file)
-        ),
-        Status::Approved => format!(
-            "<p class=\"ok\">Approved by {}: {} may now call {}. The grant is in <code>{}</code>.</p>",
-            escape(decided),
-            escape(&request.caller),
-            escape(&request.callee),
-            escape(&request.file)
-        ),
-        Status::Rejected => format!("<p class=\"error\">Rejected by {}.</p>", escape(decided)),
-        Status::Pending => format!(
-            "<p>Waiting for a member of team {} to review it.</p>",
-            escape(&request.reviewer_team)
-        ),
+}
+
+/// What one request's page shows.
+pub(super) struct RequestView<'a> {
+    pub(super) request: &'a AccessRequest,
+    pub(super) audit: &'a [AuditEntry],
+    pub(super) reviewer: Reviewer,
+    pub(super) dev_mode: bool,
+}
+
+/// `GET /access/{id}`, with `messages` (a refused review) above the request.
+pub(super) fn request(v: &RequestView<'_>, token: &str, messages: &[String]) -> Markup {
+    let r = v.request;
+    let id = r.id;
+    let decided = r.decided_by.as_deref().unwrap_or_default();
+    let comment = r.comment.as_deref().unwrap_or_default();
+    let requested_by = match &r.requester_email {
+        Some(e) => format!("{} <{e}>", r.requester),
+        None => r.requester.clone(),
     };
-    body.push_str(&banner);
-    let row = |label: &str, value: &str| {
-        format!(
-            "<tr><th>{}</th><td>{}</td></tr>",
-            escape(label),
-            escape(value)
-        )
-    };
-    body.push_str("<table>");
-    body.push_str(&row(
-        "Requested by",
-        &match &request.requester_email {
-            Some(e) => format!("{} <{e}>", request.requester),
-            None => request.requester.clone(),
-        },
-    ));
-    body.push_str(&row("When", &when(request.created_unix_ms)));
-    body.push_str(&row("Caller", &request.caller));
-    body.push_str(&row("Callee", &request.callee));
-    body.push_str(&row("Endpoints", &request.rpcs.join(", ")));
-    body.push_str(&row(
-        "Why",
-        if request.reason.is_empty() {
-            "(none given)"
-        } else {
-            &request.reason
-        },
-    ));
-    body.push_str(&row("Environment", &request.environment));
-    body.push_str(&row("Ephemeral environments", &request.ephemeral));
     // An immediate grant was decided by policy; only a review involves the callee's team.
-    let team_label = if request.status == Status::Granted {
+    let team_label = if r.status == Status::Granted {
         "Callee's team"
     } else {
         "Reviewed by team"
     };
-    body.push_str(&row(team_label, &request.reviewer_team));
-    if let Some(b) = &request.branch {
-        body.push_str(&row("Review branch", b));
-    }
-    if let Some(c) = &request.commit {
-        body.push_str(&row("Commit", c));
-    }
-    if !decided.is_empty() {
-        body.push_str(&row("Decided by", decided));
-    }
-    if !comment.is_empty() {
-        body.push_str(&row("Comment", comment));
-    }
-    body.push_str("</table>");
-    for note in &request.notes {
-        let _ = write!(body, "<p class=\"error\">{}</p>", escape(note));
-    }
-    if !request.content.is_empty() {
-        let lines: Vec<&str> = request.content.lines().collect();
-        let mut diff = format!(
-            "--- /dev/null\n+++ b/{}\n@@ -0,0 +1,{} @@\n",
-            request.file,
-            lines.len()
-        );
-        for l in lines {
-            diff.push('+');
-            diff.push_str(l);
-            diff.push('\n');
+    let row = |label: &str, value: &str| html! { tr { th { (label) } td { (value) } } };
+    let dev_hint = html! {
+        @if v.dev_mode { " Dev mode: " a href="/dev/act-as" { "act as one of them" } "." }
+    };
+    html! {
+        h1 {
+            "Access request #" (id) " "
+            span class={ "pill status-" (r.status.as_str()) } { (r.status.as_str()) }
         }
-        let _ = write!(
-            body,
-            "<h2>The change</h2><pre class=\"diff\">{}</pre>",
-            escape(&diff)
-        );
-    }
-    if request.status == Status::Pending {
-        let policy = portal.plane.policy();
-        let callee = ObjectRef::parse_in(DEFAULT_NAMESPACE, &request.callee);
-        let member = team_of(&policy.set, &callee).is_some_and(|(_, t)| is_member(t, user));
-        if member {
-            let _ = write!(
-                body,
-                "<form method=\"post\" action=\"/access/{id}/approve\" class=\"card\">\
-<input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{token}\">\
-<label>Comment <textarea name=\"comment\" rows=\"2\"></textarea></label>\
-<button type=\"submit\">Approve</button> \
-<button type=\"submit\" formaction=\"/access/{id}/reject\">Reject</button></form>",
-                token = escape(&state.csrf.token(user)),
-            );
-        } else {
-            let _ = write!(
-                body,
-                "<p class=\"muted\">Only members of team {} can approve or reject this request.{}</p>",
-                escape(&request.reviewer_team),
-                if state.dev_mode {
-                    " Dev mode: <a href=\"/dev/act-as\">act as one of them</a>."
-                } else {
-                    ""
-                }
-            );
+        @for m in messages { p.error { (m) } }
+        @match r.status {
+            Status::Granted => p.ok {
+                "Granted: " (r.caller) " may now call " (r.callee) ". The grant is in "
+                code { (r.file) } "."
+            },
+            Status::Approved => p.ok {
+                "Approved by " (decided) ": " (r.caller) " may now call " (r.callee)
+                ". The grant is in " code { (r.file) } "."
+            },
+            Status::Rejected => p.error { "Rejected by " (decided) "." },
+            Status::Pending => p {
+                "Waiting for a member of team " (r.reviewer_team) " to review it."
+            },
         }
+        table {
+            (row("Requested by", &requested_by))
+            (row("When", &when(r.created_unix_ms)))
+            (row("Caller", &r.caller))
+            (row("Callee", &r.callee))
+            (row("Endpoints", &r.rpcs.join(", ")))
+            (row("Why", if r.reason.is_empty() { "(none given)" } else { &r.reason }))
+            (row("Environment", &r.environment))
+            (row("Ephemeral environments", &r.ephemeral))
+            (row(team_label, &r.reviewer_team))
+            @if let Some(b) = &r.branch { (row("Review branch", b)) }
+            @if let Some(c) = &r.commit { (row("Commit", c)) }
+            @if !decided.is_empty() { (row("Decided by", decided)) }
+            @if !comment.is_empty() { (row("Comment", comment)) }
+        }
+        @for note in &r.notes { p.error { (note) } }
+        @if !r.content.is_empty() {
+            h2 { "The change" }
+            pre.diff { (diff(&r.file, &r.content)) }
+        }
+        @if r.status == Status::Pending {
+            @match v.reviewer {
+                Reviewer::Yes => form method="post" action={ "/access/" (id) "/approve" } class="card" {
+                    input type="hidden" name="csrf" value=(token);
+                    label { "Comment " textarea name="comment" rows="2" {} }
+                    button type="submit" { "Approve" }
+                    " "
+                    button type="submit" formaction={ "/access/" (id) "/reject" } { "Reject" }
+                },
+                Reviewer::Requester => p.muted {
+                    "You asked for this access: another member of team " (r.reviewer_team)
+                    " decides." (dev_hint)
+                },
+                Reviewer::NotMember => p.muted {
+                    "Only members of team " (r.reviewer_team)
+                    " can approve or reject this request." (dev_hint)
+                },
+            }
+        }
+        h2 { "History" }
+        (audit_table(v.audit))
     }
-    body.push_str("<h2>History</h2>");
-    body.push_str(&audit_table(&audit));
-    page(status, &format!("Access request #{id}"), Some(user), &body)
+}
+
+/// The grant file as a unified diff against nothing.
+fn diff(file: &str, content: &str) -> String {
+    let lines: Vec<&str> = content.lines().collect();
+    let mut diff = format!(
+        "--- /dev/null\n+++ b/{file}\n@@ -0,0 +1,{} @@\n",
+        lines.len()
+    );
+    for l in lines {
+        diff.push('+');
+        diff.push_str(l);
+        diff.push('\n');
+    }
+    diff
 }
 
 /// `GET /access`.
-pub(super) async fn list_page(portal: &Portal, user: &User) -> Answer {
-    let store = portal.plane.store().clone();
-    let found = store
-        .run(|s| Ok((requests::list(s)?, requests::audit(s, None, 200)?)))
-        .await;
-    let (list, audit) = match found {
-        Ok(x) => x,
-        Err(e) => return store_failed(user, &e),
-    };
-    let mut body = String::from("<h1>Access requests</h1>");
-    if list.is_empty() {
-        body.push_str(
-            "<p class=\"muted\">No requests yet. Denials link to the form; or \
-             <a href=\"/access/new\">request access</a>.</p>",
-        );
-    } else {
-        body.push_str(
-            "<table><tr><th>#</th><th>Status</th><th>Caller → callee</th><th>Endpoints</th>\
-<th>Requested by</th><th>When</th></tr>",
-        );
-        for r in &list {
-            let _ = write!(
-                body,
-                "<tr><td><a href=\"/access/{id}\">{id}</a></td><td><span class=\"pill\">{s}</span></td>\
-<td>{caller} → {callee}</td><td>{rpcs}</td><td>{who}</td><td>{when}</td></tr>",
-                id = r.id,
-                s = r.status.as_str(),
-                caller = escape(&r.caller),
-                callee = escape(&r.callee),
-                rpcs = escape(&r.rpcs.join(", ")),
-                who = escape(&r.requester),
-                when = escape(&when(r.created_unix_ms)),
-            );
+pub(super) fn list(list: &[AccessRequest], audit: &[AuditEntry]) -> Markup {
+    html! {
+        h1 { "Access requests" }
+        @if list.is_empty() {
+            p.muted {
+                "No requests yet. Denials link to the form; or "
+                a href="/access/new" { "request access" } "."
+            }
+        } @else {
+            table {
+                tr {
+                    th { "#" } th { "Status" } th { "Caller → callee" } th { "Endpoints" }
+                    th { "Requested by" } th { "When" }
+                }
+                @for r in list {
+                    tr {
+                        td { a href={ "/access/" (r.id) } { (r.id) } }
+                        td { span.pill { (r.status.as_str()) } }
+                        td { (r.caller) " → " (r.callee) }
+                        td { (r.rpcs.join(", ")) }
+                        td { (r.requester) }
+                        td { (when(r.created_unix_ms)) }
+                    }
+                }
+            }
         }
-        body.push_str("</table>");
+        h2 { "Audit log" }
+        (audit_table(audit))
     }
-    body.push_str("<h2>Audit log</h2>");
-    body.push_str(&audit_table(&audit));
-    page(StatusCode::OK, "Access requests", Some(user), &body)
 }
 
-pub(super) fn audit_table(audit: &[AuditEntry]) -> String {
-    if audit.is_empty() {
-        return "<p class=\"muted\">Nothing recorded yet.</p>".into();
+fn audit_table(audit: &[AuditEntry]) -> Markup {
+    html! {
+        @if audit.is_empty() {
+            p.muted { "Nothing recorded yet." }
+        } @else {
+            table.audit {
+                tr { th { "When" } th { "Who" } th { "What" } th { "Request" } th { "Details" } }
+                @for a in audit {
+                    tr {
+                        td { (when(a.at_unix_ms)) }
+                        td { (a.actor) }
+                        td { (a.action) }
+                        td { a href={ "/access/" (a.request_id) } { "#" (a.request_id) } }
+                        td { (a.detail) }
+                    }
+                }
+            }
+        }
     }
-    let mut t = String::from(
-        "<table class=\"audit\"><tr><th>When</th><th>Who</th><th>What</th><th>Request</th><th>Details</th></tr>",
-    );
-    for a in audit {
-        let _ = write!(
-            t,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><a href=\"/access/{id}\">#{id}</a></td><td>{}</td></tr>",
-            escape(&when(a.at_unix_ms)),
-            escape(&a.actor),
-            escape(&a.action),
-            escape(&a.detail),
-            id = a.request_id,
-        );
-    }
-    t.push_str("</table>");
-    t
 }
 
 pub(super) fn when(ms: i64) -> String {

@@ -1,14 +1,5 @@
 use super::*;
 
-#[test]
-fn forms_decode_like_browsers_send_them() {
-    let fields = parse_form("rpc=GET+%2Fv1%2Fproducts%2F%7Bid%7D&reason=a%26b&x&bad=%zz%4");
-    assert_eq!(fields[0], ("rpc".into(), "GET /v1/products/{id}".into()));
-    assert_eq!(fields[1], ("reason".into(), "a&b".into()));
-    assert_eq!(fields[2], ("x".into(), String::new()));
-    assert_eq!(fields[3], ("bad".into(), "%zz%4".into()));
-}
-
 fn shop() -> PolicySet {
     PolicySet::load(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop/policy"),
@@ -19,10 +10,15 @@ fn shop() -> PolicySet {
 #[test]
 fn the_decision_follows_security_and_review() {
     let set = shop();
+    let ernie = User {
+        name: "ernie".into(),
+        email: Some("ernie@shop.example".into()),
+    };
     let d = decide(
         &set,
         &ObjectRef::new("default", "checkout"),
         &ObjectRef::new("default", "catalog"),
+        Asker::User(&ernie),
     );
     assert!(d.immediate, "{d:?}");
     assert_eq!(
@@ -34,6 +30,7 @@ fn the_decision_follows_security_and_review() {
         &set,
         &ObjectRef::new("default", "checkout"),
         &ObjectRef::new("default", "payments"),
+        Asker::User(&ernie),
     );
     assert!(!d.immediate);
     assert_eq!(
@@ -81,4 +78,33 @@ fn membership_matches_name_or_email() {
     assert!(is_member(team, &user("pat", Some("PAT@shop.example"))));
     assert!(is_member(team, &user("sam@shop.example", None)));
     assert!(!is_member(team, &user("ernie", Some("ernie@shop.example"))));
+}
+
+#[test]
+fn an_immediate_grant_is_for_the_callers_team_and_no_one_reviews_their_own() {
+    let set = shop();
+    let (checkout, catalog) = (
+        ObjectRef::new("default", "checkout"),
+        ObjectRef::new("default", "catalog"),
+    );
+    let user = |name: &str, email: Option<&str>| User {
+        name: name.into(),
+        email: email.map(str::to_owned),
+    };
+    let mallory = user("mallory", None);
+    let d = decide(&set, &checkout, &catalog, Asker::User(&mallory));
+    assert!(!d.immediate);
+    assert_eq!(d.reviewer_team, "storefront");
+    assert_eq!(
+        d.sentence,
+        "Submitting sends a request to team storefront: mallory is not a member of team \
+         storefront, which owns checkout."
+    );
+    assert!(decide(&set, &checkout, &catalog, Asker::DevMode).immediate);
+    // One person under several names.
+    let pat = user("pat", Some("pat@shop.example"));
+    assert!(same_person(&set, &pat, &user("PAT@shop.example", None)));
+    assert!(same_person(&set, &pat, &user("Pat Payments", None)));
+    assert!(!same_person(&set, &pat, &user("Sam Security", None)));
+    assert!(!same_person(&set, &pat, &mallory));
 }

@@ -1,7 +1,10 @@
 //! The service pages' HTML: pure functions from the views `gather_index` and `gather_service`
-//! build to markup, every value escaped.
+//! build to markup (maud escapes every value).
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::*;
+use crate::portal::page::{STYLE, pill};
 
 pub(super) fn rate_text(r: Option<f64>) -> String {
     match r {
@@ -50,417 +53,427 @@ pub(super) fn ago_text(then_ms: i64, now_ms: i64) -> String {
     }
 }
 
-pub(super) fn pill(text: &str) -> String {
-    format!("<span class=\"pill\">{}</span>", escape(text))
+fn code_list(items: &[String]) -> Markup {
+    html! {
+        @for (i, item) in items.iter().enumerate() {
+            @if i > 0 { ", " }
+            code { (item) }
+        }
+    }
 }
 
-pub(super) fn code_list(items: &[String]) -> String {
-    items
-        .iter()
-        .map(|i| format!("<code>{}</code>", escape(i)))
-        .collect::<Vec<_>>()
-        .join(", ")
+fn service_link(href: &str, name: &str) -> Markup {
+    html! { a href=(href) { (name) } }
 }
 
-pub(super) fn service_link(href: &str, name: &str) -> String {
-    format!("<a href=\"{}\">{}</a>", escape(href), escape(name))
+/// The `/services` body, as text (for tests).
+pub fn index_page(rows: &[IndexRow]) -> String {
+    index_markup(rows).into_string()
 }
 
 /// The `/services` body.
-pub fn index_page(rows: &[IndexRow]) -> String {
-    let mut out = String::from("<h1>Services</h1>");
-    if rows.is_empty() {
-        out.push_str("<p class=\"muted\">The policy declares no MeshService yet.</p>");
-        return out;
+pub fn index_markup(rows: &[IndexRow]) -> Markup {
+    html! {
+        h1 { "Services" }
+        @if rows.is_empty() {
+            p.muted { "The policy declares no MeshService yet." }
+        } @else {
+            table {
+                thead { tr {
+                    th { "Service" } th { "Team" } th { "Security" } th { "Versions" }
+                    th { "Instances" } th { "Requests/s" } th { "Success" } th { "Rollout" }
+                } }
+                tbody {
+                    @for r in rows {
+                        tr {
+                            td {
+                                (service_link(&service_href(&r.key), &r.key.to_string()))
+                                @if let Some(d) = &r.description { br; span.muted { (d) } }
+                            }
+                            td { (r.team) }
+                            td { (pill(r.security)) }
+                            td { (r.versions.join(", ")) }
+                            td { (r.instances) }
+                            td { (rate_text(r.rate)) }
+                            td { (percent_text(r.success)) }
+                            td {
+                                @match &r.rollout {
+                                    Some((id, phase, canary, weight)) => {
+                                        a href={ "/rollouts/" (id) } { (canary) } " "
+                                        (pill(phase.as_str())) " " (weight) "%"
+                                    }
+                                    None => { span.muted { "—" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
-    out.push_str(
-        "<table><thead><tr><th>Service</th><th>Team</th><th>Security</th><th>Versions</th>\
-<th>Instances</th><th>Requests/s</th><th>Success</th><th>Rollout</th></tr></thead><tbody>",
-    );
-    for r in rows {
-        let description = r.description.as_deref().map_or_else(String::new, |d| {
-            format!("<br><span class=\"muted\">{}</span>", escape(d))
-        });
-        let rollout = r.rollout.as_ref().map_or_else(
-            || "<span class=\"muted\">—</span>".to_owned(),
-            |(id, phase, canary, weight)| {
-                format!(
-                    "<a href=\"/rollouts/{}\">{}</a> {} {}%",
-                    escape(id),
-                    escape(canary),
-                    pill(phase.as_str()),
-                    weight
-                )
-            },
-        );
-        out.push_str(&format!(
-            "<tr><td>{link}{description}</td><td>{team}</td><td>{security}</td><td>{versions}</td>\
-<td>{instances}</td><td>{rate}</td><td>{success}</td><td>{rollout}</td></tr>",
-            link = service_link(&service_href(&r.key), &r.key.to_string()),
-            team = escape(&r.team),
-            security = pill(r.security),
-            versions = escape(&r.versions.join(", ")),
-            instances = r.instances,
-            rate = rate_text(r.rate),
-            success = percent_text(r.success),
-        ));
-    }
-    out.push_str("</tbody></table>");
-    out
+}
+
+/// The `/services/<name>` body, as text (for tests).
+pub fn service_page(v: &ServiceView) -> String {
+    service_markup(v).into_string()
 }
 
 /// The `/services/<name>` body.
-pub fn service_page(v: &ServiceView) -> String {
-    let mut out = String::with_capacity(8 * 1024);
-    out.push_str("<p><a href=\"/services\">← All services</a></p>");
-    out.push_str(&format!(
-        "<h1>{name}</h1><p>Owned by <strong>{team}</strong> · {security}",
-        name = escape(&v.key.to_string()),
-        team = escape(&v.team),
-        security = pill(v.security),
-    ));
-    if !v.versions.is_empty() {
-        out.push_str(&format!(" · versions {}", escape(&v.versions.join(", "))));
+pub fn service_markup(v: &ServiceView) -> Markup {
+    html! {
+        p { a href="/services" { "← All services" } }
+        h1 { (v.key.to_string()) }
+        p {
+            "Owned by " strong { (v.team) } " · " (pill(v.security))
+            @if !v.versions.is_empty() { " · versions " (v.versions.join(", ")) }
+            @if !v.ports.is_empty() { " · ports " (v.ports.join(", ")) }
+        }
+        @if let Some(d) = &v.description { p { (d) } }
+        p.muted {
+            a href="#endpoints" { "Endpoints" } " · " a href="#callers" { "Who may call it" } " · "
+            a href="#calls" { "Whom it calls" } " · " a href="#traffic" { "Live traffic" } " · "
+            a href="#rollout" { "Rollout" } " · " a href="#denials" { "Recent denials" } " · "
+            a href="#environments" { "Environments" }
+        }
+        (endpoints_section(v))
+        (callers_section(v))
+        (calls_section(v))
+        (traffic_section(v))
+        (rollout_section(v))
+        (denials_section(v))
+        (environments_section(v))
     }
-    if !v.ports.is_empty() {
-        out.push_str(&format!(" · ports {}", escape(&v.ports.join(", "))));
-    }
-    out.push_str("</p>");
-    if let Some(d) = &v.description {
-        out.push_str(&format!("<p>{}</p>", escape(d)));
-    }
-    out.push_str(
-        "<p class=\"muted\"><a href=\"#endpoints\">Endpoints</a> · <a href=\"#callers\">Who may call it</a> · \
-<a href=\"#calls\">Whom it calls</a> · <a href=\"#traffic\">Live traffic</a> · <a href=\"#rollout\">Rollout</a> · \
-<a href=\"#denials\">Recent denials</a> · <a href=\"#environments\">Environments</a></p>",
-    );
-    endpoints_section(&mut out, v);
-    callers_section(&mut out, v);
-    calls_section(&mut out, v);
-    traffic_section(&mut out, v);
-    rollout_section(&mut out, v);
-    denials_section(&mut out, v);
-    environments_section(&mut out, v);
-    out
 }
 
-pub(super) fn endpoints_section(out: &mut String, v: &ServiceView) {
-    out.push_str("<section class=\"card\" id=\"endpoints\"><h2>Endpoints</h2>");
-    if v.endpoints.is_empty() {
-        out.push_str("<p class=\"muted\">No endpoints declared.</p>");
-    } else {
-        out.push_str("<table><thead><tr><th>Endpoint</th><th>Description</th></tr></thead><tbody>");
-        for (rpc, d) in &v.endpoints {
-            out.push_str(&format!(
-                "<tr><td><code>{}</code></td><td>{}</td></tr>",
-                escape(rpc),
-                escape(d.as_deref().unwrap_or(""))
-            ));
-        }
-        out.push_str("</tbody></table>");
-    }
-    out.push_str("</section>");
-}
-
-pub(super) fn callers_section(out: &mut String, v: &ServiceView) {
-    out.push_str("<section class=\"card\" id=\"callers\"><h2>Who may call it</h2>");
-    if !v.has_policy {
-        out.push_str(
-            "<p class=\"muted\">No AccessPolicy names this service: the mesh's default policy \
-decides every call.</p>",
-        );
-    } else if v.grants.is_empty() {
-        out.push_str("<p class=\"muted\">No service is granted access.</p>");
-    }
-    if !v.grants.is_empty() {
-        out.push_str(
-            "<table><thead><tr><th>Callers</th><th>Endpoints</th><th>Reason</th>\
-<th>Ephemeral</th><th>Rule</th></tr></thead><tbody>",
-        );
-        for g in &v.grants {
-            let callers = g
-                .callers
-                .iter()
-                .map(|(name, href)| match href {
-                    Some(h) => service_link(h, name),
-                    None if name == "*" => {
-                        "<code>*</code> <span class=\"muted\">(any service)</span>".to_owned()
-                    }
-                    None => escape(name),
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let audit = if g.mode == "audit" {
-                format!(" {}", pill("audit"))
-            } else {
-                String::new()
-            };
-            out.push_str(&format!(
-                "<tr><td>{callers}</td><td>{allow}</td><td>{reason}</td><td>{eph}</td>\
-<td>{rule}<br><span class=\"muted\">{policy} · {file}</span>{audit}</td></tr>",
-                allow = code_list(&g.allow),
-                reason = escape(&g.reason),
-                eph = pill(g.ephemeral),
-                rule = escape(&g.rule),
-                policy = escape(&g.policy),
-                file = escape(&g.file),
-            ));
-        }
-        out.push_str("</tbody></table>");
-    }
-    if !v.exemptions.is_empty() {
-        out.push_str(
-            "<h3>Without a mesh identity</h3><table><thead><tr><th>Endpoint</th><th>Reason</th>\
-<th>Policy</th></tr></thead><tbody>",
-        );
-        for e in &v.exemptions {
-            out.push_str(&format!(
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}<br><span class=\"muted\">{}</span></td></tr>",
-                escape(&e.rpc),
-                escape(&e.reason),
-                escape(&e.policy),
-                escape(&e.file)
-            ));
-        }
-        out.push_str("</tbody></table>");
-    }
-    out.push_str("</section>");
-}
-
-pub(super) fn calls_section(out: &mut String, v: &ServiceView) {
-    out.push_str("<section class=\"card\" id=\"calls\"><h2>Whom it calls</h2>");
-    if v.calls.is_empty() {
-        out.push_str("<p class=\"muted\">No other service grants it access.</p>");
-    } else {
-        out.push_str(
-            "<table><thead><tr><th>Service</th><th>Endpoints</th><th>Reason</th><th>Rule</th></tr>\
-</thead><tbody>",
-        );
-        for c in &v.calls {
-            let any = if c.via_any {
-                " <span class=\"muted\">(granted to any service)</span>"
-            } else {
-                ""
-            };
-            out.push_str(&format!(
-                "<tr><td>{link}{any}</td><td>{allow}</td><td>{reason}</td><td>{rule}<br>\
-<span class=\"muted\">{policy}</span></td></tr>",
-                link = service_link(&c.href, &c.service),
-                allow = code_list(&c.allow),
-                reason = escape(&c.reason),
-                rule = escape(&c.rule),
-                policy = escape(&c.policy),
-            ));
-        }
-        out.push_str("</tbody></table>");
-    }
-    out.push_str("</section>");
-}
-
-pub(super) fn traffic_section(out: &mut String, v: &ServiceView) {
-    out.push_str("<section class=\"card\" id=\"traffic\"><h2>Live traffic</h2>");
-    if v.traffic.is_empty() {
-        out.push_str("<p class=\"muted\">No proxy has reported traffic for this service.</p>");
-    } else {
-        out.push_str(
-            "<table><thead><tr><th>Version</th><th>Environment</th><th>Requests/s</th>\
-<th>Success</th><th>p99</th><th>Requests</th><th>Reporting</th></tr></thead><tbody>",
-        );
-        for t in &v.traffic {
-            out.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(&t.version),
-                escape(&t.environment),
-                rate_text(t.rate),
-                percent_text(t.success),
-                ms_text(t.p99_ms),
-                t.requests,
-                t.reporting
-            ));
-        }
-        out.push_str(
-            "</tbody></table><p class=\"muted\">Requests/s is measured between two views of \
-this page; reload to update it. Success rate and p99 cover every request reported.</p>",
-        );
-    }
-    out.push_str("</section>");
-}
-
-pub(super) fn rollout_section(out: &mut String, v: &ServiceView) {
-    out.push_str("<section class=\"card\" id=\"rollout\"><h2>Rollout</h2>");
-    match &v.rollouts {
-        Rollouts::NotRunning => {
-            out.push_str("<p class=\"muted\">Rollouts are not enabled on this controller.</p>");
-        }
-        Rollouts::Unavailable(e) => {
-            out.push_str(&format!(
-                "<div class=\"error\">Rollouts could not be read: {}</div>",
-                escape(e)
-            ));
-        }
-        Rollouts::Listed(list) => {
-            let current = list
-                .iter()
-                .find(|r| r.phase.is_active())
-                .or_else(|| list.first());
-            match current {
-                None => out.push_str("<p class=\"muted\">This service has had no rollout.</p>"),
-                Some(r) => rollout_card(out, r, v.now_unix_ms),
-            }
-            let earlier: Vec<&Rollout> = list
-                .iter()
-                .filter(|r| current.is_none_or(|c| c.id != r.id))
-                .take(EARLIER_ROLLOUTS)
-                .collect();
-            if !earlier.is_empty() {
-                out.push_str("<h3>Earlier</h3><ul>");
-                for r in earlier {
-                    out.push_str(&format!(
-                        "<li><a href=\"/rollouts/{id}\">{id}</a> {base} → {canary} {phase} \
-<span class=\"muted\">{when}</span></li>",
-                        id = escape(&r.id),
-                        base = escape(&r.baseline_version),
-                        canary = escape(&r.canary_version),
-                        phase = pill(r.phase.as_str()),
-                        when = escape(&time_text(r.created_unix_ms)),
-                    ));
-                }
-                out.push_str("</ul>");
-            }
-        }
-    }
-    out.push_str("</section>");
-}
-
-pub(super) fn rollout_card(out: &mut String, r: &Rollout, now_ms: i64) {
-    let id = escape(&r.id);
-    let steps = r
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let text = format!("{}%{}", s.weight, if s.confirm { " (confirm)" } else { "" });
-            if i == r.step && r.phase.is_active() {
-                format!("<strong>{text}</strong>")
-            } else {
-                text
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" → ");
-    out.push_str(&format!(
-        "<p><a href=\"/rollouts/{id}\">{id}</a> {phase} <strong>{base}</strong> → \
-<strong>{canary}</strong>: canary at {weight}%, baseline at {baseline}%</p>\
-<p class=\"muted\">Steps: {steps} · started by {by} {ago}</p>",
-        phase = pill(r.phase.as_str()),
-        base = escape(&r.baseline_version),
-        canary = escape(&r.canary_version),
-        weight = r.weight,
-        baseline = 100u32.saturating_sub(r.weight),
-        by = escape(&r.requested_by),
-        ago = escape(&ago_text(r.created_unix_ms, now_ms)),
-    ));
-    if !r.decision.is_empty() {
-        out.push_str(&format!("<p>Decision: {}</p>", escape(&r.decision)));
-    }
-    out.push_str(&format!(
-        "<p><a href=\"/rollouts/{id}\"><img src=\"/rollouts/{id}/chart.svg\" \
-alt=\"canary vs baseline: success rate and p99 latency\" style=\"max-width:100%\"></a></p>\
-<p><a href=\"/rollouts/{id}\">Steps, evidence and decision →</a></p>"
-    ));
-}
-
-pub(super) fn denials_section(out: &mut String, v: &ServiceView) {
-    out.push_str("<section class=\"card\" id=\"denials\"><h2>Recent denials</h2>");
-    match &v.denials {
-        Err(e) => out.push_str(&format!(
-            "<div class=\"error\">Denials could not be read: {}</div>",
-            escape(e)
-        )),
-        Ok(rows) if rows.is_empty() => {
-            out.push_str("<p class=\"muted\">No recent denied calls to this service.</p>");
-        }
-        Ok(rows) => {
-            out.push_str(
-                "<table><thead><tr><th>Caller</th><th>Call</th><th>Environment</th><th>Count</th>\
-<th>Last seen</th><th></th></tr></thead><tbody>",
-            );
-            for d in rows {
-                let caller = match &d.caller_href {
-                    Some(h) => service_link(h, &d.caller),
-                    None => escape(&d.caller),
-                };
-                let verdict = if d.verdict == "audit-deny" {
-                    format!(" {}", pill("audit"))
-                } else {
-                    String::new()
-                };
-                let link = d.request_link.as_deref().map_or_else(
-                    || {
-                        if d.allowed_now {
-                            pill("granted since")
-                        } else {
-                            String::new()
+fn endpoints_section(v: &ServiceView) -> Markup {
+    html! {
+        section.card #endpoints {
+            h2 { "Endpoints" }
+            @if v.endpoints.is_empty() {
+                p.muted { "No endpoints declared." }
+            } @else {
+                table {
+                    thead { tr { th { "Endpoint" } th { "Description" } } }
+                    tbody {
+                        @for (rpc, d) in &v.endpoints {
+                            tr { td { code { (rpc) } } td { (d.as_deref().unwrap_or("")) } }
                         }
-                    },
-                    |l| {
-                        format!(
-                            "<a class=\"button\" href=\"{}\">Request access</a>",
-                            escape(l)
-                        )
-                    },
-                );
-                out.push_str(&format!(
-                    "<tr><td>{caller}</td><td><code>{rpc}</code>{verdict}</td><td>{env}</td>\
-<td>{count}</td><td title=\"{abs}\">{ago}</td><td>{link}</td></tr>",
-                    rpc = escape(&d.rpc),
-                    env = escape(&d.environment),
-                    count = d.count,
-                    abs = escape(&time_text(d.last_seen_unix_ms)),
-                    ago = escape(&ago_text(d.last_seen_unix_ms, v.now_unix_ms)),
-                ));
+                    }
+                }
             }
-            out.push_str("</tbody></table>");
         }
     }
-    out.push_str("</section>");
 }
 
-pub(super) fn environments_section(out: &mut String, v: &ServiceView) {
-    out.push_str("<section class=\"card\" id=\"environments\"><h2>Environments</h2>");
-    if let Some(s) = &v.stable_version {
-        out.push_str(&format!(
-            "<p>Stable version: <strong>{}</strong>",
-            escape(s)
-        ));
-        if !v.addresses.is_empty() {
-            out.push_str(&format!(" · dialled at {}", code_list(&v.addresses)));
+fn callers_section(v: &ServiceView) -> Markup {
+    html! {
+        section.card #callers {
+            h2 { "Who may call it" }
+            @if !v.has_policy {
+                p.muted {
+                    "No AccessPolicy names this service: the mesh's default policy decides \
+                     every call."
+                }
+            } @else if v.grants.is_empty() {
+                p.muted { "No service is granted access." }
+            }
+            @if !v.grants.is_empty() {
+                table {
+                    thead { tr {
+                        th { "Callers" } th { "Endpoints" } th { "Reason" } th { "Ephemeral" } th { "Rule" }
+                    } }
+                    tbody {
+                        @for g in &v.grants {
+                            tr {
+                                td {
+                                    @for (i, (name, href)) in g.callers.iter().enumerate() {
+                                        @if i > 0 { ", " }
+                                        @match href {
+                                            Some(h) => { (service_link(h, name)) }
+                                            None if name == "*" => {
+                                                code { "*" } " " span.muted { "(any service)" }
+                                            }
+                                            None => { (name) }
+                                        }
+                                    }
+                                }
+                                td { (code_list(&g.allow)) }
+                                td { (g.reason) }
+                                td { (pill(g.ephemeral)) }
+                                td {
+                                    (g.rule) br;
+                                    span.muted { (g.policy) " · " (g.file) }
+                                    @if g.mode == "audit" { " " (pill("audit")) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if !v.exemptions.is_empty() {
+                h3 { "Without a mesh identity" }
+                table {
+                    thead { tr { th { "Endpoint" } th { "Reason" } th { "Policy" } } }
+                    tbody {
+                        @for e in &v.exemptions {
+                            tr {
+                                td { code { (e.rpc) } }
+                                td { (e.reason) }
+                                td { (e.policy) br; span.muted { (e.file) } }
+                            }
+                        }
+                    }
+                }
+            }
         }
-        out.push_str("</p>");
     }
-    if v.environments.is_empty() {
-        out.push_str("<p class=\"muted\">No instance is registered.</p>");
+}
+
+fn calls_section(v: &ServiceView) -> Markup {
+    html! {
+        section.card #calls {
+            h2 { "Whom it calls" }
+            @if v.calls.is_empty() {
+                p.muted { "No other service grants it access." }
+            } @else {
+                table {
+                    thead { tr { th { "Service" } th { "Endpoints" } th { "Reason" } th { "Rule" } } }
+                    tbody {
+                        @for c in &v.calls {
+                            tr {
+                                td {
+                                    (service_link(&c.href, &c.service))
+                                    @if c.via_any { " " span.muted { "(granted to any service)" } }
+                                }
+                                td { (code_list(&c.allow)) }
+                                td { (c.reason) }
+                                td { (c.rule) br; span.muted { (c.policy) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How often the traffic fragment reloads itself, in seconds: soon after the first reading
+/// (a rate needs two), then at a calm pace.
+fn refresh_secs(rows: &[TrafficView]) -> u32 {
+    if rows.iter().any(|t| t.rate.is_none()) {
+        1
     } else {
-        out.push_str(
-            "<table><thead><tr><th>Role</th><th>Version</th><th>Environment</th>\
-<th>Instances</th></tr></thead><tbody>",
-        );
-        for e in &v.environments {
-            let instances = e
-                .instances
-                .iter()
-                .map(|(i, a)| format!("{} <code>{}</code>", escape(i), escape(a)))
-                .collect::<Vec<_>>()
-                .join("<br>");
-            out.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                pill(e.role),
-                escape(&e.version),
-                escape(&e.environment),
-                instances
-            ));
-        }
-        out.push_str("</tbody></table>");
+        5
     }
-    out.push_str("</section>");
+}
+
+fn traffic_section(v: &ServiceView) -> Markup {
+    // Tall enough for the table and its note without a scroll bar.
+    let rem = if v.traffic.is_empty() {
+        4
+    } else {
+        7 + 3 * v.traffic.len()
+    };
+    html! {
+        section.card #traffic {
+            h2 { "Live traffic" }
+            iframe.live src={ (service_href(&v.key)) "/traffic" } title={ "Live traffic of " (v.key.to_string()) }
+                style={ "height:" (rem) "rem" } {}
+        }
+    }
+}
+
+/// The traffic fragment: its own small document (the service page frames it), reloading
+/// itself with `<meta http-equiv=refresh>`.
+pub fn traffic_fragment(key: &ObjectRef, rows: &[TrafficView]) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content=(refresh_secs(rows));
+                title { "Live traffic of " (key.to_string()) " · Sluice" }
+                style { (PreEscaped(STYLE)) "body{background:#fff}" }
+            }
+            body {
+                @if rows.is_empty() {
+                    p.muted { "No proxy has reported traffic for this service." }
+                } @else {
+                    table {
+                        thead { tr {
+                            th { "Version" } th { "Environment" } th { "Requests/s" } th { "Success" }
+                            th { "p99" } th { "Requests" } th { "Reporting" }
+                        } }
+                        tbody {
+                            @for t in rows {
+                                tr {
+                                    td { (t.version) } td { (t.environment) } td { (rate_text(t.rate)) }
+                                    td { (percent_text(t.success)) } td { (ms_text(t.p99_ms)) }
+                                    td { (t.requests) } td { (t.reporting) }
+                                }
+                            }
+                        }
+                    }
+                    p.muted {
+                        "Live: requests/s between the last two readings, refreshed every "
+                        (refresh_secs(rows)) " s. Success rate and p99 cover every request reported."
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn rollout_section(v: &ServiceView) -> Markup {
+    html! {
+        section.card #rollout {
+            h2 { "Rollout" }
+            @match &v.rollouts {
+                Rollouts::NotRunning => {
+                    p.muted { "Rollouts are not enabled on this controller." }
+                }
+                Rollouts::Unavailable(e) => {
+                    div.error { "Rollouts could not be read: " (e) }
+                }
+                Rollouts::Listed(list) => {
+                    @let current = list.iter().find(|r| r.phase.is_active()).or_else(|| list.first());
+                    @match current {
+                        None => { p.muted { "This service has had no rollout." } }
+                        Some(r) => { (rollout_card(r, v.now_unix_ms)) }
+                    }
+                    @let earlier: Vec<&Rollout> = list
+                        .iter()
+                        .filter(|r| current.is_none_or(|c| c.id != r.id))
+                        .take(EARLIER_ROLLOUTS)
+                        .collect();
+                    @if !earlier.is_empty() {
+                        h3 { "Earlier" }
+                        ul {
+                            @for r in earlier {
+                                li {
+                                    a href={ "/rollouts/" (r.id) } { (r.id) } " "
+                                    (r.baseline_version) " → " (r.canary_version) " "
+                                    (pill(r.phase.as_str())) " "
+                                    span.muted { (time_text(r.created_unix_ms)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn rollout_card(r: &Rollout, now_ms: i64) -> Markup {
+    html! {
+        p {
+            a href={ "/rollouts/" (r.id) } { (r.id) } " " (pill(r.phase.as_str())) " "
+            strong { (r.baseline_version) } " → " strong { (r.canary_version) }
+            ": canary at " (r.weight) "%, baseline at " (100u32.saturating_sub(r.weight)) "%"
+        }
+        p.muted {
+            "Steps: "
+            @for (i, s) in r.steps.iter().enumerate() {
+                @if i > 0 { " → " }
+                @let text = format!("{}%{}", s.weight, if s.confirm { " (confirm)" } else { "" });
+                @if i == r.step && r.phase.is_active() { strong { (text) } } @else { (text) }
+            }
+            " · started by " (r.requested_by) " " (ago_text(r.created_unix_ms, now_ms))
+        }
+        @if !r.decision.is_empty() { p { "Decision: " (r.decision) } }
+        p {
+            a href={ "/rollouts/" (r.id) } {
+                img src={ "/rollouts/" (r.id) "/chart.svg" }
+                    alt="canary vs baseline: success rate and p99 latency" style="max-width:100%";
+            }
+        }
+        p { a href={ "/rollouts/" (r.id) } { "Steps, evidence and decision →" } }
+    }
+}
+
+fn denials_section(v: &ServiceView) -> Markup {
+    html! {
+        section.card #denials {
+            h2 { "Recent denials" }
+            @match &v.denials {
+                Err(e) => { div.error { "Denials could not be read: " (e) } }
+                Ok(rows) if rows.is_empty() => {
+                    p.muted { "No recent denied calls to this service." }
+                }
+                Ok(rows) => {
+                    table {
+                        thead { tr {
+                            th { "Caller" } th { "Call" } th { "Environment" } th { "Count" }
+                            th { "Last seen" } th {}
+                        } }
+                        tbody {
+                            @for d in rows {
+                                tr {
+                                    td {
+                                        @match &d.caller_href {
+                                            Some(h) => { (service_link(h, &d.caller)) }
+                                            None => { (d.caller) }
+                                        }
+                                    }
+                                    td {
+                                        code { (d.rpc) }
+                                        @if d.verdict == "audit-deny" { " " (pill("audit")) }
+                                    }
+                                    td { (d.environment) }
+                                    td { (d.count) }
+                                    td title=(time_text(d.last_seen_unix_ms)) {
+                                        (ago_text(d.last_seen_unix_ms, v.now_unix_ms))
+                                    }
+                                    td {
+                                        @if let Some(l) = &d.request_link {
+                                            a.button href=(l) { "Request access" }
+                                        } @else if d.allowed_now {
+                                            (pill("granted since"))
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn environments_section(v: &ServiceView) -> Markup {
+    html! {
+        section.card #environments {
+            h2 { "Environments" }
+            @if let Some(s) = &v.stable_version {
+                p {
+                    "Stable version: " strong { (s) }
+                    @if !v.addresses.is_empty() { " · dialled at " (code_list(&v.addresses)) }
+                }
+            }
+            @if v.environments.is_empty() {
+                p.muted { "No instance is registered." }
+            } @else {
+                table {
+                    thead { tr { th { "Role" } th { "Version" } th { "Environment" } th { "Instances" } } }
+                    tbody {
+                        @for e in &v.environments {
+                            tr {
+                                td { (pill(e.role)) }
+                                td { (e.version) }
+                                td { (e.environment) }
+                                td {
+                                    @for (i, (instance, address)) in e.instances.iter().enumerate() {
+                                        @if i > 0 { br; }
+                                        (instance) " " code { (address) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

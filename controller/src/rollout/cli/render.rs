@@ -79,6 +79,7 @@ pub fn render_status(r: &Rollout, link: Option<&str>, now: SystemTime, color: bo
     } else {
         format!(" by {}", r.requested_by)
     };
+    let _ = writeln!(s, "baseline: {}", super::baseline_sentence(r));
     let _ = writeln!(
         s,
         "canary {} requests, baseline {} · {} · started {}{started_by}",
@@ -219,6 +220,8 @@ pub(super) struct EvidenceView {
     #[serde(alias = "baselineValue")]
     baseline_value: Option<f64>,
     margin: Option<f64>,
+    /// A relative latency check's absolute floor, ms.
+    floor: Option<f64>,
     threshold: Option<ThresholdView>,
     #[serde(alias = "eValue")]
     e_value: Option<f64>,
@@ -331,6 +334,9 @@ impl EvidenceView {
                 "%"
             };
             let _ = write!(line, "  margin {}{unit}", trim_float(m));
+            if let Some(floor) = self.floor.filter(|f| *f > 0.0) {
+                let _ = write!(line, " (at least {} ms)", trim_float(floor));
+            }
         }
         if let Some(t) = &self.threshold {
             if let Some(min) = t.min {

@@ -26,6 +26,7 @@ fn evidence(metric: &str, signal: Signal, values: (f64, f64), margin: f64, e: f6
         canary_value: Some(values.0),
         baseline_value: Some(values.1),
         margin: Some(margin),
+        floor: None,
         threshold: None,
         e_value: Some(e),
         log_e_value: Some(e.ln()),
@@ -89,6 +90,8 @@ fn progressing() -> Rollout {
             evidence("p99", Signal::Latency, (212.0, 180.0), 20.0, 0.2),
         ],
         failed_check: None,
+        failed_checks: Vec::new(),
+        baseline: Default::default(),
         canary_requests: 1_204,
         baseline_requests: 22_871,
     }
@@ -106,6 +109,8 @@ fn rolled_back() -> Rollout {
         decision: "rolled back: errors: canary success rate 94.2% vs baseline 99.89%".to_owned(),
         evidence: vec![failed.clone()],
         failed_check: Some(failed),
+        failed_checks: Vec::new(),
+        baseline: Default::default(),
         canary_requests: 121,
         baseline_requests: 2_290,
         ..progressing()
@@ -132,8 +137,34 @@ fn progressing_rollout_with_passing_evidence() {
          steps  5% 1m → [25% 1m] → 50% 5m confirm\n\
          ✓ errors  canary 99.8%  baseline 99.9%  margin 0.5 pts  evidence 0.4 / 300\n\
          ✓ p99  canary 212 ms  baseline 180 ms  margin 20%  evidence 0.2 / 300\n\
+         baseline: the running v1 instances\n\
          canary 1,204 requests, baseline 22,871 · r-20231114-a1b2 · started 3m ago by alice\n\
          step 1 passed: every check passed at 5%\n"
+    );
+}
+
+#[test]
+fn the_baseline_used_and_the_latency_floor_are_shown() {
+    let mut p99 = evidence("p99", Signal::Latency, (6.1, 2.0), 20.0, 0.3);
+    p99["floor"] = serde_json::json!(5.0);
+    let r = Rollout {
+        evidence: vec![p99],
+        baseline: crate::rollout::model::Baseline {
+            kind: crate::rollout::model::BaselineKind::Copy,
+            copy_requested: true,
+            instances: vec!["payments-v1-baseline".into()],
+            description: "a fresh copy of v1 (payments-v1-baseline), with the canary's weight"
+                .into(),
+        },
+        ..progressing()
+    };
+    let view = render_status(&r, None, now(), false);
+    assert!(
+        view.contains(
+            "✓ p99  canary 6.10 ms  baseline 2.00 ms  margin 20% (at least 5 ms)  evidence 0.3 / 300\n\
+             baseline: a fresh copy of v1 (payments-v1-baseline), with the canary's weight\n"
+        ),
+        "{view}"
     );
 }
 
@@ -159,8 +190,9 @@ fn rolled_back_rollout_shows_the_failed_check_in_full() {
     );
     // The failed check is also `failed_check`: shown once.
     assert_eq!(view.matches("✗").count(), 1);
+    assert_eq!(lines[5], "baseline: the running v1 instances");
     assert_eq!(
-        lines[6],
+        lines[7],
         "rolled back: errors: canary success rate 94.2% vs baseline 99.89%"
     );
     assert_eq!(

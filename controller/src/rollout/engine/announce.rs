@@ -2,6 +2,7 @@
 //! last log lines and the failed check), and the chart drawn from a rollout's points.
 
 use super::*;
+use crate::notify::rollout::FailedCheck;
 
 impl Engine {
     pub(super) fn canary_logs(&self, r: &Rollout) -> Vec<String> {
@@ -30,6 +31,7 @@ impl Engine {
             service: r.service.clone(),
             canary_version: r.canary_version.clone(),
             baseline_version: r.baseline_version.clone(),
+            baseline: r.baseline.description.clone(),
             rollout_url: format!("{base}/rollouts/{}", r.id),
             chart_png_url: Some(format!("{base}/rollouts/{}/chart.png", r.id)),
             chart_svg_url: Some(format!("{base}/rollouts/{}/chart.svg", r.id)),
@@ -82,13 +84,9 @@ impl Engine {
         match r.phase {
             Phase::Promoted => self.notify(r, &RolloutEvent::Promoted),
             Phase::RolledBack => {
-                let evidence = r
-                    .failed_check
-                    .clone()
-                    .and_then(|v| serde_json::from_value::<serde_json::Value>(v).ok());
                 let at_weight = r.steps.get(r.step).map_or(0, |s| s.weight);
-                if let Some(e) = evidence {
-                    let reason = rollback_reason_from_json(r, at_weight, &e, self.canary_logs(r));
+                if r.failed_check.is_some() || !r.failed_checks.is_empty() {
+                    let reason = rollback_reason(r, at_weight, self.canary_logs(r));
                     self.notify(r, &RolloutEvent::RolledBack(Box::new(reason)));
                 }
             }
@@ -105,27 +103,59 @@ pub(super) fn unit_of(signal: &str) -> (&'static str, &'static str) {
     }
 }
 
+/// Why `r` was rolled back: its failed checks (every one that failed at that look, the most
+/// decisive first; older rollouts stored only `failed_check`).
 pub(super) fn rollback_reason(
     r: &Rollout,
     weight: u32,
-    e: &crate::rollout::judge::Evidence,
-    logs: Vec<String>,
-) -> RollbackReason {
-    let json = serde_json::to_value(e).unwrap_or_default();
-    rollback_reason_from_json(r, weight, &json, logs)
-}
-
-pub(super) fn rollback_reason_from_json(
-    r: &Rollout,
-    weight: u32,
-    e: &serde_json::Value,
     canary_logs: Vec<String>,
 ) -> RollbackReason {
-    let signal = e["signal"].as_str().unwrap_or_default();
-    let (unit, margin_unit) = unit_of(signal);
+    let mut checks: Vec<FailedCheck> = r.failed_checks.iter().map(failed_check).collect();
+    if checks.is_empty()
+        && let Some(e) = &r.failed_check
+    {
+        checks.push(failed_check(e));
+    }
+    // One check per metric in the headline (a p99 failing its margin and its threshold is
+    // one metric); every sentence stays in the evidence.
+    let mut metrics: Vec<FailedCheck> = Vec::new();
+    for c in &checks {
+        if !metrics.iter().any(|m| m.metric == c.metric) {
+            metrics.push(c.clone());
+        }
+    }
+    let first = metrics.first().cloned().unwrap_or_else(|| FailedCheck {
+        metric: "analysis".to_owned(),
+        canary_value: f64::NAN,
+        baseline_value: f64::NAN,
+        unit: String::new(),
+        margin: 0.0,
+        margin_unit: String::new(),
+        evidence: String::new(),
+    });
     RollbackReason {
         step: u32::try_from(r.step + 1).unwrap_or(u32::MAX),
         weight,
+        metric: first.metric.clone(),
+        canary_value: first.canary_value,
+        baseline_value: first.baseline_value,
+        unit: first.unit.clone(),
+        margin: first.margin,
+        margin_unit: first.margin_unit.clone(),
+        evidence: checks
+            .iter()
+            .map(|c| c.evidence.as_str())
+            .collect::<Vec<_>>()
+            .join("; and "),
+        also: metrics.into_iter().skip(1).collect(),
+        canary_logs,
+    }
+}
+
+fn failed_check(e: &serde_json::Value) -> FailedCheck {
+    let signal = e["signal"].as_str().unwrap_or_default();
+    let (unit, margin_unit) = unit_of(signal);
+    FailedCheck {
         metric: e["metric"].as_str().unwrap_or("analysis").to_owned(),
         canary_value: e["canaryValue"].as_f64().unwrap_or(f64::NAN),
         baseline_value: e["baselineValue"].as_f64().unwrap_or(f64::NAN),
@@ -133,7 +163,6 @@ pub(super) fn rollback_reason_from_json(
         margin: e["margin"].as_f64().unwrap_or(0.0),
         margin_unit: margin_unit.to_owned(),
         evidence: e["explanation"].as_str().unwrap_or_default().to_owned(),
-        canary_logs,
     }
 }
 

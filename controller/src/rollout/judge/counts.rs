@@ -16,7 +16,7 @@ pub const PROXY_LATENCY_BUCKETS: [f64; 14] = [
 /// `failures` those classified `failure`. `latency_buckets` are `(upper bound in seconds,
 /// cumulative count)` pairs in rising order, as in `_bucket{le=…}`; the `+Inf` bucket is
 /// `requests` itself and need not be listed.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Counts {
     /// Responses.
@@ -24,6 +24,7 @@ pub struct Counts {
     /// Responses classified as failures.
     pub failures: u64,
     /// `(le, cumulative count)`, rising `le`, finite bounds only.
+    #[schema(value_type = Vec<Vec<f64>>)]
     pub latency_buckets: Vec<(f64, u64)>,
 }
 

@@ -164,7 +164,7 @@ pub(crate) struct TwoSample {
 /// smaller λ pays less for not knowing the baseline's rate (the mixture's regret, about two
 /// nats at a 0.1% baseline) but lets the null move that rate more freely. Where the margin
 /// dominates the baseline's rate, as at low canary weight, ½ is the better trade; the
-/// simulation (`benches/src/bin/judge_sim.rs`) shows it.
+/// simulation (`benches/src/bin/judge_sim/`) shows it.
 pub(crate) const BASELINE_TEMPER: f64 = 0.5;
 
 /// `ln E` for H0: `p_canary ≤ p_baseline + margin` (margin a probability, `0 ≤ margin < 1`).

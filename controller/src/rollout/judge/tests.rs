@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use sluice_policy::resources::{AbsoluteThreshold, Analysis, MetricCheck, RelativeMargin, Signal};
+use sluice_policy::resources::{Analysis, MetricCheck, RelativeMargin, Signal};
 
 use super::text::*;
 use super::*;
@@ -53,35 +53,33 @@ fn interval(
     (c, b)
 }
 
-/// The shop's payments analysis (examples/shop/policy/payments/rollout.yaml).
+/// The shop's payments analysis, read from the shipped policy
+/// (`examples/shop/policy/payments/rollout.yaml`), so these tests judge what users run and
+/// break when it drifts.
 fn shop_analysis() -> Analysis {
-    Analysis {
-        interval: None,
-        min_requests: 100,
-        alpha: 0.01,
-        metrics: vec![
-            MetricCheck {
-                name: "errors".into(),
-                signal: Signal::SuccessRate,
-                quantile: None,
-                relative: Some(RelativeMargin { margin: 0.5 }),
-                threshold: None,
-                query: None,
-            },
-            MetricCheck {
-                name: "p99".into(),
-                signal: Signal::Latency,
-                quantile: Some(0.99),
-                relative: Some(RelativeMargin { margin: 20.0 }),
-                threshold: Some(AbsoluteThreshold {
-                    min: None,
-                    max: Some(500.0),
-                }),
-                query: None,
-            },
-        ],
-        provider: Default::default(),
-    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop/policy");
+    let set = sluice_policy::PolicySet::load(&dir)
+        .unwrap_or_else(|e| panic!("the shop's policy ({}) loads: {e}", dir.display()));
+    let compiled = set.compile();
+    let canary = compiled
+        .canaries()
+        .values()
+        .find(|c| c.doc.spec.service == "payments")
+        .expect("the shop has a CanaryPolicy for payments");
+    canary.doc.spec.analysis.clone()
+}
+
+#[test]
+fn the_shop_analysis_is_what_these_tests_assume() {
+    // errors within 0.5 points; p99 within 20% and 5 ms of the baseline, and under 500 ms.
+    let a = shop_analysis();
+    let names: Vec<_> = a.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["errors", "p99"]);
+    let p99 = &a.metrics[1];
+    let relative = p99.relative.as_ref().expect("p99 is relative");
+    assert_eq!(relative.margin, 20.0);
+    assert_eq!(relative.latency_floor(), Duration::from_millis(5));
+    assert_eq!(p99.threshold.as_ref().and_then(|t| t.max), Some(500.0));
 }
 
 /// Runs a rollout through 5%, 25%, 50% (6, 12, 24 intervals); returns the interval at which
@@ -312,7 +310,10 @@ fn a_canary_that_takes_too_little_traffic_fails_the_rate_check() {
             name: "rate".into(),
             signal: Signal::RequestRate,
             quantile: None,
-            relative: Some(RelativeMargin { margin: 20.0 }),
+            relative: Some(RelativeMargin {
+                margin: 20.0,
+                at_least: None,
+            }),
             threshold: None,
             query: None,
         }],
@@ -421,4 +422,29 @@ fn numbers_read_well() {
     assert_eq!(percent(Some(99.999)), "99.99%");
     assert_eq!(millis(Some(0.612)), "612 ms");
     assert_eq!(quantile_label(0.999), "p99.9");
+}
+
+#[test]
+fn against_a_copy_a_canary_with_5_percent_errors_fails_for_errors_only() {
+    // The copy has the canary's traffic; the long-running instances the rest.
+    let bad = Version {
+        failure_rate: 0.05,
+        ..HEALTHY
+    };
+    let mut rng = SmallRng::seed_from_u64(21);
+    let mut judge = Judge::new(&shop_analysis());
+    for _ in 0..40 {
+        let (c, copy) = interval(&mut rng, 20, 50, bad, HEALTHY);
+        let (_, stable) = interval(&mut rng, 80, 0, HEALTHY, HEALTHY);
+        judge.observe_with_reference(&c, &copy, Some(&stable), FIVE_SECONDS, 50);
+        if matches!(judge.verdict(), Verdict::Fail(_)) {
+            break;
+        }
+    }
+    let Verdict::Fail(e) = judge.verdict() else {
+        panic!("a 5%-error canary passes: {:#?}", judge.evidence());
+    };
+    assert_eq!(e.metric, "errors");
+    let metrics: Vec<_> = judge.failures().iter().map(|f| f.metric.as_str()).collect();
+    assert_eq!(metrics, ["errors"]);
 }

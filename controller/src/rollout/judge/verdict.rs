@@ -111,6 +111,10 @@ pub struct Evidence {
     pub baseline_value: Option<f64>,
     /// The practical margin, in the policy's units (points or percent).
     pub margin: Option<f64>,
+    /// For a relative latency check: the absolute floor in milliseconds (`relative.atLeast`):
+    /// the canary is worse only when over both the margin and this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<f64>,
     /// The absolute threshold.
     pub threshold: Option<AbsoluteThreshold>,
     /// The e-value: how many times likelier the data are under "worse than the margin" than

@@ -20,8 +20,13 @@
 //!   within 30 s with at most 10 failed requests, and in what share of runs; next to a
 //!   Flagger-style check (1 m interval, success rate ≥ 99%, rollback after 5 failed checks).
 //!
+//! - healthy and bad canaries **in a messy mesh** ([`real`]): per-instance latency offsets,
+//!   warm-up, idle wake-ups at a small share of traffic, shared-CPU noise bursts; judged four
+//!   ways (against the long-running stable instances or a fresh copy of them; with the
+//!   policy's latency floor or without), so the table shows what each change buys.
+//!
 //! ```sh
-//! cargo run --release -p sluice-benches --bin judge_sim -- [--seed 1] [--healthy 2400] [--bad 1000]
+//! cargo run --release -p sluice-benches --bin judge_sim -- [--seed 1] [--healthy 2400] [--bad 1000] [--real 600]
 //! ```
 
 use std::path::Path;
@@ -33,6 +38,8 @@ use rand::{Rng, SeedableRng};
 use sluice_controller::rollout::judge::{Counts, Judge, Verdict};
 use sluice_policy::PolicySet;
 use sluice_policy::resources::CanaryPolicySpec;
+
+mod real;
 
 /// Simulate canary rollouts through the judge.
 #[derive(Debug, Parser)]
@@ -56,6 +63,12 @@ struct Args {
     /// Total request rate of the service.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
+    /// Rollouts per judge and canary in the messy-mesh experiment (0 skips it).
+    #[arg(long, default_value_t = 600)]
+    real: usize,
+    /// Only the messy-mesh experiment.
+    #[arg(long)]
+    real_only: bool,
 }
 
 /// How a version behaves.
@@ -276,6 +289,124 @@ fn load_policy() -> CanaryPolicySpec {
     }
 }
 
+/// The messy-mesh experiment: healthy canaries (false rollbacks) and bad ones (caught, and
+/// for the right metric), each judged four ways on the same kind of traffic.
+fn messy_mesh(sim: &mut Sim, n: usize) {
+    use real::{NUISANCE, Setup, analysis};
+    let setups = [
+        Setup {
+            copy: false,
+            floor: false,
+        },
+        Setup {
+            copy: false,
+            floor: true,
+        },
+        Setup {
+            copy: true,
+            floor: false,
+        },
+        Setup {
+            copy: true,
+            floor: true,
+        },
+    ];
+    let fast = |e: f64| Version {
+        failure_rate: e,
+        median_ms: 1.5,
+        sigma: 0.5,
+    };
+    let slow = |e: f64| Version {
+        failure_rate: e,
+        median_ms: 50.0,
+        sigma: 0.6,
+    };
+    println!("### In a messy mesh: baseline copy and latency floor\n");
+    println!(
+        "Nuisances (see `src/bin/judge_sim/real.rs`): per-instance offset ±{:.0}% of p99; warm-up Exp({} ms)·e^(−age/{} s) on fresh instances; idle wake-up Exp({} ms) after {} ms without a request; noise bursts every {} s on average, {}–{} s long, Exp({} ms) on instances sharing the noisy core (½). {} rollouts per cell; healthy canaries have the baseline's error rate (0.1% or 1%, alternating).\n",
+        NUISANCE.offset * 100.0,
+        NUISANCE.warmup_s * 1000.0,
+        NUISANCE.warmup_tau_s,
+        NUISANCE.wakeup_s * 1000.0,
+        NUISANCE.idle_window_s * 1000.0,
+        NUISANCE.burst_gap_s,
+        NUISANCE.burst_len_s.0,
+        NUISANCE.burst_len_s.1,
+        NUISANCE.burst_extra_s * 1000.0,
+        n
+    );
+    println!(
+        "| judge | healthy, 1.5 ms median (p99 ≈ 5 ms): false rollbacks | healthy, 50 ms median: false rollbacks | 5% errors: rolled back, s (p50 / p95), check | +50 ms latency: rolled back, s (p50 / p95), check |"
+    );
+    println!("|---|---|---|---|---|");
+    for setup in setups {
+        let a = analysis(&sim.policy.analysis, setup.floor);
+        let mut cells = Vec::new();
+        for profile in [fast, slow] {
+            let mut rolled = 0;
+            let mut by = std::collections::BTreeMap::<String, usize>::new();
+            for i in 0..n {
+                let v = profile(if i % 2 == 0 { 0.001 } else { 0.01 });
+                let out = sim.real_rollout(v, v, setup, &a, NUISANCE);
+                if out.rolled_back {
+                    rolled += 1;
+                    *by.entry(out.metric.unwrap_or_default()).or_default() += 1;
+                }
+            }
+            let (lo, hi) = wilson(rolled, n);
+            let by: Vec<String> = by.iter().map(|(m, k)| format!("{m}: {k}")).collect();
+            cells.push(format!(
+                "{rolled} of {n} = {} (95% CI {}–{}){}",
+                pct(rolled as f64 / n as f64),
+                pct(lo),
+                pct(hi),
+                if by.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", by.join(", "))
+                }
+            ));
+        }
+        let base = fast(0.001);
+        let bad = [
+            Version {
+                failure_rate: 0.05,
+                ..base
+            },
+            Version {
+                median_ms: base.median_ms + 50.0,
+                ..base
+            },
+        ];
+        for canary in bad {
+            let outs: Vec<real::Outcome> = (0..n)
+                .map(|_| sim.real_rollout(canary, base, setup, &a, NUISANCE))
+                .collect();
+            let rolled: Vec<&real::Outcome> = outs.iter().filter(|o| o.rolled_back).collect();
+            let times: Vec<f64> = rolled.iter().map(|o| o.seconds).collect();
+            let mut by = std::collections::BTreeMap::<String, usize>::new();
+            for o in &rolled {
+                *by.entry(o.metric.clone().unwrap_or_default()).or_default() += 1;
+            }
+            let mut t = times.clone();
+            cells.push(format!(
+                "{} ({:.0} / {:.0}); {}",
+                pct(rolled.len() as f64 / n as f64),
+                quantile(&mut t, 0.5),
+                quantile(&mut t, 0.95),
+                by.iter()
+                    .map(|(m, k)| format!("{m}: {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        println!("| {} | {} |", setup.label(), cells.join(" | "));
+    }
+    println!(
+        "\nBefore this change the judge compared with the stable instances and had no floor (first row); now it compares with a fresh copy where the runtime starts one, with the shop's 5 ms floor (last row). Times count from the rollout's start.\n"
+    );
+}
+
 fn main() {
     let args = Args::parse();
     let policy = load_policy();
@@ -319,6 +450,13 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+
+    if args.real > 0 {
+        messy_mesh(&mut sim, args.real);
+    }
+    if args.real_only {
+        return;
+    }
 
     // (a) Healthy canaries.
     let latencies = [(20.0, 0.5), (50.0, 0.6), (100.0, 0.5)];

@@ -1,0 +1,928 @@
+//! Sluice against a real Kubernetes API server (v1.20.2, built from Debian's source package by
+//! `ensure_kube`; etcd 3.4): the CRDs, `sluice controller --kubernetes`, the admission webhook,
+//! the registry from Services and Pods, and a restart.
+//!
+//! What this proves is proved against v1.20 (no CEL, no server-side field validation, no
+//! native sidecars); the chart's manifests are also checked offline against the 1.29 and 1.33
+//! schemas (`helm.rs`). There is no kubelet: where a test needs a pod to be running, the test
+//! patches the Pod's status as a kubelet would, and says so.
+//!
+//! One API server per test binary; the tests take turns on it and start from an empty mesh.
+//! Waits are generous polls: speed is measured in `benches/`, never asserted here, except the
+//! issue's "within 1 s" for an edit to reach a watching proxy, which is asserted with the
+//! margin a loaded 2-core machine needs noted below.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_api::v1::{ProxyConfig, WatchRequest, Workload};
+use sluice_integration::controller::sluice_bin;
+use sluice_integration::kube::{ApiServer, shared};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// `sluice controller --kubernetes` against the test cluster, killed on drop.
+struct KubeController {
+    child: Child,
+    state: tempfile::TempDir,
+    args: Vec<String>,
+    grpc: String,
+    webhook: Option<String>,
+}
+
+impl KubeController {
+    fn start(api: &ApiServer, extra: &[&str]) -> KubeController {
+        Self::start_with_kubeconfig(&api.kubeconfig, extra)
+    }
+
+    fn start_with_kubeconfig(kubeconfig: &Path, extra: &[&str]) -> KubeController {
+        let state = tempfile::tempdir().expect("state");
+        let mut args: Vec<String> = vec![
+            "controller".into(),
+            "--kubernetes".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--state-dir".into(),
+            state.path().join("state").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut me = KubeController {
+            child: Self::spawn(&args, state.path()),
+            state,
+            args,
+            grpc: String::new(),
+            webhook: None,
+        };
+        me.wait_ready();
+        me
+    }
+
+    fn spawn(args: &[String], dir: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("controller.log"))
+            .expect("log");
+        let out = std::fs::File::create(dir.join("stdout")).expect("stdout");
+        Command::new(sluice_bin())
+            .args(args)
+            .env("SLUICE_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice controller")
+    }
+
+    /// The mesh CA certificate its proxies trust it with (in the state directory, without
+    /// `--ca-secret`).
+    fn ca_file(&self) -> String {
+        self.state
+            .path()
+            .join("state/ca/ca.crt")
+            .display()
+            .to_string()
+    }
+
+    /// A bootstrap token for `default/<service>`, signed with its token key.
+    fn token(&self, service: &str) -> String {
+        let out = Command::new(sluice_bin())
+            .args(["identity", "token", "--service", service, "--state-dir"])
+            .arg(self.state.path().join("state"))
+            .output()
+            .expect("sluice identity token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let out = std::fs::read_to_string(self.state.path().join("stdout")).unwrap_or_default();
+            if let Some(addr) = out
+                .lines()
+                .find_map(|l| l.strip_prefix("sluice controller listening on "))
+            {
+                self.grpc = format!("https://{addr}");
+                self.webhook = out
+                    .lines()
+                    .find_map(|l| l.strip_prefix("sluice controller webhook on "))
+                    .map(str::to_owned);
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("controller exited ({status}): {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "controller did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("controller.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL and start again with the same flags and state directory (as the Deployment's
+    /// pod would be replaced; the state directory is an emptyDir that survives only a
+    /// container restart, and nothing here depends on it).
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.state.path().join("stdout"));
+        self.child = Self::spawn(&self.args, self.state.path());
+        self.wait_ready();
+    }
+
+    fn admin_addr(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("state/admin.addr"))
+            .expect("admin.addr")
+            .trim()
+            .to_owned()
+    }
+
+    /// `GET /status` on the admin endpoint.
+    fn status(&self) -> Value {
+        let out = Command::new("curl")
+            .args(["-sS", &format!("http://{}/status", self.admin_addr())])
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    fn version(&self) -> String {
+        self.status()["snapshot"]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("state/ca/ca.crt")).expect("ca.crt")
+    }
+}
+
+impl Drop for KubeController {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- controller log ---\n{}", self.log());
+        }
+    }
+}
+
+fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The shop's policy directory version, as `sluice controller --policy` publishes it.
+fn directory_version() -> String {
+    sluice_policy::PolicySet::load(&repo("examples/shop/policy"))
+        .expect("the shop's policy is valid")
+        .version()
+}
+
+fn apply_shop(api: &ApiServer) {
+    api.kubectl_ok(&[
+        "apply",
+        "-R",
+        "-f",
+        &repo("examples/shop/policy").display().to_string(),
+    ]);
+}
+
+fn condition(api: &ApiServer, resource: &str) -> (String, String) {
+    let out = api.kubectl_ok(&["get", resource, "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let c = v["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Valid").cloned())
+        .unwrap_or(Value::Null);
+    (
+        c["status"].as_str().unwrap_or_default().to_owned(),
+        c["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn setup(test: &str) -> Option<(&'static ApiServer, std::sync::MutexGuard<'static, ()>)> {
+    let api = shared(test)?;
+    let guard = api.exclusive();
+    api.install_crds();
+    api.reset();
+    Some((api, guard))
+}
+
+#[test]
+fn the_shop_as_custom_resources_publishes_the_directory_version_and_survives_a_restart() {
+    let Some((api, _guard)) = setup("kubernetes::shop") else {
+        return;
+    };
+    apply_shop(api);
+    let mut controller = KubeController::start(api, &[]);
+    let expected = directory_version();
+    wait_for("the directory's version", || {
+        (controller.version() == expected).then_some(())
+    });
+    // Every resource says it was accepted, and `kubectl get` shows the printer columns.
+    wait_for("Valid=True on the AccessPolicy", || {
+        (condition(api, "accesspolicy/payments-callers").0 == "True").then_some(())
+    });
+    let table = api.kubectl_ok(&["get", "canarypolicies"]);
+    assert!(
+        table.contains("SERVICE") && table.contains("STEPS") && table.contains("PHASE"),
+        "{table}"
+    );
+    wait_for("the canary's steps and phase", || {
+        let t = api.kubectl_ok(&["get", "canarypolicies"]);
+        (t.contains("payments") && t.contains("Idle")).then_some(t)
+    });
+
+    // Restarted (SIGKILL): the state is rebuilt from the API server, the version is the same,
+    // and an edit made while it was down is there.
+    let _ = controller.child.kill();
+    let _ = controller.child.wait();
+    api.kubectl_ok(&[
+        "patch",
+        "accesspolicy",
+        "payments-callers",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/unauthenticated/-","value":{"rpc":"GET /v1/ping","reason":"restart test"}}]"#,
+    ]);
+    controller.restart();
+    let after = controller.version();
+    assert_ne!(
+        after, expected,
+        "the edit made while the controller was down is in force"
+    );
+    let status = controller.status();
+    assert_eq!(status["snapshot"]["services"], 4, "{status:#}");
+    assert_eq!(status["snapshot"]["access_policies"], 4, "{status:#}");
+}
+
+#[test]
+fn the_webhook_refuses_a_misspelt_field_with_the_fix_and_one_that_slipped_past_gets_a_condition() {
+    let Some((api, _guard)) = setup("kubernetes::webhook") else {
+        return;
+    };
+    apply_shop(api);
+    let controller = KubeController::start(
+        api,
+        &["--webhook", "127.0.0.1:0", "--webhook-host", "127.0.0.1"],
+    );
+    let good = wait_for("the shop's version", || {
+        let v = controller.version();
+        (v == directory_version()).then_some(v)
+    });
+
+    // Before the webhook is registered, a broken edit slips past: the controller reports it
+    // on the resource and as an Event, and keeps the last good policy.
+    let broken = std::fs::read_to_string(repo("examples/shop/policy/payments/access.yaml"))
+        .expect("read")
+        .replacen("allow:", "alow:", 1);
+    let (ok, _, err) = api.kubectl_stdin(&["apply", "-f", "-"], &broken);
+    assert!(ok, "{err}");
+    let (status, message) = wait_for("Valid=False", || {
+        let c = condition(api, "accesspolicy/payments-callers");
+        (c.0 == "False").then_some(c)
+    });
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("spec.rules[0].alow: unknown field `alow`; did you mean `allow`?"),
+        "{message}"
+    );
+    let events = wait_for("an Event", || {
+        let e = api.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=payments-callers",
+            "-o",
+            "json",
+        ]);
+        e.contains("did you mean `allow`?").then_some(e)
+    });
+    assert!(events.contains("InvalidPolicy"), "{events}");
+    assert_eq!(
+        controller.version(),
+        good,
+        "the last good policy stays in force"
+    );
+    assert!(
+        controller.status()["last_config_error"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("error")),
+        "{:#}",
+        controller.status()
+    );
+
+    // Registered: the same mistake is refused at `kubectl apply`, with the same words.
+    let webhook = controller.webhook.clone().expect("the webhook's address");
+    register_webhook(api, &webhook, &controller.ca_pem());
+    let again = broken.replacen("name: payments-callers", "name: payments-callers-2", 1);
+    let (ok, _, err) = api.kubectl_stdin(&["apply", "-f", "-"], &again);
+    assert!(!ok, "the webhook must refuse it");
+    assert!(err.contains("denied the request"), "{err}");
+    assert!(
+        err.contains("spec.rules[0].alow: unknown field `alow`; did you mean `allow`?"),
+        "{err}"
+    );
+    // A valid resource goes through, and fixing the broken one clears its condition.
+    api.kubectl_ok(&[
+        "apply",
+        "-f",
+        &repo("examples/shop/policy/payments/access.yaml")
+            .display()
+            .to_string(),
+    ]);
+    wait_for("Valid=True again", || {
+        (condition(api, "accesspolicy/payments-callers").0 == "True").then_some(())
+    });
+}
+
+fn register_webhook(api: &ApiServer, addr: &str, ca_pem: &str) {
+    use base64::Engine;
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let config = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "sluice-test"},
+        "webhooks": [{
+            "name": "policy.sluice.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 5,
+            "clientConfig": {"url": format!("https://{addr}/validate"), "caBundle": bundle},
+            "rules": [{
+                "apiGroups": ["sluice.dev"], "apiVersions": ["v1alpha1"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["*"], "scope": "*",
+            }],
+        }],
+    });
+    let (ok, _, err) = api.kubectl_stdin(&["apply", "-f", "-"], &config.to_string());
+    assert!(ok, "{err}");
+}
+
+/// A bare `Watch` client, reading the controller's config as payments' proxy sees it (over
+/// TLS, with payments' certificate: each proxy is sent its own service's AccessPolicies).
+async fn watch(controller: &KubeController) -> tonic::Streaming<ProxyConfig> {
+    let mut client = sluice_integration::controller::client_as(
+        &controller.grpc,
+        std::path::Path::new(&controller.ca_file()),
+        &controller.token("payments"),
+        "payments",
+    )
+    .await;
+    client
+        .watch(WatchRequest {
+            workload: Some(Workload {
+                namespace: "default".into(),
+                service: "payments".into(),
+                version: "v1".into(),
+                environment: "stable".into(),
+                instance: "observer".into(),
+                role: String::new(),
+            }),
+            proxy_id: "observer".into(),
+            have_version: String::new(),
+        })
+        .await
+        .expect("Watch")
+        .into_inner()
+}
+
+async fn next_matching(
+    stream: &mut tonic::Streaming<ProxyConfig>,
+    what: &str,
+    check: impl Fn(&ProxyConfig) -> bool,
+) -> ProxyConfig {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let c = stream.message().await.expect("stream").expect("open");
+            if check(&c) {
+                return c;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("gave up waiting for {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard only keeps the other tests (on other threads, with their own runtimes) off the
+// shared API server; nothing in this runtime waits for it.
+#[allow(clippy::await_holding_lock)]
+async fn an_edit_reaches_a_watching_proxy_and_ready_pods_are_the_instances() {
+    let Some((api, _guard)) = setup("kubernetes::watch") else {
+        return;
+    };
+    apply_shop(api);
+    let controller = KubeController::start(api, &[]);
+    let mut stream = watch(&controller).await;
+    let first = next_matching(&mut stream, "the shop", |c| {
+        c.version == directory_version()
+    })
+    .await;
+    // And a real sidecar, fed by the same controller.
+    let proxy = sluice_integration::Proxy::start(
+        sluice_integration::ProxyOptions::default()
+            .env("SLUICE_PROXY_CONTROLLER_ADDR", controller.grpc.clone())
+            .env("SLUICE_PROXY_CONTROLLER_CA", controller.ca_file())
+            .env("SLUICE_PROXY_IDENTITY_TOKEN", controller.token("checkout"))
+            .env("SLUICE_PROXY_SERVICE", "checkout"),
+    );
+    let admin = sluice_integration::client::hyper_client(false);
+    let proxy_version = async || {
+        sluice_integration::client::get(&admin, proxy.admin(), "/config", &[])
+            .await
+            .map(|r| r.json()["version"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while proxy_version().await != first.version {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never got the shop's policy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // An edit applied with kubectl reaches the watching proxy. The issue asks for 1 s; the
+    // bound asserted is 1 s plus kubectl's own start-up (measured from before it runs).
+    let started = Instant::now();
+    api.kubectl_ok(&[
+        "patch",
+        "accesspolicy",
+        "payments-callers",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/unauthenticated/-","value":{"rpc":"GET /v1/ping","reason":"watch test"}}]"#,
+    ]);
+    let kubectl_took = started.elapsed();
+    let edited = next_matching(&mut stream, "the edit", |c| c.version != first.version).await;
+    let took = started.elapsed();
+    assert!(edited.policy_bundle.contains("GET /v1/ping"));
+    while proxy_version().await != edited.version {
+        assert!(Instant::now() < deadline, "the proxy never got the edit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let proxy_took = started.elapsed();
+    eprintln!(
+        "edit → Watch stream: {took:?}, → the sidecar's /config: {proxy_took:?} (kubectl itself: {kubectl_took:?})"
+    );
+    assert!(
+        proxy_took < Duration::from_secs(1) + kubectl_took,
+        "the edit took {proxy_took:?} to reach the proxy"
+    );
+
+    // The registry: the Service of the same name gives the address apps dial (its cluster
+    // IP), and its ready pods are the instances, with version and environment from their
+    // labels. No kubelet runs here: the test patches the pod's status as a kubelet would.
+    api.kubectl_ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "payments",
+        "--tcp=8080:8080",
+        "-n",
+        "default",
+    ]);
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "payments-6d9f-abcde", "namespace": "default",
+            "labels": {"app": "payments", "sluice.dev/version": "v2"}},
+        "spec": {"containers": [{"name": "app", "image": "payments:v2",
+            "ports": [{"containerPort": 8080}]}]},
+    });
+    let (ok, _, err) = api.kubectl_stdin(&["apply", "-f", "-"], &pod.to_string());
+    assert!(ok, "{err}");
+    // `kubectl create service` selects `app: payments`.
+    let cluster_ip = api
+        .kubectl_ok(&[
+            "get",
+            "service",
+            "payments",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .trim()
+        .to_owned();
+    let with_address = next_matching(&mut stream, "the cluster IP", |c| {
+        c.services
+            .iter()
+            .any(|s| s.service == "payments" && s.addresses == [format!("{cluster_ip}:8080")])
+    })
+    .await;
+    let payments = with_address
+        .services
+        .iter()
+        .find(|s| s.service == "payments")
+        .expect("payments");
+    assert!(payments.versions.is_empty(), "not ready yet: {payments:?}");
+    api.mark_pod_ready("default", "payments-6d9f-abcde", "10.244.0.7");
+    let ready = next_matching(&mut stream, "the ready pod", |c| {
+        c.services.iter().any(|s| {
+            s.service == "payments"
+                && s.versions.iter().any(|v| {
+                    v.version == "v2"
+                        && v.environment == "stable"
+                        && v.endpoints.iter().any(|e| e.address == "10.244.0.7:8080")
+                })
+        })
+    })
+    .await;
+    assert_eq!(
+        ready.version, edited.version,
+        "endpoints change, policy does not"
+    );
+    wait_for("the MeshService's instance count", || {
+        let t = api.kubectl_ok(&[
+            "get",
+            "meshservice",
+            "payments",
+            "-o",
+            "jsonpath={.status.instances}",
+        ]);
+        (t.trim() == "1").then_some(())
+    });
+}
+
+fn chart() -> String {
+    repo("deploy/helm/sluice").display().to_string()
+}
+
+/// `helm lint`, and the rendered chart (with every optional part on) validated strictly and
+/// offline against the 1.29 and 1.33 schemas: what the 1.20 test server cannot prove.
+#[test]
+fn the_chart_lints_and_validates_strictly_against_1_29_and_1_33() {
+    let Some(bin) = sluice_integration::kube::bin_dir() else {
+        sluice_integration::skip(
+            "kubernetes::chart",
+            &sluice_integration::kube::skip_reason().unwrap_or_default(),
+        );
+        return;
+    };
+    if !sluice_integration::have("kubernetes-validate") {
+        sluice_integration::skip("kubernetes::chart", "kubernetes-validate (PyPI) is missing");
+        return;
+    }
+    let helm = bin.join("helm");
+    let lint = Command::new(&helm)
+        .args(["lint", "--strict", &chart()])
+        .output()
+        .expect("helm lint");
+    assert!(
+        lint.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, sets) in [
+        ("defaults", vec![]),
+        (
+            "everything",
+            vec![
+                "portal.enabled=true",
+                "portal.trustedProxies[0]=10.0.0.1",
+                "portal.url=https://sluice.example",
+                "ca.cert=-----BEGIN CERTIFICATE-----",
+                "ca.key=-----BEGIN PRIVATE KEY-----",
+                "persistence.enabled=true",
+                "persistence.storageClass=standard",
+            ],
+        ),
+    ] {
+        let mut template = Command::new(&helm);
+        template.args([
+            "template",
+            "sluice",
+            &chart(),
+            "-n",
+            "sluice",
+            "--include-crds",
+        ]);
+        for s in &sets {
+            template.args(["--set", s]);
+        }
+        let out = template.output().expect("helm template");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, &out.stdout).expect("write");
+        for version in ["1.29.0", "1.33.0"] {
+            let check = Command::new("kubernetes-validate")
+                .args(["--strict", "-k", version])
+                .arg(&file)
+                .output()
+                .expect("kubernetes-validate");
+            let report = String::from_utf8_lossy(&check.stdout);
+            assert!(
+                check.status.success() && !report.contains("ERROR"),
+                "{name} against {version}:\n{report}{}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+    }
+}
+
+/// `helm install` into the real API server creates everything; the controller, run with the
+/// chart's flags and the chart's service account (so its least-privilege RBAC is what is
+/// tested), creates the CA Secret, sets the webhook's caBundle and reports ready. (No kubelet
+/// runs the Deployment here; the controller runs beside the API server instead.)
+#[test]
+fn helm_install_creates_everything_and_the_controller_runs_with_the_charts_rbac() {
+    let Some((api, _guard)) = setup("kubernetes::helm_install") else {
+        return;
+    };
+    let helm = api.bin.join("helm");
+    let _ = Command::new(&helm)
+        .args(["uninstall", "sluice", "-n", "sluice", "--kubeconfig"])
+        .arg(&api.kubeconfig)
+        .output();
+    let out = Command::new(&helm)
+        .args([
+            "install",
+            "sluice",
+            &chart(),
+            "-n",
+            "sluice",
+            "--create-namespace",
+        ])
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .output()
+        .expect("helm install");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let objects = api.kubectl_ok(&[
+        "get",
+        "deployment,service,serviceaccount,role,rolebinding",
+        "-n",
+        "sluice",
+        "-o",
+        "name",
+    ]);
+    for expected in [
+        "deployment.apps/sluice-controller",
+        "service/sluice-controller",
+        "service/sluice-metrics",
+        "serviceaccount/sluice-controller",
+        "role.rbac.authorization.k8s.io/sluice-controller-ca",
+    ] {
+        assert!(objects.contains(expected), "{expected} missing:\n{objects}");
+    }
+    let roles = api.kubectl_ok(&["get", "clusterroles", "-o", "name"]);
+    for need in ["policy", "registry", "events", "identity", "webhook"] {
+        assert!(
+            roles.contains(&format!("sluice-sluice-controller-{need}")),
+            "{need}: {roles}"
+        );
+    }
+    let metrics = api.kubectl_ok(&[
+        "get",
+        "service",
+        "sluice-metrics",
+        "-n",
+        "sluice",
+        "-o",
+        "jsonpath={.metadata.annotations.prometheus\\.io/scrape}",
+    ]);
+    assert_eq!(metrics, "true");
+
+    // The chart's own service account, through a TokenRequest (kubectl 1.33 has
+    // `create token`; the API is served by 1.20).
+    let token = Command::new(api.bin.join("kubectl-1.33"))
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(["create", "token", "sluice-controller", "-n", "sluice"])
+        .output()
+        .expect("kubectl create token");
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let admin = std::fs::read_to_string(&api.kubeconfig).expect("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        admin.replace(sluice_integration::kube::ADMIN_TOKEN, &token),
+    )
+    .expect("write");
+    let controller = KubeController::start_with_kubeconfig(
+        &kubeconfig,
+        &[
+            "--ca-secret",
+            "sluice/sluice-ca",
+            "--webhook",
+            "127.0.0.1:0",
+            "--webhook-host",
+            "127.0.0.1",
+            "--webhook-configuration",
+            "sluice-sluice-policy",
+        ],
+    );
+    let healthz = Command::new("curl")
+        .args([
+            "-sS",
+            &format!("http://{}/healthz", controller.admin_addr()),
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&healthz.stdout), "ok\n");
+    let secret = api.kubectl_ok(&[
+        "get",
+        "secret",
+        "sluice-ca",
+        "-n",
+        "sluice",
+        "-o",
+        "jsonpath={.type}",
+    ]);
+    assert_eq!(secret, "kubernetes.io/tls");
+    wait_for("the webhook's caBundle", || {
+        let bundle = api.kubectl_ok(&[
+            "get",
+            "validatingwebhookconfiguration",
+            "sluice-sluice-policy",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ]);
+        (!bundle.trim().is_empty()).then_some(())
+    });
+    assert!(
+        !controller.log().contains("forbidden"),
+        "the chart's RBAC is not enough:\n{}",
+        controller.log()
+    );
+    let _ = Command::new(&helm)
+        .args(["uninstall", "sluice", "-n", "sluice", "--kubeconfig"])
+        .arg(&api.kubeconfig)
+        .output();
+}
+
+/// End to end with real sidecars: payments' sidecar (fed and certified by the Kubernetes
+/// controller) in front of an app, and frontend's sidecar calling payments by the Service's
+/// cluster IP. The ungranted call is denied with its access-request link; an AccessPolicy
+/// applied with kubectl lets it through.
+///
+/// Not in network namespaces with iptables (that is `sluice up`'s test): the sidecars run on
+/// loopback in explicit mode, frontend's outbound listener standing for an intercepted
+/// connection to the cluster IP, which its sidecar resolves to payments through the
+/// controller. The pod "runs" on 127.0.0.1: no kubelet here, so the test patches the pod's
+/// status (IP, Ready) as a kubelet would, with the Service's target port at the sidecar's
+/// inbound listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // as above: the guard only orders the tests
+async fn an_ungranted_call_is_denied_with_its_link_until_an_access_policy_is_applied() {
+    let Some((api, _guard)) = setup("kubernetes::end_to_end") else {
+        return;
+    };
+    apply_shop(api);
+    let controller = KubeController::start(api, &[]);
+    let token = |service: &str| controller.token(service);
+    let app = sluice_integration::upstream::http("payments").await;
+    let payments = sluice_integration::Proxy::start(
+        sluice_integration::ProxyOptions::default()
+            .env("SLUICE_PROXY_CONTROLLER_ADDR", controller.grpc.clone())
+            .env("SLUICE_PROXY_CONTROLLER_CA", controller.ca_file())
+            .env("SLUICE_PROXY_IDENTITY_TOKEN", token("payments"))
+            .env("SLUICE_PROXY_SERVICE", "payments")
+            .env("SLUICE_PROXY_SERVICE_VERSION", "v1")
+            .env("SLUICE_PROXY_ID", "payments-0")
+            .env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={}", app.addr)),
+    );
+    let inbound_port = payments.explicit(0).port();
+    api.kubectl_ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "payments",
+        &format!("--tcp=8080:{inbound_port}"),
+    ]);
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "payments-0", "namespace": "default",
+            "labels": {"app": "payments", "sluice.dev/version": "v1"}},
+        "spec": {"containers": [{"name": "app", "image": "payments:v1"}]},
+    });
+    let (ok, _, err) = api.kubectl_stdin(&["apply", "-f", "-"], &pod.to_string());
+    assert!(ok, "{err}");
+    api.mark_pod_ready("default", "payments-0", "127.0.0.1");
+    let cluster_ip = api
+        .kubectl_ok(&[
+            "get",
+            "service",
+            "payments",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .trim()
+        .to_owned();
+    let frontend = sluice_integration::Proxy::start(
+        sluice_integration::ProxyOptions::default()
+            .env("SLUICE_PROXY_CONTROLLER_ADDR", controller.grpc.clone())
+            .env("SLUICE_PROXY_CONTROLLER_CA", controller.ca_file())
+            .env("SLUICE_PROXY_IDENTITY_TOKEN", token("frontend"))
+            .env("SLUICE_PROXY_SERVICE", "frontend")
+            .env("SLUICE_PROXY_ID", "frontend-0")
+            .env(
+                "SLUICE_PROXY_EXPLICIT_OUTBOUND",
+                format!("0={cluster_ip}:8080"),
+            ),
+    );
+    let client = sluice_integration::client::hyper_client(false);
+    let call = async || {
+        sluice_integration::client::get(&client, frontend.explicit(0), "/v1/charges/42", &[])
+            .await
+            .expect("call")
+    };
+    // Until both sidecars have certificates and frontend's knows where payments runs, the
+    // call fails otherwise; then payments' sidecar denies it: no grant for frontend.
+    let deadline = Instant::now() + PATIENCE;
+    let denied = loop {
+        let reply = call().await;
+        if reply.status == 403 {
+            break reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never denied by payments: {} {}\n{}\n{}",
+            reply.status,
+            reply.body,
+            frontend.log(),
+            payments.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        denied
+            .body
+            // The link asks for the declared endpoint, not the one charge.
+            .contains("access/new?from=frontend&to=payments&rpc=GET%20%2Fv1%2Fcharges%2F%7Bid%7D"),
+        "{}",
+        denied.body
+    );
+    assert_eq!(app.hits(), 0, "nothing reached the app");
+
+    // The grant, as an AccessPolicy applied with kubectl.
+    let grant = "apiVersion: sluice.dev/v1alpha1\nkind: AccessPolicy\n\
+                 metadata: { name: frontend-reads-charges }\n\
+                 spec:\n  service: payments\n  rules:\n    - from: [frontend]\n      \
+                 allow: [\"GET /v1/charges/{id}\"]\n      reason: The order page shows the charge.\n";
+    let (ok, _, err) = api.kubectl_stdin(&["apply", "-f", "-"], grant);
+    assert!(ok, "{err}");
+    let allowed = loop {
+        let reply = call().await;
+        if reply.status == 200 {
+            break reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the grant never took effect: {} {}",
+            reply.status,
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        allowed.json()["headers"]["sluice-client-id"],
+        "spiffe://shop.local/ns/default/svc/frontend",
+        "payments' sidecar saw frontend's mesh identity"
+    );
+}
