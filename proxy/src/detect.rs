@@ -88,7 +88,9 @@ fn classify_http1(buf: &[u8]) -> Verdict {
     const VERSION: &[u8] = b"HTTP/1.";
     let opaque = Verdict::Known(Protocol::Opaque);
     let Some(sp1) = buf.iter().position(|&b| !is_tchar(b)) else {
-        return if buf.len() < MAX_METHOD {
+        // A method of exactly MAX_METHOD bytes is accepted below, so its space is still to
+        // come: only a longer run of token bytes decides.
+        return if buf.len() <= MAX_METHOD {
             Verdict::NeedMore
         } else {
             opaque
@@ -206,6 +208,20 @@ mod tests {
         let long = [&b"GET /"[..], &[b'a'; 20_000][..]].concat();
         assert_eq!(classify(&long), Known(Http1));
         assert_eq!(classify(b"PROPFIND /dav HTTP/1.1\r\n"), Known(Http1));
+    }
+
+    /// Found by the `detect_http1` fuzz target: 24 token bytes (the longest method accepted)
+    /// were called opaque, while the same bytes followed by a space and a target were HTTP, so
+    /// the verdict depended on how the client's bytes were split across reads.
+    #[test]
+    fn a_longest_method_waits_for_its_space() {
+        let method = [b'C'; MAX_METHOD];
+        assert_eq!(classify(&method), NeedMore);
+        let line = [&method[..], b" hvx/P HTTP/1.0\r\n"].concat();
+        assert_eq!(classify(&line), Known(Http1));
+        let line = [&method[..], b" /x HTTP/1.1\r\n"].concat();
+        assert_eq!(classify(&line), Known(Http1));
+        assert_eq!(classify(&[b'C'; MAX_METHOD + 1]), Known(Opaque));
     }
 
     #[test]
