@@ -63,7 +63,8 @@ pub fn h2load(
     std::fs::create_dir_all(dir).map_err(BenchError::file("create", dir))?;
     let body = dir.join("request.bin");
     // One gRPC message: uncompressed, 5 bytes.
-    std::fs::write(&body, b"\x00\x00\x00\x00\x05hello").map_err(BenchError::file("write", &body))?;
+    std::fs::write(&body, b"\x00\x00\x00\x00\x05hello")
+        .map_err(BenchError::file("write", &body))?;
     let log = dir.join(format!("h2load-{}.log", entry.port()));
     let _ = std::fs::remove_file(&log);
     let out = Command::new("h2load")

@@ -271,7 +271,9 @@ async fn run(args: Args) -> Result<(), BenchError> {
         .then(|| procs::haproxy_version(&args.haproxy))
         .flatten();
     if args.paths.contains(&PathKind::Haproxy) && haproxy_version.is_none() {
-        eprintln!("mesh_bench: HAProxy not found; its pairs are skipped (scripts/bench installs it)");
+        eprintln!(
+            "mesh_bench: HAProxy not found; its pairs are skipped (scripts/bench installs it)"
+        );
     }
 
     let mut paths = Vec::new();
@@ -451,8 +453,7 @@ async fn run_scenarios(
                 scenarios::grpc(&ctx, &params).await?
             }
             Scenario::Churn => {
-                scenarios::churn(&ctx, upstream.addr, args.churn_duration, args.connections)
-                    .await?
+                scenarios::churn(&ctx, upstream.addr, args.churn_duration, args.connections).await?
             }
             Scenario::Attack => {
                 scenarios::attack(
@@ -503,9 +504,14 @@ async fn run_profile(
         let mut opts = opts.clone();
         if let Some(shape) = shape {
             let (runtime, workers) = match shape.split_once(':') {
-                Some((r, n)) => (r, Some(n.parse().map_err(|_| {
-                    BenchError::Setup(format!("--profile-runtimes: bad worker count in {shape}"))
-                })?)),
+                Some((r, n)) => (
+                    r,
+                    Some(n.parse().map_err(|_| {
+                        BenchError::Setup(format!(
+                            "--profile-runtimes: bad worker count in {shape}"
+                        ))
+                    })?),
+                ),
                 None => (shape.as_str(), None),
             };
             opts.runtime = Some(runtime.to_owned());

@@ -602,7 +602,10 @@ pub fn haproxy_version(haproxy: &Path) -> Option<String> {
     let out = Command::new(haproxy).arg("-v").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let first = text.lines().next()?;
-    let version = first.strip_prefix("HAProxy version ")?.split_whitespace().next()?;
+    let version = first
+        .strip_prefix("HAProxy version ")?
+        .split_whitespace()
+        .next()?;
     out.status.success().then(|| format!("HAProxy {version}"))
 }
 

@@ -104,7 +104,10 @@ pub async fn profile(
         SluicePair::start(&opts, upstream, &scratch.join(&slug))?
     };
     let timeout = Duration::from_secs(30);
-    eprintln!("{name} ({runtime}) under callgrind: {} warm-up requests", params.warmup);
+    eprintln!(
+        "{name} ({runtime}) under callgrind: {} warm-up requests",
+        params.warmup
+    );
     let warm = load::exact(pair.entry(), params.warmup, params.connections, timeout).await?;
     if warm.ok == 0 {
         return Err(pair.with_logs(BenchError::NoSuccess {
@@ -171,11 +174,16 @@ fn newest_dump(dir: &Path, pid: u32) -> Result<(PathBuf, u64), BenchError> {
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .max()
         .map(|(_, p)| p)
-        .ok_or_else(|| BenchError::Setup(format!("no callgrind dump of {pid} in {}", dir.display())))?;
+        .ok_or_else(|| {
+            BenchError::Setup(format!("no callgrind dump of {pid} in {}", dir.display()))
+        })?;
     let text = std::fs::read_to_string(&newest).map_err(BenchError::file("read", &newest))?;
     let total = text
         .lines()
-        .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| BenchError::Setup(format!("no totals in {}", newest.display())))?;
     Ok((newest, total))

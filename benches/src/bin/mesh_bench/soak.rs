@@ -324,7 +324,9 @@ pub fn markdown(r: &SoakReport) -> String {
         Some(png) => s.push_str(&format!(
             "\nRSS and p99 over time: `{}` (data: `{}`)\n",
             png.display(),
-            r.csv.as_ref().map_or(String::new(), |c| c.display().to_string())
+            r.csv
+                .as_ref()
+                .map_or(String::new(), |c| c.display().to_string())
         )),
         None => s.push_str("\n(no plot: gnuplot did not run)\n"),
     }
