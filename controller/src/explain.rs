@@ -91,7 +91,18 @@ pub(crate) fn run(
         Caller::Service(resolve_service(&snapshot, &args.from)?)
     };
     let rpc = parse_call(&args.rpc)?;
-    let decision = snapshot.decide(&caller, &service.namespace, &service.name, &rpc);
+    let mut decision = snapshot.decide(&caller, &service.namespace, &service.name, &rpc);
+    // What the injected sidecar adds to the policy: the pod's kubelet probes.
+    let probes = match &args.pod {
+        Some(file) => crate::kubernetes::manifests::probes_of_service(file, &service.name)
+            .map_err(CliError::Pod)?,
+        None => Default::default(),
+    };
+    if decision.verdict != Verdict::Allow
+        && let Some(probe) = probes.decide(args.port, &rpc)
+    {
+        decision = probe;
+    }
     let explanation = explain(
         &set, &snapshot, &caller, &service, &rpc, &args.env, &decision,
     );
@@ -316,6 +327,14 @@ fn print_human(
             "  kind:     opaque TCP, decided once per connection; only `tcp` or `tcp:PORT` \
              grants it, never an HTTP rule"
         )?;
+    }
+    if e.reason == sluice_policy::authz::Reason::KubeletProbe.as_str() {
+        writeln!(
+            out,
+            "  probe:    declared in the pod spec, so the injected sidecar lets the kubelet's \
+             plain-text call through; no AccessPolicy needs an `unauthenticated` exemption for it"
+        )?;
+        return Ok(());
     }
     match &e.endpoint {
         Some(endpoint) => writeln!(out, "  endpoint: {endpoint}")?,

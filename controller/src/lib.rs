@@ -87,6 +87,17 @@ pub enum Command {
     /// Kubernetes: print or write the CustomResourceDefinitions of the six kinds.
     #[command(subcommand)]
     Kubernetes(KubernetesCommand),
+    /// Add the Sluice sidecar to the workloads in Kubernetes manifests (offline), like the
+    /// admission webhook does; everything else is passed through unchanged.
+    ///
+    /// Writes the manifests to stdout and one line per object to stderr. Exits 0 when done
+    /// (problems in annotations or probes are warnings), 2 when the input cannot be read.
+    ///
+    ///   sluice inject deploy/ | kubectl apply -f -
+    ///   kubectl get deploy web -o yaml | sluice inject --mode classic - | kubectl apply -f -
+    Inject(kubernetes::manifests::InjectArgs),
+    /// Remove exactly what `sluice inject` (or the webhook) added.
+    Uninject(kubernetes::manifests::UninjectArgs),
     /// Progressive delivery: start, watch, pause, resume, promote and abort rollouts.
     ///
     /// Exits 0 when done (`watch`: promoted), 1 when the controller refused or a watched
@@ -156,6 +167,14 @@ pub struct ExplainArgs {
     /// access-request link.
     #[arg(long, default_value = "stable")]
     pub env: String,
+    /// A Kubernetes manifest with the callee's workload: its kubelet probes are allowed
+    /// without identity, as the injected sidecar allows them ("kubelet probe (from the pod
+    /// spec)").
+    #[arg(long, value_name = "FILE")]
+    pub pod: Option<PathBuf>,
+    /// With `--pod`: the port the call goes to (default: any probe's port).
+    #[arg(long, requires = "pod")]
+    pub port: Option<u16>,
     /// How to print the result.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
@@ -279,6 +298,12 @@ pub enum CliError {
     /// The local mesh could not run or be cleaned up.
     #[error(transparent)]
     Up(#[from] up::UpError),
+    /// `--pod` names no workload of the service.
+    #[error("{0}")]
+    Pod(String),
+    /// `sluice inject` could not read its input.
+    #[error(transparent)]
+    Manifests(#[from] kubernetes::manifests::ManifestError),
     /// Writing to stdout failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -342,6 +367,12 @@ fn execute(
             .map_err(Into::into),
         Command::Rollout(command) => rollout::cli::run(&command, terminal, out, err),
         Command::Kubernetes(KubernetesCommand::Crds { out: dir }) => crds(dir.as_deref(), out),
+        Command::Inject(args) => kubernetes::manifests::run_inject(&args, out, err)
+            .map(|_| Outcome::Success)
+            .map_err(Into::into),
+        Command::Uninject(args) => kubernetes::manifests::run_uninject(&args, out, err)
+            .map(|_| Outcome::Success)
+            .map_err(Into::into),
     }
 }
 

@@ -476,6 +476,7 @@ pub(crate) fn run(
         policy_watch::spawn(dir.clone(), applied, Arc::clone(&plane))
             .map_err(|source| setup("start the policy watcher", source))?;
     }
+    let kube_client = cluster.as_ref().map(|c| c.client.clone());
     if let Some(started) = cluster {
         let webhook = runtime
             .block_on(crate::kubernetes::spawn(
@@ -489,7 +490,19 @@ pub(crate) fn run(
             writeln!(out, "sluice controller webhook on {addr}")?;
         }
     }
-    let service = MeshService::new(certifier, Arc::new(tokens), Arc::clone(&plane));
+    // In Kubernetes a workload proves itself with its pod's service-account token; the
+    // bootstrap tokens keep working beside it for workloads outside the cluster.
+    let authenticator: Arc<dyn WorkloadAuthenticator> = match kube_client {
+        Some(client) => Arc::new(
+            crate::kubernetes::identity::ServiceAccountAuthenticator::new(
+                client,
+                tokens,
+                Arc::clone(&plane),
+            ),
+        ),
+        None => Arc::new(tokens),
+    };
+    let service = MeshService::new(certifier, authenticator, Arc::clone(&plane));
     runtime.block_on(serve(args, service, plane, out))?;
     Ok(Outcome::Success)
 }

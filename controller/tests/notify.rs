@@ -250,7 +250,7 @@ async fn rollback_reaches_slack_and_generic_receivers_with_every_field() {
     assert_eq!(v["id"], "rollout/payments-v2-1790000000/rolled-back");
     assert_eq!(v["kind"], "rollout.rolledBack");
     assert_eq!(v["severity"], "critical");
-    assert_eq!(v["title"], "payments v2 rolled back");
+    assert_eq!(v["title"], "payments v2 rolled back: errors");
     let fields = &v["fields"];
     assert_eq!(fields["service"], "payments");
     assert_eq!(fields["versions"], "v1 → v2");

@@ -427,6 +427,25 @@ pub async fn client_as(
     token: &str,
     service: &str,
 ) -> MeshClient<tonic::transport::Channel> {
+    let (issued, key) = certify_as(url, ca_file, token, service)
+        .await
+        .expect("Certify");
+    let cert = sluice_api::tls::fixed_client_cert(
+        vec![CertificateDer::from(issued.certificate_der)],
+        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("the issued certificate");
+    MeshClient::new(channel(url, ca_file, Some(cert)).await)
+}
+
+/// One `Certify` call for `default/<service>` with `token` and a fresh key, as a proxy makes
+/// it at start: the controller's answer (or refusal), and the key the CSR was made with.
+pub async fn certify_as(
+    url: &str,
+    ca_file: &std::path::Path,
+    token: &str,
+    service: &str,
+) -> Result<(sluice_api::v1::CertifyResponse, rcgen::KeyPair), tonic::Status> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())
         .and_then(|p| p.serialize_request(&key))
@@ -441,15 +460,9 @@ pub async fn client_as(
             csr_der: csr.der().to_vec(),
             token: token.to_owned(),
         })
-        .await
-        .expect("Certify")
+        .await?
         .into_inner();
-    let cert = sluice_api::tls::fixed_client_cert(
-        vec![CertificateDer::from(issued.certificate_der)],
-        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .expect("the issued certificate");
-    MeshClient::new(channel(url, ca_file, Some(cert)).await)
+    Ok((issued, key))
 }
 
 async fn channel(

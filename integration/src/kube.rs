@@ -309,6 +309,45 @@ impl ApiServer {
         )
     }
 
+    /// Registers the chart's MutatingWebhookConfiguration (the sidecar injector) as
+    /// `helm template` renders it for a release in `namespace`, with each webhook's service
+    /// replaced by `https://{addr}{path}` (the controller runs beside the API server, not in a
+    /// pod) and `caBundle` set to `ca_pem`: the same selectors, failure policies, timeouts and
+    /// reinvocation policy as installed.
+    pub fn register_chart_injector(&self, namespace: &str, addr: &str, ca_pem: &str) {
+        use base64::Engine;
+        let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/sluice");
+        let out = Command::new(self.bin.join("helm"))
+            .args(["template", "sluice"])
+            .arg(chart)
+            .args(["-n", namespace, "--show-only", "templates/injector.yaml"])
+            .output()
+            .expect("helm template");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut config = sluice_policy::load::parse_yaml(&Path::new("injector.yaml").into(), &text)
+            .0
+            .into_iter()
+            .map(|d| d.value)
+            .find(|v| v["kind"] == "MutatingWebhookConfiguration")
+            .expect("the chart renders a MutatingWebhookConfiguration");
+        let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+        for webhook in config["webhooks"].as_array_mut().expect("webhooks") {
+            let path = webhook["clientConfig"]["service"]["path"]
+                .as_str()
+                .expect("path")
+                .to_owned();
+            webhook["clientConfig"] =
+                serde_json::json!({"url": format!("https://{addr}{path}"), "caBundle": bundle});
+        }
+        let (ok, _, err) = self.kubectl_stdin(&["apply", "-f", "-"], &config.to_string());
+        assert!(ok, "{err}");
+    }
+
     /// Serialises the tests that share this server.
     pub fn exclusive(&self) -> MutexGuard<'_, ()> {
         self.lock

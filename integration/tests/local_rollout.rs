@@ -311,8 +311,14 @@ fn an_aborted_canary_is_removed_and_down_cleans_up_after_a_kill() {
         server,
         proxy_pid(&mesh, "payments-v3").expect("the canary's proxy"),
     ];
+    // The canary and, as the shop's analysis asks (`baseline: copy`), a fresh copy of v1 to
+    // judge it against: one veth each.
+    mesh.wait_for("the baseline copy", WITHIN, |m| {
+        server_pid(m, "payments-v1-baseline").is_some()
+    });
+    let copy_pid = server_pid(&mesh, "payments-v1-baseline").expect("the copy's server");
     let first_canary: Vec<String> = veths(&mesh).difference(&stable_veths).cloned().collect();
-    assert_eq!(first_canary.len(), 1, "{first_canary:?}");
+    assert_eq!(first_canary.len(), 2, "{first_canary:?}");
 
     // The controller stops answering (frozen, so `sluice up` does not restart it): the runner
     // says so, and the canary stays.
@@ -366,6 +372,10 @@ fn an_aborted_canary_is_removed_and_down_cleans_up_after_a_kill() {
         mesh.log()
     );
     assert!(canary_pids.iter().all(|p| !alive(*p)), "{canary_pids:?}");
+    mesh.wait_for("the baseline copy to be removed", WITHIN, |m| {
+        !m.has_ns("payments-v1-baseline")
+    });
+    assert!(!alive(copy_pid), "the baseline copy's server still runs");
     assert!(!recorded(&mesh, "payments-v3"), "{}", mesh.record());
     assert!(
         !Path::new("/etc/netns")
@@ -381,12 +391,15 @@ fn an_aborted_canary_is_removed_and_down_cleans_up_after_a_kill() {
         again["id"].is_string() && again["id"] != id.as_str(),
         "{again:#}"
     );
-    mesh.wait_for("the second canary", WITHIN, |m| {
-        server_pid(m, "payments-v3").is_some()
+    mesh.wait_for("the second canary and its copy", WITHIN, |m| {
+        server_pid(m, "payments-v3").is_some() && server_pid(m, "payments-v1-baseline").is_some()
     });
     let second_canary: Vec<String> = veths(&mesh).difference(&stable_veths).cloned().collect();
-    assert_eq!(second_canary.len(), 1, "{second_canary:?}");
-    assert_ne!(second_canary, first_canary, "a fresh veth");
+    assert_eq!(second_canary.len(), 2, "{second_canary:?}");
+    assert!(
+        second_canary.iter().all(|v| !first_canary.contains(v)),
+        "fresh veths: {second_canary:?} after {first_canary:?}"
+    );
 
     // Killed with a canary running: `sluice down` removes it too (it is in up.json).
     mesh.signal("KILL");

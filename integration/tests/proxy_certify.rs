@@ -5,7 +5,7 @@
 //! Runs against a stand-in that speaks the real `sluice.mesh.v1` contract
 //! ([`sluice_integration::controller`]); the same proxies work against the real controller.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_integration::client::{curl, get, hyper_client};

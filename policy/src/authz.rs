@@ -156,6 +156,9 @@ pub enum Reason {
         /// The callee's policies.
         governing: Arc<[Arc<str>]>,
     },
+    /// Not allowed by policy, but one of the pod's kubelet probes (see [`crate::probes`]):
+    /// [`Decision::pattern`] names the probe.
+    KubeletProbe,
     /// The caller has no mesh identity and no exemption covers the call: identity required.
     Unauthenticated {
         /// The callee's policies.
@@ -175,6 +178,7 @@ impl Reason {
             Reason::NoRuleAllows { .. } => "no-rule-allows",
             Reason::AuditOnly { .. } => "audit-only",
             Reason::Unauthenticated { .. } => "unauthenticated",
+            Reason::KubeletProbe => "kubelet-probe",
         }
     }
 
@@ -259,6 +263,11 @@ impl fmt::Display for Decision {
             Reason::Exempt => write!(
                 f,
                 "allowed without identity: `{pattern}` is exempt in AccessPolicy `{policy}` ({rule})"
+            ),
+            Reason::KubeletProbe => write!(
+                f,
+                "allowed without identity: {}: `{pattern}`",
+                crate::probes::ORIGIN
             ),
             Reason::DefaultAllow => f.write_str(
                 "allowed: no AccessPolicy covers the service and the mesh default is `allow`",

@@ -56,6 +56,7 @@ pub mod authz;
 pub mod diagnostic;
 pub mod link;
 pub mod load;
+pub mod probes;
 pub mod resources;
 pub mod rpc;
 pub mod schema;

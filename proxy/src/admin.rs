@@ -34,6 +34,8 @@ pub struct Admin {
     pub proxy_id: String,
     /// The config source: reported by `/config`; `/ready` waits for its first config.
     pub source: Arc<SourceStatus>,
+    /// The pod's kubelet probes (`SLUICE_PROXY_PROBES`), reported by `/config`.
+    pub probes: sluice_policy::probes::ProbeSet,
 }
 
 /// Serves admin requests until the process exits.
@@ -161,6 +163,11 @@ impl Admin {
             "services": services,
             "warnings": table.warnings,
             "draining": self.drain.is_draining(),
+            // Allowed without identity whatever the policy says: shown so nobody has to guess.
+            "kubelet_probes": self.probes.probes().iter().map(|p| serde_json::json!({
+                "port": p.port(), "rpc": p.rpc().to_string(),
+                "origin": sluice_policy::probes::ORIGIN,
+            })).collect::<Vec<_>>(),
         })
     }
 }

@@ -123,12 +123,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         None => Reporter::disabled(metrics.clone()),
     };
     let authorizer = config.authz.then(|| {
-        Arc::new(Authorizer::new(
-            shared.clone(),
-            &config.proxy_id,
-            metrics.clone(),
-            reporter,
-        ))
+        Arc::new(
+            Authorizer::new(shared.clone(), &config.proxy_id, metrics.clone(), reporter)
+                .with_probes(config.probes.clone()),
+        )
     });
     let forward = Forward::new(
         config.connect_timeout,
@@ -225,6 +223,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         shutdown: shutdown.clone(),
         proxy_id: config.proxy_id.clone(),
         source: source_status,
+        probes: config.probes.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin));
     for l in listeners {

@@ -121,6 +121,11 @@ pub const ENV_DENIAL_REPORT_INTERVAL: &str = "SLUICE_PROXY_DENIAL_REPORT_INTERVA
 /// changed, reported to the controller (`ReportTraffic`, for canary analysis). Default `1s`.
 pub const ENV_TRAFFIC_REPORT_INTERVAL: &str = "SLUICE_PROXY_TRAFFIC_REPORT_INTERVAL";
 
+/// The pod's kubelet probes, written by the injector: `PORT/PATH` or `PORT=grpc`,
+/// comma-separated (`8080/ready,8080/live`). Exactly these plain-text calls are allowed without
+/// identity, whatever the policy says (see [`sluice_policy::probes`]).
+pub const ENV_PROBES: &str = "SLUICE_PROXY_PROBES";
+
 /// File descriptors kept for everything but proxied connections: the admin listener and its
 /// clients, the controller stream, config files, logs.
 pub const RESERVED_FDS: u64 = 256;
@@ -284,6 +289,8 @@ pub struct Config {
     pub runtime: RuntimeShape,
     /// See [`ENV_TRAFFIC_REPORT_INTERVAL`].
     pub traffic_report_interval: Duration,
+    /// See [`ENV_PROBES`].
+    pub probes: sluice_policy::probes::ProbeSet,
 }
 
 /// One bad variable.
@@ -439,6 +446,9 @@ impl Config {
             }),
             traffic_report_interval: p
                 .duration(ENV_TRAFFIC_REPORT_INTERVAL, Duration::from_secs(1)),
+            probes: p.parse(ENV_PROBES, Default::default(), |s| {
+                sluice_policy::probes::ProbeSet::parse(s).map_err(|e| e.to_string())
+            }),
         };
         config.source = choose_source(&mut p, &config);
         // Any policy source makes this proxy a mesh member: a snapshot file is exactly what the
@@ -759,6 +769,15 @@ mod tests {
             ("default", "stable")
         );
         assert_eq!(w.instance, c.proxy_id);
+    }
+
+    #[test]
+    fn probes_are_parsed_strictly() {
+        let c = parse(&[(ENV_PROBES, "8080/ready,8080/live")]).expect("valid");
+        assert_eq!(c.probes.probes().len(), 2);
+        let errs = parse(&[(ENV_PROBES, "8080/../admin")]).expect_err("refused");
+        assert_eq!(errs.0[0].var, ENV_PROBES);
+        assert!(errs.0[0].reason.contains("PORT/PATH"), "{}", errs.0[0]);
     }
 
     #[test]

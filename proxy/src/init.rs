@@ -74,6 +74,10 @@ pub struct InitArgs {
     /// IPv6 handling.
     #[arg(long, env = "SLUICE_INIT_IPV6", value_enum, default_value = "auto")]
     pub ipv6: Ipv6,
+    /// Also copy this executable into DIR (a volume shared with the app containers), so a
+    /// classic-sidecar Job can run its app under `sluice-proxy await`.
+    #[arg(long, value_name = "DIR", env = "SLUICE_INIT_COPY_TO")]
+    pub copy_to: Option<std::path::PathBuf>,
 }
 
 /// Why init failed.
@@ -251,6 +255,11 @@ fn check_subnet(s: &str) -> Result<(String, Family), InitError> {
 pub fn run(args: &InitArgs) -> Result<(), InitError> {
     // Validate everything before touching the firewall.
     plan(args, Family::V4)?;
+    if let Some(dir) = &args.copy_to
+        && !args.dry_run
+    {
+        copy_self(dir)?;
+    }
     let v4 = binary(args.backend, Family::V4)?;
     apply(args, Family::V4, &v4)?;
     if args.ipv6 == Ipv6::Off {
@@ -264,6 +273,20 @@ pub fn run(args: &InitArgs) -> Result<(), InitError> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Copies the running executable to `dir/sluice-proxy`, executable by everyone.
+fn copy_self(dir: &std::path::Path) -> Result<(), InitError> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |what: &str, e: std::io::Error| InitError::Command {
+        command: format!("copy sluice-proxy to {}", dir.display()),
+        stderr: format!("{what}: {e}"),
+    };
+    let me = std::env::current_exe().map_err(|e| fail("cannot find this executable", e))?;
+    let target = dir.join("sluice-proxy");
+    std::fs::copy(&me, &target).map_err(|e| fail("copy", e))?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| fail("chmod", e))
 }
 
 fn apply(args: &InitArgs, family: Family, bin: &str) -> Result<(), InitError> {

@@ -21,6 +21,7 @@ pub mod http;
 pub mod identity;
 pub mod init;
 pub mod io;
+pub mod lifecycle;
 pub mod listen;
 pub mod metrics;
 pub mod routing;

@@ -377,7 +377,10 @@ impl Dispatch {
                 if let Some(authorizer) = &self.authorizer {
                     let id = || format!("{:032x}", rand::random::<u128>());
                     let rpc = authz::tcp_rpc(ctx.orig_dst.port());
-                    if authorizer.check(ctx.peer.as_deref(), &rpc, id).is_err() {
+                    if authorizer
+                        .check(ctx.peer.as_deref(), &rpc, ctx.orig_dst.port(), id)
+                        .is_err()
+                    {
                         // Logged and counted by the authorizer; TCP has no way to say more.
                         return;
                     }

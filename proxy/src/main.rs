@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sluice_proxy::config::{Config, RuntimeShape};
-use sluice_proxy::{app, init};
+use sluice_proxy::{app, init, lifecycle};
 
 /// The allocator: jemalloc, with a background thread that hands freed pages back to the
 /// kernel after a second ([`MALLOC_CONF`]). With glibc's malloc, the memory a burst of
@@ -47,6 +47,12 @@ enum Command {
     Run,
     /// Install (or with --remove, remove) the iptables rules that redirect traffic to the proxy.
     Init(init::InitArgs),
+    /// Wait until the proxy is ready (`GET /ready` on the admin port): the injected proxy's
+    /// `postStart` hook on servers without native sidecars, so the app starts after it.
+    WaitReady(lifecycle::WaitArgs),
+    /// Run the app's command, then stop the proxy when it exits (Jobs on servers without
+    /// native sidecars); exits with the app's status.
+    Await(lifecycle::AwaitArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +64,21 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("sluice-proxy init: {e}");
                 ExitCode::from(e.exit_code())
+            }
+        },
+        Command::WaitReady(args) => match lifecycle::run_wait(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice-proxy wait-ready: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Await(args) => match lifecycle::run_await(&args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("sluice-proxy await: {e}");
+                // What a shell says for a command it cannot run.
+                ExitCode::from(127)
             }
         },
     }

@@ -38,11 +38,11 @@ pub type AuthFuture<'a> =
 /// then checks that the workload named in the request is the one the token proves: a token for
 /// X only ever yields certificates for X.
 ///
-/// Standalone mode uses [`TokenKey`] (HMAC tokens minted by the local runner). In Kubernetes
-/// an implementation will take the pod's projected ServiceAccount token, check it with the API
-/// server's TokenReview (audience `sluice`), and map the ServiceAccount's namespace and name to
-/// the workload; that is why this returns a future (a network call) and why
-/// [`AuthError::Unavailable`] exists.
+/// Standalone mode uses [`TokenKey`] (HMAC tokens minted by the local runner). In Kubernetes,
+/// `kubernetes::identity::ServiceAccountAuthenticator` takes the pod's projected
+/// ServiceAccount token, checks it with the API server's TokenReview (audience `sluice`), and
+/// maps the pod to its mesh service; that is why this returns a future (a network call) and
+/// why [`AuthError::Unavailable`] exists.
 pub trait WorkloadAuthenticator: Send + Sync + 'static {
     /// The workload `token` proves, or why it proves nothing.
     fn authenticate<'a>(&'a self, token: &'a str) -> AuthFuture<'a>;
@@ -69,6 +69,10 @@ pub enum AuthError {
         /// When.
         at: SystemTime,
     },
+    /// A credential the authenticator checked and refuses, with why (e.g. a service-account
+    /// token the API server does not accept, or one that maps to no mesh service).
+    #[error("the token proves no workload: {0}")]
+    Rejected(String),
     /// The authenticator could not decide (e.g. the Kubernetes API is unreachable).
     #[error("cannot check the bootstrap token right now: {0}")]
     Unavailable(String),

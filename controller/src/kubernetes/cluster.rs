@@ -359,6 +359,7 @@ impl ClusterController {
         let policy = self.plane.policy();
         let mut addresses = ServiceAddresses::new();
         let mut instances = Vec::new();
+        let mut probes = crate::server::state::KubeletProbes::new();
         for (name, service) in &policy.set.services {
             let Some(svc) = self
                 .picture
@@ -369,13 +370,19 @@ impl ClusterController {
             };
             let declared = &service.source.doc.spec.versions;
             let (addrs, found) = registry_of(svc, &self.picture.pods, declared);
+            let key = (name.namespace.clone(), name.name.clone());
             if !addrs.is_empty() {
-                addresses.insert((name.namespace.clone(), name.name.clone()), addrs);
+                addresses.insert(key.clone(), addrs);
             }
             instances.extend(found);
+            let found = kubelet_probes_of(svc, &self.picture.pods);
+            if !found.is_empty() {
+                probes.insert(key, found);
+            }
         }
         self.plane.set_service_addresses(addresses);
         self.plane.set_discovered_instances(instances);
+        self.plane.set_kubelet_probes(probes);
     }
 
     async fn write_statuses(
@@ -637,6 +644,51 @@ pub fn registry_of(
     (addresses, instances)
 }
 
+/// The kubelet probes the sidecars of a Service's pods let through (each proxy's
+/// `SLUICE_PROXY_PROBES`, as the injector wrote it), with one pod that declares each. Every
+/// pod counts, ready or not: a probe matters most before the pod is ready.
+pub fn kubelet_probes_of(
+    svc: &Service,
+    pods: &BTreeMap<(String, String), Pod>,
+) -> BTreeMap<sluice_policy::probes::Probe, String> {
+    let mut found = BTreeMap::new();
+    let namespace = svc.metadata.namespace.clone().unwrap_or_default();
+    let Some(selector) = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .filter(|s| !s.is_empty())
+    else {
+        return found;
+    };
+    for ((ns, name), pod) in pods.range((namespace.clone(), String::new())..) {
+        if *ns != namespace {
+            break;
+        }
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            continue;
+        }
+        let Some(spec) = &pod.spec else { continue };
+        let proxy = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == super::inject::PROXY);
+        let value = proxy
+            .and_then(|c| c.env.as_ref())
+            .and_then(|env| env.iter().find(|e| e.name == "SLUICE_PROXY_PROBES"))
+            .and_then(|e| e.value.as_deref());
+        let Some(Ok(set)) = value.map(sluice_policy::probes::ProbeSet::parse) else {
+            continue;
+        };
+        for probe in set.probes() {
+            found.entry(probe.clone()).or_insert_with(|| name.clone());
+        }
+    }
+    found
+}
+
 fn socket(ip: &str, port: i32) -> String {
     if ip.contains(':') {
         format!("[{ip}]:{port}")
@@ -694,4 +746,53 @@ fn truncate(s: &str, max: usize) -> String {
 /// RFC 3339 in seconds, as Kubernetes writes times.
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubernetes::inject;
+
+    /// A pod of `app` with an HTTP readiness probe on `path`, injected by the injector.
+    fn injected_pod(name: &str, app: &str, path: &str) -> Pod {
+        let mut pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
+            "spec": {"containers": [{
+                "name": app, "image": "shop:0.1.0",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": path, "port": "http"}},
+            }]},
+        });
+        let report = inject::inject(&mut pod, app, &inject::Config::default());
+        assert!(matches!(report.outcome, inject::Outcome::Injected { .. }));
+        serde_json::from_value(pod).expect("a Pod")
+    }
+
+    #[test]
+    fn a_services_kubelet_probes_come_from_its_injected_pods() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "payments", "namespace": "shop"},
+            "spec": {"selector": {"app": "payments"}, "ports": [{"port": 80}]},
+        }))
+        .expect("a Service");
+        let mut pods = BTreeMap::new();
+        for pod in [
+            injected_pod("payments-a", "payments", "/healthz"),
+            injected_pod("payments-b", "payments", "/healthz"),
+            injected_pod("catalog-a", "catalog", "/ready"),
+        ] {
+            let key = (
+                "shop".to_owned(),
+                pod.metadata.name.clone().unwrap_or_default(),
+            );
+            pods.insert(key, pod);
+        }
+        let found = kubelet_probes_of(&svc, &pods);
+        let shown: Vec<String> = found
+            .iter()
+            .map(|(p, pod)| format!("{p} ({pod})"))
+            .collect();
+        assert_eq!(shown, ["GET /healthz on port 8080 (payments-a)"]);
+    }
 }

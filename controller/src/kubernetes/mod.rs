@@ -10,11 +10,18 @@
 //! - [`crd`]: the CustomResourceDefinitions, from the policy crate's schemars schemas.
 //! - [`source`]: custom resources → policy documents, diagnostics → resources.
 //! - [`cluster`]: the watch loop, the registry, `status` and Events.
-//! - [`webhook`]: the validating admission webhook.
+//! - [`webhook`]: the validating admission webhook, and the server of the mutating one.
+//! - [`inject`]: the one sidecar-injection function; [`injector`] calls it from the mutating
+//!   webhook, [`manifests`] from `sluice inject`.
 //! - [`secret`]: the mesh CA kept in a Secret.
+//! - [`identity`]: workloads proven by their pods' service-account tokens (TokenReview).
 
 pub mod cluster;
 pub mod crd;
+pub mod identity;
+pub mod inject;
+pub mod injector;
+pub mod manifests;
 pub mod secret;
 pub mod source;
 pub mod status;
@@ -50,6 +57,38 @@ pub struct KubernetesArgs {
     /// Keep the `caBundle` of this ValidatingWebhookConfiguration set to the mesh CA.
     #[arg(long, value_name = "NAME", requires = "webhook")]
     pub webhook_configuration: Option<String>,
+    /// Also serve the sidecar injector (`POST /mutate/namespace`, `/mutate/pod`) on the
+    /// webhook's address.
+    #[arg(long, requires = "webhook")]
+    pub inject: bool,
+    /// Keep the `caBundle` of this MutatingWebhookConfiguration set to the mesh CA.
+    #[arg(long, value_name = "NAME", requires = "inject")]
+    pub inject_configuration: Option<String>,
+    /// `auto` (native sidecars from Kubernetes 1.29 on, detected at start), `native` or
+    /// `classic`.
+    #[arg(long, value_name = "MODE", default_value = "auto", requires = "inject")]
+    pub inject_mode: String,
+    /// The proxy's image.
+    #[arg(long, value_name = "IMAGE", requires = "inject")]
+    pub inject_image: Option<String>,
+    /// The init container's image (default: the proxy's with `-init`).
+    #[arg(long, value_name = "IMAGE", requires = "inject")]
+    pub inject_init_image: Option<String>,
+    /// `imagePullPolicy` of the injected containers.
+    #[arg(long, value_name = "POLICY", requires = "inject")]
+    pub inject_pull_policy: Option<String>,
+    /// Where injected proxies reach this controller, e.g.
+    /// `https://sluice-controller.sluice.svc:7071` (TLS only).
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "inject",
+        value_parser = inject::parse_controller_addr
+    )]
+    pub inject_controller_addr: Option<String>,
+    /// The controller's own namespace, never injected (in a pod: from the service account).
+    #[arg(long, value_name = "NAMESPACE", requires = "inject")]
+    pub namespace: Option<String>,
 }
 
 /// Why the Kubernetes backend could not start.
@@ -67,6 +106,9 @@ pub enum KubernetesError {
     /// The webhook.
     #[error(transparent)]
     Webhook(#[from] webhook::WebhookError),
+    /// A bad `--inject-*` flag.
+    #[error("{0}")]
+    Inject(String),
 }
 
 /// A client from `--kubeconfig`, or inferred (in-cluster, `KUBECONFIG`, `~/.kube/config`).
@@ -134,13 +176,34 @@ pub async fn spawn(
         if hosts.is_empty() {
             hosts.push(addr.ip().to_string());
         }
-        let a = webhook::serve(addr, ca, &hosts, std::sync::Arc::clone(&documents)).await?;
+        let injector = if args.inject {
+            Some(std::sync::Arc::new(
+                injector(args, &started.client)
+                    .await?
+                    .with_ca(ca.cert_pem()),
+            ))
+        } else {
+            None
+        };
+        let a = webhook::serve(
+            addr,
+            ca,
+            &hosts,
+            std::sync::Arc::clone(&documents),
+            injector,
+        )
+        .await?;
         tracing::info!(addr = %a, hosts = ?hosts, "serving the admission webhook");
         bound = Some(a);
         if let Some(name) = &args.webhook_configuration
             && let Err(e) = set_ca_bundle(&started.client, name, ca.cert_pem()).await
         {
             tracing::warn!(configuration = name, error = %e, "could not set the webhook's caBundle");
+        }
+        if let Some(name) = &args.inject_configuration
+            && let Err(e) = injector::set_ca_bundle(&started.client, name, ca.cert_pem()).await
+        {
+            tracing::warn!(configuration = name, error = %e, "could not set the injector's caBundle");
         }
     }
     let store_plane = std::sync::Arc::clone(&plane);
@@ -169,6 +232,55 @@ pub async fn spawn(
     };
     tokio::spawn(controller.run());
     Ok(bound)
+}
+
+/// The injector the flags describe; `auto` asks the server for its version.
+async fn injector(
+    args: &KubernetesArgs,
+    client: &kube::Client,
+) -> Result<injector::Injector, KubernetesError> {
+    let mode = match args.inject_mode.as_str() {
+        "native" => inject::Mode::Native,
+        "classic" => inject::Mode::Classic,
+        "auto" => {
+            let (major, minor) = injector::server_version(client).await.map_err(|e| {
+                KubernetesError::Inject(format!("cannot read the server's version: {e}"))
+            })?;
+            let mode = inject::Mode::for_server(major, minor);
+            tracing::info!(server = %format!("{major}.{minor}"), %mode, "sidecar mode from the server's version");
+            mode
+        }
+        other => {
+            return Err(KubernetesError::Inject(format!(
+                "--inject-mode `{other}`: expected `auto`, `native` or `classic`"
+            )));
+        }
+    };
+    let mut config = inject::Config {
+        mode,
+        pull_policy: args.inject_pull_policy.clone(),
+        ..inject::Config::default()
+    };
+    if let Some(image) = &args.inject_image {
+        config.proxy_image = image.clone();
+        config.init_image = manifests::init_image_for(image);
+    }
+    if let Some(image) = &args.inject_init_image {
+        config.init_image = image.clone();
+    }
+    if let Some(addr) = &args.inject_controller_addr {
+        config.controller_addr = addr.clone();
+    }
+    let namespace = args.namespace.clone().or_else(|| {
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .ok()
+            .map(|s| s.trim().to_owned())
+    });
+    Ok(injector::Injector::new(
+        config,
+        namespace,
+        Some(client.clone()),
+    ))
 }
 
 /// Sets every webhook's `caBundle` in the ValidatingWebhookConfiguration `name`.

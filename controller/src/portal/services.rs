@@ -18,7 +18,7 @@
 //! [`RateSampler`]); the traffic fragment reloads itself (`<meta http-equiv=refresh>`, no
 //! JavaScript), so the page shows a rate a second after it opens.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use maud::Markup;
 use sluice_api::v1::ProxyConfig;
 use sluice_policy::link::{DeniedCall, access_request_link, offered_rpc};
+use sluice_policy::probes::Probe;
 use sluice_policy::resources::{EphemeralMode, PolicyMode, SecurityLevel};
 use sluice_policy::validate::{CallerSelector, ObjectRef};
 
@@ -114,12 +115,14 @@ async fn service(s: &Shared, user: &User, key: ObjectRef) -> Response {
     let policy = portal.plane.policy();
     let published = portal.plane.current();
     let traffic = portal.plane.traffic().all();
+    let probes = portal.plane.kubelet_probes();
     let sources = Sources {
         policy: &policy,
         config: &published.config,
         traffic: &traffic,
         rollouts: &rollouts,
         denials: denials.as_deref().map_err(String::as_str),
+        kubelet_probes: probes.get(&(key.namespace.clone(), key.name.clone())),
     };
     match gather_service(
         &key,
@@ -457,6 +460,9 @@ pub struct Sources<'a> {
     pub rollouts: &'a Rollouts,
     /// Recent denials, mesh-wide, newest first.
     pub denials: Result<&'a [DenialRow], &'a str>,
+    /// The kubelet probes its pods' sidecars let through, each with a pod declaring it
+    /// (Kubernetes; empty elsewhere).
+    pub kubelet_probes: Option<&'a BTreeMap<Probe, String>>,
 }
 
 fn security_str(s: SecurityLevel) -> &'static str {
@@ -685,6 +691,18 @@ pub fn gather_service(
 
     // By callee, so a caller's dependencies read the same whatever the files' order.
     calls.sort_by(|a, b| a.service.cmp(&b.service));
+    // What the injected sidecars let through without identity, though no policy says so.
+    exemptions.extend(
+        src.kubelet_probes
+            .into_iter()
+            .flatten()
+            .map(|(probe, pod)| ExemptionView {
+                rpc: probe.to_string(),
+                reason: sluice_policy::probes::ORIGIN.to_owned(),
+                policy: "the pod spec".to_owned(),
+                file: format!("pod {pod}"),
+            }),
+    );
 
     let traffic = gather_traffic(key, src.traffic, rates, now);
 

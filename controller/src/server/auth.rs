@@ -29,6 +29,8 @@ impl Credential<'_> {
     pub fn describe(&self) -> &'static str {
         match self {
             Credential::Certificate(_) => "client certificate",
+            // A JWT is a Kubernetes service-account token; the mesh's own have one `.`.
+            Credential::BootstrapToken(t) if t.matches('.').count() == 2 => "service-account token",
             Credential::BootstrapToken(_) => "bootstrap token",
         }
     }

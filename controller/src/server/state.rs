@@ -153,6 +153,12 @@ struct Inner {
 /// proxies receive is the policy with these applied.
 pub type RouteOverrides = BTreeMap<(String, String), Vec<sluice_policy::resources::Backend>>;
 
+/// (namespace, service) → the kubelet probes its sidecars let through without a mesh identity
+/// (read by a backend from the pod specs: `SLUICE_PROXY_PROBES` of each injected proxy), each
+/// with one pod that declares it. Shown on the service page; proxies learn their own from
+/// their pod, not from here.
+pub type KubeletProbes = BTreeMap<(String, String), BTreeMap<sluice_policy::probes::Probe, String>>;
+
 /// (namespace, service) → the stable `ip:port`s clients dial (ClusterIPs, or the local
 /// runner's service addresses).
 pub type ServiceAddresses = BTreeMap<(String, String), Vec<String>>;
@@ -168,6 +174,7 @@ pub struct ControlPlane {
     started: SystemTime,
     info: OnceLock<ControllerInfo>,
     traffic: TrafficBook,
+    kubelet_probes: ArcSwap<KubeletProbes>,
 }
 
 impl ControlPlane {
@@ -239,6 +246,7 @@ impl ControlPlane {
             started: SystemTime::now(),
             info: OnceLock::new(),
             traffic: TrafficBook::new(),
+            kubelet_probes: ArcSwap::default(),
         }))
     }
 
@@ -252,6 +260,16 @@ impl ControlPlane {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Replaces the kubelet probes a backend read from its pods.
+    pub fn set_kubelet_probes(&self, probes: KubeletProbes) {
+        self.kubelet_probes.store(Arc::new(probes));
+    }
+
+    /// The kubelet probes of every service's pods, as last set by the backend.
+    pub fn kubelet_probes(&self) -> Arc<KubeletProbes> {
+        self.kubelet_probes.load_full()
     }
 
     /// Every version's traffic, as the proxies report it (`ReportTraffic`).

@@ -100,6 +100,7 @@ pub struct Authorizer {
     denied_by: String,
     metrics: Metrics,
     reporter: Reporter,
+    probes: sluice_policy::probes::ProbeSet,
 }
 
 impl Authorizer {
@@ -116,17 +117,27 @@ impl Authorizer {
             denied_by,
             metrics,
             reporter,
+            probes: Default::default(),
         }
     }
 
-    /// Decides `rpc` from `peer` (None: no mesh identity) against the policy in force, counts
-    /// and logs it, reports denials, and returns the denial if the call must not go through.
-    /// `request_id` is asked for only when the call is not allowed (denials and audit logs
-    /// carry it), so an allowed call never makes one up.
+    /// Also allows the pod's kubelet probes (`SLUICE_PROXY_PROBES`): exactly those calls on
+    /// exactly those ports, for any caller, when no policy allows them already.
+    pub fn with_probes(mut self, probes: sluice_policy::probes::ProbeSet) -> Authorizer {
+        self.probes = probes;
+        self
+    }
+
+    /// Decides `rpc` to `port` (the connection's original destination port) from `peer`
+    /// (None: no mesh identity) against the policy in force and the pod's kubelet probes,
+    /// counts and logs it, reports denials, and returns the denial if the call must not go
+    /// through. `request_id` is asked for only when the call is not allowed (denials and audit
+    /// logs carry it), so an allowed call never makes one up.
     pub fn check(
         &self,
         peer: Option<&SpiffeId>,
         rpc: &Rpc,
+        port: u16,
         request_id: impl FnOnce() -> String,
     ) -> Result<(), Box<Denial>> {
         let state = self.state.load();
@@ -135,7 +146,12 @@ impl Authorizer {
             Some(id) => Caller::service(&id.namespace, &id.service),
             None => Caller::Unauthenticated,
         };
-        let decision = state.decide_inbound(local, &caller, rpc);
+        let mut decision = state.decide_inbound(local, &caller, rpc);
+        if decision.verdict != Verdict::Allow
+            && let Some(probe) = self.probes.decide(Some(port), rpc)
+        {
+            decision = probe;
+        }
         let policy = &state.policy;
         let endpoint = policy
             .service(&local.namespace, &local.service)
@@ -227,6 +243,7 @@ fn policy_label(d: &Decision) -> String {
         return p.to_string();
     }
     match &d.reason {
+        Reason::KubeletProbe => "kubelet-probe".into(),
         Reason::DefaultAllow | Reason::DefaultAudit | Reason::DefaultDeny => "mesh-default".into(),
         r => r
             .governing()

@@ -42,16 +42,17 @@ impl<S: Svc<ProxyError>> Service<Request> for Authz<S> {
         let Some(authorizer) = &self.authorizer else {
             return self.inner.clone().call(req);
         };
-        let peer = req
-            .extensions()
-            .get::<ConnCtx>()
-            .and_then(|c| c.peer.clone());
+        let ctx = req.extensions().get::<ConnCtx>();
+        let peer = ctx.and_then(|c| c.peer.clone());
+        let port = ctx.map_or(0, |c| c.orig_dst.port());
         let content_type = req
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
         let rpc = Rpc::from_request(req.method().as_str(), req.uri().path(), content_type);
-        let decided = authorizer.check(peer.as_deref(), &rpc, || authz::request_id(req.headers()));
+        let decided = authorizer.check(peer.as_deref(), &rpc, port, || {
+            authz::request_id(req.headers())
+        });
         // For the access log: the call as the matcher saw it (see `AccessLog`).
         if let Some(slot) = req.extensions().get::<RouteSlot>() {
             slot.set_authorized(rpc);

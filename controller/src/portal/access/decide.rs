@@ -208,6 +208,24 @@ pub(super) fn resolve(set: &PolicySet, label: &str, written: &str) -> Result<Obj
     ))
 }
 
+/// The ports `service` declares as opaque TCP (`protocol: tcp`), in declaration order: the
+/// only ones a TCP grant can be asked for.
+pub(super) fn tcp_ports(set: &PolicySet, service: &ObjectRef) -> Vec<u16> {
+    set.services
+        .get(service)
+        .map(|s| {
+            s.source
+                .doc
+                .spec
+                .ports
+                .iter()
+                .filter(|p| p.protocol == sluice_policy::resources::Protocol::Tcp)
+                .map(|p| p.port)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Everything wrong with the input, and the parsed caller, callee and endpoints when right.
 pub(super) struct Checked {
     pub(super) caller: ObjectRef,
@@ -235,6 +253,10 @@ pub(super) fn validate(set: &PolicySet, input: &FormInput) -> Result<Checked, Ve
         .as_ref()
         .and_then(|c| set.services.get(c))
         .map(|s| s.endpoints.clone());
+    let tcp_ports = callee
+        .as_ref()
+        .map(|c| tcp_ports(set, c))
+        .unwrap_or_default();
     for rpc in &input.rpcs {
         if rpc.len() > MAX_FIELD {
             errors.push("An endpoint is too long.".into());
@@ -245,6 +267,39 @@ pub(super) fn validate(set: &PolicySet, input: &FormInput) -> Result<Checked, Ve
                 "`{rpc}` is not an endpoint: {}; {}.",
                 e.reason, e.help
             )),
+            Ok(RpcPattern::Tcp { port }) => {
+                // Opaque TCP is granted per declared `tcp` port only: `tcp` (any port) would
+                // also open ports added later, and a port declared HTTP or gRPC is never
+                // opaque (the proxy refuses non-HTTP bytes there), so such a grant would be a
+                // lie on the form.
+                let Some(callee) = &callee else { continue };
+                let offer = if tcp_ports.is_empty() {
+                    format!("{callee} declares no port with `protocol: tcp`")
+                } else {
+                    format!(
+                        "it declares {}",
+                        tcp_ports
+                            .iter()
+                            .map(|p| format!("`tcp:{p}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                match port {
+                    None => errors.push(format!(
+                        "`{rpc}` would open every port of {callee} to opaque TCP; name one port: {offer}."
+                    )),
+                    Some(p) if !tcp_ports.contains(&p) => errors.push(format!(
+                        "{callee} does not take opaque TCP on port {p}; {offer}."
+                    )),
+                    Some(p) => {
+                        let canonical = format!("tcp:{p}");
+                        if !rpcs.contains(&canonical) {
+                            rpcs.push(canonical);
+                        }
+                    }
+                }
+            }
             Ok(pattern) => {
                 if let (Some(endpoints), Some(callee)) = (&endpoints, &callee)
                     && !endpoints.iter().any(|e| pattern.is_covered_by(e))

@@ -44,6 +44,7 @@ pub(super) async fn form_view(
         for e in &spec.endpoints {
             offered.push((e.rpc.clone(), e.description.clone().unwrap_or_default()));
         }
+        offered.extend(tcp_offers(spec));
     }
     if let (Some(caller), Some(callee)) = (&caller, &callee) {
         let store = portal.plane.store().clone();
@@ -93,12 +94,35 @@ pub(super) fn select_all(portal: &Portal, input: &mut FormInput) {
         .ok()
         .and_then(|c| set.services.get(&c))
     {
-        for e in &spec.source.doc.spec.endpoints {
-            if !input.rpcs.contains(&e.rpc) {
-                input.rpcs.push(e.rpc.clone());
+        let declared = spec.source.doc.spec.endpoints.iter().map(|e| e.rpc.clone());
+        let tcp = tcp_offers(&spec.source.doc.spec).map(|(rpc, _)| rpc);
+        for rpc in declared.chain(tcp) {
+            if !input.rpcs.contains(&rpc) {
+                input.rpcs.push(rpc);
             }
         }
     }
+}
+
+/// `(tcp:PORT, description)` for each port the service declares as opaque TCP: a TCP grant is
+/// asked for per port, like an endpoint.
+fn tcp_offers(
+    spec: &sluice_policy::resources::MeshServiceSpec,
+) -> impl Iterator<Item = (String, String)> + '_ {
+    spec.ports
+        .iter()
+        .filter(|p| p.protocol == sluice_policy::resources::Protocol::Tcp)
+        .map(|p| {
+            let name = p
+                .name
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            (
+                format!("tcp:{}", p.port),
+                format!("opaque TCP connections to port {}{name}", p.port),
+            )
+        })
 }
 
 /// Why a submission was not recorded.

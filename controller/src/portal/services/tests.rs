@@ -55,12 +55,21 @@ fn denial(caller: &str, rpc: &str, endpoint: &str) -> DenialRow {
 fn payments_page(denials: &[DenialRow], rollouts: Rollouts) -> String {
     let policy = shop();
     let cfg = config();
+    // As the Kubernetes backend reads them from the injected pods.
+    let probes = std::collections::BTreeMap::from([(
+        sluice_policy::probes::Probe::Http {
+            port: 8080,
+            path: "/healthz".into(),
+        },
+        "payments-5d8f7c9b4-x2x7q".to_owned(),
+    )]);
     let src = Sources {
         policy: &policy,
         config: &cfg,
         traffic: &[],
         rollouts: &rollouts,
         denials: Ok(denials),
+        kubelet_probes: Some(&probes),
     };
     let view = gather_service(
         &ObjectRef::new("default", "payments"),
@@ -104,6 +113,14 @@ fn payments_page_shows_owner_endpoints_grants_and_denials() {
         "{html}"
     );
     assert!(html.contains("kubelet probes"));
+    // What the injected sidecars let through, from the pod spec rather than a policy.
+    assert!(
+        html.contains(
+            "<td><code>GET /healthz on port 8080</code></td><td>kubelet probe (from the pod spec)</td>\
+<td>the pod spec<br><span class=\"muted\">pod payments-5d8f7c9b4-x2x7q</span></td>"
+        ),
+        "{html}"
+    );
     // The denial row, with the declared endpoint offered (not the one charge).
     assert!(html.contains("<code>GET /v1/charges/ch_1</code>"));
     assert!(
@@ -149,6 +166,7 @@ fn whom_it_calls_lists_grants_naming_the_service() {
         traffic: &[],
         rollouts: &none,
         denials: Err("offline"),
+        kubelet_probes: None,
     };
     let view = gather_service(
         &ObjectRef::new("default", "checkout"),

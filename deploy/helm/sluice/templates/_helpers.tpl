@@ -23,3 +23,8 @@ app.kubernetes.io/component: controller
 {{- define "sluice.webhookName" -}}
 {{- printf "%s-%s-policy" .Release.Namespace .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* The injector's MutatingWebhookConfiguration (cluster-scoped). */}}
+{{- define "sluice.injectorName" -}}
+{{- printf "%s-%s-inject" .Release.Namespace .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
