@@ -19,8 +19,10 @@
 //! that turns it into the process's exit status.
 
 mod check;
+pub mod env;
 mod explain;
 pub mod identity;
+pub mod instance;
 pub mod kubernetes;
 pub mod notify;
 pub mod portal;
@@ -103,6 +105,12 @@ pub enum Command {
     /// Exits 0 when done (`watch`: promoted), 1 when the controller refused or a watched
     /// rollout was not promoted, 2 when the controller cannot be reached.
     Rollout(rollout::cli::RolloutCommand),
+    /// Ephemeral environments: a copy of a service with its dependencies, reached by W3C
+    /// baggage, removed when idle (see docs/environments.md).
+    ///
+    /// Exits 0 when done, 1 when the controller refused or a copy failed (the reason and the
+    /// fix are printed), 2 when the controller cannot be reached.
+    Env(env::cli::EnvCommand),
 }
 
 /// `sluice policy …`.
@@ -298,6 +306,9 @@ pub enum CliError {
     /// The local mesh could not run or be cleaned up.
     #[error(transparent)]
     Up(#[from] up::UpError),
+    /// `sluice env` could not ask the controller.
+    #[error(transparent)]
+    Env(#[from] env::cli::EnvCliError),
     /// `--pod` names no workload of the service.
     #[error("{0}")]
     Pod(String),
@@ -366,6 +377,7 @@ fn execute(
             .map(|()| Outcome::Success)
             .map_err(Into::into),
         Command::Rollout(command) => rollout::cli::run(&command, terminal, out, err),
+        Command::Env(command) => env::cli::run(&command, terminal, out, err),
         Command::Kubernetes(KubernetesCommand::Crds { out: dir }) => crds(dir.as_deref(), out),
         Command::Inject(args) => kubernetes::manifests::run_inject(&args, out, err)
             .map(|_| Outcome::Success)

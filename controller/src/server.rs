@@ -22,6 +22,7 @@
 pub mod admin;
 mod auth;
 mod certify;
+pub mod env_api;
 mod error;
 pub mod policy_watch;
 pub(crate) mod register;
@@ -615,9 +616,12 @@ async fn serve(
         )
     })?;
     let engine_task = tokio::spawn(Arc::clone(&engine).run());
+    let env_routes = start_environments(args, &plane)?;
     let portal_file = args.state_dir.join(PORTAL_ADDR_FILE);
     let portal_task = match args.portal.portal {
-        Some(addr) => Some(start_portal(args, addr, &portal_file, &plane, &engine).await?),
+        Some(addr) => {
+            Some(start_portal(args, addr, &portal_file, &plane, &engine, &env_routes.envs).await?)
+        }
         None => None,
     };
     // The admin API answers to IP addresses, loopback names and `--public-url`'s host.
@@ -632,6 +636,7 @@ async fn serve(
     let admin_state = admin::AdminState {
         plane: Arc::clone(&plane),
         engine: Some(engine),
+        envs: Some(env_routes),
     };
     let admin_task = tokio::spawn(crate::web::serve(
         admin,
@@ -692,6 +697,37 @@ async fn serve(
 /// Where the portal's bound address is written (like `admin.addr`).
 pub const PORTAL_ADDR_FILE: &str = "portal.addr";
 
+/// Loads the environments from the store, starts their idle clocks, and makes the admin token
+/// their changes need.
+fn start_environments(
+    args: &ControllerArgs,
+    plane: &Arc<ControlPlane>,
+) -> Result<env_api::EnvRoutes, ServeError> {
+    let token = crate::env::api::load_or_create_token(&args.state_dir).map_err(|source| {
+        setup(
+            &format!(
+                "write {}",
+                crate::env::api::token_path(&args.state_dir).display()
+            ),
+            source,
+        )
+    })?;
+    let notifier = crate::notify::Notifier::start(
+        crate::notify::DeliveryConfig::default(),
+        Arc::new(crate::rollout::store::StoreDeliveryLog(
+            plane.store().clone(),
+        )),
+    )
+    .map_err(|e| tracing::error!(error = %e, "environments: no team messages: cannot start the notifier"))
+    .ok();
+    let envs = crate::env::Environments::load(Arc::clone(plane), notifier)?;
+    tokio::spawn(Arc::clone(&envs).run());
+    Ok(env_api::EnvRoutes {
+        envs,
+        token: token.into(),
+    })
+}
+
 fn portal_auth(args: &ControllerArgs) -> crate::portal::auth::AuthConfig {
     crate::portal::auth::AuthConfig {
         trusted_proxies: args.portal.portal_trusted_proxy.clone(),
@@ -706,6 +742,7 @@ async fn start_portal(
     file: &Path,
     plane: &Arc<ControlPlane>,
     engine: &Arc<crate::rollout::engine::Engine>,
+    envs: &Arc<crate::env::Environments>,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
     use crate::portal::{Portal, access::AccessState, auth::CsrfKey, server::PortalServer};
     let listener = TcpListener::bind(addr)
@@ -744,6 +781,7 @@ async fn start_portal(
         portal: Portal {
             plane: Arc::clone(plane),
             engine: Some(Arc::clone(engine)),
+            envs: Some(Arc::clone(envs)),
         },
         access: AccessState {
             policy_dir: args.policy.clone(),

@@ -3,7 +3,7 @@
 //!
 //! Runtime state lives here, policy does not (the policy directory is the source of truth for
 //! that): workload registrations, aggregated denials, the history of refused policy
-//! changes, and rollouts (see `rollout::store`). SQL keeps the portal's later queries ("denials of my service this week") easy.
+//! changes, rollouts (see `rollout::store`) and ephemeral environments (`env::store`). SQL keeps the portal's later queries ("denials of my service this week") easy.
 //!
 //! Every write is one transaction; with WAL and `synchronous=NORMAL` a committed transaction
 //! survives the controller being killed (only a power cut can lose the last few). One
@@ -121,6 +121,13 @@ pub const MIGRATIONS: &[&str] = &[
     // 4: an instance's role (empty, or `baseline` for a rollout's fresh copy of the stable
     // version).
     "ALTER TABLE registrations ADD COLUMN role TEXT NOT NULL DEFAULT '';",
+    // 5: ephemeral environments (the document as JSON; see `env::store`).
+    "CREATE TABLE environments (
+        name      TEXT PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        doc       TEXT NOT NULL
+    );",
 ];
 
 /// Why the store failed.

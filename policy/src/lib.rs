@@ -53,6 +53,7 @@
 #![warn(missing_docs)]
 
 pub mod authz;
+pub mod baggage;
 pub mod diagnostic;
 pub mod link;
 pub mod load;

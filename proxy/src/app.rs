@@ -138,18 +138,24 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         route: "default".into(),
         ..TrafficLabels::default()
     });
-    let stack = |routes, authorizer| {
+    let env_member = crate::http::layers::EnvMember::new(&config.environment).map(Arc::new);
+    let stack = |routes, authorizer, env_member| {
         BoxCloneSyncService::new(Stack::build(StackConfig {
             proxy_id: proxy_id.clone(),
             routes,
             metrics: metrics.clone(),
             forward: forward.clone(),
             authorizer,
+            env_member,
         }))
     };
     let dispatch = Arc::new(Dispatch {
-        inbound_http: stack(Routes::Inbound(inbound_labels.clone()), authorizer.clone()),
-        outbound_http: stack(Routes::Outbound(router.clone()), None),
+        inbound_http: stack(
+            Routes::Inbound(inbound_labels.clone()),
+            authorizer.clone(),
+            None,
+        ),
+        outbound_http: stack(Routes::Outbound(router.clone()), None, env_member),
         router: router.clone(),
         inbound_labels,
         metrics: metrics.clone(),

@@ -62,6 +62,15 @@ pub enum PortalError {
     /// No such rollout.
     #[error("{0}")]
     NoRollout(String),
+    /// This controller runs no environments.
+    #[error("this controller runs no ephemeral environments")]
+    NoEnvironments,
+    /// No such environment.
+    #[error("{0}")]
+    NoEnvironment(String),
+    /// An environment could not be made as asked (the message has the fix).
+    #[error("{0}")]
+    EnvRefused(String),
     /// The controller's store failed; nothing was changed.
     #[error("the store failed: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -84,7 +93,10 @@ impl PortalError {
             | PortalError::NoService(_)
             | PortalError::NotFound
             | PortalError::NoRollouts
-            | PortalError::NoRollout(_) => StatusCode::NOT_FOUND,
+            | PortalError::NoRollout(_)
+            | PortalError::NoEnvironments
+            | PortalError::NoEnvironment(_) => StatusCode::NOT_FOUND,
+            PortalError::EnvRefused(_) => StatusCode::BAD_REQUEST,
             PortalError::ReadOnly(_) => StatusCode::METHOD_NOT_ALLOWED,
             PortalError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             PortalError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -186,6 +198,26 @@ impl PortalError {
                     h1 { "Not found" }
                     p.error { (e) }
                     p { a href="/rollouts" { "All rollouts" } }
+                },
+            ),
+            PortalError::NoEnvironments => (
+                "No environments",
+                html! { h1 { "No environments" } p { "This controller runs no ephemeral environments." } },
+            ),
+            PortalError::NoEnvironment(e) => (
+                "Not found",
+                html! {
+                    h1 { "Not found" }
+                    p.error { (e) }
+                    p { a href="/environments" { "All environments" } }
+                },
+            ),
+            PortalError::EnvRefused(e) => (
+                "Refused",
+                html! {
+                    h1 { "The environment was not made" }
+                    p.error { (e) }
+                    p { "Nothing was started. Go back, fix the form, and submit it again." }
                 },
             ),
             PortalError::Store(_) => (

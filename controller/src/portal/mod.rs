@@ -2,7 +2,8 @@
 //! per service, and the rollout pages. Server-rendered HTML, usable without JavaScript.
 //!
 //! The folders mirror the routes: [`access`] (`/access/…`: the form, requests, reviews, the
-//! audit log), [`services`] (`/services/…`), [`rollouts`] (`/rollouts/…`, read-only), [`dev`]
+//! audit log), [`services`] (`/services/…`), [`rollouts`] (`/rollouts/…`, read-only), [`environments`]
+//! (`/environments/…`: ephemeral environments, made from a service page), [`dev`]
 //! (`/dev/act-as`, dev mode only). Each holds short handlers, the domain code they call (which
 //! renders nothing), and `pages.rs`, its maud templates.
 //!
@@ -16,6 +17,7 @@
 pub mod access;
 pub mod auth;
 pub mod dev;
+pub mod environments;
 pub mod error;
 pub mod extract;
 pub mod grants;
@@ -46,4 +48,6 @@ pub struct Portal {
     pub plane: Arc<ControlPlane>,
     /// Rollouts (for the service pages), when the engine runs.
     pub engine: Option<Arc<Engine>>,
+    /// Ephemeral environments, when the controller runs them.
+    pub envs: Option<Arc<crate::env::Environments>>,
 }

@@ -25,7 +25,8 @@ pub fn page(title: &str, user: Option<&User>, body: Markup) -> Markup {
                     nav {
                         a href="/services" { "Services" } " "
                         a href="/access" { "Access requests" } " "
-                        a href="/rollouts" { "Rollouts" }
+                        a href="/rollouts" { "Rollouts" } " "
+                        a href="/environments" { "Environments" }
                     }
                     @if let Some(user) = user {
                         span.user { (user.name) }

@@ -33,7 +33,7 @@ use tower::ServiceBuilder;
 use super::access::{self, AccessState};
 use super::auth::{self, AuthConfig, same_origin};
 use super::error::PortalError;
-use super::{Portal, User, dev, rollouts, services};
+use super::{Portal, User, dev, environments, rollouts, services};
 use crate::web::host::{AllowedHosts, HostCheck, WrongHost};
 use crate::web::{self, AccessLog};
 
@@ -78,7 +78,18 @@ pub fn router(server: Shared) -> Router {
         .route("/rollouts", get(rollouts::list))
         .route("/rollouts/{id}", get(rollouts::page))
         .route("/rollouts/{id}/chart.svg", get(rollouts::chart_svg))
-        .route("/rollouts/{id}/chart.png", get(rollouts::chart_png));
+        .route("/rollouts/{id}/chart.png", get(rollouts::chart_png))
+        // environments/: ephemeral environments; the service page's button makes one.
+        .route(
+            "/environments",
+            get(environments::list).post(environments::create),
+        )
+        .route("/environments/{name}", get(environments::page))
+        .route(
+            "/environments/{name}/graph.svg",
+            get(environments::graph_svg),
+        )
+        .route("/environments/{name}/delete", post(environments::delete));
     if server.auth.dev_user.is_some() {
         // dev/: one person plays every part (loopback only).
         pages = pages.route("/dev/act-as", get(dev::chooser).post(dev::act_as));
@@ -286,6 +297,7 @@ mod tests {
             portal: Portal {
                 plane,
                 engine: None,
+                envs: None,
             },
             access: AccessState {
                 policy_dir: None,

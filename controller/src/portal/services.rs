@@ -32,6 +32,7 @@ use sluice_policy::resources::{EphemeralMode, PolicyMode, SecurityLevel};
 use sluice_policy::validate::{CallerSelector, ObjectRef};
 
 use super::error::PortalError;
+use super::extract::CsrfToken;
 use super::page::page as layout;
 use super::server::Shared;
 use super::{Portal, User};
@@ -81,20 +82,26 @@ pub async fn index(State(s): State<Shared>, user: User) -> Markup {
 }
 
 /// `GET /services/{name}` (namespace `default`).
-pub async fn page(State(s): State<Shared>, user: User, Path(name): Path<String>) -> Response {
-    service(&s, &user, ObjectRef::new(DEFAULT_NAMESPACE, name)).await
+pub async fn page(
+    State(s): State<Shared>,
+    user: User,
+    token: CsrfToken,
+    Path(name): Path<String>,
+) -> Response {
+    service(&s, &user, &token.0, ObjectRef::new(DEFAULT_NAMESPACE, name)).await
 }
 
 /// `GET /services/{namespace}/{name}`.
 pub async fn page_in(
     State(s): State<Shared>,
     user: User,
+    token: CsrfToken,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
-    service(&s, &user, ObjectRef::new(namespace, name)).await
+    service(&s, &user, &token.0, ObjectRef::new(namespace, name)).await
 }
 
-async fn service(s: &Shared, user: &User, key: ObjectRef) -> Response {
+async fn service(s: &Shared, user: &User, token: &str, key: ObjectRef) -> Response {
     let portal = &s.portal;
     if !portal.plane.policy().set.services.contains_key(&key) {
         return PortalError::NoService(service_href(&key)).into_response();
@@ -131,7 +138,15 @@ async fn service(s: &Shared, user: &User, key: ObjectRef) -> Response {
         Instant::now(),
         unix_ms(SystemTime::now()),
     ) {
-        Some(view) => layout(&key.to_string(), Some(user), service_markup(&view)).into_response(),
+        Some(view) => {
+            let envs = super::environments::service_section(s, &key.namespace, &key.name, token);
+            layout(
+                &key.to_string(),
+                Some(user),
+                maud::html! { (service_markup(&view)) (envs) },
+            )
+            .into_response()
+        }
         None => PortalError::NoService(service_href(&key)).into_response(),
     }
 }

@@ -24,8 +24,8 @@ use serde::Serialize;
 use tower::ServiceBuilder;
 use utoipa::OpenApi as _;
 
-use super::rollout_api;
 use super::state::ControlPlane;
+use super::{env_api, rollout_api};
 use crate::rollout::engine::{Engine, RolloutError};
 use crate::rollout::model::ApiErrorBody;
 use crate::status::StatusReport;
@@ -47,6 +47,8 @@ pub struct AdminState {
     pub plane: Arc<ControlPlane>,
     /// Rollouts, when the engine runs.
     pub engine: Option<Arc<Engine>>,
+    /// Ephemeral environments, when they run.
+    pub envs: Option<super::env_api::EnvRoutes>,
 }
 
 /// The admin API: every route, in one table.
@@ -84,6 +86,32 @@ pub fn router(state: AdminState, hosts: AllowedHosts) -> Router {
         .route("/rollouts/{id}/chart.svg", get(rollout_api::chart_svg))
         .route("/rollouts/{id}/chart.png", get(rollout_api::chart_png))
         .route("/rollouts/{id}/{action}", post(rollout_api::act))
+        .route(
+            "/environments",
+            get(env_api::list)
+                .post(env_api::create)
+                .layer(DefaultBodyLimit::max(env_api::MAX_BODY)),
+        )
+        .route(
+            "/environments/{name}",
+            get(env_api::get).delete(env_api::delete),
+        )
+        .route(
+            "/environments/{name}/run",
+            post(env_api::run_start).layer(DefaultBodyLimit::max(env_api::MAX_BODY)),
+        )
+        .route(
+            "/environments/{name}/run/{service}/heartbeat",
+            post(env_api::heartbeat),
+        )
+        .route(
+            "/environments/{name}/run/{service}",
+            axum::routing::delete(env_api::run_end),
+        )
+        .route(
+            "/instances/sync",
+            post(env_api::sync).layer(DefaultBodyLimit::max(env_api::MAX_SYNC_BODY)),
+        )
         .fallback(|| async {
             AdminError::NotFound(
                 "not found: see GET /openapi.json for what this endpoint serves".to_owned(),
@@ -100,18 +128,22 @@ pub fn router(state: AdminState, hosts: AllowedHosts) -> Router {
     info(
         title = "Sluice controller admin API",
         description = "What the controller is doing (`sluice status`), every version's \
-                       traffic, and rollouts (`sluice rollout`). Loopback only by default.",
+                       traffic, rollouts (`sluice rollout`) and ephemeral environments \
+                       (`sluice env`). Loopback only by default.",
     ),
     paths(
         status, traffic, healthz,
         rollout_api::list, rollout_api::start, rollout_api::get,
         rollout_api::chart_svg, rollout_api::chart_png, rollout_api::act,
+        env_api::list, env_api::create, env_api::get, env_api::delete,
+        env_api::run_start, env_api::heartbeat, env_api::run_end, env_api::sync,
     ),
     // Schemas named only by a path parameter are not collected on their own.
     components(schemas(crate::rollout::model::Action)),
     tags(
         (name = "controller", description = "The controller and its mesh"),
         (name = "rollouts", description = "Progressive delivery"),
+        (name = "environments", description = "Ephemeral environments (`sluice env`); changes need the admin token"),
     )
 )]
 pub struct AdminApi;
@@ -254,6 +286,9 @@ pub enum AdminError {
     /// 400.
     #[error("{0}")]
     BadRequest(String),
+    /// 401: a change without the admin token.
+    #[error("{0}")]
+    Unauthorized(String),
     /// 403: a change from another site's page.
     #[error("a change from another site's page is refused (its Origin is not this endpoint)")]
     OtherSite,
@@ -302,6 +337,7 @@ impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let status = match &self {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AdminError::OtherSite => StatusCode::FORBIDDEN,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -31,6 +31,9 @@ pub(super) fn report_traffic(
         caller,
         WorkloadIdentity::new(&report.key.namespace, &report.key.service)?,
     )?;
+    plane
+        .env_activity()
+        .observe(&report, crate::store::unix_ms(std::time::SystemTime::now()));
     plane.traffic().record(report);
     Ok(TrafficReportAck {})
 }

@@ -174,6 +174,8 @@ pub struct ControlPlane {
     started: SystemTime,
     info: OnceLock<ControllerInfo>,
     traffic: TrafficBook,
+    /// Requests served in ephemeral environments, for their idle clocks.
+    env_activity: crate::env::activity::Activity,
     kubelet_probes: ArcSwap<KubeletProbes>,
 }
 
@@ -246,6 +248,9 @@ impl ControlPlane {
             started: SystemTime::now(),
             info: OnceLock::new(),
             traffic: TrafficBook::new(),
+            env_activity: crate::env::activity::Activity::new(crate::store::unix_ms(
+                SystemTime::now(),
+            )),
             kubelet_probes: ArcSwap::default(),
         }))
     }
@@ -275,6 +280,11 @@ impl ControlPlane {
     /// Every version's traffic, as the proxies report it (`ReportTraffic`).
     pub fn traffic(&self) -> &TrafficBook {
         &self.traffic
+    }
+
+    /// Requests served in ephemeral environments (from the same reports as [`Self::traffic`]).
+    pub fn env_activity(&self) -> &crate::env::activity::Activity {
+        &self.env_activity
     }
 
     /// The policy version in force.
@@ -392,6 +402,21 @@ impl ControlPlane {
         names.sort();
         names.dedup();
         names
+    }
+
+    /// Every instance known, registered or discovered, by namespace, service and instance.
+    pub fn registered(&self) -> Vec<RegistrationRow> {
+        let inner = self.lock();
+        let mut rows: Vec<RegistrationRow> = inner
+            .registrations
+            .values()
+            .chain(inner.discovered.values())
+            .map(|r| r.row.clone())
+            .collect();
+        rows.sort_by(|a, b| {
+            (&a.namespace, &a.service, &a.instance).cmp(&(&b.namespace, &b.service, &b.instance))
+        });
+        rows
     }
 
     /// Replaces the rollout weights, and publishes the change if there is one.

@@ -95,6 +95,13 @@ pub struct Workloads {
     next_slot: usize,
 }
 
+impl Live {
+    /// Its supervised processes: the proxy, then the workload's command.
+    pub fn procs(&self) -> &[Handle] {
+        &self.procs
+    }
+}
+
 impl Workloads {
     /// No workloads yet.
     pub fn new(ctx: Context) -> Self {

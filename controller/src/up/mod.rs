@@ -9,8 +9,11 @@
 //! finish the job after a killed run.
 //!
 //! While it runs, the [rollout reconciler](rollouts) starts canaries beside the stable
-//! [workloads](live) and retires one or the other as the controller's rollouts progress.
+//! [workloads](live) and retires one or the other as the controller's rollouts progress, and
+//! the [environments' runner](env) runs the copies of the controller's ephemeral
+//! environments.
 
+pub mod env;
 pub mod inbox;
 pub mod ingress;
 pub mod live;
@@ -132,11 +135,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The running workloads, as the rollout planner sees them.
+    /// The running workloads, as the rollout planner sees them: not the ephemeral
+    /// environments' copies, which are [`env`]'s.
     pub fn running(&self) -> Vec<Running> {
         self.workloads
             .iter()
             .flat_map(|w| &w.live)
+            .filter(|l| !env::is_env_instance(&l.name))
             .map(|l| Running {
                 name: l.name.clone(),
                 base: l.base.clone(),
@@ -246,10 +251,12 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
             workloads: None,
         })),
         reconciler: None,
+        envs: None,
         state_dir: state_dir.clone(),
         done: false,
     };
     let portal = (args.portal != "off").then_some(args.portal.as_str());
+    let env_routes = Arc::new(env::IngressRoutes::default());
     let result = start(
         &mesh,
         &state_dir,
@@ -282,6 +289,33 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
                     let _ = writeln!(out, "sluice up: rollouts will not run locally: {e}");
                 }
             }
+            // Ephemeral environments: their instances, and the ingress's routes to them.
+            let template = ingress
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| format!("http://{{service}}.{{environment}}.localhost:{}/", a.port()));
+            let runner = env::Runner::new(
+                env::NetnsBackend::new(
+                    Arc::clone(&cleanup.shared),
+                    mesh.clone(),
+                    state_dir.join("logs"),
+                ),
+                &state_dir.join("controller"),
+                &lock(&cleanup.shared).rec.created.run_id.clone(),
+                template,
+                Arc::clone(&env_routes),
+            );
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&stop);
+            match std::thread::Builder::new()
+                .name("environments".into())
+                .spawn(move || runner.run(&flag))
+            {
+                Ok(t) => cleanup.envs = Some((stop, t)),
+                Err(e) => {
+                    let _ = writeln!(out, "sluice up: environments will not run locally: {e}");
+                }
+            }
             if let Some(l) = &ingress
                 && let Ok(addr) = l.local_addr()
             {
@@ -306,7 +340,10 @@ pub fn up(args: &UpArgs, terminal: crate::Terminal, out: &mut dyn Write) -> Resu
                     "sluice up: team inbox http://{addr}/ (messages to the teams' channels are printed here)"
                 );
             }
-            let routes = routes.clone();
+            let routes = ingress::Routes {
+                services: routes.clone(),
+                envs: Arc::clone(&env_routes),
+            };
             rt.block_on(async move {
                 let ingress = ingress.map(|l| tokio::spawn(ingress::serve(l, routes)));
                 let inbox = inbox.map(|l| tokio::spawn(inbox::serve(l, color)));
@@ -342,6 +379,8 @@ struct Cleanup {
     shared: Arc<Mutex<Shared>>,
     /// The rollout reconciler's stop flag and thread, once running.
     reconciler: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// The environments' runner, likewise.
+    envs: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     state_dir: PathBuf,
     done: bool,
 }
@@ -355,14 +394,23 @@ impl Cleanup {
         // The reconciler first, so that it does not create a canary behind teardown's back.
         // It finishes the change in hand (bounded); if it hangs anyway, teardown goes on from
         // the record, which lists what it was creating.
-        if let Some((stop, thread)) = self.reconciler.take() {
+        let threads = [
+            (self.reconciler.take(), "the rollout reconciler"),
+            (self.envs.take(), "the environments' runner"),
+        ];
+        for (stop, _) in threads.iter().filter_map(|(t, _)| t.as_ref()) {
             stop.store(true, Ordering::SeqCst);
-            let until = Instant::now() + RECONCILER_JOIN;
+        }
+        let until = Instant::now() + RECONCILER_JOIN;
+        for (thread, what) in threads
+            .into_iter()
+            .filter_map(|(t, what)| t.map(|(_, thread)| (thread, what)))
+        {
             while !thread.is_finished() && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if thread.is_finished() && thread.join().is_err() {
-                eprintln!("sluice up: the rollout reconciler had panicked");
+                eprintln!("sluice up: {what} had panicked");
             }
         }
         let mut shared = lock(&self.shared);

@@ -83,11 +83,26 @@ struct Proc {
     spec: Spec,
     pid: Mutex<Option<u32>>,
     starts: AtomicU32,
+    /// When the running process started, and how the last one ended.
+    life: Mutex<Life>,
     /// Set when this process alone is being stopped: no restart.
     retired: AtomicBool,
 }
 
+/// When a process started, and how the one before it ended.
+#[derive(Clone, Debug, Default)]
+pub struct Life {
+    /// When the current process started (`None` while none runs).
+    pub since: Option<Instant>,
+    /// How the last process ended (`exit status: 1`), if one did.
+    pub last_exit: Option<String>,
+}
+
 impl Proc {
+    fn life(&self) -> std::sync::MutexGuard<'_, Life> {
+        self.life.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn pid(&self) -> Option<u32> {
         *self.pid.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -124,6 +139,16 @@ impl Handle {
     pub fn starts(&self) -> u32 {
         self.0.starts.load(Ordering::SeqCst)
     }
+
+    /// When the running process started, and how the last one ended.
+    pub fn life(&self) -> Life {
+        self.0.life().clone()
+    }
+
+    /// Its log prefix (`payments/proxy`).
+    pub fn label(&self) -> &str {
+        &self.0.spec.label
+    }
 }
 
 impl Supervisor {
@@ -147,6 +172,7 @@ impl Supervisor {
             spec,
             pid: Mutex::new(None),
             starts: AtomicU32::new(0),
+            life: Mutex::new(Life::default()),
             retired: AtomicBool::new(false),
         });
         let (p, stopping, color) = (Arc::clone(&proc), Arc::clone(&self.stopping), self.color);
@@ -257,6 +283,7 @@ fn keep_running(p: &Proc, stopping: &AtomicBool, color: bool) {
                 Ok(child) => {
                     *pid = Some(child.id());
                     p.starts.fetch_add(1, Ordering::SeqCst);
+                    p.life().since = Some(Instant::now());
                     Some(child)
                 }
                 Err(e) => {
@@ -298,6 +325,15 @@ fn keep_running(p: &Proc, stopping: &AtomicBool, color: bool) {
             .collect();
             let status = child.wait();
             *p.pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            {
+                let mut life = p.life();
+                life.since = None;
+                life.last_exit = Some(
+                    status
+                        .as_ref()
+                        .map_or_else(|e| e.to_string(), |s| s.to_string()),
+                );
+            }
             // The readers end when the pipes close; not joined, because a grandchild that
             // kept the pipe open must not hold up a restart or teardown.
             drop(readers);

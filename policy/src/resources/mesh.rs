@@ -1,6 +1,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::Duration;
+
 /// Mesh-wide settings. At most one per policy set; without one the defaults below apply.
 ///
 /// ```yaml
@@ -11,8 +13,11 @@ use serde::{Deserialize, Serialize};
 ///   trustDomain: shop.local
 ///   accessRequestUrl: "http://localhost:7070/access/new?from={caller}&to={service}&rpc={rpc}&env={environment}"
 ///   defaultPolicy: deny
+///   environments:
+///     idleTimeout: 30m
+///     prices: { coreHour: 0.04, gbHour: 0.005, currency: EUR }
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshSpec {
     /// The SPIFFE trust domain: identities are `spiffe://<trustDomain>/ns/<ns>/svc/<name>`.
@@ -32,6 +37,54 @@ pub struct MeshSpec {
     /// What the outbound proxy does with traffic to addresses that are not mesh services.
     #[serde(default)]
     pub unknown_destinations: UnknownDestinations,
+    /// Ephemeral environments (`sluice env`): when idle ones are removed, and what they cost.
+    #[serde(default, skip_serializing_if = "EnvironmentSettings::is_default")]
+    pub environments: EnvironmentSettings,
+}
+
+/// Settings for ephemeral environments.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvironmentSettings {
+    /// An environment that no request reached for this long is deleted, and its owner team is
+    /// told. `sluice env create --idle-timeout` overrides it per environment. Default `30m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    /// Prices for the estimated cost per day that `sluice env list` and the portal show.
+    /// Without them only CPU-seconds and memory are shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<Prices>,
+}
+
+impl EnvironmentSettings {
+    /// The idle timeout when none is set.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+    /// The idle timeout in force.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout.unwrap_or(Self::DEFAULT_IDLE_TIMEOUT)
+    }
+
+    fn is_default(&self) -> bool {
+        *self == EnvironmentSettings::default()
+    }
+}
+
+/// What compute costs, for estimates: like a cloud provider's on-demand price list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Prices {
+    /// The price of one CPU core for one hour (0 or more).
+    pub core_hour: f64,
+    /// The price of one GiB of memory for one hour (0 or more).
+    pub gb_hour: f64,
+    /// The currency the prices are in, e.g. `EUR` (shown next to costs). Default `USD`.
+    #[serde(default = "default_currency")]
+    pub currency: String,
+}
+
+fn default_currency() -> String {
+    "USD".to_owned()
 }
 
 impl Default for MeshSpec {
@@ -42,6 +95,7 @@ impl Default for MeshSpec {
             default_policy: DefaultPolicy::default(),
             unauthenticated_denials: DenialDetail::default(),
             unknown_destinations: UnknownDestinations::default(),
+            environments: EnvironmentSettings::default(),
         }
     }
 }

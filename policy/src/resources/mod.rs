@@ -22,7 +22,9 @@ pub use canary::{
     DEFAULT_LATENCY_FLOOR, FailureAction, MetricCheck, MetricProvider, NotifySettings,
     PrometheusProvider, RelativeMargin, Severity, Signal,
 };
-pub use mesh::{DefaultPolicy, DenialDetail, MeshSpec, UnknownDestinations};
+pub use mesh::{
+    DefaultPolicy, DenialDetail, EnvironmentSettings, MeshSpec, Prices, UnknownDestinations,
+};
 pub use route::{BASELINE_ROLE, Backend, EnvironmentRouting, RouteMatch, RouteRule, RouteSpec};
 pub use service::{Endpoint, MeshServiceSpec, Port, Protocol, SecurityLevel};
 pub use team::{Channel, ReviewRequirement, TeamMember, TeamSpec};

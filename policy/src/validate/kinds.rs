@@ -37,6 +37,37 @@ pub(super) fn check_url(ctx: &mut Ctx<'_>, field: &str, url: &str) {
 }
 
 pub(super) fn check_mesh(ctx: &mut Ctx<'_>, spec: &MeshSpec) {
+    if let Some(t) = spec.environments.idle_timeout
+        && t.0 < std::time::Duration::from_secs(1)
+    {
+        ctx.error(
+            "out-of-range",
+            "spec.environments.idleTimeout",
+            format!("an idle timeout of {t} would delete environments as they start"),
+            Some("use at least `1s`; the default is `30m`".into()),
+        );
+    }
+    if let Some(p) = &spec.environments.prices {
+        for (field, price) in [("coreHour", p.core_hour), ("gbHour", p.gb_hour)] {
+            if !price.is_finite() || price < 0.0 {
+                ctx.error(
+                    "out-of-range",
+                    &format!("spec.environments.prices.{field}"),
+                    format!("`{price}` is not a price"),
+                    Some("write a number of 0 or more, e.g. `0.04`".into()),
+                );
+            }
+        }
+        let c = &p.currency;
+        if c.is_empty() || c.len() > 8 || !c.chars().all(|ch| ch.is_ascii_alphanumeric()) {
+            ctx.error(
+                "invalid-name",
+                "spec.environments.prices.currency",
+                format!("`{c}` is not a currency code"),
+                Some("write a code such as `EUR` or `USD`".into()),
+            );
+        }
+    }
     let td = &spec.trust_domain;
     if td.is_empty() || !td.split('.').all(is_dns_label) {
         ctx.error(

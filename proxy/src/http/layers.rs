@@ -356,3 +356,153 @@ impl<S: Svc<ProxyError>> Service<Request> for Timeout<S> {
         }
     }
 }
+
+/// Outbound from a workload in an ephemeral environment: adds the W3C baggage member
+/// `sluice-env=<environment>` when the request has none, so that the environment's copies are
+/// reached without help from the application (routing, the next layer in, reads it; the
+/// callee's app may forward it). The member is appended to the first `baggage` field, or sent
+/// as the only one: every member the application set stays byte for byte
+/// ([`sluice_policy::baggage`]), an existing `sluice-env` member is never overwritten or
+/// duplicated. `member` is `None` in `stable`, where the layer only passes requests on.
+///
+/// Cost: a scan of the `baggage` fields, no allocation, when the member is there; one
+/// allocation (the merged field) when it is added to existing baggage; none otherwise.
+#[derive(Clone, Debug)]
+pub struct EnvBaggage<S> {
+    pub(super) inner: S,
+    pub(super) member: Option<Arc<EnvMember>>,
+}
+
+/// `baggage` (W3C): no constant in `http`.
+const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
+
+/// The environment's name and its ready-made field value `sluice-env=<name>`.
+#[derive(Clone, Debug)]
+pub struct EnvMember {
+    name: Arc<str>,
+    field: HeaderValue,
+}
+
+impl EnvMember {
+    /// The member for a workload in `environment`; `None` for `stable` or a name that is not
+    /// a header-safe token.
+    pub fn new(environment: &str) -> Option<EnvMember> {
+        use sluice_policy::baggage::{ENVIRONMENT_MEMBER, with_member};
+        if environment == crate::state::endpoints::STABLE || environment.is_empty() {
+            return None;
+        }
+        let field = HeaderValue::from_maybe_shared(bytes::Bytes::from(with_member(
+            None,
+            ENVIRONMENT_MEMBER,
+            environment,
+        )))
+        .ok()?;
+        Some(EnvMember {
+            name: environment.into(),
+            field,
+        })
+    }
+}
+
+impl<S: Svc<ProxyError>> Service<Request> for EnvBaggage<S> {
+    always_ready!(ProxyError);
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        use sluice_policy::baggage::{ENVIRONMENT_MEMBER, has_member, with_member};
+        if let Some(m) = &self.member {
+            let h = req.headers_mut();
+            let fields = h.get_all(BAGGAGE);
+            if !has_member(fields.iter().map(HeaderValue::as_bytes), ENVIRONMENT_MEMBER) {
+                match h.get_mut(BAGGAGE) {
+                    None => {
+                        h.insert(BAGGAGE, m.field.clone());
+                    }
+                    Some(first) => {
+                        let merged =
+                            with_member(Some(first.as_bytes()), ENVIRONMENT_MEMBER, &m.name);
+                        // The existing field is a valid header value and the member is one
+                        // too, so the merge is; if not, the field is left as it was.
+                        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(merged)) {
+                            *first = v;
+                        }
+                    }
+                }
+            }
+        }
+        self.inner.clone().call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// An inner service that answers with the `baggage` fields it received, one per line.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl Service<Request> for Echo {
+        always_ready!(ProxyError);
+
+        fn call(&mut self, req: Request) -> Self::Future {
+            let seen: Vec<u8> = req
+                .headers()
+                .get_all("baggage")
+                .iter()
+                .flat_map(|v| v.as_bytes().iter().copied().chain([b'\n']))
+                .collect();
+            Box::pin(async move {
+                Ok(http::Response::new(
+                    http_body_util::Full::new(bytes::Bytes::from(seen))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                ))
+            })
+        }
+    }
+
+    async fn sent(environment: &str, fields: &[&[u8]]) -> Vec<u8> {
+        let mut req = http::Request::new(
+            http_body_util::Empty::<bytes::Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        for f in fields {
+            req.headers_mut().append(
+                "baggage",
+                HeaderValue::from_bytes(f).expect("a valid field"),
+            );
+        }
+        let mut layer = EnvBaggage {
+            inner: Echo,
+            member: EnvMember::new(environment).map(Arc::new),
+        };
+        let rsp = layer.call(req).await.expect("answered");
+        rsp.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn an_environments_member_is_added_once_and_nothing_else_changes() {
+        // No baggage: the member alone.
+        assert_eq!(sent("pr-1", &[]).await, b"sluice-env=pr-1\n");
+        // The app's members stay byte for byte, ours is appended to the first field.
+        assert_eq!(
+            sent("pr-1", &[b"userId=al%20ice ;p=1,  theme=dark", b"k=v"]).await,
+            b"userId=al%20ice ;p=1,  theme=dark,sluice-env=pr-1\nk=v\n"
+        );
+        // Already named (another environment, another field): left exactly as it was.
+        assert_eq!(
+            sent("pr-1", &[b"a=1", b" sluice-env = pr-2;x"]).await,
+            b"a=1\n sluice-env = pr-2;x\n"
+        );
+        // Stable adds nothing.
+        assert_eq!(sent("stable", &[b"a=1"]).await, b"a=1\n");
+        assert_eq!(sent("stable", &[]).await, b"");
+    }
+}

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use super::authz::Authz;
 use super::forward::Forward;
 use super::layers::{
-    AccessLog, CheckPath, Errors, HopMarkers, LoopDetect, Route, Routes, Sanitize, Timeout,
+    AccessLog, CheckPath, EnvBaggage, EnvMember, Errors, HopMarkers, LoopDetect, Route, Routes,
+    Sanitize, Timeout,
 };
 use super::observe::Observe;
 use super::{ProxyError, Svc};
@@ -31,6 +32,8 @@ pub struct StackConfig {
     pub forward: Forward,
     /// Inbound authorization; `None` for the outbound stack.
     pub authorizer: Option<Arc<Authorizer>>,
+    /// Outbound from an ephemeral environment's workload: its baggage member; else `None`.
+    pub env_member: Option<Arc<EnvMember>>,
 }
 
 impl Stack<Forward> {
@@ -41,6 +44,7 @@ impl Stack<Forward> {
             .push_authz(config.authorizer)
             .push_sanitize(config.proxy_id.clone())
             .push_route(config.routes)
+            .push_env_baggage(config.env_member)
             .push_check_path()
             .push_loop_detect(config.proxy_id)
             .push_errors()
@@ -90,6 +94,15 @@ impl<S: Svc<ProxyError>> Stack<S> {
         Stack(Route {
             inner: self.0,
             routes,
+        })
+    }
+
+    /// Names the workload's ephemeral environment in the request's W3C baggage when the app
+    /// did not, before routing reads it, so the environment's copies are reached.
+    pub fn push_env_baggage(self, member: Option<Arc<EnvMember>>) -> Stack<EnvBaggage<S>> {
+        Stack(EnvBaggage {
+            inner: self.0,
+            member,
         })
     }
 
