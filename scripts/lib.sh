@@ -20,7 +20,11 @@ DEMO_APT_PACKAGES=(iptables iproute2 curl)
 
 # Debian packages the benchmarks need (`scripts/bench`).
 #   nginx: the reference proxy pair the mesh benchmark compares sluice-proxy with
-BENCH_APT_PACKAGES=(nginx)
+#   haproxy: the second reference pair (HTTP/1.1 and HTTP/2 / gRPC), one thread each
+#   nghttp2-client: h2load, the HTTP/2 and gRPC load generator
+#   gnuplot-nox: the soak's plot of RSS and p99 over time (PNG)
+#   valgrind: `--callgrind`, instructions per request (repeatable on a busy machine)
+BENCH_APT_PACKAGES=(nginx haproxy nghttp2-client gnuplot-nox valgrind)
 
 # Python packages (pip), as `import-name=pip-name`.
 #   grpc: a real gRPC peer for the proxy's gRPC tests

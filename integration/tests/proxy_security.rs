@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sluice_integration::client::{curl, get, hyper_client};
-use sluice_integration::mtls::{Pair, PairOptions, TRUST_DOMAIN};
+use sluice_integration::mtls::{Pair, PairOptions, TRUST_DOMAIN, counter, eventually};
 use sluice_integration::{Proxy, ProxyOptions, have, skip, upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -465,7 +465,12 @@ async fn connections_per_listener_are_capped_and_the_admin_port_stays_up() {
         s.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
         held.push(s);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every one of them has been accepted and holds its slot.
+    let all_held = eventually(Duration::from_secs(10), || async {
+        counter(&proxy, "sluice_proxy_tcp_active", &[]).await == 16.0
+    })
+    .await;
+    assert!(all_held, "the proxy did not accept the 16 slow clients");
     // The 17th is closed at once instead of queueing behind them.
     let mut extra = tokio::net::TcpStream::connect(proxy.explicit(0))
         .await
@@ -482,13 +487,17 @@ async fn connections_per_listener_are_capped_and_the_admin_port_stays_up() {
         .await
         .expect("admin");
     assert_eq!(ready.status, 200);
-    // Freed slots are reused.
+    // Freed slots are reused: once the slow clients are gone, a request is served (retried,
+    // because the proxy notices the closed connections only as it reads them).
     drop(held);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ok = get(&hyper_client(false), proxy.explicit(0), "/x", &[])
-        .await
-        .expect("after the burst");
-    assert_eq!(ok.status, 200);
+    let client = hyper_client(false);
+    let served = eventually(Duration::from_secs(10), || async {
+        get(&client, proxy.explicit(0), "/x", &[])
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(served, "no request was served after the slow clients left");
 }
 
 #[tokio::test(flavor = "multi_thread")]

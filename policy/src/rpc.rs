@@ -211,11 +211,12 @@ impl RpcPattern {
         if text.is_empty() {
             return Err(RpcSyntaxError::new(s, "it is empty", HTTP_HELP));
         }
-        let head = text.get(..4).unwrap_or(text);
+        // Bytes, not `str` slices: the fourth byte may be inside a multi-byte character.
+        let head = text.as_bytes();
         if text.eq_ignore_ascii_case("tcp")
-            || (head.len() == 4
-                && head[..3].eq_ignore_ascii_case("tcp")
-                && matches!(head.as_bytes()[3], b':' | b'/' | b' ' | b'\t'))
+            || (head.len() >= 4
+                && head[..3].eq_ignore_ascii_case(b"tcp")
+                && matches!(head[3], b':' | b'/' | b' ' | b'\t'))
         {
             return Self::parse_tcp(s, text);
         }
@@ -794,6 +795,15 @@ mod tests {
             "a concrete connection names its port"
         );
         assert_eq!(Rpc::parse("tcp:5432").ok(), Some(Rpc::tcp(5432)));
+    }
+
+    /// Found by the `parse_policy` fuzz target: a pattern whose fourth byte is inside a
+    /// multi-byte character (`G\u{fffd}`) panicked while checking for a `tcp:` prefix.
+    #[test]
+    fn a_multi_byte_character_in_the_first_four_bytes_is_an_error_not_a_panic() {
+        for text in ["G\u{fffd}", "tc\u{e9}", "tcp\u{e9}", "\u{1f600}"] {
+            assert!(RpcPattern::parse(text).is_err(), "{text:?}");
+        }
     }
 
     #[test]

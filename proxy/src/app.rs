@@ -132,12 +132,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         config.connect_timeout,
         tls.clone().map(|tls| MeshOut { tls }),
     );
-    let inbound_labels = TrafficLabels {
+    let inbound_labels = Arc::new(TrafficLabels {
         dst_service: config.service.clone(),
         dst_version: config.service_version.clone(),
         route: "default".into(),
         ..TrafficLabels::default()
-    };
+    });
     let env_member = crate::http::layers::EnvMember::new(&config.environment).map(Arc::new);
     let stack = |routes, authorizer, env_member| {
         BoxCloneSyncService::new(Stack::build(StackConfig {

@@ -111,6 +111,10 @@ pub const ENV_IDENTITY_POLL: &str = "SLUICE_PROXY_IDENTITY_POLL";
 /// identity source or a config source (policy directory, snapshot file or the controller),
 /// `off` otherwise (a bare proxy only forwards).
 pub const ENV_AUTHZ: &str = "SLUICE_PROXY_AUTHZ";
+/// The shape of the async runtime: `current-thread` (every task on the main thread) or
+/// `multi-thread` (tokio's work-stealing pool, `TOKIO_WORKER_THREADS` workers, default one
+/// per CPU). See [`RuntimeShape`] for the default and why.
+pub const ENV_RUNTIME: &str = "SLUICE_PROXY_RUNTIME";
 /// How often denials are reported to the controller. Default `1s`.
 pub const ENV_DENIAL_REPORT_INTERVAL: &str = "SLUICE_PROXY_DENIAL_REPORT_INTERVAL";
 /// With the controller source: how often the inbound traffic totals are checked and, if they
@@ -143,6 +147,26 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line.
     Json,
+}
+
+/// How the proxy's tasks are scheduled ([`ENV_RUNTIME`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeShape {
+    /// One thread runs every task: no cross-thread wake-ups, no work stealing, no atomics
+    /// contended between cores. Linkerd's sidecar runs this way by default.
+    CurrentThread,
+    /// Tokio's work-stealing pool.
+    MultiThread,
+}
+
+impl RuntimeShape {
+    /// The value of [`ENV_RUNTIME`] that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeShape::CurrentThread => "current-thread",
+            RuntimeShape::MultiThread => "multi-thread",
+        }
+    }
 }
 
 /// What to do with outbound traffic no service owns.
@@ -261,6 +285,8 @@ pub struct Config {
     pub authz: bool,
     /// See [`ENV_DENIAL_REPORT_INTERVAL`].
     pub denial_report_interval: Duration,
+    /// See [`ENV_RUNTIME`].
+    pub runtime: RuntimeShape,
     /// See [`ENV_TRAFFIC_REPORT_INTERVAL`].
     pub traffic_report_interval: Duration,
     /// See [`ENV_PROBES`].
@@ -413,6 +439,11 @@ impl Config {
             identity_poll: p.duration(ENV_IDENTITY_POLL, Duration::from_secs(1)),
             authz: false,
             denial_report_interval: p.duration(ENV_DENIAL_REPORT_INTERVAL, Duration::from_secs(1)),
+            runtime: p.parse(ENV_RUNTIME, RuntimeShape::MultiThread, |s| match s {
+                "current-thread" => Ok(RuntimeShape::CurrentThread),
+                "multi-thread" => Ok(RuntimeShape::MultiThread),
+                _ => Err("expected `current-thread` or `multi-thread`".into()),
+            }),
             traffic_report_interval: p
                 .duration(ENV_TRAFFIC_REPORT_INTERVAL, Duration::from_secs(1)),
             probes: p.parse(ENV_PROBES, Default::default(), |s| {

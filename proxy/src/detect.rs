@@ -25,9 +25,6 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// before). Longer prefixes are treated as opaque rather than buffered without bound.
 pub const MAX_DETECT_BYTES: usize = 8 * 1024;
 
-/// Longest method detection accepts (real ones are at most 7 letters; WebDAV's are longer).
-const MAX_METHOD: usize = 24;
-
 /// What a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -87,14 +84,29 @@ pub fn classify(buf: &[u8]) -> Verdict {
 fn classify_http1(buf: &[u8]) -> Verdict {
     const VERSION: &[u8] = b"HTTP/1.";
     let opaque = Verdict::Known(Protocol::Opaque);
-    let Some(sp1) = buf.iter().position(|&b| !is_tchar(b)) else {
-        return if buf.len() < MAX_METHOD {
-            Verdict::NeedMore
-        } else {
-            opaque
-        };
+    // Only the first MAX_DETECT_BYTES count (`detect` reads no further), so that a verdict
+    // never changes with more bytes.
+    let undecided = if buf.len() >= MAX_DETECT_BYTES {
+        opaque
+    } else {
+        Verdict::NeedMore
     };
-    if sp1 == 0 || sp1 > MAX_METHOD || buf[sp1] != b' ' {
+    let mut buf = &buf[..buf.len().min(MAX_DETECT_BYTES)];
+    // Empty lines before the request line are skipped, as hyper's parser (httparse) does
+    // (RFC 9112 §2.2); deciding "opaque" on them would send a request hyper reads past
+    // per-request authorization.
+    loop {
+        match buf {
+            [b'\n', rest @ ..] | [b'\r', b'\n', rest @ ..] => buf = rest,
+            [] | [b'\r'] => return undecided,
+            _ => break,
+        }
+    }
+    // A method of any length: hyper takes any token.
+    let Some(sp1) = buf.iter().position(|&b| !is_tchar(b)) else {
+        return undecided;
+    };
+    if sp1 == 0 || buf[sp1] != b' ' {
         return opaque;
     }
     let rest = &buf[sp1 + 1..];
@@ -104,11 +116,7 @@ fn classify_http1(buf: &[u8]) -> Verdict {
     }
     // A target is visible ASCII; hyper also takes bytes above 0x7f (raw UTF-8).
     let Some(sp2) = rest.iter().position(|&b| b <= 0x20 || b == 0x7f) else {
-        return if buf.len() < MAX_DETECT_BYTES {
-            Verdict::NeedMore
-        } else {
-            opaque
-        };
+        return undecided;
     };
     if sp2 == 0 || rest[sp2] != b' ' {
         return opaque;
@@ -206,6 +214,33 @@ mod tests {
         let long = [&b"GET /"[..], &[b'a'; 20_000][..]].concat();
         assert_eq!(classify(&long), Known(Http1));
         assert_eq!(classify(b"PROPFIND /dav HTTP/1.1\r\n"), Known(Http1));
+    }
+
+    /// Found by the `detect_http1` fuzz target: 24 token bytes (then the longest method
+    /// accepted) were called opaque, while the same bytes followed by a space and a target
+    /// were HTTP, so the verdict depended on how the client's bytes were split across reads;
+    /// and longer methods, which hyper reads, were opaque.
+    #[test]
+    fn a_method_of_any_length_waits_for_its_space() {
+        let method = [b'C'; 24];
+        assert_eq!(classify(&method), NeedMore);
+        let line = [&method[..], b" hvx/P HTTP/1.0\r\n"].concat();
+        assert_eq!(classify(&line), Known(Http1));
+        let long = [&[b'B'; 60][..], b" /x HTTP/1.1\r\n"].concat();
+        assert_eq!(classify(&long), Known(Http1));
+        assert_eq!(classify(&[b'C'; MAX_DETECT_BYTES]), Known(Opaque));
+    }
+
+    /// Also found by the fuzz target: hyper skips empty lines before the request line, so
+    /// detection must too.
+    #[test]
+    fn empty_lines_before_the_request_line_are_skipped() {
+        assert_eq!(classify(b"\r\nGET / HTTP/1.1\r\n"), Known(Http1));
+        assert_eq!(classify(b"\n\n\r\nGET /x HTTP/1.1\n"), Known(Http1));
+        assert_eq!(classify(b"\r\n\r"), NeedMore);
+        assert_eq!(classify(b"\r\n"), NeedMore);
+        assert_eq!(classify(b"\rGET / HTTP/1.1\r\n"), Known(Opaque));
+        assert_eq!(classify(b"\r\nPING\r\n"), Known(Opaque));
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub struct Dispatch {
     /// Routing for outbound opaque TCP.
     pub router: Arc<Router>,
     /// Labels for inbound traffic (this workload as destination).
-    pub inbound_labels: TrafficLabels,
+    pub inbound_labels: Arc<TrafficLabels>,
     /// Metrics sink.
     pub metrics: Metrics,
     /// Detection timeout.
@@ -225,6 +225,7 @@ impl Dispatch {
             client,
             orig_dst,
             peer: None,
+            peer_header: None,
         };
         match (protocol, direction, &self.tls) {
             // A peer proxy's mTLS: terminate it, learn the caller, then serve what is inside.
@@ -276,6 +277,7 @@ impl Dispatch {
             }
         };
         tracing::debug!(client = %ctx.client, %peer, "mesh TLS accepted");
+        ctx.peer_header = ::http::HeaderValue::from_str(&peer.to_string()).ok();
         ctx.peer = Some(Arc::new(peer));
         // ALPN says what flows inside; a peer that offered none sends opaque TCP or HTTP
         // that is detected as usual.
@@ -373,10 +375,10 @@ impl Dispatch {
                 // Opaque TCP is authorized once, for the whole connection, and only by a TCP
                 // grant for this port (`tcp:PORT` or `tcp`): never by an HTTP rule.
                 if let Some(authorizer) = &self.authorizer {
-                    let id = format!("{:032x}", rand::random::<u128>());
+                    let id = || format!("{:032x}", rand::random::<u128>());
                     let rpc = authz::tcp_rpc(ctx.orig_dst.port());
                     if authorizer
-                        .check(ctx.peer.as_deref(), &rpc, ctx.orig_dst.port(), &id)
+                        .check(ctx.peer.as_deref(), &rpc, ctx.orig_dst.port(), id)
                         .is_err()
                     {
                         // Logged and counted by the authorizer; TCP has no way to say more.

@@ -4,8 +4,13 @@
 //! closed sets (status codes, gRPC codes), never from request paths or header values, so the
 //! number of series stays bounded whatever clients send.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::Direction;
@@ -21,7 +26,7 @@ const TRAFFIC_LABELS: &[&str] = &[
 ];
 
 /// Where a request or connection went, as far as metrics and logs care.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TrafficLabels {
     /// The calling service ("" when unknown, e.g. inbound before mTLS identities exist).
     pub src_service: String,
@@ -54,6 +59,74 @@ pub struct Metrics {
     denial_reports: IntCounterVec,
     tls_failures: IntCounterVec,
     refused_connections: IntCounterVec,
+    /// Resolved request metrics per direction and label set (see [`TrafficHandles`]).
+    handles: Arc<[HandleCache; 2]>,
+}
+
+/// Label set → its handles, copied and swapped whole when a new label set appears (rare:
+/// label values come from configuration), so lookups take no lock.
+type HandleCache = ArcSwap<HashMap<TrafficLabels, Arc<TrafficHandles>>>;
+
+/// The request metrics of one direction and label set, resolved once. Finding a labelled
+/// metric in the registry hashes every label value and takes the registry's read lock, which
+/// every core shares; for the common answers (`200`, gRPC `OK`) a request instead adds to
+/// counters held here. Other answers take the registry path, as before.
+#[derive(Debug)]
+pub struct TrafficHandles {
+    direction: Direction,
+    labels: TrafficLabels,
+    requests: IntCounter,
+    /// By [`Classification`]: success, failure.
+    latency: [Histogram; 2],
+    /// Responses `200`, not gRPC (a success).
+    ok: IntCounter,
+    /// Responses `200` with `grpc-status: 0` (a success).
+    grpc_ok: IntCounter,
+    responses: IntCounterVec,
+}
+
+impl TrafficHandles {
+    /// Counts a request.
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    /// Counts a finished response and records its latency.
+    pub fn response(&self, status: u16, grpc: Option<Option<u32>>, latency: std::time::Duration) {
+        let class = Classification::of(status, grpc);
+        // Counted before observed: `inbound_totals` relies on the order.
+        match (status, grpc) {
+            (200, None) => self.ok.inc(),
+            (200, Some(Some(0))) => self.grpc_ok.inc(),
+            _ => response_counter(
+                &self.responses,
+                &traffic(self.direction, &self.labels),
+                status,
+                grpc,
+            )
+            .inc(),
+        }
+        self.latency[class as usize].observe(latency.as_secs_f64());
+    }
+}
+
+/// The `sluice_proxy_responses_total` counter for one answer.
+fn response_counter(
+    responses: &IntCounterVec,
+    base: &[&str; 6],
+    status: u16,
+    grpc: Option<Option<u32>>,
+) -> IntCounter {
+    let class = Classification::of(status, grpc);
+    let status = status.to_string();
+    let grpc = match grpc {
+        None => String::new(),
+        Some(Some(code)) if code <= 16 => code.to_string(),
+        Some(_) => "unknown".to_owned(),
+    };
+    let mut labels = base.to_vec();
+    labels.extend([status.as_str(), grpc.as_str(), class.as_str()]);
+    responses.with_label_values(&labels)
 }
 
 /// Labels of the authorization counters. `rpc` is the granting or declared *pattern*
@@ -75,9 +148,9 @@ pub struct AuthzLabels<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Classification {
     /// Not a failure.
-    Success,
+    Success = 0,
     /// 5xx, a gRPC status other than OK, or a stream that broke.
-    Failure,
+    Failure = 1,
 }
 
 impl Classification {
@@ -211,6 +284,7 @@ impl Metrics {
             &["direction", "reason"],
         )?;
         Ok(Metrics {
+            handles: Arc::new([HandleCache::default(), HandleCache::default()]),
             refused_connections,
             authz_allow,
             authz_deny,
@@ -230,11 +304,41 @@ impl Metrics {
         })
     }
 
+    /// The request metrics of `direction` and `l`, resolved on first use.
+    pub fn traffic(&self, direction: Direction, l: &TrafficLabels) -> Arc<TrafficHandles> {
+        let cache = &self.handles[direction as usize];
+        if let Some(h) = cache.load().get(l) {
+            return h.clone();
+        }
+        let base = traffic(direction, l);
+        let latency = |class: Classification| {
+            let mut labels = base.to_vec();
+            labels.push(class.as_str());
+            self.latency.with_label_values(&labels)
+        };
+        let handles = Arc::new(TrafficHandles {
+            direction,
+            labels: l.clone(),
+            requests: self.requests.with_label_values(&base),
+            latency: [
+                latency(Classification::Success),
+                latency(Classification::Failure),
+            ],
+            ok: response_counter(&self.responses, &base, 200, None),
+            grpc_ok: response_counter(&self.responses, &base, 200, Some(Some(0))),
+            responses: self.responses.clone(),
+        });
+        cache.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.entry(l.clone()).or_insert_with(|| handles.clone());
+            map
+        });
+        handles
+    }
+
     /// Counts a request.
     pub fn request(&self, direction: Direction, l: &TrafficLabels) {
-        self.requests
-            .with_label_values(&traffic(direction, l))
-            .inc();
+        self.traffic(direction, l).request();
     }
 
     /// Counts a finished response and records its latency.
@@ -246,22 +350,7 @@ impl Metrics {
         grpc: Option<Option<u32>>,
         latency: std::time::Duration,
     ) {
-        let class = Classification::of(status, grpc);
-        let base = traffic(direction, l);
-        let status = status.to_string();
-        let grpc = match grpc {
-            None => String::new(),
-            Some(Some(code)) if code <= 16 => code.to_string(),
-            Some(_) => "unknown".to_owned(),
-        };
-        let mut labels = base.to_vec();
-        labels.extend([status.as_str(), grpc.as_str(), class.as_str()]);
-        self.responses.with_label_values(&labels).inc();
-        let mut labels = base.to_vec();
-        labels.push(class.as_str());
-        self.latency
-            .with_label_values(&labels)
-            .observe(latency.as_secs_f64());
+        self.traffic(direction, l).response(status, grpc, latency);
     }
 
     /// Handles for one opaque TCP connection's counters, resolved once per connection so the

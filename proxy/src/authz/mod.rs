@@ -131,13 +131,14 @@ impl Authorizer {
     /// Decides `rpc` to `port` (the connection's original destination port) from `peer`
     /// (None: no mesh identity) against the policy in force and the pod's kubelet probes,
     /// counts and logs it, reports denials, and returns the denial if the call must not go
-    /// through.
+    /// through. `request_id` is asked for only when the call is not allowed (denials and audit
+    /// logs carry it), so an allowed call never makes one up.
     pub fn check(
         &self,
         peer: Option<&SpiffeId>,
         rpc: &Rpc,
         port: u16,
-        request_id: &str,
+        request_id: impl FnOnce() -> String,
     ) -> Result<(), Box<Denial>> {
         let state = self.state.load();
         let local = self.state.local();
@@ -172,6 +173,8 @@ impl Authorizer {
             tracing::debug!(caller = %caller, %rpc, decision = %decision, "allowed");
             return Ok(());
         }
+        let request_id = request_id();
+        let request_id = request_id.as_str();
         let denial = self.denial(policy, &caller, peer, rpc, endpoint, &decision, request_id);
         self.reporter.report(&denial);
         if decision.verdict == Verdict::AuditDeny {

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::HeaderValue;
 use http::header::CONTENT_TYPE;
 use sluice_policy::rpc::Rpc;
 use tower::Service;
@@ -51,8 +50,9 @@ impl<S: Svc<ProxyError>> Service<Request> for Authz<S> {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
         let rpc = Rpc::from_request(req.method().as_str(), req.uri().path(), content_type);
-        let request_id = authz::request_id(req.headers());
-        let decided = authorizer.check(peer.as_deref(), &rpc, port, &request_id);
+        let decided = authorizer.check(peer.as_deref(), &rpc, port, || {
+            authz::request_id(req.headers())
+        });
         // For the access log: the call as the matcher saw it (see `AccessLog`).
         if let Some(slot) = req.extensions().get::<RouteSlot>() {
             slot.set_authorized(rpc);
@@ -60,8 +60,10 @@ impl<S: Svc<ProxyError>> Service<Request> for Authz<S> {
         if let Err(denial) = decided {
             return Box::pin(async move { Err(ProxyError::Denied(denial)) });
         }
-        if let Some(id) = peer
-            && let Ok(v) = HeaderValue::from_str(&id.to_string())
+        if let Some(v) = req
+            .extensions()
+            .get::<ConnCtx>()
+            .and_then(|c| c.peer_header.clone())
         {
             req.headers_mut().insert(CLIENT_ID, v);
         }

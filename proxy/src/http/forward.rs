@@ -109,7 +109,7 @@ impl Forward {
                     addr,
                     timeout: self.pools.connect_timeout,
                     mesh: match (&self.pools.mesh, key.1) {
-                        (Some(m), Some(id)) => Some((m.tls.clone(), id, alpn)),
+                        (Some(m), Some(id)) => Some(Arc::new((m.tls.clone(), id, alpn))),
                         _ => None,
                     },
                 };
@@ -231,11 +231,14 @@ async fn relay_upgrade(
 }
 
 /// Connects to one fixed endpoint, whatever the URI says; over mTLS when `mesh` is set.
+/// hyper's pooling client clones its connector for every request (in case the pool has no
+/// idle connection), so the expected identity is behind an `Arc`: a clone is a reference
+/// count, not a copy of the SPIFFE ID's strings.
 #[derive(Clone, Debug)]
 struct Connector {
     addr: SocketAddr,
     timeout: Duration,
-    mesh: Option<(Arc<MeshTls>, SpiffeId, Alpn)>,
+    mesh: Option<Arc<(Arc<MeshTls>, SpiffeId, Alpn)>>,
 }
 
 impl Service<Uri> for Connector {
@@ -253,8 +256,9 @@ impl Service<Uri> for Connector {
             let tcp = tcp::connect(addr, timeout).await?;
             let io = match mesh {
                 None => Upstream::Plain(tcp),
-                Some((tls, id, alpn)) => {
-                    Upstream::Tls(Box::new(tls.connect(tcp, &id, alpn).await.map_err(
+                Some(mesh) => {
+                    let (tls, id, alpn) = &*mesh;
+                    Upstream::Tls(Box::new(tls.connect(tcp, id, *alpn).await.map_err(
                         |source| TcpError::Tls {
                             target: addr,
                             source,

@@ -12,14 +12,16 @@ pub const MESH_PREFIX: &str = "sluice-";
 pub const HOP_HEADER: HeaderName = HeaderName::from_static("sluice-proxy-hop");
 
 /// Hop-by-hop headers from RFC 9110 §7.6.1 (plus the obsolete `proxy-connection` that some
-/// clients still send); they describe one connection and must not be forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "transfer-encoding",
-    "upgrade",
+/// clients still send); they describe one connection and must not be forwarded. Made
+/// `HeaderName`s once, because removing by `&str` parses and validates the name again on
+/// every request.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Whether this HTTP/1 message asks to switch protocols (`Connection: upgrade` + `Upgrade`).
@@ -50,7 +52,7 @@ pub fn strip_h2c_upgrade(headers: &mut HeaderMap) -> bool {
         .get_all(header::UPGRADE)
         .iter()
         .any(|v| v.to_str().map_or(true, |v| v.split(',').any(is_h2c)));
-    if !offered && !headers.contains_key(HTTP2_SETTINGS) {
+    if !offered && !headers.contains_key(&HTTP2_SETTINGS) {
         return false;
     }
     let kept: Vec<String> = headers
@@ -63,7 +65,7 @@ pub fn strip_h2c_upgrade(headers: &mut HeaderMap) -> bool {
         .map(str::to_owned)
         .collect();
     headers.remove(header::UPGRADE);
-    headers.remove(HTTP2_SETTINGS);
+    headers.remove(&HTTP2_SETTINGS);
     if let Ok(v) = HeaderValue::from_str(&kept.join(", "))
         && !kept.is_empty()
     {
@@ -73,7 +75,7 @@ pub fn strip_h2c_upgrade(headers: &mut HeaderMap) -> bool {
 }
 
 /// `HTTP2-Settings`, sent with an h2c upgrade offer (RFC 7540 §3.2.1).
-const HTTP2_SETTINGS: &str = "http2-settings";
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// `h2c`, and any other spelling of HTTP/2 as an upgrade token.
 fn is_h2c(token: &str) -> bool {
@@ -93,6 +95,10 @@ pub fn switches_to_h2c(headers: &HeaderMap) -> bool {
 /// because gRPC over HTTP/2 requires it end to end. With `keep_upgrade`, `Upgrade` and
 /// `Connection: upgrade` survive so a protocol switch can be relayed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests carry none of these headers: one look per name, and nothing to remove.
+    if !keep_upgrade && !HOP_BY_HOP.iter().any(|name| headers.contains_key(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -104,11 +110,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .get_all(header::TE)
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in HOP_BY_HOP {
-        if keep_upgrade && *name == "upgrade" {
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && *name == header::UPGRADE {
             continue;
         }
-        headers.remove(*name);
+        headers.remove(name);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -70,6 +70,12 @@ impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
     always_ready!(Infallible);
 
     fn call(&mut self, req: Request) -> Self::Future {
+        // Everything below is copied out of the request for the log line only; when the line
+        // is filtered out (the default outside debugging is `info`, benchmarks and busy
+        // production sidecars run `warn`), none of it is worth its allocations.
+        if !tracing::enabled!(target: "sluice_proxy::access", tracing::Level::INFO) {
+            return self.inner.clone().call(req);
+        }
         let start = Instant::now();
         let ctx = req.extensions().get::<ConnCtx>().cloned();
         let slot = req
@@ -135,6 +141,7 @@ impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
 pub struct LoopDetect<S> {
     pub(super) inner: S,
     pub(super) proxy_id: Arc<str>,
+    pub(super) markers: HopMarkers,
 }
 
 impl<S: Svc<ProxyError>> Service<Request> for LoopDetect<S> {
@@ -142,8 +149,8 @@ impl<S: Svc<ProxyError>> Service<Request> for LoopDetect<S> {
 
     fn call(&mut self, req: Request) -> Self::Future {
         let direction = req.extensions().get::<ConnCtx>().map(|c| c.direction);
-        if let Some(marker) = direction.and_then(|d| hop_marker(&self.proxy_id, d))
-            && headers::has_hop(req.headers(), &marker)
+        if let Some(marker) = direction.and_then(|d| self.markers.get(d))
+            && headers::has_hop(req.headers(), marker)
         {
             let err = LoopDetected(self.proxy_id.to_string());
             return Box::pin(async move { Err(err.into()) });
@@ -157,11 +164,37 @@ pub fn hop_marker(proxy_id: &str, direction: Direction) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("{proxy_id};{direction}")).ok()
 }
 
+/// This proxy's two hop markers, made once: every request is checked for one and gets one,
+/// and a clone of a made value is a reference count, where making it is a `format!`.
+#[derive(Clone, Debug)]
+pub struct HopMarkers {
+    inbound: Option<HeaderValue>,
+    outbound: Option<HeaderValue>,
+}
+
+impl HopMarkers {
+    /// The markers of the proxy `proxy_id`.
+    pub fn new(proxy_id: &str) -> HopMarkers {
+        HopMarkers {
+            inbound: hop_marker(proxy_id, Direction::Inbound),
+            outbound: hop_marker(proxy_id, Direction::Outbound),
+        }
+    }
+
+    /// The marker for `direction`.
+    pub fn get(&self, direction: Direction) -> Option<&HeaderValue> {
+        match direction {
+            Direction::Inbound => self.inbound.as_ref(),
+            Direction::Outbound => self.outbound.as_ref(),
+        }
+    }
+}
+
 /// How requests get their target.
 #[derive(Clone, Debug)]
 pub enum Routes {
     /// To the local workload at the original destination, with these labels.
-    Inbound(TrafficLabels),
+    Inbound(Arc<TrafficLabels>),
     /// Through the routing table.
     Outbound(Arc<Router>),
 }
@@ -263,7 +296,7 @@ fn check_target(req: &Request) -> Result<(), ProxyError> {
 #[derive(Clone, Debug)]
 pub struct Sanitize<S> {
     pub(super) inner: S,
-    pub(super) proxy_id: Arc<str>,
+    pub(super) markers: HopMarkers,
 }
 
 impl<S: Svc<ProxyError>> Service<Request> for Sanitize<S> {
@@ -278,8 +311,8 @@ impl<S: Svc<ProxyError>> Service<Request> for Sanitize<S> {
         let upgrade = headers::is_upgrade(h);
         headers::strip_hop_by_hop(h, upgrade);
         headers::strip_mesh_headers(h);
-        if let Some(marker) = direction.and_then(|d| hop_marker(&self.proxy_id, d)) {
-            h.insert(headers::HOP_HEADER, marker);
+        if let Some(marker) = direction.and_then(|d| self.markers.get(d)) {
+            h.insert(headers::HOP_HEADER, marker.clone());
         }
         // Trailers are headers too. A body that has ended cannot carry any, so the common
         // bodiless request pays nothing.

@@ -78,13 +78,16 @@ pub struct ConnCtx {
     /// The caller's verified mesh identity, when the connection arrived over mesh mTLS.
     /// `None` means unauthenticated (plaintext, or outbound).
     pub peer: Option<Arc<crate::identity::SpiffeId>>,
+    /// `peer` as the `sluice-client-id` value the application receives, made once per
+    /// connection rather than formatted for every request on it.
+    pub peer_header: Option<http::HeaderValue>,
 }
 
 /// What routing decided, for layers outside the route layer (metrics, access log).
 #[derive(Clone, Debug)]
 pub struct RouteInfo {
     /// Labels for metrics and logs.
-    pub labels: TrafficLabels,
+    pub labels: Arc<TrafficLabels>,
     /// The endpoint chosen.
     pub target: SocketAddr,
 }

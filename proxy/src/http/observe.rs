@@ -13,13 +13,15 @@ use tower::Service;
 
 use super::{Body, BoxError, ConnCtx, Request, Response, RouteSlot, Svc, headers};
 use crate::Direction;
-use crate::metrics::{Metrics, TrafficLabels};
+use crate::metrics::{Metrics, TrafficHandles, TrafficLabels};
 
 /// See the module docs.
 #[derive(Clone, Debug)]
 pub struct Observe<S> {
     pub(super) inner: S,
-    pub(super) metrics: Metrics,
+    /// Behind an `Arc`: the stack is cloned for every request, and `Metrics` is a dozen
+    /// registry handles.
+    pub(super) metrics: std::sync::Arc<Metrics>,
 }
 
 impl<S: Svc<Infallible>> Service<Request> for Observe<S> {
@@ -48,15 +50,16 @@ impl<S: Svc<Infallible>> Service<Request> for Observe<S> {
         Box::pin(async move {
             let rsp = fut.await?;
             // Counted here rather than on arrival because the labels come from routing.
-            let labels = slot.get().map(|r| r.labels.clone()).unwrap_or_default();
-            metrics.request(direction, &labels);
+            let handles = match slot.get() {
+                Some(route) => metrics.traffic(direction, &route.labels),
+                None => metrics.traffic(direction, &TrafficLabels::default()),
+            };
+            handles.request();
             let status = rsp.status().as_u16();
             // A trailers-only gRPC response carries its status in the headers.
             let grpc_status = grpc.then(|| grpc_status(rsp.headers()));
             let recorder = Recorder {
-                metrics,
-                direction,
-                labels,
+                handles,
                 status,
                 grpc_status,
                 latency: start.elapsed(),
@@ -77,9 +80,7 @@ fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
 }
 
 struct Recorder {
-    metrics: Metrics,
-    direction: Direction,
-    labels: TrafficLabels,
+    handles: std::sync::Arc<TrafficHandles>,
     status: u16,
     grpc_status: Option<Option<u32>>,
     latency: std::time::Duration,
@@ -122,8 +123,7 @@ impl http_body::Body for ObservedBody {
 impl Drop for ObservedBody {
     fn drop(&mut self) {
         if let Some(r) = self.recorder.take() {
-            r.metrics
-                .response(r.direction, &r.labels, r.status, r.grpc_status, r.latency);
+            r.handles.response(r.status, r.grpc_status, r.latency);
         }
     }
 }

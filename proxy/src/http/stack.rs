@@ -7,8 +7,8 @@ use std::sync::Arc;
 use super::authz::Authz;
 use super::forward::Forward;
 use super::layers::{
-    AccessLog, CheckPath, EnvBaggage, EnvMember, Errors, LoopDetect, Route, Routes, Sanitize,
-    Timeout,
+    AccessLog, CheckPath, EnvBaggage, EnvMember, Errors, HopMarkers, LoopDetect, Route, Routes,
+    Sanitize, Timeout,
 };
 use super::observe::Observe;
 use super::{ProxyError, Svc};
@@ -85,7 +85,7 @@ impl<S: Svc<ProxyError>> Stack<S> {
     pub fn push_sanitize(self, proxy_id: Arc<str>) -> Stack<Sanitize<S>> {
         Stack(Sanitize {
             inner: self.0,
-            proxy_id,
+            markers: HopMarkers::new(&proxy_id),
         })
     }
 
@@ -115,6 +115,7 @@ impl<S: Svc<ProxyError>> Stack<S> {
     pub fn push_loop_detect(self, proxy_id: Arc<str>) -> Stack<LoopDetect<S>> {
         Stack(LoopDetect {
             inner: self.0,
+            markers: HopMarkers::new(&proxy_id),
             proxy_id,
         })
     }
@@ -135,7 +136,7 @@ impl<S: Svc<Infallible>> Stack<S> {
     pub fn push_metrics(self, metrics: Metrics) -> Stack<Observe<S>> {
         Stack(Observe {
             inner: self.0,
-            metrics,
+            metrics: Arc::new(metrics),
         })
     }
 }

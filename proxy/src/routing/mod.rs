@@ -28,8 +28,9 @@ use table::{Rule, Service, Version};
 pub struct Decision {
     /// The address to connect to.
     pub target: SocketAddr,
-    /// Metric and log labels describing the choice.
-    pub labels: TrafficLabels,
+    /// Metric and log labels describing the choice (shared: inbound, every request has the
+    /// same ones).
+    pub labels: Arc<TrafficLabels>,
     /// Timeout to response headers, if the route sets one.
     pub timeout: Option<Duration>,
     /// Holds the chosen endpoint's in-flight count until the work is done.
@@ -154,13 +155,13 @@ impl Router {
         };
         Ok(Decision {
             target,
-            labels: TrafficLabels {
+            labels: Arc::new(TrafficLabels {
                 src_service: self.src_service.clone(),
                 dst_service: svc.name.to_string(),
                 dst_version: group.version.to_string(),
                 route: route.to_owned(),
                 environment: environment.to_owned(),
-            },
+            }),
             timeout,
             in_flight: Some(InFlight::new(endpoint.in_flight.clone())),
         })
@@ -171,10 +172,10 @@ impl Router {
             UnknownDestinations::Refuse => Err(RouteError::Refused(dst)),
             UnknownDestinations::Passthrough => Ok(Decision {
                 target: dst,
-                labels: TrafficLabels {
+                labels: Arc::new(TrafficLabels {
                     src_service: self.src_service.clone(),
                     ..TrafficLabels::default()
-                },
+                }),
                 timeout: None,
                 in_flight: None,
             }),

@@ -122,6 +122,10 @@ enum RequestError {
     Timeout(Duration),
     #[error("not sent before the phase's deadline")]
     Late,
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
+    #[error("unexpected answer {0:?}")]
+    Answer(String),
 }
 
 /// One keep-alive connection; reconnects after an error.
@@ -317,6 +321,137 @@ pub async fn max_throughput(
         });
     }
     collect(workers, start).await
+}
+
+/// Closed-loop load that stops after exactly `total` requests (successful or not), shared by
+/// `connections` connections: a fixed amount of work, for counting instructions per request.
+pub async fn exact(
+    addr: SocketAddr,
+    total: u64,
+    connections: usize,
+    timeout: Duration,
+) -> Result<Outcome, BenchError> {
+    let conns = open_all(addr, connections).await?;
+    let start = Instant::now();
+    let left = Arc::new(std::sync::atomic::AtomicU64::new(total));
+    let mut workers = JoinSet::new();
+    for conn in conns {
+        let mut outcome = Outcome::new()?;
+        let left = left.clone();
+        workers.spawn(async move {
+            let mut conn = conn;
+            let mut last_done = start;
+            let take = |n: u64| n.checked_sub(1);
+            while left
+                .fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    take,
+                )
+                .is_ok()
+            {
+                let sent = Instant::now();
+                let result = conn.get(timeout).await;
+                last_done = Instant::now();
+                match result {
+                    Ok(()) => outcome.success(last_done - sent),
+                    Err(e) => outcome.failure(&e),
+                }
+            }
+            (outcome, last_done)
+        });
+    }
+    collect(workers, start).await
+}
+
+/// What one new connection carries in [`churn`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChurnKind {
+    /// One `GET /` with `connection: close`, answered 200.
+    Http,
+    /// Opaque TCP: `PING\r\n`, answered `PONG\r\n` and closed (by [`crate::upstream::TcpUpstream`]).
+    Tcp,
+}
+
+/// Connection churn: `connections` workers, each opening a new connection for every exchange
+/// for `duration`. The result's throughput is new connections per second; latency is from
+/// connect to the end of the answer.
+pub async fn churn(
+    addr: SocketAddr,
+    kind: ChurnKind,
+    duration: Duration,
+    connections: usize,
+    timeout: Duration,
+) -> Result<Outcome, BenchError> {
+    let start = Instant::now();
+    let end = start + duration;
+    let mut workers = JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let mut outcome = Outcome::new()?;
+        workers.spawn(async move {
+            let mut last_done = start;
+            while last_done < end {
+                let sent = Instant::now();
+                let once = async {
+                    match kind {
+                        ChurnKind::Http => http_once(addr).await,
+                        ChurnKind::Tcp => tcp_once(addr).await,
+                    }
+                };
+                let result = tokio::time::timeout(timeout, once)
+                    .await
+                    .unwrap_or(Err(RequestError::Timeout(timeout)));
+                last_done = Instant::now();
+                match result {
+                    Ok(()) => outcome.success(last_done - sent),
+                    Err(e) => outcome.failure(&e),
+                }
+            }
+            (outcome, last_done)
+        });
+    }
+    collect(workers, start).await
+}
+
+async fn http_once(addr: SocketAddr) -> Result<(), RequestError> {
+    let mut sender = handshake(addr).await?;
+    sender.ready().await?;
+    let req = http::Request::get("/")
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::new())?;
+    let rsp = sender.send_request(req).await?;
+    let status = rsp.status();
+    rsp.into_body().collect().await?;
+    if status == http::StatusCode::OK {
+        Ok(())
+    } else {
+        Err(RequestError::Status(status.as_u16()))
+    }
+}
+
+async fn tcp_once(addr: SocketAddr) -> Result<(), RequestError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(RequestError::Connect)?;
+    stream.set_nodelay(true).map_err(RequestError::Connect)?;
+    stream
+        .write_all(b"PING\r\n")
+        .await
+        .map_err(RequestError::Io)?;
+    let mut answer = Vec::with_capacity(8);
+    stream
+        .read_to_end(&mut answer)
+        .await
+        .map_err(RequestError::Io)?;
+    if answer == b"PONG\r\n" {
+        Ok(())
+    } else {
+        Err(RequestError::Answer(
+            String::from_utf8_lossy(&answer).into_owned(),
+        ))
+    }
 }
 
 async fn collect(

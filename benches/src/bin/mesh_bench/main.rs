@@ -13,11 +13,16 @@
 //! read peak memory again, stop the proxies. Then print the report (and write it with
 //! `--out`).
 
+mod attack;
 mod error;
+mod grpc;
 mod load;
 mod mtls;
 mod procs;
+mod profile;
 mod report;
+mod scenarios;
+mod soak;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -29,14 +34,14 @@ use clap::{Parser, ValueEnum};
 
 use crate::error::BenchError;
 use crate::mtls::MeshFiles;
-use crate::procs::{NginxPair, ProcSample, SluiceOptions, SluicePair, Watched};
+use crate::procs::{HaproxyPair, Hop, NginxPair, ProcSample, SluiceOptions, SluicePair, Watched};
 use crate::report::{Latency, Machine, Params, PathReport, ProcReport, Report, Throughput};
 use crate::upstream::Upstream;
 
 /// Measures the latency and throughput a pair of sluice proxies adds, next to the direct path
 /// and an nginx pair.
 #[derive(Debug, Parser)]
-#[command(name = "mesh_bench")]
+#[command(name = "mesh_bench", args_override_self = true)]
 struct Args {
     /// Fixed request rate (requests per second) for the latency phase.
     #[arg(long, default_value_t = 1000)]
@@ -63,7 +68,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,sluice,mtls,nginx"
+        default_value = "direct,sluice,mtls,nginx,haproxy"
     )]
     paths: Vec<PathKind>,
     /// Write the Markdown report here, and the JSON next to it (same name, `.json`).
@@ -79,9 +84,91 @@ struct Args {
     /// `TOKIO_WORKER_THREADS` for each sluice proxy (default: tokio's, one per CPU).
     #[arg(long)]
     sluice_worker_threads: Option<usize>,
+    /// `SLUICE_PROXY_RUNTIME` for each sluice proxy (`current-thread` or `multi-thread`;
+    /// default: the proxy's own default).
+    #[arg(long)]
+    sluice_runtime: Option<String>,
+    /// More environment for each sluice proxy, `NAME=VALUE`: e.g.
+    /// `GLIBC_TUNABLES=glibc.malloc.arena_max=1` to see what the allocator does.
+    #[arg(long = "sluice-env", value_parser = parse_env)]
+    sluice_env: Vec<(String, String)>,
     /// The nginx binary.
     #[arg(long, default_value = "nginx")]
     nginx: PathBuf,
+    /// The HAProxy binary.
+    #[arg(long, default_value = "haproxy")]
+    haproxy: PathBuf,
+    /// What to run: `latency` (HTTP/1.1 latency and throughput through every path), `grpc`
+    /// (HTTP/2 and gRPC with h2load), `churn` (new connections per second), `attack` (memory
+    /// after a slowloris-style attack), `soak` (the mTLS pair under config churn).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "latency,grpc,churn,attack,soak"
+    )]
+    scenarios: Vec<Scenario>,
+    /// gRPC: measured time per path and call.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grpc_duration: Duration,
+    /// gRPC: h2load's warm-up before it.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    grpc_warmup: Duration,
+    /// gRPC: HTTP/2 connections.
+    #[arg(long, default_value_t = 4)]
+    grpc_connections: usize,
+    /// gRPC: concurrent streams per connection.
+    #[arg(long, default_value_t = 100)]
+    grpc_streams: usize,
+    /// Churn: time per path.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    churn_duration: Duration,
+    /// Attack: slow connections opened.
+    #[arg(long, default_value_t = 5000)]
+    attack_connections: usize,
+    /// Attack: how long they are held before being closed.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    attack_hold: Duration,
+    /// Attack: also attack nginx's and HAProxy's B, for reference.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    attack_references: bool,
+    /// Soak: how long.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    soak_duration: Duration,
+    /// Soak: requests per second.
+    #[arg(long, default_value_t = 2000)]
+    soak_rate: u32,
+    /// Instead of the latency run: instructions per request of each sluice pair in `--paths`,
+    /// under valgrind's callgrind, for each runtime shape in `--profile-runtimes`.
+    #[arg(long)]
+    callgrind: bool,
+    /// With `--callgrind`: requests counted per pair.
+    #[arg(long, default_value_t = 5000)]
+    profile_requests: u64,
+    /// With `--callgrind`: requests sent before counting.
+    #[arg(long, default_value_t = 500)]
+    profile_warmup: u64,
+    /// With `--callgrind`: where the callgrind dumps go.
+    #[arg(long, default_value = "target/bench/callgrind")]
+    profile_dir: PathBuf,
+    /// With `--callgrind`: runtime shapes to compare, each `current-thread`, `multi-thread`
+    /// or `multi-thread:N` (N workers); default: the proxy's default only.
+    #[arg(long, value_delimiter = ',')]
+    profile_runtimes: Vec<String>,
+}
+
+/// A part of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// HTTP/1.1 latency and throughput through every path.
+    Latency,
+    /// HTTP/2 and gRPC (h2load).
+    Grpc,
+    /// New connections per second.
+    Churn,
+    /// Memory after a slowloris-style attack.
+    Attack,
+    /// The mTLS pair under config churn for a long time.
+    Soak,
 }
 
 /// A path through which the client reaches the upstream.
@@ -96,6 +183,8 @@ enum PathKind {
     Mtls,
     /// Client → nginx A → nginx B → upstream.
     Nginx,
+    /// Client → HAProxy A → HAProxy B → upstream.
+    Haproxy,
 }
 
 impl PathKind {
@@ -104,7 +193,8 @@ impl PathKind {
             PathKind::Direct => report::DIRECT,
             PathKind::Sluice => report::SLUICE,
             PathKind::Mtls => report::SLUICE_MTLS,
-            PathKind::Nginx => "nginx pair",
+            PathKind::Nginx => report::NGINX,
+            PathKind::Haproxy => report::HAPROXY,
         }
     }
 }
@@ -136,6 +226,7 @@ enum Running {
     Sluice(SluicePair),
     Mtls(SluicePair),
     Nginx(NginxPair),
+    Haproxy(HaproxyPair),
 }
 
 async fn run(args: Args) -> Result<(), BenchError> {
@@ -154,18 +245,44 @@ async fn run(args: Args) -> Result<(), BenchError> {
             bin,
             log: args.sluice_log.clone(),
             worker_threads: args.sluice_worker_threads,
+            runtime: args.sluice_runtime.clone(),
+            wrapper: Vec::new(),
+            env: args.sluice_env.clone(),
         })
     } else {
         None
     };
+    if args.callgrind {
+        let Some(opts) = &sluice else {
+            return Err(BenchError::Setup(
+                "--callgrind needs `sluice` or `mtls` in --paths".into(),
+            ));
+        };
+        return run_profile(&args, opts, upstream.addr, scratch.path()).await;
+    }
     let nginx_version = args
         .paths
         .contains(&PathKind::Nginx)
         .then(|| procs::nginx_version(&args.nginx))
         .flatten();
+    let haproxy_version = args
+        .paths
+        .contains(&PathKind::Haproxy)
+        .then(|| procs::haproxy_version(&args.haproxy))
+        .flatten();
+    if args.paths.contains(&PathKind::Haproxy) && haproxy_version.is_none() {
+        eprintln!(
+            "mesh_bench: HAProxy not found; its pairs are skipped (scripts/bench installs it)"
+        );
+    }
 
     let mut paths = Vec::new();
-    for &kind in &args.paths {
+    let latency_paths: &[PathKind] = if args.scenarios.contains(&Scenario::Latency) {
+        &args.paths
+    } else {
+        &[]
+    };
+    for &kind in latency_paths {
         let running = match kind {
             PathKind::Direct => Running::Direct,
             PathKind::Sluice => match &sluice {
@@ -200,6 +317,24 @@ async fn run(args: Args) -> Result<(), BenchError> {
                     &args.nginx,
                     upstream.addr,
                     scratch.path(),
+                    Hop::Http1,
+                )?)
+            }
+            PathKind::Haproxy => {
+                if haproxy_version.is_none() {
+                    let why = format!(
+                        "`{} -v` failed; install haproxy (scripts/bench does) or pass --haproxy",
+                        args.haproxy.display()
+                    );
+                    eprintln!("mesh_bench: skipping the HAProxy pair: {why}");
+                    paths.push(PathReport::skipped(kind.name(), why));
+                    continue;
+                }
+                Running::Haproxy(HaproxyPair::start(
+                    &args.haproxy,
+                    upstream.addr,
+                    scratch.path(),
+                    Hop::Http1,
                 )?)
             }
         };
@@ -211,6 +346,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 (pair.entry(), pair.watched())
             }
+            Running::Haproxy(pair) => (pair.entry(), pair.watched()),
         };
         // Before anything is measured, and again after: the mTLS pair's figures must be of
         // mTLS + authorization, never of a plaintext fallback.
@@ -233,6 +369,20 @@ async fn run(args: Args) -> Result<(), BenchError> {
         drop(running);
     }
 
+    let sections = match &sluice {
+        Some(opts) => {
+            run_scenarios(
+                &args,
+                opts,
+                &upstream,
+                scratch.path(),
+                nginx_version.is_some().then_some(args.nginx.as_path()),
+                haproxy_version.is_some().then_some(args.haproxy.as_path()),
+            )
+            .await?
+        }
+        None => Vec::new(),
+    };
     let mut report = Report {
         params: Params {
             rate: args.rate,
@@ -252,9 +402,11 @@ async fn run(args: Args) -> Result<(), BenchError> {
             load_before,
             load_after: load_average(),
             nginx: nginx_version,
+            haproxy: haproxy_version,
             sluice_proxy: sluice.map(|s| s.bin.display().to_string()),
         },
         paths,
+        sections,
     };
     report.compute_added();
     let markdown = report.markdown();
@@ -263,6 +415,137 @@ async fn run(args: Args) -> Result<(), BenchError> {
         write_outputs(out, &markdown, &report)?;
     }
     Ok(())
+}
+
+/// The scenarios after the latency run, each a section of the report.
+async fn run_scenarios(
+    args: &Args,
+    opts: &SluiceOptions,
+    upstream: &Upstream,
+    scratch: &Path,
+    nginx: Option<&Path>,
+    haproxy: Option<&Path>,
+) -> Result<Vec<scenarios::Section>, BenchError> {
+    let out_dir = args
+        .out
+        .as_ref()
+        .and_then(|o| o.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let ctx = scenarios::Ctx {
+        sluice: opts,
+        nginx,
+        haproxy,
+        scratch,
+        out_dir: &out_dir,
+    };
+    let mut sections = Vec::new();
+    for &s in &args.scenarios {
+        let section = match s {
+            Scenario::Latency => continue,
+            Scenario::Grpc => {
+                let params = grpc::GrpcParams {
+                    connections: args.grpc_connections,
+                    streams: args.grpc_streams,
+                    duration: args.grpc_duration,
+                    warmup: args.grpc_warmup,
+                };
+                scenarios::grpc(&ctx, &params).await?
+            }
+            Scenario::Churn => {
+                scenarios::churn(&ctx, upstream.addr, args.churn_duration, args.connections).await?
+            }
+            Scenario::Attack => {
+                scenarios::attack(
+                    &ctx,
+                    upstream.addr,
+                    args.attack_connections,
+                    args.attack_hold,
+                    args.attack_references,
+                )
+                .await?
+            }
+            Scenario::Soak => {
+                scenarios::soak(
+                    &ctx,
+                    upstream,
+                    args.soak_rate,
+                    args.soak_duration,
+                    args.connections,
+                )
+                .await?
+            }
+        };
+        sections.push(section);
+    }
+    Ok(sections)
+}
+
+/// `--callgrind`: instructions per request for each sluice pair and runtime shape.
+async fn run_profile(
+    args: &Args,
+    opts: &SluiceOptions,
+    upstream: SocketAddr,
+    scratch: &Path,
+) -> Result<(), BenchError> {
+    let params = profile::ProfileParams {
+        requests: args.profile_requests,
+        warmup: args.profile_warmup,
+        connections: args.connections,
+        dir: args.profile_dir.clone(),
+    };
+    let shapes = if args.profile_runtimes.is_empty() {
+        vec![None]
+    } else {
+        args.profile_runtimes.iter().map(Some).collect()
+    };
+    let mut rows = Vec::new();
+    for shape in shapes {
+        let mut opts = opts.clone();
+        if let Some(shape) = shape {
+            let (runtime, workers) = match shape.split_once(':') {
+                Some((r, n)) => (
+                    r,
+                    Some(n.parse().map_err(|_| {
+                        BenchError::Setup(format!(
+                            "--profile-runtimes: bad worker count in {shape}"
+                        ))
+                    })?),
+                ),
+                None => (shape.as_str(), None),
+            };
+            opts.runtime = Some(runtime.to_owned());
+            opts.worker_threads = workers.or(opts.worker_threads);
+        }
+        for &kind in &args.paths {
+            let mtls = match kind {
+                PathKind::Sluice => false,
+                PathKind::Mtls => true,
+                _ => continue,
+            };
+            rows.push(profile::profile(&opts, &params, upstream, scratch, mtls).await?);
+        }
+    }
+    let markdown = format!(
+        "{}\n1-min load average {:.2} (instruction counts do not depend on it)\n",
+        profile::markdown(&rows, &params),
+        load_average()
+    );
+    println!("{markdown}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &markdown).map_err(BenchError::file("write", out))?;
+        let json = out.with_extension("json");
+        let text = serde_json::to_string_pretty(&rows)
+            .map_err(|e| BenchError::Setup(format!("serialise the profile: {e}")))?;
+        std::fs::write(&json, text).map_err(BenchError::file("write", &json))?;
+    }
+    Ok(())
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
 }
 
 fn max_connections(args: &Args) -> usize {

@@ -61,24 +61,52 @@ pub struct MeshFiles {
     /// destinations that are not mesh services, so a routing mistake fails instead of going
     /// around the mesh.
     pub service_addr: SocketAddr,
+    /// Issues the identities, and new ones when [`MeshFiles::rotate`] is called.
+    ca: Ca,
 }
 
 impl MeshFiles {
     /// Makes the CA and both identities and writes them and the policy under `dir`.
     pub fn write(dir: &Path) -> Result<MeshFiles, BenchError> {
-        let ca = Ca::new()?;
         let files = MeshFiles {
             policy_dir: dir.join("policy"),
             endpoints: dir.join("endpoints.json"),
             client_identity: dir.join("identity-client"),
             upstream_identity: dir.join("identity-upstream"),
             service_addr: unused_port()?,
+            ca: Ca::new()?,
         };
-        ca.write_identity(&files.client_identity, CLIENT_SERVICE)?;
-        ca.write_identity(&files.upstream_identity, UPSTREAM_SERVICE)?;
+        files.rotate(0)?;
         create_dir(&files.policy_dir)?;
-        write(&files.policy_dir.join("mesh.yaml"), &policy())?;
+        write(&files.policy_dir.join("mesh.yaml"), &policy(0))?;
         Ok(files)
+    }
+
+    /// Issues both proxies new certificates (new keys, same CA) and puts them in place the
+    /// way a Kubernetes secret volume does: each identity directory is a symlink, and the
+    /// three files change together when it is flipped to a new generation's directory.
+    pub fn rotate(&self, generation: u64) -> Result<(), BenchError> {
+        for (link, service) in [
+            (&self.client_identity, CLIENT_SERVICE),
+            (&self.upstream_identity, UPSTREAM_SERVICE),
+        ] {
+            let real = link.with_extension(format!("g{generation}"));
+            self.ca.write_identity(&real, service)?;
+            let tmp = link.with_extension("next");
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(&real, &tmp).map_err(BenchError::file("link", &tmp))?;
+            std::fs::rename(&tmp, link).map_err(BenchError::file("flip", link))?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the policy (edit number `n` changes a rule's reason, so its content hash
+    /// changes and every proxy reloads it), atomically: written beside it, then renamed.
+    pub fn edit_policy(&self, n: u64) -> Result<(), BenchError> {
+        let tmp = self.policy_dir.join(".mesh.yaml.next");
+        write(&tmp, &policy(n))?;
+        let path = self.policy_dir.join("mesh.yaml");
+        std::fs::rename(&tmp, &path).map_err(BenchError::file("rename", &path))
     }
 
     /// Says that `bench-upstream`'s one instance is B's inbound listener.
@@ -95,8 +123,10 @@ impl MeshFiles {
     }
 }
 
-/// The policy both proxies load: the mesh, one team, both services, and B's callers.
-fn policy() -> String {
+/// The policy both proxies load: the mesh, one team, both services, and B's callers (HTTP
+/// and opaque TCP, for the churn benchmark's new mTLS connections). `edit` only changes a
+/// reason.
+fn policy(edit: u64) -> String {
     format!(
         r#"apiVersion: sluice.dev/v1alpha1
 kind: Mesh
@@ -130,7 +160,7 @@ spec:
   service: {UPSTREAM_SERVICE}
   mode: enforce
   rules:
-    - {{ name: bench, from: [{CLIENT_SERVICE}], allow: ["* /*"], reason: the benchmark's load }}
+    - {{ name: bench, from: [{CLIENT_SERVICE}], allow: ["* /*", tcp], reason: "the benchmark's load (edit {edit})" }}
 "#
     )
 }
@@ -139,6 +169,12 @@ spec:
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pem: String,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ca(throwaway)")
+    }
 }
 
 impl Ca {

@@ -206,6 +206,12 @@ pub struct SluiceOptions {
     pub log: String,
     /// `TOKIO_WORKER_THREADS` for each proxy; unset means tokio's default (one per core).
     pub worker_threads: Option<usize>,
+    /// `SLUICE_PROXY_RUNTIME` for each proxy; unset means the proxy's default.
+    pub runtime: Option<String>,
+    /// A command the proxy runs under (e.g. `valgrind --tool=callgrind ...`); empty: none.
+    pub wrapper: Vec<String>,
+    /// More environment for each proxy (e.g. longer poll intervals while profiling).
+    pub env: Vec<(String, String)>,
 }
 
 /// What `SLUICE_PROXY_LISTEN_ADDRS_FILE` holds (the parts the benchmark uses).
@@ -229,7 +235,9 @@ pub struct SluicePair {
     a: Supervised,
     b: Supervised,
     entry: SocketAddr,
+    a_admin: SocketAddr,
     b_admin: SocketAddr,
+    b_inbound: SocketAddr,
 }
 
 impl SluicePair {
@@ -262,7 +270,9 @@ impl SluicePair {
             a,
             b,
             entry: a_bound.listen,
+            a_admin: a_bound.admin,
             b_admin: b_bound.admin,
+            b_inbound: b_bound.listen,
         })
     }
 
@@ -316,7 +326,9 @@ impl SluicePair {
             a,
             b,
             entry: a_bound.listen,
+            a_admin: a_bound.admin,
             b_admin: b_bound.admin,
+            b_inbound: b_bound.listen,
         })
     }
 
@@ -344,6 +356,30 @@ impl SluicePair {
     /// B's admin listener (`/metrics`).
     pub fn b_admin(&self) -> SocketAddr {
         self.b_admin
+    }
+
+    /// B's inbound listener (what a client outside the mesh, or an attacker, reaches).
+    pub fn b_inbound(&self) -> SocketAddr {
+        self.b_inbound
+    }
+
+    /// `A / B`: each proxy's count of config reloads applied, from `/metrics`.
+    pub async fn reloads(&self) -> String {
+        let mut out = Vec::new();
+        for admin in [self.a_admin, self.b_admin] {
+            let text = crate::load::get_once(admin, "/metrics", Duration::from_secs(5))
+                .await
+                .map(|(_, body)| body)
+                .unwrap_or_default();
+            let n = text
+                .lines()
+                .find(|l| l.starts_with("sluice_proxy_snapshot_reloads_total{result=\"ok\"}"))
+                .and_then(|l| l.split_whitespace().last())
+                .unwrap_or("?")
+                .to_owned();
+            out.push(n);
+        }
+        out.join(" / ")
     }
 
     /// A and B.
@@ -378,7 +414,14 @@ fn start_sluice(
 ) -> Result<(Supervised, Bound), BenchError> {
     std::fs::create_dir_all(dir).map_err(BenchError::file("create", dir))?;
     let addrs_file = dir.join("addrs.json");
-    let mut cmd = Command::new(&opts.bin);
+    let mut cmd = match opts.wrapper.split_first() {
+        None => Command::new(&opts.bin),
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(&opts.bin);
+            cmd
+        }
+    };
     cmd.env("SLUICE_PROXY_INBOUND_ADDR", "off")
         .env("SLUICE_PROXY_OUTBOUND_ADDR", "off")
         .env("SLUICE_PROXY_ADMIN_ADDR", "127.0.0.1:0")
@@ -391,8 +434,21 @@ fn start_sluice(
         Some(n) => cmd.env("TOKIO_WORKER_THREADS", n.to_string()),
         None => cmd.env_remove("TOKIO_WORKER_THREADS"),
     };
+    match &opts.runtime {
+        Some(shape) => cmd.env("SLUICE_PROXY_RUNTIME", shape),
+        None => cmd.env_remove("SLUICE_PROXY_RUNTIME"),
+    };
+    for (k, v) in &opts.env {
+        cmd.env(k, v);
+    }
     let mut proc = Supervised::spawn(name, cmd, dir.join("proxy.log"))?;
-    let deadline = Instant::now() + START_TIMEOUT;
+    // Under valgrind a start takes many times longer.
+    let timeout = if opts.wrapper.is_empty() {
+        START_TIMEOUT
+    } else {
+        START_TIMEOUT * 6
+    };
+    let deadline = Instant::now() + timeout;
     loop {
         if let Ok(text) = std::fs::read_to_string(&addrs_file) {
             let bound: BoundAddrs = serde_json::from_str(&text)
@@ -411,7 +467,7 @@ fn start_sluice(
         proc.check_alive()?;
         if Instant::now() > deadline {
             return Err(BenchError::Setup(format!(
-                "{name} did not write {} within {START_TIMEOUT:?}",
+                "{name} did not write {} within {timeout:?}",
                 addrs_file.display()
             )));
         }
@@ -419,26 +475,51 @@ fn start_sluice(
     }
 }
 
-/// Two nginx masters, one worker each: A `proxy_pass`es to B, B to the upstream, both with a
-/// keep-alive upstream pool.
+/// What a reference pair (nginx, HAProxy) speaks on every hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hop {
+    /// HTTP/1.1 with keep-alive pools.
+    Http1,
+    /// HTTP/2 prior knowledge (h2c) end to end: gRPC.
+    H2,
+}
+
+/// Two nginx masters, one worker each: A `proxy_pass`es (or `grpc_pass`es) to B, B to the
+/// upstream, both with a keep-alive upstream pool.
 #[derive(Debug)]
 pub struct NginxPair {
     a: Supervised,
     b: Supervised,
     entry: SocketAddr,
+    b_addr: SocketAddr,
 }
 
 impl NginxPair {
     /// Starts B, then A pointed at it.
-    pub fn start(nginx: &Path, upstream: SocketAddr, dir: &Path) -> Result<NginxPair, BenchError> {
-        let (b, b_addr) = start_nginx(nginx, "nginx B", upstream, &dir.join("nginx-b"))?;
-        let (a, entry) = start_nginx(nginx, "nginx A", b_addr, &dir.join("nginx-a"))?;
-        Ok(NginxPair { a, b, entry })
+    pub fn start(
+        nginx: &Path,
+        upstream: SocketAddr,
+        dir: &Path,
+        hop: Hop,
+    ) -> Result<NginxPair, BenchError> {
+        let (b, b_addr) = start_nginx(nginx, "nginx B", upstream, &dir.join("nginx-b"), hop)?;
+        let (a, entry) = start_nginx(nginx, "nginx A", b_addr, &dir.join("nginx-a"), hop)?;
+        Ok(NginxPair {
+            a,
+            b,
+            entry,
+            b_addr,
+        })
     }
 
     /// Where the client connects (A's listener).
     pub fn entry(&self) -> SocketAddr {
         self.entry
+    }
+
+    /// B's listener.
+    pub fn b_entry(&self) -> SocketAddr {
+        self.b_addr
     }
 
     /// A's and B's workers (the masters only supervise, so they are left out).
@@ -455,6 +536,57 @@ impl NginxPair {
     }
 }
 
+/// Two HAProxy processes, one thread each (`nbthread 1`), A → B → upstream, keep-alive
+/// connection reuse to the next hop (`http-reuse always`), no logging.
+#[derive(Debug)]
+pub struct HaproxyPair {
+    a: Supervised,
+    b: Supervised,
+    entry: SocketAddr,
+    b_addr: SocketAddr,
+}
+
+impl HaproxyPair {
+    /// Starts B, then A pointed at it.
+    pub fn start(
+        haproxy: &Path,
+        upstream: SocketAddr,
+        dir: &Path,
+        hop: Hop,
+    ) -> Result<HaproxyPair, BenchError> {
+        let (b, b_addr) =
+            start_haproxy(haproxy, "haproxy B", upstream, &dir.join("haproxy-b"), hop)?;
+        let (a, entry) = start_haproxy(haproxy, "haproxy A", b_addr, &dir.join("haproxy-a"), hop)?;
+        Ok(HaproxyPair {
+            a,
+            b,
+            entry,
+            b_addr,
+        })
+    }
+
+    /// Where the client connects (A's listener).
+    pub fn entry(&self) -> SocketAddr {
+        self.entry
+    }
+
+    /// B's listener.
+    pub fn b_entry(&self) -> SocketAddr {
+        self.b_addr
+    }
+
+    /// A and B (each one process with one thread).
+    pub fn watched(&self) -> Vec<Watched> {
+        [&self.a, &self.b]
+            .into_iter()
+            .map(|p| Watched {
+                label: p.name.clone(),
+                pid: p.pid(),
+            })
+            .collect()
+    }
+}
+
 /// `nginx -v`'s answer, e.g. `nginx/1.22.1`, or `None` when nginx cannot be run.
 pub fn nginx_version(nginx: &Path) -> Option<String> {
     let out = Command::new(nginx).arg("-v").output().ok()?;
@@ -465,14 +597,25 @@ pub fn nginx_version(nginx: &Path) -> Option<String> {
         .filter(|_| out.status.success())
 }
 
-/// nginx refuses `listen ...:0`, so the port is picked the next best way: bind port 0, read
-/// the port back, release it and hand it to nginx. If something else takes it in between,
-/// nginx fails to bind and the start is retried with a new port.
-fn start_nginx(
-    nginx: &Path,
+/// `haproxy -v`'s first line, shortened to `HAProxy 2.6.12-1+deb12u4`, or `None`.
+pub fn haproxy_version(haproxy: &Path) -> Option<String> {
+    let out = Command::new(haproxy).arg("-v").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next()?;
+    let version = first
+        .strip_prefix("HAProxy version ")?
+        .split_whitespace()
+        .next()?;
+    out.status.success().then(|| format!("HAProxy {version}"))
+}
+
+/// nginx and HAProxy are not told to listen on port 0 (nginx refuses it), so the port is
+/// picked the next best way: bind port 0, read the port back, release it and hand it over. If
+/// something else takes it in between, the start fails to bind and is retried with a new port.
+fn start_on_picked_port(
     name: &str,
-    upstream: SocketAddr,
     dir: &Path,
+    command: impl Fn(SocketAddr) -> Result<Command, BenchError>,
 ) -> Result<(Supervised, SocketAddr), BenchError> {
     const ATTEMPTS: usize = 3;
     std::fs::create_dir_all(dir).map_err(BenchError::file("create", dir))?;
@@ -480,9 +623,26 @@ fn start_nginx(
     for _ in 0..ATTEMPTS {
         let listen = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(BenchError::io("pick a port for nginx"))?;
+            .map_err(BenchError::io(format!("pick a port for {name}")))?;
+        let mut proc = Supervised::spawn(name, command(listen)?, dir.join("stderr.log"))?;
+        match wait_listening(&mut proc, listen) {
+            Ok(()) => return Ok((proc, listen)),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| BenchError::Setup(format!("{name} did not start"))))
+}
+
+fn start_nginx(
+    nginx: &Path,
+    name: &str,
+    upstream: SocketAddr,
+    dir: &Path,
+    hop: Hop,
+) -> Result<(Supervised, SocketAddr), BenchError> {
+    start_on_picked_port(name, dir, |listen| {
         let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(dir, listen, upstream))
+        std::fs::write(&conf, nginx_conf(dir, listen, upstream, hop))
             .map_err(BenchError::file("write", &conf))?;
         let mut cmd = Command::new(nginx);
         cmd.arg("-p")
@@ -492,13 +652,26 @@ fn start_nginx(
             .arg("-e")
             .arg(dir.join("error.log"))
             .args(["-g", "daemon off;"]);
-        let mut proc = Supervised::spawn(name, cmd, dir.join("stderr.log"))?;
-        match wait_listening(&mut proc, listen) {
-            Ok(()) => return Ok((proc, listen)),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(last_error.unwrap_or_else(|| BenchError::Setup(format!("{name} did not start"))))
+        Ok(cmd)
+    })
+}
+
+fn start_haproxy(
+    haproxy: &Path,
+    name: &str,
+    upstream: SocketAddr,
+    dir: &Path,
+    hop: Hop,
+) -> Result<(Supervised, SocketAddr), BenchError> {
+    start_on_picked_port(name, dir, |listen| {
+        let conf = dir.join("haproxy.cfg");
+        std::fs::write(&conf, haproxy_conf(listen, upstream, hop))
+            .map_err(BenchError::file("write", &conf))?;
+        let mut cmd = Command::new(haproxy);
+        // -db: foreground, one process (no master-worker), which is the pid watched.
+        cmd.arg("-db").arg("-f").arg(&conf);
+        Ok(cmd)
+    })
 }
 
 fn wait_listening(proc: &mut Supervised, addr: SocketAddr) -> Result<(), BenchError> {
@@ -518,21 +691,33 @@ fn wait_listening(proc: &mut Supervised, addr: SocketAddr) -> Result<(), BenchEr
     }
 }
 
-/// One worker, no access log, HTTP/1.1 with a keep-alive pool to the next hop: the usual way
-/// to run nginx as a reverse proxy, and the closest match to one sidecar.
-fn nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+/// One worker, no access log, a keep-alive pool to the next hop: the usual way to run nginx as
+/// a reverse proxy, and the closest match to one sidecar. HTTP/1.1 with `proxy_pass`, or
+/// HTTP/2 prior knowledge on the listener and `grpc_pass` (HTTP/2) to the next hop.
+fn nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr, hop: Hop) -> String {
     let d = dir.display();
+    let (listen_opts, location) = match hop {
+        Hop::Http1 => (
+            "",
+            "proxy_pass http://next_hop;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";",
+        ),
+        Hop::H2 => (" http2", "grpc_pass grpc://next_hop;"),
+    };
     format!(
         "worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections 10240; }}
 http {{
     access_log off;
     # No per-connection request cap (nginx's default is 1,000), as in sluice, so neither pair
     # pays for reconnects the other does not.
     keepalive_requests 1000000;
     keepalive_timeout 300s;
+    http2_max_requests 1000000;
+    http2_max_concurrent_streams 1000;
     client_body_temp_path {d}/client_body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
@@ -545,14 +730,40 @@ http {{
         keepalive_timeout 300s;
     }}
     server {{
-        listen {listen};
+        listen {listen}{listen_opts};
         location / {{
-            proxy_pass http://next_hop;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
+            {location}
         }}
     }}
 }}
+"
+    )
+}
+
+/// One thread, no logging, keep-alive to clients and connection reuse to the next hop, the
+/// same timeouts as nginx's pair. HTTP/1.1, or HTTP/2 prior knowledge on both sides (`proto
+/// h2`), which is how HAProxy carries gRPC.
+fn haproxy_conf(listen: SocketAddr, upstream: SocketAddr, hop: Hop) -> String {
+    let proto = match hop {
+        Hop::Http1 => "",
+        Hop::H2 => " proto h2",
+    };
+    format!(
+        "global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    http-reuse always
+frontend in
+    bind {listen}{proto}
+    default_backend next_hop
+backend next_hop
+    server next {upstream}{proto}
 "
     )
 }
@@ -593,9 +804,23 @@ mod tests {
             Path::new("/tmp/x"),
             "127.0.0.1:1000".parse().expect("addr"),
             "127.0.0.1:2000".parse().expect("addr"),
+            Hop::Http1,
         );
         assert!(conf.contains("listen 127.0.0.1:1000;"));
         assert!(conf.contains("server 127.0.0.1:2000;"));
         assert!(conf.contains("keepalive 64;"));
+    }
+
+    #[test]
+    fn haproxy_conf_is_one_thread_with_reuse() {
+        let conf = haproxy_conf(
+            "127.0.0.1:1000".parse().expect("addr"),
+            "127.0.0.1:2000".parse().expect("addr"),
+            Hop::H2,
+        );
+        assert!(conf.contains("nbthread 1"));
+        assert!(conf.contains("bind 127.0.0.1:1000 proto h2"));
+        assert!(conf.contains("server next 127.0.0.1:2000 proto h2"));
+        assert!(conf.contains("http-reuse always"));
     }
 }

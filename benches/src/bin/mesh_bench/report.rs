@@ -24,6 +24,8 @@ pub struct Report {
     pub machine: Machine,
     /// One entry per path, `direct` first.
     pub paths: Vec<PathReport>,
+    /// The scenarios after the latency run (gRPC, churn, attack, soak).
+    pub sections: Vec<crate::scenarios::Section>,
 }
 
 /// The command-line parameters that shape the figures.
@@ -60,6 +62,8 @@ pub struct Machine {
     pub load_after: f64,
     /// `nginx -v`, if nginx ran.
     pub nginx: Option<String>,
+    /// `haproxy -v`, if HAProxy ran.
+    pub haproxy: Option<String>,
     /// The sluice-proxy binary.
     pub sluice_proxy: Option<String>,
 }
@@ -70,6 +74,10 @@ pub const DIRECT: &str = "direct";
 pub const SLUICE: &str = "sluice pair";
 /// The sluice pair with mTLS and authorization.
 pub const SLUICE_MTLS: &str = "sluice mTLS pair";
+/// The nginx pair (the reference the targets are ratios of).
+pub const NGINX: &str = "nginx pair";
+/// The HAProxy pair.
+pub const HAPROXY: &str = "HAProxy pair";
 
 /// Whether the targets apply to this path (both sluice pairs).
 fn is_sluice(name: &str) -> bool {
@@ -267,27 +275,36 @@ impl Report {
         let _ = writeln!(
             out,
             "Machine: {} CPUs, Linux {}, 1-min load average {:.2} before / {:.2} after the run. \
-             nginx: {}. sluice-proxy tokio worker threads: {}; log level `{}`.\n",
+             nginx: {}; HAProxy: {}. sluice-proxy tokio worker threads: {}; log level `{}`.\n",
             m.cpus,
             m.kernel,
             m.load_before,
             m.load_after,
             m.nginx.as_deref().unwrap_or("not run"),
+            m.haproxy.as_deref().unwrap_or("not run"),
             p.sluice_worker_threads
                 .map_or_else(|| "default (one per CPU)".to_owned(), |n| n.to_string()),
             p.sluice_log,
         );
-        let _ = writeln!(
-            out,
-            "Fixed rate: {} req/s for {}s after a {}s warm-up, {} keep-alive connections, \
-             open loop, latency from each request's intended send time (corrected for \
-             coordinated omission). Max throughput: closed loop, {} connections, {}s.\n",
-            p.rate, p.duration_s, p.warmup_s, p.connections, p.max_connections, p.max_duration_s
-        );
-        self.latency_table(&mut out);
-        self.added_table(&mut out);
-        self.throughput_table(&mut out);
-        self.memory_table(&mut out);
+        if !self.paths.is_empty() {
+            let _ = writeln!(
+                out,
+                "Fixed rate: {} req/s for {}s after a {}s warm-up, {} keep-alive connections, \
+                 open loop, latency from each request's intended send time (corrected for \
+                 coordinated omission). Max throughput: closed loop, {} connections, {}s.\n",
+                p.rate,
+                p.duration_s,
+                p.warmup_s,
+                p.connections,
+                p.max_connections,
+                p.max_duration_s
+            );
+            self.latency_table(&mut out);
+            self.added_table(&mut out);
+            self.throughput_table(&mut out);
+            self.memory_table(&mut out);
+            self.ratios(&mut out);
+        }
         for path in &self.paths {
             if let Some(line) = &path.verified {
                 let _ = writeln!(out, "- **{}** {line}", path.name);
@@ -303,6 +320,9 @@ impl Report {
             for e in samples {
                 let _ = writeln!(out, "- {} error: {e}", path.name);
             }
+        }
+        for section in &self.sections {
+            let _ = writeln!(out, "\n{}", section.markdown);
         }
         out
     }
@@ -408,6 +428,52 @@ impl Report {
                     path.name, t.rps, t.ok, t.errors, t.p50_ms, t.p99_ms
                 );
             }
+        }
+        out.push('\n');
+    }
+
+    /// The issue's targets, as ratios to the nginx pair in the same run.
+    fn ratios(&self, out: &mut String) {
+        let find = |name: &str| self.paths.iter().find(|p| p.name == name);
+        let Some(nginx) = find(NGINX) else { return };
+        let rps = |p: &PathReport| p.max.as_ref().map(|t| t.rps);
+        // CPU per request at the fixed rate: both proxies' CPU over the achieved rate.
+        let cpu = |p: &PathReport| {
+            let rate = p.fixed.as_ref()?.achieved_rps;
+            let pct: f64 = p.processes.iter().map(|c| c.cpu_at_rate_pct).sum();
+            (rate > 0.0).then(|| pct / rate)
+        };
+        let _ = writeln!(
+            out,
+            "### Against the nginx pair (same run)\n\n| path | max throughput | CPU per request at {} req/s (A + B) |\n|---|---:|---:|",
+            self.params.rate
+        );
+        for path in &self.paths {
+            if path.name == DIRECT || path.name == NGINX || path.skipped.is_some() {
+                continue;
+            }
+            let t = rps(path).zip(rps(nginx)).map(|(a, b)| a / b);
+            let c = cpu(path).zip(cpu(nginx)).map(|(a, b)| a / b);
+            let target = match path.name.as_str() {
+                SLUICE => t.map(|t| format!(" {} (≥ 1.0)", mark(t >= 1.0))),
+                SLUICE_MTLS => t.map(|t| format!(" {} (≥ 0.85)", mark(t >= 0.85))),
+                _ => None,
+            }
+            .unwrap_or_default();
+            let ctarget = if path.name == SLUICE {
+                c.map(|c| format!(" {} (≤ 1.0)", mark(c <= 1.0)))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let f = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.2}×"));
+            let _ = writeln!(
+                out,
+                "| {} | {}{target} | {}{ctarget} |",
+                path.name,
+                f(t),
+                f(c)
+            );
         }
         out.push('\n');
     }

@@ -1,0 +1,160 @@
+//! HTTP/2 and gRPC through each pair, driven by h2load (Debian's nghttp2-client): unary calls
+//! with many concurrent streams on a few connections, and a server stream of
+//! [`STREAM_MESSAGES`] messages per call, against an upstream that answers like a gRPC server
+//! ([`crate::upstream::GrpcUpstream`]).
+//!
+//! h2load sends `POST /bench.Echo/Unary` (or `/Stream`) with `content-type: application/grpc`,
+//! `te: trailers` and a one-message body, as a gRPC client does, for a fixed time after a
+//! warm-up, and logs every request's status and duration; the percentiles come from that log.
+//!
+//! [`STREAM_MESSAGES`]: crate::upstream::STREAM_MESSAGES
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::error::BenchError;
+
+/// One h2load run through one path.
+#[derive(Clone, Debug, Serialize)]
+pub struct GrpcRow {
+    /// The path (`direct`, `sluice pair`, ...).
+    pub path: String,
+    /// `unary` or `server stream`.
+    pub call: String,
+    /// Calls completed per second (h2load's figure).
+    pub rps: f64,
+    /// Calls answered `200` with every message.
+    pub ok: u64,
+    /// Calls that failed (h2load's failed + errored).
+    pub failed: u64,
+    /// Median call time, ms (from h2load's per-request log).
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// CPU time both proxies used during the run, per 1,000 calls, ms.
+    pub cpu_ms_per_1k: Option<f64>,
+}
+
+/// How h2load loads each path.
+#[derive(Clone, Debug)]
+pub struct GrpcParams {
+    /// HTTP/2 connections.
+    pub connections: usize,
+    /// Concurrent streams per connection.
+    pub streams: usize,
+    /// Measured time.
+    pub duration: Duration,
+    /// Discarded warm-up.
+    pub warmup: Duration,
+}
+
+/// Runs h2load for `call_path` (a gRPC method path) against `entry`.
+pub fn h2load(
+    entry: SocketAddr,
+    call_path: &str,
+    params: &GrpcParams,
+    dir: &Path,
+) -> Result<(f64, u64, u64, Histogram<u64>), BenchError> {
+    std::fs::create_dir_all(dir).map_err(BenchError::file("create", dir))?;
+    let body = dir.join("request.bin");
+    // One gRPC message: uncompressed, 5 bytes.
+    std::fs::write(&body, b"\x00\x00\x00\x00\x05hello")
+        .map_err(BenchError::file("write", &body))?;
+    let log = dir.join(format!("h2load-{}.log", entry.port()));
+    let _ = std::fs::remove_file(&log);
+    let out = Command::new("h2load")
+        .arg(format!("--clients={}", params.connections))
+        .arg(format!("--max-concurrent-streams={}", params.streams))
+        .arg("--threads=1")
+        .arg(format!("--duration={}", params.duration.as_secs().max(1)))
+        .arg(format!("--warm-up-time={}", params.warmup.as_secs().max(1)))
+        .args(["--header", "content-type: application/grpc"])
+        .args(["--header", "te: trailers"])
+        .arg(format!("--data={}", body.display()))
+        .arg(format!("--log-file={}", log.display()))
+        .arg(format!("http://{entry}{call_path}"))
+        .output()
+        .map_err(BenchError::io("run h2load (Debian: nghttp2-client)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(BenchError::Setup(format!(
+            "h2load against {entry} failed ({}): {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|v| v.strip_suffix(" req/s"))
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| BenchError::Setup(format!("h2load printed no req/s: {text}")))?;
+    let count = |word: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("requests: "))
+            .and_then(|l| {
+                l.split(", ")
+                    .find_map(|part| part.strip_suffix(word)?.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let (succeeded, failed, errored) = (count(" succeeded"), count(" failed"), count(" errored"));
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| BenchError::Setup(format!("histogram: {e}")))?;
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    for line in logged.lines() {
+        let mut fields = line.split('\t');
+        let (Some(_start), Some(status), Some(us)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if status.trim() == "200"
+            && let Ok(us) = us.trim().parse::<u64>()
+        {
+            hist.saturating_record(us.max(1));
+        }
+    }
+    Ok((rps, succeeded, failed + errored, hist))
+}
+
+/// The Markdown table.
+pub fn markdown(rows: &[GrpcRow], params: &GrpcParams, target_note: &str) -> String {
+    let mut s = format!(
+        "### HTTP/2 and gRPC (h2load: {} connections × {} concurrent streams, {}s after a {}s \
+         warm-up)\n\n| path | call | calls/s | ok | failed | p50 ms | p99 ms | proxy CPU ms per 1,000 calls |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|\n",
+        params.connections,
+        params.streams,
+        params.duration.as_secs(),
+        params.warmup.as_secs()
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {} |\n",
+            r.path,
+            r.call,
+            r.rps,
+            r.ok,
+            r.failed,
+            r.p50_ms,
+            r.p99_ms,
+            r.cpu_ms_per_1k.map_or("—".into(), |c| format!("{c:.1}"))
+        ));
+    }
+    s.push_str(target_note);
+    s
+}
+
+/// ms from ns-free microsecond histograms.
+pub fn us_quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        return 0.0;
+    }
+    h.value_at_quantile(q) as f64 / 1000.0
+}
