@@ -376,7 +376,10 @@ mod tests {
             }
         }
         let policy = std::fs::read_to_string(files.policy_dir.join("mesh.yaml")).expect("yaml");
-        assert!(policy.contains("from: [bench-client], allow: [\"* /*\"]"));
+        assert!(
+            policy.contains("from: [bench-client], allow: [\"* /*\", tcp]"),
+            "{policy}"
+        );
         let endpoints = std::fs::read_to_string(&files.endpoints).expect("json");
         assert!(endpoints.contains("127.0.0.1:1234"));
     }
