@@ -288,15 +288,18 @@ impl LocalMesh {
         output(&all.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
-    /// The pid of the process in `workload`'s namespace whose command line contains `marker`.
+    /// The pid of the process in `workload`'s namespace with `marker` as one of its arguments.
     pub fn pid_of(&self, workload: &str, marker: &str) -> Option<u32> {
         output(&["ip", "netns", "pids", &self.ns(workload)])
             .split_whitespace()
             .filter_map(|p| p.parse::<u32>().ok())
             .find(|p| {
+                // One argument equal to the marker (`shop payments`, `python3 -m http.server`):
+                // a substring would also match the `ip netns exec sluice-…-payments-v2 …`
+                // commands that set the namespace up before the workload starts.
                 std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
-                    String::from_utf8_lossy(&c).contains(marker)
-                        && !String::from_utf8_lossy(&c).contains("sluice-proxy")
+                    let text = String::from_utf8_lossy(&c);
+                    !text.contains("sluice-proxy") && text.split('\0').any(|arg| arg == marker)
                 })
             })
     }

@@ -210,11 +210,9 @@ fn a_mesh_file_edit_starts_a_rollout_on_the_real_controller_whose_canary_is_prom
     });
     assert!(mesh.has_ns("payments"), "the stable one keeps running");
     assert!(recorded(&mesh, "payments-v2"), "{}", mesh.record());
-    assert!(
-        std::fs::read_to_string(format!("/etc/netns/{}/hosts", mesh.ns("payments-v2")))
-            .expect("the canary's hosts")
-            .contains("payments")
-    );
+    let hosts = std::fs::read_to_string(format!("/etc/netns/{}/hosts", mesh.ns("payments-v2")))
+        .unwrap_or_else(|e| panic!("the canary's hosts: {e}\n{}", mesh.log()));
+    assert!(hosts.contains("payments"), "{hosts}");
     let server = server_pid(&mesh, "payments-v2").expect("canary server");
     let env = environ(server);
     assert!(env.contains("SHOP_VERSION=v2"), "the version's env: {env}");
