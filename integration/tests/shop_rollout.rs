@@ -442,7 +442,18 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
     let paused = rollout(&mesh, &["pause", &id]);
     assert_eq!(paused["phase"], "paused", "{paused:#}");
     let enforced = |m: &LocalMesh| payments_weights(m);
-    let weights_at_pause = enforced(&mesh);
+    // The split checkout's proxy enforces once the pause reached it: the canary's weight and
+    // the rest with v2. (Once, in a CI-like run, the proxy's config right after the pause
+    // held only `v3: 5`: a transient to investigate, named in issue 12's note.)
+    let mut weights_at_pause = enforced(&mesh);
+    mesh.wait_for(
+        "checkout's proxy to enforce the paused split",
+        Duration::from_secs(30),
+        |m| {
+            weights_at_pause = enforced(m);
+            weights_at_pause.values().sum::<u64>() == 100
+        },
+    );
     assert_eq!(
         weights_at_pause.get("v3").copied(),
         paused["weight"].as_u64(),
