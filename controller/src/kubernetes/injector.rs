@@ -301,15 +301,8 @@ pub async fn set_ca_bundle(
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
     let api: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
     let mut config = api.get(name).await?;
-    let bundle = k8s_openapi::ByteString(ca_pem.as_bytes().to_vec());
-    let mut changed = false;
-    for w in config.webhooks.iter_mut().flatten() {
-        if w.client_config.ca_bundle.as_ref() != Some(&bundle) {
-            w.client_config.ca_bundle = Some(bundle.clone());
-            changed = true;
-        }
-    }
-    if changed {
+    let clients = config.webhooks.iter_mut().flatten();
+    if super::set_bundles(clients.map(|w| &mut w.client_config), ca_pem) {
         api.replace(name, &Default::default(), &config).await?;
         tracing::info!(
             configuration = name,

@@ -288,15 +288,8 @@ async fn set_ca_bundle(client: &kube::Client, name: &str, ca_pem: &str) -> Resul
     use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
     let api: kube::Api<ValidatingWebhookConfiguration> = kube::Api::all(client.clone());
     let mut config = api.get(name).await?;
-    let bundle = k8s_openapi::ByteString(ca_pem.as_bytes().to_vec());
-    let mut changed = false;
-    for w in config.webhooks.iter_mut().flatten() {
-        if w.client_config.ca_bundle.as_ref() != Some(&bundle) {
-            w.client_config.ca_bundle = Some(bundle.clone());
-            changed = true;
-        }
-    }
-    if changed {
+    let clients = config.webhooks.iter_mut().flatten();
+    if set_bundles(clients.map(|w| &mut w.client_config), ca_pem) {
         api.replace(name, &Default::default(), &config).await?;
         tracing::info!(
             configuration = name,
@@ -306,8 +299,47 @@ async fn set_ca_bundle(client: &kube::Client, name: &str, ca_pem: &str) -> Resul
     Ok(())
 }
 
+/// Points each webhook client config at `ca_pem`; whether any changed (so the configuration
+/// is written only when it must be). Shared by the validating and the mutating webhook, whose
+/// configurations differ in type only.
+pub(crate) fn set_bundles<'a>(
+    clients: impl Iterator<
+        Item = &'a mut k8s_openapi::api::admissionregistration::v1::WebhookClientConfig,
+    >,
+    ca_pem: &str,
+) -> bool {
+    let bundle = k8s_openapi::ByteString(ca_pem.as_bytes().to_vec());
+    let mut changed = false;
+    for client in clients {
+        if client.ca_bundle.as_ref() != Some(&bundle) {
+            client.ca_bundle = Some(bundle.clone());
+            changed = true;
+        }
+    }
+    changed
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ca_bundles_are_written_only_when_they_differ() {
+        use super::set_bundles;
+        use k8s_openapi::api::admissionregistration::v1::WebhookClientConfig;
+        let mut clients = [
+            WebhookClientConfig::default(),
+            WebhookClientConfig::default(),
+        ];
+        assert!(set_bundles(clients.iter_mut(), "PEM"));
+        let pem: &[u8] = b"PEM";
+        assert!(
+            clients
+                .iter()
+                .all(|c| c.ca_bundle.as_ref().map(|b| b.0.as_slice()) == Some(pem))
+        );
+        assert!(!set_bundles(clients.iter_mut(), "PEM"), "nothing to change");
+        assert!(set_bundles(clients.iter_mut(), "NEW"), "a rotated CA");
+    }
+
     /// The core never names kube or k8s-openapi: only this module does. (`server.rs` starts
     /// this module for `--kubernetes`, through the functions above.)
     #[test]
