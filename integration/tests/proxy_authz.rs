@@ -128,6 +128,67 @@ async fn denied_call_gets_problem_json_text_and_html() {
     assert_eq!(denied, 3.0);
 }
 
+/// The environment a denial names: a stable (shared) callee names the one in the request's
+/// `sluice-env` baggage, so a developer in `pr-7` sees `pr-7`; a client's value that is not a
+/// DNS label is never echoed; a copy names its own environment.
+#[tokio::test(flavor = "multi_thread")]
+async fn denial_names_the_environment_the_call_came_from() {
+    let problem = |out: std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).expect("problem+json")
+    };
+    let pair = Pair::start(PairOptions::default()).await;
+    let url = format!("http://{}/v1/charges", pair.outbound());
+    let post = |baggage: &'static str| {
+        let url = url.clone();
+        async move {
+            curl(&[
+                "-X",
+                "POST",
+                "-H",
+                "accept: application/json",
+                "-H",
+                baggage,
+                &url,
+            ])
+            .await
+        }
+    };
+    let p = problem(post("baggage: team=web, sluice-env=pr-7;ttl=3").await);
+    assert_eq!(p["status"], 403, "{p}");
+    assert_eq!(p["environment"], "pr-7", "{p}");
+    assert_eq!(p["requestAccess"], LINK.replace("env=stable", "env=pr-7"));
+    for hostile in [
+        "baggage: sluice-env=%3Cb%3Ehi%3C%2Fb%3E",
+        "baggage: sluice-env=Pr-7",
+        "baggage: sluice-env=",
+    ] {
+        let p = problem(post(hostile).await);
+        assert_eq!(p["environment"], "stable", "{hostile}: {p}");
+    }
+
+    // Both proxies in environment pr-1: the callee is pr-1's copy, whatever the request says.
+    let pair = Pair::start(PairOptions {
+        env: vec![("SLUICE_PROXY_ENVIRONMENT".into(), "pr-1".into())],
+        ..PairOptions::default()
+    })
+    .await;
+    let url = format!("http://{}/v1/charges", pair.outbound());
+    for baggage in ["baggage: sluice-env=pr-9", "baggage: a=b"] {
+        let out = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "accept: application/json",
+            "-H",
+            baggage,
+            &url,
+        ])
+        .await;
+        let p = problem(out);
+        assert_eq!(p["environment"], "pr-1", "{baggage}: {p}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_client_decodes_the_rich_status_and_finds_the_help_link() {
     let available = std::process::Command::new("python3")

@@ -9,8 +9,9 @@
 //!    stable payments (each workload's own log says which served); the same order without the
 //!    environment reaches only stable.
 //! 3. The copy's app sends no baggage, and still reaches the environment's catalog: its
-//!    sidecar adds `sluice-env=pr-1`; a call it may not make is denied naming `pr-1`. The
-//!    portal lists pr-1 on checkout's page, draws its graph, and its button makes one.
+//!    sidecar adds `sluice-env=pr-1`; a call it may not make is denied naming `pr-1`, by a
+//!    copy's sidecar and by shared stable payments' alike. The portal lists pr-1 on
+//!    checkout's page, draws its graph, and its button makes one.
 //! 4. Bad input is refused with the fix: a duplicate name, a name that is not a DNS label, an
 //!    unknown service, a command that exits at once (with its last log lines).
 //! 5. The controller is killed: the restarted one still lists the environment, with its
@@ -263,6 +264,31 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
         .expect("curl from the copy");
     let problem: Value = serde_json::from_str(&denied).expect("problem+json");
     assert_eq!(problem["caller"], "checkout", "{problem}");
+    assert_eq!(problem["environment"], "pr-1", "{problem}");
+    assert!(
+        problem["requestAccess"]
+            .as_str()
+            .is_some_and(|l| l.ends_with("&env=pr-1")),
+        "{problem}"
+    );
+
+    // A call it may not make to a shared service is refused by stable payments' sidecar,
+    // which serves every environment: the denial names the environment the call came from
+    // (the baggage member the copy's sidecar added), not `stable`.
+    let denied = mesh
+        .curl(
+            "checkout.pr-1",
+            &[
+                "-H",
+                "accept: application/json",
+                "-X",
+                "DELETE",
+                "http://payments:8080/v1/charges/ch_1",
+            ],
+        )
+        .expect("curl from the copy");
+    let problem: Value = serde_json::from_str(&denied).expect("problem+json");
+    assert_eq!(problem["service"], "payments", "{problem}");
     assert_eq!(problem["environment"], "pr-1", "{problem}");
     assert!(
         problem["requestAccess"]

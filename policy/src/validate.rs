@@ -332,7 +332,8 @@ fn team_suggestion(input: &str, teams: &[ObjectRef]) -> String {
     suggestion(input, &names, "team")
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// An RFC 1123 label: what names of namespaces, services and environments must be.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

@@ -375,7 +375,11 @@ impl Dispatch {
                 // Opaque TCP is authorized once, for the whole connection, and only by a TCP
                 // grant for this port (`tcp:PORT` or `tcp`): never by an HTTP rule.
                 if let Some(authorizer) = &self.authorizer {
-                    let id = || format!("{:032x}", rand::random::<u128>());
+                    // A TCP connection names no environment.
+                    let id = || authz::Asked {
+                        request_id: format!("{:032x}", rand::random::<u128>()),
+                        environment: None,
+                    };
                     let rpc = authz::tcp_rpc(ctx.orig_dst.port());
                     if authorizer
                         .check(ctx.peer.as_deref(), &rpc, ctx.orig_dst.port(), id)

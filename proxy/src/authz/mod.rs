@@ -54,7 +54,8 @@ pub struct Denial {
     pub explain: String,
     /// Stable short reason (`no-rule-allows`, `default-deny`, `unauthenticated`...).
     pub reason: &'static str,
-    /// The callee's environment.
+    /// The environment the call was made in: the callee's own, or for a stable (shared)
+    /// callee the one the request names, so a developer in `pr-1` sees `pr-1`.
     pub environment: String,
     /// The pre-filled access-request form.
     pub request_access: String,
@@ -131,14 +132,14 @@ impl Authorizer {
     /// Decides `rpc` to `port` (the connection's original destination port) from `peer`
     /// (None: no mesh identity) against the policy in force and the pod's kubelet probes,
     /// counts and logs it, reports denials, and returns the denial if the call must not go
-    /// through. `request_id` is asked for only when the call is not allowed (denials and audit
-    /// logs carry it), so an allowed call never makes one up.
+    /// through. `asked` is called only when the call is not allowed (denials and audit logs
+    /// carry what it returns), so an allowed call never makes up a request id.
     pub fn check(
         &self,
         peer: Option<&SpiffeId>,
         rpc: &Rpc,
         port: u16,
-        request_id: impl FnOnce() -> String,
+        asked: impl FnOnce() -> Asked,
     ) -> Result<(), Box<Denial>> {
         let state = self.state.load();
         let local = self.state.local();
@@ -173,9 +174,19 @@ impl Authorizer {
             tracing::debug!(caller = %caller, %rpc, decision = %decision, "allowed");
             return Ok(());
         }
-        let request_id = request_id();
-        let request_id = request_id.as_str();
-        let denial = self.denial(policy, &caller, peer, rpc, endpoint, &decision, request_id);
+        let asked = asked();
+        let request_id = asked.request_id.as_str();
+        let environment = self.environment(asked.environment);
+        let denial = self.denial(
+            policy,
+            &caller,
+            peer,
+            rpc,
+            endpoint,
+            &decision,
+            request_id,
+            environment,
+        );
         self.reporter.report(&denial);
         if decision.verdict == Verdict::AuditDeny {
             tracing::info!(
@@ -203,6 +214,7 @@ impl Authorizer {
         endpoint: Option<String>,
         decision: &Decision,
         request_id: &str,
+        environment: String,
     ) -> Denial {
         let local = self.state.local();
         let full = peer.is_some() || policy.mesh().unauthenticated_denials == DenialDetail::Full;
@@ -222,18 +234,63 @@ impl Authorizer {
                 .collect(),
             explain: decision.explain(),
             reason: decision.reason.as_str(),
-            environment: local.environment.clone(),
             request_access: policy.access_request_link(
                 caller,
                 &local.service,
                 &offered,
-                &local.environment,
+                &environment,
             ),
+            environment,
             request_id: request_id.to_owned(),
             denied_by: self.denied_by.clone(),
             full,
             verdict: decision.verdict,
         }
+    }
+}
+
+/// What a denial needs from the request, asked for only when a call is not allowed.
+#[derive(Clone, Debug, Default)]
+pub struct Asked {
+    /// Correlates the client's error with logs and the portal ([`request_id`]).
+    pub request_id: String,
+    /// The environment the request names (`sluice-env` baggage or header), if any.
+    pub environment: Option<String>,
+}
+
+impl Authorizer {
+    /// The environment a denial names. A copy's proxy names its own environment: only
+    /// requests of that environment reach it. A stable proxy is shared by every environment,
+    /// so it names the one the request came from, if the request names a valid one (the
+    /// value is the client's: anything but a DNS label is ignored, never echoed).
+    fn environment(&self, requested: Option<String>) -> String {
+        let local = &self.state.local().environment;
+        let shared = local.is_empty() || local == crate::state::endpoints::STABLE;
+        match requested {
+            Some(env) if shared && sluice_policy::validate::is_dns_label(&env) => env,
+            _ => local.clone(),
+        }
+    }
+
+    /// The environment `headers` name, by the local service's Route (its header, then its
+    /// baggage member), or by the default `sluice-env` keys when no Route says otherwise.
+    pub fn requested_environment(&self, headers: &http::HeaderMap) -> Option<String> {
+        let state = self.state.load();
+        let local = self.state.local();
+        let qualified = format!("{}/{}", local.namespace, local.service);
+        if let Some(svc) = state
+            .routing
+            .services
+            .iter()
+            .find(|s| *s.name == *local.service || *s.name == *qualified)
+        {
+            return svc.requested_environment(headers);
+        }
+        let key = sluice_policy::baggage::ENVIRONMENT_MEMBER;
+        headers
+            .get(key)
+            .and_then(|v| v.to_str().ok().map(str::to_owned))
+            .or_else(|| crate::routing::pick::baggage(headers.get_all("baggage").iter(), key))
     }
 }
 

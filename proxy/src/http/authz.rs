@@ -50,8 +50,9 @@ impl<S: Svc<ProxyError>> Service<Request> for Authz<S> {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
         let rpc = Rpc::from_request(req.method().as_str(), req.uri().path(), content_type);
-        let decided = authorizer.check(peer.as_deref(), &rpc, port, || {
-            authz::request_id(req.headers())
+        let decided = authorizer.check(peer.as_deref(), &rpc, port, || authz::Asked {
+            request_id: authz::request_id(req.headers()),
+            environment: authorizer.requested_environment(req.headers()),
         });
         // For the access log: the call as the matcher saw it (see `AccessLog`).
         if let Some(slot) = req.extensions().get::<RouteSlot>() {

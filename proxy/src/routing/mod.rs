@@ -102,11 +102,7 @@ impl Router {
             .find(|r| rule_matches(r, rpc.as_ref(), headers));
         let env = rule
             .and_then(|r| r.environment.clone())
-            .or_else(|| {
-                let h = svc.environment_header.as_ref()?;
-                headers.get(h)?.to_str().ok().map(str::to_owned)
-            })
-            .or_else(|| pick::baggage(headers.get_all("baggage").iter(), &svc.environment_baggage));
+            .or_else(|| svc.requested_environment(headers));
         let route = rule.map_or("default", |r| &r.name);
         let timeout = rule.and_then(|r| r.timeout).or(svc.timeout);
         // An environment without a copy of this service falls back to the normal split.

@@ -134,6 +134,19 @@ pub struct Service {
     pub timeout: Option<Duration>,
 }
 
+impl Service {
+    /// The environment a request names: the Route's header first, then its baggage member
+    /// (what the router sends to an environment's copy, and what a denial names).
+    pub fn requested_environment(&self, headers: &http::HeaderMap) -> Option<String> {
+        self.environment_header
+            .as_ref()
+            .and_then(|h| headers.get(h)?.to_str().ok().map(str::to_owned))
+            .or_else(|| {
+                super::pick::baggage(headers.get_all("baggage").iter(), &self.environment_baggage)
+            })
+    }
+}
+
 /// The immutable table the router reads; part of each [`crate::state::ProxyState`].
 #[derive(Debug, Default)]
 pub struct RoutingTable {
