@@ -50,7 +50,9 @@ impl Drop for Upstream {
 /// * `/slow/MS`: answers after MS milliseconds.
 /// * any path ending in `/forbidden`: the app's own refusal, [`APP_403_BODY`] with a 403,
 ///   `content-type: application/json` and `x-app-reason: not-your-charge`.
-/// * anything else: JSON `{name, method, path, version, headers}`.
+/// * anything else: JSON `{name, method, path, version, headers, header_lines}`: `headers`
+///   maps each name to its last value; `header_lines` lists every field as `[name, value]`
+///   in the order received, bytes as sent (for tests of repeated fields).
 pub async fn http(name: &str) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -125,12 +127,18 @@ async fn handle(
             .iter()
             .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
             .collect();
+        let lines: Vec<[String; 2]> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| [k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()])
+            .collect();
         let json = serde_json::json!({
             "name": &*name,
             "method": req.method().as_str(),
             "path": path,
             "version": format!("{:?}", req.version()),
             "headers": headers,
+            "header_lines": lines,
         });
         http::Response::new(full(json.to_string()))
     };
