@@ -20,8 +20,10 @@
 //!    is told (its Slack channel, a local receiver here).
 //! 7. `sluice env run` with a build of the shop: a new build restarts the copy; Ctrl-C removes
 //!    the environment the session made.
-//! 8. `sluice env delete` removes what the environment started, and SIGTERM leaves the host as
-//!    it was (namespaces, links, iptables).
+//! 8. `sluice env logs -f` follows a copy's log as it is written and ends by itself when
+//!    the environment is deleted; `sluice env delete` removes what the environment started,
+//!    and SIGTERM leaves the host as it was (namespaces, links, iptables).
+//! 9. A run killed with an environment running is cleaned up by `sluice down`.
 //!
 //! Only the teams' channels are pointed at a local receiver, and the idle timeout is shortened.
 //! Needs root, `ip`, `iptables-save`, `curl` and `setpriv`; skips with a reason otherwise (a
@@ -518,12 +520,47 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
         !m.has_ns("catalog.pr-3")
     });
 
-    // 8. Delete pr-1: its copies go, stable stays.
+    // 8. `sluice env logs -f` follows checkout's copy: an order through the environment
+    // shows up as it is served, and the follow ends by itself when pr-1 is deleted.
+    let follow_log = mesh.dir.path().join("env-logs.out");
+    let mut follow = Command::new(sluice_bin())
+        .args(["env", "logs", "pr-1", "--service", "checkout", "-f"])
+        .args(["--lines", "0", "--color", "never", "--state-dir"])
+        .arg(mesh.state())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&follow_log).expect("log"))
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("sluice env logs -f");
+    let followed = || std::fs::read_to_string(&follow_log).unwrap_or_default();
+    // `--lines 0`: nothing old is printed; the follow starts at the log's end.
+    let orders_before = served(&mesh, "checkout.pr-1", "POST /v1/orders");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!followed().contains("POST /v1/orders"), "{}", followed());
+    assert!(order(&mesh, "frontend.pr-1.localhost").contains("Order placed"));
+    assert_eq!(
+        served(&mesh, "checkout.pr-1", "POST /v1/orders"),
+        orders_before + 1
+    );
+    mesh.wait_for("the followed order", WITHIN, |_| {
+        followed().matches("POST /v1/orders").count() == 1
+    });
+
+    // Delete pr-1: its copies go, stable stays.
     let (code, out, err) = env(&mesh, &["delete", "pr-1"]);
     assert_eq!(code, 0, "{out}{err}");
     mesh.wait_for("pr-1's namespaces to go", WITHIN, |m| {
         !m.has_ns("checkout.pr-1") && !m.has_ns("catalog.pr-1")
     });
+    let ended = sluice_integration::wait_for("env logs -f to end", WITHIN, || {
+        follow.try_wait().expect("wait")
+    });
+    assert!(ended.success(), "{ended}: {}", followed());
+    assert!(
+        followed().ends_with("environment pr-1 was deleted\n"),
+        "{}",
+        followed()
+    );
     assert!(order(&mesh, "frontend.localhost").contains("Order placed"));
     mesh.signal("TERM");
     let status = mesh.wait_exit(Duration::from_secs(30));
@@ -532,5 +569,32 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
         HostSnapshot::take(),
         before,
         "sluice up left something behind"
+    );
+
+    // 9. Killed with an environment running (two copies, their namespaces and routes), then
+    // `sluice down`: the host is as it was.
+    let mut mesh = start(&inbox);
+    let (code, out, err) = env(&mesh, &["create", "pr-4", "--service", "checkout"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(order(&mesh, "frontend.pr-4.localhost").contains("Order placed"));
+    assert!(mesh.has_ns("checkout.pr-4") && mesh.has_ns("catalog.pr-4"));
+    mesh.signal("KILL");
+    mesh.wait_exit(Duration::from_secs(10));
+    assert_ne!(HostSnapshot::take(), before, "a killed run leaves its mesh");
+    let out = Command::new(sluice_bin())
+        .args(["down", "--state-dir"])
+        .arg(mesh.state())
+        .output()
+        .expect("sluice down");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        HostSnapshot::take(),
+        before,
+        "sluice down left something behind after a killed run with an environment"
     );
 }
