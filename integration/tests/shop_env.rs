@@ -396,6 +396,10 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
     assert!(err.contains("exits at once"), "{err}");
     assert!(err.contains("the port is taken"), "{err}");
     assert!(find(&list(&mesh), "pr-8").is_none());
+    // And what it started is gone with it, namespaces included.
+    mesh.wait_for("pr-8's namespaces to go", Duration::from_secs(10), |m| {
+        !m.has_ns("checkout.pr-8") && !m.has_ns("catalog.pr-8")
+    });
 
     // 5. The controller is killed; the restarted one keeps the environment and its clock.
     let before_restart = find(&list(&mesh), "pr-1").expect("pr-1").clone();
@@ -418,7 +422,9 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
     );
     assert_eq!(after["created_unix_ms"], before_restart["created_unix_ms"]);
 
-    // 6. Idle cleanup: pr-2 with a 3 s timeout goes on its own, and storefront is told.
+    // 6. Idle cleanup: pr-2 with a 3 s timeout goes on its own, storefront is told, and the
+    // host is as it was before pr-2 (namespaces, links, /etc/netns, iptables).
+    let before_pr2 = HostSnapshot::take();
     let (code, out, err) = env(
         &mesh,
         &[
@@ -457,6 +463,15 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
     mesh.wait_for("pr-2's namespace to go", WITHIN, |m| {
         !m.has_ns("frontend.pr-2")
     });
+    let until = Instant::now() + Duration::from_secs(10);
+    while HostSnapshot::take() != before_pr2 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        HostSnapshot::take(),
+        before_pr2,
+        "pr-2's idle cleanup left something behind"
+    );
 
     // 7. The dev loop: `env run` with a build of the shop; a new build restarts the copy, and
     // Ctrl-C removes the environment the session made.
