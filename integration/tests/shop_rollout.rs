@@ -443,8 +443,9 @@ fn payments_canaries_are_rolled_back_promoted_paused_and_aborted() {
     assert_eq!(paused["phase"], "paused", "{paused:#}");
     let enforced = |m: &LocalMesh| payments_weights(m);
     // The split checkout's proxy enforces once the pause reached it: the canary's weight and
-    // the rest with v2. (Once, in a CI-like run, the proxy's config right after the pause
-    // held only `v3: 5`: a transient to investigate, named in issue 12's note.)
+    // the rest with v2. (This rollout starts within a poll of v2's promotion: the runner used
+    // to remove the promoted v2 as a superseded canary, and checkout's proxy then enforced
+    // only `v3: 5`, all of payments' traffic to v3. Both checks below caught it.)
     let mut weights_at_pause = enforced(&mesh);
     mesh.wait_for(
         "checkout's proxy to enforce the paused split",

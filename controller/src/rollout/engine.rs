@@ -585,7 +585,37 @@ impl Engine {
             .plane
             .instances(&r.namespace, &r.service, &r.canary_version)
             .len();
-        if ready > 0 && !self.baseline_settled(r, now) {
+        // Shifting with no instance of the version traffic comes from would hand its share to
+        // the canary as well: a proxy gives a version without instances' weight to the others.
+        let stable = self
+            .plane
+            .instances(&r.namespace, &r.service, &r.baseline_version)
+            .len();
+        if ready > 0 && stable == 0 {
+            let wanted = format!(
+                "waiting for an instance of {} (the version traffic comes from) to register",
+                r.baseline_version
+            );
+            if elapsed_ms(r.created_unix_ms, now) > r.progress_deadline_ms {
+                self.fail(
+                    r,
+                    now,
+                    format!(
+                        "{} of {} had no instance within the progress deadline ({}), so no \
+                         traffic was shifted to {}; is the stable version running? (`sluice \
+                         status` lists registrations)",
+                        r.baseline_version,
+                        r.service,
+                        humantime::format_duration(Duration::from_millis(r.progress_deadline_ms)),
+                        r.canary_version
+                    ),
+                )?;
+            } else if r.decision != wanted {
+                r.decision = wanted;
+                r.updated_unix_ms = now;
+                store::save(self.plane.store(), r, None)?;
+            }
+        } else if ready > 0 && !self.baseline_settled(r, now) {
             let wanted = format!(
                 "waiting for a fresh copy of {} to start beside {}",
                 r.baseline_version, r.canary_version

@@ -7,7 +7,7 @@
 //!
 //! | newest rollout of a service is | the runner |
 //! |---|---|
-//! | `pending`, `progressing`, `paused`, `waiting-confirmation` | runs a canary `<workload>-<version>` beside each stable workload of the service (from the workload's `versions` entry) and removes canaries of any other version; when the rollout asks for a baseline copy, also a fresh copy of the stable version, `<workload>-<stable version>-baseline`, with the role `baseline` ([`baseline_copies`]) |
+//! | `pending`, `progressing`, `paused`, `waiting-confirmation` | first carries out a promotion to the rollout's baseline version it has not carried out yet (a rollout started within one poll of the previous one's promotion); runs a canary `<workload>-<version>` beside each stable workload of the service (from the workload's `versions` entry) and removes canaries of any other version; when the rollout asks for a baseline copy, also a fresh copy of the stable version, `<workload>-<stable version>-baseline`, with the role `baseline` ([`baseline_copies`]) |
 //! | `promoted` | retires the stable workloads its canaries replace (their service address moves to the canary first) and keeps the canaries as the new stable ones |
 //! | `rolled-back`, `aborted`, `superseded`, `failed` | removes the service's canaries and baseline copies |
 //!
@@ -250,12 +250,25 @@ pub fn plan(mesh: &MeshFile, running: &[Running], rollouts: &[Rollout]) -> Vec<A
                 .iter()
                 .filter(move |w| w.service == r.service && w.canary == canary && w.role.is_empty())
         };
+        // A newer rollout can start within one poll of a promotion, so the runner may see the
+        // promoted rollout only behind it. Its canaries are the stable version the new rollout
+        // starts from: they are promoted first, never removed as a superseded rollout's.
+        let missed = r
+            .phase
+            .is_active()
+            .then(|| missed_promotion(r, rollouts))
+            .flatten();
+        if let Some(promoted) = missed {
+            actions.extend(promotion(promoted, running));
+        }
         actions.extend(baseline_copies(mesh, running, r));
         let version = &r.canary_version;
         match &r.phase {
             phase if phase.is_active() => {
                 // Canaries of another version belong to a rollout this one superseded.
-                for c in of_service(true).filter(|c| c.version != *version) {
+                for c in of_service(true).filter(|c| {
+                    c.version != *version && missed.is_none_or(|p| c.version != p.canary_version)
+                }) {
                     actions.push(Action::Remove {
                         rollout: r.clone(),
                         name: c.name.clone(),
@@ -313,40 +326,13 @@ pub fn plan(mesh: &MeshFile, running: &[Running], rollouts: &[Rollout]) -> Vec<A
                 }
             }
             Phase::Promoted => {
-                let canaries: Vec<&Running> =
-                    of_service(true).filter(|c| c.version == *version).collect();
                 for c in of_service(true).filter(|c| c.version != *version) {
                     actions.push(Action::Remove {
                         rollout: r.clone(),
                         name: c.name.clone(),
                     });
                 }
-                // Nothing of this version runs here (it was promoted before this run, or in
-                // another runner): the mesh file's workloads stay as they are.
-                if canaries.is_empty() {
-                    continue;
-                }
-                let mut retire = Vec::new();
-                for stable in of_service(false).filter(|s| s.version != *version) {
-                    match canaries.iter().find(|c| c.base == stable.base) {
-                        Some(c) => retire.push((stable.name.clone(), c.name.clone())),
-                        // Retiring it would lose capacity nothing replaces.
-                        None => actions.push(Action::Warn {
-                            key: format!("unreplaced {} {}", r.id, stable.name),
-                            message: format!(
-                                "{}: promoted, but {} keeps running {}: no canary replaced it",
-                                r.label(),
-                                stable.name,
-                                stable.version
-                            ),
-                        }),
-                    }
-                }
-                actions.push(Action::Promote {
-                    rollout: r.clone(),
-                    canaries: canaries.iter().map(|c| c.name.clone()).collect(),
-                    retire,
-                });
+                actions.extend(promotion(r, running));
             }
             Phase::RolledBack | Phase::Aborted | Phase::Superseded | Phase::Failed => {
                 for c in of_service(true) {
@@ -365,6 +351,55 @@ pub fn plan(mesh: &MeshFile, running: &[Running], rollouts: &[Rollout]) -> Vec<A
             }),
         }
     }
+    actions
+}
+
+/// The promoted rollout whose canaries `r` (active) starts from, when the runner has not
+/// made them stable yet: the newest promoted rollout of the service to `r`'s baseline version.
+fn missed_promotion<'a>(r: &Rollout, rollouts: &'a [Rollout]) -> Option<&'a Rollout> {
+    rollouts
+        .iter()
+        .filter(|p| p.namespace == r.namespace && p.service == r.service && p.id != r.id)
+        .find(|p| p.phase == Phase::Promoted)
+        .filter(|p| p.canary_version == r.baseline_version && p.canary_version != r.canary_version)
+}
+
+/// Carries out promoted rollout `r`: its canaries become stable, each replacing the stable
+/// workload of the same mesh-file workload. Nothing when no canary of its version runs here
+/// (promoted before this run, or done already): the workloads then stay as they are.
+fn promotion(r: &Rollout, running: &[Running]) -> Vec<Action> {
+    let of_service = |canary: bool| {
+        running
+            .iter()
+            .filter(move |w| w.service == r.service && w.canary == canary && w.role.is_empty())
+    };
+    let version = &r.canary_version;
+    let canaries: Vec<&Running> = of_service(true).filter(|c| c.version == *version).collect();
+    if canaries.is_empty() {
+        return Vec::new();
+    }
+    let mut actions = Vec::new();
+    let mut retire = Vec::new();
+    for stable in of_service(false).filter(|s| s.version != *version) {
+        match canaries.iter().find(|c| c.base == stable.base) {
+            Some(c) => retire.push((stable.name.clone(), c.name.clone())),
+            // Retiring it would lose capacity nothing replaces.
+            None => actions.push(Action::Warn {
+                key: format!("unreplaced {} {}", r.id, stable.name),
+                message: format!(
+                    "{}: promoted, but {} keeps running {}: no canary replaced it",
+                    r.label(),
+                    stable.name,
+                    stable.version
+                ),
+            }),
+        }
+    }
+    actions.push(Action::Promote {
+        rollout: r.clone(),
+        canaries: canaries.iter().map(|c| c.name.clone()).collect(),
+        retire,
+    });
     actions
 }
 
@@ -1426,6 +1461,53 @@ workloads:
         let r3 = [rollout("r-3", "payments", "v2", "v1", "promoted")];
         step(&mesh, &mut running, &r3);
         assert_eq!(names(&running), ["catalog", "payments-b-v1", "payments-v1"]);
+    }
+
+    /// Seen in the shop: `sluice rollout start v3` within one poll of v2's promotion. The
+    /// runner first saw v2's rollout promoted only behind the newer one, removed the promoted
+    /// canaries as a superseded rollout's, and kept v1 running as stable; the controller
+    /// then split traffic between v2 (no instances left) and v3, so v3 got all of it.
+    #[test]
+    fn a_promotion_missed_behind_a_newer_rollout_is_carried_out_first() {
+        let mesh = mesh();
+        let mut running = initial(&mesh);
+        let r1 = |phase: &str| rollout("r-1", "payments", "v1", "v2", phase);
+        step(&mesh, &mut running, &[r1("progressing")]);
+        // The runner never sees r-1 as the newest promoted rollout.
+        let both = [
+            rollout("r-2", "payments", "v2", "v3", "progressing"),
+            r1("promoted"),
+        ];
+        let actions = step(&mesh, &mut running, &both);
+        assert!(removes(&actions).is_empty(), "{actions:#?}");
+        let promoted: Vec<&Action> = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Promote { .. }))
+            .collect();
+        assert!(
+            matches!(
+                promoted[..],
+                [Action::Promote { rollout, canaries, retire }]
+                    if rollout.id == "r-1"
+                        && *canaries == ["payments-v2", "payments-b-v2"]
+                        && *retire == [
+                            ("payments".to_owned(), "payments-v2".to_owned()),
+                            ("payments-b".to_owned(), "payments-b-v2".to_owned()),
+                        ]
+            ),
+            "{actions:#?}"
+        );
+        assert_eq!(starts(&actions), ["payments-v3", "payments-b-v3"]);
+        assert_eq!(
+            names(&running),
+            [
+                "catalog",
+                "payments-b-v2",
+                "payments-b-v3*",
+                "payments-v2",
+                "payments-v3*"
+            ]
+        );
     }
 
     #[test]

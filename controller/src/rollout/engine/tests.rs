@@ -91,7 +91,15 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    /// A mesh where payments' stable version, v1, runs (`payments-v1`).
+    async fn new() -> Fixture {
+        let f = Fixture::without_stable();
+        f.register("v1").await;
+        f
+    }
+
+    /// A mesh where no instance of payments is registered yet.
+    fn without_stable() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
         let set = PolicySet::from_str("p.yaml", POLICY).expect("valid policy");
@@ -209,7 +217,7 @@ async fn drive(
 
 #[tokio::test]
 async fn a_canary_is_judged_against_a_fresh_copy_of_stable_with_its_weight() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let engine = f.engine_with(true);
     let r = engine.start_rollout(start("v2")).await.expect("start");
     assert_eq!(r.baseline.kind, BaselineKind::Waiting);
@@ -273,9 +281,38 @@ async fn a_canary_is_judged_against_a_fresh_copy_of_stable_with_its_weight() {
     assert_eq!(judged_weight(p.weight, p.baseline_weight), 50);
 }
 
+/// The shop once split traffic between a stable version with no instances left and the
+/// canary, and the canary got all of it (a proxy gives an empty version's share to the
+/// others). A rollout now waits for the version traffic comes from.
+#[tokio::test]
+async fn no_traffic_moves_while_the_stable_version_has_no_instance() {
+    let f = Fixture::without_stable();
+    let engine = f.engine();
+    let before = f.published_split();
+    engine.start_rollout(start("v2")).await.expect("start");
+    f.register("v2").await;
+    for _ in 0..3 {
+        engine.tick().await.expect("tick");
+    }
+    let r = engine.find("default", "payments").expect("rollout");
+    assert_eq!((r.phase, r.weight), (Phase::Pending, 0), "{}", r.decision);
+    assert_eq!(
+        r.decision,
+        "waiting for an instance of v1 (the version traffic comes from) to register"
+    );
+    assert_eq!(f.published_split(), before, "no traffic to v2 yet");
+    f.register("v1").await;
+    let r = drive(&f, &engine, |_| {}, |r| r.phase == Phase::Progressing).await;
+    assert!(r.weight > 0);
+    assert!(
+        f.published_split()
+            .contains(&format!(r#"{{"version":"v2","weight":{}}}"#, r.weight))
+    );
+}
+
 #[tokio::test]
 async fn without_copies_the_baseline_is_the_stable_instances_and_says_why() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let r = f.engine().start_rollout(start("v2")).await.expect("start");
     assert_eq!(r.baseline.kind, BaselineKind::Stable);
     assert!(!r.baseline.copy_requested);
@@ -287,7 +324,7 @@ async fn without_copies_the_baseline_is_the_stable_instances_and_says_why() {
 
 #[tokio::test]
 async fn a_healthy_canary_walks_the_steps_waits_for_confirmation_and_is_promoted() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let engine = f.engine();
     let r = engine.start_rollout(start("v2")).await.expect("start");
     assert_eq!(
@@ -357,7 +394,7 @@ async fn a_healthy_canary_walks_the_steps_waits_for_confirmation_and_is_promoted
 
 #[tokio::test]
 async fn a_bad_canary_is_rolled_back_with_the_failed_check() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let engine = f.engine();
     engine.start_rollout(start("v3")).await.expect("start");
     f.register("v3").await;
@@ -390,7 +427,7 @@ async fn a_bad_canary_is_rolled_back_with_the_failed_check() {
 
 #[tokio::test]
 async fn a_restarted_engine_resumes_at_the_same_step_with_its_evidence() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let engine = f.engine();
     engine.start_rollout(start("v2")).await.expect("start");
     f.register("v2").await;
@@ -436,7 +473,7 @@ async fn a_restarted_engine_resumes_at_the_same_step_with_its_evidence() {
 
 #[tokio::test]
 async fn pause_abort_promote_supersede_and_refusals() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let engine = f.engine();
     let undeclared = engine.start_rollout(start("v9")).await;
     assert!(
@@ -497,7 +534,7 @@ async fn pause_abort_promote_supersede_and_refusals() {
 
 #[tokio::test]
 async fn a_canary_waiting_for_confirmation_is_still_judged() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let engine = f.engine();
     engine.start_rollout(start("v2")).await.expect("start");
     f.register("v2").await;
