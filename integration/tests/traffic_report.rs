@@ -95,8 +95,13 @@ async fn app() -> App {
 /// token comes from a file; the certificate it gets with it is what the controller accepts
 /// payments' traffic reports with.
 fn sidecar(controller: &RealController, app: &App) -> Proxy {
+    sidecar_with_token(controller, app, &controller.token("payments"))
+}
+
+/// [`sidecar`], with `token` in its token file to begin with.
+fn sidecar_with_token(controller: &RealController, app: &App, token_text: &str) -> Proxy {
     let token = controller.state.path().join("payments.token");
-    std::fs::write(&token, controller.token("payments")).expect("write the token file");
+    std::fs::write(&token, token_text).expect("write the token file");
     Proxy::start(
         ProxyOptions::default()
             .env(
@@ -247,4 +252,62 @@ async fn the_controller_sees_each_versions_requests_and_failures() {
         "{all:#}\n{}",
         controller.log()
     );
+}
+
+/// Seen in `rollout_bench`: a baseline copy's first certification took longer than the 10 s
+/// startup wait, so its proxy started without a certificate; its traffic reporter connected
+/// then, was refused, and kept that connection, so the judge never saw the copy's requests
+/// and the rollout stood still. Here the proxy starts with a token the controller refuses,
+/// then gets the right one: once it is certified, its reports must be accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_resume_once_a_proxy_that_started_uncertified_is_certified() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    copy_dir(&root.join("examples/shop/policy"), &policy);
+    let access = policy.join("payments/access.yaml");
+    let text = std::fs::read_to_string(&access).expect("read policy");
+    let granted = text.replacen(
+        "  unauthenticated:\n",
+        "  unauthenticated:\n    - { rpc: \"GET /v1/charges/{id}\", reason: test }\n",
+        1,
+    );
+    std::fs::write(&access, granted).expect("write policy");
+    let controller = RealController::start(&policy, "24h");
+    let app = app().await;
+    let client = hyper_client(false);
+    let proxy = sidecar_with_token(&controller, &app, "not-a-token");
+    wait_for("the proxy to start without a certificate", async || {
+        proxy
+            .log()
+            .contains("starting without a mesh certificate")
+            .then_some(())
+    })
+    .await;
+    wait_for("its traffic reports to be refused", async || {
+        proxy
+            .log()
+            .contains("the controller refused this proxy's traffic reports")
+            .then_some(())
+    })
+    .await;
+    std::fs::write(
+        controller.state.path().join("payments.token"),
+        controller.token("payments"),
+    )
+    .expect("write the token file");
+    wait_ready(&client, &proxy).await;
+    for i in 0..5 {
+        assert_eq!(
+            call(&client, &proxy, &format!("GET /v1/charges/ok-{i}")).await,
+            200
+        );
+    }
+    let row = wait_for("payments v2's 5 responses at the controller", async || {
+        traffic_row(&client, &controller)
+            .await
+            .filter(|r| r["requests"] == 5)
+    })
+    .await;
+    assert_eq!(row["failures"], 0, "{row:#}");
 }

@@ -68,30 +68,32 @@ pub fn spawn(config: TrafficReportConfig, metrics: Metrics) -> tokio::task::Join
     tokio::spawn(run(config, metrics))
 }
 
+/// A client for the controller on a lazy channel: it connects on first use and reconnects
+/// after failures by itself, so one channel serves until the controller refuses it.
+async fn controller_client(
+    config: &TrafficReportConfig,
+) -> Result<MeshClient<tonic::transport::Channel>, crate::identity::certify::CertifyError> {
+    let endpoint = config
+        .controller
+        .endpoint()?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(5));
+    let channel = config
+        .controller
+        .connect_lazy(endpoint, &config.identity)
+        .await?;
+    Ok(MeshClient::new(channel))
+}
+
 async fn run(config: TrafficReportConfig, metrics: Metrics) {
     let started_unix_ms = unix_ms(SystemTime::now());
-    // Lazy: the channel connects on first use and reconnects after failures by itself, so one
-    // channel serves the proxy's whole life without a connection per report.
-    let channel = match config.controller.endpoint() {
-        Ok(endpoint) => {
-            let endpoint = endpoint
-                .connect_timeout(Duration::from_secs(3))
-                .timeout(Duration::from_secs(5));
-            config
-                .controller
-                .connect_lazy(endpoint, &config.identity)
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    let channel = match channel {
-        Ok(channel) => channel,
+    let mut client = match controller_client(&config).await {
+        Ok(client) => client,
         Err(e) => {
             tracing::warn!(controller = %config.controller.addr, error = %e, "no traffic reports to the controller");
             return;
         }
     };
-    let mut client = MeshClient::new(channel);
     let mut sender = Sender::new(KEEP_ALIVE);
     let mut unimplemented_logged = false;
     let mut refused_logged = false;
@@ -130,6 +132,12 @@ async fn run(config: TrafficReportConfig, metrics: Metrics) {
                 if !refused_logged {
                     tracing::warn!(%status, "the controller refused this proxy's traffic reports; canary analysis will not see them");
                     refused_logged = true;
+                }
+                // The controller checks the certificate of the connection, which a channel
+                // keeps: one made before this proxy had its certificate (or with one since
+                // renewed) is refused for good. A new one shows the certificate in force.
+                if let Ok(fresh) = controller_client(&config).await {
+                    client = fresh;
                 }
             }
             // Retried next interval with fresher numbers: they are cumulative, nothing is lost.
