@@ -29,6 +29,8 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Deadline for one `Certify` call, connection included.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one attempt at the first certificate may take before it is tried again.
+const FIRST_ATTEMPT: Duration = Duration::from_secs(3);
 
 /// Where the bootstrap token comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -256,7 +258,10 @@ pub async fn first(config: &CertifyConfig, store: &Arc<IdentityStore>, wait: Dur
     let deadline = tokio::time::Instant::now() + wait;
     let mut backoff = BACKOFF_MIN;
     loop {
-        match tokio::time::timeout_at(deadline, certify(config, store)).await {
+        // One attempt may not use up the whole wait: in rollout_bench a copy's first attempt
+        // hung for all of it, and the copy started without a certificate.
+        let attempt = deadline.min(tokio::time::Instant::now() + FIRST_ATTEMPT);
+        match tokio::time::timeout_at(attempt, certify(config, store)).await {
             Ok(Ok(creds)) => return store.set(creds),
             // A refused token will not become valid within the wait: start now, keep trying.
             Ok(Err(error)) if error.is_permanent() => {
@@ -264,7 +269,12 @@ pub async fn first(config: &CertifyConfig, store: &Arc<IdentityStore>, wait: Dur
                 break;
             }
             Ok(Err(error)) => tracing::warn!(%error, "no mesh certificate yet; retrying"),
-            Err(_) => break,
+            Err(_) if tokio::time::Instant::now() >= deadline => break,
+            Err(_) => tracing::warn!(
+                controller = %config.controller.addr,
+                "no answer to Certify within {}s; retrying",
+                FIRST_ATTEMPT.as_secs()
+            ),
         }
         let (sleep, next) = next_backoff(backoff, &mut rand::rng());
         backoff = next;
