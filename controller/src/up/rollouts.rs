@@ -11,6 +11,10 @@
 //! | `promoted` | retires the stable workloads its canaries replace (their service address moves to the canary first) and keeps the canaries as the new stable ones |
 //! | `rolled-back`, `aborted`, `superseded`, `failed` | removes the service's canaries and baseline copies |
 //!
+//! A workload that loses its traffic (a retired stable one, a removed canary or copy) keeps
+//! running for [`DRAIN`] before it is stopped: the controller moved its weight away first, but
+//! the proxies must receive that split before nothing more is sent to it.
+//!
 //! [`Reconciler`] carries the plan out. It also polls the mesh file every second: an edit
 //! that only changes workloads' `version` asks the controller for a rollout
 //! (`POST /rollouts`); any other edit is reported and ignored until `sluice up` restarts.
@@ -49,6 +53,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Larger answers are refused.
 const MAX_BODY: usize = 4 * 1024 * 1024;
+/// How long a workload that lost its traffic keeps running before it is stopped. The
+/// controller has already moved its weight away when the runner sees the rollout's new phase,
+/// but every proxy must receive that split first: stopping at once failed the requests still
+/// on their way to it (4–6 per healthy rollout in `rollout_bench`).
+pub const DRAIN: Duration = Duration::from_secs(3);
 
 /// Where a rollout is, as the controller says (`phase`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -790,6 +799,9 @@ pub struct Reconciler {
     /// Whether the API was unreachable at the last poll (logged once per outage).
     api_down: Option<String>,
     seen: Option<Seen>,
+    /// Workloads that lost their traffic, stopped once [`DRAIN`] has passed: name → (when,
+    /// the line to log then). The planner no longer sees them.
+    draining: HashMap<String, (Instant, String)>,
 }
 
 impl Reconciler {
@@ -811,6 +823,7 @@ impl Reconciler {
             failed: HashMap::new(),
             api_down: None,
             seen,
+            draining: HashMap::new(),
         }
     }
 
@@ -842,8 +855,9 @@ impl Reconciler {
         }
     }
 
-    /// One round: read the rollouts, plan, apply.
+    /// One round: stop what has drained, read the rollouts, plan, apply.
     async fn reconcile(&mut self, stop: &AtomicBool) {
+        self.stop_drained(Instant::now());
         let rollouts = match self.api.list().await {
             Ok(r) => {
                 if self.api_down.take().is_some() {
@@ -868,15 +882,47 @@ impl Reconciler {
                 return;
             }
         };
-        let running = {
+        let running: Vec<Running> = {
             let s = lock(&self.shared);
             s.running()
-        };
+        }
+        .into_iter()
+        .filter(|w| !self.draining.contains_key(&w.name))
+        .collect();
         for action in plan(&self.mesh, &running, &rollouts) {
             if stop.load(Ordering::SeqCst) {
                 return;
             }
             self.apply(action);
+        }
+    }
+
+    /// Stops the draining workloads whose time has come (all of them with `now` far ahead,
+    /// as at teardown).
+    fn stop_drained(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .draining
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut guard = lock(&self.shared);
+        let shared = &mut *guard;
+        let (rec, sup) = (&mut shared.rec, &mut shared.sup);
+        let Some(workloads) = shared.workloads.as_mut() else {
+            return;
+        };
+        for name in due {
+            let Some((_, said)) = self.draining.remove(&name) else {
+                continue;
+            };
+            match workloads.remove(rec, sup, &name) {
+                Ok(()) => say(&said),
+                Err(e) => say(&format!("cannot remove {name}: {e}")),
+            }
         }
     }
 
@@ -929,6 +975,14 @@ impl Reconciler {
                 {
                     None => Err(format!("{label}: no configuration for {name}")),
                     Some((w, config)) => {
+                        // Wanted again while draining (the same version rolled out again
+                        // within seconds): it goes now, and a fresh one starts.
+                        if let Some((_, said)) = self.draining.remove(&name) {
+                            match workloads.remove(rec, sup, &name) {
+                                Ok(()) => say(&said),
+                                Err(e) => say(&format!("cannot remove {name}: {e}")),
+                            }
+                        }
                         let new = NewInstance {
                             name: &name,
                             base: w,
@@ -954,13 +1008,16 @@ impl Reconciler {
                     Some(l) if l.version != rollout.canary_version => "superseded",
                     _ => rollout.phase.ended(),
                 };
-                match workloads.remove(rec, sup, &name) {
-                    Ok(()) => {
-                        say(&format!("{label}: {why}: removed {name}"));
-                        Ok(())
-                    }
-                    Err(e) => Err(format!("{label}: cannot remove {name}: {e}")),
-                }
+                // Its traffic is already gone from the split; it stops once every proxy
+                // has that split (see DRAIN).
+                self.draining.insert(
+                    name.clone(),
+                    (
+                        Instant::now() + DRAIN,
+                        format!("{label}: {why}: removed {name}"),
+                    ),
+                );
+                Ok(())
             }
             Action::Promote {
                 rollout,
@@ -971,12 +1028,19 @@ impl Reconciler {
                 let mut retired = Vec::new();
                 let mut errors = Vec::new();
                 for (old, canary) in &retire {
-                    // The address first, so the service is never without one for long.
-                    let moved = workloads
-                        .move_service_addrs(old, canary)
-                        .and_then(|()| workloads.remove(rec, sup, old));
-                    match moved {
-                        Ok(()) => retired.push(old.as_str()),
+                    // The address first, so the service is never without one; the old
+                    // workload stops once every proxy has the promoted split (see DRAIN).
+                    match workloads.move_service_addrs(old, canary) {
+                        Ok(()) => {
+                            retired.push(old.as_str());
+                            self.draining.insert(
+                                old.clone(),
+                                (
+                                    Instant::now() + DRAIN,
+                                    format!("{label}: stopped {old}, replaced by {canary}"),
+                                ),
+                            );
+                        }
                         Err(e) => errors.push((canary, format!("{old}: {e}"))),
                     }
                 }
