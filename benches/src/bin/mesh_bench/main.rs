@@ -353,7 +353,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
         let authz_before = match &running {
             Running::Mtls(pair) => {
                 eprintln!("{}: checking mTLS and authorization", kind.name());
-                let counts = mtls::verify(pair.entry(), pair.b_admin()).await;
+                let counts = mtls::verify(pair.entry(), pair.b_admin(), mtls::VERIFY_TIMEOUT).await;
                 Some(counts.map_err(|e| pair.with_logs(e))?)
             }
             _ => None,

@@ -36,8 +36,11 @@ pub const UPSTREAM_SERVICE: &str = "bench-upstream";
 
 /// How long the certificates are valid: longer than any run.
 const CERT_LIFETIME: time::Duration = time::Duration::days(2);
-/// How long [`verify`] retries before failing the run.
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`verify`] retries before failing the run, with the proxies at full speed.
+pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same under valgrind (`--callgrind`), where a proxy is some 50 times slower: the
+/// first mTLS handshake alone took longer than 5 s here.
+pub const VERIFY_TIMEOUT_PROFILED: Duration = Duration::from_secs(120);
 
 /// `spiffe://bench.local/ns/default/svc/<service>`.
 pub fn spiffe(service: &str) -> String {
@@ -259,7 +262,7 @@ pub struct AuthzCounts {
 
 /// Reads B's authorization counters from its admin listener.
 pub async fn authz_counts(b_admin: SocketAddr) -> Result<AuthzCounts, BenchError> {
-    let (status, text) = load::get_once(b_admin, "/metrics", Duration::from_secs(5))
+    let (status, text) = load::get_once(b_admin, "/metrics", Duration::from_secs(30))
         .await
         .map_err(|e| BenchError::Setup(format!("mTLS pair: B's /metrics ({b_admin}): {e}")))?;
     if status != 200 {
@@ -292,13 +295,19 @@ fn parse_authz(metrics: &str) -> AuthzCounts {
 /// Proves, before measuring, that a request sent to A's `entry` crosses to B over mTLS and is
 /// authorized there: the upstream sees `sluice-client-id` = the client's SPIFFE ID (B sets it
 /// only from a verified client certificate, after removing any the caller sent), and B
-/// counted an allowed call from `bench-client`. Retries for a few seconds while the proxies
-/// settle, then fails the run. Returns B's counters after the check.
-pub async fn verify(entry: SocketAddr, b_admin: SocketAddr) -> Result<AuthzCounts, BenchError> {
+/// counted an allowed call from `bench-client`. Retries for up to `patience` while the proxies
+/// settle (each request may take half of it), then fails the run. Returns B's counters after
+/// the check.
+pub async fn verify(
+    entry: SocketAddr,
+    b_admin: SocketAddr,
+    patience: Duration,
+) -> Result<AuthzCounts, BenchError> {
     let want = spiffe(CLIENT_SERVICE);
-    let deadline = Instant::now() + VERIFY_TIMEOUT;
+    let deadline = Instant::now() + patience;
+    let per_request = (patience / 2).max(Duration::from_secs(5));
     let last = loop {
-        let got = load::get_once(entry, WHOAMI_PATH, Duration::from_secs(5)).await;
+        let got = load::get_once(entry, WHOAMI_PATH, per_request).await;
         match &got {
             Ok((200, id)) if *id == want => break None,
             _ if Instant::now() > deadline => break Some(got),

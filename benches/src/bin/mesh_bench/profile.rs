@@ -96,7 +96,7 @@ pub async fn profile(
     let pair = if mtls {
         let mesh = MeshFiles::write(&scratch.join(format!("mesh-{slug}")))?;
         let pair = SluicePair::start_mtls(&opts, upstream, &mesh, &scratch.join(&slug))?;
-        mtls::verify(pair.entry(), pair.b_admin())
+        mtls::verify(pair.entry(), pair.b_admin(), mtls::VERIFY_TIMEOUT_PROFILED)
             .await
             .map_err(|e| pair.with_logs(e))?;
         pair

@@ -304,7 +304,7 @@ pub async fn soak(
     let dir = ctx.scratch.join("soak");
     let mesh = Arc::new(MeshFiles::write(&dir.join("mesh"))?);
     let pair = SluicePair::start_mtls(ctx.sluice, http_upstream.addr, &mesh, &dir.join("mtls"))?;
-    crate::mtls::verify(pair.entry(), pair.b_admin())
+    crate::mtls::verify(pair.entry(), pair.b_admin(), crate::mtls::VERIFY_TIMEOUT)
         .await
         .map_err(|e| pair.with_logs(e))?;
     eprintln!("soak: {duration:?} at {rate} req/s through the mTLS pair");
