@@ -370,14 +370,18 @@ impl ControlPlane {
         }
     }
 
-    /// The registered ordinary instances of `version` of a service (stable environment), by
-    /// name.
+    /// The live ordinary instances of `version` of a service (stable environment), by name:
+    /// see [`ControlPlane::role_instances`].
     pub fn instances(&self, namespace: &str, service: &str, version: &str) -> Vec<String> {
         self.role_instances(namespace, service, version, "")
     }
 
-    /// The registered instances of `version` with `role` (empty: the ordinary ones), stable
-    /// environment, by name.
+    /// The live instances of `version` with `role` (empty: the ordinary ones), stable
+    /// environment, by name: discovered ones, and registered ones whose proxy is watching. A
+    /// registration whose proxy stopped watching stays routable for the grace period (its
+    /// proxy may be reconnecting), but it does not make a version ready: in rollout_bench a
+    /// canary named like one stopped 20 s earlier was taken as started, traffic moved to the
+    /// old address, and 3 requests timed out connecting.
     pub fn role_instances(
         &self,
         namespace: &str,
@@ -396,6 +400,7 @@ impl ControlPlane {
                     && r.row.version == version
                     && r.row.environment == crate::server::register::DEFAULT_ENVIRONMENT
                     && r.row.role == role
+                    && r.orphaned_since.is_none()
             })
             .map(|r| r.row.instance.clone())
             .collect();

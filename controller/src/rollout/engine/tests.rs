@@ -88,6 +88,8 @@ struct Fixture {
     _dir: tempfile::TempDir,
     plane: Arc<ControlPlane>,
     totals: Totals,
+    /// The registered instances' watch streams: an instance is live while its proxy watches.
+    watching: std::sync::Mutex<Vec<crate::server::state::WatcherGuard>>,
 }
 
 impl Fixture {
@@ -109,6 +111,7 @@ impl Fixture {
             _dir: dir,
             plane,
             totals: Arc::default(),
+            watching: Default::default(),
         }
     }
 
@@ -135,8 +138,31 @@ impl Fixture {
         self.register_role(version, "").await;
     }
 
-    /// Registers `payments-<version>` (`payments-<version>-<role>` with a role).
+    /// Registers `payments-<version>` (`payments-<version>-<role>` with a role), its proxy
+    /// watching.
     async fn register_role(&self, version: &str, role: &str) {
+        self.register_stopped(version, role).await;
+        let instance = if role.is_empty() {
+            format!("payments-{version}")
+        } else {
+            format!("payments-{version}-{role}")
+        };
+        let (_, guard) = self.plane.subscribe(
+            format!("{instance}-proxy"),
+            sluice_api::v1::Workload {
+                namespace: "default".into(),
+                service: "payments".into(),
+                instance: instance.clone(),
+                ..Default::default()
+            },
+            None,
+        );
+        self.watching.lock().expect("lock").push(guard);
+    }
+
+    /// Registers an instance whose proxy does not watch: one stopped a moment ago, whose
+    /// registration is in its grace period.
+    async fn register_stopped(&self, version: &str, role: &str) {
         let instance = if role.is_empty() {
             format!("payments-{version}")
         } else {
@@ -308,6 +334,26 @@ async fn no_traffic_moves_while_the_stable_version_has_no_instance() {
         f.published_split()
             .contains(&format!(r#"{{"version":"v2","weight":{}}}"#, r.weight))
     );
+}
+
+/// Seen in rollout_bench: v2 rolled out again 20 s after the previous v2 was stopped. Its
+/// registration was still in its grace period, the engine took it for the new canary, and
+/// proxies sent the first step's traffic to the stopped instance's address.
+#[tokio::test]
+async fn a_stopped_instances_registration_does_not_make_the_canary_ready() {
+    let f = Fixture::new().await;
+    let engine = f.engine();
+    f.register_stopped("v2", "").await;
+    engine.start_rollout(start("v2")).await.expect("start");
+    for _ in 0..3 {
+        engine.tick().await.expect("tick");
+    }
+    let r = engine.find("default", "payments").expect("rollout");
+    assert_eq!((r.phase, r.weight), (Phase::Pending, 0), "{}", r.decision);
+    // The new canary registers under the same name, and watches.
+    f.register("v2").await;
+    let r = drive(&f, &engine, |_| {}, |r| r.phase == Phase::Progressing).await;
+    assert!(r.weight > 0);
 }
 
 #[tokio::test]
