@@ -304,6 +304,22 @@ impl LocalMesh {
             })
     }
 
+    /// `sluice down --state-dir STATE`, as a person runs it after a crash; fails the test
+    /// (with what it printed) unless it succeeds.
+    pub fn down(&self) {
+        let out = Command::new(sluice_bin())
+            .args(["down", "--state-dir"])
+            .arg(self.state())
+            .output()
+            .expect("sluice down");
+        assert!(
+            out.status.success(),
+            "sluice down failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `sluice status --format json` for the mesh's controller.
     pub fn status(&self) -> serde_json::Value {
         let out = Command::new(sluice_bin())

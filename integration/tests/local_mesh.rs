@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use sluice_integration::controller::sluice_bin;
 use sluice_integration::local_mesh::{HostSnapshot, LocalMesh, SERIAL, skip_reason};
 use sluice_integration::{have, skip};
 
@@ -141,17 +140,7 @@ fn down_cleans_up_after_a_killed_up() {
     run.wait_exit(Duration::from_secs(10));
     assert_ne!(HostSnapshot::take(), before, "a killed run leaves its mesh");
 
-    let out = Command::new(sluice_bin())
-        .args(["down", "--state-dir"])
-        .arg(run.state())
-        .output()
-        .expect("sluice down");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run.down();
     assert_eq!(
         HostSnapshot::take(),
         before,
@@ -165,10 +154,5 @@ fn down_cleans_up_after_a_killed_up() {
     );
     assert!(!run.state().join("up.json").exists());
     // Nothing left to do the second time.
-    let again = Command::new(sluice_bin())
-        .args(["down", "--state-dir"])
-        .arg(run.state())
-        .output()
-        .expect("sluice down");
-    assert!(again.status.success());
+    run.down();
 }

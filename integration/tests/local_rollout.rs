@@ -397,17 +397,7 @@ fn an_aborted_canary_is_removed_and_down_cleans_up_after_a_kill() {
     // Killed with a canary running: `sluice down` removes it too (it is in up.json).
     mesh.signal("KILL");
     mesh.wait_exit(Duration::from_secs(10));
-    let out = Command::new(sluice_bin())
-        .args(["down", "--state-dir"])
-        .arg(mesh.state())
-        .output()
-        .expect("sluice down");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mesh.down();
     assert_eq!(
         HostSnapshot::take(),
         before,

@@ -122,6 +122,26 @@ fn served(mesh: &LocalMesh, workload: &str, request: &str) -> usize {
         .count()
 }
 
+/// `DELETE url` from checkout's copy in pr-1, which policy does not allow: the denial's
+/// problem+json, checked to name pr-1 and to link the form for pr-1.
+fn denied_in_pr1(mesh: &LocalMesh, url: &str) -> Value {
+    let denied = mesh
+        .curl(
+            "checkout.pr-1",
+            &["-H", "accept: application/json", "-X", "DELETE", url],
+        )
+        .expect("curl from the copy");
+    let problem: Value = serde_json::from_str(&denied).expect("problem+json");
+    assert_eq!(problem["environment"], "pr-1", "{problem}");
+    assert!(
+        problem["requestAccess"]
+            .as_str()
+            .is_some_and(|l| l.ends_with("&env=pr-1")),
+        "{problem}"
+    );
+    problem
+}
+
 /// `curl` against the portal as its dev user: (status line and headers, body).
 fn portal(mesh: &LocalMesh, path: &str, form: Option<&str>) -> (String, String) {
     let addr =
@@ -252,52 +272,14 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
 
     // A call the copy may not make, to another copy, is denied naming the environment (the
     // denying sidecar is catalog's copy's; a grant made from it applies in every environment).
-    let denied = mesh
-        .curl(
-            "checkout.pr-1",
-            &[
-                "-H",
-                "accept: application/json",
-                "-X",
-                "DELETE",
-                "http://catalog:8080/v1/products/ceramic-mug",
-            ],
-        )
-        .expect("curl from the copy");
-    let problem: Value = serde_json::from_str(&denied).expect("problem+json");
+    let problem = denied_in_pr1(&mesh, "http://catalog:8080/v1/products/ceramic-mug");
     assert_eq!(problem["caller"], "checkout", "{problem}");
-    assert_eq!(problem["environment"], "pr-1", "{problem}");
-    assert!(
-        problem["requestAccess"]
-            .as_str()
-            .is_some_and(|l| l.ends_with("&env=pr-1")),
-        "{problem}"
-    );
 
     // A call it may not make to a shared service is refused by stable payments' sidecar,
     // which serves every environment: the denial names the environment the call came from
     // (the baggage member the copy's sidecar added), not `stable`.
-    let denied = mesh
-        .curl(
-            "checkout.pr-1",
-            &[
-                "-H",
-                "accept: application/json",
-                "-X",
-                "DELETE",
-                "http://payments:8080/v1/charges/ch_1",
-            ],
-        )
-        .expect("curl from the copy");
-    let problem: Value = serde_json::from_str(&denied).expect("problem+json");
+    let problem = denied_in_pr1(&mesh, "http://payments:8080/v1/charges/ch_1");
     assert_eq!(problem["service"], "payments", "{problem}");
-    assert_eq!(problem["environment"], "pr-1", "{problem}");
-    assert!(
-        problem["requestAccess"]
-            .as_str()
-            .is_some_and(|l| l.ends_with("&env=pr-1")),
-        "{problem}"
-    );
 
     // The list shows it: copies, shared, traffic, URL.
     mesh.wait_for("pr-1's requests in the list", WITHIN, |m| {
@@ -596,17 +578,7 @@ fn an_environment_is_created_with_its_copies_routed_by_baggage_and_cleaned_up() 
     mesh.signal("KILL");
     mesh.wait_exit(Duration::from_secs(10));
     assert_ne!(HostSnapshot::take(), before, "a killed run leaves its mesh");
-    let out = Command::new(sluice_bin())
-        .args(["down", "--state-dir"])
-        .arg(mesh.state())
-        .output()
-        .expect("sluice down");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mesh.down();
     assert_eq!(
         HostSnapshot::take(),
         before,

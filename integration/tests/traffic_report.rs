@@ -37,6 +37,24 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The real controller on a copy of the shop's policy (in `dir`) in which plaintext test
+/// clients may look charges up; refunds stay denied.
+fn controller_for_the_shop(dir: &Path) -> RealController {
+    let policy = dir.join("policy");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    copy_dir(&root.join("examples/shop/policy"), &policy);
+    let access = policy.join("payments/access.yaml");
+    let text = std::fs::read_to_string(&access).expect("read policy");
+    let granted = text.replacen(
+        "  unauthenticated:\n",
+        "  unauthenticated:\n    - { rpc: \"GET /v1/charges/{id}\", reason: test }\n",
+        1,
+    );
+    assert_ne!(granted, text, "the grant went in");
+    std::fs::write(&access, granted).expect("write policy");
+    RealController::start(&policy, "24h")
+}
+
 async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -167,20 +185,7 @@ async fn traffic_row(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_sees_each_versions_requests_and_failures() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let policy = dir.path().join("policy");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    copy_dir(&root.join("examples/shop/policy"), &policy);
-    // Plaintext test clients may look charges up; refunds stay denied.
-    let access = policy.join("payments/access.yaml");
-    let text = std::fs::read_to_string(&access).expect("read policy");
-    let granted = text.replacen(
-        "  unauthenticated:\n",
-        "  unauthenticated:\n    - { rpc: \"GET /v1/charges/{id}\", reason: test }\n",
-        1,
-    );
-    assert_ne!(granted, text, "the grant went in");
-    std::fs::write(&access, granted).expect("write policy");
-    let controller = RealController::start(&policy, "24h");
+    let controller = controller_for_the_shop(dir.path());
     let app = app().await;
     let client = hyper_client(false);
     let proxy = sidecar(&controller, &app);
@@ -262,18 +267,7 @@ async fn the_controller_sees_each_versions_requests_and_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_resume_once_a_proxy_that_started_uncertified_is_certified() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let policy = dir.path().join("policy");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    copy_dir(&root.join("examples/shop/policy"), &policy);
-    let access = policy.join("payments/access.yaml");
-    let text = std::fs::read_to_string(&access).expect("read policy");
-    let granted = text.replacen(
-        "  unauthenticated:\n",
-        "  unauthenticated:\n    - { rpc: \"GET /v1/charges/{id}\", reason: test }\n",
-        1,
-    );
-    std::fs::write(&access, granted).expect("write policy");
-    let controller = RealController::start(&policy, "24h");
+    let controller = controller_for_the_shop(dir.path());
     let app = app().await;
     let client = hyper_client(false);
     let proxy = sidecar_with_token(&controller, &app, "not-a-token");
