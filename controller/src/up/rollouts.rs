@@ -491,6 +491,20 @@ pub fn copy_name(base: &str, version: &str) -> String {
     )
 }
 
+/// Stops draining workload `name` and logs `said` (what its removal means to the rollout).
+fn stop_drained_now(
+    workloads: &mut super::live::Workloads,
+    rec: &mut super::net::Record,
+    sup: &mut super::supervise::Supervisor,
+    name: &str,
+    said: &str,
+) {
+    match workloads.remove(rec, sup, name) {
+        Ok(()) => say(said),
+        Err(e) => say(&format!("cannot remove {name}: {e}")),
+    }
+}
+
 fn mesh_file_name(mesh: &MeshFile) -> String {
     mesh.source.file_name().map_or_else(
         || "the mesh file".to_owned(),
@@ -916,12 +930,8 @@ impl Reconciler {
             return;
         };
         for name in due {
-            let Some((_, said)) = self.draining.remove(&name) else {
-                continue;
-            };
-            match workloads.remove(rec, sup, &name) {
-                Ok(()) => say(&said),
-                Err(e) => say(&format!("cannot remove {name}: {e}")),
+            if let Some((_, said)) = self.draining.remove(&name) {
+                stop_drained_now(workloads, rec, sup, &name, &said);
             }
         }
     }
@@ -978,10 +988,7 @@ impl Reconciler {
                         // Wanted again while draining (the same version rolled out again
                         // within seconds): it goes now, and a fresh one starts.
                         if let Some((_, said)) = self.draining.remove(&name) {
-                            match workloads.remove(rec, sup, &name) {
-                                Ok(()) => say(&said),
-                                Err(e) => say(&format!("cannot remove {name}: {e}")),
-                            }
+                            stop_drained_now(workloads, rec, sup, &name, &said);
                         }
                         let new = NewInstance {
                             name: &name,

@@ -287,10 +287,11 @@ impl Authorizer {
             return svc.requested_environment(headers);
         }
         let key = sluice_policy::baggage::ENVIRONMENT_MEMBER;
-        headers
-            .get(key)
-            .and_then(|v| v.to_str().ok().map(str::to_owned))
-            .or_else(|| crate::routing::pick::baggage(headers.get_all("baggage").iter(), key))
+        crate::routing::table::requested_environment(
+            headers,
+            Some(&http::HeaderName::from_static(key)),
+            key,
+        )
     }
 }
 

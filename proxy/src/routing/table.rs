@@ -135,16 +135,26 @@ pub struct Service {
 }
 
 impl Service {
-    /// The environment a request names: the Route's header first, then its baggage member
-    /// (what the router sends to an environment's copy, and what a denial names).
+    /// The environment a request names by this service's Route (what the router sends to an
+    /// environment's copy, and what a denial names): see [`requested_environment`].
     pub fn requested_environment(&self, headers: &http::HeaderMap) -> Option<String> {
-        self.environment_header
-            .as_ref()
-            .and_then(|h| headers.get(h)?.to_str().ok().map(str::to_owned))
-            .or_else(|| {
-                super::pick::baggage(headers.get_all("baggage").iter(), &self.environment_baggage)
-            })
+        requested_environment(
+            headers,
+            self.environment_header.as_ref(),
+            &self.environment_baggage,
+        )
     }
+}
+
+/// The environment `headers` name: `header` first, then the `baggage` member.
+pub fn requested_environment(
+    headers: &http::HeaderMap,
+    header: Option<&http::HeaderName>,
+    baggage: &str,
+) -> Option<String> {
+    header
+        .and_then(|h| headers.get(h)?.to_str().ok().map(str::to_owned))
+        .or_else(|| super::pick::baggage(headers.get_all("baggage").iter(), baggage))
 }
 
 /// The immutable table the router reads; part of each [`crate::state::ProxyState`].
