@@ -634,9 +634,13 @@ pub fn registry_of(
             instance: name.clone(),
             version,
             environment,
-            // No baseline copies in Kubernetes yet (the engine runs without
-            // --baseline-copies there): every discovered pod is an ordinary instance.
-            role: String::new(),
+            // A pod the instance backend started for a role (`baseline`) says so; every
+            // other pod is an ordinary instance. (The rollout engine runs without
+            // --baseline-copies in Kubernetes yet, so none asks for a role today.)
+            role: labels
+                .get(super::instances::ROLE_LABEL)
+                .cloned()
+                .unwrap_or_default(),
             address: socket(ip, port),
             registered_unix_ms: 0,
         });

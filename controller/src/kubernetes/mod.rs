@@ -15,12 +15,15 @@
 //!   webhook, [`manifests`] from `sluice inject`.
 //! - [`secret`]: the mesh CA kept in a Secret.
 //! - [`identity`]: workloads proven by their pods' service-account tokens (TokenReview).
+//! - [`instances`]: the instances the controller starts (environments' copies) as
+//!   Deployments copied from each service's own, through [`crate::instance::Backend`].
 
 pub mod cluster;
 pub mod crd;
 pub mod identity;
 pub mod inject;
 pub mod injector;
+pub mod instances;
 pub mod manifests;
 pub mod secret;
 pub mod source;
