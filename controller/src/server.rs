@@ -478,6 +478,12 @@ pub(crate) fn run(
             .map_err(|source| setup("start the policy watcher", source))?;
     }
     let kube_client = cluster.as_ref().map(|c| c.client.clone());
+    // In Kubernetes the controller starts environments' copies itself (Deployments), through
+    // the same backend interface `sluice up` implements; the loop runs once environments are
+    // loaded (`serve`).
+    let instance_backend = kube_client.as_ref().map(|client| {
+        crate::kubernetes::instances::KubeBackend::boxed(client.clone(), runtime.handle().clone())
+    });
     if let Some(started) = cluster {
         let webhook = runtime
             .block_on(crate::kubernetes::spawn(
@@ -504,7 +510,7 @@ pub(crate) fn run(
         None => Arc::new(tokens),
     };
     let service = MeshService::new(certifier, authenticator, Arc::clone(&plane));
-    runtime.block_on(serve(args, service, plane, out))?;
+    runtime.block_on(serve(args, service, plane, instance_backend, out))?;
     Ok(Outcome::Success)
 }
 
@@ -554,6 +560,7 @@ async fn serve(
     args: &ControllerArgs,
     service: MeshService,
     plane: Arc<ControlPlane>,
+    instance_backend: Option<Box<dyn crate::instance::Backend + Send>>,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     // Handlers first, so a signal that arrives right after the address is printed is ours.
@@ -617,6 +624,14 @@ async fn serve(
     })?;
     let engine_task = tokio::spawn(Arc::clone(&engine).run());
     let env_routes = start_environments(args, &plane)?;
+    // Instances are left running at shutdown: they live in the cluster, and the next
+    // controller finds them there.
+    let instances_task = instance_backend.map(|backend| {
+        tokio::spawn(crate::env::driver::run(
+            Arc::clone(&env_routes.envs),
+            crate::env::driver::Driver::new(backend, "kubernetes"),
+        ))
+    });
     let portal_file = args.state_dir.join(PORTAL_ADDR_FILE);
     let portal_task = match args.portal.portal {
         Some(addr) => {
@@ -684,6 +699,9 @@ async fn serve(
         let _ = std::fs::remove_file(&portal_file);
     }
     engine_task.abort();
+    if let Some(task) = instances_task {
+        task.abort();
+    }
     reaper.abort();
     renew.abort();
     let _ = std::fs::remove_file(&admin_file);

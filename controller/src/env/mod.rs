@@ -15,8 +15,8 @@
 //! - **What should run**: every copy is an [`InstanceSpec`] (service, version or command,
 //!   environment). A backend asks for them and reports how they are doing
 //!   ([`Environments::sync`], `POST /instances/sync`); `sluice up`'s runner is one
-//!   (`up::env`), the Kubernetes backend will be the next, through the same
-//!   [`crate::instance::Backend`] interface.
+//!   (`up::env`), and the controller's own [`driver`] drives a backend in its process (the
+//!   Kubernetes one), through the same [`crate::instance::Backend`] interface.
 //!
 //! The admin API ([`api`]) and `sluice env` ([`cli`]) are thin layers over [`Environments`].
 
@@ -24,6 +24,7 @@ pub mod activity;
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod driver;
 pub mod graph;
 pub mod model;
 pub mod store;
@@ -671,12 +672,20 @@ impl Environments {
 
     fn view(&self, state: &State, env: &Environment, now: i64) -> EnvironmentView {
         let policy = self.plane.policy();
+        // A copy's sidecar registers under the copy's instance name where the backend names
+        // the workload (`sluice up`); in Kubernetes the pod is the instance, named by its
+        // ReplicaSet, so a copy also counts as registered when its service has an instance in
+        // the environment (one copy per service and environment).
         let registered: BTreeSet<String> = self
             .plane
             .registered()
             .into_iter()
             .filter(|r| r.environment == env.name)
-            .map(|r| r.instance)
+            .flat_map(|r| {
+                let by_service =
+                    (r.namespace == env.namespace).then(|| instance_name(&r.service, &env.name));
+                std::iter::once(r.instance).chain(by_service)
+            })
             .collect();
         let backend_alive = state
             .backend
