@@ -38,6 +38,25 @@ pub struct GrpcRow {
     pub p99_ms: f64,
     /// CPU time both proxies used during the run, per 1,000 calls, ms.
     pub cpu_ms_per_1k: Option<f64>,
+    /// Response DATA bytes the client received per successful call: h2load counts any `200`
+    /// as a success, so this is what shows whether every message arrived (13 bytes per
+    /// message here).
+    pub data_bytes_per_call: f64,
+}
+
+/// What one h2load run counted.
+#[derive(Debug)]
+pub struct H2loadRun {
+    /// Calls per second.
+    pub rps: f64,
+    /// Calls answered `200`.
+    pub ok: u64,
+    /// Failed or errored calls.
+    pub failed: u64,
+    /// Response DATA bytes received in the measured phase.
+    pub data_bytes: u64,
+    /// Call times of the `200`s, µs.
+    pub hist: Histogram<u64>,
 }
 
 /// How h2load loads each path.
@@ -59,7 +78,7 @@ pub fn h2load(
     call_path: &str,
     params: &GrpcParams,
     dir: &Path,
-) -> Result<(f64, u64, u64, Histogram<u64>), BenchError> {
+) -> Result<H2loadRun, BenchError> {
     std::fs::create_dir_all(dir).map_err(BenchError::file("create", dir))?;
     let body = dir.join("request.bin");
     // One gRPC message: uncompressed, 5 bytes.
@@ -120,15 +139,35 @@ pub fn h2load(
             hist.saturating_record(us.max(1));
         }
     }
-    Ok((rps, succeeded, failed + errored, hist))
+    Ok(H2loadRun {
+        rps,
+        ok: succeeded,
+        failed: failed + errored,
+        data_bytes: data_bytes(&text),
+        hist,
+    })
+}
+
+/// The DATA bytes of h2load's `traffic:` line
+/// (`traffic: 1.2MB (1290000) total, 12KB (12000) headers (...), 1.2MB (1270000) data`).
+fn data_bytes(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("traffic: "))
+        .and_then(|l| l.split(", ").find(|part| part.ends_with(" data")))
+        .and_then(|part| {
+            let open = part.find('(')?;
+            let close = part.find(')')?;
+            part.get(open + 1..close)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// The Markdown table.
 pub fn markdown(rows: &[GrpcRow], params: &GrpcParams, target_note: &str) -> String {
     let mut s = format!(
         "### HTTP/2 and gRPC (h2load: {} connections × {} concurrent streams, {}s after a {}s \
-         warm-up)\n\n| path | call | calls/s | ok | failed | p50 ms | p99 ms | proxy CPU ms per 1,000 calls |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|\n",
+         warm-up)\n\n| path | call | calls/s | ok | failed | p50 ms | p99 ms | proxy CPU ms per 1,000 calls | DATA bytes per call |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
         params.connections,
         params.streams,
         params.duration.as_secs(),
@@ -136,7 +175,7 @@ pub fn markdown(rows: &[GrpcRow], params: &GrpcParams, target_note: &str) -> Str
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {} |\n",
+            "| {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {} | {:.0} |\n",
             r.path,
             r.call,
             r.rps,
@@ -144,7 +183,8 @@ pub fn markdown(rows: &[GrpcRow], params: &GrpcParams, target_note: &str) -> Str
             r.failed,
             r.p50_ms,
             r.p99_ms,
-            r.cpu_ms_per_1k.map_or("—".into(), |c| format!("{c:.1}"))
+            r.cpu_ms_per_1k.map_or("—".into(), |c| format!("{c:.1}")),
+            r.data_bytes_per_call
         ));
     }
     s.push_str(target_note);

@@ -126,8 +126,9 @@ impl MeshFiles {
     }
 }
 
-/// The policy both proxies load: the mesh, one team, both services, and B's callers (HTTP
-/// and opaque TCP, for the churn benchmark's new mTLS connections). `edit` only changes a
+/// The policy both proxies load: the mesh, one team, both services, and B's callers (HTTP,
+/// the gRPC benchmark's `bench.Echo` service — an HTTP pattern never grants a gRPC call — and
+/// opaque TCP, for the churn benchmark's new mTLS connections). `edit` only changes a
 /// reason.
 fn policy(edit: u64) -> String {
     format!(
@@ -150,6 +151,7 @@ spec:
   team: bench
   endpoints:
     - {{ rpc: "* /*" }}
+    - {{ rpc: "bench.Echo/*" }}
 ---
 apiVersion: sluice.dev/v1alpha1
 kind: MeshService
@@ -163,7 +165,7 @@ spec:
   service: {UPSTREAM_SERVICE}
   mode: enforce
   rules:
-    - {{ name: bench, from: [{CLIENT_SERVICE}], allow: ["* /*", tcp], reason: "the benchmark's load (edit {edit})" }}
+    - {{ name: bench, from: [{CLIENT_SERVICE}], allow: ["* /*", "bench.Echo/*", tcp], reason: "the benchmark's load (edit {edit})" }}
 "#
     )
 }
@@ -386,7 +388,7 @@ mod tests {
         }
         let policy = std::fs::read_to_string(files.policy_dir.join("mesh.yaml")).expect("yaml");
         assert!(
-            policy.contains("from: [bench-client], allow: [\"* /*\", tcp]"),
+            policy.contains("from: [bench-client], allow: [\"* /*\", \"bench.Echo/*\", tcp]"),
             "{policy}"
         );
         let endpoints = std::fs::read_to_string(&files.endpoints).expect("json");

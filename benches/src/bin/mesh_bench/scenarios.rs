@@ -16,7 +16,9 @@ use crate::mtls::MeshFiles;
 use crate::procs::{HaproxyPair, Hop, NginxPair, ProcSample, SluiceOptions, SluicePair, Watched};
 use crate::report;
 use crate::soak;
-use crate::upstream::{GRPC_STREAM, GRPC_UNARY, GrpcUpstream, TcpUpstream, Upstream};
+use crate::upstream::{
+    GRPC_MESSAGE, GRPC_STREAM, GRPC_UNARY, GrpcUpstream, STREAM_MESSAGES, TcpUpstream, Upstream,
+};
 
 /// One section of the report.
 #[derive(Debug, Serialize)]
@@ -106,21 +108,21 @@ pub async fn grpc(ctx: &Ctx<'_>, params: &GrpcParams) -> Result<Section, BenchEr
             eprintln!("gRPC {call}: {name}");
             let watched = pair.watched();
             let before = cpu_ticks(&watched);
-            let (rps, ok, failed, hist) =
-                grpc::h2load(*entry, path, params, &ctx.scratch.join("h2load"))?;
+            let run = grpc::h2load(*entry, path, params, &ctx.scratch.join("h2load"))?;
             let cpu_s = cpu_ticks(&watched).saturating_sub(before) as f64 / tick;
             // h2load's CPU window includes its warm-up; count those calls too.
-            let calls = rps * (params.duration + params.warmup).as_secs_f64();
+            let calls = run.rps * (params.duration + params.warmup).as_secs_f64();
             rows.push(GrpcRow {
                 path: (*name).into(),
                 call: call.into(),
-                rps,
-                ok,
-                failed,
-                p50_ms: grpc::us_quantile_ms(&hist, 0.5),
-                p99_ms: grpc::us_quantile_ms(&hist, 0.99),
+                rps: run.rps,
+                ok: run.ok,
+                failed: run.failed,
+                p50_ms: grpc::us_quantile_ms(&run.hist, 0.5),
+                p99_ms: grpc::us_quantile_ms(&run.hist, 0.99),
                 cpu_ms_per_1k: (!watched.is_empty() && calls > 0.0)
                     .then(|| cpu_s * 1000.0 / calls * 1000.0),
+                data_bytes_per_call: run.data_bytes as f64 / run.ok.max(1) as f64,
             });
         }
     }
@@ -138,10 +140,31 @@ pub async fn grpc(ctx: &Ctx<'_>, params: &GrpcParams) -> Result<Section, BenchEr
             )
         })
     };
-    let note: String = ["unary", "server stream"]
+    let mut note: String = ["unary", "server stream"]
         .iter()
         .filter_map(|c| ratio(c))
         .collect();
+    // h2load counts any `200` as a success, and a proxy answers a refused or failed gRPC call
+    // with `200` and a `grpc-status` (as gRPC requires): a row without its messages measured
+    // something else.
+    for r in &rows {
+        let messages = if r.call == "unary" {
+            1
+        } else {
+            STREAM_MESSAGES
+        };
+        if r.data_bytes_per_call < f64::from(messages) * GRPC_MESSAGE.len() as f64 * 0.9 {
+            note.push_str(&format!(
+                "- ✗ {} {}: {:.0} DATA bytes per call where {messages} message(s) are at least \
+                 {:.0}: the calls were answered without their messages (a refusal or an error \
+                 in `grpc-status`), so this row does not measure the path\n",
+                r.path,
+                r.call,
+                r.data_bytes_per_call,
+                f64::from(messages) * GRPC_MESSAGE.len() as f64
+            ));
+        }
+    }
     Ok(Section {
         markdown: grpc::markdown(&rows, params, &format!("\n{note}")),
         data: serde_json::to_value(&rows).unwrap_or_default(),

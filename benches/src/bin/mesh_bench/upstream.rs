@@ -102,7 +102,7 @@ pub const GRPC_STREAM: &str = "/bench.Echo/Stream";
 /// Messages in one server-stream answer.
 pub const STREAM_MESSAGES: u32 = 100;
 /// One length-prefixed gRPC message (uncompressed, 8 payload bytes).
-const GRPC_MESSAGE: &[u8] = b"\x00\x00\x00\x00\x08bench-ok";
+pub const GRPC_MESSAGE: &[u8] = b"\x00\x00\x00\x00\x08bench-ok";
 
 /// An HTTP/2 (prior knowledge) upstream that answers like a gRPC server: `200`,
 /// `content-type: application/grpc`, the message(s), then `grpc-status: 0` in the trailers.
