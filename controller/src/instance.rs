@@ -9,7 +9,7 @@
 //! | backend | start | stop | status |
 //! |---|---|---|---|
 //! | `sluice up` (`up::env`) | a network namespace, `sluice-proxy init`, the proxy and the command under the supervisor | stop the processes, delete the namespace | the supervisor's process state, `/proc` for CPU and memory, the log file's tail |
-//! | Kubernetes (next) | a Deployment of one pod from the service's Deployment, labelled with version, environment and role | delete it | the pod's phase and restarts, the metrics API, `kubectl logs` |
+//! | Kubernetes (`kubernetes::instances`) | a Deployment of one pod copied from the service's Deployment of that version, labelled with version, environment, role and instance, the spec in an annotation | delete it | the pod's readiness, IP, restarts, last exit and waiting reason (no logs, CPU or memory yet) |
 //!
 //! [`plan`] is the reconciliation both share: a pure function from what should run and what
 //! runs to the changes, so a backend only carries them out. Instance names are the backend's
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Run {
     /// The service's own definition of the version: the mesh file's workload and its
-    /// `versions` entry, or the service's Deployment with that version's image.
+    /// `versions` entry, or the service's Deployment of that version.
     Version,
     /// A developer's command (a debug build), run where the backend runs workloads. Only
     /// backends on the developer's machine can run one (`sluice up`).
@@ -112,8 +112,8 @@ pub enum BackendError {
     Failed(String),
 }
 
-/// Where instances run. Implemented by `sluice up`'s namespaces; the Kubernetes backend
-/// implements the same three calls.
+/// Where instances run. Implemented by `sluice up`'s namespaces and by the Kubernetes
+/// backend's Deployments.
 pub trait Backend {
     /// Creates and starts `spec`. Returns once it was created; it may still be starting.
     fn start(&mut self, spec: &InstanceSpec) -> Result<(), BackendError>;
