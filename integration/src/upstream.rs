@@ -55,6 +55,19 @@ impl Drop for Upstream {
 ///   in the order received, bytes as sent (for tests of repeated fields).
 pub async fn http(name: &str) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    serve_http(listener, name)
+}
+
+/// [`http`] on a listener the test bound elsewhere (e.g. inside a network namespace, with
+/// [`crate::netns::Netns::bind_tcp`]); it must be non-blocking. Call from a tokio runtime.
+pub fn http_on(listener: std::net::TcpListener, name: &str) -> Upstream {
+    serve_http(
+        TcpListener::from_std(listener).expect("a non-blocking listener"),
+        name,
+    )
+}
+
+fn serve_http(listener: TcpListener, name: &str) -> Upstream {
     let addr = listener.local_addr().expect("addr");
     let hits = Arc::new(AtomicUsize::new(0));
     let name: Arc<str> = name.into();
