@@ -1,11 +1,14 @@
 //! Sluice against a real Kubernetes API server (v1.20.2, built from Debian's source package by
 //! `ensure_kube`; etcd 3.4): the CRDs, `sluice controller --kubernetes`, the admission webhook,
-//! the registry from Services and Pods, and a restart.
+//! the registry from Services and Pods, a restart, and a call between real sidecars in network
+//! namespaces.
 //!
 //! What this proves is proved against v1.20 (no CEL, no server-side field validation, no
 //! native sidecars); the chart's manifests are also checked offline against the 1.29 and 1.33
-//! schemas (`helm.rs`). There is no kubelet: where a test needs a pod to be running, the test
-//! patches the Pod's status as a kubelet would, and says so.
+//! schemas (`helm.rs`). There is no kubelet or container runtime: where a test needs a pod to
+//! be running, the test patches the Pod's status as a kubelet would, and says so; where it
+//! needs real traffic, the pod's processes run the way `sluice up` runs workloads (a network
+//! namespace, `sluice-proxy init`, the sidecar, the app).
 //!
 //! One API server per test binary; the tests take turns on it and start from an empty mesh.
 //! Waits are generous polls: speed is measured in `benches/`, never asserted here, except the
@@ -42,6 +45,11 @@ impl KubeController {
     }
 
     fn start_with_kubeconfig(kubeconfig: &Path, extra: &[&str]) -> KubeController {
+        Self::start_listening(kubeconfig, "127.0.0.1:0", extra)
+    }
+
+    /// With the gRPC API (what proxies dial) on `listen`.
+    fn start_listening(kubeconfig: &Path, listen: &str, extra: &[&str]) -> KubeController {
         let state = tempfile::tempdir().expect("state");
         let mut args: Vec<String> = vec![
             "controller".into(),
@@ -49,7 +57,7 @@ impl KubeController {
             "--kubeconfig".into(),
             kubeconfig.display().to_string(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            listen.to_owned(),
             "--state-dir".into(),
             state.path().join("state").display().to_string(),
         ];
@@ -798,54 +806,174 @@ fn helm_install_creates_everything_and_the_controller_runs_with_the_charts_rbac(
         .output();
 }
 
-/// End to end with real sidecars: payments' sidecar (fed and certified by the Kubernetes
-/// controller) in front of an app, and frontend's sidecar calling payments by the Service's
-/// cluster IP. The ungranted call is denied with its access-request link; an AccessPolicy
-/// applied with kubectl lets it through.
+/// The UID the sidecars run as, which `sluice-proxy init` exempts from interception (its
+/// default, and `sluice up`'s).
+const PROXY_UID: &str = "2102";
+
+/// The API server's `--service-cluster-ip-range` (`kube.rs`): where cluster IPs come from.
+const SERVICE_CIDR: &str = "10.96.0.0/16";
+
+/// One "pod" of the end-to-end test: a network namespace on the test's bridge, with the
+/// sidecar's interception installed by `sluice-proxy init` (as the injected init container
+/// does, and `sluice up` in each workload's namespace). Dropped: its processes are killed and
+/// the namespace deleted, which takes its veth and iptables rules with it.
+struct PodNs {
+    ns: sluice_integration::netns::Netns,
+    ip: std::net::Ipv4Addr,
+}
+
+impl PodNs {
+    fn create(bridge: &sluice_integration::netns::Bridge, name: &str, i: u8) -> PodNs {
+        let id = std::process::id();
+        // As root with the tools installed, a namespace that cannot be made is a failure.
+        let ns = sluice_integration::netns::Netns::create(&format!("sluice-k8s-{id}-{name}"))
+            .unwrap_or_else(|e| panic!("`ip netns add` failed as root: {e}"));
+        let ip = bridge.addr(10 + i);
+        // Link names have at most 15 bytes: `skv<pid><i>` on the host, `…p` inside.
+        bridge
+            .attach(&ns, &format!("skv{id}{i}"), ip)
+            .unwrap_or_else(|e| panic!("veth for {name}: {e}"));
+        let mut init = ns.command(&[]);
+        init.arg(sluice_integration::proxy_bin())
+            .args(["init", "--proxy-uid", PROXY_UID]);
+        sluice_integration::netns::run(&mut init).expect("sluice-proxy init");
+        PodNs { ns, ip }
+    }
+
+    /// Starts the pod's sidecar as `sluice up` does: as [`PROXY_UID`], the inbound listener on
+    /// the pod's 4143 and the outbound on 4140 (where `init` redirects), certified with
+    /// `token` and fed by the controller at `controller`, which it trusts by `ca`.
+    fn sidecar(
+        &self,
+        controller: &str,
+        ca: &Path,
+        token: String,
+        service: &str,
+        pod: &str,
+    ) -> sluice_integration::Proxy {
+        let mut wrapper = self.ns.prefix();
+        wrapper.extend(
+            [
+                "setpriv",
+                "--reuid",
+                PROXY_UID,
+                "--regid",
+                PROXY_UID,
+                "--clear-groups",
+            ]
+            .map(String::from),
+        );
+        sluice_integration::Proxy::start(sluice_integration::ProxyOptions {
+            wrapper,
+            shared_dir: true,
+            ..sluice_integration::ProxyOptions::default()
+                .env("SLUICE_PROXY_INBOUND_ADDR", "0.0.0.0:4143")
+                .env("SLUICE_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140")
+                .env("SLUICE_PROXY_ADMIN_ADDR", "127.0.0.1:4191")
+                .env("SLUICE_PROXY_CONTROLLER_ADDR", controller)
+                .env("SLUICE_PROXY_CONTROLLER_CA", ca.display().to_string())
+                .env("SLUICE_PROXY_IDENTITY_TOKEN", token)
+                .env("SLUICE_PROXY_SERVICE", service)
+                .env("SLUICE_PROXY_SERVICE_VERSION", "v1")
+                .env("SLUICE_PROXY_INSTANCE", pod)
+                .env("SLUICE_PROXY_ID", pod)
+        })
+    }
+
+    /// `curl URL` run inside the namespace, as the pod's app: (status, body); status 0 when
+    /// curl got no response.
+    fn curl(&self, url: &str) -> (u16, String) {
+        let out = self
+            .ns
+            .command(&["curl", "-sS", "--noproxy", "*", "--max-time", "5"])
+            .args(["-w", "\n%{http_code}", url])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let body = if body.is_empty() {
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        } else {
+            body.to_owned()
+        };
+        (code.trim().parse().unwrap_or(0), body)
+    }
+}
+
+/// Why the end-to-end test cannot run here: it makes network namespaces, a bridge and
+/// iptables rules.
+fn netns_skip_reason() -> Option<String> {
+    for tool in ["ip", "iptables", "curl", "setpriv"] {
+        if !sluice_integration::have(tool) {
+            return Some(format!("`{tool}` not installed"));
+        }
+    }
+    (!sluice_integration::is_root())
+        .then(|| "needs root (network namespaces, a bridge, iptables)".to_owned())
+}
+
+/// End to end with real sidecars in network namespaces, certified and fed by the Kubernetes
+/// controller: frontend's app calls payments by its Service's cluster IP, is denied by
+/// payments' sidecar with the access-request link (nothing reaches payments' app), and an
+/// AccessPolicy applied with kubectl lets the same call through, with frontend's mesh identity.
 ///
-/// Not in network namespaces with iptables (that is `sluice up`'s test): the sidecars run on
-/// loopback in explicit mode, frontend's outbound listener standing for an intercepted
-/// connection to the cluster IP, which its sidecar resolves to payments through the
-/// controller. The pod "runs" on 127.0.0.1: no kubelet here, so the test patches the pod's
-/// status (IP, Ready) as a kubelet would, with the Service's target port at the sidecar's
-/// inbound listener.
+/// There is no kubelet or container runtime. Each pod's processes run the way `sluice up` runs
+/// workloads: a network namespace per pod on a bridge (addresses in a private /24 that exists
+/// only on that bridge), `sluice-proxy init`'s iptables rules inside it, the sidecar as UID
+/// 2102, and the app (payments: the test's HTTP server bound inside its namespace; frontend:
+/// `curl` run inside its namespace). Each Pod object in the real API server carries its
+/// namespace's address: the test patches the pod's status (IP, Ready) the way a kubelet would.
+/// The sidecars prove who they are with the bootstrap tokens of `sluice identity token`
+/// (TokenReview is `service_account_tokens_prove_exactly_their_own_workload`).
+///
+/// The cluster IP is routed to frontend's `eth0` and to nothing else (no kube-proxy here), so
+/// the call only works because frontend's sidecar takes the connection (iptables) and resolves
+/// its original destination, the cluster IP, to payments' ready pod through the controller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::await_holding_lock)] // as above: the guard only orders the tests
 async fn an_ungranted_call_is_denied_with_its_link_until_an_access_policy_is_applied() {
-    let Some((api, _guard)) = setup("kubernetes::end_to_end") else {
+    const TEST: &str = "kubernetes::end_to_end";
+    if let Some(reason) = netns_skip_reason() {
+        return sluice_integration::skip(TEST, &reason);
+    }
+    let Some((api, _guard)) = setup(TEST) else {
         return;
     };
     apply_shop(api);
-    let controller = KubeController::start(api, &[]);
-    let token = |service: &str| controller.token(service);
-    let app = sluice_integration::upstream::http("payments").await;
-    let payments = sluice_integration::Proxy::start(
-        sluice_integration::ProxyOptions::default()
-            .env("SLUICE_PROXY_CONTROLLER_ADDR", controller.grpc.clone())
-            .env("SLUICE_PROXY_CONTROLLER_CA", controller.ca_file())
-            .env("SLUICE_PROXY_IDENTITY_TOKEN", token("payments"))
-            .env("SLUICE_PROXY_SERVICE", "payments")
-            .env("SLUICE_PROXY_SERVICE_VERSION", "v1")
-            .env("SLUICE_PROXY_ID", "payments-0")
-            .env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={}", app.addr)),
-    );
-    let inbound_port = payments.explicit(0).port();
-    api.kubectl_ok(&[
-        "create",
-        "service",
-        "clusterip",
-        "payments",
-        &format!("--tcp=8080:{inbound_port}"),
-    ]);
-    let pod = serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "payments-0", "namespace": "default",
-            "labels": {"app": "payments", "sluice.dev/version": "v1"}},
-        "spec": {"containers": [{"name": "app", "image": "payments:v1"}]},
-    });
-    let (ok, _, err) = api.kubectl_stdin(&["apply", "-f", "-"], &pod.to_string());
-    assert!(ok, "{err}");
-    api.mark_pod_ready("default", "payments-0", "127.0.0.1");
+    let bridge =
+        sluice_integration::netns::Bridge::create(&format!("skb{}", std::process::id()), 252)
+            .unwrap_or_else(|e| panic!("bridge: {e}"));
+    let frontend_pod = PodNs::create(&bridge, "frontend", 0);
+    let payments_pod = PodNs::create(&bridge, "payments", 1);
+    // On the bridge's host address, so that every namespace reaches it (as in `sluice up`).
+    let controller =
+        KubeController::start_listening(&api.kubeconfig, &format!("{}:0", bridge.host()), &[]);
+    // The sidecars run as another user: they get the mesh CA in a directory they can read (the
+    // controller's state directory is private), as `sluice up` gives its proxies a copy.
+    let shared = tempfile::tempdir().expect("tempdir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    let ca = shared.path().join("controller-ca.pem");
+    std::fs::write(&ca, controller.ca_pem()).expect("CA copy");
+
+    // The Kubernetes objects: both Services (the selector `app=<name>`) and both Pods, whose
+    // status the test patches as a kubelet would once the pod runs: the namespace's address,
+    // Ready.
+    for (name, pod) in [("frontend", &frontend_pod), ("payments", &payments_pod)] {
+        api.kubectl_ok(&["create", "service", "clusterip", name, "--tcp=8080:8080"]);
+        let manifest = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{name}-0"), "namespace": "default",
+                "labels": {"app": name, "sluice.dev/version": "v1"}},
+            "spec": {"containers": [{"name": "app", "image": format!("{name}:v1")}]},
+        });
+        let (ok, _, err) = api.kubectl_stdin(&["apply", "-f", "-"], &manifest.to_string());
+        assert!(ok, "{err}");
+        api.mark_pod_ready("default", &format!("{name}-0"), &pod.ip.to_string());
+    }
     let cluster_ip = api
         .kubectl_ok(&[
             "get",
@@ -856,50 +984,61 @@ async fn an_ungranted_call_is_denied_with_its_link_until_an_access_policy_is_app
         ])
         .trim()
         .to_owned();
-    let frontend = sluice_integration::Proxy::start(
-        sluice_integration::ProxyOptions::default()
-            .env("SLUICE_PROXY_CONTROLLER_ADDR", controller.grpc.clone())
-            .env("SLUICE_PROXY_CONTROLLER_CA", controller.ca_file())
-            .env("SLUICE_PROXY_IDENTITY_TOKEN", token("frontend"))
-            .env("SLUICE_PROXY_SERVICE", "frontend")
-            .env("SLUICE_PROXY_ID", "frontend-0")
-            .env(
-                "SLUICE_PROXY_EXPLICIT_OUTBOUND",
-                format!("0={cluster_ip}:8080"),
-            ),
+
+    // Payments' app listens on the pod's port 8080, inside its namespace.
+    let app = sluice_integration::upstream::http_on(
+        payments_pod
+            .ns
+            .bind_tcp("0.0.0.0:8080".parse().expect("addr"))
+            .expect("bind in payments' namespace"),
+        "payments",
     );
-    let client = sluice_integration::client::hyper_client(false);
-    let call = async || {
-        sluice_integration::client::get(&client, frontend.explicit(0), "/v1/charges/42", &[])
-            .await
-            .expect("call")
-    };
-    // Until both sidecars have certificates and frontend's knows where payments runs, the
-    // call fails otherwise (frontend's own sidecar refuses an unknown destination with a 403
-    // of its own, `resolve_deny`); then payments' sidecar denies it: no grant for frontend.
+    let grpc = controller.grpc.clone();
+    let payments = payments_pod.sidecar(
+        &grpc,
+        &ca,
+        controller.token("payments"),
+        "payments",
+        "payments-0",
+    );
+    let frontend = frontend_pod.sidecar(
+        &grpc,
+        &ca,
+        controller.token("frontend"),
+        "frontend",
+        "frontend-0",
+    );
+    // A pod reaches cluster IPs through its default route; here only the service range is
+    // routed, to eth0, so that the app's connect is attempted (and intercepted) while nothing
+    // can leave the bridge.
+    frontend_pod
+        .ns
+        .run(&["ip", "route", "add", SERVICE_CIDR, "dev", "eth0"])
+        .expect("route to the service range");
+
+    let url = format!("http://{cluster_ip}:8080/v1/charges/42");
+    let logs = || format!("{}\n{}", frontend.log(), payments.log());
+    // Until both sidecars have certificates and frontend's knows where payments runs, the call
+    // fails otherwise (an unknown destination is passed through, to nowhere); then payments'
+    // sidecar denies it: no grant for frontend.
     let deadline = Instant::now() + PATIENCE;
     let denied = loop {
-        let reply = call().await;
-        if reply.status == 403 && !reply.body.contains("resolve_deny") {
-            break reply;
+        let (status, body) = frontend_pod.curl(&url);
+        if status == 403 && body.contains("access/new?") {
+            break body;
         }
         assert!(
             Instant::now() < deadline,
-            "never denied by payments: {} {}\n{}\n{}",
-            reply.status,
-            reply.body,
-            frontend.log(),
-            payments.log()
+            "never denied by payments: {status} {body}\n{}",
+            logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(
+        // The link asks for the declared endpoint, not the one charge.
         denied
-            .body
-            // The link asks for the declared endpoint, not the one charge.
             .contains("access/new?from=frontend&to=payments&rpc=GET%20%2Fv1%2Fcharges%2F%7Bid%7D"),
-        "{}",
-        denied.body
+        "{denied}"
     );
     assert_eq!(app.hits(), 0, "nothing reached the app");
 
@@ -910,24 +1049,51 @@ async fn an_ungranted_call_is_denied_with_its_link_until_an_access_policy_is_app
                  allow: [\"GET /v1/charges/{id}\"]\n      reason: The order page shows the charge.\n";
     let (ok, _, err) = api.kubectl_stdin(&["apply", "-f", "-"], grant);
     assert!(ok, "{err}");
+    let deadline = Instant::now() + PATIENCE;
     let allowed = loop {
-        let reply = call().await;
-        if reply.status == 200 {
-            break reply;
+        let (status, body) = frontend_pod.curl(&url);
+        if status == 200 {
+            break body;
         }
         assert!(
             Instant::now() < deadline,
-            "the grant never took effect: {} {}",
-            reply.status,
-            reply.body
+            "the grant never took effect: {status} {body}\n{}",
+            logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let seen: Value = serde_json::from_str(&allowed).expect("the app's JSON");
+    assert_eq!(seen["path"], "/v1/charges/42", "{seen}");
     assert_eq!(
-        allowed.json()["headers"]["sluice-client-id"],
-        "spiffe://shop.local/ns/default/svc/frontend",
-        "payments' sidecar saw frontend's mesh identity"
+        seen["headers"]["sluice-client-id"], "spiffe://shop.local/ns/default/svc/frontend",
+        "payments' sidecar saw frontend's mesh identity: {seen}"
     );
+    assert_eq!(app.hits(), 1, "the one granted call reached the app");
+    // Frontend's sidecar counted it as an outbound call to the mesh service payments: the
+    // cluster IP was resolved by the mesh, not by anything between the namespaces. (Counted
+    // when the response stream ends, which may be a moment after curl has the body.)
+    let counted = |metrics: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("sluice_proxy_responses_total{")
+                && [
+                    r#"direction="outbound""#,
+                    r#"src_service="frontend""#,
+                    r#"dst_service="payments""#,
+                    r#"status_code="200""#,
+                ]
+                .iter()
+                .all(|label| l.contains(label))
+        })
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, metrics) = frontend_pod.curl("http://127.0.0.1:4191/metrics");
+        if counted(&metrics) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A token the real API server mints with TokenRequest, as the kubelet does for a projected
