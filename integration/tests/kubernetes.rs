@@ -714,7 +714,13 @@ fn helm_install_creates_everything_and_the_controller_runs_with_the_charts_rbac(
     }
     let roles = api.kubectl_ok(&["get", "clusterroles", "-o", "name"]);
     for need in [
-        "policy", "registry", "events", "identity", "webhook", "trust",
+        "policy",
+        "registry",
+        "events",
+        "identity",
+        "webhook",
+        "trust",
+        "instances",
     ] {
         assert!(
             roles.contains(&format!("sluice-sluice-controller-{need}")),
