@@ -294,7 +294,8 @@ pub struct ControllerArgs {
     pub workload_logs: Option<PathBuf>,
     /// The runtime starts a fresh copy of the stable version beside each canary (with the
     /// role `baseline`), so canaries can be judged against a like-for-like baseline (a
-    /// CanaryPolicy's `analysis.baseline: copy`). `sluice up` does and sets this.
+    /// CanaryPolicy's `analysis.baseline: copy`). `sluice up` does and sets this; with
+    /// `--kubernetes` the controller starts them itself and this is implied.
     #[arg(long)]
     pub baseline_copies: bool,
     /// Once listening, write the bound address (`127.0.0.1:7071`) and a newline to this file.
@@ -613,7 +614,8 @@ async fn serve(
                 .unwrap_or_else(|| format!("http://{admin_addr}")),
             workload_logs: args.workload_logs.clone(),
             delivery: Some(crate::notify::DeliveryConfig::default()),
-            baseline_copies: args.baseline_copies,
+            // A backend in this process (Kubernetes) starts baseline copies too.
+            baseline_copies: args.baseline_copies || instance_backend.is_some(),
         },
     )
     .map_err(|e| {
@@ -629,7 +631,8 @@ async fn serve(
     let instances_task = instance_backend.map(|backend| {
         tokio::spawn(crate::env::driver::run(
             Arc::clone(&env_routes.envs),
-            crate::env::driver::Driver::new(backend, "kubernetes"),
+            crate::env::driver::Driver::new(backend, "kubernetes")
+                .with_rollouts(plane.store().clone()),
         ))
     });
     let portal_file = args.state_dir.join(PORTAL_ADDR_FILE);

@@ -2,7 +2,7 @@
 //! against a real API server (v1.20.2, `sluice_integration::kube`): `sluice env create`
 //! against `sluice controller --kubernetes` creates a Deployment copied from the service's
 //! own, the environment follows its pod, a restarted controller finds it again, and
-//! `sluice env delete` removes it.
+//! `sluice env delete` removes it; a rollout gets its baseline copy the same way.
 //!
 //! There is no kube-controller-manager, scheduler or kubelet here: nothing turns a Deployment
 //! into a ReplicaSet and a pod, or runs the pod. Where the test needs the copy's pod, it
@@ -117,6 +117,25 @@ impl KubeController {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// `sluice rollout ARGS --state-dir STATE --output json`, as a person runs it, parsed.
+    fn rollout(&self, args: &[&str]) -> Value {
+        let out = Command::new(sluice_bin())
+            .arg("rollout")
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.state.path().join("state"))
+            .args(["--output", "json"])
+            .output()
+            .expect("sluice rollout");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "sluice rollout {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     }
 
     /// The environment `name` as `sluice env list --output json` shows it.
@@ -552,4 +571,73 @@ fn the_charts_rbac_lets_the_controller_manage_deployments_and_no_more() {
     assert!(!can("delete", "pods"), "delete pods");
     assert!(can("list", "pods"), "list pods (the registry's)");
     assert!(!can("create", "replicasets.apps"), "create replicasets");
+}
+
+/// A rollout is judged against a fresh copy of the stable version: with the shop's payments
+/// CanaryPolicy (`analysis.baseline` is `copy` by default) the controller in the cluster runs
+/// `payments-v1-baseline`, a copy of payments' v1 Deployment labelled with the role
+/// `baseline`, while the rollout is active, and deletes it when the rollout is aborted.
+///
+/// No ReplicaSet controller or kubelet: payments' v1 and v2 pods are created and reported
+/// Ready by the test, as they would (so the registry has a live stable and canary version).
+#[test]
+fn a_rollout_gets_a_baseline_copy_deployment_until_it_ends() {
+    let Some((api, _guard)) = setup("kubernetes_instances::rollout") else {
+        return;
+    };
+    deploy_service(api, "payments", Some("v1"), "registry.example/shop:0.1.0");
+    let mut v2 = get_json(api, &["deployment", "payments"]);
+    v2["metadata"] =
+        json!({"name": "payments-v2", "namespace": "default", "labels": {"app": "payments"}});
+    v2["spec"]["replicas"] = json!(1);
+    v2["spec"]["selector"] =
+        json!({"matchLabels": {"app": "payments", "sluice.dev/version": "v2"}});
+    v2["spec"]["template"]["metadata"]["labels"]["sluice.dev/version"] = json!("v2");
+    v2["spec"]["template"]["spec"]["containers"][0]["image"] = json!("registry.example/shop:0.2.0");
+    v2.as_object_mut().map(|o| o.remove("status"));
+    apply(api, &v2);
+    let v1 = get_json(api, &["deployment", "payments"]);
+    run_pod_of(api, &v1, "10.244.2.10");
+    let v2 = get_json(api, &["deployment", "payments-v2"]);
+    run_pod_of(api, &v2, "10.244.2.20");
+    let controller = KubeController::start(api);
+
+    let started = controller.rollout(&["start", "payments", "--version", "v2"]);
+    let id = started["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no rollout id: {started:#}"))
+        .to_owned();
+    assert_eq!(started["baseline"]["copy_requested"], true, "{started:#}");
+
+    let copy = wait_for("payments' baseline copy", || {
+        copies(api)
+            .into_iter()
+            .find(|d| d["metadata"]["name"] == "payments-v1-baseline")
+    });
+    let labels = &copy["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["sluice.dev/version"], "v1", "{copy:#}");
+    assert_eq!(labels["sluice.dev/role"], "baseline", "{copy:#}");
+    assert_eq!(labels["sluice.dev/environment"], "stable", "{copy:#}");
+    assert_eq!(
+        labels["app"], "payments",
+        "the Service selects it: {copy:#}"
+    );
+    assert_eq!(
+        copy["spec"]["template"]["spec"]["containers"][0]["image"], "registry.example/shop:0.1.0",
+        "a copy of the stable version, not the canary: {copy:#}"
+    );
+    assert_eq!(copies(api).len(), 1, "only the baseline copy");
+
+    let aborted = controller.rollout(&["abort", &id]);
+    assert_eq!(aborted["phase"], "aborted", "{aborted:#}");
+    wait_for("the baseline copy to go", || {
+        copies(api).is_empty().then_some(())
+    });
+    // The team's own Deployments are untouched.
+    for name in ["payments", "payments-v2"] {
+        assert_eq!(
+            get_json(api, &["deployment", name])["metadata"]["name"],
+            name
+        );
+    }
 }

@@ -6,6 +6,12 @@
 //!
 //! The backend is any [`Backend`]; this module never learns what runs the instances (the core
 //! does not name the cluster).
+//!
+//! Rollouts share the backend: with [`Driver::with_rollouts`], each round also asks for the
+//! baseline copy every active rollout wants ([`Rollout::baseline_instance`]), so a canary in
+//! the cluster is judged against a fresh copy of the stable version, as under `sluice up`.
+//!
+//! [`Rollout::baseline_instance`]: crate::rollout::model::Rollout::baseline_instance
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::{Environments, SyncRequest};
 use crate::instance::{self, Backend, InstanceSpec, InstanceStatus};
+use crate::store::Store;
 
 /// How often the backend is synced.
 pub const EVERY: Duration = Duration::from_secs(2);
@@ -27,6 +34,8 @@ pub struct Driver {
     /// Starts that failed: (generation, error, when). Reported as the instance's status, so
     /// the environment shows why its copy does not run.
     failed: HashMap<String, (u64, String, Instant)>,
+    /// Where the rollouts are, when this backend also starts their baseline copies.
+    rollouts: Option<Store>,
 }
 
 impl Driver {
@@ -36,6 +45,35 @@ impl Driver {
             backend,
             name: name.to_owned(),
             failed: HashMap::new(),
+            rollouts: None,
+        }
+    }
+
+    /// Also starts and stops the baseline copies of the rollouts in `store`.
+    pub fn with_rollouts(mut self, store: Store) -> Self {
+        self.rollouts = Some(store);
+        self
+    }
+
+    /// The baseline copies the active rollouts want. When the rollouts cannot be read, the
+    /// copies running now are kept: a store hiccup must not stop a rollout's baseline.
+    fn rollout_instances(&self, running: &[(InstanceSpec, InstanceStatus)]) -> Vec<InstanceSpec> {
+        let Some(store) = &self.rollouts else {
+            return Vec::new();
+        };
+        match crate::rollout::store::active(store) {
+            Ok(rollouts) => rollouts
+                .iter()
+                .filter_map(|r| r.baseline_instance())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "rollouts: cannot read them; keeping the baseline copies as they are");
+                running
+                    .iter()
+                    .filter(|(s, _)| s.role == sluice_policy::resources::BASELINE_ROLE)
+                    .map(|(s, _)| s.clone())
+                    .collect()
+            }
         }
     }
 
@@ -54,13 +92,14 @@ impl Driver {
                 });
             }
         }
-        let desired = envs
+        let mut desired = envs
             .sync(SyncRequest {
                 backend: self.name.clone(),
                 ingress: None,
                 instances: statuses,
             })
             .instances;
+        desired.extend(self.rollout_instances(&running));
         let now = Instant::now();
         self.failed.retain(|name, (generation, _, at)| {
             now.duration_since(*at) < RETRY_AFTER
@@ -235,6 +274,114 @@ mod tests {
         envs.delete("pr-1", Why::Asked).await?;
         driver.round(&envs);
         assert!(names().is_empty(), "{:?}", names());
+        Ok(())
+    }
+
+    /// A rollout as the engine saves it: payments v1 → v2, progressing, a copy asked for.
+    fn rollout_wanting_a_copy() -> crate::rollout::model::Rollout {
+        use crate::rollout::model::{Baseline, BaselineKind, Phase, Rollout};
+        Rollout {
+            id: "r-20261202-0001".into(),
+            namespace: "default".into(),
+            service: "payments".into(),
+            baseline_version: "v1".into(),
+            canary_version: "v2".into(),
+            phase: Phase::Pending,
+            step: 0,
+            weight: 0,
+            steps: Vec::new(),
+            interval_ms: 5_000,
+            progress_deadline_ms: 600_000,
+            policy: "payments".into(),
+            analysis: Default::default(),
+            on_failure: Default::default(),
+            requested_by: "dev".into(),
+            created_unix_ms: 0,
+            updated_unix_ms: 0,
+            step_started_unix_ms: 0,
+            first_traffic_unix_ms: None,
+            finished_unix_ms: None,
+            decision: String::new(),
+            evidence: Vec::new(),
+            failed_check: None,
+            baseline: Baseline {
+                kind: BaselineKind::Waiting,
+                copy_requested: true,
+                instances: Vec::new(),
+                description: String::new(),
+            },
+            failed_checks: Vec::new(),
+            canary_requests: 0,
+            baseline_requests: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rollout_gets_its_baseline_copy_from_the_backend_until_it_ends()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use crate::rollout::model::{BaselineKind, Phase};
+        let dir = tempfile::tempdir()?;
+        let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop/policy");
+        let plane = ControlPlane::new(
+            Store::open(dir.path())?,
+            PolicySnapshot::new(sluice_policy::PolicySet::load(&shop)?),
+            Duration::from_secs(30),
+        )?;
+        let store = plane.store().clone();
+        let envs = Environments::load(plane, None)?;
+        let backend = VersionsOnly::default();
+        let running = Arc::clone(&backend.running);
+        let specs = || running.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut driver = Driver::new(Box::new(backend), "kubernetes").with_rollouts(store.clone());
+
+        let mut r = rollout_wanting_a_copy();
+        crate::rollout::store::save(&store, &r, None)?;
+        driver.round(&envs);
+        let copy = specs();
+        assert_eq!(copy.len(), 1, "{copy:?}");
+        assert_eq!(
+            (
+                copy[0].name.as_str(),
+                copy[0].service.as_str(),
+                copy[0].version.as_str(),
+                copy[0].environment.as_str(),
+                copy[0].role.as_str(),
+                &copy[0].run,
+            ),
+            (
+                "payments-v1-baseline",
+                "payments",
+                "v1",
+                "stable",
+                "baseline",
+                &Run::Version
+            )
+        );
+        // The copy registered: the rollout judges against it; nothing is started twice.
+        r.phase = Phase::Progressing;
+        r.baseline.kind = BaselineKind::Copy;
+        crate::rollout::store::save(&store, &r, None)?;
+        driver.round(&envs);
+        assert_eq!(specs().len(), 1);
+        // Rolled back: the copy goes.
+        r.phase = Phase::RolledBack;
+        crate::rollout::store::save(&store, &r, None)?;
+        driver.round(&envs);
+        assert!(specs().is_empty(), "{:?}", specs());
+
+        // A rollout that fell back to the stable instances (no copy registered in time) does
+        // not keep one, and one that never asked (baseline: stable in its policy) gets none.
+        let mut fell_back = rollout_wanting_a_copy();
+        fell_back.id = "r-20261202-0002".into();
+        fell_back.baseline.kind = BaselineKind::Stable;
+        crate::rollout::store::save(&store, &fell_back, None)?;
+        let mut never = rollout_wanting_a_copy();
+        never.id = "r-20261202-0003".into();
+        never.service = "catalog".into();
+        never.baseline.copy_requested = false;
+        crate::rollout::store::save(&store, &never, None)?;
+        driver.round(&envs);
+        assert!(specs().is_empty(), "{:?}", specs());
         Ok(())
     }
 }

@@ -183,6 +183,29 @@ impl Rollout {
     pub fn current_step(&self) -> Option<&StepPlan> {
         self.steps.get(self.step)
     }
+
+    /// The fresh copy of the stable version this rollout needs from a backend that starts
+    /// instances, as the instance interface says it: service S, the baseline version, the
+    /// stable environment, the role `baseline`. Some while the rollout is active, asked for a
+    /// copy and has not fallen back to the stable instances; then none, so the copy is
+    /// stopped. `sluice up` plans the same copy from its mesh file (`up::rollouts`); a backend
+    /// in the controller's process (Kubernetes) is handed this one.
+    pub fn baseline_instance(&self) -> Option<crate::instance::InstanceSpec> {
+        let wanted = self.phase.is_active()
+            && self.baseline.copy_requested
+            && self.baseline.kind != BaselineKind::Stable;
+        let role = sluice_policy::resources::BASELINE_ROLE;
+        wanted.then(|| crate::instance::InstanceSpec {
+            name: format!("{}-{}-{role}", self.service, self.baseline_version),
+            namespace: self.namespace.clone(),
+            service: self.service.clone(),
+            version: self.baseline_version.clone(),
+            environment: crate::server::register::DEFAULT_ENVIRONMENT.to_owned(),
+            role: role.to_owned(),
+            run: crate::instance::Run::Version,
+            generation: 0,
+        })
+    }
 }
 
 /// One analysis interval of a rollout: what each side did in it (increments), for the
