@@ -83,6 +83,54 @@ async fn curl_http2_prior_knowledge() {
     assert_eq!(json["name"], "h2");
 }
 
+/// `SLUICE_PROXY_RUNTIME=per-core`: each worker thread accepts from the same listeners and
+/// serves its connections on its own runtime. Many new connections, HTTP/1.1 and HTTP/2, are
+/// all served whichever worker takes them, and the second worker is a thread of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_per_core_serves_every_connection_on_every_worker() {
+    if !have("curl") {
+        return skip("per_core", "curl not installed");
+    }
+    let up = upstream::http("web").await;
+    let proxy = Proxy::start(
+        explicit_to(up.addr)
+            .env("SLUICE_PROXY_RUNTIME", "per-core")
+            .env("TOKIO_WORKER_THREADS", "2"),
+    );
+    let base = format!("http://{}", proxy.explicit(0));
+    for i in 0..20 {
+        let h2 = i % 2 == 1;
+        let mut args = vec!["-sS", "-i"];
+        if h2 {
+            args.push("--http2-prior-knowledge");
+        }
+        let url = format!("{base}/n/{i}");
+        args.push(&url);
+        let out = curl(&args).await;
+        assert!(out.status.success(), "{out:?}\n{}", proxy.log());
+        let (head, json) = split_response(&out);
+        let want = if h2 { "HTTP/2 200" } else { "HTTP/1.1 200" };
+        assert!(head.starts_with(want), "{head}");
+        assert_eq!(json["path"], format!("/n/{i}"));
+    }
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", proxy.pid()))
+        .expect("tasks")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect();
+    assert!(
+        threads.iter().any(|t| t == "sluice-worker-1"),
+        "{threads:?}"
+    );
+    assert!(
+        proxy
+            .log()
+            .contains("one current-thread runtime per worker"),
+        "{}",
+        proxy.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn spoofed_mesh_headers_and_hop_by_hop_are_stripped() {
     if !have("curl") {

@@ -450,9 +450,25 @@ async fn slow_headers_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_per_listener_are_capped_and_the_admin_port_stays_up() {
+    capped(ProxyOptions::default()).await;
+}
+
+/// With a runtime per core every worker accepts from the same listener: the cap must stay one
+/// cap for the listener, not one per worker (16 × 2 slow clients would otherwise be held).
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_runtime_per_core_the_cap_is_one_cap_across_workers() {
+    capped(
+        ProxyOptions::default()
+            .env("SLUICE_PROXY_RUNTIME", "per-core")
+            .env("TOKIO_WORKER_THREADS", "2"),
+    )
+    .await;
+}
+
+async fn capped(options: ProxyOptions) {
     let app = upstream::http("app").await;
     let proxy = Proxy::start(
-        ProxyOptions::default()
+        options
             .env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={}", app.addr))
             .env("SLUICE_PROXY_MAX_CONNECTIONS", "16"),
     );

@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 use tower::util::BoxCloneSyncService;
 
 use crate::authz::{Authorizer, Reporter};
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, RuntimeShape};
 use crate::http::ServerConfig;
 use crate::http::forward::Forward;
 use crate::http::forward::MeshOut;
@@ -232,9 +232,34 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         probes: config.probes.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin));
+    // Per-core: every other worker gets a descriptor of each listener and the same slots.
+    let workers = match config.runtime {
+        RuntimeShape::PerCore => per_core_workers(),
+        _ => 1,
+    };
+    let mut others: Vec<Vec<(listen::SharedListener, Arc<tokio::sync::Semaphore>)>> =
+        (1..workers).map(|_| Vec::new()).collect();
     for l in listeners {
         tracing::info!(direction = %l.direction, mode = ?l.mode, addr = %l.local, "listening");
-        tokio::spawn(listen::accept_loop(l, dispatch.clone(), watch.clone()));
+        let slots = listen::connection_slots(&dispatch);
+        for worker in &mut others {
+            let copy = l
+                .share()
+                .map_err(|e| StartError::Other(format!("share listener {}: {e}", l.local)))?;
+            worker.push((copy, slots.clone()));
+        }
+        tokio::spawn(listen::accept_loop(
+            l,
+            slots,
+            dispatch.clone(),
+            watch.clone(),
+        ));
+    }
+    for (i, listeners) in others.into_iter().enumerate() {
+        spawn_worker(i + 1, listeners, dispatch.clone(), watch.clone())?;
+    }
+    if workers > 1 {
+        tracing::info!(workers, "runtime: one current-thread runtime per worker");
     }
     // Only now may the controller hand this instance to its peers.
     serving.send_replace(true);
@@ -266,6 +291,57 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Some(reports) = traffic_reports {
         reports.abort();
     }
+    Ok(())
+}
+
+/// Workers of the `per-core` runtime: `TOKIO_WORKER_THREADS`, else one per CPU.
+fn per_core_workers() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+        .clamp(1, 256)
+}
+
+/// Starts per-core worker `index`: a thread with its own current-thread runtime accepting from
+/// `listeners`. It runs until the process exits: its connections hold drain watches, so
+/// shutdown on the first worker waits for them as for its own.
+fn spawn_worker(
+    index: usize,
+    listeners: Vec<(listen::SharedListener, Arc<tokio::sync::Semaphore>)>,
+    dispatch: Arc<listen::Dispatch>,
+    watch: drain::Watch,
+) -> Result<(), StartError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Other(format!("start worker {index}'s runtime: {e}")))?;
+    std::thread::Builder::new()
+        .name(format!("sluice-worker-{index}"))
+        .spawn(move || {
+            crate::http::forward::set_worker(index);
+            runtime.block_on(async move {
+                for (l, slots) in listeners {
+                    match l.into_listener() {
+                        Ok(l) => {
+                            tokio::spawn(listen::accept_loop(
+                                l,
+                                slots,
+                                dispatch.clone(),
+                                watch.clone(),
+                            ));
+                        }
+                        Err(error) => {
+                            tracing::error!(worker = index, %error, "cannot accept on a listener");
+                        }
+                    }
+                }
+                drop(watch);
+                std::future::pending::<()>().await;
+            });
+        })
+        .map_err(|e| StartError::Other(format!("start worker {index}: {e}")))?;
     Ok(())
 }
 

@@ -111,9 +111,10 @@ pub const ENV_IDENTITY_POLL: &str = "SLUICE_PROXY_IDENTITY_POLL";
 /// identity source or a config source (policy directory, snapshot file or the controller),
 /// `off` otherwise (a bare proxy only forwards).
 pub const ENV_AUTHZ: &str = "SLUICE_PROXY_AUTHZ";
-/// The shape of the async runtime: `current-thread` (every task on the main thread) or
+/// The shape of the async runtime: `current-thread` (every task on the main thread),
 /// `multi-thread` (tokio's work-stealing pool, `TOKIO_WORKER_THREADS` workers, default one
-/// per CPU). See [`RuntimeShape`] for the default and why.
+/// per CPU) or `per-core` (one current-thread runtime per worker, each accepting its own
+/// connections). See [`RuntimeShape`] for the default and why.
 pub const ENV_RUNTIME: &str = "SLUICE_PROXY_RUNTIME";
 /// How often denials are reported to the controller. Default `1s`.
 pub const ENV_DENIAL_REPORT_INTERVAL: &str = "SLUICE_PROXY_DENIAL_REPORT_INTERVAL";
@@ -157,6 +158,13 @@ pub enum RuntimeShape {
     CurrentThread,
     /// Tokio's work-stealing pool.
     MultiThread,
+    /// One current-thread runtime per worker (`TOKIO_WORKER_THREADS`, default one per CPU),
+    /// each accepting from every listener and serving its connections to the end, with its
+    /// own upstream connection pools: a connection and the connections it opens stay on one
+    /// thread (no lock contended and no wake-up across cores, which HTTP/2's per-connection
+    /// state pays for most), and every core is used. The controller stream, the admin server
+    /// and the reporters run on the first.
+    PerCore,
 }
 
 impl RuntimeShape {
@@ -165,6 +173,7 @@ impl RuntimeShape {
         match self {
             RuntimeShape::CurrentThread => "current-thread",
             RuntimeShape::MultiThread => "multi-thread",
+            RuntimeShape::PerCore => "per-core",
         }
     }
 }
@@ -442,7 +451,8 @@ impl Config {
             runtime: p.parse(ENV_RUNTIME, RuntimeShape::MultiThread, |s| match s {
                 "current-thread" => Ok(RuntimeShape::CurrentThread),
                 "multi-thread" => Ok(RuntimeShape::MultiThread),
-                _ => Err("expected `current-thread` or `multi-thread`".into()),
+                "per-core" => Ok(RuntimeShape::PerCore),
+                _ => Err("expected `current-thread`, `multi-thread` or `per-core`".into()),
             }),
             traffic_report_interval: p
                 .duration(ENV_TRAFFIC_REPORT_INTERVAL, Duration::from_secs(1)),

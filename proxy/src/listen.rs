@@ -64,6 +64,47 @@ impl Listener {
             local,
         })
     }
+
+    /// The same socket for another runtime (`per-core`): a second descriptor of it, so
+    /// each runtime accepts connections from one queue. The descriptor shares the socket's
+    /// non-blocking mode.
+    pub fn share(&self) -> io::Result<SharedListener> {
+        use std::os::fd::AsFd;
+        let fd = self.tcp.as_fd().try_clone_to_owned()?;
+        Ok(SharedListener {
+            direction: self.direction,
+            mode: self.mode,
+            tcp: std::net::TcpListener::from(fd),
+            local: self.local,
+        })
+    }
+}
+
+/// A [`Listener`] on its way to another runtime (see [`Listener::share`]).
+#[derive(Debug)]
+pub struct SharedListener {
+    direction: Direction,
+    mode: Mode,
+    tcp: std::net::TcpListener,
+    local: SocketAddr,
+}
+
+impl SharedListener {
+    /// Registers the socket with the runtime this is called in.
+    pub fn into_listener(self) -> io::Result<Listener> {
+        Ok(Listener {
+            direction: self.direction,
+            mode: self.mode,
+            tcp: TcpListener::from_std(self.tcp)?,
+            local: self.local,
+        })
+    }
+}
+
+/// The connection slots of one listener ([`Dispatch::max_connections`]), shared by every
+/// runtime that accepts from it so the cap stays one cap.
+pub fn connection_slots(dispatch: &Dispatch) -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(dispatch.max_connections))
 }
 
 /// Everything a connection needs, shared by all listeners.
@@ -111,14 +152,19 @@ enum Declared {
 /// Accepts connections until draining starts; each connection keeps a drain watch so
 /// shutdown waits for it.
 ///
-/// At most `dispatch.max_connections` are served at once. Over the cap a new connection is
+/// At most `dispatch.max_connections` are served at once (`slots`, from
+/// [`connection_slots`], shared by every runtime accepting from this listener). Over the cap a new connection is
 /// closed at once (the client sees a reset or EOF and can retry elsewhere) rather than left
 /// queueing, so slow clients cannot take every file descriptor: the admin listener (health
 /// checks) is not capped, and the cap leaves it descriptors. Reaching the cap, and leaving
 /// it, is logged once each time.
-pub async fn accept_loop(listener: Listener, dispatch: Arc<Dispatch>, drain: drain::Watch) {
+pub async fn accept_loop(
+    listener: Listener,
+    slots: Arc<tokio::sync::Semaphore>,
+    dispatch: Arc<Dispatch>,
+    drain: drain::Watch,
+) {
     let mut stop = drain.clone();
-    let slots = Arc::new(tokio::sync::Semaphore::new(dispatch.max_connections));
     let mut at_cap = false;
     loop {
         let accepted = tokio::select! {

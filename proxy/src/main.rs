@@ -94,7 +94,10 @@ fn run() -> ExitCode {
     };
     app::init_tracing(&config);
     let mut builder = match config.runtime {
-        RuntimeShape::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        // Per-core: this thread is the first worker; `app::run` starts the others.
+        RuntimeShape::CurrentThread | RuntimeShape::PerCore => {
+            tokio::runtime::Builder::new_current_thread()
+        }
         RuntimeShape::MultiThread => tokio::runtime::Builder::new_multi_thread(),
     };
     let runtime = match builder.enable_all().build() {

@@ -51,8 +51,20 @@ pub struct Forward {
 }
 
 /// Pools are per endpoint and per expected peer identity: a plaintext connection and an mTLS
-/// one to the same address are different connections.
-type PoolKey = (SocketAddr, Option<SpiffeId>);
+/// one to the same address are different connections. With the `per-core` runtime they are
+/// also per worker ([`set_worker`]): a pooled connection is driven by a task of the runtime
+/// that opened it, and a request from another worker's thread would hand every frame across.
+type PoolKey = (SocketAddr, Option<SpiffeId>, usize);
+
+thread_local! {
+    /// This thread's `per-core` worker; 0 for every thread of the other runtime shapes.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as `per-core` worker `index`, for its own connection pools.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
 
 #[derive(Debug)]
 struct Pools {
@@ -96,7 +108,7 @@ impl Forward {
         peer: Option<SpiffeId>,
     ) -> Client<Connector, Body> {
         let map = if h2 { &self.pools.h2 } else { &self.pools.h1 };
-        let key = (addr, peer);
+        let key = (addr, peer, WORKER.with(std::cell::Cell::get));
         if let Some(c) = map.get(&key) {
             return c.clone();
         }

@@ -84,8 +84,8 @@ struct Args {
     /// `TOKIO_WORKER_THREADS` for each sluice proxy (default: tokio's, one per CPU).
     #[arg(long)]
     sluice_worker_threads: Option<usize>,
-    /// `SLUICE_PROXY_RUNTIME` for each sluice proxy (`current-thread` or `multi-thread`;
-    /// default: the proxy's own default).
+    /// `SLUICE_PROXY_RUNTIME` for each sluice proxy (`current-thread`, `multi-thread` or
+    /// `per-core`; default: the proxy's own default).
     #[arg(long)]
     sluice_runtime: Option<String>,
     /// More environment for each sluice proxy, `NAME=VALUE`: e.g.
