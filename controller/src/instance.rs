@@ -185,6 +185,92 @@ pub fn reconcile(backend: &mut dyn Backend, desired: &[InstanceSpec]) -> Vec<(St
     failed
 }
 
+/// A start that failed is not tried again for this long (or until its spec changes).
+pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One failure [`Retries::reconcile`] met.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The instance.
+    pub name: String,
+    /// What went wrong.
+    pub error: String,
+    /// Whether this instance failed with this error already (a runner logs it once).
+    pub again: bool,
+}
+
+/// The retry rule every runner shares: an instance whose start failed is reported with its
+/// error, neither started again for [`RETRY_AFTER`] (sooner when its spec's generation
+/// changes) nor stopped, and everything else is reconciled as [`plan`] says.
+#[derive(Debug, Default)]
+pub struct Retries {
+    /// Starts that failed: (generation, error, when).
+    failed: BTreeMap<String, (u64, String, std::time::Instant)>,
+}
+
+impl Retries {
+    /// Adds, for the controller, the failed instances the backend does not list (a start
+    /// that failed left nothing running), with their errors.
+    pub fn report(&self, statuses: &mut Vec<InstanceStatus>) {
+        for (name, (generation, error, _)) in &self.failed {
+            if !statuses.iter().any(|s| s.name == *name) {
+                statuses.push(InstanceStatus {
+                    name: name.clone(),
+                    generation: *generation,
+                    error: Some(error.clone()),
+                    ..InstanceStatus::default()
+                });
+            }
+        }
+    }
+
+    /// Makes `backend` match `desired`, but for failed starts still waiting to be retried;
+    /// `running` is what the backend listed this round. Returns this round's failures.
+    pub fn reconcile(
+        &mut self,
+        backend: &mut dyn Backend,
+        desired: &[InstanceSpec],
+        running: &[InstanceSpec],
+        now: std::time::Instant,
+    ) -> Vec<Failure> {
+        // Kept for `again`: a retry that fails the same way is not news.
+        let previous: BTreeMap<String, String> = self
+            .failed
+            .iter()
+            .map(|(name, (_, error, _))| (name.clone(), error.clone()))
+            .collect();
+        self.failed.retain(|name, (generation, _, at)| {
+            now.duration_since(*at) < RETRY_AFTER
+                && desired
+                    .iter()
+                    .any(|d| d.name == *name && d.generation == *generation)
+        });
+        let mut keep: Vec<InstanceSpec> = desired
+            .iter()
+            .filter(|d| !self.failed.contains_key(&d.name))
+            .cloned()
+            .collect();
+        keep.extend(
+            running
+                .iter()
+                .filter(|s| self.failed.contains_key(&s.name))
+                .cloned(),
+        );
+        let mut failures = Vec::new();
+        for (name, error) in reconcile(backend, &keep) {
+            let generation = desired
+                .iter()
+                .find(|d| d.name == name)
+                .map_or(0, |d| d.generation);
+            let again = previous.get(&name) == Some(&error);
+            self.failed
+                .insert(name.clone(), (generation, error.clone(), now));
+            failures.push(Failure { name, error, again });
+        }
+        failures
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,5 +356,56 @@ mod tests {
         );
         reconcile(&mut b, &[]);
         assert!(b.running.is_empty());
+    }
+
+    #[test]
+    fn a_failed_start_is_reported_waits_to_be_retried_and_is_retried_at_once_when_its_spec_changes()
+    {
+        let mut backend = Memory::default();
+        let mut retries = Retries::default();
+        let t0 = std::time::Instant::now();
+        let desired = [spec("broken.pr-1", 1), spec("checkout.pr-1", 1)];
+        let failures = retries.reconcile(&mut backend, &desired, &[], t0);
+        assert_eq!(
+            failures,
+            [Failure {
+                name: "broken.pr-1".into(),
+                error: "no such version".into(),
+                again: false,
+            }]
+        );
+        assert_eq!(backend.log, ["start checkout.pr-1"]);
+        // The controller hears about it: the backend lists nothing for it.
+        let mut statuses = Vec::new();
+        retries.report(&mut statuses);
+        assert_eq!(statuses.len(), 1);
+        assert_eq!(statuses[0].error.as_deref(), Some("no such version"));
+        // Within RETRY_AFTER: not tried again, nothing else touched.
+        let running = backend.running.clone();
+        let soon = t0 + RETRY_AFTER / 2;
+        assert!(
+            retries
+                .reconcile(&mut backend, &desired, &running, soon)
+                .is_empty()
+        );
+        assert_eq!(backend.log, ["start checkout.pr-1"]);
+        // After it: tried again, and the same error is flagged as a repeat (logged once).
+        let later = t0 + RETRY_AFTER;
+        let failures = retries.reconcile(&mut backend, &desired, &running, later);
+        assert_eq!(failures.len(), 1);
+        assert!(failures[0].again);
+        // A new generation is tried at once.
+        let bumped = [spec("broken.pr-1", 2), spec("checkout.pr-1", 1)];
+        let failures = retries.reconcile(&mut backend, &bumped, &running, later);
+        assert_eq!(failures.len(), 1, "retried at once");
+        // No longer wanted: forgotten, and not reported any more.
+        assert!(
+            retries
+                .reconcile(&mut backend, &[spec("checkout.pr-1", 1)], &running, later)
+                .is_empty()
+        );
+        let mut statuses = Vec::new();
+        retries.report(&mut statuses);
+        assert!(statuses.is_empty());
     }
 }

@@ -13,27 +13,23 @@
 //!
 //! [`Rollout::baseline_instance`]: crate::rollout::model::Rollout::baseline_instance
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Environments, SyncRequest};
-use crate::instance::{self, Backend, InstanceSpec, InstanceStatus};
+use crate::instance::{Backend, InstanceSpec, InstanceStatus, RETRY_AFTER, Retries};
 use crate::store::Store;
 
 /// How often the backend is synced.
 pub const EVERY: Duration = Duration::from_secs(2);
-/// A start that failed is not tried again for this long (or until its spec changes), as in
-/// `sluice up`.
-pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// The backend and what the rounds remember between them.
 pub struct Driver {
     backend: Box<dyn Backend + Send>,
     name: String,
-    /// Starts that failed: (generation, error, when). Reported as the instance's status, so
-    /// the environment shows why its copy does not run.
-    failed: HashMap<String, (u64, String, Instant)>,
+    /// Starts that failed, reported as the instance's status so the environment shows why
+    /// its copy does not run, and retried by `sluice up`'s rule.
+    retries: Retries,
     /// Where the rollouts are, when this backend also starts their baseline copies.
     rollouts: Option<Store>,
 }
@@ -44,7 +40,7 @@ impl Driver {
         Driver {
             backend,
             name: name.to_owned(),
-            failed: HashMap::new(),
+            retries: Retries::default(),
             rollouts: None,
         }
     }
@@ -82,16 +78,7 @@ impl Driver {
     pub fn round(&mut self, envs: &Environments) {
         let running = self.backend.instances();
         let mut statuses: Vec<InstanceStatus> = running.iter().map(|(_, s)| s.clone()).collect();
-        for (name, (generation, error, _)) in &self.failed {
-            if !statuses.iter().any(|s| s.name == *name) {
-                statuses.push(InstanceStatus {
-                    name: name.clone(),
-                    generation: *generation,
-                    error: Some(error.clone()),
-                    ..InstanceStatus::default()
-                });
-            }
-        }
+        self.retries.report(&mut statuses);
         let mut desired = envs
             .sync(SyncRequest {
                 backend: self.name.clone(),
@@ -100,46 +87,18 @@ impl Driver {
             })
             .instances;
         desired.extend(self.rollout_instances(&running));
-        let now = Instant::now();
-        self.failed.retain(|name, (generation, _, at)| {
-            now.duration_since(*at) < RETRY_AFTER
-                && desired
-                    .iter()
-                    .any(|d| d.name == *name && d.generation == *generation)
-        });
-        // Instances whose start failed and are still wanted are neither started again before
-        // their time nor stopped.
-        let mut keep: Vec<InstanceSpec> = desired
-            .iter()
-            .filter(|d| !self.failed.contains_key(&d.name))
-            .cloned()
-            .collect();
-        keep.extend(
-            running
-                .into_iter()
-                .map(|(s, _)| s)
-                .filter(|s| self.failed.contains_key(&s.name)),
-        );
-        for (name, error) in instance::reconcile(&mut *self.backend, &keep) {
-            let generation = desired
-                .iter()
-                .find(|d| d.name == name)
-                .map_or(0, |d| d.generation);
-            let again = self
-                .failed
-                .get(&name)
-                .is_some_and(|(_, previous, _)| *previous == error);
-            if !again {
-                tracing::warn!(
-                    backend = self.name,
-                    instance = name,
-                    error = %error,
-                    "environments: an instance did not start or stop; trying again in {}s",
-                    RETRY_AFTER.as_secs()
-                );
-            }
-            self.failed
-                .insert(name, (generation, error, Instant::now()));
+        let running: Vec<InstanceSpec> = running.into_iter().map(|(s, _)| s).collect();
+        let failures =
+            self.retries
+                .reconcile(&mut *self.backend, &desired, &running, Instant::now());
+        for f in failures.into_iter().filter(|f| !f.again) {
+            tracing::warn!(
+                backend = self.name,
+                instance = f.name,
+                error = %f.error,
+                "environments: an instance did not start or stop; trying again in {}s",
+                RETRY_AFTER.as_secs()
+            );
         }
     }
 }

@@ -34,14 +34,14 @@ use super::meshfile::{MeshFile, VersionConfig};
 use super::rollouts::say;
 use crate::env::client::{Address, AdminClient, error_text};
 use crate::env::{SyncAnswer, SyncRequest};
-use crate::instance::{self, Backend, BackendError, InstanceSpec, InstanceStatus, Run};
+use crate::instance::{
+    Backend, BackendError, InstanceSpec, InstanceStatus, RETRY_AFTER, Retries, Run,
+};
 
 /// How often the runner syncs with the controller.
 pub const POLL: Duration = Duration::from_millis(500);
 /// How often CPU and memory are measured.
 const MEASURE_EVERY: Duration = Duration::from_secs(2);
-/// A start that failed is not tried again for this long.
-const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Log lines reported per instance.
 const TAIL_LINES: usize = 20;
 
@@ -410,8 +410,8 @@ pub struct Runner {
     name: String,
     ingress: Option<String>,
     routes: Arc<IngressRoutes>,
-    /// Starts that failed: (generation, error, when).
-    failed: HashMap<String, (u64, String, Instant)>,
+    /// Starts that failed, and when to try them again.
+    retries: Retries,
     /// The last problem talking to the controller (logged once).
     down: Option<String>,
 }
@@ -436,7 +436,7 @@ impl Runner {
             name: format!("sluice up run {run_id}"),
             ingress,
             routes,
-            failed: HashMap::new(),
+            retries: Retries::default(),
             down: None,
         }
     }
@@ -468,22 +468,9 @@ impl Runner {
         if let Ok(t) = std::fs::read_to_string(&self.token_file) {
             self.client.set_token(Some(t.trim().to_owned()));
         }
-        let mut statuses: Vec<InstanceStatus> = self
-            .backend
-            .instances()
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect();
-        for (name, (generation, error, _)) in &self.failed {
-            if !statuses.iter().any(|s| s.name == *name) {
-                statuses.push(InstanceStatus {
-                    name: name.clone(),
-                    generation: *generation,
-                    error: Some(error.clone()),
-                    ..InstanceStatus::default()
-                });
-            }
-        }
+        let (running, mut statuses): (Vec<InstanceSpec>, Vec<InstanceStatus>) =
+            self.backend.instances().into_iter().unzip();
+        self.retries.report(&mut statuses);
         let request = SyncRequest {
             backend: self.name.clone(),
             ingress: self.ingress.clone(),
@@ -509,39 +496,16 @@ impl Runner {
         if self.down.take().is_some() {
             say("environments: the controller answers again");
         }
-        // A failed start waits before it is tried again (or until its spec changes).
-        let now = Instant::now();
-        self.failed.retain(|name, (generation, _, at)| {
-            now.duration_since(*at) < RETRY_AFTER
-                && desired
-                    .iter()
-                    .any(|d| d.name == *name && d.generation == *generation)
-        });
-        let wanted: Vec<InstanceSpec> = desired
-            .iter()
-            .filter(|d| !self.failed.contains_key(&d.name))
-            .cloned()
-            .collect();
-        // Instances that failed and are still wanted are neither started nor stopped.
-        let mut keep = wanted.clone();
-        keep.extend(
-            self.backend
-                .started
-                .values()
-                .filter(|s| self.failed.contains_key(&s.name))
-                .cloned(),
-        );
-        for (name, error) in instance::reconcile(&mut self.backend, &keep) {
+        for f in self
+            .retries
+            .reconcile(&mut self.backend, &desired, &running, Instant::now())
+        {
             say(&format!(
-                "environments: {name}: {error} (trying again in {}s)",
+                "environments: {}: {} (trying again in {}s)",
+                f.name,
+                f.error,
                 RETRY_AFTER.as_secs()
             ));
-            let generation = desired
-                .iter()
-                .find(|d| d.name == name)
-                .map_or(0, |d| d.generation);
-            self.failed
-                .insert(name, (generation, error, Instant::now()));
         }
         self.update_routes(&desired);
     }
