@@ -527,3 +527,183 @@ fn kubeconfig_text(url: &str, ca_pem: &str, token: &str) -> String {
         encode(ca_pem.as_bytes())
     )
 }
+
+/// `sluice controller --kubernetes` against the test cluster, killed on drop.
+pub struct KubeController {
+    /// The controller process.
+    pub child: Child,
+    state: tempfile::TempDir,
+    args: Vec<String>,
+    /// Its gRPC API, `https://ADDR` (what proxies dial).
+    pub grpc: String,
+    /// The webhook's address, when it serves one.
+    pub webhook: Option<String>,
+}
+
+impl KubeController {
+    /// Its `--state-dir` (what `sluice env`, `sluice rollout` and `sluice identity` are pointed at).
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    /// `sluice controller --kubernetes` against `api`, with `extra` flags; returns once it
+    /// listens.
+    pub fn start(api: &ApiServer, extra: &[&str]) -> KubeController {
+        Self::start_with_kubeconfig(&api.kubeconfig, extra)
+    }
+
+    /// The same with another kubeconfig (another user's rights).
+    pub fn start_with_kubeconfig(kubeconfig: &Path, extra: &[&str]) -> KubeController {
+        Self::start_listening(kubeconfig, "127.0.0.1:0", extra)
+    }
+
+    /// With the gRPC API (what proxies dial) on `listen`.
+    pub fn start_listening(kubeconfig: &Path, listen: &str, extra: &[&str]) -> KubeController {
+        let state = tempfile::tempdir().expect("state");
+        let mut args: Vec<String> = vec![
+            "controller".into(),
+            "--kubernetes".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--listen".into(),
+            listen.to_owned(),
+            "--state-dir".into(),
+            state.path().join("state").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut me = KubeController {
+            child: Self::spawn(&args, state.path()),
+            state,
+            args,
+            grpc: String::new(),
+            webhook: None,
+        };
+        me.wait_ready();
+        me
+    }
+
+    fn spawn(args: &[String], dir: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("controller.log"))
+            .expect("log");
+        let out = std::fs::File::create(dir.join("stdout")).expect("stdout");
+        Command::new(crate::controller::sluice_bin())
+            .args(args)
+            .env("SLUICE_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice controller")
+    }
+
+    /// The mesh CA certificate its proxies trust it with (in the state directory, without
+    /// `--ca-secret`).
+    pub fn ca_file(&self) -> String {
+        self.state
+            .path()
+            .join("state/ca/ca.crt")
+            .display()
+            .to_string()
+    }
+
+    /// A bootstrap token for `default/<service>`, signed with its token key.
+    pub fn token(&self, service: &str) -> String {
+        let out = Command::new(crate::controller::sluice_bin())
+            .args(["identity", "token", "--service", service, "--state-dir"])
+            .arg(self.state.path().join("state"))
+            .output()
+            .expect("sluice identity token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + crate::PATIENCE;
+        loop {
+            let out = std::fs::read_to_string(self.state.path().join("stdout")).unwrap_or_default();
+            if let Some(addr) = out
+                .lines()
+                .find_map(|l| l.strip_prefix("sluice controller listening on "))
+            {
+                self.grpc = format!("https://{addr}");
+                self.webhook = out
+                    .lines()
+                    .find_map(|l| l.strip_prefix("sluice controller webhook on "))
+                    .map(str::to_owned);
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("controller exited ({status}): {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "controller did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What it logged (stderr), across restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("controller.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL and start again with the same flags and state directory (as the Deployment's
+    /// pod would be replaced; the state directory is an emptyDir that survives only a
+    /// container restart, and nothing here depends on it).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.state.path().join("stdout"));
+        self.child = Self::spawn(&self.args, self.state.path());
+        self.wait_ready();
+    }
+
+    /// Its admin endpoint, `IP:PORT`.
+    pub fn admin_addr(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("state/admin.addr"))
+            .expect("admin.addr")
+            .trim()
+            .to_owned()
+    }
+
+    /// `GET /status` on the admin endpoint.
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-sS", &format!("http://{}/status", self.admin_addr())])
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// The policy version it publishes.
+    pub fn version(&self) -> String {
+        self.status()["snapshot"]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("state/ca/ca.crt")).expect("ca.crt")
+    }
+}
+
+impl Drop for KubeController {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- controller log ---\n{}", self.log());
+        }
+    }
+}

@@ -13,12 +13,12 @@
 //! One API server per test binary; the tests take turns on it and start from an empty mesh.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use sluice_integration::controller::sluice_bin;
-use sluice_integration::kube::{ApiServer, shared};
+use sluice_integration::kube::{ApiServer, KubeController, shared};
 
 /// How long anything here may take to happen (the controller syncs every 2 s).
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -27,87 +27,20 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
-/// `sluice controller --kubernetes` against the test cluster, killed on drop.
-struct KubeController {
-    child: Child,
-    state: tempfile::TempDir,
-    args: Vec<String>,
+/// What these tests run against the controller, as a person runs it.
+trait Cli {
+    fn env(&self, args: &[&str]) -> (bool, String, String);
+    fn rollout(&self, args: &[&str]) -> Value;
+    fn environment(&self, name: &str) -> Option<Value>;
 }
 
-impl KubeController {
-    fn start(api: &ApiServer) -> KubeController {
-        let state = tempfile::tempdir().expect("state");
-        let args: Vec<String> = vec![
-            "controller".into(),
-            "--kubernetes".into(),
-            "--kubeconfig".into(),
-            api.kubeconfig.display().to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--state-dir".into(),
-            state.path().join("state").display().to_string(),
-        ];
-        let child = Self::spawn(&args, state.path());
-        let mut me = KubeController { child, state, args };
-        me.wait_ready();
-        me
-    }
-
-    fn spawn(args: &[String], dir: &Path) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("controller.log"))
-            .expect("log");
-        let out = std::fs::File::create(dir.join("stdout")).expect("stdout");
-        Command::new(sluice_bin())
-            .args(args)
-            .env("SLUICE_LOG", "info,kube=warn")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(log)
-            .spawn()
-            .expect("spawn sluice controller")
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let out = std::fs::read_to_string(self.state.path().join("stdout")).unwrap_or_default();
-            if out.contains("sluice controller listening on ") {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("controller exited ({status}): {}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "controller did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.state.path().join("controller.log")).unwrap_or_default()
-    }
-
-    /// SIGKILL and start again with the same flags and state directory.
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(self.state.path().join("stdout"));
-        self.child = Self::spawn(&self.args, self.state.path());
-        self.wait_ready();
-    }
-
+impl Cli for KubeController {
     /// `sluice env --state-dir STATE ARGS`, as a person runs it: (success, stdout, stderr).
     fn env(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(sluice_bin())
             .arg("env")
             .arg("--state-dir")
-            .arg(self.state.path().join("state"))
+            .arg(self.state_dir())
             .args(["--color", "never"])
             .args(args)
             .output()
@@ -125,7 +58,7 @@ impl KubeController {
             .arg("rollout")
             .args(args)
             .arg("--state-dir")
-            .arg(self.state.path().join("state"))
+            .arg(self.state_dir())
             .args(["--output", "json"])
             .output()
             .expect("sluice rollout");
@@ -148,16 +81,6 @@ impl KubeController {
             .iter()
             .find(|e| e["name"] == name)
             .cloned()
-    }
-}
-
-impl Drop for KubeController {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- controller log ---\n{}", self.log());
-        }
     }
 }
 
@@ -327,7 +250,7 @@ fn an_environment_runs_as_deployment_copies_that_survive_a_restart_and_go_with_i
     // checkout calls catalog with `ephemeral: copy`: both are copied, payments is shared.
     deploy_service(api, "checkout", Some("v1"), "registry.example/shop:0.1.0");
     deploy_service(api, "catalog", Some("v1"), "registry.example/shop:0.1.0");
-    let mut controller = KubeController::start(api);
+    let mut controller = KubeController::start(api, &[]);
 
     let (ok, out, err) = controller.env(&[
         "create",
@@ -469,7 +392,7 @@ fn a_command_and_an_undeployed_version_are_refused_with_the_reason_in_the_enviro
     deploy_service(api, "checkout", Some("v1"), "registry.example/shop:0.1.0");
     // catalog's Deployment says no version: the backend cannot tell it runs v1.
     deploy_service(api, "catalog", None, "registry.example/shop:0.1.0");
-    let controller = KubeController::start(api);
+    let controller = KubeController::start(api, &[]);
 
     // `sluice env create … -- COMMAND` waits, sees the copy refused, says why, and removes
     // the environment again.
@@ -600,7 +523,7 @@ fn a_rollout_gets_a_baseline_copy_deployment_until_it_ends() {
     run_pod_of(api, &v1, "10.244.2.10");
     let v2 = get_json(api, &["deployment", "payments-v2"]);
     run_pod_of(api, &v2, "10.244.2.20");
-    let controller = KubeController::start(api);
+    let controller = KubeController::start(api, &[]);
 
     let started = controller.rollout(&["start", "payments", "--version", "v2"]);
     let id = started["id"]
