@@ -6,7 +6,7 @@
 //! proxy cannot tell it from the controller.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -391,18 +391,7 @@ impl RealController {
 
     /// A bootstrap token for `service` in `default` that expires after `ttl` (`8s`).
     pub fn token_ttl(&self, service: &str, ttl: &str) -> String {
-        let out = std::process::Command::new(sluice_bin())
-            .args(["identity", "token", "--service", service, "--ttl", ttl])
-            .arg("--state-dir")
-            .arg(self.state.path().join("state"))
-            .output()
-            .expect("sluice identity token");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        bootstrap_token(&self.state.path().join("state"), service, ttl)
     }
 
     /// The controller's log.
@@ -478,4 +467,21 @@ async fn channel(
         .connect_with_connector(sluice_api::tls::Connector::new(config))
         .await
         .expect("connect to the controller")
+}
+
+/// `sluice identity token --service SERVICE --ttl TTL --state-dir STATE`: a bootstrap token for
+/// `service` in `default`, signed with the key of the controller whose state is `state`.
+pub fn bootstrap_token(state: &Path, service: &str, ttl: &str) -> String {
+    let out = std::process::Command::new(sluice_bin())
+        .args(["identity", "token", "--service", service, "--ttl", ttl])
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .expect("sluice identity token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

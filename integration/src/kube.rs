@@ -611,17 +611,7 @@ impl KubeController {
 
     /// A bootstrap token for `default/<service>`, signed with its token key.
     pub fn token(&self, service: &str) -> String {
-        let out = Command::new(crate::controller::sluice_bin())
-            .args(["identity", "token", "--service", service, "--state-dir"])
-            .arg(self.state.path().join("state"))
-            .output()
-            .expect("sluice identity token");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        crate::controller::bootstrap_token(&self.state_dir(), service, "24h")
     }
 
     fn wait_ready(&mut self) {

@@ -725,14 +725,6 @@ mod tests {
         .expect("a Deployment")
     }
 
-    fn template_labels(d: &Deployment) -> BTreeMap<String, String> {
-        d.spec
-            .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
-            .and_then(|m| m.labels.clone())
-            .unwrap_or_default()
-    }
-
     #[test]
     fn instance_names_become_dns_labels_that_stay_unique() {
         assert_eq!(object_name("checkout.pr-1"), "checkout-pr-1");
