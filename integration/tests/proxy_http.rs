@@ -131,6 +131,71 @@ async fn a_runtime_per_core_serves_every_connection_on_every_worker() {
     );
 }
 
+/// The per-core workers' connection counts, from the admin endpoint's metrics.
+async fn worker_connections(proxy: &Proxy) -> Vec<(String, i64)> {
+    let out = curl(&["-sS", &format!("http://{}/metrics", proxy.admin())]).await;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("sluice_proxy_worker_connections{worker=\"")?;
+            let (worker, value) = rest.split_once("\"} ")?;
+            Some((worker.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_per_core_spreads_a_burst_of_keep_alive_clients_over_its_workers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !have("curl") {
+        return skip("per_core_balance", "curl not installed");
+    }
+    let up = upstream::http("web").await;
+    let proxy = Proxy::start(
+        explicit_to(up.addr)
+            .env("SLUICE_PROXY_RUNTIME", "per-core")
+            .env("TOKIO_WORKER_THREADS", "2"),
+    );
+    // Eight clients connect at once, as a load balancer's pool or a benchmark does: the worker
+    // the kernel wakes first would take them all and leave the other core idle.
+    let connect = (0..8).map(|_| tokio::net::TcpStream::connect(proxy.explicit(0)));
+    let mut clients: Vec<_> = futures_util::future::join_all(connect)
+        .await
+        .into_iter()
+        .map(|c| c.expect("connect"))
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let request = format!("GET /k/{i} HTTP/1.1\r\nHost: web\r\n\r\n");
+        c.write_all(request.as_bytes()).await.expect("write");
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).await.expect("read");
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    let mut load = worker_connections(&proxy).await;
+    load.sort();
+    assert_eq!(
+        load,
+        [("0".to_owned(), 4), ("1".to_owned(), 4)],
+        "{}",
+        proxy.log()
+    );
+    // Closed connections come off their worker's count, so the next burst is balanced too.
+    drop(clients);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let load = worker_connections(&proxy).await;
+        if load.iter().all(|(_, n)| *n == 0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{load:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn spoofed_mesh_headers_and_hop_by_hop_are_stripped() {
     if !have("curl") {

@@ -237,6 +237,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         RuntimeShape::PerCore => per_core_workers(),
         _ => 1,
     };
+    let (balance, mut inboxes) = if workers > 1 {
+        let (set, inboxes) = listen::Workers::new(workers, &metrics);
+        (Some(set), inboxes)
+    } else {
+        (None, Vec::new())
+    };
+    let balance_of = |index| {
+        balance.as_ref().map(|w| listen::Balance {
+            index,
+            workers: w.clone(),
+        })
+    };
     let mut others: Vec<Vec<(listen::SharedListener, Arc<tokio::sync::Semaphore>)>> =
         (1..workers).map(|_| Vec::new()).collect();
     for l in listeners {
@@ -251,12 +263,29 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tokio::spawn(listen::accept_loop(
             l,
             slots,
+            balance_of(0),
             dispatch.clone(),
             watch.clone(),
         ));
     }
-    for (i, listeners) in others.into_iter().enumerate() {
-        spawn_worker(i + 1, listeners, dispatch.clone(), watch.clone())?;
+    let mut inbox = inboxes.drain(..);
+    if let (Some(first), Some(set)) = (inbox.next(), &balance) {
+        tokio::spawn(listen::serve_handoffs(
+            first,
+            0,
+            set.clone(),
+            dispatch.clone(),
+        ));
+    }
+    for (i, (listeners, inbox)) in others.into_iter().zip(inbox).enumerate() {
+        let index = i + 1;
+        let worker = Worker {
+            index,
+            listeners,
+            inbox,
+            balance: balance_of(index),
+        };
+        spawn_worker(worker, dispatch.clone(), watch.clone())?;
     }
     if workers > 1 {
         tracing::info!(workers, "runtime: one current-thread runtime per worker");
@@ -304,15 +333,26 @@ fn per_core_workers() -> usize {
         .clamp(1, 256)
 }
 
-/// Starts per-core worker `index`: a thread with its own current-thread runtime accepting from
-/// `listeners`. It runs until the process exits: its connections hold drain watches, so
-/// shutdown on the first worker waits for them as for its own.
-fn spawn_worker(
+/// What one `per-core` worker besides the first serves.
+struct Worker {
     index: usize,
+    /// Its descriptors of every listener, each with the listener's connection slots.
     listeners: Vec<(listen::SharedListener, Arc<tokio::sync::Semaphore>)>,
+    /// Connections other workers hand to it.
+    inbox: tokio::sync::mpsc::UnboundedReceiver<listen::Handoff>,
+    balance: Option<listen::Balance>,
+}
+
+/// Starts a `per-core` worker: a thread with its own current-thread runtime accepting from its
+/// listeners and serving what others hand to it. It runs until the process exits: its
+/// connections hold drain watches, so shutdown on the first worker waits for them as for its
+/// own.
+fn spawn_worker(
+    worker: Worker,
     dispatch: Arc<listen::Dispatch>,
     watch: drain::Watch,
 ) -> Result<(), StartError> {
+    let index = worker.index;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -322,12 +362,21 @@ fn spawn_worker(
         .spawn(move || {
             crate::http::forward::set_worker(index);
             runtime.block_on(async move {
-                for (l, slots) in listeners {
+                if let Some(balance) = &worker.balance {
+                    tokio::spawn(listen::serve_handoffs(
+                        worker.inbox,
+                        index,
+                        balance.workers.clone(),
+                        dispatch.clone(),
+                    ));
+                }
+                for (l, slots) in worker.listeners {
                     match l.into_listener() {
                         Ok(l) => {
                             tokio::spawn(listen::accept_loop(
                                 l,
                                 slots,
+                                worker.balance.clone(),
                                 dispatch.clone(),
                                 watch.clone(),
                             ));

@@ -149,6 +149,133 @@ enum Declared {
     Tcp,
 }
 
+/// The workers of the `per-core` runtime as every accept loop sees them: the connections each
+/// serves now, and where to hand a connection to another.
+///
+/// Every worker accepts from the same listening socket, and the kernel wakes all of them for
+/// each new connection: whichever runs first takes it, and a worker that is awake takes a whole
+/// burst. Eight keep-alive clients connecting at once then land on one core while the other
+/// idles (measured: the second worker used 5% of the first's CPU). So an accept loop keeps a
+/// connection only while its worker serves no more than any other, and otherwise hands it to
+/// the least loaded worker, which serves it on its own thread from then on. Handing over costs
+/// two `epoll_ctl` calls and a wake-up, once per connection.
+#[derive(Debug)]
+pub struct Workers {
+    /// Per worker: the connections it serves (`sluice_proxy_worker_connections`).
+    load: Vec<prometheus::IntGauge>,
+    /// Per worker: where connections handed to it wait (see [`serve_handoffs`]).
+    inboxes: Vec<tokio::sync::mpsc::UnboundedSender<Handoff>>,
+}
+
+/// A connection accepted by one worker for another to serve.
+#[derive(Debug)]
+pub struct Handoff {
+    /// Deregistered from the accepting worker's runtime; registered again by the server's.
+    stream: std::net::TcpStream,
+    client: SocketAddr,
+    direction: Direction,
+    mode: Mode,
+    local: SocketAddr,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    drain: drain::Watch,
+}
+
+impl Workers {
+    /// `count` workers with their load gauges; each worker must run [`serve_handoffs`] with
+    /// its receiver (the `i`-th for worker `i`).
+    pub fn new(
+        count: usize,
+        metrics: &Metrics,
+    ) -> (
+        Arc<Workers>,
+        Vec<tokio::sync::mpsc::UnboundedReceiver<Handoff>>,
+    ) {
+        let (inboxes, receivers) = (0..count)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let load = (0..count).map(|i| metrics.worker_connections(i)).collect();
+        (Arc::new(Workers { load, inboxes }), receivers)
+    }
+
+    /// Which worker should serve a connection worker `me` accepted: `me` unless another
+    /// serves fewer connections.
+    fn pick(&self, me: usize) -> usize {
+        let mut best = (me, self.load[me].get());
+        for (i, load) in self.load.iter().enumerate() {
+            let load = load.get();
+            if load < best.1 {
+                best = (i, load);
+            }
+        }
+        best.0
+    }
+}
+
+/// Which worker an accept loop runs on, with the others (`per-core` only).
+#[derive(Clone, Debug)]
+pub struct Balance {
+    /// This worker.
+    pub index: usize,
+    /// Every worker.
+    pub workers: Arc<Workers>,
+}
+
+/// Counts a connection against its worker until it ends.
+struct Load(prometheus::IntGauge);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Serves the connections other workers hand to worker `index`, on this worker's runtime,
+/// until every sender is gone.
+pub async fn serve_handoffs(
+    mut inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+    index: usize,
+    workers: Arc<Workers>,
+    dispatch: Arc<Dispatch>,
+) {
+    // The inbox's sender lives in `workers`: keeping it would keep this loop alive forever.
+    let load = workers.load[index].clone();
+    drop(workers);
+    while let Some(h) = inbox.recv().await {
+        let load = Load(load.clone());
+        match TcpStream::from_std(h.stream) {
+            Ok(stream) => spawn_connection(
+                dispatch.clone(),
+                stream,
+                h.client,
+                (h.direction, h.mode, h.local),
+                (h.slot, Some(load)),
+                h.drain,
+            ),
+            Err(error) => {
+                tracing::warn!(worker = index, %error, "cannot serve a handed-over connection")
+            }
+        }
+    }
+}
+
+/// Serves one accepted connection on the current runtime, holding its slot (and its worker's
+/// load) until it ends.
+fn spawn_connection(
+    dispatch: Arc<Dispatch>,
+    stream: TcpStream,
+    client: SocketAddr,
+    (direction, mode, local): (Direction, Mode, SocketAddr),
+    held: (tokio::sync::OwnedSemaphorePermit, Option<Load>),
+    watch: drain::Watch,
+) {
+    tokio::spawn(async move {
+        dispatch
+            .handle(stream, client, direction, mode, local, watch)
+            .await;
+        drop(held);
+    });
+}
+
 /// Accepts connections until draining starts; each connection keeps a drain watch so
 /// shutdown waits for it.
 ///
@@ -158,14 +285,19 @@ enum Declared {
 /// queueing, so slow clients cannot take every file descriptor: the admin listener (health
 /// checks) is not capped, and the cap leaves it descriptors. Reaching the cap, and leaving
 /// it, is logged once each time.
+///
+/// With `balance` (the `per-core` runtime) a connection goes to the least loaded worker
+/// ([`Workers`]).
 pub async fn accept_loop(
     listener: Listener,
     slots: Arc<tokio::sync::Semaphore>,
+    balance: Option<Balance>,
     dispatch: Arc<Dispatch>,
     drain: drain::Watch,
 ) {
     let mut stop = drain.clone();
     let mut at_cap = false;
+    let meta = (listener.direction, listener.mode, listener.local);
     loop {
         let accepted = tokio::select! {
             _ = stop.signaled() => break,
@@ -191,15 +323,70 @@ pub async fn accept_loop(
                     at_cap = false;
                     tracing::info!(listener = %listener.local, "below the connection limit again");
                 }
-                let dispatch = dispatch.clone();
-                let watch = drain.clone();
-                let (direction, mode, local) = (listener.direction, listener.mode, listener.local);
-                tokio::spawn(async move {
-                    dispatch
-                        .handle(stream, client, direction, mode, local, watch)
-                        .await;
-                    drop(slot);
-                });
+                let Some(balance) = &balance else {
+                    spawn_connection(
+                        dispatch.clone(),
+                        stream,
+                        client,
+                        meta,
+                        (slot, None),
+                        drain.clone(),
+                    );
+                    continue;
+                };
+                let workers = &balance.workers;
+                let to = workers.pick(balance.index);
+                // Counted here, before the hand-over, so the next pick on any worker sees it;
+                // whoever serves it holds the `Load` that takes it off.
+                workers.load[to].inc();
+                if to == balance.index {
+                    let load = Load(workers.load[to].clone());
+                    spawn_connection(
+                        dispatch.clone(),
+                        stream,
+                        client,
+                        meta,
+                        (slot, Some(load)),
+                        drain.clone(),
+                    );
+                    continue;
+                }
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(error) => {
+                        workers.load[to].dec();
+                        tracing::debug!(%client, %error, "connection lost while handing it over");
+                        continue;
+                    }
+                };
+                let handoff = Handoff {
+                    stream,
+                    client,
+                    direction: meta.0,
+                    mode: meta.1,
+                    local: meta.2,
+                    slot,
+                    drain: drain.clone(),
+                };
+                if let Err(tokio::sync::mpsc::error::SendError(h)) =
+                    workers.inboxes[to].send(handoff)
+                {
+                    // That worker is gone (it cannot be, short of a panic): serve it here.
+                    workers.load[to].dec();
+                    workers.load[balance.index].inc();
+                    let load = Load(workers.load[balance.index].clone());
+                    match TcpStream::from_std(h.stream) {
+                        Ok(stream) => spawn_connection(
+                            dispatch.clone(),
+                            stream,
+                            client,
+                            meta,
+                            (h.slot, Some(load)),
+                            h.drain,
+                        ),
+                        Err(error) => tracing::debug!(%client, %error, "connection lost"),
+                    }
+                }
             }
             Err(error) => {
                 // Usually EMFILE; back off briefly instead of spinning.

@@ -52,6 +52,7 @@ pub struct Metrics {
     tcp_read_bytes: IntCounterVec,
     tcp_write_bytes: IntCounterVec,
     tcp_active: IntGaugeVec,
+    worker_connections: IntGaugeVec,
     snapshot_reloads: IntCounterVec,
     authz_allow: IntCounterVec,
     authz_deny: IntCounterVec,
@@ -246,6 +247,15 @@ impl Metrics {
             &["direction"],
         )?;
         registry.register(Box::new(tcp_active.clone()))?;
+        let worker_connections = IntGaugeVec::new(
+            Opts::new(
+                "sluice_proxy_worker_connections",
+                "Accepted connections each worker of the per-core runtime serves now \
+                 (SLUICE_PROXY_RUNTIME=per-core only); new connections go to the least loaded.",
+            ),
+            &["worker"],
+        )?;
+        registry.register(Box::new(worker_connections.clone()))?;
         let snapshot_reloads = counter(
             "sluice_proxy_snapshot_reloads_total",
             "Config loads (policy, endpoints, snapshot file), by result (ok or error).",
@@ -300,6 +310,7 @@ impl Metrics {
             tcp_read_bytes,
             tcp_write_bytes,
             tcp_active,
+            worker_connections,
             snapshot_reloads,
         })
     }
@@ -371,6 +382,12 @@ impl Metrics {
         let g = self.tcp_active.with_label_values(&[direction.as_str()]);
         g.inc();
         ActiveGuard(g)
+    }
+
+    /// The connections `worker` of the per-core runtime serves now: the load it is balanced by.
+    pub fn worker_connections(&self, worker: usize) -> prometheus::IntGauge {
+        self.worker_connections
+            .with_label_values(&[worker.to_string().as_str()])
     }
 
     /// Counts a snapshot load.
