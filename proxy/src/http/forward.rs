@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower::Service;
 
+use super::coalesce::Coalesce;
 use super::errors::{ForwardError, ProxyError};
 use super::{Body, BoxError, BoxFuture, Request, Response, headers};
 use crate::identity::SpiffeId;
@@ -40,6 +41,17 @@ pub struct Target {
     /// peer to be this service.
     pub mesh_service: Option<String>,
 }
+
+/// The receive window of each HTTP/2 connection to an upstream: how many bytes it may send
+/// ahead of what the proxy has relayed.
+///
+/// Also h2's budget for small DATA frames buffered unrelayed (half of it, each frame under
+/// 256 bytes charged its shortfall): a gRPC server streaming tiny messages faster than the
+/// caller reads them exhausts it, and h2 then closes the connection with `GOAWAY
+/// ENHANCE_YOUR_CALM` and fails every call on it. hyper's 5 MiB (about 10,000 such frames)
+/// was exhausted by 400 concurrent server streams of 100 messages (`mesh_bench --scenarios
+/// grpc`); hyper offers no other way to raise the budget.
+const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -130,6 +142,7 @@ impl Forward {
                     .timer(TokioTimer::new())
                     .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                     .http2_only(h2)
+                    .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
                     .build(connector)
             })
             .clone()
@@ -179,7 +192,7 @@ impl Service<Request> for Forward {
             headers::strip_hop_by_hop(rsp.headers_mut(), switching);
             Ok(rsp.map(|body| {
                 Guarded {
-                    inner: body.map_err(BoxError::from).boxed_unsync(),
+                    inner: Coalesce::new(body),
                     _in_flight: target.in_flight,
                 }
                 .boxed_unsync()
@@ -374,9 +387,9 @@ impl AsyncWrite for Upstream {
 }
 
 /// A response body that keeps the endpoint counted as busy (for power of two choices) until
-/// the stream is finished or dropped.
+/// the stream is finished or dropped, relayed in as few frames as it arrives ready in.
 struct Guarded {
-    inner: Body,
+    inner: Coalesce<hyper::body::Incoming>,
     _in_flight: Option<Arc<InFlight>>,
 }
 

@@ -6,6 +6,7 @@
 //! streamed frame by frame in both directions and never buffered whole.
 
 pub mod authz;
+pub mod coalesce;
 pub mod denial;
 pub mod errors;
 pub mod forward;
