@@ -66,7 +66,8 @@ pub struct Metrics {
 
 /// Label set → its handles, copied and swapped whole when a new label set appears (rare:
 /// label values come from configuration), so lookups take no lock.
-type HandleCache = ArcSwap<HashMap<TrafficLabels, Arc<TrafficHandles>>>;
+type HandleCache =
+    ArcSwap<HashMap<TrafficLabels, Arc<TrafficHandles>, foldhash::fast::RandomState>>;
 
 /// The request metrics of one direction and label set, resolved once. Finding a labelled
 /// metric in the registry hashes every label value and takes the registry's read lock, which

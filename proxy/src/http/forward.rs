@@ -80,8 +80,8 @@ pub fn set_worker(index: usize) {
 
 #[derive(Debug)]
 struct Pools {
-    h1: DashMap<PoolKey, Client<Connector, Body>>,
-    h2: DashMap<PoolKey, Client<Connector, Body>>,
+    h1: DashMap<PoolKey, Client<Connector, Body>, foldhash::fast::RandomState>,
+    h2: DashMap<PoolKey, Client<Connector, Body>, foldhash::fast::RandomState>,
     connect_timeout: Duration,
     mesh: Option<MeshOut>,
 }
@@ -98,8 +98,8 @@ impl Forward {
     pub fn new(connect_timeout: Duration, mesh: Option<MeshOut>) -> Forward {
         Forward {
             pools: Arc::new(Pools {
-                h1: DashMap::new(),
-                h2: DashMap::new(),
+                h1: DashMap::default(),
+                h2: DashMap::default(),
                 connect_timeout,
                 mesh,
             }),
