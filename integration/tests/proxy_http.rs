@@ -83,6 +83,16 @@ async fn curl_http2_prior_knowledge() {
     assert_eq!(json["name"], "h2");
 }
 
+/// A proxy with the per-core runtime (the default, named so the test keeps meaning it) and two
+/// workers whatever the machine's CPUs.
+fn per_core_proxy(target: std::net::SocketAddr) -> Proxy {
+    Proxy::start(
+        explicit_to(target)
+            .env("SLUICE_PROXY_RUNTIME", "per-core")
+            .env("TOKIO_WORKER_THREADS", "2"),
+    )
+}
+
 /// `SLUICE_PROXY_RUNTIME=per-core`: each worker thread accepts from the same listeners and
 /// serves its connections on its own runtime. Many new connections, HTTP/1.1 and HTTP/2, are
 /// all served whichever worker takes them, and the second worker is a thread of its own.
@@ -92,11 +102,7 @@ async fn a_runtime_per_core_serves_every_connection_on_every_worker() {
         return skip("per_core", "curl not installed");
     }
     let up = upstream::http("web").await;
-    let proxy = Proxy::start(
-        explicit_to(up.addr)
-            .env("SLUICE_PROXY_RUNTIME", "per-core")
-            .env("TOKIO_WORKER_THREADS", "2"),
-    );
+    let proxy = per_core_proxy(up.addr);
     let base = format!("http://{}", proxy.explicit(0));
     for i in 0..20 {
         let h2 = i % 2 == 1;
@@ -151,11 +157,7 @@ async fn a_runtime_per_core_spreads_a_burst_of_keep_alive_clients_over_its_worke
         return skip("per_core_balance", "curl not installed");
     }
     let up = upstream::http("web").await;
-    let proxy = Proxy::start(
-        explicit_to(up.addr)
-            .env("SLUICE_PROXY_RUNTIME", "per-core")
-            .env("TOKIO_WORKER_THREADS", "2"),
-    );
+    let proxy = per_core_proxy(up.addr);
     // Eight clients connect at once, as a load balancer's pool or a benchmark does: the worker
     // the kernel wakes first would take them all and leave the other core idle.
     let connect = (0..8).map(|_| tokio::net::TcpStream::connect(proxy.explicit(0)));
