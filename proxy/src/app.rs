@@ -237,7 +237,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         RuntimeShape::PerCore => per_core_workers(),
         _ => 1,
     };
-    let (balance, mut inboxes) = if workers > 1 {
+    let (balance, inboxes) = if workers > 1 {
         let (set, inboxes) = listen::Workers::new(workers, &metrics);
         (Some(set), inboxes)
     } else {
@@ -268,16 +268,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             watch.clone(),
         ));
     }
-    let mut inbox = inboxes.drain(..);
-    if let (Some(first), Some(set)) = (inbox.next(), &balance) {
-        tokio::spawn(listen::serve_handoffs(
-            first,
-            0,
-            set.clone(),
-            dispatch.clone(),
-        ));
+    let mut inboxes = inboxes.into_iter();
+    if let Some(first) = inboxes.next() {
+        tokio::spawn(listen::serve_handoffs(first, dispatch.clone()));
     }
-    for (i, (listeners, inbox)) in others.into_iter().zip(inbox).enumerate() {
+    for (i, (listeners, inbox)) in others.into_iter().zip(inboxes).enumerate() {
         let index = i + 1;
         let worker = Worker {
             index,
@@ -362,14 +357,7 @@ fn spawn_worker(
         .spawn(move || {
             crate::http::forward::set_worker(index);
             runtime.block_on(async move {
-                if let Some(balance) = &worker.balance {
-                    tokio::spawn(listen::serve_handoffs(
-                        worker.inbox,
-                        index,
-                        balance.workers.clone(),
-                        dispatch.clone(),
-                    ));
-                }
+                tokio::spawn(listen::serve_handoffs(worker.inbox, dispatch.clone()));
                 for (l, slots) in worker.listeners {
                     match l.into_listener() {
                         Ok(l) => {

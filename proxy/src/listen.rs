@@ -167,17 +167,84 @@ pub struct Workers {
     inboxes: Vec<tokio::sync::mpsc::UnboundedSender<Handoff>>,
 }
 
-/// A connection accepted by one worker for another to serve.
+/// An accepted connection and what it holds until it ends: its listener's slot, its worker's
+/// count (per-core), and a drain watch. `S` is the socket: registered with this runtime, or
+/// (a [`Handoff`]) with none, on its way to another worker.
 #[derive(Debug)]
-pub struct Handoff {
-    /// Deregistered from the accepting worker's runtime; registered again by the server's.
-    stream: std::net::TcpStream,
+pub struct Accepted<S> {
+    stream: S,
     client: SocketAddr,
     direction: Direction,
     mode: Mode,
     local: SocketAddr,
     slot: tokio::sync::OwnedSemaphorePermit,
+    load: Option<Load>,
     drain: drain::Watch,
+}
+
+/// A connection accepted by one worker for another to serve: deregistered from the accepting
+/// worker's runtime, registered again by the server's.
+pub type Handoff = Accepted<std::net::TcpStream>;
+
+impl Accepted<TcpStream> {
+    /// Serves it on the current runtime, holding what it holds until it ends.
+    fn spawn(self, dispatch: Arc<Dispatch>) {
+        tokio::spawn(async move {
+            let Accepted {
+                stream,
+                client,
+                direction,
+                mode,
+                local,
+                slot,
+                load,
+                drain,
+            } = self;
+            dispatch
+                .handle(stream, client, direction, mode, local, drain)
+                .await;
+            drop((slot, load));
+        });
+    }
+
+    /// The same connection without its runtime registration, for another worker.
+    fn into_handoff(self) -> io::Result<Handoff> {
+        Ok(Accepted {
+            stream: self.stream.into_std()?,
+            client: self.client,
+            direction: self.direction,
+            mode: self.mode,
+            local: self.local,
+            slot: self.slot,
+            load: self.load,
+            drain: self.drain,
+        })
+    }
+}
+
+impl Handoff {
+    /// Registers it with the current runtime and serves it there.
+    fn spawn(self, dispatch: Arc<Dispatch>) {
+        let client = self.client;
+        let stream = match TcpStream::from_std(self.stream) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%client, %error, "cannot serve a handed-over connection");
+                return;
+            }
+        };
+        Accepted {
+            stream,
+            client,
+            direction: self.direction,
+            mode: self.mode,
+            local: self.local,
+            slot: self.slot,
+            load: self.load,
+            drain: self.drain,
+        }
+        .spawn(dispatch);
+    }
 }
 
 impl Workers {
@@ -220,8 +287,43 @@ pub struct Balance {
     pub workers: Arc<Workers>,
 }
 
-/// Counts a connection against its worker until it ends.
+impl Balance {
+    /// Serves `conn` on the least loaded worker: here, or handed to another. It is counted
+    /// against that worker at once, so the next pick on any worker sees it.
+    fn place(&self, mut conn: Accepted<TcpStream>, dispatch: &Arc<Dispatch>) {
+        let to = self.workers.pick(self.index);
+        conn.load = Some(Load::count(&self.workers.load[to]));
+        if to == self.index {
+            return conn.spawn(dispatch.clone());
+        }
+        let client = conn.client;
+        let handoff = match conn.into_handoff() {
+            Ok(h) => h,
+            Err(error) => {
+                tracing::debug!(%client, %error, "connection lost while handing it over");
+                return;
+            }
+        };
+        if let Err(tokio::sync::mpsc::error::SendError(mut h)) =
+            self.workers.inboxes[to].send(handoff)
+        {
+            // That worker is gone (it cannot be, short of a panic): serve it here.
+            h.load = Some(Load::count(&self.workers.load[self.index]));
+            h.spawn(dispatch.clone());
+        }
+    }
+}
+
+/// Counts a connection against its worker from creation until it is dropped.
+#[derive(Debug)]
 struct Load(prometheus::IntGauge);
+
+impl Load {
+    fn count(gauge: &prometheus::IntGauge) -> Load {
+        gauge.inc();
+        Load(gauge.clone())
+    }
+}
 
 impl Drop for Load {
     fn drop(&mut self) {
@@ -229,51 +331,15 @@ impl Drop for Load {
     }
 }
 
-/// Serves the connections other workers hand to worker `index`, on this worker's runtime,
-/// until every sender is gone.
+/// Serves the connections other workers hand to this one (its receiver from [`Workers::new`]),
+/// on this worker's runtime, until every sender is gone.
 pub async fn serve_handoffs(
     mut inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
-    index: usize,
-    workers: Arc<Workers>,
     dispatch: Arc<Dispatch>,
 ) {
-    // The inbox's sender lives in `workers`: keeping it would keep this loop alive forever.
-    let load = workers.load[index].clone();
-    drop(workers);
-    while let Some(h) = inbox.recv().await {
-        let load = Load(load.clone());
-        match TcpStream::from_std(h.stream) {
-            Ok(stream) => spawn_connection(
-                dispatch.clone(),
-                stream,
-                h.client,
-                (h.direction, h.mode, h.local),
-                (h.slot, Some(load)),
-                h.drain,
-            ),
-            Err(error) => {
-                tracing::warn!(worker = index, %error, "cannot serve a handed-over connection")
-            }
-        }
+    while let Some(handoff) = inbox.recv().await {
+        handoff.spawn(dispatch.clone());
     }
-}
-
-/// Serves one accepted connection on the current runtime, holding its slot (and its worker's
-/// load) until it ends.
-fn spawn_connection(
-    dispatch: Arc<Dispatch>,
-    stream: TcpStream,
-    client: SocketAddr,
-    (direction, mode, local): (Direction, Mode, SocketAddr),
-    held: (tokio::sync::OwnedSemaphorePermit, Option<Load>),
-    watch: drain::Watch,
-) {
-    tokio::spawn(async move {
-        dispatch
-            .handle(stream, client, direction, mode, local, watch)
-            .await;
-        drop(held);
-    });
 }
 
 /// Accepts connections until draining starts; each connection keeps a drain watch so
@@ -297,7 +363,6 @@ pub async fn accept_loop(
 ) {
     let mut stop = drain.clone();
     let mut at_cap = false;
-    let meta = (listener.direction, listener.mode, listener.local);
     loop {
         let accepted = tokio::select! {
             _ = stop.signaled() => break,
@@ -323,69 +388,19 @@ pub async fn accept_loop(
                     at_cap = false;
                     tracing::info!(listener = %listener.local, "below the connection limit again");
                 }
-                let Some(balance) = &balance else {
-                    spawn_connection(
-                        dispatch.clone(),
-                        stream,
-                        client,
-                        meta,
-                        (slot, None),
-                        drain.clone(),
-                    );
-                    continue;
-                };
-                let workers = &balance.workers;
-                let to = workers.pick(balance.index);
-                // Counted here, before the hand-over, so the next pick on any worker sees it;
-                // whoever serves it holds the `Load` that takes it off.
-                workers.load[to].inc();
-                if to == balance.index {
-                    let load = Load(workers.load[to].clone());
-                    spawn_connection(
-                        dispatch.clone(),
-                        stream,
-                        client,
-                        meta,
-                        (slot, Some(load)),
-                        drain.clone(),
-                    );
-                    continue;
-                }
-                let stream = match stream.into_std() {
-                    Ok(s) => s,
-                    Err(error) => {
-                        workers.load[to].dec();
-                        tracing::debug!(%client, %error, "connection lost while handing it over");
-                        continue;
-                    }
-                };
-                let handoff = Handoff {
+                let conn = Accepted {
                     stream,
                     client,
-                    direction: meta.0,
-                    mode: meta.1,
-                    local: meta.2,
+                    direction: listener.direction,
+                    mode: listener.mode,
+                    local: listener.local,
                     slot,
+                    load: None,
                     drain: drain.clone(),
                 };
-                if let Err(tokio::sync::mpsc::error::SendError(h)) =
-                    workers.inboxes[to].send(handoff)
-                {
-                    // That worker is gone (it cannot be, short of a panic): serve it here.
-                    workers.load[to].dec();
-                    workers.load[balance.index].inc();
-                    let load = Load(workers.load[balance.index].clone());
-                    match TcpStream::from_std(h.stream) {
-                        Ok(stream) => spawn_connection(
-                            dispatch.clone(),
-                            stream,
-                            client,
-                            meta,
-                            (h.slot, Some(load)),
-                            h.drain,
-                        ),
-                        Err(error) => tracing::debug!(%client, %error, "connection lost"),
-                    }
+                match &balance {
+                    Some(balance) => balance.place(conn, &dispatch),
+                    None => conn.spawn(dispatch.clone()),
                 }
             }
             Err(error) => {
