@@ -13,19 +13,15 @@ use std::time::Duration;
 use dashmap::DashMap;
 use http::uri::{Authority, Scheme, Uri};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use hyper_util::rt::TokioIo;
 use tower::Service;
 
 use super::coalesce::Coalesce;
 use super::errors::{ForwardError, ProxyError};
-use super::{Body, BoxError, BoxFuture, Request, Response, headers};
+use super::pool::{Checkin, Connector, H1Pool, H2Pool};
+use super::{BoxError, BoxFuture, Request, Response, headers};
 use crate::identity::SpiffeId;
 use crate::routing::InFlight;
-use crate::tcp::{self, TcpError};
 use crate::tls::{Alpn, MeshTls};
 
 /// Where the route layer decided to send a request.
@@ -41,20 +37,6 @@ pub struct Target {
     /// peer to be this service.
     pub mesh_service: Option<String>,
 }
-
-/// The receive window of each HTTP/2 connection to an upstream: how many bytes it may send
-/// ahead of what the proxy has relayed.
-///
-/// Also h2's budget for small DATA frames buffered unrelayed (half of it, each frame under
-/// 256 bytes charged its shortfall): a gRPC server streaming tiny messages faster than the
-/// caller reads them exhausts it, and h2 then closes the connection with `GOAWAY
-/// ENHANCE_YOUR_CALM` and fails every call on it. hyper's 5 MiB (about 10,000 such frames)
-/// was exhausted by 400 concurrent server streams of 100 messages (`mesh_bench --scenarios
-/// grpc`); hyper offers no other way to raise the budget.
-const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-
-/// Idle pooled connections are closed after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends requests upstream, keeping one connection pool per endpoint and HTTP version.
 #[derive(Clone, Debug)]
@@ -80,8 +62,8 @@ pub fn set_worker(index: usize) {
 
 #[derive(Debug)]
 struct Pools {
-    h1: DashMap<PoolKey, Client<Connector, Body>, foldhash::fast::RandomState>,
-    h2: DashMap<PoolKey, Client<Connector, Body>, foldhash::fast::RandomState>,
+    h1: DashMap<PoolKey, Arc<H1Pool>, foldhash::fast::RandomState>,
+    h2: DashMap<PoolKey, Arc<H2Pool>, foldhash::fast::RandomState>,
     connect_timeout: Duration,
     mesh: Option<MeshOut>,
 }
@@ -113,38 +95,38 @@ impl Forward {
         Some(SpiffeId::of_service(td, service?))
     }
 
-    fn client(
-        &self,
-        addr: SocketAddr,
-        h2: bool,
-        peer: Option<SpiffeId>,
-    ) -> Client<Connector, Body> {
-        let map = if h2 { &self.pools.h2 } else { &self.pools.h1 };
-        let key = (addr, peer, WORKER.with(std::cell::Cell::get));
-        if let Some(c) = map.get(&key) {
-            return c.clone();
+    fn connector(&self, addr: SocketAddr, peer: Option<SpiffeId>, alpn: Alpn) -> Connector {
+        Connector {
+            addr,
+            timeout: self.pools.connect_timeout,
+            mesh: match (&self.pools.mesh, peer) {
+                (Some(m), Some(id)) => Some((m.tls.clone(), id, alpn)),
+                _ => None,
+            },
         }
-        map.entry(key.clone())
-            .or_insert_with(|| {
-                // The pool is keyed by endpoint, not by the URI's authority: the connector
-                // ignores the URI so the request keeps the Host/:authority the client sent.
-                let alpn = if h2 { Alpn::H2 } else { Alpn::Http1 };
-                let connector = Connector {
-                    addr,
-                    timeout: self.pools.connect_timeout,
-                    mesh: match (&self.pools.mesh, key.1) {
-                        (Some(m), Some(id)) => Some(Arc::new((m.tls.clone(), id, alpn))),
-                        _ => None,
-                    },
-                };
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .http2_only(h2)
-                    .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
-                    .build(connector)
-            })
+    }
+
+    fn h1(&self, addr: SocketAddr, peer: Option<SpiffeId>) -> Arc<H1Pool> {
+        let key = (addr, peer, WORKER.with(std::cell::Cell::get));
+        if let Some(pool) = self.pools.h1.get(&key) {
+            return pool.clone();
+        }
+        self.pools
+            .h1
+            .entry(key.clone())
+            .or_insert_with(|| H1Pool::new(self.connector(addr, key.1, Alpn::Http1)))
+            .clone()
+    }
+
+    fn h2(&self, addr: SocketAddr, peer: Option<SpiffeId>) -> Arc<H2Pool> {
+        let key = (addr, peer, WORKER.with(std::cell::Cell::get));
+        if let Some(pool) = self.pools.h2.get(&key) {
+            return pool.clone();
+        }
+        self.pools
+            .h2
+            .entry(key.clone())
+            .or_insert_with(|| H2Pool::new(self.connector(addr, key.1, Alpn::H2)))
             .clone()
     }
 }
@@ -165,16 +147,18 @@ impl Service<Request> for Forward {
                 .extensions_mut()
                 .remove::<Target>()
                 .ok_or(ForwardError::Internal("no routing decision"))?;
-            let h2 = req.version() == http::Version::HTTP_2;
-            *req.uri_mut() = absolute_uri(&req, target.addr)?;
             let upgrade = headers::is_upgrade(req.headers());
             let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
             let peer = this.expected(target.mesh_service.as_deref());
-            let mut rsp = this
-                .client(target.addr, h2, peer)
-                .request(req)
-                .await
-                .map_err(|e| client_error(e, target.addr))?;
+            let (mut rsp, checkin) = if req.version() == http::Version::HTTP_2 {
+                *req.uri_mut() = absolute_uri(&req, target.addr)?;
+                let rsp = this.h2(target.addr, peer).send(req).await?;
+                (rsp, None)
+            } else {
+                origin_form(&mut req, target.addr)?;
+                let (rsp, checkin) = this.h1(target.addr, peer).send(req).await?;
+                (rsp, Some(checkin))
+            };
             let switching = rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             // The request's h2c offer was removed, so an application switching to h2c anyway
             // would bypass the proxy for every later request on this connection.
@@ -194,6 +178,9 @@ impl Service<Request> for Forward {
                 Guarded {
                     inner: Coalesce::new(body),
                     _in_flight: target.in_flight,
+                    // An upgraded connection carries the tunnel from now on.
+                    checkin: checkin.filter(|_| !switching),
+                    ended: false,
                 }
                 .boxed_unsync()
             }))
@@ -201,9 +188,13 @@ impl Service<Request> for Forward {
     }
 }
 
-/// The legacy client needs an absolute URI. Keep the authority the client used (or its Host
-/// header) so virtual hosting works; the connector decides where bytes actually go.
+/// HTTP/2 needs `:scheme` and `:authority`, which hyper takes from the URI. Keep the
+/// authority the client used (or its Host header) so virtual hosting works; the pool decides
+/// where bytes actually go.
 fn absolute_uri(req: &Request, target: SocketAddr) -> Result<Uri, ForwardError> {
+    if req.uri().scheme() == Some(&Scheme::HTTP) && req.uri().authority().is_some() {
+        return Ok(req.uri().clone());
+    }
     let authority = match req.uri().authority() {
         Some(a) => a.clone(),
         None => req
@@ -222,18 +213,28 @@ fn absolute_uri(req: &Request, target: SocketAddr) -> Result<Uri, ForwardError> 
     Uri::from_parts(parts).map_err(|e| ForwardError::BadRequest(e.to_string()))
 }
 
-fn client_error(e: hyper_util::client::legacy::Error, target: SocketAddr) -> ForwardError {
-    if e.is_connect() {
-        ForwardError::Connect {
-            target,
-            source: Box::new(e),
+/// HTTP/1.1 to an application is origin-form (`GET /path`) with a `Host`: a request that
+/// came in absolute-form (`GET http://host/path`, from a client configured with a proxy)
+/// keeps its authority as the `Host` it implies, and one without any (HTTP/1.0) gets the
+/// endpoint's address.
+fn origin_form(req: &mut Request, target: SocketAddr) -> Result<(), ForwardError> {
+    if !req.headers().contains_key(http::header::HOST) {
+        let host = match req.uri().authority() {
+            Some(a) => http::HeaderValue::from_str(a.as_str()),
+            None => http::HeaderValue::try_from(target.to_string()),
         }
-    } else {
-        ForwardError::Upstream {
-            target,
-            source: Box::new(e),
-        }
+        .map_err(|e| ForwardError::BadRequest(e.to_string()))?;
+        req.headers_mut().insert(http::header::HOST, host);
     }
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
+    }
+    Ok(())
 }
 
 /// Copies bytes between the two upgraded connections (e.g. a WebSocket) until both close.
@@ -255,142 +256,15 @@ async fn relay_upgrade(
     }
 }
 
-/// Connects to one fixed endpoint, whatever the URI says; over mTLS when `mesh` is set.
-/// hyper's pooling client clones its connector for every request (in case the pool has no
-/// idle connection), so the expected identity is behind an `Arc`: a clone is a reference
-/// count, not a copy of the SPIFFE ID's strings.
-#[derive(Clone, Debug)]
-struct Connector {
-    addr: SocketAddr,
-    timeout: Duration,
-    mesh: Option<Arc<(Arc<MeshTls>, SpiffeId, Alpn)>>,
-}
-
-impl Service<Uri> for Connector {
-    type Response = TokioIo<Upstream>;
-    type Error = TcpError;
-    type Future = BoxFuture<Result<TokioIo<Upstream>, TcpError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), TcpError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let (addr, timeout, mesh) = (self.addr, self.timeout, self.mesh.clone());
-        Box::pin(async move {
-            let tcp = tcp::connect(addr, timeout).await?;
-            let io = match mesh {
-                None => Upstream::Plain(tcp),
-                Some(mesh) => {
-                    let (tls, id, alpn) = &*mesh;
-                    Upstream::Tls(Box::new(tls.connect(tcp, id, *alpn).await.map_err(
-                        |source| TcpError::Tls {
-                            target: addr,
-                            source,
-                        },
-                    )?))
-                }
-            };
-            Ok(TokioIo::new(io))
-        })
-    }
-}
-
-/// An upstream connection: plaintext to apps and unknown destinations, mTLS to mesh peers.
-#[derive(Debug)]
-pub enum Upstream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// Mesh mTLS.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl Connection for Upstream {
-    fn connected(&self) -> Connected {
-        match self {
-            Upstream::Plain(s) => s.connected(),
-            Upstream::Tls(s) => {
-                let (tcp, conn) = s.get_ref();
-                let c = tcp.connected();
-                if conn.alpn_protocol() == Some(crate::tls::ALPN_H2) {
-                    c.negotiated_h2()
-                } else {
-                    c
-                }
-            }
-        }
-    }
-}
-
-impl AsyncRead for Upstream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Upstream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Upstream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Upstream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
-            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Upstream::Plain(s) => s.is_write_vectored(),
-            Upstream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
 /// A response body that keeps the endpoint counted as busy (for power of two choices) until
-/// the stream is finished or dropped, relayed in as few frames as it arrives ready in.
+/// the stream is finished or dropped, relayed in as few frames as it arrives ready in, and
+/// that returns its HTTP/1.1 connection to the pool once read to the end.
 struct Guarded {
     inner: Coalesce<hyper::body::Incoming>,
     _in_flight: Option<Arc<InFlight>>,
+    checkin: Option<Checkin>,
+    /// The body gave its last frame; the connection is clean for the next request.
+    ended: bool,
 }
 
 impl http_body::Body for Guarded {
@@ -401,7 +275,11 @@ impl http_body::Body for Guarded {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            self.ended = true;
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -410,5 +288,17 @@ impl http_body::Body for Guarded {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Guarded {
+    /// hyper drops a body as soon as it reports its end (often without polling it again), so
+    /// the connection goes back here; a body dropped before its end closes its connection.
+    fn drop(&mut self) {
+        if let Some(checkin) = self.checkin.take()
+            && (self.ended || http_body::Body::is_end_stream(&self.inner))
+        {
+            checkin.done();
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod forward;
 pub mod headers;
 pub mod layers;
 pub mod observe;
+pub mod pool;
 pub mod stack;
 
 use std::convert::Infallible;

@@ -1,0 +1,425 @@
+//! Connections to one upstream endpoint, kept for the next request.
+//!
+//! The forwarder already knows the endpoint of every request (the route layer chose it), so
+//! a pool here belongs to one endpoint (and peer identity, and `per-core` worker) and is
+//! found once per request by that key. hyper-util's pooling client, used before, keyed its
+//! pool by the URI's scheme and authority (SipHash and `Authority` compares on every
+//! request), needed an absolute URI it then cut back to origin-form, and spawned a task per
+//! HTTP/1.1 request to return the connection once the body was read: together about 12% of
+//! a proxied request's instructions (benches/README.md, "What the profile showed").
+//!
+//! - HTTP/1.1 ([`H1Pool`]): a connection carries one request at a time. Idle connections wait
+//!   in a last-in first-out list, so the warm ones are reused and the rest expire after
+//!   [`IDLE_TIMEOUT`]; at most [`MAX_IDLE`] wait per pool. A connection goes back when the
+//!   response body that it carries has ended ([`Checkin`]); a response abandoned halfway
+//!   closes its connection, since the rest of that body would still be on the wire.
+//! - HTTP/2 ([`H2Pool`]): one connection carries every request, opened by the first request
+//!   that finds none (the others wait for it), reopened once it closes and dropped after an
+//!   [`IDLE_TIMEOUT`] without a request.
+//!
+//! A request is retried, on another connection, only when hyper hands it back unsent: the
+//! reused connection had been closed by the upstream while idle. Anything else is the
+//! caller's error to see.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::Body;
+use super::errors::ForwardError;
+use crate::identity::SpiffeId;
+use crate::tcp::{self, TcpError};
+use crate::tls::{Alpn, MeshTls};
+
+/// Idle pooled connections are closed after about this long (at most half as long again:
+/// the sweep runs every half period).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// At most this many idle HTTP/1.1 connections wait in one pool; a connection returned to a
+/// full pool is closed. Peak concurrency to one endpoint from one worker rarely comes close,
+/// and without a cap a burst would keep its connections (a file descriptor each) open for
+/// [`IDLE_TIMEOUT`].
+pub const MAX_IDLE: usize = 256;
+
+/// The receive window of each HTTP/2 connection to an upstream: how many bytes it may send
+/// ahead of what the proxy has relayed.
+///
+/// Also h2's budget for small DATA frames buffered unrelayed (half of it, each frame under
+/// 256 bytes charged its shortfall): a gRPC server streaming tiny messages faster than the
+/// caller reads them exhausts it, and h2 then closes the connection with `GOAWAY
+/// ENHANCE_YOUR_CALM` and fails every call on it. hyper's 5 MiB (about 10,000 such frames)
+/// was exhausted by 400 concurrent server streams of 100 messages (`mesh_bench --scenarios
+/// grpc`); hyper offers no other way to raise the budget.
+pub const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Opens connections to one fixed endpoint, over mTLS when `mesh` is set.
+#[derive(Debug)]
+pub struct Connector {
+    /// The endpoint.
+    pub addr: SocketAddr,
+    /// TCP connect timeout (the TLS handshake has its own).
+    pub timeout: Duration,
+    /// Mesh TLS, the identity the peer proxy must prove and the protocol to ask it for.
+    pub mesh: Option<(Arc<MeshTls>, SpiffeId, Alpn)>,
+}
+
+impl Connector {
+    async fn connect(&self) -> Result<TokioIo<Upstream>, ForwardError> {
+        let tcp = tcp::connect(self.addr, self.timeout)
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        let io = match &self.mesh {
+            None => Upstream::Plain(tcp),
+            Some((tls, id, alpn)) => Upstream::Tls(Box::new(
+                tls.connect(tcp, id, *alpn).await.map_err(|source| {
+                    self.connect_error(TcpError::Tls {
+                        target: self.addr,
+                        source,
+                    })
+                })?,
+            )),
+        };
+        Ok(TokioIo::new(io))
+    }
+
+    fn connect_error(&self, e: impl Into<super::BoxError>) -> ForwardError {
+        ForwardError::Connect {
+            target: self.addr,
+            source: e.into(),
+        }
+    }
+
+    fn upstream_error(&self, e: hyper::Error) -> ForwardError {
+        ForwardError::Upstream {
+            target: self.addr,
+            source: Box::new(e),
+        }
+    }
+}
+
+/// HTTP/1.1 connections to one endpoint.
+#[derive(Debug)]
+pub struct H1Pool {
+    connector: Connector,
+    idle: Mutex<IdleList>,
+}
+
+#[derive(Debug, Default)]
+struct IdleList {
+    conns: Vec<Idle>,
+    /// Whether a sweep task is running for this list (it stops when the list is empty).
+    sweeping: bool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+impl H1Pool {
+    /// An empty pool.
+    pub fn new(connector: Connector) -> Arc<H1Pool> {
+        Arc::new(H1Pool {
+            connector,
+            idle: Mutex::default(),
+        })
+    }
+
+    /// Sends `req` (origin-form, with a `Host`) over an idle connection or a new one. The
+    /// [`Checkin`] must travel with the response body and be told when the body has ended.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: http::Request<Body>,
+    ) -> Result<(http::Response<Incoming>, Checkin), ForwardError> {
+        loop {
+            let (mut sender, reused) = match self.checkout() {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(rsp) => {
+                    let checkin = Checkin {
+                        sender,
+                        pool: self.clone(),
+                    };
+                    return Ok((rsp, checkin));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Closed while idle before the request went out: the next connection.
+                    // Ends: each turn takes an idle connection or opens a fresh one.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(self.connector.upstream_error(e.into_error())),
+                },
+            }
+        }
+    }
+
+    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(conn) = idle.conns.pop() {
+            if conn.sender.is_ready() {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<Body>, ForwardError> {
+        let io = self.connector.connect().await?;
+        let (sender, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| self.connector.connect_error(e))?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn put(self: &Arc<Self>, sender: http1::SendRequest<Body>) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.conns.len() >= MAX_IDLE {
+            return;
+        }
+        idle.conns.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        if !idle.sweeping {
+            idle.sweeping = true;
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Closes the idle connections of `pool` that have waited [`IDLE_TIMEOUT`] or that the
+/// upstream has closed; stops once none are left (the next [`H1Pool::put`] starts another).
+async fn sweep(pool: Weak<H1Pool>) {
+    loop {
+        tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        idle.conns
+            .retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+        if idle.conns.is_empty() {
+            idle.sweeping = false;
+            return;
+        }
+    }
+}
+
+/// An HTTP/1.1 connection lent to one response; back to its pool when the body has ended.
+/// Dropped without [`Checkin::done`], the connection closes.
+#[derive(Debug)]
+pub struct Checkin {
+    sender: http1::SendRequest<Body>,
+    pool: Arc<H1Pool>,
+}
+
+impl Checkin {
+    /// The response body has ended. hyper's connection task usually marks itself ready for
+    /// the next request before the caller reads the end; when it has not yet, a task waits
+    /// for it (or for the connection to close).
+    pub fn done(self) {
+        let Checkin { mut sender, pool } = self;
+        if sender.is_ready() {
+            pool.put(sender);
+        } else if !sender.is_closed() {
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.put(sender);
+                }
+            });
+        }
+    }
+}
+
+/// The HTTP/2 connection to one endpoint.
+#[derive(Debug)]
+pub struct H2Pool {
+    connector: Connector,
+    current: ArcSwapOption<Shared>,
+    /// Held while opening a connection, so that concurrent first requests share one.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    sender: http2::SendRequest<Body>,
+    /// Set by every request, cleared by the idle check.
+    used: AtomicBool,
+}
+
+impl H2Pool {
+    /// A pool with no connection yet.
+    pub fn new(connector: Connector) -> Arc<H2Pool> {
+        Arc::new(H2Pool {
+            connector,
+            current: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Sends `req` (absolute URI) on the endpoint's connection, opening it if needed.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, ForwardError> {
+        loop {
+            let (shared, reused) = self.shared().await?;
+            shared.used.store(true, Ordering::Relaxed);
+            let mut sender = shared.sender.clone();
+            match sender.try_send_request(req).await {
+                Ok(rsp) => return Ok(rsp),
+                Err(mut e) => match e.take_message() {
+                    // The connection was going away before the request went out: forget it
+                    // and open another. Ends: the next turn's connection is fresh.
+                    Some(unsent) if reused => {
+                        self.current.compare_and_swap(&Some(shared), None);
+                        req = unsent;
+                    }
+                    _ => return Err(self.connector.upstream_error(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The open connection and whether it served before; else a new one.
+    async fn shared(self: &Arc<Self>) -> Result<(Arc<Shared>, bool), ForwardError> {
+        if let Some(shared) = self.live() {
+            return Ok((shared, true));
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(shared) = self.live() {
+            return Ok((shared, false));
+        }
+        let io = self.connector.connect().await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .handshake(io)
+            .await
+            .map_err(|e| self.connector.connect_error(e))?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        let shared = Arc::new(Shared {
+            sender,
+            used: AtomicBool::new(true),
+        });
+        self.current.store(Some(shared.clone()));
+        tokio::spawn(drop_when_idle(Arc::downgrade(self), shared.clone()));
+        Ok((shared, false))
+    }
+
+    fn live(&self) -> Option<Arc<Shared>> {
+        self.current
+            .load_full()
+            .filter(|shared| !shared.sender.is_closed())
+    }
+}
+
+/// Lets go of `shared` once a whole [`IDLE_TIMEOUT`] passed without a request: its streams
+/// still in flight finish, then hyper closes the connection.
+async fn drop_when_idle(pool: Weak<H2Pool>, shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(IDLE_TIMEOUT).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let current = pool.current.load();
+        if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &shared)) {
+            return;
+        }
+        if !shared.used.swap(false, Ordering::Relaxed) {
+            drop(current);
+            pool.current.compare_and_swap(&Some(shared), None);
+            return;
+        }
+    }
+}
+
+/// An upstream connection: plaintext to apps and unknown destinations, mTLS to mesh peers.
+#[derive(Debug)]
+pub enum Upstream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// Mesh mTLS.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upstream::Plain(s) => s.is_write_vectored(),
+            Upstream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
