@@ -40,7 +40,7 @@ impl<S: Svc<ProxyError>> Service<Request> for Authz<S> {
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let Some(authorizer) = &self.authorizer else {
-            return self.inner.clone().call(req);
+            return self.inner.call(req);
         };
         let ctx = req.extensions().get::<ConnCtx>();
         let peer = ctx.and_then(|c| c.peer.clone());
@@ -68,6 +68,6 @@ impl<S: Svc<ProxyError>> Service<Request> for Authz<S> {
         {
             req.headers_mut().insert(CLIENT_ID, v);
         }
-        self.inner.clone().call(req)
+        self.inner.call(req)
     }
 }

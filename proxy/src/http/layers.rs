@@ -49,7 +49,7 @@ impl<S: Svc<ProxyError>> Service<Request> for Errors<S> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let direction = req.extensions().get::<ConnCtx>().map(|c| c.direction);
-        let fut = self.inner.clone().call(req);
+        let fut = self.inner.call(req);
         Box::pin(async move {
             Ok(fut.await.unwrap_or_else(|error| {
                 tracing::debug!(?direction, %error, "request failed in proxy");
@@ -74,7 +74,7 @@ impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
         // is filtered out (the default outside debugging is `info`, benchmarks and busy
         // production sidecars run `warn`), none of it is worth its allocations.
         if !tracing::enabled!(target: "sluice_proxy::access", tracing::Level::INFO) {
-            return self.inner.clone().call(req);
+            return self.inner.call(req);
         }
         let start = Instant::now();
         let ctx = req.extensions().get::<ConnCtx>().cloned();
@@ -98,7 +98,7 @@ impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
                     .map(str::to_owned)
             })
             .unwrap_or_default();
-        let fut = self.inner.clone().call(req);
+        let fut = self.inner.call(req);
         Box::pin(async move {
             let rsp = fut.await?;
             let route = slot.get();
@@ -155,7 +155,7 @@ impl<S: Svc<ProxyError>> Service<Request> for LoopDetect<S> {
             let err = LoopDetected(self.proxy_id.to_string());
             return Box::pin(async move { Err(err.into()) });
         }
-        self.inner.clone().call(req)
+        self.inner.call(req)
     }
 }
 
@@ -247,7 +247,7 @@ impl<S: Svc<ProxyError>> Service<Request> for Route<S> {
             in_flight: decision.in_flight.map(Arc::new),
             mesh_service,
         });
-        self.inner.clone().call(req)
+        self.inner.call(req)
     }
 }
 
@@ -274,7 +274,7 @@ impl<S: Svc<ProxyError>> Service<Request> for CheckPath<S> {
         if let Err(e) = check_target(&req) {
             return Box::pin(async move { Err(e) });
         }
-        self.inner.clone().call(req)
+        self.inner.call(req)
     }
 }
 
@@ -329,7 +329,7 @@ impl<S: Svc<ProxyError>> Service<Request> for Sanitize<S> {
                 ))
             });
         }
-        self.inner.clone().call(req)
+        self.inner.call(req)
     }
 }
 
@@ -345,7 +345,7 @@ impl<S: Svc<ProxyError>> Service<Request> for Timeout<S> {
 
     fn call(&mut self, req: Request) -> Self::Future {
         let timeout = req.extensions().get::<Target>().and_then(|t| t.timeout);
-        let fut = self.inner.clone().call(req);
+        let fut = self.inner.call(req);
         match timeout {
             None => fut,
             Some(t) => Box::pin(async move {
@@ -429,7 +429,7 @@ impl<S: Svc<ProxyError>> Service<Request> for EnvBaggage<S> {
                 }
             }
         }
-        self.inner.clone().call(req)
+        self.inner.call(req)
     }
 }
 

@@ -48,8 +48,10 @@ pub type Response = http::Response<Body>;
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A service in the stack that fails with `E`. Every layer is `Clone` and always ready (flow
-/// control happens in hyper, per connection and per stream), so layers call a clone of their
-/// inner service without `poll_ready`.
+/// control happens in hyper, per connection and per stream), so layers call their inner
+/// service without `poll_ready`. The connection clones the whole stack once per request;
+/// since every future is `'static` and owns what it needs, a layer calls the inner service
+/// it holds rather than a clone of it (a clone per layer cost a clone of everything below).
 pub trait Svc<E>:
     Service<Request, Response = Response, Error = E, Future = BoxFuture<Result<Response, E>>>
     + Clone

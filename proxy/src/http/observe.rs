@@ -46,7 +46,7 @@ impl<S: Svc<Infallible>> Service<Request> for Observe<S> {
             .unwrap_or_default();
         let grpc = headers::is_grpc(req.headers());
         let metrics = self.metrics.clone();
-        let fut = self.inner.clone().call(req);
+        let fut = self.inner.call(req);
         Box::pin(async move {
             let rsp = fut.await?;
             // Counted here rather than on arrival because the labels come from routing.
