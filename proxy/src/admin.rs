@@ -133,7 +133,7 @@ impl Admin {
                         "endpoints": v.endpoints.len(),
                     })).collect::<Vec<_>>(),
                     "environments": s.environments.iter()
-                        .map(|(k, v)| (k.clone(), serde_json::json!(v.endpoints.len())))
+                        .map(|(k, v)| (k.to_string(), serde_json::json!(v.endpoints.len())))
                         .collect::<serde_json::Map<_, _>>(),
                     "rules": s.rules.iter().map(|r| &*r.name).collect::<Vec<_>>(),
                     "timeout_ms": s.timeout.map(|t| t.as_millis()),

@@ -133,8 +133,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tls.clone().map(|tls| MeshOut { tls }),
     );
     let inbound_labels = Arc::new(TrafficLabels {
-        dst_service: config.service.clone(),
-        dst_version: config.service_version.clone(),
+        dst_service: config.service.as_str().into(),
+        dst_version: config.service_version.as_str().into(),
         route: "default".into(),
         ..TrafficLabels::default()
     });

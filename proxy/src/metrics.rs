@@ -25,19 +25,20 @@ const TRAFFIC_LABELS: &[&str] = &[
     "environment",
 ];
 
-/// Where a request or connection went, as far as metrics and logs care.
+/// Where a request or connection went, as far as metrics and logs care. Made for every
+/// request from names the routing table holds, so the names are shared, not copied.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TrafficLabels {
     /// The calling service ("" when unknown, e.g. inbound before mTLS identities exist).
-    pub src_service: String,
+    pub src_service: Arc<str>,
     /// The destination service ("" for unknown destinations).
-    pub dst_service: String,
+    pub dst_service: Arc<str>,
     /// The chosen version ("" when none applies).
-    pub dst_version: String,
+    pub dst_version: Arc<str>,
     /// The route rule that decided (`default` for the service's default split).
-    pub route: String,
+    pub route: Arc<str>,
     /// The ephemeral environment the request was sent to, if it had a copy.
-    pub environment: String,
+    pub environment: Arc<str>,
 }
 
 /// All proxy metrics and the registry that exports them.

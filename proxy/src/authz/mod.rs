@@ -154,10 +154,17 @@ impl Authorizer {
             decision = probe;
         }
         let policy = &state.policy;
-        let endpoint = policy
-            .service(&local.namespace, &local.service)
-            .and_then(|s| s.endpoints.iter().find(|p| p.matches(rpc)))
-            .map(ToString::to_string);
+        // The callee's declared endpoint this call matched: the metric's `rpc` label when no
+        // rule pattern decided, and part of a denial. An allowed call with a pattern (the
+        // common case) needs neither, and the search costs a third of the check.
+        let endpoint = (decision.pattern.is_none() || decision.verdict != Verdict::Allow)
+            .then(|| {
+                policy
+                    .service(&local.namespace, &local.service)
+                    .and_then(|s| s.endpoints.iter().find(|p| p.matches(rpc)))
+                    .map(ToString::to_string)
+            })
+            .flatten();
         let caller_label = caller.to_string();
         let labels = AuthzLabels {
             service: &local.service,

@@ -20,7 +20,6 @@ use super::coalesce::Coalesce;
 use super::errors::{ForwardError, ProxyError};
 use super::pool::{Checkin, Connector, H1Pool, H2Pool};
 use super::{BoxError, BoxFuture, Request, Response, headers};
-use crate::identity::SpiffeId;
 use crate::routing::InFlight;
 use crate::tls::{Alpn, MeshTls};
 
@@ -35,7 +34,7 @@ pub struct Target {
     pub in_flight: Option<Arc<InFlight>>,
     /// Set for outbound requests to a known mesh service: originate mTLS and require the
     /// peer to be this service.
-    pub mesh_service: Option<String>,
+    pub mesh_service: Option<Arc<str>>,
 }
 
 /// Sends requests upstream, keeping one connection pool per endpoint and HTTP version.
@@ -44,11 +43,12 @@ pub struct Forward {
     pools: Arc<Pools>,
 }
 
-/// Pools are per endpoint and per expected peer identity: a plaintext connection and an mTLS
-/// one to the same address are different connections. With the `per-core` runtime they are
-/// also per worker ([`set_worker`]): a pooled connection is driven by a task of the runtime
-/// that opened it, and a request from another worker's thread would hand every frame across.
-type PoolKey = (SocketAddr, Option<SpiffeId>, usize);
+/// Pools are per endpoint and per mesh service the peer must prove it is (`None`: plaintext):
+/// a plaintext connection and an mTLS one to the same address are different connections.
+/// With the `per-core` runtime they are also per worker ([`set_worker`]): a pooled connection
+/// is driven by a task of the runtime that opened it, and a request from another worker's
+/// thread would hand every frame across.
+type PoolKey = (SocketAddr, Option<Arc<str>>, usize);
 
 thread_local! {
     /// This thread's `per-core` worker; 0 for every thread of the other runtime shapes.
@@ -88,25 +88,25 @@ impl Forward {
         }
     }
 
-    /// The identity a mesh service's proxy must present, once we have a trust domain.
-    fn expected(&self, service: Option<&str>) -> Option<SpiffeId> {
+    /// The mesh service whose proxy must answer, when the call goes over mTLS: to a mesh
+    /// service, once this proxy has an identity of its own.
+    fn mesh_peer(&self, service: Option<Arc<str>>) -> Option<Arc<str>> {
         let mesh = self.pools.mesh.as_ref()?;
-        let td = mesh.tls.trust_domain()?;
-        Some(SpiffeId::of_service(td, service?))
+        service.filter(|_| mesh.tls.has_identity())
     }
 
-    fn connector(&self, addr: SocketAddr, peer: Option<SpiffeId>, alpn: Alpn) -> Connector {
+    fn connector(&self, addr: SocketAddr, peer: Option<Arc<str>>, alpn: Alpn) -> Connector {
         Connector {
             addr,
             timeout: self.pools.connect_timeout,
             mesh: match (&self.pools.mesh, peer) {
-                (Some(m), Some(id)) => Some((m.tls.clone(), id, alpn)),
+                (Some(m), Some(service)) => Some((m.tls.clone(), service, alpn)),
                 _ => None,
             },
         }
     }
 
-    fn h1(&self, addr: SocketAddr, peer: Option<SpiffeId>) -> Arc<H1Pool> {
+    fn h1(&self, addr: SocketAddr, peer: Option<Arc<str>>) -> Arc<H1Pool> {
         let key = (addr, peer, WORKER.with(std::cell::Cell::get));
         if let Some(pool) = self.pools.h1.get(&key) {
             return pool.clone();
@@ -118,7 +118,7 @@ impl Forward {
             .clone()
     }
 
-    fn h2(&self, addr: SocketAddr, peer: Option<SpiffeId>) -> Arc<H2Pool> {
+    fn h2(&self, addr: SocketAddr, peer: Option<Arc<str>>) -> Arc<H2Pool> {
         let key = (addr, peer, WORKER.with(std::cell::Cell::get));
         if let Some(pool) = self.pools.h2.get(&key) {
             return pool.clone();
@@ -149,7 +149,7 @@ impl Service<Request> for Forward {
                 .ok_or(ForwardError::Internal("no routing decision"))?;
             let upgrade = headers::is_upgrade(req.headers());
             let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
-            let peer = this.expected(target.mesh_service.as_deref());
+            let peer = this.mesh_peer(target.mesh_service.clone());
             let (mut rsp, checkin) = if req.version() == http::Version::HTTP_2 {
                 *req.uri_mut() = absolute_uri(&req, target.addr)?;
                 let rsp = this.h2(target.addr, peer).send(req).await?;

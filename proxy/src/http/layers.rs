@@ -43,17 +43,15 @@ impl<S: Svc<ProxyError>> Service<Request> for Errors<S> {
 
     fn call(&mut self, req: Request) -> Self::Future {
         let grpc = headers::is_grpc(req.headers());
-        let accept = req
-            .headers()
-            .get(http::header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        // Kept as the header (a reference count), read only if the request fails.
+        let accept = req.headers().get(http::header::ACCEPT).cloned();
         let direction = req.extensions().get::<ConnCtx>().map(|c| c.direction);
         let fut = self.inner.call(req);
         Box::pin(async move {
             Ok(fut.await.unwrap_or_else(|error| {
                 tracing::debug!(?direction, %error, "request failed in proxy");
-                errors::to_response(&error, grpc, accept.as_deref())
+                let accept = accept.as_ref().and_then(|v| v.to_str().ok());
+                errors::to_response(&error, grpc, accept)
             }))
         })
     }
@@ -122,10 +120,10 @@ impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
                 version = ?version,
                 status = rsp.status().as_u16(),
                 latency_ms = start.elapsed().as_secs_f64() * 1000.0,
-                dst_service = labels.map_or("", |l| l.dst_service.as_str()),
-                dst_version = labels.map_or("", |l| l.dst_version.as_str()),
-                route = labels.map_or("", |l| l.route.as_str()),
-                environment = labels.map_or("", |l| l.environment.as_str()),
+                dst_service = labels.map_or("", |l| &*l.dst_service),
+                dst_version = labels.map_or("", |l| &*l.dst_version),
+                route = labels.map_or("", |l| &*l.route),
+                environment = labels.map_or("", |l| &*l.environment),
                 error = rsp.headers().get("sluice-proxy-error").and_then(|v| v.to_str().ok()).unwrap_or(""),
                 "request"
             );

@@ -38,7 +38,7 @@ use super::Body;
 use super::errors::ForwardError;
 use crate::identity::SpiffeId;
 use crate::tcp::{self, TcpError};
-use crate::tls::{Alpn, MeshTls};
+use crate::tls::{Alpn, MeshTls, TlsError};
 
 /// Idle pooled connections are closed after about this long (at most half as long again:
 /// the sweep runs every half period).
@@ -68,8 +68,9 @@ pub struct Connector {
     pub addr: SocketAddr,
     /// TCP connect timeout (the TLS handshake has its own).
     pub timeout: Duration,
-    /// Mesh TLS, the identity the peer proxy must prove and the protocol to ask it for.
-    pub mesh: Option<(Arc<MeshTls>, SpiffeId, Alpn)>,
+    /// Mesh TLS, the mesh service whose identity the peer proxy must prove (in the trust
+    /// domain in force when the connection opens) and the protocol to ask it for.
+    pub mesh: Option<(Arc<MeshTls>, Arc<str>, Alpn)>,
 }
 
 impl Connector {
@@ -79,14 +80,23 @@ impl Connector {
             .map_err(|e| self.connect_error(e))?;
         let io = match &self.mesh {
             None => Upstream::Plain(tcp),
-            Some((tls, id, alpn)) => Upstream::Tls(Box::new(
-                tls.connect(tcp, id, *alpn).await.map_err(|source| {
+            Some((tls, service, alpn)) => {
+                let tls_error = |source| {
                     self.connect_error(TcpError::Tls {
                         target: self.addr,
                         source,
                     })
-                })?,
-            )),
+                };
+                let td = tls
+                    .trust_domain()
+                    .ok_or_else(|| tls_error(TlsError::NoIdentity))?;
+                let expected = SpiffeId::of_service(td, service);
+                let stream = tls
+                    .connect(tcp, &expected, *alpn)
+                    .await
+                    .map_err(tls_error)?;
+                Upstream::Tls(Box::new(stream))
+            }
         };
         Ok(TokioIo::new(io))
     }
@@ -144,7 +154,10 @@ impl H1Pool {
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: a new connection is rare, and its future (TCP and TLS handshakes)
+                // would otherwise triple the size of every request's future, which is
+                // copied as it is built.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(rsp) => {
@@ -305,6 +318,12 @@ impl H2Pool {
         if let Some(shared) = self.live() {
             return Ok((shared, false));
         }
+        // Boxed for the same reason as HTTP/1.1's connect.
+        let shared = Box::pin(self.open()).await?;
+        Ok((shared, false))
+    }
+
+    async fn open(self: &Arc<Self>) -> Result<Arc<Shared>, ForwardError> {
         let io = self.connector.connect().await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -323,7 +342,7 @@ impl H2Pool {
         });
         self.current.store(Some(shared.clone()));
         tokio::spawn(drop_when_idle(Arc::downgrade(self), shared.clone()));
-        Ok((shared, false))
+        Ok(shared)
     }
 
     fn live(&self) -> Option<Arc<Shared>> {

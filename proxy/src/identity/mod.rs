@@ -138,6 +138,11 @@ impl IdentityStore {
         self.current.load_full()
     }
 
+    /// Whether credentials are in force; per request, so without taking a reference.
+    pub fn has_credentials(&self) -> bool {
+        self.current.load().is_some()
+    }
+
     /// Puts new credentials in force; the next handshake uses them.
     pub fn set(&self, creds: Credentials) {
         tracing::info!(

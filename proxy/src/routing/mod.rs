@@ -58,17 +58,23 @@ pub enum RouteError {
 pub struct Router {
     state: Arc<SharedState>,
     unknown: UnknownDestinations,
-    src_service: String,
+    src_service: Arc<str>,
+    /// The `route` label of a request no rule matched, and the empty one: made once, shared
+    /// by every request's labels.
+    default_route: Arc<str>,
+    empty: Arc<str>,
 }
 
 impl Router {
     /// A router reading `state` on every decision; `src_service` labels outbound traffic.
     pub fn new(state: Arc<SharedState>, unknown: UnknownDestinations) -> Router {
-        let src_service = state.local().service.clone();
+        let src_service = state.local().service.as_str().into();
         Router {
             state,
             unknown,
             src_service,
+            default_route: "default".into(),
+            empty: Arc::default(),
         }
     }
 
@@ -100,18 +106,23 @@ impl Router {
             .rules
             .iter()
             .find(|r| rule_matches(r, rpc.as_ref(), headers));
-        let env = rule
-            .and_then(|r| r.environment.clone())
-            .or_else(|| svc.requested_environment(headers));
-        let route = rule.map_or("default", |r| &r.name);
+        let requested;
+        let env = match rule.and_then(|r| r.environment.as_deref()) {
+            Some(e) => Some(e),
+            None => {
+                requested = svc.requested_environment(headers);
+                requested.as_deref()
+            }
+        };
+        let route = rule.map_or(&self.default_route, |r| &r.name);
         let timeout = rule.and_then(|r| r.timeout).or(svc.timeout);
         // An environment without a copy of this service falls back to the normal split.
-        if let Some((name, copy)) = env.and_then(|e| svc.environments.get_key_value(&e)) {
+        if let Some((name, copy)) = env.and_then(|e| svc.environments.get_key_value(e)) {
             return self.decide(svc, dst, copy, name, route, timeout);
         }
         let split = rule.and_then(|r| r.split.as_ref()).unwrap_or(&svc.split);
         let version = &svc.versions[pick::weighted(split, &mut rand::rng())];
-        self.decide(svc, dst, version, "", route, timeout)
+        self.decide(svc, dst, version, &self.empty, route, timeout)
     }
 
     /// Routes an opaque TCP connection: no headers, so only the default split applies.
@@ -121,7 +132,7 @@ impl Router {
             return self.unknown(dst);
         };
         let version = &svc.versions[pick::weighted(&svc.split, &mut rand::rng())];
-        self.decide(svc, dst, version, "", "default", None)
+        self.decide(svc, dst, version, &self.empty, &self.default_route, None)
     }
 
     /// Picks an endpoint of `group`. Instances register one address, for the service's first
@@ -133,8 +144,8 @@ impl Router {
         svc: &Service,
         dst: SocketAddr,
         group: &Version,
-        environment: &str,
-        route: &str,
+        environment: &Arc<str>,
+        route: &Arc<str>,
         timeout: Option<Duration>,
     ) -> Result<Decision, RouteError> {
         let endpoint = pick::p2c(&group.endpoints, &mut rand::rng()).ok_or_else(|| {
@@ -153,10 +164,10 @@ impl Router {
             target,
             labels: Arc::new(TrafficLabels {
                 src_service: self.src_service.clone(),
-                dst_service: svc.name.to_string(),
-                dst_version: group.version.to_string(),
-                route: route.to_owned(),
-                environment: environment.to_owned(),
+                dst_service: svc.name.clone(),
+                dst_version: group.version.clone(),
+                route: route.clone(),
+                environment: environment.clone(),
             }),
             timeout,
             in_flight: Some(InFlight::new(endpoint.in_flight.clone())),
@@ -286,7 +297,7 @@ spec:
         let grpc: SocketAddr = "10.0.0.1:9090".parse().expect("addr");
         let d = r.route_tcp(grpc).expect("routed");
         assert_eq!(d.target, "127.0.0.1:9090".parse().expect("addr"));
-        assert_eq!(d.labels.dst_service, "pay");
+        assert_eq!(&*d.labels.dst_service, "pay");
         // The first address keeps the registered port.
         assert_eq!(r.route_tcp(dst()).expect("routed").target.port(), 1);
     }
@@ -295,10 +306,10 @@ spec:
     fn default_split_rule_and_timeout() {
         let r = router();
         let d = get(&r, &[]);
-        assert_eq!((d.target.port(), d.labels.dst_version.as_str()), (1, "v1"));
+        assert_eq!((d.target.port(), &*d.labels.dst_version), (1, "v1"));
         assert_eq!(d.timeout, Some(Duration::from_millis(1000)));
         let d = get(&r, &[("x-beta", "1")]);
-        assert_eq!((d.target.port(), d.labels.route.as_str()), (2, "beta"));
+        assert_eq!((d.target.port(), &*d.labels.route), (2, "beta"));
         assert_eq!(d.timeout, Some(Duration::from_millis(50)));
     }
 
@@ -311,30 +322,27 @@ spec:
                 .expect("route")
         };
         let d = post("/v1/charges?x=1", "application/json");
-        assert_eq!((d.target.port(), d.labels.route.as_str()), (2, "charges"));
+        assert_eq!((d.target.port(), &*d.labels.route), (2, "charges"));
         let d = post("/pay.v1.Pay/Refund", "application/grpc");
-        assert_eq!((d.target.port(), d.labels.route.as_str()), (2, "grpc"));
+        assert_eq!((d.target.port(), &*d.labels.route), (2, "grpc"));
         // Same path without the gRPC content type is an HTTP call: no rule matches.
         let d = post("/pay.v1.Pay/Refund", "application/json");
-        assert_eq!((d.target.port(), d.labels.route.as_str()), (1, "default"));
+        assert_eq!((d.target.port(), &*d.labels.route), (1, "default"));
     }
 
     #[test]
     fn environments_by_header_baggage_and_fallback() {
         let r = router();
         let d = get(&r, &[("sluice-env", "pr-1")]);
-        assert_eq!(
-            (d.target.port(), d.labels.environment.as_str()),
-            (3, "pr-1")
-        );
-        assert_eq!(d.labels.dst_version, "v2");
+        assert_eq!((d.target.port(), &*d.labels.environment), (3, "pr-1"));
+        assert_eq!(&*d.labels.dst_version, "v2");
         let d = get(&r, &[("baggage", "a=b,sluice-env=pr-1")]);
         assert_eq!(d.target.port(), 3);
         let d = get(&r, &[("baggage", "team=qa")]);
-        assert_eq!((d.target.port(), d.labels.route.as_str()), (3, "qa"));
+        assert_eq!((d.target.port(), &*d.labels.route), (3, "qa"));
         // No copy in pr-9: the normal split, and the label does not echo the unknown name.
         let d = get(&r, &[("sluice-env", "pr-9")]);
-        assert_eq!((d.target.port(), d.labels.environment.as_str()), (1, ""));
+        assert_eq!((d.target.port(), &*d.labels.environment), (1, ""));
     }
 
     #[test]

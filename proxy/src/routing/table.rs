@@ -121,7 +121,7 @@ pub struct Service {
     /// The default split.
     pub split: Split,
     /// Environment copies by environment name.
-    pub environments: HashMap<String, Version>,
+    pub environments: HashMap<Arc<str>, Version>,
     /// Header naming the environment.
     pub environment_header: Option<http::HeaderName>,
     /// Baggage member naming the environment.
@@ -267,7 +267,7 @@ fn compile_service(
     }
     let mut environments = HashMap::new();
     for v in eps.versions.iter().filter(|v| v.environment != STABLE) {
-        if environments.contains_key(&v.environment) {
+        if environments.contains_key(v.environment.as_str()) {
             continue;
         }
         let addrs: Vec<SocketAddr> = eps.addrs(None, &v.environment).collect();
@@ -281,7 +281,10 @@ fn compile_service(
             ""
         };
         if !addrs.is_empty() {
-            environments.insert(v.environment.clone(), group(&v.environment, label, addrs));
+            environments.insert(
+                v.environment.as_str().into(),
+                group(&v.environment, label, addrs),
+            );
         }
     }
     let mut warn = |w: String| table.warnings.push(w);

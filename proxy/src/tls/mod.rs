@@ -101,6 +101,11 @@ impl MeshTls {
         &self.store
     }
 
+    /// Whether this proxy has a certificate yet (else mesh calls go out in plaintext).
+    pub fn has_identity(&self) -> bool {
+        self.store.has_credentials()
+    }
+
     /// Our trust domain, once we have a certificate.
     pub fn trust_domain(&self) -> Option<String> {
         self.store.current().map(|c| c.id.trust_domain.clone())
