@@ -154,6 +154,19 @@ struct Args {
     /// or `multi-thread:N` (N workers); default: the proxy's default only.
     #[arg(long, value_delimiter = ',')]
     profile_runtimes: Vec<String>,
+    /// With `--callgrind`: the calls to count, `http1` (closed loop) and/or `grpc` (unary
+    /// calls over HTTP/2 with h2load), each through its own pair.
+    #[arg(long, value_delimiter = ',', default_value = "http1,grpc")]
+    profile_calls: Vec<ProfileCall>,
+}
+
+/// A kind of call `--callgrind` counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ProfileCall {
+    /// HTTP/1.1 requests.
+    Http1,
+    /// gRPC unary calls over HTTP/2.
+    Grpc,
 }
 
 /// A part of the run.
@@ -499,6 +512,7 @@ async fn run_profile(
     } else {
         args.profile_runtimes.iter().map(Some).collect()
     };
+    let grpc_upstream = upstream::GrpcUpstream::start()?;
     let mut rows = Vec::new();
     for shape in shapes {
         let mut opts = opts.clone();
@@ -523,7 +537,13 @@ async fn run_profile(
                 PathKind::Mtls => true,
                 _ => continue,
             };
-            rows.push(profile::profile(&opts, &params, upstream, scratch, mtls).await?);
+            for &call in &args.profile_calls {
+                let (call, upstream) = match call {
+                    ProfileCall::Http1 => (profile::Call::Http1, upstream),
+                    ProfileCall::Grpc => (profile::Call::GrpcUnary, grpc_upstream.addr),
+                };
+                rows.push(profile::profile(&opts, &params, upstream, scratch, mtls, call).await?);
+            }
         }
     }
     let markdown = format!(

@@ -8,6 +8,11 @@
 //! the counters (`callgrind_control --dump`) and divide each proxy's instruction total by the
 //! number of requests. The dump files stay in `--profile-dir` for `callgrind_annotate`.
 //!
+//! Two kinds of call, each through its own pair: HTTP/1.1 requests (closed loop over
+//! `--connections` keep-alive connections) and gRPC unary calls over HTTP/2 (h2load, exactly
+//! `--profile-requests` calls on 4 connections × 100 concurrent streams, to the gRPC
+//! upstream the `grpc` scenario uses).
+//!
 //! Counted: user-space instructions of every thread of the proxy, including work that is not
 //! per request (timers, the config and identity pollers, which run every 60 s here instead of
 //! every second, so they fall outside a measurement of a few seconds). Not counted: time in
@@ -25,11 +30,35 @@ use crate::load;
 use crate::mtls::{self, MeshFiles};
 use crate::procs::{SluiceOptions, SluicePair};
 
+/// What the counted requests are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// HTTP/1.1 GETs, closed loop.
+    Http1,
+    /// gRPC unary calls over HTTP/2 (h2load).
+    GrpcUnary,
+}
+
+impl Call {
+    fn label(self) -> &'static str {
+        match self {
+            Call::Http1 => "HTTP/1.1",
+            Call::GrpcUnary => "gRPC unary",
+        }
+    }
+}
+
+/// h2load's shape for the gRPC row: as the `grpc` scenario's default.
+const GRPC_CONNECTIONS: usize = 4;
+const GRPC_STREAMS: usize = 100;
+
 /// One pair's figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProfileRow {
     /// `sluice pair` or `sluice mTLS pair`.
     pub path: String,
+    /// `HTTP/1.1` or `gRPC unary`.
+    pub call: String,
     /// The proxies' runtime shape (`SLUICE_PROXY_RUNTIME`, `TOKIO_WORKER_THREADS`).
     pub runtime: String,
     /// Requests counted (all answered 200).
@@ -55,13 +84,15 @@ pub struct ProfileParams {
     pub dir: PathBuf,
 }
 
-/// Profiles the plaintext pair (`mtls == false`) or the mTLS pair.
+/// Profiles `call` through the plaintext pair (`mtls == false`) or the mTLS pair, in front
+/// of `upstream` (an HTTP/1.1 server, or the gRPC one for [`Call::GrpcUnary`]).
 pub async fn profile(
     opts: &SluiceOptions,
     params: &ProfileParams,
     upstream: SocketAddr,
     scratch: &Path,
     mtls: bool,
+    call: Call,
 ) -> Result<ProfileRow, BenchError> {
     let name = if mtls {
         crate::report::SLUICE_MTLS
@@ -76,9 +107,10 @@ pub async fn profile(
             .unwrap_or_default()
     );
     let slug = format!(
-        "{}-{}",
+        "{}-{}{}",
         if mtls { "mtls" } else { "plain" },
-        runtime.replace([',', ' '], "")
+        runtime.replace([',', ' '], ""),
+        if call == Call::GrpcUnary { "-grpc" } else { "" }
     );
     let out = params.dir.join(&slug);
     std::fs::create_dir_all(&out).map_err(BenchError::file("create", &out))?;
@@ -96,32 +128,59 @@ pub async fn profile(
     let pair = if mtls {
         let mesh = MeshFiles::write(&scratch.join(format!("mesh-{slug}")))?;
         let pair = SluicePair::start_mtls(&opts, upstream, &mesh, &scratch.join(&slug))?;
-        mtls::verify(pair.entry(), pair.b_admin(), mtls::VERIFY_TIMEOUT_PROFILED)
-            .await
-            .map_err(|e| pair.with_logs(e))?;
+        // The check asks the HTTP/1.1 upstream who called; the gRPC row is checked by B's
+        // authorization counters instead, after counting.
+        if call == Call::Http1 {
+            mtls::verify(pair.entry(), pair.b_admin(), mtls::VERIFY_TIMEOUT_PROFILED)
+                .await
+                .map_err(|e| pair.with_logs(e))?;
+        }
         pair
     } else {
         SluicePair::start(&opts, upstream, &scratch.join(&slug))?
     };
     let timeout = Duration::from_secs(30);
     eprintln!(
-        "{name} ({runtime}) under callgrind: {} warm-up requests",
+        "{name} ({runtime}, {}) under callgrind: {} warm-up requests",
+        call.label(),
         params.warmup
     );
-    let warm = load::exact(pair.entry(), params.warmup, params.connections, timeout).await?;
-    if warm.ok == 0 {
+    let h2load_dir = scratch.join(format!("h2load-{slug}"));
+    let send = |n: u64| {
+        let entry = pair.entry();
+        let dir = h2load_dir.clone();
+        async move {
+            match call {
+                Call::Http1 => load::exact(entry, n, params.connections, timeout)
+                    .await
+                    .map(|r| (r.ok, r.errors, r.first_error())),
+                Call::GrpcUnary => h2load_exact(entry, n, &dir)
+                    .map(|(ok, failed)| (ok, failed, format!("{failed} calls failed (h2load)"))),
+            }
+        }
+    };
+    let (warm_ok, _, warm_error) = send(params.warmup).await?;
+    if warm_ok == 0 {
         return Err(pair.with_logs(BenchError::NoSuccess {
             path: name.into(),
             phase: "callgrind warm-up",
-            first_error: warm.first_error(),
+            first_error: warm_error,
         }));
     }
+    let authz_before = match (mtls, call) {
+        (true, Call::GrpcUnary) => Some(
+            mtls::authz_counts(pair.b_admin())
+                .await
+                .map_err(|e| pair.with_logs(e))?,
+        ),
+        _ => None,
+    };
     let pids: Vec<u32> = pair.watched().iter().map(|w| w.pid).collect();
     for &pid in &pids {
         callgrind_control(&["--zero"], pid)?;
     }
     eprintln!("{name} ({runtime}): {} counted requests", params.requests);
-    let counted = load::exact(pair.entry(), params.requests, params.connections, timeout).await?;
+    let (counted_ok, counted_errors, counted_error) = send(params.requests).await?;
     let mut per_request = Vec::new();
     let mut dumps = Vec::new();
     for &pid in &pids {
@@ -130,23 +189,72 @@ pub async fn profile(
         per_request.push(total as f64 / params.requests as f64);
         dumps.push(path);
     }
-    if counted.errors > 0 {
+    if counted_errors > 0 {
         return Err(pair.with_logs(BenchError::Setup(format!(
-            "{name} under callgrind: {} of {} requests failed ({})",
-            counted.errors,
+            "{name} under callgrind: {counted_errors} of {} requests failed ({counted_error})",
             params.requests,
-            counted.first_error()
         ))));
+    }
+    if let Some(before) = authz_before {
+        // Every counted call crossed to B over mTLS and was authorized as the client there:
+        // a plaintext one would have been denied (unauthenticated).
+        let after = mtls::authz_counts(pair.b_admin())
+            .await
+            .map_err(|e| pair.with_logs(e))?;
+        let (allowed, denied) = (after.allowed - before.allowed, after.denied - before.denied);
+        if allowed < counted_ok as f64 || denied > 0.0 {
+            return Err(pair.with_logs(BenchError::Setup(format!(
+                "{name}, gRPC: {counted_ok} calls succeeded but B authorized {allowed} and \
+                 denied {denied}; not the mTLS path"
+            ))));
+        }
     }
     drop(pair);
     Ok(ProfileRow {
         path: name.into(),
+        call: call.label().into(),
         runtime,
-        requests: counted.ok,
+        requests: counted_ok,
         a_ir: per_request.first().copied().unwrap_or(0.0),
         b_ir: per_request.get(1).copied().unwrap_or(0.0),
         dumps,
     })
+}
+
+/// Sends exactly `n` gRPC unary calls with h2load; (succeeded, failed).
+fn h2load_exact(entry: SocketAddr, n: u64, dir: &Path) -> Result<(u64, u64), BenchError> {
+    std::fs::create_dir_all(dir).map_err(BenchError::file("create", dir))?;
+    let body = dir.join("request.bin");
+    std::fs::write(&body, crate::upstream::GRPC_MESSAGE)
+        .map_err(BenchError::file("write", &body))?;
+    let out = Command::new("h2load")
+        .arg(format!("--requests={n}"))
+        .arg(format!("--clients={GRPC_CONNECTIONS}"))
+        .arg(format!("--max-concurrent-streams={GRPC_STREAMS}"))
+        .arg("--threads=1")
+        .args(["--header", "content-type: application/grpc"])
+        .args(["--header", "te: trailers"])
+        .arg(format!("--data={}", body.display()))
+        .arg(format!("http://{entry}{}", crate::upstream::GRPC_UNARY))
+        .output()
+        .map_err(BenchError::io("run h2load (Debian: nghttp2-client)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let count = |word: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("requests: "))
+            .and_then(|l| {
+                l.split(", ")
+                    .find_map(|part| part.strip_suffix(word)?.trim().parse::<u64>().ok())
+            })
+    };
+    match (out.status.success(), count(" succeeded")) {
+        (true, Some(ok)) => Ok((ok, n.saturating_sub(ok))),
+        _ => Err(BenchError::Setup(format!(
+            "h2load against {entry} failed ({}): {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))),
+    }
 }
 
 fn callgrind_control(args: &[&str], pid: u32) -> Result<(), BenchError> {
@@ -194,14 +302,17 @@ pub fn markdown(rows: &[ProfileRow], params: &ProfileParams) -> String {
     let mut s = format!(
         "### Instructions per request (callgrind)\n\n{} requests per row after {} warm-up \
          requests, closed loop over {} keep-alive connections; user-space instructions of \
-         every proxy thread, divided by the requests.\n\n\
-         | path | runtime | A (outbound) | B (inbound) | pair |\n|---|---|---:|---:|---:|\n",
-        params.requests, params.warmup, params.connections
+         every proxy thread, divided by the requests. gRPC unary: h2load, {} connections × {} \
+         concurrent streams.\n\n\
+         | path | call | runtime | A (outbound) | B (inbound) | pair |\n\
+         |---|---|---|---:|---:|---:|\n",
+        params.requests, params.warmup, params.connections, GRPC_CONNECTIONS, GRPC_STREAMS
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} |\n",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} |\n",
             r.path,
+            r.call,
             r.runtime,
             r.a_ir,
             r.b_ir,
