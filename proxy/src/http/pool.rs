@@ -22,7 +22,7 @@
 //! caller's error to see.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -264,8 +264,14 @@ impl Checkin {
 pub struct H2Pool {
     connector: Connector,
     current: ArcSwapOption<Shared>,
-    /// Held while opening a connection, so that concurrent first requests share one.
-    connecting: tokio::sync::Mutex<()>,
+    /// Held while opening a connection, so that concurrent first requests share one; holds
+    /// why the last attempt failed.
+    connecting: tokio::sync::Mutex<Option<String>>,
+    /// Failed attempts so far: a request that waited for another's attempt and sees this
+    /// change fails with it instead of trying again. Otherwise the requests queued behind an
+    /// endpoint that does not answer would each wait out their own connect timeout, one
+    /// after another, and the last would wait for all of them.
+    failures: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -281,7 +287,8 @@ impl H2Pool {
         Arc::new(H2Pool {
             connector,
             current: ArcSwapOption::empty(),
-            connecting: tokio::sync::Mutex::new(()),
+            connecting: tokio::sync::Mutex::new(None),
+            failures: AtomicU64::new(0),
         })
     }
 
@@ -314,13 +321,26 @@ impl H2Pool {
         if let Some(shared) = self.live() {
             return Ok((shared, true));
         }
-        let _one = self.connecting.lock().await;
+        let failures = self.failures.load(Ordering::Acquire);
+        let mut last_failure = self.connecting.lock().await;
         if let Some(shared) = self.live() {
             return Ok((shared, false));
         }
+        if self.failures.load(Ordering::Acquire) != failures {
+            let why = last_failure.as_deref().unwrap_or("failed");
+            return Err(self
+                .connector
+                .connect_error(format!("{why} (the attempt this request waited for)")));
+        }
         // Boxed for the same reason as HTTP/1.1's connect.
-        let shared = Box::pin(self.open()).await?;
-        Ok((shared, false))
+        match Box::pin(self.open()).await {
+            Ok(shared) => Ok((shared, false)),
+            Err(e) => {
+                *last_failure = Some(e.to_string());
+                self.failures.fetch_add(1, Ordering::Release);
+                Err(e)
+            }
+        }
     }
 
     async fn open(self: &Arc<Self>) -> Result<Arc<Shared>, ForwardError> {
@@ -440,5 +460,72 @@ impl AsyncWrite for Upstream {
             Upstream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Upstream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty_request() -> http::Request<Body> {
+        use http_body_util::BodyExt;
+        let body = http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {});
+        http::Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("http://upstream/")
+            .body(body.boxed_unsync())
+            .expect("request")
+    }
+
+    /// An endpoint whose accept queue is full: the kernel drops further connection attempts,
+    /// so they hang until the connect timeout, as to a host that went away.
+    async fn unanswering_endpoint() -> (tokio::net::TcpListener, Vec<TcpStream>) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let listener = socket.listen(1).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let mut held = Vec::new();
+        // Fill the backlog; later attempts then hang (never accepted).
+        for _ in 0..4 {
+            match tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => held.push(s),
+                _ => break,
+            }
+        }
+        (listener, held)
+    }
+
+    #[tokio::test]
+    async fn requests_queued_behind_a_failing_connect_fail_with_it() {
+        let (listener, _held) = unanswering_endpoint().await;
+        let addr = listener.local_addr().expect("addr");
+        let timeout = Duration::from_millis(300);
+        let pool = H2Pool::new(Connector {
+            addr,
+            timeout,
+            mesh: None,
+        });
+        let start = Instant::now();
+        let sends: Vec<_> = (0..5)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.send(empty_request()).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for send in sends {
+            results.push(send.await.expect("task"));
+        }
+        let elapsed = start.elapsed();
+        for r in &results {
+            assert!(
+                matches!(r, Err(ForwardError::Connect { .. })),
+                "{:?}",
+                r.as_ref().map(|_| ())
+            );
+        }
+        // One attempt's timeout, not five in a row.
+        assert!(elapsed < timeout * 3, "took {elapsed:?}");
+        assert_eq!(pool.failures.load(Ordering::Acquire), 1);
     }
 }
