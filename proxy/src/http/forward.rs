@@ -107,28 +107,34 @@ impl Forward {
     }
 
     fn h1(&self, addr: SocketAddr, peer: Option<Arc<str>>) -> Arc<H1Pool> {
-        let key = (addr, peer, WORKER.with(std::cell::Cell::get));
-        if let Some(pool) = self.pools.h1.get(&key) {
-            return pool.clone();
-        }
-        self.pools
-            .h1
-            .entry(key.clone())
-            .or_insert_with(|| H1Pool::new(self.connector(addr, key.1, Alpn::Http1)))
-            .clone()
+        pool_for(&self.pools.h1, (addr, peer, worker()), |peer| {
+            H1Pool::new(self.connector(addr, peer, Alpn::Http1))
+        })
     }
 
     fn h2(&self, addr: SocketAddr, peer: Option<Arc<str>>) -> Arc<H2Pool> {
-        let key = (addr, peer, WORKER.with(std::cell::Cell::get));
-        if let Some(pool) = self.pools.h2.get(&key) {
-            return pool.clone();
-        }
-        self.pools
-            .h2
-            .entry(key.clone())
-            .or_insert_with(|| H2Pool::new(self.connector(addr, key.1, Alpn::H2)))
-            .clone()
+        pool_for(&self.pools.h2, (addr, peer, worker()), |peer| {
+            H2Pool::new(self.connector(addr, peer, Alpn::H2))
+        })
     }
+}
+
+fn worker() -> usize {
+    WORKER.with(std::cell::Cell::get)
+}
+
+/// The pool of `key`, made by `new` (given the key's peer) the first time: a read lock on one
+/// shard for every request after that.
+fn pool_for<P>(
+    pools: &DashMap<PoolKey, Arc<P>, foldhash::fast::RandomState>,
+    key: PoolKey,
+    new: impl FnOnce(Option<Arc<str>>) -> Arc<P>,
+) -> Arc<P> {
+    if let Some(pool) = pools.get(&key) {
+        return pool.clone();
+    }
+    let peer = key.1.clone();
+    pools.entry(key).or_insert_with(|| new(peer)).clone()
 }
 
 impl Service<Request> for Forward {

@@ -205,14 +205,19 @@ impl H1Pool {
         if idle.conns.len() >= MAX_IDLE {
             return;
         }
+        if !idle.sweeping {
+            // Called from a body's drop, which can happen outside a runtime (as it shuts
+            // down): then nothing could sweep the connection, so it is closed instead.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            runtime.spawn(sweep(Arc::downgrade(self)));
+            idle.sweeping = true;
+        }
         idle.conns.push(Idle {
             sender,
             since: Instant::now(),
         });
-        if !idle.sweeping {
-            idle.sweeping = true;
-            tokio::spawn(sweep(Arc::downgrade(self)));
-        }
     }
 }
 
@@ -249,8 +254,10 @@ impl Checkin {
         let Checkin { mut sender, pool } = self;
         if sender.is_ready() {
             pool.put(sender);
-        } else if !sender.is_closed() {
-            tokio::spawn(async move {
+        } else if !sender.is_closed()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
                 if sender.ready().await.is_ok() {
                     pool.put(sender);
                 }

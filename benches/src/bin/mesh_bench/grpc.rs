@@ -114,15 +114,7 @@ pub fn h2load(
         .and_then(|v| v.strip_suffix(" req/s"))
         .and_then(|v| v.parse::<f64>().ok())
         .ok_or_else(|| BenchError::Setup(format!("h2load printed no req/s: {text}")))?;
-    let count = |word: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("requests: "))
-            .and_then(|l| {
-                l.split(", ")
-                    .find_map(|part| part.strip_suffix(word)?.trim().parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-    };
+    let count = |word| request_count(&text, word).unwrap_or(0);
     let (succeeded, failed, errored) = (count(" succeeded"), count(" failed"), count(" errored"));
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| BenchError::Setup(format!("histogram: {e}")))?;
@@ -146,6 +138,16 @@ pub fn h2load(
         data_bytes: data_bytes(&text),
         hist,
     })
+}
+
+/// One figure of h2load's `requests:` line (`word` is e.g. `" succeeded"`).
+pub fn request_count(text: &str, word: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .and_then(|l| {
+            l.split(", ")
+                .find_map(|part| part.strip_suffix(word)?.trim().parse::<u64>().ok())
+        })
 }
 
 /// The DATA bytes of h2load's `traffic:` line

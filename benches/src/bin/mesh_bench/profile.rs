@@ -239,15 +239,10 @@ fn h2load_exact(entry: SocketAddr, n: u64, dir: &Path) -> Result<(u64, u64), Ben
         .output()
         .map_err(BenchError::io("run h2load (Debian: nghttp2-client)"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let count = |word: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("requests: "))
-            .and_then(|l| {
-                l.split(", ")
-                    .find_map(|part| part.strip_suffix(word)?.trim().parse::<u64>().ok())
-            })
-    };
-    match (out.status.success(), count(" succeeded")) {
+    match (
+        out.status.success(),
+        crate::grpc::request_count(&text, " succeeded"),
+    ) {
         (true, Some(ok)) => Ok((ok, n.saturating_sub(ok))),
         _ => Err(BenchError::Setup(format!(
             "h2load against {entry} failed ({}): {text}{}",
