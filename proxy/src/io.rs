@@ -43,6 +43,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // An advanced `Bytes` still holds its whole buffer: let it go, or a connection
+                // that then idles (thousands, in a slowloris attack) keeps its detection bytes.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -92,5 +97,17 @@ mod tests {
         let mut out = String::new();
         io.read_to_string(&mut out).await.expect("read");
         assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn lets_go_of_the_detection_bytes_once_replayed() {
+        // A slow connection idles after its first bytes: they must not stay allocated.
+        let detected = Bytes::from(b"GET / HTTP/1.1\r\n".to_vec());
+        let inner: &[u8] = b"";
+        let mut io = PrefixedIo::new(detected.clone(), inner);
+        let mut first = [0u8; 64];
+        let n = io.read(&mut first).await.expect("read");
+        assert_eq!(&first[..n], b"GET / HTTP/1.1\r\n");
+        assert!(detected.is_unique(), "the proxy still holds the replayed bytes");
     }
 }

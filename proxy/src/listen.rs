@@ -475,20 +475,28 @@ impl Dispatch {
             peer: None,
             peer_header: None,
         };
+        // Each way of serving is boxed: a connection's task would otherwise be as large as
+        // the largest of them (TLS termination with HTTP/2 inside), 11.9 KB for every
+        // connection, also the thousands a slowloris attack holds; boxed, a connection pays
+        // for the way it is served.
         match (protocol, direction, &self.tls) {
             // A peer proxy's mTLS: terminate it, learn the caller, then serve what is inside.
             (Protocol::Tls, Direction::Inbound, Some(tls)) => {
-                self.serve_mtls(io, ctx, tls, declared, drain).await;
+                Box::pin(self.serve_mtls(io, ctx, tls, declared, drain)).await;
             }
             // A port declared HTTP is never opaque.
             (Protocol::Tls | Protocol::Opaque, _, _) if matches!(declared, Declared::Http(_)) => {
-                self.refuse_not_http(io, protocol, &ctx, declared).await
+                Box::pin(self.refuse_not_http(io, protocol, &ctx, declared)).await
             }
             // Without a mesh identity a client's own TLS is relayed untouched, like any
             // opaque stream.
-            (Protocol::Tls | Protocol::Opaque, _, _) => self.forward_tcp(io, ctx).await,
-            (Protocol::Http1, _, _) => self.serve_http(io, http::Version::Http1, ctx, drain).await,
-            (Protocol::Http2, _, _) => self.serve_http(io, http::Version::Http2, ctx, drain).await,
+            (Protocol::Tls | Protocol::Opaque, _, _) => Box::pin(self.forward_tcp(io, ctx)).await,
+            (Protocol::Http1, _, _) => {
+                Box::pin(self.serve_http(io, http::Version::Http1, ctx, drain)).await
+            }
+            (Protocol::Http2, _, _) => {
+                Box::pin(self.serve_http(io, http::Version::Http2, ctx, drain)).await
+            }
         }
     }
 

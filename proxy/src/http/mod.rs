@@ -186,8 +186,8 @@ where
                 .timer(TokioTimer::new())
                 .header_read_timeout(config.header_read_timeout)
                 .max_header_size(H1_MAX_HEAD);
-            let conn = builder.serve_connection(io, hyper_svc).with_upgrades();
-            tokio::pin!(conn);
+            // Boxed, each version apart: see `listen`, on the size of a connection's task.
+            let mut conn = Box::pin(builder.serve_connection(io, hyper_svc).with_upgrades());
             tokio::select! {
                 res = conn.as_mut() => res,
                 _ = drain.signaled() => {
@@ -203,8 +203,7 @@ where
                 .keep_alive_interval(config.h2_keepalive)
                 .keep_alive_timeout(config.h2_keepalive)
                 .max_header_list_size(H2_MAX_HEADER_LIST);
-            let conn = builder.serve_connection(io, hyper_svc);
-            tokio::pin!(conn);
+            let mut conn = Box::pin(builder.serve_connection(io, hyper_svc));
             tokio::select! {
                 res = conn.as_mut() => res,
                 _ = drain.signaled() => {
