@@ -108,6 +108,9 @@ mod tests {
         let mut first = [0u8; 64];
         let n = io.read(&mut first).await.expect("read");
         assert_eq!(&first[..n], b"GET / HTTP/1.1\r\n");
-        assert!(detected.is_unique(), "the proxy still holds the replayed bytes");
+        assert!(
+            detected.is_unique(),
+            "the proxy still holds the replayed bytes"
+        );
     }
 }
