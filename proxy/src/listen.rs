@@ -209,8 +209,15 @@ impl Accepted<TcpStream> {
 
     /// The same connection without its runtime registration, for another worker.
     fn into_handoff(self) -> io::Result<Handoff> {
+        self.map_stream(TcpStream::into_std)
+    }
+}
+
+impl<S> Accepted<S> {
+    /// The same connection over `f(stream)`, keeping its slot, load and drain watch.
+    fn map_stream<T>(self, f: impl FnOnce(S) -> io::Result<T>) -> io::Result<Accepted<T>> {
         Ok(Accepted {
-            stream: self.stream.into_std()?,
+            stream: f(self.stream)?,
             client: self.client,
             direction: self.direction,
             mode: self.mode,
@@ -226,24 +233,12 @@ impl Handoff {
     /// Registers it with the current runtime and serves it there.
     fn spawn(self, dispatch: Arc<Dispatch>) {
         let client = self.client;
-        let stream = match TcpStream::from_std(self.stream) {
-            Ok(s) => s,
+        match self.map_stream(TcpStream::from_std) {
+            Ok(accepted) => accepted.spawn(dispatch),
             Err(error) => {
                 tracing::warn!(%client, %error, "cannot serve a handed-over connection");
-                return;
             }
-        };
-        Accepted {
-            stream,
-            client,
-            direction: self.direction,
-            mode: self.mode,
-            local: self.local,
-            slot: self.slot,
-            load: self.load,
-            drain: self.drain,
         }
-        .spawn(dispatch);
     }
 }
 
