@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -352,7 +352,7 @@ impl H2Pool {
 
     async fn open(self: &Arc<Self>) -> Result<Arc<Shared>, ForwardError> {
         let io = self.connector.connect().await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let (sender, conn) = http2::Builder::new(super::Exec)
             .timer(TokioTimer::new())
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .handshake(io)
