@@ -305,10 +305,7 @@ impl<S: Svc<ProxyError>> Service<Request> for Sanitize<S> {
         let h = req.headers_mut();
         // Before anything else: an h2c upgrade would hand the connection to HTTP/2 streams
         // this proxy never sees, so it is removed and the request goes on as HTTP/1.1.
-        headers::strip_h2c_upgrade(h);
-        let upgrade = headers::is_upgrade(h);
-        headers::strip_hop_by_hop(h, upgrade);
-        headers::strip_mesh_headers(h);
+        headers::sanitize_request(h);
         if let Some(marker) = direction.and_then(|d| self.markers.get(d)) {
             h.insert(headers::HOP_HEADER, marker.clone());
         }
