@@ -21,8 +21,8 @@ use tokio::net::TcpListener;
 type Body = BoxBody<Bytes, Infallible>;
 
 /// An HTTP/1.1 and HTTP/2 upstream that numbers its connections and says, in `x-conn`,
-/// which one served each request. `/big` streams 4 MiB, `/empty` is a 204, anything else
-/// `ok`.
+/// which one served each request. `/endless` streams 16 KiB chunks until the connection
+/// closes, `/empty` is a 204, anything else `ok`.
 async fn numbered_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -51,9 +51,13 @@ async fn numbered_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 fn answer(path: &str, conn: usize) -> hyper::Response<Body> {
     let rsp = hyper::Response::builder().header("x-conn", conn.to_string());
     match path {
-        "/big" => {
-            let chunks = (0..256).map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; 16 * 1024]))));
-            rsp.body(StreamBody::new(futures_util::stream::iter(chunks)).boxed())
+        // Endless, so that no socket buffer can take the rest of it: the only way to reuse
+        // the connection after a caller abandons it would be to answer from its middle.
+        "/endless" => {
+            let chunks = futures_util::stream::repeat_with(|| {
+                Ok(Frame::data(Bytes::from(vec![b'x'; 16 * 1024])))
+            });
+            rsp.body(StreamBody::new(chunks).boxed())
         }
         "/empty" => rsp.status(204).body(Full::default().boxed()),
         _ => rsp.body(Full::new(Bytes::from_static(b"ok")).boxed()),
@@ -162,15 +166,15 @@ async fn a_response_abandoned_halfway_never_answers_the_next_request() {
     let addr = proxy.explicit(0);
     let client = hyper_client(false);
     for _ in 0..5 {
-        let req = http::Request::get(format!("http://{addr}/big"))
+        let req = http::Request::get(format!("http://{addr}/endless"))
             .body(Full::default())
             .expect("request");
-        let rsp = client.request(req).await.expect("big");
+        let rsp = client.request(req).await.expect("endless");
         let big_conn = rsp.headers()["x-conn"].to_str().expect("x-conn").to_owned();
         let mut body = rsp.into_body();
         let first = body.frame().await.expect("a frame").expect("data");
         assert!(first.is_data());
-        // The caller walks away from 4 MiB after the first chunk.
+        // The caller walks away after the first chunk.
         drop(body);
         let next = client::get(&hyper_client(false), addr, "/", &[])
             .await
