@@ -182,10 +182,12 @@ where
     match version {
         Version::Http1 => {
             let mut builder = hyper::server::conn::http1::Builder::new();
+            // Head and body copied into one write: see `pool::H1_WRITEV`.
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(config.header_read_timeout)
-                .max_header_size(H1_MAX_HEAD);
+                .max_header_size(H1_MAX_HEAD)
+                .writev(pool::H1_WRITEV);
             // Boxed, each version apart: see `listen`, on the size of a connection's task.
             let mut conn = Box::pin(builder.serve_connection(io, hyper_svc).with_upgrades());
             tokio::select! {

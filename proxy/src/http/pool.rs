@@ -61,6 +61,14 @@ pub const MAX_IDLE: usize = 256;
 /// grpc`); hyper offers no other way to raise the budget.
 pub const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
+/// Whether hyper writes an HTTP/1.1 message's head and body chunks with one vectored write
+/// (`writev`) or copies them into one buffer first. A proxied message is a small head and
+/// usually a body chunk or two: copying them costs less than keeping the queue of buffers
+/// and building the vector (callgrind: 2–3% of an HTTP/1.1 request's instructions for the
+/// pair); a large body is copied once more in user space, cheap beside the kernel's copy.
+/// Used by the server side too.
+pub const H1_WRITEV: bool = false;
+
 /// Opens connections to one fixed endpoint, over mTLS when `mesh` is set.
 #[derive(Debug)]
 pub struct Connector {
@@ -189,7 +197,9 @@ impl H1Pool {
 
     async fn connect(&self) -> Result<http1::SendRequest<Body>, ForwardError> {
         let io = self.connector.connect().await?;
-        let (sender, conn) = http1::handshake(io)
+        let (sender, conn) = http1::Builder::new()
+            .writev(H1_WRITEV)
+            .handshake(io)
             .await
             .map_err(|e| self.connector.connect_error(e))?;
         tokio::spawn(async move {
