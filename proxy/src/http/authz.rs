@@ -16,7 +16,7 @@ use sluice_policy::rpc::Rpc;
 use tower::Service;
 
 use super::errors::ProxyError;
-use super::{BoxFuture, ConnCtx, Request, Response, RouteSlot, Svc};
+use super::{BoxFuture, Request, RequestCtx, Response, Svc, conn_ctx};
 use crate::authz::{self, Authorizer};
 
 /// The header carrying the caller's verified SPIFFE ID to the application.
@@ -42,7 +42,7 @@ impl<S: Svc<ProxyError>> Service<Request> for Authz<S> {
         let Some(authorizer) = &self.authorizer else {
             return self.inner.call(req);
         };
-        let ctx = req.extensions().get::<ConnCtx>();
+        let ctx = conn_ctx(&req);
         let peer = ctx.and_then(|c| c.peer.clone());
         let port = ctx.map_or(0, |c| c.orig_dst.port());
         let content_type = req
@@ -55,17 +55,13 @@ impl<S: Svc<ProxyError>> Service<Request> for Authz<S> {
             environment: authorizer.requested_environment(req.headers()),
         });
         // For the access log: the call as the matcher saw it (see `AccessLog`).
-        if let Some(slot) = req.extensions().get::<RouteSlot>() {
+        if let Some(slot) = req.extensions().get::<RequestCtx>() {
             slot.set_authorized(rpc);
         }
         if let Err(denial) = decided {
             return Box::pin(async move { Err(ProxyError::Denied(denial)) });
         }
-        if let Some(v) = req
-            .extensions()
-            .get::<ConnCtx>()
-            .and_then(|c| c.peer_header.clone())
-        {
+        if let Some(v) = conn_ctx(&req).and_then(|c| c.peer_header.clone()) {
             req.headers_mut().insert(CLIENT_ID, v);
         }
         self.inner.call(req)

@@ -12,7 +12,7 @@ use tower::Service;
 use super::errors::{self, LoopDetected, ProxyError, Refused, RequestTimeout};
 use super::forward::Target;
 use super::headers;
-use super::{BoxFuture, ConnCtx, Request, Response, RouteInfo, RouteSlot, Svc};
+use super::{BoxFuture, Request, RequestCtx, Response, RouteInfo, Svc, conn_ctx};
 use crate::Direction;
 use crate::metrics::TrafficLabels;
 use crate::routing::Router;
@@ -45,7 +45,7 @@ impl<S: Svc<ProxyError>> Service<Request> for Errors<S> {
         let grpc = headers::is_grpc(req.headers());
         // Kept as the header (a reference count), read only if the request fails.
         let accept = req.headers().get(http::header::ACCEPT).cloned();
-        let direction = req.extensions().get::<ConnCtx>().map(|c| c.direction);
+        let direction = conn_ctx(&req).map(|c| c.direction);
         let fut = self.inner.call(req);
         Box::pin(async move {
             Ok(fut.await.unwrap_or_else(|error| {
@@ -75,12 +75,7 @@ impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
             return self.inner.call(req);
         }
         let start = Instant::now();
-        let ctx = req.extensions().get::<ConnCtx>().cloned();
-        let slot = req
-            .extensions()
-            .get::<RouteSlot>()
-            .cloned()
-            .unwrap_or_default();
+        let slot = req.extensions().get::<RequestCtx>().cloned();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let version = req.version();
@@ -99,19 +94,20 @@ impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
         let fut = self.inner.call(req);
         Box::pin(async move {
             let rsp = fut.await?;
-            let route = slot.get();
+            let ctx = slot.as_ref().map(RequestCtx::conn);
+            let route = slot.as_ref().and_then(RequestCtx::route);
             let labels = route.map(|r| &r.labels);
             // The path as the access matcher read it (its segments, normalised), so what was
             // authorized can be compared with what was forwarded (`path`).
-            let authz_path = match slot.authorized() {
+            let authz_path = match slot.as_ref().and_then(RequestCtx::authorized) {
                 Some(Rpc::Http { path, .. }) => normalize_path(path),
                 _ => String::new(),
             };
             tracing::info!(
                 target: "sluice_proxy::access",
-                direction = ctx.as_ref().map_or("", |c| c.direction.as_str()),
-                client = %ctx.as_ref().map(|c| c.client.to_string()).unwrap_or_default(),
-                orig_dst = %ctx.as_ref().map(|c| c.orig_dst.to_string()).unwrap_or_default(),
+                direction = ctx.map_or("", |c| c.direction.as_str()),
+                client = %ctx.map(|c| c.client.to_string()).unwrap_or_default(),
+                orig_dst = %ctx.map(|c| c.orig_dst.to_string()).unwrap_or_default(),
                 target = %route.map(|r| r.target.to_string()).unwrap_or_default(),
                 %method,
                 %authority,
@@ -146,7 +142,7 @@ impl<S: Svc<ProxyError>> Service<Request> for LoopDetect<S> {
     always_ready!(ProxyError);
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let direction = req.extensions().get::<ConnCtx>().map(|c| c.direction);
+        let direction = conn_ctx(&req).map(|c| c.direction);
         if let Some(marker) = direction.and_then(|d| self.markers.get(d))
             && headers::has_hop(req.headers(), marker)
         {
@@ -198,7 +194,7 @@ pub enum Routes {
 }
 
 /// Decides where the request goes and records it for the forwarder ([`Target`]) and for the
-/// outer layers ([`RouteSlot`]). Runs before [`Sanitize`] because routing may read
+/// outer layers ([`RequestCtx`]). Runs before [`Sanitize`] because routing may read
 /// mesh-owned headers (the environment header) that sanitizing removes.
 #[derive(Clone, Debug)]
 pub struct Route<S> {
@@ -210,7 +206,7 @@ impl<S: Svc<ProxyError>> Service<Request> for Route<S> {
     always_ready!(ProxyError);
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let Some(dst) = req.extensions().get::<ConnCtx>().map(|c| c.orig_dst) else {
+        let Some(dst) = conn_ctx(&req).map(|c| c.orig_dst) else {
             let err = errors::ForwardError::Internal("request without connection context");
             return Box::pin(async move { Err(err.into()) });
         };
@@ -233,8 +229,8 @@ impl<S: Svc<ProxyError>> Service<Request> for Route<S> {
         // service's identity. Inbound goes to the local app in plaintext.
         let mesh_service = (outbound && !decision.labels.dst_service.is_empty())
             .then(|| decision.labels.dst_service.clone());
-        if let Some(slot) = req.extensions().get::<RouteSlot>() {
-            slot.set(RouteInfo {
+        if let Some(slot) = req.extensions().get::<RequestCtx>() {
+            slot.set_route(RouteInfo {
                 labels: decision.labels,
                 target: decision.target,
             });
@@ -301,7 +297,7 @@ impl<S: Svc<ProxyError>> Service<Request> for Sanitize<S> {
     always_ready!(ProxyError);
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let direction = req.extensions().get::<ConnCtx>().map(|c| c.direction);
+        let direction = conn_ctx(&req).map(|c| c.direction);
         let h = req.headers_mut();
         // Before anything else: an h2c upgrade would hand the connection to HTTP/2 streams
         // this proxy never sees, so it is removed and the request goes on as HTTP/1.1.

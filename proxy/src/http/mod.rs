@@ -96,26 +96,43 @@ pub struct RouteInfo {
     pub target: SocketAddr,
 }
 
-/// What the inner layers decided, for the outer ones (metrics, access log): the route, filled
-/// once by the route layer, and the call the authorization layer decided on. Read after the
-/// response. Per request (one allocation for both), so it is never contended.
-#[derive(Clone, Debug, Default)]
-pub struct RouteSlot(Arc<Decided>);
+/// Per request, in its extensions: the facts of the connection it arrived on, and what the
+/// inner layers decided, for the outer ones (metrics, access log) — the route, filled once by
+/// the route layer, and the call the authorization layer decided on, read after the response.
+/// One allocation per request for all of it (the connection's facts are shared by its
+/// requests), and never contended.
+#[derive(Clone, Debug)]
+pub struct RequestCtx(Arc<Decided>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Decided {
+    conn: Arc<ConnCtx>,
     route: OnceLock<RouteInfo>,
     authz: OnceLock<sluice_policy::rpc::Rpc>,
 }
 
-impl RouteSlot {
+impl RequestCtx {
+    /// A request's context on a connection, nothing decided yet.
+    pub fn new(conn: Arc<ConnCtx>) -> RequestCtx {
+        RequestCtx(Arc::new(Decided {
+            conn,
+            route: OnceLock::new(),
+            authz: OnceLock::new(),
+        }))
+    }
+
+    /// The connection the request arrived on.
+    pub fn conn(&self) -> &ConnCtx {
+        &self.0.conn
+    }
+
     /// Records the routing decision (later calls are ignored).
-    pub fn set(&self, info: RouteInfo) {
+    pub fn set_route(&self, info: RouteInfo) {
         let _ = self.0.route.set(info);
     }
 
     /// The routing decision, if routing got that far.
-    pub fn get(&self) -> Option<&RouteInfo> {
+    pub fn route(&self) -> Option<&RouteInfo> {
         self.0.route.get()
     }
 
@@ -128,6 +145,11 @@ impl RouteSlot {
     pub fn authorized(&self) -> Option<&sluice_policy::rpc::Rpc> {
         self.0.authz.get()
     }
+}
+
+/// The facts of the connection `req` arrived on (every request [`serve`] passes on has them).
+pub fn conn_ctx(req: &Request) -> Option<&ConnCtx> {
+    req.extensions().get::<RequestCtx>().map(RequestCtx::conn)
 }
 
 /// Which HTTP version detection found.
@@ -172,10 +194,10 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Svc<Infallible>,
 {
+    let ctx = Arc::new(ctx);
     let hyper_svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
-        req.extensions_mut().insert(ctx.clone());
-        req.extensions_mut().insert(RouteSlot::default());
+        req.extensions_mut().insert(RequestCtx::new(ctx.clone()));
         svc.clone().call(req)
     });
     let io = TokioIo::new(io);

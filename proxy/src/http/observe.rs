@@ -11,7 +11,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use tower::Service;
 
-use super::{Body, BoxError, ConnCtx, Request, Response, RouteSlot, Svc, headers};
+use super::{Body, BoxError, Request, RequestCtx, Response, Svc, headers};
 use crate::Direction;
 use crate::metrics::{Metrics, TrafficHandles, TrafficLabels};
 
@@ -35,22 +35,17 @@ impl<S: Svc<Infallible>> Service<Request> for Observe<S> {
 
     fn call(&mut self, req: Request) -> Self::Future {
         let start = Instant::now();
-        let direction = req
-            .extensions()
-            .get::<ConnCtx>()
-            .map_or(Direction::Outbound, |c| c.direction);
-        let slot = req
-            .extensions()
-            .get::<RouteSlot>()
-            .cloned()
-            .unwrap_or_default();
+        let slot = req.extensions().get::<RequestCtx>().cloned();
+        let direction = slot
+            .as_ref()
+            .map_or(Direction::Outbound, |s| s.conn().direction);
         let grpc = headers::is_grpc(req.headers());
         let metrics = self.metrics.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let rsp = fut.await?;
             // Counted here rather than on arrival because the labels come from routing.
-            let handles = match slot.get() {
+            let handles = match slot.as_ref().and_then(RequestCtx::route) {
                 Some(route) => metrics.traffic(direction, &route.labels),
                 None => metrics.traffic(direction, &TrafficLabels::default()),
             };
