@@ -65,7 +65,8 @@ pub const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// (`writev`) or copies them into one buffer first. A proxied message is a small head and
 /// usually a body chunk or two: copying them costs less than keeping the queue of buffers
 /// and building the vector (callgrind: 2–3% of an HTTP/1.1 request's instructions for the
-/// pair); a large body is copied once more in user space, cheap beside the kernel's copy.
+/// pair). A large body is copied once more in user space: a 512 MB download through one
+/// proxy took the same time and about 5% more of the proxy's CPU (five runs of five each).
 /// Used by the server side too.
 pub const H1_WRITEV: bool = false;
 
