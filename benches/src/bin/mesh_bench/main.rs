@@ -61,6 +61,12 @@ struct Args {
     /// Connections for the closed-loop phase (default: --connections).
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Latency runs of every path, one after the other (paths alternate within each round):
+    /// the ratios to nginx are given as the median of the rounds with their range, since one
+    /// path's run can come out slow on a shared machine. The detailed tables are the first
+    /// round's.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
     /// A request slower than this counts as an error.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -137,8 +143,8 @@ struct Args {
     /// Soak: requests per second.
     #[arg(long, default_value_t = 2000)]
     soak_rate: u32,
-    /// Instead of the latency run: instructions per request of each sluice pair in `--paths`,
-    /// under valgrind's callgrind, for each runtime shape in `--profile-runtimes`.
+    /// Instead of the latency run: instructions per request of each pair in `--paths`, under
+    /// valgrind's callgrind, each sluice pair for each runtime shape in `--profile-runtimes`.
     #[arg(long)]
     callgrind: bool,
     /// With `--callgrind`: requests counted per pair.
@@ -289,98 +295,104 @@ async fn run(args: Args) -> Result<(), BenchError> {
         );
     }
 
-    let mut paths = Vec::new();
+    let mut rounds: Vec<Vec<PathReport>> = Vec::new();
     let latency_paths: &[PathKind] = if args.scenarios.contains(&Scenario::Latency) {
         &args.paths
     } else {
         &[]
     };
-    for &kind in latency_paths {
-        let running = match kind {
-            PathKind::Direct => Running::Direct,
-            PathKind::Sluice => match &sluice {
-                Some(opts) => {
-                    Running::Sluice(SluicePair::start(opts, upstream.addr, scratch.path())?)
-                }
-                None => continue,
-            },
-            PathKind::Mtls => match &sluice {
-                Some(opts) => {
-                    let mesh = MeshFiles::write(&scratch.path().join("mtls-mesh"))?;
-                    Running::Mtls(SluicePair::start_mtls(
-                        opts,
+    for round in 1..=args.rounds {
+        let mut paths = Vec::new();
+        if args.rounds > 1 && !latency_paths.is_empty() {
+            eprintln!("latency, round {round} of {}", args.rounds);
+        }
+        // Each round's proxies in fresh directories: nothing a previous round wrote is read back.
+        let dir = scratch.path().join(format!("round-{round}"));
+        for &kind in latency_paths {
+            let running = match kind {
+                PathKind::Direct => Running::Direct,
+                PathKind::Sluice => match &sluice {
+                    Some(opts) => Running::Sluice(SluicePair::start(opts, upstream.addr, &dir)?),
+                    None => continue,
+                },
+                PathKind::Mtls => match &sluice {
+                    Some(opts) => {
+                        let mesh = MeshFiles::write(&dir.join("mtls-mesh"))?;
+                        Running::Mtls(SluicePair::start_mtls(opts, upstream.addr, &mesh, &dir)?)
+                    }
+                    None => continue,
+                },
+                PathKind::Nginx => {
+                    if nginx_version.is_none() {
+                        let why = format!(
+                            "`{} -v` failed; install nginx (scripts/bench does) or pass --nginx",
+                            args.nginx.display()
+                        );
+                        eprintln!("mesh_bench: skipping the nginx pair: {why}");
+                        paths.push(PathReport::skipped(kind.name(), why));
+                        continue;
+                    }
+                    Running::Nginx(NginxPair::start(
+                        &args.nginx,
                         upstream.addr,
-                        &mesh,
-                        scratch.path(),
+                        &dir,
+                        Hop::Http1,
                     )?)
                 }
-                None => continue,
-            },
-            PathKind::Nginx => {
-                if nginx_version.is_none() {
-                    let why = format!(
-                        "`{} -v` failed; install nginx (scripts/bench does) or pass --nginx",
-                        args.nginx.display()
-                    );
-                    eprintln!("mesh_bench: skipping the nginx pair: {why}");
-                    paths.push(PathReport::skipped(kind.name(), why));
-                    continue;
+                PathKind::Haproxy => {
+                    if haproxy_version.is_none() {
+                        let why = format!(
+                            "`{} -v` failed; install haproxy (scripts/bench does) or pass --haproxy",
+                            args.haproxy.display()
+                        );
+                        eprintln!("mesh_bench: skipping the HAProxy pair: {why}");
+                        paths.push(PathReport::skipped(kind.name(), why));
+                        continue;
+                    }
+                    Running::Haproxy(HaproxyPair::start(
+                        &args.haproxy,
+                        upstream.addr,
+                        &dir,
+                        Hop::Http1,
+                    )?)
                 }
-                Running::Nginx(NginxPair::start(
-                    &args.nginx,
-                    upstream.addr,
-                    scratch.path(),
-                    Hop::Http1,
-                )?)
-            }
-            PathKind::Haproxy => {
-                if haproxy_version.is_none() {
-                    let why = format!(
-                        "`{} -v` failed; install haproxy (scripts/bench does) or pass --haproxy",
-                        args.haproxy.display()
-                    );
-                    eprintln!("mesh_bench: skipping the HAProxy pair: {why}");
-                    paths.push(PathReport::skipped(kind.name(), why));
-                    continue;
+            };
+            let (entry, watched) = match &running {
+                Running::Direct => (upstream.addr, Vec::new()),
+                Running::Sluice(pair) | Running::Mtls(pair) => (pair.entry(), pair.watched()),
+                Running::Nginx(pair) => {
+                    // The master forks its worker after binding; give it a moment.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    (pair.entry(), pair.watched())
                 }
-                Running::Haproxy(HaproxyPair::start(
-                    &args.haproxy,
-                    upstream.addr,
-                    scratch.path(),
-                    Hop::Http1,
-                )?)
+                Running::Haproxy(pair) => (pair.entry(), pair.watched()),
+            };
+            // Before anything is measured, and again after: the mTLS pair's figures must be of
+            // mTLS + authorization, never of a plaintext fallback.
+            let authz_before = match &running {
+                Running::Mtls(pair) => {
+                    eprintln!("{}: checking mTLS and authorization", kind.name());
+                    let counts =
+                        mtls::verify(pair.entry(), pair.b_admin(), mtls::VERIFY_TIMEOUT).await;
+                    Some(counts.map_err(|e| pair.with_logs(e))?)
+                }
+                _ => None,
+            };
+            let mut report = measure(&args, kind, entry, &watched).await?;
+            if let (Running::Mtls(pair), Some(before)) = (&running, authz_before) {
+                let ok = report.fixed.as_ref().map_or(0, |f| f.ok)
+                    + report.max.as_ref().map_or(0, |t| t.ok);
+                let verified = mtls::check_after(pair.b_admin(), before, ok).await;
+                report.verified = Some(verified.map_err(|e| pair.with_logs(e))?);
             }
-        };
-        let (entry, watched) = match &running {
-            Running::Direct => (upstream.addr, Vec::new()),
-            Running::Sluice(pair) | Running::Mtls(pair) => (pair.entry(), pair.watched()),
-            Running::Nginx(pair) => {
-                // The master forks its worker after binding; give it a moment.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                (pair.entry(), pair.watched())
-            }
-            Running::Haproxy(pair) => (pair.entry(), pair.watched()),
-        };
-        // Before anything is measured, and again after: the mTLS pair's figures must be of
-        // mTLS + authorization, never of a plaintext fallback.
-        let authz_before = match &running {
-            Running::Mtls(pair) => {
-                eprintln!("{}: checking mTLS and authorization", kind.name());
-                let counts = mtls::verify(pair.entry(), pair.b_admin(), mtls::VERIFY_TIMEOUT).await;
-                Some(counts.map_err(|e| pair.with_logs(e))?)
-            }
-            _ => None,
-        };
-        let mut report = measure(&args, kind, entry, &watched).await?;
-        if let (Running::Mtls(pair), Some(before)) = (&running, authz_before) {
-            let ok =
-                report.fixed.as_ref().map_or(0, |f| f.ok) + report.max.as_ref().map_or(0, |t| t.ok);
-            let verified = mtls::check_after(pair.b_admin(), before, ok).await;
-            report.verified = Some(verified.map_err(|e| pair.with_logs(e))?);
+            paths.push(report);
+            drop(running);
         }
-        paths.push(report);
-        drop(running);
+        rounds.push(paths);
     }
+    let mut rounds = rounds.into_iter();
+    let paths = rounds.next().unwrap_or_default();
+    let more_rounds: Vec<Vec<PathReport>> = rounds.collect();
 
     let sections = match &sluice {
         Some(opts) => {
@@ -404,6 +416,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
             connections: args.connections,
             max_duration_s: args.max_duration.as_secs_f64(),
             max_connections: max_connections(&args),
+            rounds: args.rounds,
             sluice_log: args.sluice_log.clone(),
             sluice_worker_threads: args.sluice_worker_threads,
         },
@@ -419,6 +432,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
             sluice_proxy: sluice.map(|s| s.bin.display().to_string()),
         },
         paths,
+        more_rounds,
         sections,
     };
     report.compute_added();
@@ -532,9 +546,9 @@ async fn run_profile(
             opts.worker_threads = workers.or(opts.worker_threads);
         }
         for &kind in &args.paths {
-            let mtls = match kind {
-                PathKind::Sluice => false,
-                PathKind::Mtls => true,
+            let subject = match kind {
+                PathKind::Sluice => profile::Subject::Sluice { mtls: false },
+                PathKind::Mtls => profile::Subject::Sluice { mtls: true },
                 _ => continue,
             };
             for &call in &args.profile_calls {
@@ -542,8 +556,36 @@ async fn run_profile(
                     ProfileCall::Http1 => (profile::Call::Http1, upstream),
                     ProfileCall::Grpc => (profile::Call::GrpcUnary, grpc_upstream.addr),
                 };
-                rows.push(profile::profile(&opts, &params, upstream, scratch, mtls, call).await?);
+                rows.push(
+                    profile::profile(&opts, &params, upstream, scratch, &subject, call).await?,
+                );
             }
+        }
+    }
+    // The references have one shape; counted once, after the sluice pairs.
+    for &kind in &args.paths {
+        let subject = match kind {
+            PathKind::Nginx if procs::nginx_version(&args.nginx).is_some() => {
+                profile::Subject::Nginx(args.nginx.clone())
+            }
+            PathKind::Haproxy if procs::haproxy_version(&args.haproxy).is_some() => {
+                profile::Subject::Haproxy(args.haproxy.clone())
+            }
+            PathKind::Nginx | PathKind::Haproxy => {
+                eprintln!(
+                    "mesh_bench: {} not found; not profiled (scripts/bench installs it)",
+                    kind.name()
+                );
+                continue;
+            }
+            _ => continue,
+        };
+        for &call in &args.profile_calls {
+            let (call, upstream) = match call {
+                ProfileCall::Http1 => (profile::Call::Http1, upstream),
+                ProfileCall::Grpc => (profile::Call::GrpcUnary, grpc_upstream.addr),
+            };
+            rows.push(profile::profile(opts, &params, upstream, scratch, &subject, call).await?);
         }
     }
     let markdown = format!(

@@ -414,14 +414,14 @@ fn start_sluice(
 ) -> Result<(Supervised, Bound), BenchError> {
     std::fs::create_dir_all(dir).map_err(BenchError::file("create", dir))?;
     let addrs_file = dir.join("addrs.json");
-    let mut cmd = match opts.wrapper.split_first() {
-        None => Command::new(&opts.bin),
-        Some((program, args)) => {
-            let mut cmd = Command::new(program);
-            cmd.args(args).arg(&opts.bin);
-            cmd
+    // A file left by an earlier proxy in the same directory would be read as this one's.
+    match std::fs::remove_file(&addrs_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(BenchError::file("remove", &addrs_file)(e));
         }
-    };
+        _ => {}
+    }
+    let mut cmd = wrapped(&opts.bin, &opts.wrapper);
     cmd.env("SLUICE_PROXY_INBOUND_ADDR", "off")
         .env("SLUICE_PROXY_OUTBOUND_ADDR", "off")
         .env("SLUICE_PROXY_ADMIN_ADDR", "127.0.0.1:0")
@@ -442,12 +442,7 @@ fn start_sluice(
         cmd.env(k, v);
     }
     let mut proc = Supervised::spawn(name, cmd, dir.join("proxy.log"))?;
-    // Under valgrind a start takes many times longer.
-    let timeout = if opts.wrapper.is_empty() {
-        START_TIMEOUT
-    } else {
-        START_TIMEOUT * 6
-    };
+    let timeout = start_timeout(&opts.wrapper);
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(text) = std::fs::read_to_string(&addrs_file) {
@@ -502,8 +497,28 @@ impl NginxPair {
         dir: &Path,
         hop: Hop,
     ) -> Result<NginxPair, BenchError> {
-        let (b, b_addr) = start_nginx(nginx, "nginx B", upstream, &dir.join("nginx-b"), hop)?;
-        let (a, entry) = start_nginx(nginx, "nginx A", b_addr, &dir.join("nginx-a"), hop)?;
+        NginxPair::start_wrapped(nginx, upstream, dir, hop, &[])
+    }
+
+    /// As [`NginxPair::start`], each nginx run by `wrapper` (e.g. valgrind) when it is not
+    /// empty, and then as one process (`master_process off`: the master serves, so the
+    /// process the wrapper watches is the one doing the work).
+    pub fn start_wrapped(
+        nginx: &Path,
+        upstream: SocketAddr,
+        dir: &Path,
+        hop: Hop,
+        wrapper: &[String],
+    ) -> Result<NginxPair, BenchError> {
+        let (b, b_addr) = start_nginx(
+            nginx,
+            "nginx B",
+            upstream,
+            &dir.join("nginx-b"),
+            hop,
+            wrapper,
+        )?;
+        let (a, entry) = start_nginx(nginx, "nginx A", b_addr, &dir.join("nginx-a"), hop, wrapper)?;
         Ok(NginxPair {
             a,
             b,
@@ -522,13 +537,20 @@ impl NginxPair {
         self.b_addr
     }
 
-    /// A's and B's workers (the masters only supervise, so they are left out).
+    /// A's and B's workers (the masters only supervise, so they are left out), or A and B
+    /// themselves when they run without a master.
     pub fn watched(&self) -> Vec<Watched> {
         [&self.a, &self.b]
             .into_iter()
             .flat_map(|p| {
-                children_of(p.pid()).into_iter().map(|pid| Watched {
-                    label: format!("{} worker", p.name),
+                let workers = children_of(p.pid());
+                let (pids, label) = if workers.is_empty() {
+                    (vec![p.pid()], p.name.clone())
+                } else {
+                    (workers, format!("{} worker", p.name))
+                };
+                pids.into_iter().map(move |pid| Watched {
+                    label: label.clone(),
                     pid,
                 })
             })
@@ -554,9 +576,34 @@ impl HaproxyPair {
         dir: &Path,
         hop: Hop,
     ) -> Result<HaproxyPair, BenchError> {
-        let (b, b_addr) =
-            start_haproxy(haproxy, "haproxy B", upstream, &dir.join("haproxy-b"), hop)?;
-        let (a, entry) = start_haproxy(haproxy, "haproxy A", b_addr, &dir.join("haproxy-a"), hop)?;
+        HaproxyPair::start_wrapped(haproxy, upstream, dir, hop, &[])
+    }
+
+    /// As [`HaproxyPair::start`], each HAProxy run by `wrapper` (e.g. valgrind) when it is
+    /// not empty.
+    pub fn start_wrapped(
+        haproxy: &Path,
+        upstream: SocketAddr,
+        dir: &Path,
+        hop: Hop,
+        wrapper: &[String],
+    ) -> Result<HaproxyPair, BenchError> {
+        let (b, b_addr) = start_haproxy(
+            haproxy,
+            "haproxy B",
+            upstream,
+            &dir.join("haproxy-b"),
+            hop,
+            wrapper,
+        )?;
+        let (a, entry) = start_haproxy(
+            haproxy,
+            "haproxy A",
+            b_addr,
+            &dir.join("haproxy-a"),
+            hop,
+            wrapper,
+        )?;
         Ok(HaproxyPair {
             a,
             b,
@@ -615,6 +662,7 @@ pub fn haproxy_version(haproxy: &Path) -> Option<String> {
 fn start_on_picked_port(
     name: &str,
     dir: &Path,
+    timeout: Duration,
     command: impl Fn(SocketAddr) -> Result<Command, BenchError>,
 ) -> Result<(Supervised, SocketAddr), BenchError> {
     const ATTEMPTS: usize = 3;
@@ -625,7 +673,7 @@ fn start_on_picked_port(
             .and_then(|l| l.local_addr())
             .map_err(BenchError::io(format!("pick a port for {name}")))?;
         let mut proc = Supervised::spawn(name, command(listen)?, dir.join("stderr.log"))?;
-        match wait_listening(&mut proc, listen) {
+        match wait_listening(&mut proc, listen, timeout) {
             Ok(()) => return Ok((proc, listen)),
             Err(e) => last_error = Some(e),
         }
@@ -639,21 +687,50 @@ fn start_nginx(
     upstream: SocketAddr,
     dir: &Path,
     hop: Hop,
+    wrapper: &[String],
 ) -> Result<(Supervised, SocketAddr), BenchError> {
-    start_on_picked_port(name, dir, |listen| {
+    start_on_picked_port(name, dir, start_timeout(wrapper), |listen| {
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, nginx_conf(dir, listen, upstream, hop))
             .map_err(BenchError::file("write", &conf))?;
-        let mut cmd = Command::new(nginx);
+        let mut cmd = wrapped(nginx, wrapper);
         cmd.arg("-p")
             .arg(dir)
             .arg("-c")
             .arg(&conf)
             .arg("-e")
             .arg(dir.join("error.log"))
-            .args(["-g", "daemon off;"]);
+            .args([
+                "-g",
+                if wrapper.is_empty() {
+                    "daemon off;"
+                } else {
+                    "daemon off; master_process off;"
+                },
+            ]);
         Ok(cmd)
     })
+}
+
+/// `program` run by `wrapper`'s program and arguments, or on its own.
+fn wrapped(program: &Path, wrapper: &[String]) -> Command {
+    match wrapper.split_first() {
+        None => Command::new(program),
+        Some((first, args)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(args).arg(program);
+            cmd
+        }
+    }
+}
+
+/// Under valgrind a start takes many times longer.
+fn start_timeout(wrapper: &[String]) -> Duration {
+    if wrapper.is_empty() {
+        START_TIMEOUT
+    } else {
+        START_TIMEOUT * 6
+    }
 }
 
 fn start_haproxy(
@@ -662,20 +739,25 @@ fn start_haproxy(
     upstream: SocketAddr,
     dir: &Path,
     hop: Hop,
+    wrapper: &[String],
 ) -> Result<(Supervised, SocketAddr), BenchError> {
-    start_on_picked_port(name, dir, |listen| {
+    start_on_picked_port(name, dir, start_timeout(wrapper), |listen| {
         let conf = dir.join("haproxy.cfg");
         std::fs::write(&conf, haproxy_conf(listen, upstream, hop))
             .map_err(BenchError::file("write", &conf))?;
-        let mut cmd = Command::new(haproxy);
+        let mut cmd = wrapped(haproxy, wrapper);
         // -db: foreground, one process (no master-worker), which is the pid watched.
         cmd.arg("-db").arg("-f").arg(&conf);
         Ok(cmd)
     })
 }
 
-fn wait_listening(proc: &mut Supervised, addr: SocketAddr) -> Result<(), BenchError> {
-    let deadline = Instant::now() + START_TIMEOUT;
+fn wait_listening(
+    proc: &mut Supervised,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(), BenchError> {
+    let deadline = Instant::now() + timeout;
     loop {
         proc.check_alive()?;
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
@@ -683,7 +765,7 @@ fn wait_listening(proc: &mut Supervised, addr: SocketAddr) -> Result<(), BenchEr
         }
         if Instant::now() > deadline {
             return Err(BenchError::Setup(format!(
-                "{} is not listening on {addr} after {START_TIMEOUT:?}",
+                "{} is not listening on {addr} after {timeout:?}",
                 proc.name
             )));
         }

@@ -8,6 +8,11 @@
 //! the counters (`callgrind_control --dump`) and divide each proxy's instruction total by the
 //! number of requests. The dump files stay in `--profile-dir` for `callgrind_annotate`.
 //!
+//! The nginx and HAProxy pairs (`--paths nginx,haproxy`) are counted the same way, each
+//! process under callgrind (nginx without its master, so the one process serves), which puts
+//! a noise-free figure beside the wall-clock ratios the targets are written in. Their
+//! configuration is the latency run's, speaking HTTP/2 on both hops for the gRPC row.
+//!
 //! Two kinds of call, each through its own pair: HTTP/1.1 requests (closed loop over
 //! `--connections` keep-alive connections) and gRPC unary calls over HTTP/2 (h2load, exactly
 //! `--profile-requests` calls on 4 connections × 100 concurrent streams, to the gRPC
@@ -28,7 +33,7 @@ use serde::Serialize;
 use crate::error::BenchError;
 use crate::load;
 use crate::mtls::{self, MeshFiles};
-use crate::procs::{SluiceOptions, SluicePair};
+use crate::procs::{HaproxyPair, Hop, NginxPair, SluiceOptions, SluicePair};
 
 /// What the counted requests are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,11 +60,12 @@ const GRPC_STREAMS: usize = 100;
 /// One pair's figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProfileRow {
-    /// `sluice pair` or `sluice mTLS pair`.
+    /// `sluice pair`, `sluice mTLS pair`, `nginx pair` or `HAProxy pair`.
     pub path: String,
     /// `HTTP/1.1` or `gRPC unary`.
     pub call: String,
-    /// The proxies' runtime shape (`SLUICE_PROXY_RUNTIME`, `TOKIO_WORKER_THREADS`).
+    /// The proxies' runtime shape (`SLUICE_PROXY_RUNTIME`, `TOKIO_WORKER_THREADS`), or
+    /// the reference's (one process, one thread).
     pub runtime: String,
     /// Requests counted (all answered 200).
     pub requests: u64,
@@ -84,61 +90,130 @@ pub struct ProfileParams {
     pub dir: PathBuf,
 }
 
-/// Profiles `call` through the plaintext pair (`mtls == false`) or the mTLS pair, in front
-/// of `upstream` (an HTTP/1.1 server, or the gRPC one for [`Call::GrpcUnary`]).
+/// Which pair is counted.
+#[derive(Clone, Debug)]
+pub enum Subject {
+    /// The sluice pair, plaintext or with mTLS and authorization.
+    Sluice {
+        /// The mTLS pair.
+        mtls: bool,
+    },
+    /// The nginx pair, this binary.
+    Nginx(PathBuf),
+    /// The HAProxy pair, this binary.
+    Haproxy(PathBuf),
+}
+
+/// A running pair under callgrind.
+enum Pair {
+    Sluice(SluicePair),
+    Nginx(NginxPair),
+    Haproxy(HaproxyPair),
+}
+
+impl Pair {
+    fn entry(&self) -> SocketAddr {
+        match self {
+            Pair::Sluice(p) => p.entry(),
+            Pair::Nginx(p) => p.entry(),
+            Pair::Haproxy(p) => p.entry(),
+        }
+    }
+
+    /// The processes counted, A then B.
+    fn pids(&self) -> Vec<u32> {
+        let watched = match self {
+            Pair::Sluice(p) => p.watched(),
+            Pair::Nginx(p) => p.watched(),
+            Pair::Haproxy(p) => p.watched(),
+        };
+        watched.iter().map(|w| w.pid).collect()
+    }
+
+    /// `error` with the proxies' logs, where they have any worth reading.
+    fn with_logs(&self, error: BenchError) -> BenchError {
+        match self {
+            Pair::Sluice(p) => p.with_logs(error),
+            Pair::Nginx(_) | Pair::Haproxy(_) => error,
+        }
+    }
+}
+
+/// Profiles `call` through `subject`'s pair, in front of `upstream` (an HTTP/1.1 server, or
+/// the gRPC one for [`Call::GrpcUnary`]).
 pub async fn profile(
     opts: &SluiceOptions,
     params: &ProfileParams,
     upstream: SocketAddr,
     scratch: &Path,
-    mtls: bool,
+    subject: &Subject,
     call: Call,
 ) -> Result<ProfileRow, BenchError> {
-    let name = if mtls {
-        crate::report::SLUICE_MTLS
-    } else {
-        crate::report::SLUICE
+    let (name, runtime, kind) = match subject {
+        Subject::Sluice { mtls } => (
+            if *mtls {
+                crate::report::SLUICE_MTLS
+            } else {
+                crate::report::SLUICE
+            },
+            format!(
+                "{}{}",
+                opts.runtime.as_deref().unwrap_or("default"),
+                opts.worker_threads
+                    .map(|n| format!(", {n} workers"))
+                    .unwrap_or_default()
+            ),
+            if *mtls { "mtls" } else { "plain" },
+        ),
+        Subject::Nginx(_) => (crate::report::NGINX, "one process".into(), "nginx"),
+        Subject::Haproxy(_) => (crate::report::HAPROXY, "one thread".into(), "haproxy"),
     };
-    let runtime = format!(
-        "{}{}",
-        opts.runtime.as_deref().unwrap_or("default"),
-        opts.worker_threads
-            .map(|n| format!(", {n} workers"))
-            .unwrap_or_default()
-    );
     let slug = format!(
-        "{}-{}{}",
-        if mtls { "mtls" } else { "plain" },
+        "{kind}-{}{}",
         runtime.replace([',', ' '], ""),
         if call == Call::GrpcUnary { "-grpc" } else { "" }
     );
     let out = params.dir.join(&slug);
     std::fs::create_dir_all(&out).map_err(BenchError::file("create", &out))?;
-    let mut opts = opts.clone();
-    opts.wrapper = vec![
+    let wrapper = vec![
         "valgrind".into(),
         "--tool=callgrind".into(),
         "--quiet".into(),
         format!("--callgrind-out-file={}/callgrind.out.%p", out.display()),
     ];
+    let mut opts = opts.clone();
+    opts.wrapper = wrapper.clone();
     opts.env.extend([
         ("SLUICE_PROXY_SNAPSHOT_POLL".into(), "60s".into()),
         ("SLUICE_PROXY_IDENTITY_POLL".into(), "60s".into()),
     ]);
-    let pair = if mtls {
-        let mesh = MeshFiles::write(&scratch.join(format!("mesh-{slug}")))?;
-        let pair = SluicePair::start_mtls(&opts, upstream, &mesh, &scratch.join(&slug))?;
-        // The check asks the HTTP/1.1 upstream who called; the gRPC row is checked by B's
-        // authorization counters instead, after counting.
-        if call == Call::Http1 {
-            mtls::verify(pair.entry(), pair.b_admin(), mtls::VERIFY_TIMEOUT_PROFILED)
-                .await
-                .map_err(|e| pair.with_logs(e))?;
-        }
-        pair
-    } else {
-        SluicePair::start(&opts, upstream, &scratch.join(&slug))?
+    let hop = match call {
+        Call::Http1 => Hop::Http1,
+        Call::GrpcUnary => Hop::H2,
     };
+    let dir = scratch.join(&slug);
+    let pair = match subject {
+        Subject::Sluice { mtls: true } => {
+            let mesh = MeshFiles::write(&scratch.join(format!("mesh-{slug}")))?;
+            let pair = SluicePair::start_mtls(&opts, upstream, &mesh, &dir)?;
+            // The check asks the HTTP/1.1 upstream who called; the gRPC row is checked by B's
+            // authorization counters instead, after counting.
+            if call == Call::Http1 {
+                mtls::verify(pair.entry(), pair.b_admin(), mtls::VERIFY_TIMEOUT_PROFILED)
+                    .await
+                    .map_err(|e| pair.with_logs(e))?;
+            }
+            Pair::Sluice(pair)
+        }
+        Subject::Sluice { mtls: false } => Pair::Sluice(SluicePair::start(&opts, upstream, &dir)?),
+        Subject::Nginx(bin) => Pair::Nginx(NginxPair::start_wrapped(
+            bin, upstream, &dir, hop, &wrapper,
+        )?),
+        Subject::Haproxy(bin) => Pair::Haproxy(HaproxyPair::start_wrapped(
+            bin, upstream, &dir, hop, &wrapper,
+        )?),
+    };
+    let mtls = matches!(subject, Subject::Sluice { mtls: true });
     let timeout = Duration::from_secs(30);
     eprintln!(
         "{name} ({runtime}, {}) under callgrind: {} warm-up requests",
@@ -168,14 +243,22 @@ pub async fn profile(
         }));
     }
     let authz_before = match (mtls, call) {
-        (true, Call::GrpcUnary) => Some(
-            mtls::authz_counts(pair.b_admin())
-                .await
-                .map_err(|e| pair.with_logs(e))?,
-        ),
+        (true, Call::GrpcUnary) => match &pair {
+            Pair::Sluice(p) => Some(
+                mtls::authz_counts(p.b_admin())
+                    .await
+                    .map_err(|e| p.with_logs(e))?,
+            ),
+            _ => None,
+        },
         _ => None,
     };
-    let pids: Vec<u32> = pair.watched().iter().map(|w| w.pid).collect();
+    let pids = pair.pids();
+    if pids.len() != 2 {
+        return Err(pair.with_logs(BenchError::Setup(format!(
+            "{name} under callgrind: expected two processes to count, found {pids:?}"
+        ))));
+    }
     for &pid in &pids {
         callgrind_control(&["--zero"], pid)?;
     }
@@ -195,12 +278,12 @@ pub async fn profile(
             params.requests,
         ))));
     }
-    if let Some(before) = authz_before {
+    if let (Some(before), Pair::Sluice(p)) = (authz_before, &pair) {
         // Every counted call crossed to B over mTLS and was authorized as the client there:
         // a plaintext one would have been denied (unauthenticated).
-        let after = mtls::authz_counts(pair.b_admin())
+        let after = mtls::authz_counts(p.b_admin())
             .await
-            .map_err(|e| pair.with_logs(e))?;
+            .map_err(|e| p.with_logs(e))?;
         let (allowed, denied) = (after.allowed - before.allowed, after.denied - before.denied);
         if allowed < counted_ok as f64 || denied > 0.0 {
             return Err(pair.with_logs(BenchError::Setup(format!(
@@ -314,5 +397,92 @@ pub fn markdown(rows: &[ProfileRow], params: &ProfileParams) -> String {
             r.a_ir + r.b_ir
         ));
     }
+    let ratios = ratios(rows);
+    if !ratios.is_empty() {
+        s.push_str("\nEach sluice pair over each reference pair, same call:\n\n");
+        for line in ratios {
+            s.push_str(&format!("- {line}\n"));
+        }
+    }
     s
+}
+
+/// `sluice pair (default) / nginx pair, HTTP/1.1: 3.10×` for every sluice row and reference
+/// row (nginx, HAProxy) counting the same call.
+fn ratios(rows: &[ProfileRow]) -> Vec<String> {
+    let is_reference =
+        |r: &&ProfileRow| r.path == crate::report::NGINX || r.path == crate::report::HAPROXY;
+    let references: Vec<&ProfileRow> = rows.iter().filter(is_reference).collect();
+    rows.iter()
+        .filter(|r| !is_reference(r))
+        .flat_map(|r| {
+            references
+                .iter()
+                .filter(move |reference| reference.call == r.call)
+                .map(move |reference| {
+                    format!(
+                        "{} ({}) / {}, {}: {:.2}×",
+                        r.path,
+                        r.runtime,
+                        reference.path,
+                        r.call,
+                        (r.a_ir + r.b_ir) / (reference.a_ir + reference.b_ir)
+                    )
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(path: &str, call: Call, a_ir: f64, b_ir: f64) -> ProfileRow {
+        ProfileRow {
+            path: path.into(),
+            call: call.label().into(),
+            runtime: "default".into(),
+            requests: 1000,
+            a_ir,
+            b_ir,
+            dumps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn compares_each_sluice_pair_with_each_reference_on_the_same_call_only() {
+        use crate::report::{HAPROXY, NGINX, SLUICE, SLUICE_MTLS};
+        let rows = [
+            row(SLUICE, Call::Http1, 30_000.0, 34_000.0),
+            row(SLUICE_MTLS, Call::Http1, 40_000.0, 44_000.0),
+            row(SLUICE, Call::GrpcUnary, 80_000.0, 90_000.0),
+            row(NGINX, Call::Http1, 16_000.0, 16_000.0),
+            row(HAPROXY, Call::GrpcUnary, 40_000.0, 45_000.0),
+        ];
+        assert_eq!(
+            ratios(&rows),
+            [
+                "sluice pair (default) / nginx pair, HTTP/1.1: 2.00×",
+                "sluice mTLS pair (default) / nginx pair, HTTP/1.1: 2.62×",
+                "sluice pair (default) / HAProxy pair, gRPC unary: 2.00×",
+            ]
+        );
+        let table = markdown(
+            &rows,
+            &ProfileParams {
+                requests: 1000,
+                warmup: 100,
+                connections: 8,
+                dir: PathBuf::new(),
+            },
+        );
+        assert!(table.contains("| nginx pair | HTTP/1.1 | default | 16000 | 16000 | 32000 |"));
+        assert!(table.contains("- sluice pair (default) / HAProxy pair, gRPC unary: 2.00×"));
+    }
+
+    #[test]
+    fn without_a_reference_there_is_no_ratio() {
+        let rows = [row(crate::report::SLUICE, Call::Http1, 1.0, 1.0)];
+        assert!(ratios(&rows).is_empty());
+    }
 }

@@ -22,8 +22,10 @@ pub struct Report {
     pub params: Params,
     /// Where it ran.
     pub machine: Machine,
-    /// One entry per path, `direct` first.
+    /// One entry per path, `direct` first (the first round's, with `--rounds`).
     pub paths: Vec<PathReport>,
+    /// The rounds after the first, each as `paths`.
+    pub more_rounds: Vec<Vec<PathReport>>,
     /// The scenarios after the latency run (gRPC, churn, attack, soak).
     pub sections: Vec<crate::scenarios::Section>,
 }
@@ -43,6 +45,8 @@ pub struct Params {
     pub max_duration_s: f64,
     /// Connections for the closed-loop phase.
     pub max_connections: usize,
+    /// Latency rounds (`--rounds`).
+    pub rounds: u32,
     /// `SLUICE_PROXY_LOG` for both proxies.
     pub sluice_log: String,
     /// `TOKIO_WORKER_THREADS` for each proxy, if set.
@@ -291,13 +295,22 @@ impl Report {
                 out,
                 "Fixed rate: {} req/s for {}s after a {}s warm-up, {} keep-alive connections, \
                  open loop, latency from each request's intended send time (corrected for \
-                 coordinated omission). Max throughput: closed loop, {} connections, {}s.\n",
+                 coordinated omission). Max throughput: closed loop, {} connections, {}s.{}\n",
                 p.rate,
                 p.duration_s,
                 p.warmup_s,
                 p.connections,
                 p.max_connections,
-                p.max_duration_s
+                p.max_duration_s,
+                if p.rounds > 1 {
+                    format!(
+                        " {} rounds of every path, one path after the other; the tables are the \
+                         first round's, the ratios to nginx the medians of all.",
+                        p.rounds
+                    )
+                } else {
+                    String::new()
+                }
             );
             self.latency_table(&mut out);
             self.added_table(&mut out);
@@ -432,10 +445,19 @@ impl Report {
         out.push('\n');
     }
 
-    /// The issue's targets, as ratios to the nginx pair in the same run.
+    /// The issue's targets, as ratios to the nginx pair in the same run: with several
+    /// rounds, the median of each round's ratio, and the range.
     fn ratios(&self, out: &mut String) {
-        let find = |name: &str| self.paths.iter().find(|p| p.name == name);
-        let Some(nginx) = find(NGINX) else { return };
+        if !self
+            .paths
+            .iter()
+            .any(|p| p.name == NGINX && p.skipped.is_none())
+        {
+            return;
+        }
+        let rounds: Vec<&[PathReport]> = std::iter::once(self.paths.as_slice())
+            .chain(self.more_rounds.iter().map(Vec::as_slice))
+            .collect();
         let rps = |p: &PathReport| p.max.as_ref().map(|t| t.rps);
         // CPU per request at the fixed rate: both proxies' CPU over the achieved rate.
         let cpu = |p: &PathReport| {
@@ -445,28 +467,41 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "### Against the nginx pair (same run)\n\n| path | max throughput | CPU per request at {} req/s (A + B) |\n|---|---:|---:|",
+            "### Against the nginx pair (same run{})\n\n| path | max throughput | CPU per request at {} req/s (A + B) |\n|---|---:|---:|",
+            if rounds.len() > 1 {
+                format!(
+                    "; median of {} rounds, each against its own nginx run, range in brackets",
+                    rounds.len()
+                )
+            } else {
+                String::new()
+            },
             self.params.rate
         );
         for path in &self.paths {
             if path.name == DIRECT || path.name == NGINX || path.skipped.is_some() {
                 continue;
             }
-            let t = rps(path).zip(rps(nginx)).map(|(a, b)| a / b);
-            let c = cpu(path).zip(cpu(nginx)).map(|(a, b)| a / b);
+            let t = Spread::of(rounds.iter().map(|r| ratio_to_nginx(r, &path.name, rps)));
+            let c = Spread::of(rounds.iter().map(|r| ratio_to_nginx(r, &path.name, cpu)));
             let target = match path.name.as_str() {
-                SLUICE => t.map(|t| format!(" {} (≥ 1.0)", mark(t >= 1.0))),
-                SLUICE_MTLS => t.map(|t| format!(" {} (≥ 0.85)", mark(t >= 0.85))),
+                SLUICE => t
+                    .as_ref()
+                    .map(|t| format!(" {} (≥ 1.0)", mark(t.median >= 1.0))),
+                SLUICE_MTLS => t
+                    .as_ref()
+                    .map(|t| format!(" {} (≥ 0.85)", mark(t.median >= 0.85))),
                 _ => None,
             }
             .unwrap_or_default();
             let ctarget = if path.name == SLUICE {
-                c.map(|c| format!(" {} (≤ 1.0)", mark(c <= 1.0)))
+                c.as_ref()
+                    .map(|c| format!(" {} (≤ 1.0)", mark(c.median <= 1.0)))
                     .unwrap_or_default()
             } else {
                 String::new()
             };
-            let f = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.2}×"));
+            let f = |v: Option<Spread>| v.map_or("—".to_owned(), |v| v.to_string());
             let _ = writeln!(
                 out,
                 "| {} | {}{target} | {}{ctarget} |",
@@ -514,5 +549,165 @@ impl Report {
             }
         }
         out.push('\n');
+    }
+}
+
+/// `name`'s figure over the nginx pair's in one round, if both were measured.
+fn ratio_to_nginx(
+    round: &[PathReport],
+    name: &str,
+    figure: impl Fn(&PathReport) -> Option<f64>,
+) -> Option<f64> {
+    let find = |n: &str| round.iter().find(|p| p.name == n && p.skipped.is_none());
+    let (a, b) = (figure(find(name)?)?, figure(find(NGINX)?)?);
+    (b > 0.0).then(|| a / b)
+}
+
+/// The median and range of one ratio over the rounds that measured it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+    rounds: usize,
+}
+
+impl Spread {
+    fn of(values: impl Iterator<Item = Option<f64>>) -> Option<Spread> {
+        let mut v: Vec<f64> = values.flatten().filter(|x| x.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = match n {
+            0 => return None,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        };
+        Some(Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            rounds: n,
+        })
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.rounds == 1 {
+            write!(f, "{:.2}×", self.median)
+        } else {
+            write!(f, "{:.2}× ({:.2}–{:.2}×)", self.median, self.min, self.max)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(name: &str, rps: f64, cpu_pct: f64) -> PathReport {
+        let mut p = PathReport::skipped(name, String::new());
+        p.skipped = None;
+        p.max = Some(Throughput {
+            rps,
+            ok: 1,
+            errors: 0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            error_samples: Vec::new(),
+        });
+        p.fixed = Some(Latency {
+            achieved_rps: 1000.0,
+            ok: 1,
+            errors: 0,
+            p50_ms: 0.0,
+            p90_ms: 0.0,
+            p99_ms: 0.0,
+            p999_ms: 0.0,
+            max_ms: 0.0,
+            error_samples: Vec::new(),
+        });
+        p.processes = vec![ProcReport {
+            label: name.into(),
+            threads: 1,
+            idle_rss_kib: 0,
+            peak_rss_at_rate_kib: 0,
+            peak_rss_kib: 0,
+            cpu_at_rate_pct: cpu_pct,
+        }];
+        p
+    }
+
+    fn report(rounds: Vec<Vec<PathReport>>) -> Report {
+        let mut rounds = rounds.into_iter();
+        Report {
+            params: Params {
+                rate: 1000,
+                duration_s: 1.0,
+                warmup_s: 1.0,
+                connections: 8,
+                max_duration_s: 1.0,
+                max_connections: 8,
+                rounds: 3,
+                sluice_log: "warn".into(),
+                sluice_worker_threads: None,
+            },
+            machine: Machine {
+                cpus: 2,
+                kernel: String::new(),
+                load_before: 0.0,
+                load_after: 0.0,
+                nginx: None,
+                haproxy: None,
+                sluice_proxy: None,
+            },
+            paths: rounds.next().unwrap_or_default(),
+            more_rounds: rounds.collect(),
+            sections: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ratios_are_the_median_of_the_rounds_each_against_its_own_nginx_run() {
+        // Round 2's nginx came out slow: alone it would put sluice at 1.5×.
+        let r = report(vec![
+            vec![path(SLUICE, 800.0, 12.0), path(NGINX, 1000.0, 10.0)],
+            vec![path(SLUICE, 750.0, 11.0), path(NGINX, 500.0, 10.0)],
+            vec![path(SLUICE, 900.0, 9.0), path(NGINX, 1000.0, 10.0)],
+        ]);
+        let mut out = String::new();
+        r.ratios(&mut out);
+        assert!(out.contains("median of 3 rounds"), "{out}");
+        assert!(
+            out.contains(
+                "| sluice pair | 0.90× (0.80–1.50×) ✗ (≥ 1.0) | 1.10× (0.90–1.20×) ✗ (≤ 1.0) |"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn one_round_shows_one_ratio() {
+        let r = report(vec![vec![
+            path(SLUICE, 1100.0, 9.0),
+            path(NGINX, 1000.0, 10.0),
+        ]]);
+        let mut out = String::new();
+        r.ratios(&mut out);
+        assert!(
+            out.contains("### Against the nginx pair (same run)\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| sluice pair | 1.10× ✓ (≥ 1.0) | 0.90× ✓ (≤ 1.0) |"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_spread_ignores_rounds_that_did_not_measure_it() {
+        let s = Spread::of([Some(2.0), None, Some(1.0)].into_iter()).expect("two values");
+        assert_eq!((s.median, s.min, s.max, s.rounds), (1.5, 1.0, 2.0, 2));
+        assert_eq!(Spread::of([None].into_iter()), None);
     }
 }
