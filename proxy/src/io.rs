@@ -31,6 +31,11 @@ impl<I> PrefixedIo<I> {
     pub fn prefix(&self) -> &[u8] {
         &self.prefix
     }
+
+    /// The bytes still to be replayed and the stream, apart.
+    pub fn into_parts(self) -> (Bytes, I) {
+        (self.prefix, self.io)
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {

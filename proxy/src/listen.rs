@@ -486,11 +486,33 @@ impl Dispatch {
             // Without a mesh identity a client's own TLS is relayed untouched, like any
             // opaque stream.
             (Protocol::Tls | Protocol::Opaque, _, _) => Box::pin(self.forward_tcp(io, ctx)).await,
-            (Protocol::Http1, _, _) => {
-                Box::pin(self.serve_http(io, http::Version::Http1, ctx, drain)).await
-            }
+            (Protocol::Http1, _, _) => Box::pin(self.serve_http1(io, ctx, drain)).await,
             (Protocol::Http2, _, _) => {
                 Box::pin(self.serve_http(io, http::Version::Http2, ctx, drain)).await
+            }
+        }
+    }
+
+    /// HTTP/1 detected on a client's connection: hyper takes over once the first request head
+    /// is whole ([`detect::whole_head`]), so that a slow client holds only the bytes it sent.
+    /// Peer proxies that announce HTTP/1 by ALPN go straight to hyper: they send whole heads.
+    async fn serve_http1<I>(&self, io: PrefixedIo<I>, ctx: ConnCtx, mut drain: drain::Watch)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let head = detect::whole_head(io, self.server.header_read_timeout, http::H1_MAX_HEAD);
+        let io = tokio::select! {
+            head = head => head,
+            // Nothing of this client's was served yet: it can retry on another instance.
+            _ = drain.signaled() => return,
+        };
+        match io {
+            Ok(Some(io)) => self.serve_http(io, http::Version::Http1, ctx, drain).await,
+            Ok(None) => {
+                tracing::debug!(client = %ctx.client, "closed before its first request head was whole")
+            }
+            Err(error) => {
+                tracing::debug!(client = %ctx.client, %error, "connection failed before its first request head was whole")
             }
         }
     }
@@ -541,9 +563,7 @@ impl Dispatch {
             return self.serve_http(stream, version, ctx, drain).await;
         }
         match detect::detect(stream, self.detect_timeout).await {
-            Ok((Protocol::Http1, io)) => {
-                self.serve_http(io, http::Version::Http1, ctx, drain).await
-            }
+            Ok((Protocol::Http1, io)) => self.serve_http1(io, ctx, drain).await,
             Ok((Protocol::Http2, io)) => {
                 self.serve_http(io, http::Version::Http2, ctx, drain).await
             }

@@ -177,7 +177,7 @@ pub struct ServerConfig {
 const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 /// Largest HTTP/1 request head (request line, headers, and chunked trailers): larger ones get
 /// a 431 and the connection is closed.
-const H1_MAX_HEAD: usize = 64 * 1024;
+pub const H1_MAX_HEAD: usize = 64 * 1024;
 
 /// Serves one client connection with `svc` until it closes. When draining starts, HTTP/1
 /// stops keep-alive after the in-flight request and HTTP/2 sends GOAWAY, so clients move to
