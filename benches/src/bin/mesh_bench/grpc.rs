@@ -172,8 +172,9 @@ pub fn markdown(rows: &[GrpcRow], params: &GrpcParams, target_note: &str) -> Str
          |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
         params.connections,
         params.streams,
-        params.duration.as_secs(),
-        params.warmup.as_secs()
+        // As passed to h2load, which takes whole seconds.
+        params.duration.as_secs().max(1),
+        params.warmup.as_secs().max(1)
     );
     for r in rows {
         s.push_str(&format!(
