@@ -83,3 +83,19 @@ pub async fn curl(args: &[&str]) -> Output {
         .await
         .expect("run curl")
 }
+
+/// The proxy's `/metrics` at `admin`, once it shows `needle`. A counter a proxy bumps when a
+/// connection ends (`sluice_proxy_tcp_close_total`) lands just after the client sees the end:
+/// a user scraping a moment later sees it, and a test waits the same way.
+pub async fn metrics_showing(admin: SocketAddr, needle: &str) -> String {
+    let client = hyper_client(false);
+    crate::wait_for_async(
+        &format!("{needle} in the proxy's metrics"),
+        crate::PATIENCE,
+        async || {
+            let body = get(&client, admin, "/metrics", &[]).await.ok()?.body;
+            body.contains(needle).then_some(body)
+        },
+    )
+    .await
+}

@@ -246,22 +246,10 @@ async fn metrics_pass_promtool() {
         let mut sink = Vec::new();
         s.read_to_end(&mut sink).await.expect("read");
     }
-    // The proxy counts the close once `copy_bidirectional` returns, which is after it has
-    // shut down the client's half: the client can see EOF and scrape before that. A user
-    // scraping a moment later sees it, so the test waits as a user would.
-    let metrics = wait_for_async(
-        "the TCP connection's close to be counted",
-        PATIENCE,
-        async || {
-            let body = get(&client, proxy.admin(), "/metrics", &[])
-                .await
-                .ok()?
-                .body;
-            body.contains("sluice_proxy_tcp_close_total{")
-                .then_some(body)
-        },
-    )
-    .await;
+    // The close is counted once `copy_bidirectional` returns, after our EOF.
+    let metrics =
+        sluice_integration::client::metrics_showing(proxy.admin(), "sluice_proxy_tcp_close_total{")
+            .await;
     for name in [
         "sluice_proxy_requests_total",
         "sluice_proxy_responses_total",

@@ -55,22 +55,10 @@ async fn tcp_echo_with_half_close() {
     s.read_to_end(&mut rest).await.expect("read");
     assert_eq!(rest, b"5 bytes\n");
 
-    let client = sluice_integration::client::hyper_client(false);
-    // The close is counted after the proxy shut down our half, so it may land just after
-    // our EOF: wait for it as a scraping user would.
-    let metrics = sluice_integration::wait_for_async(
-        "the TCP connection's close to be counted",
-        sluice_integration::PATIENCE,
-        async || {
-            let body = sluice_integration::client::get(&client, proxy.admin(), "/metrics", &[])
-                .await
-                .ok()?
-                .body;
-            body.contains("sluice_proxy_tcp_close_total{")
-                .then_some(body)
-        },
-    )
-    .await;
+    // The close is counted after the proxy shut down our half, just after our EOF.
+    let metrics =
+        sluice_integration::client::metrics_showing(proxy.admin(), "sluice_proxy_tcp_close_total{")
+            .await;
     let read: f64 = metrics
         .lines()
         .find(|l| l.starts_with("sluice_proxy_tcp_read_bytes_total{"))
