@@ -72,6 +72,14 @@ pub struct GrpcParams {
     pub warmup: Duration,
 }
 
+impl GrpcParams {
+    /// The measured and warm-up seconds as h2load takes them: whole, at least one each. The
+    /// report prints these, so it says what ran.
+    fn h2load_secs(&self) -> (u64, u64) {
+        (self.duration.as_secs().max(1), self.warmup.as_secs().max(1))
+    }
+}
+
 /// Runs h2load for `call_path` (a gRPC method path) against `entry`.
 pub fn h2load(
     entry: SocketAddr,
@@ -86,12 +94,13 @@ pub fn h2load(
         .map_err(BenchError::file("write", &body))?;
     let log = dir.join(format!("h2load-{}.log", entry.port()));
     let _ = std::fs::remove_file(&log);
+    let (duration, warmup) = params.h2load_secs();
     let out = Command::new("h2load")
         .arg(format!("--clients={}", params.connections))
         .arg(format!("--max-concurrent-streams={}", params.streams))
         .arg("--threads=1")
-        .arg(format!("--duration={}", params.duration.as_secs().max(1)))
-        .arg(format!("--warm-up-time={}", params.warmup.as_secs().max(1)))
+        .arg(format!("--duration={duration}"))
+        .arg(format!("--warm-up-time={warmup}"))
         .args(["--header", "content-type: application/grpc"])
         .args(["--header", "te: trailers"])
         .arg(format!("--data={}", body.display()))
@@ -166,15 +175,12 @@ fn data_bytes(text: &str) -> u64 {
 
 /// The Markdown table.
 pub fn markdown(rows: &[GrpcRow], params: &GrpcParams, target_note: &str) -> String {
+    let (duration, warmup) = params.h2load_secs();
     let mut s = format!(
         "### HTTP/2 and gRPC (h2load: {} connections × {} concurrent streams, {}s after a {}s \
          warm-up)\n\n| path | call | calls/s | ok | failed | p50 ms | p99 ms | proxy CPU ms per 1,000 calls | DATA bytes per call |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
-        params.connections,
-        params.streams,
-        // As passed to h2load, which takes whole seconds.
-        params.duration.as_secs().max(1),
-        params.warmup.as_secs().max(1)
+        params.connections, params.streams, duration, warmup
     );
     for r in rows {
         s.push_str(&format!(
