@@ -239,3 +239,172 @@ async fn an_upstream_closing_idle_connections_costs_no_request() {
     }
     assert_eq!(served.load(Ordering::SeqCst), 20);
 }
+
+/// An HTTP/2 upstream whose handler runs `serve` for every request, on connections that send
+/// GOAWAY `after` requests have been answered (as nginx's `keepalive_requests` does), and the
+/// number of connections accepted.
+async fn h2_upstream<F, Fut>(serve: F, after: Option<usize>) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let serve = serve.clone();
+            tokio::spawn(async move {
+                let answered = Arc::new(tokio::sync::Notify::new());
+                let done = answered.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let (serve, done) = (serve.clone(), done.clone());
+                    async move {
+                        let rsp = serve(req).await;
+                        done.notify_one();
+                        Ok::<_, Infallible>(rsp)
+                    }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc);
+                let mut conn = std::pin::pin!(conn);
+                let Some(after) = after else {
+                    let _ = conn.await;
+                    return;
+                };
+                for _ in 0..after {
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = answered.notified() => {}
+                    }
+                }
+                // Let the answer leave first, as a server would between requests.
+                let _ = tokio::time::timeout(Duration::from_millis(20), conn.as_mut()).await;
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_upstream_going_away_between_requests_costs_no_request() {
+    let ok = |_| async { hyper::Response::new(Full::new(Bytes::from_static(b"ok")).boxed()) };
+    let (upstream, accepted) = h2_upstream(ok, Some(1)).await;
+    let proxy = proxy_to(upstream);
+    let client = hyper_client(true);
+    for i in 0..20 {
+        let reply = client::get(&client, proxy.explicit(0), "/", &[])
+            .await
+            .expect("get");
+        assert_eq!(reply.status, 200, "request {i}: {reply:?}");
+        assert_eq!(reply.body, "ok");
+        // Sometimes the GOAWAY has arrived before the next request, sometimes the
+        // connection has closed too: both must cost nothing.
+        tokio::time::sleep(Duration::from_millis(if i % 2 == 0 { 5 } else { 60 })).await;
+    }
+    // Every request after a long pause found its connection gone and opened another.
+    let accepted = accepted.load(Ordering::SeqCst);
+    assert!((11..=20).contains(&accepted), "{accepted} connections");
+}
+
+/// An HTTP/2 client whose request body is fed by hand, over a connection of its own.
+async fn h2_call(
+    addr: SocketAddr,
+    path: &str,
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    impl std::future::Future<Output = hyper::Result<hyper::Response<Incoming>>> + use<>,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let frames =
+        futures_util::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |chunk| {
+            Ok::<_, Infallible>(Frame::data(chunk))
+        });
+    let req = http::Request::post(format!("http://{addr}{path}"))
+        .body(StreamBody::new(frames).boxed())
+        .expect("request");
+    (tx, sender.send_request(req))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_request_body_keeps_flowing_after_the_response_began() {
+    // Echoes each chunk as it arrives, its response begun before the request body ends: a
+    // bidirectional stream, as gRPC chat-style calls are.
+    let echo = |req: hyper::Request<Incoming>| async move {
+        hyper::Response::new(
+            req.into_body()
+                .map_err(|e| panic!("request body failed upstream: {e}"))
+                .boxed(),
+        )
+    };
+    let (upstream, _) = h2_upstream(echo, None).await;
+    let proxy = proxy_to(upstream);
+    let (tx, response) = h2_call(proxy.explicit(0), "/chat").await;
+    tx.send(Bytes::from_static(b"hello")).await.expect("send");
+    let rsp = response.await.expect("response head");
+    assert_eq!(rsp.status(), 200);
+    let mut body = rsp.into_body();
+    for turn in ["hello", "second", "third"] {
+        if turn != "hello" {
+            tx.send(Bytes::from(turn)).await.expect("send");
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no echo of {turn:?}: the request body stopped"))
+            .expect("a frame")
+            .expect("data");
+        assert_eq!(frame.into_data().expect("data"), turn);
+    }
+    drop(tx);
+    let rest = body.collect().await.expect("the end").to_bytes();
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_call_cancelled_by_its_client_is_reset_upstream() {
+    // Reads the request body to its end and reports how it ended, never answering first.
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let hold = move |req: hyper::Request<Incoming>| {
+        let (ended_tx, started_tx) = (ended_tx.clone(), started_tx.clone());
+        async move {
+            let _ = started_tx.send(());
+            let how = match req.into_body().collect().await {
+                Ok(_) => "ended".to_owned(),
+                Err(e) => format!("failed: {e}"),
+            };
+            let _ = ended_tx.send(how);
+            hyper::Response::new(Full::default().boxed())
+        }
+    };
+    let (upstream, _) = h2_upstream(hold, None).await;
+    let proxy = proxy_to(upstream);
+    let (tx, response) = h2_call(proxy.explicit(0), "/slow").await;
+    tx.send(Bytes::from_static(b"part")).await.expect("send");
+    let mut response = Box::pin(response);
+    tokio::select! {
+        _ = started.recv() => {}
+        rsp = &mut response => panic!("answered early: {rsp:?}"),
+    }
+    // The client gives up: its stream is reset, the body never finished.
+    drop(response);
+    drop(tx);
+    let how = tokio::time::timeout(Duration::from_secs(10), ended.recv())
+        .await
+        .expect("the upstream still waits for a call its client cancelled")
+        .expect("report");
+    assert!(how.starts_with("failed"), "upstream saw the body {how}");
+}

@@ -18,6 +18,7 @@ use tower::Service;
 
 use super::coalesce::Coalesce;
 use super::errors::{ForwardError, ProxyError};
+use super::h2_upstream;
 use super::pool::{Checkin, Connector, H1Pool, H2Pool};
 use super::{BoxError, BoxFuture, Request, Response, headers};
 use crate::routing::InFlight;
@@ -159,11 +160,11 @@ impl Service<Request> for Forward {
             let (mut rsp, checkin) = if req.version() == http::Version::HTTP_2 {
                 *req.uri_mut() = absolute_uri(&req, target.addr)?;
                 let rsp = this.h2(target.addr, peer).send(req).await?;
-                (rsp, None)
+                (rsp.map(UpstreamBody::Http2), None)
             } else {
                 origin_form(&mut req, target.addr)?;
                 let (rsp, checkin) = this.h1(target.addr, peer).send(req).await?;
-                (rsp, Some(checkin))
+                (rsp.map(UpstreamBody::Http1), Some(checkin))
             };
             let switching = rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             // The request's h2c offer was removed, so an application switching to h2c anyway
@@ -262,11 +263,48 @@ async fn relay_upgrade(
     }
 }
 
+/// A response body as read from either kind of upstream connection.
+enum UpstreamBody {
+    /// From hyper's HTTP/1.1 client.
+    Http1(hyper::body::Incoming),
+    /// From an HTTP/2 stream.
+    Http2(h2_upstream::ResponseBody),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Http2(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(b) => b.is_end_stream(),
+            UpstreamBody::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Http1(b) => b.size_hint(),
+            UpstreamBody::Http2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A response body that keeps the endpoint counted as busy (for power of two choices) until
 /// the stream is finished or dropped, relayed in as few frames as it arrives ready in, and
 /// that returns its HTTP/1.1 connection to the pool once read to the end.
 struct Guarded {
-    inner: Coalesce<hyper::body::Incoming>,
+    inner: Coalesce<UpstreamBody>,
     _in_flight: Option<Arc<InFlight>>,
     checkin: Option<Checkin>,
     /// The body gave its last frame; the connection is clean for the next request.

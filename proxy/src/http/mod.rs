@@ -10,6 +10,7 @@ pub mod coalesce;
 pub mod denial;
 pub mod errors;
 pub mod forward;
+pub mod h2_upstream;
 pub mod headers;
 pub mod layers;
 pub mod observe;
@@ -239,15 +240,16 @@ where
     }
 }
 
-/// Spawns hyper's background futures, boxing the large ones first.
+/// Spawns hyper's background futures (the HTTP/2 server's task per stream), boxing the large
+/// ones first.
 ///
-/// hyper's HTTP/2 client spawns a task for every request it sends (and one more while a
-/// request body is still streaming), wrapped in the same enum as the connection's own task,
-/// so each is as large as an HTTP/2 connection: 1,456 bytes, measured. tokio moves a future
-/// by value several times on its way into a task and again when it completes — about 4% of
-/// a gRPC call's instructions in the proxy pair went to those copies. Boxed first, the
-/// future is copied once and the task holds a pointer. Small futures (hyper's HTTP/2 server
-/// stream, 120 bytes) are spawned as they are: a box would cost more than it saves.
+/// tokio moves a future by value several times on its way into a task and again when it
+/// completes. When hyper's HTTP/2 client still carried the upstream side, it spawned a
+/// 1,456-byte task per request, and those copies were about 4% of a gRPC call's instructions
+/// in the proxy pair; boxed first, such a future is copied once and the task holds a
+/// pointer. The upstream side is now [`h2_upstream`]'s, which spawns nothing per call. Small
+/// futures (hyper's HTTP/2 server stream, 120 bytes) are spawned as they are: a box would
+/// cost more than it saves.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Exec;
 

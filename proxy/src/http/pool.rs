@@ -15,10 +15,13 @@
 //!   closes its connection, since the rest of that body would still be on the wire.
 //! - HTTP/2 ([`H2Pool`]): one connection carries every request, opened by the first request
 //!   that finds none (the others wait for it), reopened once it closes and dropped after an
-//!   [`IDLE_TIMEOUT`] without a request.
+//!   [`IDLE_TIMEOUT`] without a request. Its streams are driven by `h2` directly, from each
+//!   request's own task ([`super::h2_upstream`]).
 //!
-//! A request is retried, on another connection, only when hyper hands it back unsent: the
-//! reused connection had been closed by the upstream while idle. Anything else is the
+//! A request is retried, on another connection, only when it provably never left: hyper
+//! hands an HTTP/1.1 request back unsent, and a reused HTTP/2 connection that has received
+//! GOAWAY (or closed) refuses a new stream before any of the request is written. Either way
+//! the upstream had closed or was closing the connection while idle. Anything else is the
 //! caller's error to see.
 
 use std::net::SocketAddr;
@@ -28,14 +31,16 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Body;
 use super::errors::ForwardError;
+use super::h2_upstream::{self, ResponseBody};
 use crate::identity::SpiffeId;
 use crate::tcp::{self, TcpError};
 use crate::tls::{Alpn, MeshTls, TlsError};
@@ -58,7 +63,9 @@ pub const MAX_IDLE: usize = 256;
 /// caller reads them exhausts it, and h2 then closes the connection with `GOAWAY
 /// ENHANCE_YOUR_CALM` and fails every call on it. hyper's 5 MiB (about 10,000 such frames)
 /// was exhausted by 400 concurrent server streams of 100 messages (`mesh_bench --scenarios
-/// grpc`); hyper offers no other way to raise the budget.
+/// grpc`). hyper, which opened these connections until the proxy drove h2 itself, offered
+/// no other way to raise the budget; h2's `data_frame_budget` would, and is left to follow
+/// this window.
 pub const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Whether hyper writes an HTTP/1.1 message's head and body chunks with one vectored write
@@ -117,10 +124,10 @@ impl Connector {
         }
     }
 
-    fn upstream_error(&self, e: hyper::Error) -> ForwardError {
+    fn upstream_error(&self, e: impl Into<super::BoxError>) -> ForwardError {
         ForwardError::Upstream {
             target: self.addr,
-            source: Box::new(e),
+            source: e.into(),
         }
     }
 }
@@ -294,9 +301,31 @@ pub struct H2Pool {
 
 #[derive(Debug)]
 struct Shared {
-    sender: http2::SendRequest<Body>,
+    sender: h2::client::SendRequest<Bytes>,
     /// Set by every request, cleared by the idle check.
     used: AtomicBool,
+    /// Set by the connection's task once the connection has ended.
+    closed: Arc<AtomicBool>,
+    /// Dropped with the pool's handle, which wakes the connection's task: h2 does not wake
+    /// a parked connection when its last sender goes, and only a poll lets it see that and
+    /// close once its streams are done.
+    _last_sender: tokio::sync::oneshot::Sender<()>,
+}
+
+/// How the proxy's HTTP/2 connections to upstreams are set up: hyper's client defaults
+/// (which the proxy used until it drove h2 itself), with [`H2_CONNECTION_WINDOW`].
+fn h2_builder() -> h2::client::Builder {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_max_send_streams(100)
+        .initial_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_frame_size(16 * 1024)
+        .max_header_list_size(16 * 1024)
+        .max_send_buffer_size(1024 * 1024)
+        .max_local_error_reset_streams(Some(1024))
+        .enable_push(false);
+    builder
 }
 
 impl H2Pool {
@@ -313,24 +342,27 @@ impl H2Pool {
     /// Sends `req` (absolute URI) on the endpoint's connection, opening it if needed.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, ForwardError> {
+        req: http::Request<Body>,
+    ) -> Result<http::Response<ResponseBody>, ForwardError> {
+        let (head, body) = req.into_parts();
+        let head = http::Request::from_parts(head, ());
         loop {
             let (shared, reused) = self.shared().await?;
             shared.used.store(true, Ordering::Relaxed);
             let mut sender = shared.sender.clone();
-            match sender.try_send_request(req).await {
-                Ok(rsp) => return Ok(rsp),
-                Err(mut e) => match e.take_message() {
-                    // The connection was going away before the request went out: forget it
-                    // and open another. Ends: the next turn's connection is fresh.
-                    Some(unsent) if reused => {
-                        self.current.compare_and_swap(&Some(shared), None);
-                        req = unsent;
-                    }
-                    _ => return Err(self.connector.upstream_error(e.into_error())),
-                },
+            if let Err(e) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
+                // The connection is going away (GOAWAY) or gone, and nothing was sent:
+                // forget it. A reused one gets a fresh successor; a fresh one failing is
+                // the caller's error. Ends: the next turn's connection is fresh.
+                self.current.compare_and_swap(&Some(shared), None);
+                if reused {
+                    continue;
+                }
+                return Err(self.connector.upstream_error(e));
             }
+            return h2_upstream::exchange(&mut sender, head, body)
+                .await
+                .map_err(|e| self.connector.upstream_error(e));
         }
     }
 
@@ -363,20 +395,29 @@ impl H2Pool {
 
     async fn open(self: &Arc<Self>) -> Result<Arc<Shared>, ForwardError> {
         let io = self.connector.connect().await?;
-        let (sender, conn) = http2::Builder::new(super::Exec)
-            .timer(TokioTimer::new())
-            .initial_connection_window_size(H2_CONNECTION_WINDOW)
-            .handshake(io)
+        let (sender, mut conn) = h2_builder()
+            .handshake::<_, Bytes>(io.into_inner())
             .await
             .map_err(|e| self.connector.connect_error(e))?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
+        let closed = Arc::new(AtomicBool::new(false));
+        let (last_sender, pool_let_go) = tokio::sync::oneshot::channel();
+        let ended = closed.clone();
+        // Boxed: see `http::Exec` on what a large future costs on its way into a task.
+        tokio::spawn(Box::pin(async move {
+            let result = tokio::select! {
+                result = &mut conn => result,
+                _ = pool_let_go => conn.await,
+            };
+            ended.store(true, Ordering::Release);
+            if let Err(error) = result {
                 tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
             }
-        });
+        }));
         let shared = Arc::new(Shared {
             sender,
             used: AtomicBool::new(true),
+            closed,
+            _last_sender: last_sender,
         });
         self.current.store(Some(shared.clone()));
         tokio::spawn(drop_when_idle(Arc::downgrade(self), shared.clone()));
@@ -386,12 +427,13 @@ impl H2Pool {
     fn live(&self) -> Option<Arc<Shared>> {
         self.current
             .load_full()
-            .filter(|shared| !shared.sender.is_closed())
+            .filter(|shared| !shared.closed.load(Ordering::Acquire))
     }
 }
 
 /// Lets go of `shared` once a whole [`IDLE_TIMEOUT`] passed without a request: its streams
-/// still in flight finish, then hyper closes the connection.
+/// still in flight finish, then h2 closes the connection (its task is woken when the pool's
+/// handle goes, see `Shared`).
 async fn drop_when_idle(pool: Weak<H2Pool>, shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(IDLE_TIMEOUT).await;
