@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_integration::client::{curl, get, hyper_client};
 use sluice_integration::{
     PATIENCE, Proxy, ProxyOptions, have, proxy_bin, skip, upstream, wait_for, wait_for_async,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 /// An upstream that holds its one request until the test releases it, so the request is in
@@ -20,26 +20,28 @@ async fn held_upstream() -> (SocketAddr, oneshot::Receiver<()>, oneshot::Sender<
     let addr = listener.local_addr().expect("addr");
     let (arrived_tx, arrived) = oneshot::channel();
     let (release, released) = oneshot::channel::<()>();
+    let held = std::sync::Mutex::new(Some((arrived_tx, released)));
     tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.expect("accept");
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut buf).await.expect("read the request");
-            assert!(n > 0, "the proxy closed the upstream connection");
-            head.extend_from_slice(&buf[..n]);
-        }
-        let _ = arrived_tx.send(());
-        let _ = released.await;
-        let body = "held, then released";
-        let _ = stream
-            .write_all(
-                format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            )
+        let (stream, _) = listener.accept().await.expect("accept");
+        // Anything else connecting (the test's probe of the draining listener, relayed as
+        // opaque TCP by a worker that has not closed it yet) is refused at once, rather than
+        // left in the backlog where its relay would keep the drain waiting.
+        drop(listener);
+        // HTTP/1.1 or HTTP/2, as the proxy forwards what the client spoke.
+        let svc = hyper::service::service_fn(move |_req| {
+            let held = held.lock().expect("lock").take();
+            async move {
+                if let Some((arrived_tx, released)) = held {
+                    let _ = arrived_tx.send(());
+                    let _ = released.await;
+                }
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"held, then released"),
+                )))
+            }
+        });
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), svc)
             .await;
     });
     (addr, arrived, release)
@@ -63,6 +65,16 @@ fn log_position(log: &str, message: &str, field: Option<(&str, &str)>) -> Option
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_requests_then_exits() {
+    sigterm_drains(false).await;
+}
+
+/// The same over HTTP/2: the connection gets GOAWAY, and its open stream still completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_http2_streams_then_exits() {
+    sigterm_drains(true).await;
+}
+
+async fn sigterm_drains(h2: bool) {
     let (up, arrived, release) = held_upstream().await;
     // A drain deadline far beyond the test's patience: the proxy must exit because the work is
     // done, never because the deadline passed.
@@ -86,7 +98,7 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
 
     // 1. A request is in flight: the app has it and has not answered.
     let in_flight = {
-        let client = client.clone();
+        let client = hyper_client(h2);
         tokio::spawn(async move { get(&client, addr, "/held", &[]).await })
     };
     tokio::time::timeout(PATIENCE, arrived)

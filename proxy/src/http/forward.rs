@@ -18,7 +18,7 @@ use tower::Service;
 
 use super::coalesce::Coalesce;
 use super::errors::{ForwardError, ProxyError};
-use super::h2_upstream;
+use super::http2;
 use super::pool::{Checkin, Connector, H1Pool, H2Pool};
 use super::{BoxError, BoxFuture, Request, Response, headers};
 use crate::routing::InFlight;
@@ -268,7 +268,7 @@ enum UpstreamBody {
     /// From hyper's HTTP/1.1 client.
     Http1(hyper::body::Incoming),
     /// From an HTTP/2 stream.
-    Http2(h2_upstream::ResponseBody),
+    Http2(http2::RecvBody),
 }
 
 impl http_body::Body for UpstreamBody {

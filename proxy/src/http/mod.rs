@@ -1,6 +1,7 @@
 //! HTTP/1.1, HTTP/2 and gRPC proxying.
 //!
-//! A connection detected as HTTP is served by hyper; every request then runs through a tower
+//! A connection detected as HTTP is served by hyper (HTTP/1) or by [`http2`] (the `h2` crate
+//! driven directly, both towards clients and upstreams); every request then runs through a tower
 //! stack assembled by [`stack::Stack`], one layer per concern (metrics, access log, error
 //! responses, loop detection, routing, header hygiene, timeout, forwarding). Bodies are
 //! streamed frame by frame in both directions and never buffered whole.
@@ -10,8 +11,8 @@ pub mod coalesce;
 pub mod denial;
 pub mod errors;
 pub mod forward;
-pub mod h2_upstream;
 pub mod headers;
+pub mod http2;
 pub mod layers;
 pub mod observe;
 pub mod pool;
@@ -49,7 +50,7 @@ pub type Response = http::Response<Body>;
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A service in the stack that fails with `E`. Every layer is `Clone` and always ready (flow
-/// control happens in hyper, per connection and per stream), so layers call their inner
+/// control happens in hyper and h2, per connection and per stream), so layers call their inner
 /// service without `poll_ready`. The connection clones the whole stack once per request;
 /// since every future is `'static` and owns what it needs, a layer calls the inner service
 /// it holds rather than a clone of it (a clone per layer cost a clone of everything below).
@@ -167,7 +168,7 @@ pub enum Version {
 pub struct ServerConfig {
     /// How long a client may take to send a request's headers (slowloris guard), HTTP/1.
     pub header_read_timeout: Duration,
-    /// HTTP/2: how often an idle connection is pinged, and how long the answer may take
+    /// HTTP/2: how often a client connection is pinged, and how long the answer may take
     /// before the connection is closed. Bounds dead or stalled peers; an idle but live peer
     /// (a gRPC channel) is kept.
     pub h2_keepalive: Duration,
@@ -180,6 +181,17 @@ const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 /// a 431 and the connection is closed.
 pub const H1_MAX_HEAD: usize = 64 * 1024;
 
+/// Why a client connection ended badly (logged: the client has gone, or was told).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// HTTP/1, from hyper.
+    #[error(transparent)]
+    Http1(#[from] hyper::Error),
+    /// HTTP/2.
+    #[error(transparent)]
+    Http2(#[from] http2::ServeError),
+}
+
 /// Serves one client connection with `svc` until it closes. When draining starts, HTTP/1
 /// stops keep-alive after the in-flight request and HTTP/2 sends GOAWAY, so clients move to
 /// another instance without seeing errors.
@@ -190,20 +202,19 @@ pub async fn serve<I, S>(
     svc: S,
     config: ServerConfig,
     mut drain: drain::Watch,
-) -> Result<(), hyper::Error>
+) -> Result<(), ConnError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Svc<Infallible>,
 {
     let ctx = Arc::new(ctx);
-    let hyper_svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
-        req.extensions_mut().insert(RequestCtx::new(ctx.clone()));
-        svc.clone().call(req)
-    });
-    let io = TokioIo::new(io);
     match version {
         Version::Http1 => {
+            let hyper_svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+                req.extensions_mut().insert(RequestCtx::new(ctx.clone()));
+                svc.clone().call(req)
+            });
             let mut builder = hyper::server::conn::http1::Builder::new();
             // Head and body copied into one write: see `pool::H1_WRITEV`.
             builder
@@ -212,60 +223,20 @@ where
                 .max_header_size(H1_MAX_HEAD)
                 .writev(pool::H1_WRITEV);
             // Boxed, each version apart: see `listen`, on the size of a connection's task.
-            let mut conn = Box::pin(builder.serve_connection(io, hyper_svc).with_upgrades());
+            let mut conn = Box::pin(
+                builder
+                    .serve_connection(TokioIo::new(io), hyper_svc)
+                    .with_upgrades(),
+            );
             tokio::select! {
-                res = conn.as_mut() => res,
+                res = conn.as_mut() => res?,
                 _ = drain.signaled() => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    conn.await?
                 }
             }
+            Ok(())
         }
-        Version::Http2 => {
-            let mut builder = hyper::server::conn::http2::Builder::new(Exec);
-            builder
-                .timer(TokioTimer::new())
-                .keep_alive_interval(config.h2_keepalive)
-                .keep_alive_timeout(config.h2_keepalive)
-                .max_header_list_size(H2_MAX_HEADER_LIST);
-            let mut conn = Box::pin(builder.serve_connection(io, hyper_svc));
-            tokio::select! {
-                res = conn.as_mut() => res,
-                _ = drain.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        }
-    }
-}
-
-/// Spawns hyper's background futures (the HTTP/2 server's task per stream), boxing the large
-/// ones first.
-///
-/// tokio moves a future by value several times on its way into a task and again when it
-/// completes. When hyper's HTTP/2 client still carried the upstream side, it spawned a
-/// 1,456-byte task per request, and those copies were about 4% of a gRPC call's instructions
-/// in the proxy pair; boxed first, such a future is copied once and the task holds a
-/// pointer. The upstream side is now [`h2_upstream`]'s, which spawns nothing per call. Small
-/// futures (hyper's HTTP/2 server stream, 120 bytes) are spawned as they are: a box would
-/// cost more than it saves.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Exec;
-
-/// Futures larger than this are boxed before being spawned (see [`Exec`]).
-const EXEC_BOX_ABOVE: usize = 256;
-
-impl<F> hyper::rt::Executor<F> for Exec
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        if std::mem::size_of::<F>() > EXEC_BOX_ABOVE {
-            tokio::spawn(Box::pin(fut));
-        } else {
-            tokio::spawn(fut);
-        }
+        Version::Http2 => Ok(Box::pin(http2::serve(io, ctx, svc, config, drain)).await?),
     }
 }

@@ -1,0 +1,633 @@
+//! HTTP/2 driven by the `h2` crate directly, on both sides of the proxy.
+//!
+//! hyper's HTTP/2 client and server run every stream in tasks of their own, joined to the
+//! connection and to the caller by channels. A relayed stream paid for that twice: a frame
+//! arriving from the upstream woke the upstream side's stream task, then the downstream
+//! stream task, then the downstream connection's task, and every call spawned two or three
+//! tasks. Here a call costs no task of its own:
+//!
+//! - [`serve`] runs a client connection and the requests on it in one task: the streams
+//!   are futures polled by the connection's task, right before it writes what they queued.
+//! - [`exchange`] sends a request upstream from the task serving it: it opens the stream,
+//!   sends the request body while it waits for the response head, and the response body is
+//!   read straight from h2. Only a request body still streaming once the response has begun
+//!   (client and bidirectional streams) gets a task of its own, so that it keeps flowing
+//!   while the response body waits for its reader.
+//!
+//! Before, hyper's client alone cost about 5% of a gRPC unary call's instructions in the
+//! proxy pair (benches/README.md). The HTTP semantics are h2's and hyper's: h2 encodes,
+//! decodes and validates the frames, and the adapters below follow hyper's (`H2Stream`,
+//! `PipeToSendStream` and `Incoming`'s HTTP/2 body), including their flow-control choices
+//! and the settings hyper gives a server connection.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use h2::client::SendRequest;
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+use super::{Body, BoxError, BoxFuture, ConnCtx, RequestCtx, Response, ServerConfig, Svc};
+use crate::drain;
+
+/// Why an HTTP/2 client connection ended badly (logged: the client has gone, or was told).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A protocol or I/O error on the connection.
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+    /// The client did not answer a keep-alive ping in time.
+    #[error("no answer to an HTTP/2 keep-alive ping within {0:?}")]
+    KeepAliveTimedOut(Duration),
+}
+
+/// A client connection's settings: hyper's server defaults (which the proxy used until it
+/// drove h2 itself), with the proxy's own header limit.
+fn server_builder() -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(1024 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_frame_size(16 * 1024)
+        .max_concurrent_streams(200)
+        .max_local_error_reset_streams(Some(1024))
+        .max_send_buffer_size(400 * 1024)
+        .max_header_list_size(super::H2_MAX_HEADER_LIST);
+    builder
+}
+
+/// Serves one HTTP/2 client connection (its preface not yet read) with `svc`, until it
+/// closes. When draining starts it sends GOAWAY and finishes the streams already open.
+///
+/// One task runs the connection and every request on it: a stream is a future polled by this
+/// task (through a `FuturesUnordered`, which polls only the streams that were woken), before
+/// the connection, so that what a stream queued is written in the same turn. A client that
+/// resets a stream before its response drops the call, and with it the upstream stream (a
+/// cancelled gRPC call is cancelled all the way).
+pub async fn serve<I, S>(
+    io: I,
+    ctx: Arc<ConnCtx>,
+    svc: S,
+    config: ServerConfig,
+    mut drain: drain::Watch,
+) -> Result<(), ServeError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: Svc<Infallible>,
+{
+    let mut conn = server_builder().handshake::<_, Bytes>(io).await?;
+    let mut keepalive = conn
+        .ping_pong()
+        .map(|ping| KeepAlive::new(ping, config.h2_keepalive));
+    let mut timed_out = false;
+    let mut streams = FuturesUnordered::new();
+    let mut signaled = pin!(drain.signaled());
+    let mut draining = false;
+    let mut closed = false;
+    std::future::poll_fn(|cx| -> Poll<Result<(), h2::Error>> {
+        if !draining && signaled.as_mut().poll(cx).is_ready() {
+            draining = true;
+            conn.graceful_shutdown();
+        }
+        if let Some(alive) = keepalive.as_mut() {
+            match alive.poll(cx) {
+                Liveness::Alive => {}
+                Liveness::TimedOut => {
+                    // As hyper: GOAWAY, then the connection closes once h2 has written it.
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    timed_out = true;
+                    keepalive = None;
+                }
+                Liveness::Closing => keepalive = None,
+            }
+        }
+        loop {
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if closed {
+                // Streams still open see the connection's end (their handles fail) and end.
+                return if streams.is_empty() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    streams.push(ServerStream::new(req, respond, &ctx, &svc));
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+                Poll::Ready(None) => closed = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await?;
+    match timed_out {
+        true => Err(ServeError::KeepAliveTimedOut(config.h2_keepalive)),
+        false => Ok(()),
+    }
+}
+
+/// One request of a client connection, from its head to the end of its response.
+struct ServerStream {
+    respond: SendResponse<Bytes>,
+    state: Exchange,
+}
+
+enum Exchange {
+    /// The stack is working on the response head.
+    Call(BoxFuture<Result<Response, Infallible>>),
+    /// The head is sent; the body follows.
+    Body(Pipe),
+}
+
+impl ServerStream {
+    fn new<S: Svc<Infallible>>(
+        req: http::Request<RecvStream>,
+        respond: SendResponse<Bytes>,
+        ctx: &Arc<ConnCtx>,
+        svc: &S,
+    ) -> ServerStream {
+        let (parts, recv) = req.into_parts();
+        // A request without a body (most of them) needs no allocation for it.
+        let body = if recv.is_end_stream() {
+            Body::default()
+        } else {
+            RecvBody::new(recv).map_err(BoxError::from).boxed_unsync()
+        };
+        let mut req = http::Request::from_parts(parts, body);
+        req.extensions_mut().insert(RequestCtx::new(ctx.clone()));
+        ServerStream {
+            respond,
+            state: Exchange::Call(svc.clone().call(req)),
+        }
+    }
+}
+
+impl Future for ServerStream {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if let Exchange::Call(call) = &mut this.state {
+            let response = match call.as_mut().poll(cx) {
+                Poll::Ready(Ok(response)) => response,
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => {
+                    if let Poll::Ready(reason) = this.respond.poll_reset(cx) {
+                        tracing::debug!(?reason, "the client reset the stream before the response");
+                        return Poll::Ready(());
+                    }
+                    return Poll::Pending;
+                }
+            };
+            let (mut head, body) = response.into_parts();
+            let end_of_stream = body.is_end_stream();
+            prepare_head(&mut head, &body, end_of_stream);
+            match this
+                .respond
+                .send_response(http::Response::from_parts(head, ()), end_of_stream)
+            {
+                Ok(_) if end_of_stream => return Poll::Ready(()),
+                Ok(send) => this.state = Exchange::Body(Pipe::new(body, send)),
+                Err(error) => {
+                    tracing::debug!(%error, "response head not sent");
+                    this.respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                    return Poll::Ready(());
+                }
+            }
+        }
+        let Exchange::Body(pipe) = &mut this.state else {
+            return Poll::Ready(());
+        };
+        Pin::new(pipe).poll(cx).map(|result| {
+            if let Err(error) = result {
+                tracing::debug!(%error, "response body not sent whole");
+            }
+        })
+    }
+}
+
+/// What hyper's server added to a response head: a `content-length` when the body's length
+/// is known and the head has none, and a `Date` when it has none (RFC 9110 §6.6.1).
+fn prepare_head(head: &mut http::response::Parts, body: &Body, end_of_stream: bool) {
+    if !end_of_stream
+        && let Some(len) = body.size_hint().exact()
+        && !head.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        head.headers
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    }
+    if !head.headers.contains_key(http::header::DATE)
+        && let Some(date) = date()
+    {
+        head.headers.insert(http::header::DATE, date);
+    }
+}
+
+/// Now as an HTTP date, formatted once a second per thread.
+fn date() -> Option<http::HeaderValue> {
+    thread_local! {
+        static DATE: std::cell::RefCell<Option<(u64, http::HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    DATE.with_borrow_mut(|cached| {
+        if let Some((at, value)) = cached.as_ref()
+            && *at == second
+        {
+            return Some(value.clone());
+        }
+        let value = http::HeaderValue::try_from(httpdate::fmt_http_date(now)).ok()?;
+        *cached = Some((second, value.clone()));
+        Some(value)
+    })
+}
+
+/// An HTTP/2 client's keep-alive: a ping every `interval`, and the connection closed when an
+/// answer takes longer than that. Bounds dead or stalled peers, keeps idle live ones (a gRPC
+/// channel). hyper pinged only after `interval` without frames; a ping per interval on a
+/// busy connection costs less than tracking that.
+struct KeepAlive {
+    ping: h2::PingPong,
+    interval: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// A ping is out, not answered yet.
+    awaiting: bool,
+}
+
+enum Liveness {
+    Alive,
+    TimedOut,
+    /// The connection is closing anyway.
+    Closing,
+}
+
+impl KeepAlive {
+    fn new(ping: h2::PingPong, interval: Duration) -> KeepAlive {
+        KeepAlive {
+            ping,
+            interval,
+            timer: Box::pin(tokio::time::sleep(interval)),
+            awaiting: false,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Liveness {
+        if self.awaiting {
+            match self.ping.poll_pong(cx) {
+                Poll::Ready(Ok(_)) => {
+                    self.awaiting = false;
+                    self.timer.as_mut().reset(Instant::now() + self.interval);
+                }
+                Poll::Ready(Err(_)) => return Liveness::Closing,
+                Poll::Pending => {}
+            }
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if self.awaiting {
+                return Liveness::TimedOut;
+            }
+            if self.ping.send_ping(h2::Ping::opaque()).is_err() {
+                return Liveness::Closing;
+            }
+            self.awaiting = true;
+            self.timer.as_mut().reset(Instant::now() + self.interval);
+        }
+        Liveness::Alive
+    }
+}
+
+/// Sends `head` and `body` on a new stream of `sender`'s connection (ready, see
+/// [`SendRequest::poll_ready`]) and waits for the response head, sending the request body
+/// meanwhile.
+///
+/// Dropping the returned future before the response resets the stream (`CANCEL`), as h2
+/// does when the last handle to an unfinished stream goes.
+pub async fn exchange(
+    sender: &mut SendRequest<Bytes>,
+    head: http::Request<()>,
+    body: Body,
+) -> Result<http::Response<RecvBody>, h2::Error> {
+    let end_of_stream = body.is_end_stream();
+    let (mut response, send) = sender.send_request(head, end_of_stream)?;
+    let mut pipe = (!end_of_stream).then(|| Pipe::new(body, send));
+    let head = std::future::poll_fn(|cx| {
+        if let Some(sending) = pipe.as_mut()
+            && let Poll::Ready(result) = Pin::new(sending).poll(cx)
+        {
+            if let Err(error) = result {
+                tracing::debug!(%error, "request body not sent whole");
+            }
+            pipe = None;
+        }
+        Pin::new(&mut response).poll(cx)
+    })
+    .await;
+    if let (Some(pipe), Ok(_)) = (pipe, &head) {
+        tokio::spawn(async move {
+            if let Err(error) = pipe.await {
+                tracing::debug!(%error, "request body not sent whole");
+            }
+        });
+    }
+    Ok(head?.map(RecvBody::new))
+}
+
+/// Sends a request body on its stream, frame by frame, as the peer's flow control allows.
+/// Ends when the body has, when the peer resets the stream, or on the first error (after
+/// resetting the stream, so the upstream does not take a truncated body as whole).
+struct Pipe {
+    body: Body,
+    send: SendStream<Bytes>,
+    /// A chunk taken from the body that waits for send capacity (kept here across
+    /// `Pending`), and whether it is the body's last.
+    waiting: Option<(Bytes, bool)>,
+}
+
+impl Pipe {
+    fn new(body: Body, send: SendStream<Bytes>) -> Pipe {
+        Pipe {
+            body,
+            send,
+            waiting: None,
+        }
+    }
+}
+
+impl Future for Pipe {
+    type Output = Result<(), BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            // Registered on every turn, so a reset from the peer wakes a pipe waiting for the
+            // body or for capacity.
+            if let Poll::Ready(reason) = this.send.poll_reset(cx) {
+                return Poll::Ready(match reason? {
+                    // The upstream answered without reading the rest (RFC 9113 §8.1).
+                    h2::Reason::NO_ERROR => Ok(()),
+                    reason => Err(h2::Error::from(reason).into()),
+                });
+            }
+            if let Some((chunk, last)) = this.waiting.take() {
+                if this.send.capacity() == 0 {
+                    this.waiting = Some((chunk, last));
+                    match ready!(this.send.poll_capacity(cx)) {
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Poll::Ready(Err(e.into())),
+                        None => return Poll::Ready(Err("the stream closed while sending".into())),
+                    }
+                }
+                this.send.send_data(chunk, last)?;
+                if last {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            // The next frame is read before any capacity is claimed: capacity claimed for a
+            // body that has nothing to send yet would hold the connection's window from
+            // other streams (hyper#4003).
+            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) => {
+                        let last = this.body.is_end_stream();
+                        if chunk.is_empty() {
+                            this.send.send_data(chunk, last)?;
+                            if last {
+                                return Poll::Ready(Ok(()));
+                            }
+                            continue;
+                        }
+                        // A claim of one byte: h2 raises it to what is buffered when the
+                        // chunk is sent, and a smaller claim lets many waiting streams share
+                        // the window.
+                        this.send.reserve_capacity(1);
+                        this.waiting = Some((chunk, last));
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            this.send.reserve_capacity(0);
+                            this.send.send_trailers(trailers)?;
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                },
+                Some(Err(error)) => {
+                    this.send.send_reset(reset_reason(&*error));
+                    return Poll::Ready(Err(error));
+                }
+                None => {
+                    this.send.send_data(Bytes::new(), true)?;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+/// The reason to reset an upstream stream with when the request body failed: the client's
+/// own reason when its stream was reset (a cancelled call stays a cancelled call), else
+/// `INTERNAL_ERROR`, as hyper does.
+fn reset_reason(error: &(dyn std::error::Error + 'static)) -> h2::Reason {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(reason) = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return reason;
+        }
+        cause = e.source();
+    }
+    h2::Reason::INTERNAL_ERROR
+}
+
+/// A body read from its HTTP/2 stream (a response upstream, a request downstream): data as it
+/// arrives (its flow-control window given back at once, the relay's own buffering bounded by
+/// its reader), then the trailers.
+#[derive(Debug)]
+pub struct RecvBody {
+    recv: RecvStream,
+    /// The data frames have ended; trailers (or the end) come next.
+    data_done: bool,
+}
+
+impl RecvBody {
+    fn new(recv: RecvStream) -> RecvBody {
+        RecvBody {
+            recv,
+            data_done: false,
+        }
+    }
+}
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(chunk)) => {
+                    // Cannot fail for a length just received on this stream.
+                    let _ = this.recv.flow_control().release_capacity(chunk.len());
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                // A reset with NO_ERROR after the response ends it early without failing it
+                // (RFC 9113 §8.1).
+                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => {
+                    return Poll::Ready(None);
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
+            Err(e) if e.reason() == Some(h2::Reason::NO_ERROR) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    /// Only the end is known: a declared `content-length` stays in the message's headers for
+    /// the next hop (h2 checks the data against it), so nothing needs the length from here.
+    fn size_hint(&self) -> SizeHint {
+        if self.recv.is_end_stream() {
+            SizeHint::with_exact(0)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use http_body_util::Full;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::Direction;
+
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// Serves one connection on a loopback port with a service that answers `hello`, and
+    /// the client's end of it.
+    async fn served(
+        keepalive: Duration,
+    ) -> (
+        TcpStream,
+        tokio::task::JoinHandle<Result<(), ServeError>>,
+        drain::Signal,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, peer) = listener.accept().await.expect("accept");
+        let ctx = Arc::new(ConnCtx {
+            direction: Direction::Inbound,
+            client: peer,
+            orig_dst: SocketAddr::from(([127, 0, 0, 1], addr.port())),
+            peer: None,
+            peer_header: None,
+        });
+        let svc = tower::service_fn(|_req: super::super::Request| -> BoxFuture<_> {
+            Box::pin(async {
+                Ok::<_, Infallible>(http::Response::new(
+                    Full::new(Bytes::from_static(b"hello"))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                ))
+            })
+        });
+        let config = ServerConfig {
+            header_read_timeout: PATIENCE,
+            h2_keepalive: keepalive,
+        };
+        let (signal, watch) = drain::channel();
+        let serving = tokio::spawn(serve(server, ctx, svc, config, watch));
+        (client, serving, signal)
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_answering_pings_is_disconnected() {
+        let (io, serving, _signal) = served(Duration::from_millis(50)).await;
+        // The client's side is never polled after the handshake: pings go unanswered, as
+        // from a peer that vanished without closing its socket.
+        let (_send, _conn) = h2::client::handshake(io).await.expect("handshake");
+        let ended = tokio::time::timeout(PATIENCE, serving)
+            .await
+            .expect("the connection is closed")
+            .expect("join");
+        assert!(
+            matches!(ended, Err(ServeError::KeepAliveTimedOut(_))),
+            "{ended:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_answering_pings_is_kept_and_served() {
+        let interval = Duration::from_millis(20);
+        let (io, serving, _signal) = served(interval).await;
+        let (send, conn) = h2::client::handshake(io).await.expect("handshake");
+        tokio::spawn(conn);
+        // Many intervals, each with a ping the client answers.
+        tokio::time::sleep(interval * 10).await;
+        assert!(!serving.is_finished(), "{:?}", serving.await);
+        let mut send = send.ready().await.expect("the connection is still open");
+        let (response, _) = send
+            .send_request(
+                http::Request::get("http://a/").body(()).expect("a request"),
+                true,
+            )
+            .expect("request");
+        let response = tokio::time::timeout(PATIENCE, response)
+            .await
+            .expect("an answer")
+            .expect("response");
+        // What hyper's server added, the proxy adds.
+        assert_eq!(response.headers()["content-length"], "5");
+        assert!(response.headers().contains_key("date"));
+        let mut body = response.into_body();
+        let chunk = body.data().await.expect("data").expect("chunk");
+        assert_eq!(&chunk[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn draining_sends_goaway_and_ends_the_connection() {
+        let (io, serving, signal) = served(PATIENCE).await;
+        let (_send, conn) = h2::client::handshake(io).await.expect("handshake");
+        let client = tokio::spawn(conn);
+        tokio::spawn(signal.drain(PATIENCE));
+        // Whether the server's last frames meet a socket the client has already closed is a
+        // race (a broken pipe, logged at debug), so only the end is asserted here.
+        let _ = tokio::time::timeout(PATIENCE, serving)
+            .await
+            .expect("the connection ends")
+            .expect("join");
+        // The client saw a GOAWAY, not a dropped socket.
+        let closed = tokio::time::timeout(PATIENCE, client)
+            .await
+            .expect("the client's side ends")
+            .expect("join");
+        assert!(closed.is_ok(), "{closed:?}");
+    }
+}
