@@ -160,8 +160,8 @@ struct Args {
     /// or `multi-thread:N` (N workers); default: the proxy's default only.
     #[arg(long, value_delimiter = ',')]
     profile_runtimes: Vec<String>,
-    /// With `--callgrind`: the calls to count, `http1` (closed loop) and/or `grpc` (unary
-    /// calls over HTTP/2 with h2load), each through its own pair.
+    /// With `--callgrind`: the calls to count, `http1` (closed loop), `grpc` (unary calls over
+    /// HTTP/2 with h2load) and/or `stream` (gRPC server streams), each through its own pair.
     #[arg(long, value_delimiter = ',', default_value = "http1,grpc")]
     profile_calls: Vec<ProfileCall>,
 }
@@ -173,6 +173,8 @@ enum ProfileCall {
     Http1,
     /// gRPC unary calls over HTTP/2.
     Grpc,
+    /// gRPC server streams over HTTP/2.
+    Stream,
 }
 
 /// A part of the run.
@@ -555,6 +557,7 @@ async fn run_profile(
                 let (call, upstream) = match call {
                     ProfileCall::Http1 => (profile::Call::Http1, upstream),
                     ProfileCall::Grpc => (profile::Call::GrpcUnary, grpc_upstream.addr),
+                    ProfileCall::Stream => (profile::Call::GrpcStream, grpc_upstream.addr),
                 };
                 rows.push(
                     profile::profile(&opts, &params, upstream, scratch, &subject, call).await?,
@@ -584,6 +587,7 @@ async fn run_profile(
             let (call, upstream) = match call {
                 ProfileCall::Http1 => (profile::Call::Http1, upstream),
                 ProfileCall::Grpc => (profile::Call::GrpcUnary, grpc_upstream.addr),
+                ProfileCall::Stream => (profile::Call::GrpcStream, grpc_upstream.addr),
             };
             rows.push(profile::profile(opts, &params, upstream, scratch, &subject, call).await?);
         }

@@ -42,6 +42,9 @@ pub enum Call {
     Http1,
     /// gRPC unary calls over HTTP/2 (h2load).
     GrpcUnary,
+    /// gRPC server streams over HTTP/2 (h2load), each of the upstream's
+    /// [`crate::upstream::STREAM_MESSAGES`] messages.
+    GrpcStream,
 }
 
 impl Call {
@@ -49,6 +52,16 @@ impl Call {
         match self {
             Call::Http1 => "HTTP/1.1",
             Call::GrpcUnary => "gRPC unary",
+            Call::GrpcStream => "gRPC server stream",
+        }
+    }
+
+    /// The gRPC method called, for the h2load rows.
+    fn grpc_path(self) -> Option<&'static str> {
+        match self {
+            Call::Http1 => None,
+            Call::GrpcUnary => Some(crate::upstream::GRPC_UNARY),
+            Call::GrpcStream => Some(crate::upstream::GRPC_STREAM),
         }
     }
 }
@@ -140,7 +153,7 @@ impl Pair {
 }
 
 /// Profiles `call` through `subject`'s pair, in front of `upstream` (an HTTP/1.1 server, or
-/// the gRPC one for [`Call::GrpcUnary`]).
+/// the gRPC one for the gRPC calls).
 pub async fn profile(
     opts: &SluiceOptions,
     params: &ProfileParams,
@@ -171,7 +184,11 @@ pub async fn profile(
     let slug = format!(
         "{kind}-{}{}",
         runtime.replace([',', ' '], ""),
-        if call == Call::GrpcUnary { "-grpc" } else { "" }
+        match call {
+            Call::Http1 => "",
+            Call::GrpcUnary => "-grpc",
+            Call::GrpcStream => "-stream",
+        }
     );
     let out = params.dir.join(&slug);
     std::fs::create_dir_all(&out).map_err(BenchError::file("create", &out))?;
@@ -189,7 +206,7 @@ pub async fn profile(
     ]);
     let hop = match call {
         Call::Http1 => Hop::Http1,
-        Call::GrpcUnary => Hop::H2,
+        Call::GrpcUnary | Call::GrpcStream => Hop::H2,
     };
     let dir = scratch.join(&slug);
     let pair = match subject {
@@ -225,11 +242,11 @@ pub async fn profile(
         let entry = pair.entry();
         let dir = h2load_dir.clone();
         async move {
-            match call {
-                Call::Http1 => load::exact(entry, n, params.connections, timeout)
+            match call.grpc_path() {
+                None => load::exact(entry, n, params.connections, timeout)
                     .await
                     .map(|r| (r.ok, r.errors, r.first_error())),
-                Call::GrpcUnary => h2load_exact(entry, n, &dir)
+                Some(path) => h2load_exact(entry, n, &dir, path)
                     .map(|(ok, failed)| (ok, failed, format!("{failed} calls failed (h2load)"))),
             }
         }
@@ -243,7 +260,7 @@ pub async fn profile(
         }));
     }
     let authz_before = match (mtls, call) {
-        (true, Call::GrpcUnary) => match &pair {
+        (true, Call::GrpcUnary | Call::GrpcStream) => match &pair {
             Pair::Sluice(p) => Some(
                 mtls::authz_counts(p.b_admin())
                     .await
@@ -304,8 +321,13 @@ pub async fn profile(
     })
 }
 
-/// Sends exactly `n` gRPC unary calls with h2load; (succeeded, failed).
-fn h2load_exact(entry: SocketAddr, n: u64, dir: &Path) -> Result<(u64, u64), BenchError> {
+/// Calls gRPC method `path` exactly `n` times with h2load; (succeeded, failed).
+fn h2load_exact(
+    entry: SocketAddr,
+    n: u64,
+    dir: &Path,
+    path: &str,
+) -> Result<(u64, u64), BenchError> {
     std::fs::create_dir_all(dir).map_err(BenchError::file("create", dir))?;
     let body = dir.join("request.bin");
     std::fs::write(&body, crate::upstream::GRPC_MESSAGE)
@@ -318,7 +340,7 @@ fn h2load_exact(entry: SocketAddr, n: u64, dir: &Path) -> Result<(u64, u64), Ben
         .args(["--header", "content-type: application/grpc"])
         .args(["--header", "te: trailers"])
         .arg(format!("--data={}", body.display()))
-        .arg(format!("http://{entry}{}", crate::upstream::GRPC_UNARY))
+        .arg(format!("http://{entry}{path}"))
         .output()
         .map_err(BenchError::io("run h2load (Debian: nghttp2-client)"))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -380,11 +402,16 @@ pub fn markdown(rows: &[ProfileRow], params: &ProfileParams) -> String {
     let mut s = format!(
         "### Instructions per request (callgrind)\n\n{} requests per row after {} warm-up \
          requests, closed loop over {} keep-alive connections; user-space instructions of \
-         every proxy thread, divided by the requests. gRPC unary: h2load, {} connections × {} \
-         concurrent streams.\n\n\
+         every proxy thread, divided by the requests (a gRPC server stream, {} messages, is one \
+         request). gRPC: h2load, {} connections × {} concurrent streams.\n\n\
          | path | call | runtime | A (outbound) | B (inbound) | pair |\n\
          |---|---|---|---:|---:|---:|\n",
-        params.requests, params.warmup, params.connections, GRPC_CONNECTIONS, GRPC_STREAMS
+        params.requests,
+        params.warmup,
+        params.connections,
+        crate::upstream::STREAM_MESSAGES,
+        GRPC_CONNECTIONS,
+        GRPC_STREAMS
     );
     for r in rows {
         s.push_str(&format!(
