@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_integration::client::{self, hyper_client};
 use sluice_integration::{Proxy, ProxyOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -24,6 +24,24 @@ type Body = BoxBody<Bytes, Infallible>;
 /// which one served each request. `/endless` streams 16 KiB chunks until the connection
 /// closes, `/empty` is a 204, anything else `ok`.
 async fn numbered_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    numbered_listener(|stream, conn| async move {
+        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| async move {
+            Ok::<_, Infallible>(answer(req.uri().path(), conn))
+        });
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    })
+    .await
+}
+
+/// A loopback listener that numbers its connections (from 1) and serves each with `serve`,
+/// in a task of its own; its address, and how many it accepted.
+async fn numbered_listener<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream, usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -34,15 +52,7 @@ async fn numbered_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                 continue;
             };
             let conn = count.fetch_add(1, Ordering::SeqCst) + 1;
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: hyper::Request<Incoming>| async move {
-                        Ok::<_, Infallible>(answer(req.uri().path(), conn))
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+            tokio::spawn(serve(stream, conn));
         }
     });
     (addr, accepted)
@@ -248,49 +258,39 @@ where
     F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = hyper::Response<Body>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            count.fetch_add(1, Ordering::SeqCst);
-            let serve = serve.clone();
-            tokio::spawn(async move {
-                let answered = Arc::new(tokio::sync::Notify::new());
-                let done = answered.clone();
-                let svc = hyper::service::service_fn(move |req| {
-                    let (serve, done) = (serve.clone(), done.clone());
-                    async move {
-                        let rsp = serve(req).await;
-                        done.notify_one();
-                        Ok::<_, Infallible>(rsp)
-                    }
-                });
-                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc);
-                let mut conn = std::pin::pin!(conn);
-                let Some(after) = after else {
-                    let _ = conn.await;
-                    return;
-                };
-                for _ in 0..after {
-                    tokio::select! {
-                        _ = conn.as_mut() => return,
-                        _ = answered.notified() => {}
-                    }
+    numbered_listener(move |stream, _| {
+        let serve = serve.clone();
+        async move {
+            let answered = Arc::new(tokio::sync::Notify::new());
+            let done = answered.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let (serve, done) = (serve.clone(), done.clone());
+                async move {
+                    let rsp = serve(req).await;
+                    done.notify_one();
+                    Ok::<_, Infallible>(rsp)
                 }
-                // Let the answer leave first, as a server would between requests.
-                let _ = tokio::time::timeout(Duration::from_millis(20), conn.as_mut()).await;
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
             });
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc);
+            let mut conn = std::pin::pin!(conn);
+            let Some(after) = after else {
+                let _ = conn.await;
+                return;
+            };
+            for _ in 0..after {
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = answered.notified() => {}
+                }
+            }
+            // Let the answer leave first, as a server would between requests.
+            let _ = tokio::time::timeout(Duration::from_millis(20), conn.as_mut()).await;
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         }
-    });
-    (addr, accepted)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

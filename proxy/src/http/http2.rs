@@ -132,10 +132,10 @@ where
         }
     })
     .await?;
-    match timed_out {
-        true => Err(ServeError::KeepAliveTimedOut(config.h2_keepalive)),
-        false => Ok(()),
+    if timed_out {
+        return Err(ServeError::KeepAliveTimedOut(config.h2_keepalive));
     }
+    Ok(())
 }
 
 /// One request of a client connection, from its head to the end of its response.
@@ -608,6 +608,13 @@ mod tests {
         (client, serving, signal)
     }
 
+    /// `GET http://a/` on a client connection that must still be open.
+    async fn get(send: SendRequest<Bytes>) -> h2::client::ResponseFuture {
+        let mut send = send.ready().await.expect("the connection is still open");
+        let request = http::Request::get("http://a/").body(()).expect("a request");
+        send.send_request(request, true).expect("request").0
+    }
+
     #[tokio::test]
     async fn a_client_that_stops_answering_pings_is_disconnected() {
         let (io, serving, _signal) = served(Duration::from_millis(50)).await;
@@ -633,13 +640,7 @@ mod tests {
         // Many intervals, each with a ping the client answers.
         tokio::time::sleep(interval * 10).await;
         assert!(!serving.is_finished(), "{:?}", serving.await);
-        let mut send = send.ready().await.expect("the connection is still open");
-        let (response, _) = send
-            .send_request(
-                http::Request::get("http://a/").body(()).expect("a request"),
-                true,
-            )
-            .expect("request");
+        let response = get(send).await;
         let response = tokio::time::timeout(PATIENCE, response)
             .await
             .expect("an answer")
@@ -706,13 +707,7 @@ mod tests {
         let io = TcpStream::connect(addr).await.expect("connect");
         let (send, conn) = h2::client::handshake(io).await.expect("handshake");
         tokio::spawn(conn);
-        let mut send = send.ready().await.expect("ready");
-        let (response, _) = send
-            .send_request(
-                http::Request::get("http://a/").body(()).expect("a request"),
-                true,
-            )
-            .expect("request");
+        let response = get(send).await;
         let read = async {
             let body = RecvBody::new(response.await.expect("response").into_body());
             body.collect().await.expect("body").to_bytes().len()
