@@ -11,6 +11,9 @@
 //!   and authorized per request, or refused.
 //! - Limits: `sluice-*` trailers, the header read timeout, the per-listener connection cap, and
 //!   the file-descriptor limit.
+//! - HTTP/2 floods: streams reset as soon as they are opened (rapid reset) and a header block
+//!   that never ends (CONTINUATION flood) close the connection with `ENHANCE_YOUR_CALM`, while
+//!   a client cancelling some of its calls is kept.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -638,4 +641,212 @@ fn segments(path: &str) -> Vec<&str> {
     } else {
         path.split('/').collect()
     }
+}
+
+/// A proxy serving `app` on an explicit inbound listener, and an HTTP/2 client connection to
+/// it (prior knowledge, as gRPC clients connect), its connection driven by a task.
+async fn h2_client(
+    app: &upstream::Upstream,
+) -> (
+    Proxy,
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let proxy = Proxy::start(
+        ProxyOptions::default().env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={}", app.addr)),
+    );
+    let io = tokio::net::TcpStream::connect(proxy.explicit(0))
+        .await
+        .expect("connect");
+    let (send, conn) = h2::client::handshake(io).await.expect("HTTP/2 handshake");
+    (proxy, send, tokio::spawn(conn))
+}
+
+/// Opens a stream for `path` and waits until the app has received it (`hits` reached `n`):
+/// the proxy has done the whole work of a call. `None` once the connection refuses streams.
+async fn opened_upstream(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    app: &upstream::Upstream,
+    path: &str,
+    n: usize,
+) -> Option<h2::client::ResponseFuture> {
+    let mut send = send.clone().ready().await.ok()?;
+    let request = http::Request::get(format!("http://payments{path}"))
+        .body(())
+        .expect("request");
+    let (response, _) = send.send_request(request, true).ok()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.hits() < n {
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Some(response)
+}
+
+/// Rapid reset (CVE-2023-44487): a client opens a stream and resets it as soon as the proxy
+/// has called the app, over and over. A reset stream no longer counts against the 200
+/// concurrent streams, so one connection makes the proxy and the app start calls as fast as
+/// it can send frames. h2 only limits resets of streams not yet accepted, and the proxy
+/// accepts every stream at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_rapid_reset_is_cut_off() {
+    const ATTEMPTS: usize = 3_000;
+    let app = upstream::http("app").await;
+    let (proxy, send, conn) = h2_client(&app).await;
+    let mut opened = 0;
+    while opened < ATTEMPTS {
+        // Each call waits in the app; dropping the response future resets it (CANCEL).
+        match opened_upstream(&send, &app, "/slow/10000", opened + 1).await {
+            Some(response) => drop(response),
+            None => break,
+        }
+        opened += 1;
+    }
+    assert!(
+        opened < 1_000,
+        "the proxy served {opened} streams reset at once on one connection"
+    );
+    // Told why, as Envoy and nginx do: GOAWAY with ENHANCE_YOUR_CALM.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the connection is closed")
+        .expect("join");
+    let reason = ended.as_ref().err().and_then(h2::Error::reason);
+    assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM), "{ended:?}");
+    assert!(app.hits() < 1_000, "the app saw {} calls", app.hits());
+    assert_eq!(
+        counter(
+            &proxy,
+            "sluice_proxy_refused_connections_total",
+            &["reason=\"rapid-reset\""]
+        )
+        .await,
+        1.0
+    );
+    assert!(proxy.log().contains("reset"), "{}", proxy.log());
+    // Other clients are served.
+    let (send, conn) = h2::client::handshake(
+        tokio::net::TcpStream::connect(proxy.explicit(0))
+            .await
+            .expect("connect"),
+    )
+    .await
+    .expect("handshake");
+    tokio::spawn(conn);
+    let mut send = send.ready().await.expect("ready");
+    let request = http::Request::get("http://payments/x")
+        .body(())
+        .expect("request");
+    let response = send.send_request(request, true).expect("send").0;
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("an answer")
+        .expect("response");
+    assert_eq!(response.status(), 200);
+}
+
+/// Not stopped on noise: a client that cancels a third of its calls (deadlines, hedged
+/// requests) keeps its connection, however many calls it makes.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_clients_cancelling_some_calls_are_kept() {
+    const CALLS: usize = 1_500;
+    let app = upstream::http("app").await;
+    let (_proxy, send, conn) = h2_client(&app).await;
+    for n in 1..=CALLS {
+        let path = if n % 3 == 0 { "/slow/10000" } else { "/x" };
+        let response = opened_upstream(&send, &app, path, n)
+            .await
+            .unwrap_or_else(|| panic!("call {n} was refused"));
+        if n % 3 != 0 {
+            let response = tokio::time::timeout(Duration::from_secs(10), response)
+                .await
+                .expect("an answer")
+                .expect("response");
+            assert_eq!(response.status(), 200, "call {n}");
+        }
+    }
+    assert!(!conn.is_finished(), "{:?}", conn.await);
+}
+
+/// CONTINUATION flood (CVE-2024-27316 and its kin): a header block that never ends, sent as
+/// endless CONTINUATION frames, which a server buffers until END_HEADERS. The attack needs
+/// raw frames: no HTTP/2 client sends it.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_continuation_flood_is_cut_off() {
+    const FRAMES: usize = 1_000;
+    let app = upstream::http("app").await;
+    let proxy = Proxy::start(
+        ProxyOptions::default().env("SLUICE_PROXY_EXPLICIT_INBOUND", format!("0={}", app.addr)),
+    );
+    let stream = tokio::net::TcpStream::connect(proxy.explicit(0))
+        .await
+        .expect("connect");
+    let (mut rx, mut tx) = stream.into_split();
+    // What the proxy answers, read all along: once it has closed, unread bytes are lost.
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), rx.read_to_end(&mut got)).await;
+        got
+    });
+    let frame = |kind: u8, flags: u8, payload: &[u8]| {
+        let len = u32::try_from(payload.len()).expect("small").to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 1];
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    // HEADERS on stream 1 with END_STREAM, not END_HEADERS: GET http://payments/.
+    out.extend(frame(0x1, 0x1, b"\x82\x86\x84\x01\x08payments"));
+    let mut sent_all = tx.write_all(&out).await.is_ok();
+    // 130 literal headers `x-a: aaa…` (120 bytes), never indexed, per frame, over and over.
+    let filler: Vec<u8> = b"\x00\x03x-a\x78"
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(b'a', 120))
+        .cycle()
+        .take(126 * 130)
+        .collect();
+    let continuation = frame(0x9, 0x0, &filler);
+    for _ in 0..FRAMES {
+        if tx.write_all(&continuation).await.is_err() {
+            sent_all = false;
+            break;
+        }
+    }
+    let got = reader.await.expect("reader");
+    let goaway = frames(&got).find(|(kind, _)| *kind == 0x7);
+    let code = goaway.and_then(|(_, p)| Some(u32::from_be_bytes(p.get(4..8)?.try_into().ok()?)));
+    // ENHANCE_YOUR_CALM (0xb): too many CONTINUATION frames for the 64 KiB header limit.
+    assert_eq!(
+        code,
+        Some(0xb),
+        "frames: {:?}",
+        frames(&got).collect::<Vec<_>>()
+    );
+    assert!(
+        !sent_all,
+        "the proxy read {} MiB of one header block",
+        (filler.len() * FRAMES) >> 20
+    );
+    assert_eq!(app.hits(), 0);
+    // The proxy is still there for everyone else.
+    let ok = get(&hyper_client(false), proxy.explicit(0), "/x", &[])
+        .await
+        .expect("served");
+    assert_eq!(ok.status, 200);
+}
+
+/// The frames in `bytes` (type, payload), as a test reads an HTTP/2 peer's answer.
+fn frames(mut bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    std::iter::from_fn(move || {
+        let head = bytes.get(..9)?;
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let payload = bytes.get(9..9 + len)?;
+        let kind = head[3];
+        bytes = &bytes[9 + len..];
+        Some((kind, payload))
+    })
 }

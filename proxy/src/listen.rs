@@ -525,9 +525,16 @@ impl Dispatch {
             Direction::Inbound => self.inbound_http.clone(),
             Direction::Outbound => self.outbound_http.clone(),
         };
-        let client = ctx.client;
-        if let Err(error) = http::serve(io, version, ctx, stack, self.server, drain).await {
-            tracing::debug!(%client, %error, "HTTP connection ended with an error");
+        let (client, direction) = (ctx.client, ctx.direction);
+        match http::serve(io, version, ctx, stack, self.server, drain).await {
+            Ok(()) => {}
+            // The proxy chose to close it: worth an operator's attention (one line per
+            // connection, and each took hundreds of streams).
+            Err(error @ http::ConnError::Http2(http::http2::ServeError::RapidReset { .. })) => {
+                tracing::warn!(%client, %error, "HTTP/2 connection closed");
+                self.metrics.rapid_reset(direction);
+            }
+            Err(error) => tracing::debug!(%client, %error, "HTTP connection ended with an error"),
         }
     }
 

@@ -291,8 +291,10 @@ impl Metrics {
         )?;
         let refused_connections = counter(
             "sluice_proxy_refused_connections_total",
-            "Connections closed before any request: over the listener's connection limit \
-             (reason=limit), or not HTTP on a port declared HTTP (reason=not-http).",
+            "Client connections the proxy closed to protect itself: over the listener's \
+             connection limit (reason=limit), not HTTP on a port declared HTTP \
+             (reason=not-http), or an HTTP/2 client resetting most of its streams right after \
+             opening them (reason=rapid-reset).",
             &["direction", "reason"],
         )?;
         Ok(Metrics {
@@ -428,6 +430,13 @@ impl Metrics {
     pub fn not_http(&self, direction: Direction) {
         self.refused_connections
             .with_label_values(&[direction.as_str(), "not-http"])
+            .inc();
+    }
+
+    /// Counts an HTTP/2 connection closed for resetting most of its streams at once.
+    pub fn rapid_reset(&self, direction: Direction) {
+        self.refused_connections
+            .with_label_values(&[direction.as_str(), "rapid-reset"])
             .inc();
     }
 

@@ -49,6 +49,18 @@ pub enum ServeError {
     /// The client did not answer a keep-alive ping in time.
     #[error("no answer to an HTTP/2 keep-alive ping within {0:?}")]
     KeepAliveTimedOut(Duration),
+    /// The client reset most of its streams right after opening them (rapid reset): the
+    /// connection was closed with GOAWAY `ENHANCE_YOUR_CALM`.
+    #[error(
+        "closed: the client reset {premature} of its {streams} streams within {:?} of opening them (rapid reset)",
+        Resets::MIN_LIFETIME
+    )]
+    RapidReset {
+        /// Streams opened on the connection.
+        streams: u32,
+        /// Of those, reset by the client soon after it opened them.
+        premature: u32,
+    },
 }
 
 /// A client connection's settings: hyper's server defaults (which the proxy used until it
@@ -90,6 +102,8 @@ where
         .ping_pong()
         .map(|ping| KeepAlive::new(ping, config.h2_keepalive));
     let mut timed_out = false;
+    let mut resets = Resets::default();
+    let mut calmed = None;
     let mut streams = FuturesUnordered::new();
     let mut signaled = pin!(drain.signaled());
     let mut draining = false;
@@ -112,7 +126,13 @@ where
             }
         }
         loop {
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            while let Poll::Ready(Some(ended)) = streams.poll_next_unpin(cx) {
+                if resets.ended(ended) && calmed.is_none() {
+                    // Streams still open end with the connection.
+                    conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                    calmed = Some(resets);
+                }
+            }
             if closed {
                 // Streams still open see the connection's end (their handles fail) and end.
                 return if streams.is_empty() {
@@ -123,8 +143,12 @@ where
             }
             match conn.poll_accept(cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
+                    resets.opened();
                     streams.push(ServerStream::new(req, respond, &ctx, &svc));
                 }
+                // Once told to calm down, the client's answer (an error, or closing) is
+                // only the end of what the proxy chose.
+                Poll::Ready(Some(Err(_))) if calmed.is_some() => closed = true,
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
                 Poll::Ready(None) => closed = true,
                 Poll::Pending => return Poll::Pending,
@@ -132,16 +156,67 @@ where
         }
     })
     .await?;
+    if let Some(resets) = calmed {
+        return Err(ServeError::RapidReset {
+            streams: resets.streams,
+            premature: resets.premature,
+        });
+    }
     if timed_out {
         return Err(ServeError::KeepAliveTimedOut(config.h2_keepalive));
     }
     Ok(())
 }
 
+/// How a client's stream ended, as [`Resets`] counts it.
+enum Ended {
+    /// Answered, or ended by the proxy or the upstream.
+    Served,
+    /// The client reset it before its response ended, this long after opening it.
+    ResetByClient(Duration),
+}
+
+/// Rapid reset (CVE-2023-44487): a client that opens streams and resets them at once makes
+/// the proxy call upstream for each, while a reset stream no longer counts against the
+/// concurrent streams; h2 only limits resets of streams not yet accepted, and every stream
+/// is accepted at once here. Envoy's rule: once a connection has opened [`MIN_STREAMS`],
+/// it is closed when more than half of them were reset by the client within
+/// [`MIN_LIFETIME`] of opening. A client cancelling some calls (deadlines, hedging) or
+/// ending long streams is not stopped.
+///
+/// [`MIN_STREAMS`]: Resets::MIN_STREAMS
+/// [`MIN_LIFETIME`]: Resets::MIN_LIFETIME
+#[derive(Debug, Default, Clone, Copy)]
+struct Resets {
+    streams: u32,
+    premature: u32,
+}
+
+impl Resets {
+    const MIN_STREAMS: u32 = 500;
+    const MIN_LIFETIME: Duration = Duration::from_secs(1);
+
+    fn opened(&mut self) {
+        self.streams = self.streams.saturating_add(1);
+    }
+
+    /// Counts a stream's end; whether the connection should now be closed.
+    fn ended(&mut self, ended: Ended) -> bool {
+        match ended {
+            Ended::ResetByClient(lived) if lived < Self::MIN_LIFETIME => {
+                self.premature = self.premature.saturating_add(1);
+                self.streams >= Self::MIN_STREAMS && self.premature > self.streams / 2
+            }
+            _ => false,
+        }
+    }
+}
+
 /// One request of a client connection, from its head to the end of its response.
 struct ServerStream {
     respond: SendResponse<Bytes>,
     state: Exchange,
+    opened: Instant,
 }
 
 enum Exchange {
@@ -170,15 +245,17 @@ impl ServerStream {
         ServerStream {
             respond,
             state: Exchange::Call(svc.clone().call(req)),
+            opened: Instant::now(),
         }
     }
 }
 
 impl Future for ServerStream {
-    type Output = ();
+    type Output = Ended;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
         let this = &mut *self;
+        let reset = |opened: Instant| Poll::Ready(Ended::ResetByClient(opened.elapsed()));
         if let Exchange::Call(call) = &mut this.state {
             let response = match call.as_mut().poll(cx) {
                 Poll::Ready(Ok(response)) => response,
@@ -186,7 +263,7 @@ impl Future for ServerStream {
                 Poll::Pending => {
                     if let Poll::Ready(reason) = this.respond.poll_reset(cx) {
                         tracing::debug!(?reason, "the client reset the stream before the response");
-                        return Poll::Ready(());
+                        return reset(this.opened);
                     }
                     return Poll::Pending;
                 }
@@ -198,23 +275,25 @@ impl Future for ServerStream {
                 .respond
                 .send_response(http::Response::from_parts(head, ()), end_of_stream)
             {
-                Ok(_) if end_of_stream => return Poll::Ready(()),
+                Ok(_) if end_of_stream => return Poll::Ready(Ended::Served),
                 Ok(send) => this.state = Exchange::Body(Pipe::new(body, send)),
                 Err(error) => {
                     tracing::debug!(%error, "response head not sent");
                     this.respond.send_reset(h2::Reason::INTERNAL_ERROR);
-                    return Poll::Ready(());
+                    return Poll::Ready(Ended::Served);
                 }
             }
         }
         let Exchange::Body(pipe) = &mut this.state else {
-            return Poll::Ready(());
+            return Poll::Ready(Ended::Served);
         };
-        Pin::new(pipe).poll(cx).map(|result| {
-            if let Err(error) = result {
-                tracing::debug!(%error, "response body not sent whole");
+        if let Err(error) = ready!(Pin::new(&mut *pipe).poll(cx)) {
+            tracing::debug!(%error, "response body not sent whole");
+            if pipe.reset_by_peer {
+                return reset(this.opened);
             }
-        })
+        }
+        Poll::Ready(Ended::Served)
     }
 }
 
@@ -354,6 +433,8 @@ struct Pipe {
     /// A chunk taken from the body that waits for send capacity (kept here across
     /// `Pending`), and whether it is the body's last.
     waiting: Option<(Bytes, bool)>,
+    /// The peer reset the stream before the body ended.
+    reset_by_peer: bool,
 }
 
 impl Pipe {
@@ -362,6 +443,7 @@ impl Pipe {
             body,
             send,
             waiting: None,
+            reset_by_peer: false,
         }
     }
 }
@@ -378,7 +460,10 @@ impl Future for Pipe {
                 return Poll::Ready(match reason? {
                     // The upstream answered without reading the rest (RFC 9113 §8.1).
                     h2::Reason::NO_ERROR => Ok(()),
-                    reason => Err(h2::Error::from(reason).into()),
+                    reason => {
+                        this.reset_by_peer = true;
+                        Err(h2::Error::from(reason).into())
+                    }
                 });
             }
             if let Some((chunk, last)) = this.waiting.take() {
@@ -613,6 +698,33 @@ mod tests {
         let mut send = send.ready().await.expect("the connection is still open");
         let request = http::Request::get("http://a/").body(()).expect("a request");
         send.send_request(request, true).expect("request").0
+    }
+
+    #[test]
+    fn a_connection_is_closed_when_most_of_its_streams_are_reset_at_once() {
+        let quick = || Ended::ResetByClient(Duration::from_millis(1));
+        let mut resets = Resets::default();
+        let mut closed_at = None;
+        for n in 1..=1_000 {
+            resets.opened();
+            if resets.ended(quick()) {
+                closed_at = Some(n);
+                break;
+            }
+        }
+        assert_eq!(closed_at, Some(Resets::MIN_STREAMS));
+        // Served streams, and streams a client ends after they have lived a while (a watch,
+        // a long download), do not count.
+        let mut resets = Resets::default();
+        for n in 0..10_000 {
+            resets.opened();
+            let ended = match n % 3 {
+                0 => quick(),
+                1 => Ended::ResetByClient(Resets::MIN_LIFETIME),
+                _ => Ended::Served,
+            };
+            assert!(!resets.ended(ended), "closed after {n} streams");
+        }
     }
 
     #[tokio::test]
