@@ -37,22 +37,29 @@ const UPGRADE: usize = 5;
 /// carry none of these headers, and looking each one up hashes its name (callgrind: about
 /// 400 instructions per request and proxy for the lookups this pass makes unnecessary).
 pub fn sanitize_request(headers: &mut HeaderMap) {
-    let (mut hop_by_hop, mut h2c_settings, mut mesh) = (false, false, false);
+    let (mut present, mut h2c_settings, mut mesh) = (0u8, false, false);
     for name in headers.keys() {
-        if HOP_BY_HOP.contains(name) {
-            hop_by_hop = true;
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
         } else if *name == HTTP2_SETTINGS {
             h2c_settings = true;
         } else if name.as_str().starts_with(MESH_PREFIX) {
             mesh = true;
         }
     }
-    // An h2c offer needs `Upgrade` (hop-by-hop) or `HTTP2-Settings`; a protocol switch needs
-    // `Upgrade` and `Connection`; without any, each rule below would find nothing.
-    if hop_by_hop || h2c_settings {
+    // An h2c offer needs `Upgrade` or `HTTP2-Settings`; a protocol switch needs `Upgrade`
+    // and `Connection`. A gRPC request has only `TE` of all these, which then stays as it is
+    // when it is `trailers` (see `strip_hop_by_hop`): no rule needs another lookup.
+    if present & (1 << UPGRADE) != 0 || h2c_settings {
         strip_h2c_upgrade(headers);
-        let upgrade = is_upgrade(headers);
-        strip_hop_by_hop(headers, upgrade);
+    }
+    if present != 0 {
+        let switch = present & (1 << UPGRADE) != 0
+            && present & (1 << CONNECTION) != 0
+            && is_upgrade(headers);
+        // What the h2c rule removed may still be in `present`: removing it again finds
+        // nothing.
+        strip_present_hop_by_hop(headers, switch, present);
     }
     if mesh {
         strip_mesh_headers(headers);
@@ -135,6 +142,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // there, and only those are removed, each removal hashing its name. A gRPC request
     // carries just `TE: trailers`, which stays where it is.
     let present = hop_by_hop_present(headers);
+    strip_present_hop_by_hop(headers, keep_upgrade, present);
+}
+
+/// [`strip_hop_by_hop`] once the names that are there are known (`present`, as
+/// [`hop_by_hop_present`] gives them; bits of names no longer there are harmless).
+fn strip_present_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, present: u8) {
     if !keep_upgrade && present == 0 {
         return;
     }
