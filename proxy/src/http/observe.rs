@@ -71,7 +71,10 @@ impl<S: Svc<Infallible>> Service<Request> for Observe<S> {
 }
 
 fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
-    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+    // A name made once: looking up by `&str` parses and validates it on every call, twice
+    // per gRPC call (head and trailers).
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    h.get(GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
 }
 
 struct Recorder {
