@@ -659,10 +659,10 @@ pub fn check_request_path(path: &str) -> Result<(), NonCanonicalPath> {
                 name_end.get_or_insert(i);
             }
             Some(b'/') | None => {
-                let last = i == bytes.len();
-                // The segment's name is what comes before its first `;` (`..;x` is `..`).
-                let name = &bytes[segment_start..name_end.unwrap_or(i)];
                 if segment_problem.is_none() {
+                    let last = i == bytes.len();
+                    // The segment's name is what comes before its first `;` (`..;x` is `..`).
+                    let name = &bytes[segment_start..name_end.unwrap_or(i)];
                     if segment_start == i && !last {
                         segment_problem = Some(PathProblem::EmptySegment);
                     } else if name == b"." || name == b".." {
