@@ -309,9 +309,11 @@ async fn an_http2_upstream_going_away_between_requests_costs_no_request() {
         // connection has closed too: both must cost nothing.
         tokio::time::sleep(Duration::from_millis(if i % 2 == 0 { 5 } else { 60 })).await;
     }
-    // Every request after a long pause found its connection gone and opened another.
+    // The first request and the nine after a long pause found no connection open and opened
+    // one; a request after a short pause may still share its predecessor's (the upstream
+    // waits 20 ms before its GOAWAY), so 10 is the fewest.
     let accepted = accepted.load(Ordering::SeqCst);
-    assert!((11..=20).contains(&accepted), "{accepted} connections");
+    assert!((10..=20).contains(&accepted), "{accepted} connections");
 }
 
 /// An HTTP/2 client whose request body is fed by hand, over a connection of its own.
