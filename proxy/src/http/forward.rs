@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -63,10 +64,76 @@ pub fn set_worker(index: usize) {
 
 #[derive(Debug)]
 struct Pools {
-    h1: DashMap<PoolKey, Arc<H1Pool>, foldhash::fast::RandomState>,
-    h2: DashMap<PoolKey, Arc<H2Pool>, foldhash::fast::RandomState>,
+    h1: PoolMap<H1Pool>,
+    h2: PoolMap<H2Pool>,
     connect_timeout: Duration,
     mesh: Option<MeshOut>,
+}
+
+/// The pools of one HTTP version, by [`PoolKey`].
+///
+/// In transparent mode the destinations are whatever the workload connects to, and in a
+/// cluster endpoints change with every rollout: a pool per destination ever called would grow
+/// without bound. So whenever the map has doubled since its last clean-up (and holds at least
+/// [`MIN_SWEEP`]), the pools nobody holds and that keep no connection are let go: the map
+/// stays within twice the pools in use plus [`MIN_SWEEP`], at a cost paid only by requests
+/// that make a pool. A destination called again later gets a new, empty pool.
+#[derive(Debug)]
+struct PoolMap<P> {
+    map: DashMap<PoolKey, Arc<P>, foldhash::fast::RandomState>,
+    /// The size at which the next clean-up runs.
+    sweep_at: AtomicUsize,
+}
+
+/// Pools kept at least before a clean-up runs: a sidecar's usual set of destinations never
+/// needs one.
+const MIN_SWEEP: usize = 256;
+
+/// A pool the map can let go of.
+trait Pool {
+    /// It holds no connection (idle or opening) that a later request could use.
+    fn is_empty(&self) -> bool;
+}
+
+impl Pool for H1Pool {
+    fn is_empty(&self) -> bool {
+        H1Pool::is_empty(self)
+    }
+}
+
+impl Pool for H2Pool {
+    fn is_empty(&self) -> bool {
+        H2Pool::is_empty(self)
+    }
+}
+
+impl<P: Pool> PoolMap<P> {
+    fn new() -> PoolMap<P> {
+        PoolMap {
+            map: DashMap::default(),
+            sweep_at: AtomicUsize::new(MIN_SWEEP),
+        }
+    }
+
+    /// The pool of `key`, made by `new` (given the key's peer) the first time: a read lock on
+    /// one shard for every request after that.
+    fn get(&self, key: PoolKey, new: impl FnOnce(Option<Arc<str>>) -> Arc<P>) -> Arc<P> {
+        if let Some(pool) = self.map.get(&key) {
+            return pool.clone();
+        }
+        let peer = key.1.clone();
+        let pool = self.map.entry(key).or_insert_with(|| new(peer)).clone();
+        if self.map.len() >= self.sweep_at.load(Ordering::Relaxed) {
+            // A pool held elsewhere has a request on it (a response being read holds its
+            // HTTP/1.1 pool, an opening connection its pool): kept, as is the one just made.
+            self.map
+                .retain(|_, pool| Arc::strong_count(pool) > 1 || !pool.is_empty());
+            let kept = self.map.len();
+            self.sweep_at
+                .store((2 * kept).max(MIN_SWEEP), Ordering::Relaxed);
+        }
+        pool
+    }
 }
 
 /// What outbound mTLS needs.
@@ -81,8 +148,8 @@ impl Forward {
     pub fn new(connect_timeout: Duration, mesh: Option<MeshOut>) -> Forward {
         Forward {
             pools: Arc::new(Pools {
-                h1: DashMap::default(),
-                h2: DashMap::default(),
+                h1: PoolMap::new(),
+                h2: PoolMap::new(),
                 connect_timeout,
                 mesh,
             }),
@@ -108,13 +175,13 @@ impl Forward {
     }
 
     fn h1(&self, addr: SocketAddr, peer: Option<Arc<str>>) -> Arc<H1Pool> {
-        pool_for(&self.pools.h1, (addr, peer, worker()), |peer| {
+        self.pools.h1.get((addr, peer, worker()), |peer| {
             H1Pool::new(self.connector(addr, peer, Alpn::Http1))
         })
     }
 
     fn h2(&self, addr: SocketAddr, peer: Option<Arc<str>>) -> Arc<H2Pool> {
-        pool_for(&self.pools.h2, (addr, peer, worker()), |peer| {
+        self.pools.h2.get((addr, peer, worker()), |peer| {
             H2Pool::new(self.connector(addr, peer, Alpn::H2))
         })
     }
@@ -122,20 +189,6 @@ impl Forward {
 
 fn worker() -> usize {
     WORKER.with(std::cell::Cell::get)
-}
-
-/// The pool of `key`, made by `new` (given the key's peer) the first time: a read lock on one
-/// shard for every request after that.
-fn pool_for<P>(
-    pools: &DashMap<PoolKey, Arc<P>, foldhash::fast::RandomState>,
-    key: PoolKey,
-    new: impl FnOnce(Option<Arc<str>>) -> Arc<P>,
-) -> Arc<P> {
-    if let Some(pool) = pools.get(&key) {
-        return pool.clone();
-    }
-    let peer = key.1.clone();
-    pools.entry(key).or_insert_with(|| new(peer)).clone()
 }
 
 impl Service<Request> for Forward {
@@ -344,5 +397,100 @@ impl Drop for Guarded {
         {
             checkin.done();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty, Full};
+
+    use super::*;
+
+    /// A keep-alive HTTP/1.1 upstream on loopback answering `ok`, and how many connections it
+    /// accepted.
+    async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(|_| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        Bytes::from_static(b"ok"),
+                    )))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get(addr: SocketAddr) -> Request {
+        let body = Empty::<Bytes>::new().map_err(|never| match never {});
+        let mut req = http::Request::builder()
+            .uri("/")
+            .header(http::header::HOST, "upstream")
+            .body(body.boxed_unsync())
+            .expect("request");
+        req.extensions_mut().insert(Target {
+            addr,
+            timeout: None,
+            in_flight: None,
+            mesh_service: None,
+        });
+        req
+    }
+
+    /// A workload (or an attacker in it) calling a new destination every time, as a port scan
+    /// or years of endpoint churn do, must not grow the proxy's pools without bound; the pool
+    /// of a destination in use keeps its connection through the clean-ups, even while that
+    /// connection is lent to a response.
+    #[tokio::test]
+    async fn pools_of_destinations_no_longer_called_are_let_go() {
+        let (app, accepted) = upstream().await;
+        let mut forward = Forward::new(Duration::from_secs(1), None);
+        let rsp = forward.call(get(app)).await.expect("first call");
+        let body = rsp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, "ok");
+        // A response still being read through the scan: its connection is lent out, so its
+        // pool holds none.
+        let reading = forward.call(get(app)).await.expect("second call");
+
+        // Destinations that refuse at once: a port bound on 127.0.0.1 only, on other
+        // loopback addresses, so that nothing can answer there.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        for i in 0..10_000u32 {
+            let ip = std::net::Ipv4Addr::new(127, 77, (i / 250) as u8, (i % 250 + 1) as u8);
+            let refused = forward.call(get(SocketAddr::from((ip, port)))).await;
+            assert!(refused.is_err(), "{ip}:{port} answered");
+        }
+        let pools = forward.pools.h1.map.len();
+        assert!(
+            pools <= 2 * MIN_SWEEP,
+            "{pools} pools kept for 10,001 destinations"
+        );
+
+        let body = reading
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(body, "ok");
+
+        let rsp = forward.call(get(app)).await.expect("call after the scan");
+        let body = rsp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, "ok");
+        // The lent connection went back to the pool still in the map, and served again.
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "connections to the app");
     }
 }

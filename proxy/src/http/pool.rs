@@ -193,6 +193,12 @@ impl H1Pool {
         }
     }
 
+    /// No idle connection waits here (one lent to a response holds the pool itself).
+    pub fn is_empty(&self) -> bool {
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.conns.is_empty()
+    }
+
     fn checkout(&self) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(conn) = idle.conns.pop() {
@@ -424,6 +430,11 @@ impl H2Pool {
         self.current.store(Some(shared.clone()));
         tokio::spawn(drop_when_idle(Arc::downgrade(self), shared.clone()));
         Ok(shared)
+    }
+
+    /// No connection is open (one being opened holds the pool itself).
+    pub fn is_empty(&self) -> bool {
+        self.current.load().is_none()
     }
 
     fn live(&self) -> Option<Arc<Shared>> {
