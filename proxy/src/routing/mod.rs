@@ -291,6 +291,38 @@ spec:
             .expect("route")
     }
 
+    /// Endpoints change with every rollout: the in-flight counters of addresses no state
+    /// lists any more are let go, except while a request to one is still in flight.
+    #[test]
+    fn counters_follow_the_endpoints_through_reloads() {
+        let shared = shared(POLICY);
+        let set = sluice_policy::PolicySet::from_str("t.yaml", POLICY).expect("valid policy");
+        let reload = |rollout: u32| {
+            let v2 = format!("127.1.{}.{}:2", rollout / 250, rollout % 250 + 1);
+            let json = ENDPOINTS.replace("127.0.0.1:2", &v2);
+            let endpoints: Endpoints = serde_json::from_str(&json).expect("endpoints");
+            let state = ProxyState::build(
+                rollout.to_string(),
+                set.compile(),
+                endpoints,
+                shared.counters(),
+            )
+            .expect("valid state");
+            shared.store(state);
+            v2.parse::<std::net::SocketAddr>().expect("addr")
+        };
+        let first = reload(0);
+        let in_flight = InFlight::new(shared.counters().get(first));
+        for rollout in 1..1_000 {
+            reload(rollout);
+        }
+        // v1, the last v2 and pr-1's, and the first v2 while its request is in flight.
+        assert_eq!(shared.counters().len(), 4);
+        drop(in_flight);
+        reload(1_000);
+        assert_eq!(shared.counters().len(), 3);
+    }
+
     #[test]
     fn a_further_service_port_reaches_the_instance_on_that_port() {
         let r = router();

@@ -55,6 +55,18 @@ impl Counters {
     pub fn get(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
         self.0.entry(addr).or_default().clone()
     }
+
+    /// Lets go of the counters no routing table or request holds any more: endpoints change
+    /// with every rollout, and the addresses of pods long gone would otherwise pile up.
+    pub fn prune(&self) {
+        self.0.retain(|_, counter| Arc::strong_count(counter) > 1);
+    }
+
+    /// How many endpoints have a counter.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// Counts one outstanding request (or connection) against an endpoint until dropped.

@@ -149,9 +149,12 @@ impl SharedState {
         self.current.load_full()
     }
 
-    /// Swaps in a new state. Requests already routed keep the state they loaded.
+    /// Swaps in a new state. Requests already routed keep the state they loaded; the
+    /// in-flight counters of endpoints neither state lists are let go (a request or state
+    /// still holding one keeps it until the next swap).
     pub fn store(&self, state: ProxyState) {
-        self.current.store(Arc::new(state));
+        drop(self.current.swap(Arc::new(state)));
+        self.counters.prune();
     }
 
     /// The local workload's identity.
