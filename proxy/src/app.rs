@@ -165,6 +165,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         server: ServerConfig {
             header_read_timeout: config.header_read_timeout,
             h2_keepalive: H2_KEEPALIVE,
+            rapid_reset: config.rapid_reset,
         },
         tls,
         authorizer,

@@ -28,6 +28,15 @@ pub const ENV_DETECT_TIMEOUT: &str = "SLUICE_PROXY_DETECT_TIMEOUT";
 /// How long a client may take to send one request's headers (HTTP/1) before the connection
 /// is closed: the slowloris bound. Default `10s`.
 pub const ENV_HEADER_READ_TIMEOUT: &str = "SLUICE_PROXY_HEADER_READ_TIMEOUT";
+/// HTTP/2 rapid reset (CVE-2023-44487): a client connection is closed once it has opened
+/// this many streams and the client reset more than half of them soon after opening them
+/// (see [`ENV_H2_RAPID_RESET_LIFETIME`]). Default `500`, Envoy's
+/// `overload.premature_reset_total_stream_count`.
+pub const ENV_H2_RAPID_RESET_STREAMS: &str = "SLUICE_PROXY_H2_RAPID_RESET_STREAMS";
+/// What "soon" means for [`ENV_H2_RAPID_RESET_STREAMS`]: a stream reset by the client within
+/// this long of opening. Default `1s`, Envoy's
+/// `overload.premature_reset_min_stream_lifetime_seconds`; `0s` turns the rule off.
+pub const ENV_H2_RAPID_RESET_LIFETIME: &str = "SLUICE_PROXY_H2_RAPID_RESET_LIFETIME";
 /// Most connections each listener (inbound, outbound, explicit) serves at once; connections
 /// over it are closed as they arrive, with one log line when the limit is reached. Default:
 /// what the file-descriptor limit allows (see [`default_max_connections`]).
@@ -249,6 +258,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// See [`ENV_HEADER_READ_TIMEOUT`].
     pub header_read_timeout: Duration,
+    /// See [`ENV_H2_RAPID_RESET_STREAMS`] and [`ENV_H2_RAPID_RESET_LIFETIME`].
+    pub rapid_reset: crate::http::RapidReset,
     /// See [`ENV_MAX_CONNECTIONS`]; `None`: derived from the fd limit at start.
     pub max_connections: Option<usize>,
     /// See [`ENV_OPAQUE_PORTS`].
@@ -384,6 +395,15 @@ impl Config {
             detect_timeout: p.duration(ENV_DETECT_TIMEOUT, Duration::from_secs(1)),
             connect_timeout: p.duration(ENV_CONNECT_TIMEOUT, Duration::from_secs(3)),
             header_read_timeout: p.duration(ENV_HEADER_READ_TIMEOUT, Duration::from_secs(10)),
+            rapid_reset: crate::http::RapidReset {
+                min_streams: p.parse(ENV_H2_RAPID_RESET_STREAMS, 500, |s| {
+                    match s.parse::<u32>() {
+                        Ok(n) if n > 0 => Ok(n),
+                        _ => Err("expected a positive number of streams, e.g. `500`".into()),
+                    }
+                }),
+                min_lifetime: p.duration(ENV_H2_RAPID_RESET_LIFETIME, Duration::from_secs(1)),
+            },
             max_connections: p.parse(ENV_MAX_CONNECTIONS, None, |s| match s.parse::<usize>() {
                 Ok(n) if n > 0 => Ok(Some(n)),
                 _ => Err("expected a positive number of connections, e.g. `10000`".into()),
@@ -793,6 +813,22 @@ mod tests {
         let errs = parse(&[(ENV_PROBES, "8080/../admin")]).expect_err("refused");
         assert_eq!(errs.0[0].var, ENV_PROBES);
         assert!(errs.0[0].reason.contains("PORT/PATH"), "{}", errs.0[0]);
+    }
+
+    #[test]
+    fn rapid_reset_limits() {
+        let c = parse(&[]).expect("defaults are valid");
+        assert_eq!(c.rapid_reset, crate::http::RapidReset::default());
+        let c = parse(&[
+            (ENV_H2_RAPID_RESET_STREAMS, "2000"),
+            (ENV_H2_RAPID_RESET_LIFETIME, "200ms"),
+        ])
+        .expect("valid");
+        assert_eq!(c.rapid_reset.min_streams, 2000);
+        assert_eq!(c.rapid_reset.min_lifetime, Duration::from_millis(200));
+        let errs = parse(&[(ENV_H2_RAPID_RESET_STREAMS, "0")]).expect_err("zero");
+        assert_eq!(errs.0[0].var, ENV_H2_RAPID_RESET_STREAMS);
+        assert!(errs.0[0].reason.contains("`500`"), "{}", errs.0[0]);
     }
 
     #[test]

@@ -52,14 +52,16 @@ pub enum ServeError {
     /// The client reset most of its streams right after opening them (rapid reset): the
     /// connection was closed with GOAWAY `ENHANCE_YOUR_CALM`.
     #[error(
-        "closed: the client reset {premature} of its {streams} streams within {:?} of opening them (rapid reset)",
-        Resets::MIN_LIFETIME
+        "closed: the client reset {premature} of its {streams} streams within {within:?} of opening them (rapid reset; limits: {})",
+        crate::config::ENV_H2_RAPID_RESET_STREAMS
     )]
     RapidReset {
         /// Streams opened on the connection.
         streams: u32,
         /// Of those, reset by the client soon after it opened them.
         premature: u32,
+        /// What "soon" was.
+        within: Duration,
     },
 }
 
@@ -102,7 +104,7 @@ where
         .ping_pong()
         .map(|ping| KeepAlive::new(ping, config.h2_keepalive));
     let mut timed_out = false;
-    let mut resets = Resets::default();
+    let mut resets = Resets::new(config.rapid_reset);
     let mut calmed = None;
     let mut streams = FuturesUnordered::new();
     let mut signaled = pin!(drain.signaled());
@@ -160,6 +162,7 @@ where
         return Err(ServeError::RapidReset {
             streams: resets.streams,
             premature: resets.premature,
+            within: resets.limits.min_lifetime,
         });
     }
     if timed_out {
@@ -179,22 +182,25 @@ enum Ended {
 /// Rapid reset (CVE-2023-44487): a client that opens streams and resets them at once makes
 /// the proxy call upstream for each, while a reset stream no longer counts against the
 /// concurrent streams; h2 only limits resets of streams not yet accepted, and every stream
-/// is accepted at once here. Envoy's rule: once a connection has opened [`MIN_STREAMS`],
-/// it is closed when more than half of them were reset by the client within
-/// [`MIN_LIFETIME`] of opening. A client cancelling some calls (deadlines, hedging) or
+/// is accepted at once here. Envoy's rule ([`super::RapidReset`]): once a connection has
+/// opened `min_streams`, it is closed when more than half of them were reset by the client
+/// within `min_lifetime` of opening. A client cancelling some calls (deadlines, hedging) or
 /// ending long streams is not stopped.
-///
-/// [`MIN_STREAMS`]: Resets::MIN_STREAMS
-/// [`MIN_LIFETIME`]: Resets::MIN_LIFETIME
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct Resets {
+    limits: super::RapidReset,
     streams: u32,
     premature: u32,
 }
 
 impl Resets {
-    const MIN_STREAMS: u32 = 500;
-    const MIN_LIFETIME: Duration = Duration::from_secs(1);
+    fn new(limits: super::RapidReset) -> Resets {
+        Resets {
+            limits,
+            streams: 0,
+            premature: 0,
+        }
+    }
 
     fn opened(&mut self) {
         self.streams = self.streams.saturating_add(1);
@@ -203,9 +209,9 @@ impl Resets {
     /// Counts a stream's end; whether the connection should now be closed.
     fn ended(&mut self, ended: Ended) -> bool {
         match ended {
-            Ended::ResetByClient(lived) if lived < Self::MIN_LIFETIME => {
+            Ended::ResetByClient(lived) if lived < self.limits.min_lifetime => {
                 self.premature = self.premature.saturating_add(1);
-                self.streams >= Self::MIN_STREAMS && self.premature > self.streams / 2
+                self.streams >= self.limits.min_streams && self.premature > self.streams / 2
             }
             _ => false,
         }
@@ -687,6 +693,7 @@ mod tests {
         let config = ServerConfig {
             header_read_timeout: PATIENCE,
             h2_keepalive: keepalive,
+            rapid_reset: super::super::RapidReset::default(),
         };
         let (signal, watch) = drain::channel();
         let serving = tokio::spawn(serve(server, ctx, svc, config, watch));
@@ -703,27 +710,35 @@ mod tests {
     #[test]
     fn a_connection_is_closed_when_most_of_its_streams_are_reset_at_once() {
         let quick = || Ended::ResetByClient(Duration::from_millis(1));
-        let mut resets = Resets::default();
-        let mut closed_at = None;
-        for n in 1..=1_000 {
-            resets.opened();
-            if resets.ended(quick()) {
-                closed_at = Some(n);
-                break;
+        let defaults = super::super::RapidReset::default();
+        // Where the limits are raised (SLUICE_PROXY_H2_RAPID_RESET_*), they move the cut-off.
+        let raised = super::super::RapidReset {
+            min_streams: 2_000,
+            min_lifetime: Duration::from_millis(5),
+        };
+        for limits in [defaults, raised] {
+            let mut resets = Resets::new(limits);
+            let mut closed_at = None;
+            for n in 1..=10_000 {
+                resets.opened();
+                if resets.ended(quick()) {
+                    closed_at = Some(n);
+                    break;
+                }
             }
-        }
-        assert_eq!(closed_at, Some(Resets::MIN_STREAMS));
-        // Served streams, and streams a client ends after they have lived a while (a watch,
-        // a long download), do not count.
-        let mut resets = Resets::default();
-        for n in 0..10_000 {
-            resets.opened();
-            let ended = match n % 3 {
-                0 => quick(),
-                1 => Ended::ResetByClient(Resets::MIN_LIFETIME),
-                _ => Ended::Served,
-            };
-            assert!(!resets.ended(ended), "closed after {n} streams");
+            assert_eq!(closed_at, Some(limits.min_streams), "{limits:?}");
+            // Served streams, and streams a client ends after they have lived a while (a
+            // watch, a long download), do not count.
+            let mut resets = Resets::new(limits);
+            for n in 0..10_000 {
+                resets.opened();
+                let ended = match n % 3 {
+                    0 => quick(),
+                    1 => Ended::ResetByClient(limits.min_lifetime),
+                    _ => Ended::Served,
+                };
+                assert!(!resets.ended(ended), "closed after {n} streams, {limits:?}");
+            }
         }
     }
 

@@ -172,6 +172,28 @@ pub struct ServerConfig {
     /// before the connection is closed. Bounds dead or stalled peers; an idle but live peer
     /// (a gRPC channel) is kept.
     pub h2_keepalive: Duration,
+    /// HTTP/2: when a client resetting its streams is cut off.
+    pub rapid_reset: RapidReset,
+}
+
+/// When an HTTP/2 client connection is closed for rapid reset (CVE-2023-44487): once it has
+/// opened `min_streams`, if the client reset more than half of them within `min_lifetime` of
+/// opening (Envoy's rule and defaults: 500 and 1 s). See [`http2`]'s `Resets`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RapidReset {
+    /// Streams a connection opens before the rule applies.
+    pub min_streams: u32,
+    /// A stream reset by the client sooner than this after opening counts against it.
+    pub min_lifetime: Duration,
+}
+
+impl Default for RapidReset {
+    fn default() -> RapidReset {
+        RapidReset {
+            min_streams: 500,
+            min_lifetime: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Largest HTTP/2 header block (HPACK-decoded) a client may send: 64 KiB, far above what real
