@@ -458,3 +458,16 @@ fn plural(n: usize, singular: &str, plural: &str) -> String {
         format!("{n} {plural}")
     }
 }
+
+/// An error's message followed by its sources' (`a: b: c`): a hyper client error's own
+/// message ("client error (Connect)") does not say what went wrong.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}

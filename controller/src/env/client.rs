@@ -122,7 +122,7 @@ impl AdminClient {
                 .http
                 .request(req)
                 .await
-                .map_err(|e| unreachable(chain(&e)))?;
+                .map_err(|e| unreachable(crate::error_chain(&e)))?;
             let status = rsp.status();
             let bytes = Limited::new(rsp.into_body(), MAX_ANSWER)
                 .collect()
@@ -140,18 +140,6 @@ impl AdminClient {
         })?;
         Ok((status, value))
     }
-}
-
-/// The message of `e` with its sources (hyper's own says little).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The `error` of an error answer.

@@ -469,7 +469,7 @@ impl Delivery {
                     retry_after: None,
                 })?
                 .map_err(|e| AttemptError::Retryable {
-                    message: format!("request failed: {}", error_chain(&e)),
+                    message: format!("request failed: {}", crate::error_chain(&e)),
                     retry_after: None,
                 })?;
         let status = response.status();
@@ -531,17 +531,6 @@ pub fn display_url(url: &str) -> String {
         },
         Err(_) => "(invalid URL)".to_owned(),
     }
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        message.push_str(": ");
-        message.push_str(&e.to_string());
-        source = e.source();
-    }
-    message
 }
 
 #[cfg(test)]

@@ -364,17 +364,6 @@ fn urlencode(s: &str) -> String {
     out
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
-}
-
 /// A Prometheus HTTP API as a [`MetricSource`]. Cheap to share: the engine keeps one per
 /// address, and its client pools connections.
 pub struct PrometheusSource {
@@ -498,7 +487,7 @@ impl PrometheusSource {
                     .await
                     .map_err(|e| PrometheusError::Transport {
                         address: self.address.clone(),
-                        message: error_chain(&e),
+                        message: crate::error_chain(&e),
                     })?;
             let status = response.status().as_u16();
             let body = Limited::new(response.into_body(), MAX_BODY)
@@ -506,7 +495,7 @@ impl PrometheusSource {
                 .await
                 .map_err(|e| PrometheusError::Transport {
                     address: self.address.clone(),
-                    message: format!("reading the answer: {}", error_chain(&*e)),
+                    message: format!("reading the answer: {}", crate::error_chain(&*e)),
                 })?
                 .to_bytes();
             Ok::<_, PrometheusError>((status, body))

@@ -123,7 +123,7 @@ impl Api {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| unreachable(error_chain(&e)))?;
+                .map_err(|e| unreachable(crate::error_chain(&e)))?;
             let status = resp.status();
             let bytes = Limited::new(resp.into_body(), MAX_BODY)
                 .collect()
@@ -163,18 +163,6 @@ impl Api {
             reason: e.to_string(),
         })
     }
-}
-
-/// The error's message with its sources (hyper's top-level message alone says little).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 pub(super) fn refused(url: String, status: StatusCode, body: &[u8]) -> ApiError {
