@@ -13,6 +13,12 @@
 //! meaning in HTTP (gRPC messages are length-prefixed), so merging is invisible to the
 //! application. Chunks of 4 KiB or more are passed through uncopied: they are not where
 //! the per-frame cost is.
+//!
+//! The ready chunks are gathered first and copied once into a buffer of exactly their total
+//! size. Growing one buffer as they came cost a reallocation and a copy per doubling (3% of
+//! the inbound proxy's instructions on a stream of small messages), and a merged chunk with
+//! spare capacity kept it for as long as the next hop buffered the chunk: against a slow
+//! reader, memory several times the bytes h2's send buffer counts.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -27,6 +33,10 @@ const MAX_MERGED: usize = 16 * 1024;
 
 /// A chunk at least this large is relayed as it is, never copied.
 const MERGE_BELOW: usize = 4 * 1024;
+
+/// Most chunks merged into one, so that the list gathered before copying stays small
+/// however tiny the upstream's frames are.
+const MAX_PARTS: usize = 128;
 
 /// See the module docs.
 #[derive(Debug)]
@@ -80,10 +90,10 @@ where
             Ok(Err(frame)) => return Poll::Ready(Some(Ok(frame))),
             Err(error) => return Poll::Ready(Some(Err(error))),
         };
-        // Copied only once a second chunk is there to join it.
-        let mut merged: Option<BytesMut> = None;
-        loop {
-            let len = merged.as_ref().map_or(first.len(), BytesMut::len);
+        // Nothing is copied unless a second chunk is there to join the first.
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut len = first.len();
+        while parts.len() < MAX_PARTS {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => break,
                 Poll::Ready(None) => {
@@ -95,14 +105,11 @@ where
                     break;
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    // An empty frame adds nothing; it is not kept to be copied.
+                    Ok(data) if data.is_empty() => {}
                     Ok(data) if data.len() < MERGE_BELOW && len + data.len() <= MAX_MERGED => {
-                        merged
-                            .get_or_insert_with(|| {
-                                let mut m = BytesMut::with_capacity(MAX_MERGED.min(len * 8));
-                                m.extend_from_slice(&first);
-                                m
-                            })
-                            .extend_from_slice(&data)
+                        len += data.len();
+                        parts.push(data);
                     }
                     Ok(data) => {
                         this.held = Some(Ok(Frame::data(data)));
@@ -115,8 +122,15 @@ where
                 },
             }
         }
-        let data = merged.map_or(first, BytesMut::freeze);
-        Poll::Ready(Some(Ok(Frame::data(data))))
+        if parts.is_empty() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        let mut merged = BytesMut::with_capacity(len);
+        merged.extend_from_slice(&first);
+        for part in &parts {
+            merged.extend_from_slice(part);
+        }
+        Poll::Ready(Some(Ok(Frame::data(merged.freeze()))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -205,6 +219,33 @@ mod tests {
                 .all(|(i, c)| c.iter().all(|b| usize::from(*b) == i))
         );
         assert_eq!(out[1].trailers_ref().expect("trailers")["grpc-status"], "0");
+        // The merged chunk holds no spare capacity for the next hop to keep alive.
+        let merged = out
+            .into_iter()
+            .next()
+            .expect("data")
+            .into_data()
+            .expect("data");
+        let merged = merged
+            .try_into_mut()
+            .expect("the only handle on its buffer");
+        assert_eq!(merged.capacity(), 1500);
+    }
+
+    #[tokio::test]
+    async fn tiny_and_empty_frames_are_merged_in_bounded_steps() {
+        // An upstream sending one-byte frames, with empty ones between them.
+        let input: VecDeque<_> = (0..300)
+            .flat_map(|i| [data(1, i as u8), data(0, 0)])
+            .collect();
+        let out = frames(&mut Coalesce::new(Script(input))).await;
+        let sizes: Vec<usize> = out
+            .iter()
+            .map(|f| f.data_ref().expect("data").len())
+            .collect();
+        // The first chunk and MAX_PARTS more at most per merged chunk (the second and third
+        // start from an empty frame).
+        assert_eq!(sizes, [129, 128, 43]);
     }
 
     #[tokio::test]
