@@ -109,7 +109,8 @@ impl Credentials {
     }
 }
 
-fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), CredentialsError> {
+/// A certificate's validity period, `(not_before, not_after)`.
+pub(crate) fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), CredentialsError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| CredentialsError::Certificate(e.to_string()))?;
     let v = cert.validity();

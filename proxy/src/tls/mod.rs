@@ -6,8 +6,19 @@
 //!   server must prove it is that service ([`verify::SpiffeServerVerifier`]).
 //!
 //! Certificates are picked per handshake by resolvers that read the [`IdentityStore`], so a
-//! renewal takes effect on the next handshake without touching open connections. Configs
-//! (which hold the roots) are rebuilt only when the roots change.
+//! renewal takes effect on the next handshake without touching open connections.
+//!
+//! Sessions are resumed (TLS 1.3 tickets, rustls' defaults): a new connection to a peer
+//! already met skips the certificate exchange and its signatures, which is most of what a
+//! new mTLS connection costs. A resumed handshake proves only that the peer holds the
+//! session's secret, so two rules keep it from standing in for a certificate that is gone:
+//!
+//! * Configs, and with them the session caches on both sides, are rebuilt whenever this
+//!   proxy's credentials change (renewal or new roots). A session never outlives the
+//!   certificate either side used to make it, for a peer that renews on time.
+//! * A resumed session whose peer certificate has expired is refused, as a full handshake
+//!   with that certificate would be: a peer that stopped renewing (say, a stolen workload
+//!   key) cannot stretch its identity past the certificate's end by resuming.
 
 pub mod verify;
 
@@ -20,7 +31,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -56,6 +67,12 @@ pub enum TlsError {
     /// The peer's certificate verified but names no acceptable identity.
     #[error("peer identity: {0}")]
     Identity(#[from] SpiffeError),
+    /// The peer resumed a session made with a certificate that is no longer valid.
+    #[error(
+        "the peer resumed a TLS session whose certificate is no longer valid ({0}); it must \
+         connect again with a current certificate"
+    )]
+    Stale(String),
 }
 
 /// What kind of stream an outbound TLS connection carries, which decides the ALPN offered.
@@ -74,14 +91,15 @@ pub enum Alpn {
 pub struct MeshTls {
     store: Arc<IdentityStore>,
     provider: Arc<CryptoProvider>,
-    server: ArcSwapOption<(Vec<CertificateDer<'static>>, Arc<ServerConfig>)>,
-    /// Client configs by destination identity and ALPN, valid for one set of roots.
+    /// The server config for one set of credentials (see the module docs).
+    server: ArcSwapOption<(Arc<Credentials>, Arc<ServerConfig>)>,
+    /// Client configs by destination identity and ALPN, for one set of credentials.
     clients: Mutex<ClientCache>,
 }
 
 #[derive(Debug, Default)]
 struct ClientCache {
-    roots: Vec<CertificateDer<'static>>,
+    creds: Option<Arc<Credentials>>,
     configs: std::collections::HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>,
 }
 
@@ -111,9 +129,9 @@ impl MeshTls {
         self.store.current().map(|c| c.id.trust_domain.clone())
     }
 
-    fn server_config(&self, creds: &Credentials) -> Result<Arc<ServerConfig>, TlsError> {
+    fn server_config(&self, creds: &Arc<Credentials>) -> Result<Arc<ServerConfig>, TlsError> {
         if let Some(cached) = self.server.load().as_ref()
-            && cached.0 == creds.roots_der
+            && Arc::ptr_eq(&cached.0, creds)
         {
             return Ok(cached.1.clone());
         }
@@ -129,13 +147,13 @@ impl MeshTls {
         config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
         let config = Arc::new(config);
         self.server
-            .store(Some(Arc::new((creds.roots_der.clone(), config.clone()))));
+            .store(Some(Arc::new((creds.clone(), config.clone()))));
         Ok(config)
     }
 
     fn client_config(
         &self,
-        creds: &Credentials,
+        creds: &Arc<Credentials>,
         expected: &SpiffeId,
         alpn: Alpn,
     ) -> Result<Arc<ClientConfig>, TlsError> {
@@ -143,8 +161,8 @@ impl MeshTls {
             .clients
             .lock()
             .map_err(|_| TlsError::Config("client config cache poisoned".into()))?;
-        if cache.roots != creds.roots_der {
-            cache.roots = creds.roots_der.clone();
+        if !cache.creds.as_ref().is_some_and(|c| Arc::ptr_eq(c, creds)) {
+            cache.creds = Some(creds.clone());
             cache.configs.clear();
         }
         let key = (expected.clone(), alpn);
@@ -186,12 +204,12 @@ impl MeshTls {
             .await
             .map_err(|_| TlsError::Timeout)?
             .map_err(TlsError::Handshake)?;
-        let leaf = tls
-            .get_ref()
-            .1
+        let conn = tls.get_ref().1;
+        let leaf = conn
             .peer_certificates()
             .and_then(|c| c.first())
             .ok_or(TlsError::Identity(SpiffeError::Missing))?;
+        check_resumed(conn.handshake_kind(), leaf)?;
         let id = SpiffeId::from_cert_der(leaf, &creds.id.trust_domain)?;
         Ok((tls, id))
     }
@@ -212,11 +230,35 @@ impl MeshTls {
         ))
         .map_err(|e| TlsError::Config(e.to_string()))?;
         let connector = tokio_rustls::TlsConnector::from(config);
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
             .await
             .map_err(|_| TlsError::Timeout)?
-            .map_err(TlsError::Handshake)
+            .map_err(TlsError::Handshake)?;
+        let conn = tls.get_ref().1;
+        if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
+            check_resumed(conn.handshake_kind(), leaf)?;
+        }
+        Ok(tls)
     }
+}
+
+/// Refuses a resumed session whose peer certificate (the one the session was made with) is
+/// outside its validity period now; a full handshake has had it checked by the verifier.
+fn check_resumed(kind: Option<rustls::HandshakeKind>, leaf: &[u8]) -> Result<(), TlsError> {
+    if kind != Some(rustls::HandshakeKind::Resumed) {
+        return Ok(());
+    }
+    let (_, not_after) =
+        crate::identity::validity(leaf).map_err(|e| TlsError::Stale(e.to_string()))?;
+    let now = std::time::SystemTime::now();
+    if now > not_after {
+        let ago = now.duration_since(not_after).unwrap_or_default();
+        return Err(TlsError::Stale(format!(
+            "it expired {} ago",
+            humantime::format_duration(Duration::from_secs(ago.as_secs()))
+        )));
+    }
+    Ok(())
 }
 
 /// Serves the certificate in force at handshake time, for both directions.
@@ -236,5 +278,189 @@ impl ResolvesClientCert for Resolver {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    use rustls::HandshakeKind::{Full, Resumed};
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::task::JoinHandle;
+
+    struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        der: CertificateDer<'static>,
+    }
+
+    fn ca() -> Ca {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Ca {
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// `service`'s certificate as the controller issues them, valid for `life` more.
+    fn creds(ca: &Ca, service: &str, life: time::Duration) -> Credentials {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params = CertificateParams::default();
+        let uri = format!("spiffe://td/ns/default/svc/{service}");
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("ia5"))];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + life;
+        let cert = params
+            .signed_by(&key, &ca.issuer)
+            .expect("leaf certificate");
+        Credentials::new(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            vec![ca.der.clone()],
+        )
+        .expect("credentials")
+    }
+
+    fn mesh_tls(creds: Credentials) -> Arc<MeshTls> {
+        let store = Arc::new(IdentityStore::new());
+        store.set(creds);
+        Arc::new(MeshTls::new(store))
+    }
+
+    /// What the server saw of one connection: how it was made and the caller's certificate
+    /// validity end, or why it was refused.
+    type Seen = Result<
+        (
+            Option<rustls::HandshakeKind>,
+            SpiffeId,
+            std::time::SystemTime,
+        ),
+        String,
+    >;
+
+    /// Accepts `n` connections, trading a byte on each (the byte from the server carries the
+    /// session tickets to the client).
+    async fn serve(server: Arc<MeshTls>, n: usize) -> (SocketAddr, JoinHandle<Vec<Seen>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..n {
+                let (tcp, _) = listener.accept().await.expect("accept");
+                match server.accept(tcp).await {
+                    Ok((mut tls, caller)) => {
+                        let conn = tls.get_ref().1;
+                        let leaf = conn.peer_certificates().expect("certificates")[0].clone();
+                        let kind = conn.handshake_kind();
+                        tls.write_all(b"s").await.expect("write");
+                        let mut byte = [0u8; 1];
+                        tls.read_exact(&mut byte).await.expect("read");
+                        let (_, not_after) = crate::identity::validity(&leaf).expect("validity");
+                        seen.push(Ok((kind, caller, not_after)));
+                    }
+                    Err(e) => seen.push(Err(e.to_string())),
+                }
+            }
+            seen
+        });
+        (addr, task)
+    }
+
+    /// One connection to `payments`; how the client saw it made, if the server let it be.
+    async fn call(client: &MeshTls, addr: SocketAddr) -> Option<rustls::HandshakeKind> {
+        let payments = SpiffeId::parse("spiffe://td/ns/default/svc/payments").expect("id");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut tls = client.connect(tcp, &payments, Alpn::Opaque).await.ok()?;
+        let mut byte = [0u8; 1];
+        tls.read_exact(&mut byte).await.ok()?;
+        tls.write_all(b"c").await.ok()?;
+        tls.get_ref().1.handshake_kind()
+    }
+
+    #[tokio::test]
+    async fn a_second_connection_to_a_peer_resumes_with_the_same_caller_identity() {
+        let ca = ca();
+        let server = mesh_tls(creds(&ca, "payments", time::Duration::hours(1)));
+        let client = mesh_tls(creds(&ca, "checkout", time::Duration::hours(1)));
+        let (addr, serving) = serve(server, 3).await;
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            kinds.push(call(&client, addr).await);
+        }
+        assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
+        let seen = serving.await.expect("server");
+        for s in &seen {
+            let (_, caller, _) = s.as_ref().expect("accepted");
+            assert_eq!(caller.to_string(), "spiffe://td/ns/default/svc/checkout");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_renewal_on_either_side_starts_a_new_session_with_the_new_certificate() {
+        let ca = ca();
+        let server = mesh_tls(creds(&ca, "payments", time::Duration::hours(1)));
+        let client = mesh_tls(creds(&ca, "checkout", time::Duration::hours(1)));
+        let (addr, serving) = serve(server.clone(), 5).await;
+        assert_eq!(call(&client, addr).await, Some(Full));
+        assert_eq!(call(&client, addr).await, Some(Resumed));
+        // The client renews: its next connection shows the new certificate.
+        client
+            .store()
+            .set(creds(&ca, "checkout", time::Duration::hours(2)));
+        assert_eq!(call(&client, addr).await, Some(Full));
+        // The server renews: the client's session from before is not taken.
+        server
+            .store()
+            .set(creds(&ca, "payments", time::Duration::hours(2)));
+        assert_eq!(call(&client, addr).await, Some(Full));
+        assert_eq!(call(&client, addr).await, Some(Resumed));
+        let seen: Vec<_> = serving
+            .await
+            .expect("server")
+            .into_iter()
+            .map(|s| s.expect("accepted"))
+            .collect();
+        let hour = seen[0].2;
+        assert_eq!(seen[1].2, hour);
+        for later in &seen[2..] {
+            assert!(later.2 > hour, "the renewed certificate is the one in use");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_cannot_outlive_the_callers_certificate() {
+        // A caller that stopped renewing (a stolen key, say) and whose certificate has run
+        // out tries to get in on the session it made while the certificate was good.
+        let ca = ca();
+        let server = mesh_tls(creds(&ca, "payments", time::Duration::hours(1)));
+        let client = mesh_tls(creds(&ca, "checkout", time::Duration::seconds(2)));
+        let (addr, serving) = serve(server, 2).await;
+        assert_eq!(call(&client, addr).await, Some(Full));
+        tokio::time::sleep(Duration::from_millis(3_100)).await;
+        assert_eq!(call(&client, addr).await, None, "refused");
+        let seen = serving.await.expect("server");
+        assert!(seen[0].is_ok());
+        let refused = seen[1].as_ref().expect_err("refused");
+        assert!(
+            refused.contains("resumed a TLS session whose certificate is no longer valid")
+                && refused.contains("expired"),
+            "{refused}"
+        );
     }
 }
