@@ -252,6 +252,7 @@ enum Running {
 
 async fn run(args: Args) -> Result<(), BenchError> {
     let load_before = load_average();
+    let ticks_before = cpu_ticks();
     let scratch = tempfile::Builder::new()
         .prefix("sluice-mesh-bench-")
         .tempdir()
@@ -429,6 +430,9 @@ async fn run(args: Args) -> Result<(), BenchError> {
                 .unwrap_or_default(),
             load_before,
             load_after: load_average(),
+            steal_percent: ticks_before
+                .zip(cpu_ticks())
+                .and_then(|(before, after)| report::steal_percent(before, after)),
             nginx: nginx_version,
             haproxy: haproxy_version,
             sluice_proxy: sluice.map(|s| s.bin.display().to_string()),
@@ -718,6 +722,11 @@ fn load_average() -> f64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The machine's CPU time so far, from `/proc/stat`.
+fn cpu_ticks() -> Option<report::CpuTicks> {
+    report::CpuTicks::parse(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
 /// `out` gets the Markdown; the same name with `.json` gets the JSON.

@@ -64,12 +64,55 @@ pub struct Machine {
     pub load_before: f64,
     /// 1-minute load average when it ended.
     pub load_after: f64,
+    /// The share of the machine's CPU time over the run that its hypervisor gave to other
+    /// guests (`steal` in `/proc/stat`), in percent.
+    pub steal_percent: Option<f64>,
     /// `nginx -v`, if nginx ran.
     pub nginx: Option<String>,
     /// `haproxy -v`, if HAProxy ran.
     pub haproxy: Option<String>,
     /// The sluice-proxy binary.
     pub sluice_proxy: Option<String>,
+}
+
+/// Host steal above which a run's wall-clock figures are flagged: on the 2-core machines
+/// these benchmarks run on, a loaded run has been seen at 0-8% in quiet phases and 40% or
+/// more in busy ones, which moved the pairs' ratios by a third.
+pub const STEAL_FLAG_PERCENT: f64 = 5.0;
+
+/// The machine-wide CPU counters of `/proc/stat`'s `cpu` line that matter here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// `steal`: time the hypervisor ran other guests while this one wanted to run.
+    pub steal: u64,
+    /// user + nice + system + idle + iowait + irq + softirq + steal.
+    pub total: u64,
+}
+
+impl CpuTicks {
+    /// From the text of `/proc/stat`; `None` when its first line is not the `cpu` totals
+    /// with the steal column (Linux 2.6.11 and later).
+    pub fn parse(stat: &str) -> Option<CpuTicks> {
+        let mut fields = stat.lines().next()?.split_whitespace();
+        if fields.next()? != "cpu" {
+            return None;
+        }
+        let ticks: Vec<u64> = fields
+            .take(8)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        (ticks.len() == 8).then(|| CpuTicks {
+            steal: ticks[7],
+            total: ticks.iter().sum(),
+        })
+    }
+}
+
+/// Steal between two readings, in percent of the CPU time that passed.
+pub fn steal_percent(before: CpuTicks, after: CpuTicks) -> Option<f64> {
+    let total = after.total.checked_sub(before.total).filter(|&t| t > 0)?;
+    let steal = after.steal.checked_sub(before.steal)?;
+    Some(100.0 * steal as f64 / total as f64)
 }
 
 /// The direct path's name (the baseline for added latency).
@@ -278,18 +321,30 @@ impl Report {
         let _ = writeln!(out, "## Mesh benchmark\n");
         let _ = writeln!(
             out,
-            "Machine: {} CPUs, Linux {}, 1-min load average {:.2} before / {:.2} after the run. \
-             nginx: {}; HAProxy: {}. sluice-proxy tokio worker threads: {}; log level `{}`.\n",
+            "Machine: {} CPUs, Linux {}, 1-min load average {:.2} before / {:.2} after the run, \
+             host CPU steal {} over it. nginx: {}; HAProxy: {}. sluice-proxy tokio worker \
+             threads: {}; log level `{}`.\n",
             m.cpus,
             m.kernel,
             m.load_before,
             m.load_after,
+            m.steal_percent
+                .map_or_else(|| "unknown".to_owned(), |s| format!("{s:.1}%")),
             m.nginx.as_deref().unwrap_or("not run"),
             m.haproxy.as_deref().unwrap_or("not run"),
             p.sluice_worker_threads
                 .map_or_else(|| "default (one per CPU)".to_owned(), |n| n.to_string()),
             p.sluice_log,
         );
+        if let Some(steal) = m.steal_percent.filter(|&s| s >= STEAL_FLAG_PERCENT) {
+            let _ = writeln!(
+                out,
+                "**Disturbed host:** the hypervisor gave {steal:.1}% of this machine's CPU time \
+                 during the run to other guests (steal), so every wall-clock figure below, and \
+                 each ratio between pairs measured at different moments, is only as good as \
+                 that share was even. Instruction counts (`--callgrind`) do not depend on it.\n"
+            );
+        }
         if !self.paths.is_empty() {
             let _ = writeln!(
                 out,
@@ -657,6 +712,7 @@ mod tests {
                 kernel: String::new(),
                 load_before: 0.0,
                 load_after: 0.0,
+                steal_percent: None,
                 nginx: None,
                 haproxy: None,
                 sluice_proxy: None,
@@ -665,6 +721,39 @@ mod tests {
             more_rounds: rounds.collect(),
             sections: Vec::new(),
         }
+    }
+
+    #[test]
+    fn host_steal_is_read_from_proc_stat_and_a_disturbed_run_is_flagged() {
+        let before =
+            CpuTicks::parse("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n")
+                .expect("cpu line");
+        assert_eq!(
+            before,
+            CpuTicks {
+                steal: 35,
+                total: 1000
+            }
+        );
+        let after = CpuTicks {
+            steal: 435,
+            total: 2000,
+        };
+        assert_eq!(steal_percent(before, after), Some(40.0));
+        assert_eq!(steal_percent(after, after), None, "no time passed");
+        assert_eq!(CpuTicks::parse("intr 1 2 3\n"), None);
+        assert_eq!(CpuTicks::parse("cpu  1 2 3 4\n"), None, "no steal column");
+
+        let mut r = report(vec![vec![path(SLUICE, 800.0, 12.0)]]);
+        r.machine.steal_percent = Some(40.0);
+        let md = r.markdown();
+        assert!(md.contains("host CPU steal 40.0% over it"), "{md}");
+        assert!(
+            md.contains("**Disturbed host:** the hypervisor gave 40.0%"),
+            "{md}"
+        );
+        r.machine.steal_percent = Some(1.2);
+        assert!(!r.markdown().contains("Disturbed host"));
     }
 
     #[test]
