@@ -201,6 +201,13 @@ mod tests {
         out
     }
 
+    /// The length of each frame, all of them data.
+    fn sizes(out: &[Frame<Bytes>]) -> Vec<usize> {
+        out.iter()
+            .map(|f| f.data_ref().expect("data").len())
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_burst_of_small_messages_goes_out_as_one_chunk_then_the_trailers() {
         let mut input: VecDeque<_> = (0..100).map(|i| data(15, i as u8)).collect();
@@ -239,13 +246,9 @@ mod tests {
             .flat_map(|i| [data(1, i as u8), data(0, 0)])
             .collect();
         let out = frames(&mut Coalesce::new(Script(input))).await;
-        let sizes: Vec<usize> = out
-            .iter()
-            .map(|f| f.data_ref().expect("data").len())
-            .collect();
         // The first chunk and MAX_PARTS more at most per merged chunk (the second and third
         // start from an empty frame).
-        assert_eq!(sizes, [129, 128, 43]);
+        assert_eq!(sizes(&out), [129, 128, 43]);
     }
 
     #[tokio::test]
@@ -256,11 +259,7 @@ mod tests {
             .chain([Some(Ok(Frame::data(big.clone())))])
             .collect();
         let out = frames(&mut Coalesce::new(Script(input))).await;
-        let sizes: Vec<usize> = out
-            .iter()
-            .map(|f| f.data_ref().expect("data").len())
-            .collect();
-        assert_eq!(sizes, [16_000, 16_000, 8_000, 8 * 1024]);
+        assert_eq!(sizes(&out), [16_000, 16_000, 8_000, 8 * 1024]);
         assert_eq!(out.len(), 4);
         // The large chunk is the very buffer the upstream gave.
         assert_eq!(out[3].data_ref().expect("data").as_ptr(), big.as_ptr());
