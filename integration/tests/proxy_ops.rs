@@ -344,3 +344,71 @@ async fn curl_sees_json_access_log() {
     assert_eq!(line["status"], 200);
     assert!(!log.contains("secret=1"), "query strings are not logged");
 }
+
+/// The plain format as a log collector stores it (stderr is a file here, as under
+/// `kubectl logs`): no terminal colour codes, and each request's line names the client and
+/// the original destination, which are formatted once per connection and shared by the
+/// connection's requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_access_log_has_no_colour_codes_and_every_request_names_its_connection() {
+    if !have("curl") {
+        return skip("plain_access_log", "curl not installed");
+    }
+    let up = upstream::http("web").await;
+    let proxy = Proxy::start(
+        ProxyOptions::default()
+            .env("SLUICE_PROXY_LOG_FORMAT", "plain")
+            .env(
+                "SLUICE_PROXY_EXPLICIT_OUTBOUND",
+                format!("127.0.0.1:0={}", up.addr),
+            ),
+    );
+    let url = |n: u32| format!("http://{}/logged/{n}", proxy.explicit(0));
+    // Three requests on one keep-alive connection (curl reuses it for URLs of one host).
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        &url(1),
+        &url(2),
+        &url(3),
+    ])
+    .await;
+    assert!(out.status.success());
+    let lines = wait_for("three access log lines", PATIENCE, || {
+        let lines: Vec<String> = proxy
+            .log()
+            .lines()
+            .filter(|l| l.contains("sluice_proxy::access"))
+            .map(str::to_owned)
+            .collect();
+        (lines.len() == 3).then_some(lines)
+    });
+    // An explicit outbound listener's original destination is the upstream it names.
+    let orig_dst = format!("orig_dst={}", up.addr);
+    let mut clients = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        assert!(
+            !line.contains('\u{1b}'),
+            "colour codes in a log file: {line:?}"
+        );
+        assert!(line.contains(&format!("path=/logged/{}", n + 1)), "{line}");
+        assert!(line.contains(&orig_dst), "no {orig_dst}: {line}");
+        let client = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("client="))
+            .unwrap_or_else(|| panic!("no client: {line}"));
+        assert!(
+            client.parse::<std::net::SocketAddr>().is_ok(),
+            "client {client:?}: {line}"
+        );
+        clients.push(client.to_owned());
+    }
+    assert!(
+        clients.iter().all(|c| *c == clients[0]),
+        "one connection: {clients:?}"
+    );
+}

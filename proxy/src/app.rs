@@ -1,6 +1,7 @@
 //! Wires configuration, listeners, routing, admin and shutdown into a running proxy.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -57,8 +58,11 @@ pub enum StartError {
 pub fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a log collector (`kubectl logs`, a file) would
+    // store the escape codes, and writing them was a third of an access-log line's cost.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -463,13 +463,7 @@ impl Dispatch {
             }
         };
         tracing::debug!(%client, %orig_dst, ?protocol, %direction, "accepted");
-        let ctx = ConnCtx {
-            direction,
-            client,
-            orig_dst,
-            peer: None,
-            peer_header: None,
-        };
+        let ctx = ConnCtx::new(direction, client, orig_dst);
         // Each way of serving is boxed: a connection's task would otherwise be as large as
         // the largest of them (TLS termination with HTTP/2 inside), 11.9 KB for every
         // connection, also the thousands a slowloris attack holds; boxed, a connection pays

@@ -674,13 +674,11 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let client = TcpStream::connect(addr).await.expect("connect");
         let (server, peer) = listener.accept().await.expect("accept");
-        let ctx = Arc::new(ConnCtx {
-            direction: Direction::Inbound,
-            client: peer,
-            orig_dst: SocketAddr::from(([127, 0, 0, 1], addr.port())),
-            peer: None,
-            peer_header: None,
-        });
+        let ctx = Arc::new(ConnCtx::new(
+            Direction::Inbound,
+            peer,
+            SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        ));
         let svc = tower::service_fn(|_req: super::super::Request| -> BoxFuture<_> {
             Box::pin(async {
                 Ok::<_, Infallible>(http::Response::new(

@@ -12,7 +12,7 @@ use tower::Service;
 use super::errors::{self, LoopDetected, ProxyError, Refused, RequestTimeout};
 use super::forward::Target;
 use super::headers;
-use super::{BoxFuture, Request, RequestCtx, Response, RouteInfo, Svc, conn_ctx};
+use super::{BoxFuture, ConnCtx, Request, RequestCtx, Response, RouteInfo, Svc, conn_ctx};
 use crate::Direction;
 use crate::metrics::TrafficLabels;
 use crate::routing::Router;
@@ -95,6 +95,7 @@ impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
         Box::pin(async move {
             let rsp = fut.await?;
             let ctx = slot.as_ref().map(RequestCtx::conn);
+            let (client, orig_dst) = ctx.map_or(("", ""), ConnCtx::logged_addrs);
             let route = slot.as_ref().and_then(RequestCtx::route);
             let labels = route.map(|r| &r.labels);
             // The path as the access matcher read it (its segments, normalised), so what was
@@ -106,8 +107,8 @@ impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
             tracing::info!(
                 target: "sluice_proxy::access",
                 direction = ctx.map_or("", |c| c.direction.as_str()),
-                client = %ctx.map(|c| c.client.to_string()).unwrap_or_default(),
-                orig_dst = %ctx.map(|c| c.orig_dst.to_string()).unwrap_or_default(),
+                client = %client,
+                orig_dst = %orig_dst,
                 target = %route.map(|r| r.target.to_string()).unwrap_or_default(),
                 %method,
                 %authority,
