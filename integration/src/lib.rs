@@ -23,11 +23,19 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The `sluice-proxy` binary, built once per test process with the same profile as the tests.
+/// The `sluice-proxy` binary, built once per test process with the same profile as the tests,
+/// or the one [`PROXY_BIN_ENV`] names (to run the suites against another build of it, such as
+/// the profile-optimised one `scripts/pgo` makes for the images).
 pub fn proxy_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_bin("sluice-proxy", "sluice-proxy"))
+    BIN.get_or_init(|| match std::env::var_os(PROXY_BIN_ENV) {
+        Some(path) => PathBuf::from(path),
+        None => workspace_bin("sluice-proxy", "sluice-proxy"),
+    })
 }
+
+/// Names a `sluice-proxy` binary for the tests to run instead of building one.
+pub const PROXY_BIN_ENV: &str = "SLUICE_TEST_PROXY_BIN";
 
 /// The demo shop's `shop` binary (examples/shop/services).
 pub fn shop_bin() -> &'static Path {
