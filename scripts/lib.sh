@@ -116,6 +116,18 @@ ensure_rust() {
     done
 }
 
+# ensure_llvm_profdata: sets LLVM_PROFDATA to the llvm-profdata of the active Rust toolchain
+# (rustup's `llvm-tools` component), which reads the profiles its LLVM writes; a distribution's
+# llvm-profdata of another LLVM version may not.
+ensure_llvm_profdata() {
+    local bin
+    bin="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
+    if [[ ! -x "$bin" ]]; then
+        run_quietly rustup-llvm-tools rustup component add llvm-tools
+    fi
+    LLVM_PROFDATA="$bin"
+}
+
 # summarize_tests CARGO_TEST_LOG SKIP_LOG: one honest count of a `cargo test` run. Sums every
 # test binary's "test result:" line (doc tests included); a test that skipped itself at run
 # time (listed in SKIP_LOG by sluice_integration::skip) counts as skipped, not passed; a test
