@@ -116,12 +116,17 @@ ensure_rust() {
     done
 }
 
+# rust_host_triple: the target triple rustc builds for by default (e.g. x86_64-unknown-linux-gnu).
+rust_host_triple() {
+    rustc -vV | sed -n 's/^host: //p'
+}
+
 # ensure_llvm_profdata: sets LLVM_PROFDATA to the llvm-profdata of the active Rust toolchain
 # (rustup's `llvm-tools` component), which reads the profiles its LLVM writes; a distribution's
 # llvm-profdata of another LLVM version may not.
 ensure_llvm_profdata() {
     local bin
-    bin="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
+    bin="$(rustc --print sysroot)/lib/rustlib/$(rust_host_triple)/bin/llvm-profdata"
     if [[ ! -x "$bin" ]]; then
         run_quietly rustup-llvm-tools rustup component add llvm-tools
     fi
