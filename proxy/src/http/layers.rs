@@ -57,8 +57,9 @@ impl<S: Svc<ProxyError>> Service<Request> for Errors<S> {
     }
 }
 
-/// One access-log line per request, at response headers, on target `sluice_proxy::access`.
-/// The path is logged without its query string, which often carries secrets.
+/// One access-log line per request, at response headers, on target `sluice_proxy::access`
+/// (tracing's filter decides; [`super::access`] writes it). The path is logged without its
+/// query string, which often carries secrets.
 #[derive(Clone, Debug)]
 pub struct AccessLog<S> {
     pub(super) inner: S,
@@ -104,26 +105,29 @@ impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
                 Some(Rpc::Http { path, .. }) => normalize_path(path),
                 _ => String::new(),
             };
-            tracing::info!(
-                target: "sluice_proxy::access",
-                direction = ctx.map_or("", |c| c.direction.as_str()),
-                client = %client,
-                orig_dst = %orig_dst,
-                target = %route.map(|r| r.target.to_string()).unwrap_or_default(),
-                %method,
-                %authority,
-                %path,
-                %authz_path,
-                version = ?version,
-                status = rsp.status().as_u16(),
-                latency_ms = start.elapsed().as_secs_f64() * 1000.0,
-                dst_service = labels.map_or("", |l| &*l.dst_service),
-                dst_version = labels.map_or("", |l| &*l.dst_version),
-                route = labels.map_or("", |l| &*l.route),
-                environment = labels.map_or("", |l| &*l.environment),
-                error = rsp.headers().get("sluice-proxy-error").and_then(|v| v.to_str().ok()).unwrap_or(""),
-                "request"
-            );
+            super::access::Line {
+                direction: ctx.map_or("", |c| c.direction.as_str()),
+                client,
+                orig_dst,
+                target: route.map(|r| r.target),
+                method: method.as_str(),
+                authority: &authority,
+                path: &path,
+                authz_path: &authz_path,
+                version,
+                status: rsp.status().as_u16(),
+                latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+                dst_service: labels.map_or("", |l| &*l.dst_service),
+                dst_version: labels.map_or("", |l| &*l.dst_version),
+                route: labels.map_or("", |l| &*l.route),
+                environment: labels.map_or("", |l| &*l.environment),
+                error: rsp
+                    .headers()
+                    .get("sluice-proxy-error")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+            }
+            .write();
             Ok(rsp)
         })
     }

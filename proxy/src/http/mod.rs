@@ -6,6 +6,7 @@
 //! responses, loop detection, routing, header hygiene, timeout, forwarding). Bodies are
 //! streamed frame by frame in both directions and never buffered whole.
 
+pub mod access;
 pub mod authz;
 pub mod coalesce;
 pub mod denial;
