@@ -64,7 +64,8 @@ struct JsonLine<'a> {
     log_target: &'static str,
 }
 
-const LOG_TARGET: &str = "sluice_proxy::access";
+/// The tracing target whose filter turns the access log on and off (`SLUICE_PROXY_LOG`).
+pub(super) const TARGET: &str = "sluice_proxy::access";
 
 thread_local! {
     /// Reused by every line of this thread: a line allocates nothing once it has grown.
@@ -78,19 +79,12 @@ impl Line<'_> {
         let json = FORMAT.get() == Some(&LogFormat::Json);
         BUF.with_borrow_mut(|buf| {
             buf.clear();
-            if json {
-                let line = JsonLine {
-                    timestamp: now,
-                    level: "INFO",
-                    message: "request",
-                    line: self,
-                    log_target: LOG_TARGET,
-                };
-                if serde_json::to_writer(&mut *buf, &line).is_err() {
-                    return;
-                }
-                buf.push(b'\n');
-            } else if self.plain(buf, now).is_err() {
+            let written = if json {
+                self.json(buf, now).map_err(io::Error::from)
+            } else {
+                self.plain(buf, now)
+            };
+            if written.is_err() {
                 return;
             }
             // One write per line, as the `fmt` layer did: lines from several threads do not
@@ -99,9 +93,23 @@ impl Line<'_> {
         });
     }
 
+    /// The JSON line: the object `fmt`'s `json().flatten_event(true)` wrote.
+    fn json(&self, out: &mut Vec<u8>, now: humantime::Rfc3339Timestamp) -> serde_json::Result<()> {
+        let line = JsonLine {
+            timestamp: now,
+            level: "INFO",
+            message: "request",
+            line: self,
+            log_target: TARGET,
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        out.push(b'\n');
+        Ok(())
+    }
+
     /// The plain line: `fmt`'s full format without colours.
     fn plain(&self, out: &mut Vec<u8>, now: humantime::Rfc3339Timestamp) -> io::Result<()> {
-        write!(out, "{now}  INFO {LOG_TARGET}: request")?;
+        write!(out, "{now}  INFO {TARGET}: request")?;
         write!(out, " direction={:?}", self.direction)?;
         write!(out, " client={} orig_dst={}", self.client, self.orig_dst)?;
         match self.target {
@@ -192,17 +200,14 @@ mod tests {
     /// the object keeps `json().flatten_event(true)`'s fields.
     #[test]
     fn json_escapes_request_values_and_keeps_the_fields() {
-        let l = line("a\"b\t\\c", "");
-        let json = JsonLine {
-            timestamp: at_epoch(),
-            level: "INFO",
-            message: "request",
-            line: &l,
-            log_target: LOG_TARGET,
-        };
-        let text = serde_json::to_string(&json).expect("serialised");
+        let mut out = Vec::new();
+        line("a\"b\t\\c", "")
+            .json(&mut out, at_epoch())
+            .expect("written");
+        let text = String::from_utf8(out).expect("utf-8");
+        let text = text.strip_suffix('\n').expect("one line");
         assert!(!text.contains('\n') && !text.contains('\t'), "{text}");
-        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        let v: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
         assert_eq!(v["authority"], "a\"b\t\\c");
         assert_eq!(v["status"], 403);
         assert_eq!(v["version"], "HTTP/1.1");
@@ -210,7 +215,7 @@ mod tests {
         assert_eq!(v["message"], "request");
         // Both keys named `target`, as before: the route's endpoint, then the log target
         // (a JSON reader keeps the last, which is what `proxy_ops` filters on).
-        assert_eq!(v["target"], LOG_TARGET);
+        assert_eq!(v["target"], TARGET);
         assert!(text.contains("\"target\":\"10.0.0.2:8080\""), "{text}");
     }
 }

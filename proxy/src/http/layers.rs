@@ -72,7 +72,7 @@ impl<S: Svc<Infallible>> Service<Request> for AccessLog<S> {
         // Everything below is copied out of the request for the log line only; when the line
         // is filtered out (the default outside debugging is `info`, benchmarks and busy
         // production sidecars run `warn`), none of it is worth its allocations.
-        if !tracing::enabled!(target: "sluice_proxy::access", tracing::Level::INFO) {
+        if !tracing::enabled!(target: super::access::TARGET, tracing::Level::INFO) {
             return self.inner.call(req);
         }
         let start = Instant::now();
