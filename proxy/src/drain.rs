@@ -1,6 +1,9 @@
 //! Graceful shutdown: a signal that tells every listener and connection to wind down, and a
 //! count of who is still working so shutdown can wait for them (up to a deadline).
 
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -49,9 +52,26 @@ impl Signal {
 
 impl Watch {
     /// Resolves once draining has started.
+    ///
+    /// A connection's task polls this next to the connection on every wake-up, several times
+    /// per request, and polling tokio's waiting `Notified` again takes its lock each time. So
+    /// once its waker is registered, the wait is polled again only when the signal's version
+    /// moved (one atomic load) or the task's waker changed; draining wakes the same waker, so
+    /// nothing is missed.
     pub async fn signaled(&mut self) {
+        let probe = self.rx.clone();
         // An error means the Signal was dropped, which also means "stop".
-        let _ = self.rx.wait_for(|draining| *draining).await;
+        let mut wait = pin!(self.rx.wait_for(|draining| *draining));
+        let mut registered: Option<Waker> = None;
+        poll_fn(|cx| {
+            let unchanged = matches!(probe.has_changed(), Ok(false));
+            if unchanged && registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                return Poll::Pending;
+            }
+            registered = Some(cx.waker().clone());
+            wait.as_mut().poll(cx).map(|_| ())
+        })
+        .await
     }
 
     /// Whether draining has started.
@@ -92,6 +112,46 @@ mod tests {
         });
         assert_eq!(signal.drain(Duration::from_secs(5)).await, Outcome::Drained);
         worker.await.expect("worker");
+    }
+
+    /// The connection side: `signaled` polled over and over next to other work (as `select!`
+    /// does on every wake-up), then the drain starts and must be seen.
+    #[tokio::test]
+    async fn signaled_polled_many_times_still_sees_the_drain() {
+        let (signal, watch) = channel();
+        let mut w = watch.clone();
+        drop(watch);
+        let worker = tokio::spawn(async move {
+            let mut ticks = 0u32;
+            {
+                let mut signaled = pin!(w.signaled());
+                loop {
+                    tokio::select! {
+                        _ = signaled.as_mut() => break,
+                        _ = tokio::task::yield_now() => ticks += 1,
+                    }
+                }
+            }
+            drop(w);
+            ticks
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(signal.drain(Duration::from_secs(5)).await, Outcome::Drained);
+        assert!(
+            worker.await.expect("worker") > 0,
+            "the drain came after other work"
+        );
+    }
+
+    /// A drain signalled before the first poll, and the signal's owner gone: both end the wait.
+    #[tokio::test]
+    async fn signaled_before_the_first_poll_and_after_the_owner_left() {
+        let (signal, mut watch) = channel();
+        let _ = signal.tx.send(true);
+        watch.signaled().await;
+        let (signal, mut watch) = channel();
+        drop(signal);
+        watch.signaled().await;
     }
 
     #[tokio::test]
