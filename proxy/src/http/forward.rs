@@ -21,7 +21,7 @@ use super::coalesce::Coalesce;
 use super::errors::{ForwardError, ProxyError};
 use super::http2;
 use super::pool::{Checkin, Connector, H1Pool, H2Pool};
-use super::{BoxError, BoxFuture, Request, Response, headers};
+use super::{BoxError, BoxFuture, Request, RequestCtx, Response, headers};
 use crate::routing::InFlight;
 use crate::tls::{Alpn, MeshTls};
 
@@ -205,7 +205,8 @@ impl Service<Request> for Forward {
         Box::pin(async move {
             let target = req
                 .extensions_mut()
-                .remove::<Target>()
+                .get_mut::<RequestCtx>()
+                .and_then(RequestCtx::take_target)
                 .ok_or(ForwardError::Internal("no routing decision"))?;
             let upgrade = headers::is_upgrade(req.headers());
             let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -440,12 +441,15 @@ mod tests {
             .header(http::header::HOST, "upstream")
             .body(body.boxed_unsync())
             .expect("request");
-        req.extensions_mut().insert(Target {
+        let conn = super::super::ConnCtx::new(crate::Direction::Outbound, addr, addr);
+        let mut ctx = RequestCtx::new(Arc::new(conn));
+        ctx.set_target(Target {
             addr,
             timeout: None,
             in_flight: None,
             mesh_service: None,
         });
+        req.extensions_mut().insert(ctx);
         req
     }
 

@@ -234,18 +234,20 @@ impl<S: Svc<ProxyError>> Service<Request> for Route<S> {
         // service's identity. Inbound goes to the local app in plaintext.
         let mesh_service = (outbound && !decision.labels.dst_service.is_empty())
             .then(|| decision.labels.dst_service.clone());
-        if let Some(slot) = req.extensions().get::<RequestCtx>() {
-            slot.set_route(RouteInfo {
+        // `serve` gives every request its context; without one there is nowhere to put the
+        // decision, and the forwarder answers "no routing decision".
+        if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
+            ctx.set_route(RouteInfo {
                 labels: decision.labels,
                 target: decision.target,
             });
+            ctx.set_target(Target {
+                addr: decision.target,
+                timeout: decision.timeout,
+                in_flight: decision.in_flight.map(Arc::new),
+                mesh_service,
+            });
         }
-        req.extensions_mut().insert(Target {
-            addr: decision.target,
-            timeout: decision.timeout,
-            in_flight: decision.in_flight.map(Arc::new),
-            mesh_service,
-        });
         self.inner.call(req)
     }
 }
@@ -340,7 +342,11 @@ impl<S: Svc<ProxyError>> Service<Request> for Timeout<S> {
     always_ready!(ProxyError);
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let timeout = req.extensions().get::<Target>().and_then(|t| t.timeout);
+        let timeout = req
+            .extensions()
+            .get::<RequestCtx>()
+            .and_then(RequestCtx::target)
+            .and_then(|t| t.timeout);
         let fut = self.inner.call(req);
         match timeout {
             None => fut,

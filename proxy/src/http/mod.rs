@@ -133,8 +133,16 @@ pub struct RouteInfo {
 /// the route layer, and the call the authorization layer decided on, read after the response.
 /// One allocation per request for all of it (the connection's facts are shared by its
 /// requests), and never contended.
+///
+/// It also carries the route layer's [`Target`](forward::Target) to the forwarder. That one
+/// travels with the request rather than being shared: an outer layer's clone, taken before
+/// routing, never sees it, and the forwarder takes it out. Kept here rather than as an
+/// extension of its own, which cost a boxed insert and a hashed remove per request.
 #[derive(Clone, Debug)]
-pub struct RequestCtx(Arc<Decided>);
+pub struct RequestCtx {
+    decided: Arc<Decided>,
+    target: Option<forward::Target>,
+}
 
 #[derive(Debug)]
 struct Decided {
@@ -146,36 +154,54 @@ struct Decided {
 impl RequestCtx {
     /// A request's context on a connection, nothing decided yet.
     pub fn new(conn: Arc<ConnCtx>) -> RequestCtx {
-        RequestCtx(Arc::new(Decided {
-            conn,
-            route: OnceLock::new(),
-            authz: OnceLock::new(),
-        }))
+        RequestCtx {
+            decided: Arc::new(Decided {
+                conn,
+                route: OnceLock::new(),
+                authz: OnceLock::new(),
+            }),
+            target: None,
+        }
     }
 
     /// The connection the request arrived on.
     pub fn conn(&self) -> &ConnCtx {
-        &self.0.conn
+        &self.decided.conn
     }
 
     /// Records the routing decision (later calls are ignored).
     pub fn set_route(&self, info: RouteInfo) {
-        let _ = self.0.route.set(info);
+        let _ = self.decided.route.set(info);
     }
 
     /// The routing decision, if routing got that far.
     pub fn route(&self) -> Option<&RouteInfo> {
-        self.0.route.get()
+        self.decided.route.get()
     }
 
     /// Records the call authorization decided on (later calls are ignored).
     pub fn set_authorized(&self, rpc: sluice_policy::rpc::Rpc) {
-        let _ = self.0.authz.set(rpc);
+        let _ = self.decided.authz.set(rpc);
+    }
+
+    /// Where the route layer decided to send the request, until the forwarder takes it.
+    pub fn target(&self) -> Option<&forward::Target> {
+        self.target.as_ref()
+    }
+
+    /// Records the route layer's decision for the forwarder.
+    pub fn set_target(&mut self, target: forward::Target) {
+        self.target = Some(target);
+    }
+
+    /// Takes the routing decision out, for the forwarder.
+    pub fn take_target(&mut self) -> Option<forward::Target> {
+        self.target.take()
     }
 
     /// The call authorization decided on, if it ran.
     pub fn authorized(&self) -> Option<&sluice_policy::rpc::Rpc> {
-        self.0.authz.get()
+        self.decided.authz.get()
     }
 }
 
