@@ -90,6 +90,13 @@ where
             Ok(Err(frame)) => return Poll::Ready(Some(Ok(frame))),
             Err(error) => return Poll::Ready(Some(Err(error))),
         };
+        // A body that says it has ended has nothing to join (an HTTP/1.1 body read to its
+        // `content-length`, an HTTP/2 one whose last DATA frame ended the stream): asking it
+        // again is a wasted trip through every body under this one, on every such response.
+        if this.inner.is_end_stream() {
+            this.done = true;
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
         // Nothing is copied unless a second chunk is there to join the first.
         let mut parts: Vec<Bytes> = Vec::new();
         let mut len = first.len();
@@ -187,6 +194,37 @@ mod tests {
                 None => Poll::Ready(None),
             }
         }
+    }
+
+    /// One chunk, then a body that knows it has ended: hyper's HTTP/1.1 body once its
+    /// `content-length` is read. Polling it again is a bug of the caller's.
+    struct Sized(Option<Bytes>);
+
+    impl http_body::Body for Sized {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            let chunk = self.0.take().expect("polled again after it said it had ended");
+            Poll::Ready(Some(Ok(Frame::data(chunk))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_none()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_has_ended_is_not_asked_again() {
+        let mut body = Coalesce::new(Sized(Some(Bytes::from_static(b"hello"))));
+        assert!(!body.is_end_stream());
+        let frame = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(frame.into_data().expect("data"), Bytes::from_static(b"hello"));
+        assert!(body.is_end_stream(), "hyper ends the response here");
+        assert!(body.frame().await.is_none());
     }
 
     fn data(n: usize, byte: u8) -> Option<Result<Frame<Bytes>, BoxError>> {
