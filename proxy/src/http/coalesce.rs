@@ -208,7 +208,10 @@ mod tests {
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            let chunk = self.0.take().expect("polled again after it said it had ended");
+            let chunk = self
+                .0
+                .take()
+                .expect("polled again after it said it had ended");
             Poll::Ready(Some(Ok(Frame::data(chunk))))
         }
 
@@ -222,7 +225,10 @@ mod tests {
         let mut body = Coalesce::new(Sized(Some(Bytes::from_static(b"hello"))));
         assert!(!body.is_end_stream());
         let frame = body.frame().await.expect("a frame").expect("data");
-        assert_eq!(frame.into_data().expect("data"), Bytes::from_static(b"hello"));
+        assert_eq!(
+            frame.into_data().expect("data"),
+            Bytes::from_static(b"hello")
+        );
         assert!(body.is_end_stream(), "hyper ends the response here");
         assert!(body.frame().await.is_none());
     }
