@@ -67,6 +67,13 @@ struct Args {
     /// round's.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     rounds: u32,
+    /// Start every path once and keep it running through all the rounds, each round running
+    /// the paths in turn (backwards every other round). A ratio then compares two runs a few
+    /// seconds apart, so a host whose capacity drifts by the minute (steal) moves both sides
+    /// alike; use many short rounds, e.g. `--rounds 15 --warmup 1s --duration 4s
+    /// --max-duration 2s`. Without it, each round starts its own proxies.
+    #[arg(long)]
+    interleave: bool,
     /// A request slower than this counts as an error.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -250,6 +257,112 @@ enum Running {
     Haproxy(HaproxyPair),
 }
 
+/// A latency path whose proxies are running and answering.
+struct Started {
+    kind: PathKind,
+    running: Running,
+    entry: SocketAddr,
+    watched: Vec<Watched>,
+    /// mTLS: B's authorization counters before the first warm-up, and the successes the
+    /// client has counted in measured phases since.
+    authz: Option<(mtls::AuthzCounts, u64)>,
+}
+
+/// What starting a latency path gave.
+enum Start {
+    Started(Started),
+    /// Its program is missing: the report says so.
+    Skipped(PathReport),
+    /// Nothing to run (the sluice paths when there is no proxy binary).
+    Absent,
+}
+
+/// Which reference programs answered `-v`.
+#[derive(Clone, Copy)]
+struct Versions {
+    nginx: bool,
+    haproxy: bool,
+}
+
+/// Starts `kind`'s proxies against `upstream`, in `dir`. The mTLS pair is checked to be doing
+/// mTLS and authorization before anything is measured, and again after each round (see
+/// `mtls::check_after`): its figures must never be of a plaintext fallback.
+async fn start_path(
+    args: &Args,
+    kind: PathKind,
+    sluice: &Option<SluiceOptions>,
+    versions: Versions,
+    upstream: SocketAddr,
+    dir: &Path,
+) -> Result<Start, BenchError> {
+    let running = match kind {
+        PathKind::Direct => Running::Direct,
+        PathKind::Sluice => match sluice {
+            Some(opts) => Running::Sluice(SluicePair::start(opts, upstream, dir)?),
+            None => return Ok(Start::Absent),
+        },
+        PathKind::Mtls => match sluice {
+            Some(opts) => {
+                let mesh = MeshFiles::write(&dir.join("mtls-mesh"))?;
+                Running::Mtls(SluicePair::start_mtls(opts, upstream, &mesh, dir)?)
+            }
+            None => return Ok(Start::Absent),
+        },
+        PathKind::Nginx => {
+            if !versions.nginx {
+                let why = format!(
+                    "`{} -v` failed; install nginx (scripts/bench does) or pass --nginx",
+                    args.nginx.display()
+                );
+                eprintln!("mesh_bench: skipping the nginx pair: {why}");
+                return Ok(Start::Skipped(PathReport::skipped(kind.name(), why)));
+            }
+            Running::Nginx(NginxPair::start(&args.nginx, upstream, dir, Hop::Http1)?)
+        }
+        PathKind::Haproxy => {
+            if !versions.haproxy {
+                let why = format!(
+                    "`{} -v` failed; install haproxy (scripts/bench does) or pass --haproxy",
+                    args.haproxy.display()
+                );
+                eprintln!("mesh_bench: skipping the HAProxy pair: {why}");
+                return Ok(Start::Skipped(PathReport::skipped(kind.name(), why)));
+            }
+            Running::Haproxy(HaproxyPair::start(
+                &args.haproxy,
+                upstream,
+                dir,
+                Hop::Http1,
+            )?)
+        }
+    };
+    let (entry, watched) = match &running {
+        Running::Direct => (upstream, Vec::new()),
+        Running::Sluice(pair) | Running::Mtls(pair) => (pair.entry(), pair.watched()),
+        Running::Nginx(pair) => {
+            // The master forks its worker after binding; give it a moment.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            (pair.entry(), pair.watched())
+        }
+        Running::Haproxy(pair) => (pair.entry(), pair.watched()),
+    };
+    let authz = match &running {
+        Running::Mtls(pair) => {
+            eprintln!("{}: checking mTLS and authorization", kind.name());
+            let counts = mtls::verify(pair.entry(), pair.b_admin(), mtls::VERIFY_TIMEOUT).await;
+            Some((counts.map_err(|e| pair.with_logs(e))?, 0))
+        }
+        _ => None,
+    };
+    Ok(Start::Started(Started {
+        kind,
+        running,
+        entry,
+        watched,
+        authz,
+    }))
+}
+
 async fn run(args: Args) -> Result<(), BenchError> {
     let load_before = load_average();
     let ticks_before = cpu_ticks();
@@ -304,95 +417,59 @@ async fn run(args: Args) -> Result<(), BenchError> {
     } else {
         &[]
     };
+    let versions = Versions {
+        nginx: nginx_version.is_some(),
+        haproxy: haproxy_version.is_some(),
+    };
+    // With --interleave, the paths started in the first round, kept running for the others.
+    let mut kept: Vec<Started> = Vec::new();
     for round in 1..=args.rounds {
         let mut paths = Vec::new();
         if args.rounds > 1 && !latency_paths.is_empty() {
             eprintln!("latency, round {round} of {}", args.rounds);
         }
-        // Each round's proxies in fresh directories: nothing a previous round wrote is read back.
-        let dir = scratch.path().join(format!("round-{round}"));
-        for &kind in latency_paths {
-            let running = match kind {
-                PathKind::Direct => Running::Direct,
-                PathKind::Sluice => match &sluice {
-                    Some(opts) => Running::Sluice(SluicePair::start(opts, upstream.addr, &dir)?),
-                    None => continue,
-                },
-                PathKind::Mtls => match &sluice {
-                    Some(opts) => {
-                        let mesh = MeshFiles::write(&dir.join("mtls-mesh"))?;
-                        Running::Mtls(SluicePair::start_mtls(opts, upstream.addr, &mesh, &dir)?)
-                    }
-                    None => continue,
-                },
-                PathKind::Nginx => {
-                    if nginx_version.is_none() {
-                        let why = format!(
-                            "`{} -v` failed; install nginx (scripts/bench does) or pass --nginx",
-                            args.nginx.display()
-                        );
-                        eprintln!("mesh_bench: skipping the nginx pair: {why}");
-                        paths.push(PathReport::skipped(kind.name(), why));
-                        continue;
-                    }
-                    Running::Nginx(NginxPair::start(
-                        &args.nginx,
-                        upstream.addr,
-                        &dir,
-                        Hop::Http1,
-                    )?)
+        let mut started = if args.interleave && round > 1 {
+            std::mem::take(&mut kept)
+        } else {
+            // Each round's proxies in fresh directories: nothing a previous round wrote is
+            // read back.
+            let dir = scratch.path().join(format!("round-{round}"));
+            let mut started = Vec::new();
+            for &kind in latency_paths {
+                match start_path(&args, kind, &sluice, versions, upstream.addr, &dir).await? {
+                    Start::Started(s) => started.push(s),
+                    Start::Skipped(report) => paths.push(report),
+                    Start::Absent => {}
                 }
-                PathKind::Haproxy => {
-                    if haproxy_version.is_none() {
-                        let why = format!(
-                            "`{} -v` failed; install haproxy (scripts/bench does) or pass --haproxy",
-                            args.haproxy.display()
-                        );
-                        eprintln!("mesh_bench: skipping the HAProxy pair: {why}");
-                        paths.push(PathReport::skipped(kind.name(), why));
-                        continue;
-                    }
-                    Running::Haproxy(HaproxyPair::start(
-                        &args.haproxy,
-                        upstream.addr,
-                        &dir,
-                        Hop::Http1,
-                    )?)
-                }
-            };
-            let (entry, watched) = match &running {
-                Running::Direct => (upstream.addr, Vec::new()),
-                Running::Sluice(pair) | Running::Mtls(pair) => (pair.entry(), pair.watched()),
-                Running::Nginx(pair) => {
-                    // The master forks its worker after binding; give it a moment.
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    (pair.entry(), pair.watched())
-                }
-                Running::Haproxy(pair) => (pair.entry(), pair.watched()),
-            };
-            // Before anything is measured, and again after: the mTLS pair's figures must be of
-            // mTLS + authorization, never of a plaintext fallback.
-            let authz_before = match &running {
-                Running::Mtls(pair) => {
-                    eprintln!("{}: checking mTLS and authorization", kind.name());
-                    let counts =
-                        mtls::verify(pair.entry(), pair.b_admin(), mtls::VERIFY_TIMEOUT).await;
-                    Some(counts.map_err(|e| pair.with_logs(e))?)
-                }
-                _ => None,
-            };
-            let mut report = measure(&args, kind, entry, &watched).await?;
-            if let (Running::Mtls(pair), Some(before)) = (&running, authz_before) {
-                let ok = report.fixed.as_ref().map_or(0, |f| f.ok)
+            }
+            started
+        };
+        // Interleaved, every other round runs the paths backwards, so that over two rounds
+        // each path has run as often before its neighbour as after it.
+        let order: Vec<usize> = if args.interleave && round % 2 == 0 {
+            (0..started.len()).rev().collect()
+        } else {
+            (0..started.len()).collect()
+        };
+        let mut measured: Vec<Option<PathReport>> = started.iter().map(|_| None).collect();
+        for i in order {
+            let path = &mut started[i];
+            let mut report = measure(&args, path.kind, path.entry, &path.watched).await?;
+            if let (Running::Mtls(pair), Some((before, ok))) = (&path.running, &mut path.authz) {
+                *ok += report.fixed.as_ref().map_or(0, |f| f.ok)
                     + report.max.as_ref().map_or(0, |t| t.ok);
-                let verified = mtls::check_after(pair.b_admin(), before, ok).await;
+                let verified = mtls::check_after(pair.b_admin(), *before, *ok).await;
                 report.verified = Some(verified.map_err(|e| pair.with_logs(e))?);
             }
-            paths.push(report);
-            drop(running);
+            measured[i] = Some(report);
+        }
+        paths.extend(measured.into_iter().flatten());
+        if args.interleave {
+            kept = started;
         }
         rounds.push(paths);
     }
+    drop(kept);
     let mut rounds = rounds.into_iter();
     let paths = rounds.next().unwrap_or_default();
     let more_rounds: Vec<Vec<PathReport>> = rounds.collect();
@@ -420,6 +497,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
             max_duration_s: args.max_duration.as_secs_f64(),
             max_connections: max_connections(&args),
             rounds: args.rounds,
+            interleave: args.interleave,
             sluice_log: args.sluice_log.clone(),
             sluice_worker_threads: args.sluice_worker_threads,
         },
@@ -684,13 +762,12 @@ async fn measure(
     .await?;
     let after_max = sample_all(watched)?;
 
-    let tick = procs::ticks_per_second() as f64;
     let processes = watched
         .iter()
         .zip(idle.iter().zip(before.iter().zip(&after_rate)))
         .zip(&after_max)
         .map(|((w, (idle, (before, rate))), max)| {
-            let cpu_s = rate.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / tick;
+            let cpu_s = rate.cpu_ns.saturating_sub(before.cpu_ns) as f64 / 1e9;
             ProcReport {
                 label: w.label.clone(),
                 threads: rate.threads,

@@ -62,11 +62,11 @@ impl Pair {
     }
 }
 
-fn cpu_ticks(watched: &[Watched]) -> u64 {
+fn cpu_ns(watched: &[Watched]) -> u64 {
     watched
         .iter()
         .filter_map(|w| ProcSample::read(w.pid).ok())
-        .map(|s| s.cpu_ticks)
+        .map(|s| s.cpu_ns)
         .sum()
 }
 
@@ -101,15 +101,14 @@ fn start_pairs(
 pub async fn grpc(ctx: &Ctx<'_>, params: &GrpcParams) -> Result<Section, BenchError> {
     let upstream = GrpcUpstream::start()?;
     let pairs = start_pairs(ctx, upstream.addr, Hop::H2, "grpc")?;
-    let tick = crate::procs::ticks_per_second() as f64;
     let mut rows = Vec::new();
     for (call, path) in [("unary", GRPC_UNARY), ("server stream", GRPC_STREAM)] {
         for (name, entry, pair) in &pairs {
             eprintln!("gRPC {call}: {name}");
             let watched = pair.watched();
-            let before = cpu_ticks(&watched);
+            let before = cpu_ns(&watched);
             let run = grpc::h2load(*entry, path, params, &ctx.scratch.join("h2load"))?;
-            let cpu_s = cpu_ticks(&watched).saturating_sub(before) as f64 / tick;
+            let cpu_s = cpu_ns(&watched).saturating_sub(before) as f64 / 1e9;
             // h2load's CPU window includes its warm-up; count those calls too.
             let calls = run.rps * (params.duration + params.warmup).as_secs_f64();
             rows.push(GrpcRow {
