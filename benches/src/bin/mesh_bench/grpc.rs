@@ -18,6 +18,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::error::BenchError;
+use crate::report::{HAPROXY, SLUICE, SLUICE_MTLS};
+use crate::spread::Spread;
 
 /// One h2load run through one path.
 #[derive(Clone, Debug, Serialize)]
@@ -70,6 +72,8 @@ pub struct GrpcParams {
     pub duration: Duration,
     /// Discarded warm-up.
     pub warmup: Duration,
+    /// Rounds, each running every path once per call (the table shows the first).
+    pub rounds: usize,
 }
 
 impl GrpcParams {
@@ -173,12 +177,64 @@ fn data_bytes(text: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The sluice pairs against the HAProxy h2 pair, call by call: calls per second and proxy
+/// CPU per call, each a ratio within a round (the two runs seconds apart), then the median of
+/// the rounds with their range. The target (≥ 1.0× HAProxy's calls per second) is the
+/// plaintext pair's; the mTLS pair's line is there to be read beside it.
+pub fn against_haproxy(rounds: &[Vec<GrpcRow>]) -> String {
+    let ratio = |round: &[GrpcRow], name: &str, call: &str, f: fn(&GrpcRow) -> Option<f64>| {
+        let of = |n: &str| round.iter().find(|r| r.path == n && r.call == call);
+        let (a, b) = (f(of(name)?)?, f(of(HAPROXY)?)?);
+        (b > 0.0).then(|| a / b)
+    };
+    let mut rows = String::new();
+    for call in ["unary", "server stream"] {
+        for name in [SLUICE, SLUICE_MTLS] {
+            let rps = Spread::of(rounds.iter().map(|r| ratio(r, name, call, |r| Some(r.rps))));
+            let cpu = Spread::of(
+                rounds
+                    .iter()
+                    .map(|r| ratio(r, name, call, |r| r.cpu_ms_per_1k)),
+            );
+            let Some(rps) = rps else { continue };
+            let target = if name == SLUICE {
+                format!(" {} (≥ 1.0)", if rps.median >= 1.0 { "✓" } else { "✗" })
+            } else {
+                String::new()
+            };
+            rows.push_str(&format!(
+                "| {name} | {call} | {rps}{target} | {} |\n",
+                cpu.map_or("—".to_owned(), |c| c.to_string())
+            ));
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let how = match rounds.len() {
+        1 => "one round".to_owned(),
+        n => format!(
+            "median of {n} rounds, each against the HAProxy run beside it, range in brackets"
+        ),
+    };
+    format!(
+        "Against the HAProxy h2 pair ({how}):\n\n| path | call | calls/s | proxy CPU per call |\n\
+         |---|---|---:|---:|\n{rows}"
+    )
+}
+
 /// The Markdown table.
 pub fn markdown(rows: &[GrpcRow], params: &GrpcParams, target_note: &str) -> String {
     let (duration, warmup) = params.h2load_secs();
+    let rounds = match params.rounds {
+        0 | 1 => String::new(),
+        n => format!(
+            "; {n} rounds, every pair started once and the paths run in turn, backwards every other round; the table is the first round's"
+        ),
+    };
     let mut s = format!(
         "### HTTP/2 and gRPC (h2load: {} connections × {} concurrent streams, {}s after a {}s \
-         warm-up)\n\n| path | call | calls/s | ok | failed | p50 ms | p99 ms | proxy CPU ms per 1,000 calls | DATA bytes per call |\n\
+         warm-up{rounds})\n\n| path | call | calls/s | ok | failed | p50 ms | p99 ms | proxy CPU ms per 1,000 calls | DATA bytes per call |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
         params.connections, params.streams, duration, warmup
     );
@@ -206,4 +262,48 @@ pub fn us_quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
         return 0.0;
     }
     h.value_at_quantile(q) as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(path: &str, call: &str, rps: f64, cpu: f64) -> GrpcRow {
+        GrpcRow {
+            path: path.into(),
+            call: call.into(),
+            rps,
+            ok: 1,
+            failed: 0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            cpu_ms_per_1k: Some(cpu),
+            data_bytes_per_call: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_ratio_to_haproxy_is_the_median_of_the_rounds_not_one_slow_run() {
+        let round = |sluice: f64, haproxy: f64| {
+            vec![
+                row(SLUICE, "server stream", sluice, 60.0),
+                row(HAPROXY, "server stream", haproxy, 40.0),
+            ]
+        };
+        // The second round's HAProxy run fell in a quiet moment: 0.5× on its own.
+        let text = against_haproxy(&[round(110.0, 100.0), round(60.0, 120.0), round(105.0, 100.0)]);
+        assert!(text.contains("median of 3 rounds"), "{text}");
+        assert!(
+            text.contains("| sluice pair | server stream | 1.05× (0.50–1.10×) ✓ (≥ 1.0) | 1.50× (1.50–1.50×) |"),
+            "{text}"
+        );
+        // No unary rows and no mTLS rows were measured: no lines for them.
+        assert!(!text.contains("unary"), "{text}");
+        assert!(!text.contains(SLUICE_MTLS), "{text}");
+    }
+
+    #[test]
+    fn without_haproxy_there_is_no_comparison() {
+        assert_eq!(against_haproxy(&[vec![row(SLUICE, "unary", 1.0, 1.0)]]), "");
+    }
 }

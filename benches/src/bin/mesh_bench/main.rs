@@ -23,6 +23,7 @@ mod profile;
 mod report;
 mod scenarios;
 mod soak;
+mod spread;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -126,6 +127,11 @@ struct Args {
     /// gRPC: h2load's warm-up before it.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     grpc_warmup: Duration,
+    /// gRPC: rounds, each running every path once per call with the pairs kept running, the
+    /// paths in turn and backwards every other round; the ratios to HAProxy are the medians of
+    /// the rounds. One h2load run is easily off by a third on a host with steal.
+    #[arg(long, default_value_t = 1)]
+    grpc_rounds: usize,
     /// gRPC: HTTP/2 connections.
     #[arg(long, default_value_t = 4)]
     grpc_connections: usize,
@@ -284,6 +290,17 @@ struct Versions {
     haproxy: bool,
 }
 
+/// A reference pair whose program did not run (`program -v` failed): reported as skipped,
+/// with how to get it, rather than failing the whole run.
+fn skip(kind: PathKind, program: &str, bin: &Path) -> Start {
+    let why = format!(
+        "`{} -v` failed; install {program} (scripts/bench does) or pass --{program}",
+        bin.display()
+    );
+    eprintln!("mesh_bench: skipping the {}: {why}", kind.name());
+    Start::Skipped(PathReport::skipped(kind.name(), why))
+}
+
 /// Starts `kind`'s proxies against `upstream`, in `dir`. The mTLS pair is checked to be doing
 /// mTLS and authorization before anything is measured, and again after each round (see
 /// `mtls::check_after`): its figures must never be of a plaintext fallback.
@@ -310,23 +327,13 @@ async fn start_path(
         },
         PathKind::Nginx => {
             if !versions.nginx {
-                let why = format!(
-                    "`{} -v` failed; install nginx (scripts/bench does) or pass --nginx",
-                    args.nginx.display()
-                );
-                eprintln!("mesh_bench: skipping the nginx pair: {why}");
-                return Ok(Start::Skipped(PathReport::skipped(kind.name(), why)));
+                return Ok(skip(kind, "nginx", &args.nginx));
             }
             Running::Nginx(NginxPair::start(&args.nginx, upstream, dir, Hop::Http1)?)
         }
         PathKind::Haproxy => {
             if !versions.haproxy {
-                let why = format!(
-                    "`{} -v` failed; install haproxy (scripts/bench does) or pass --haproxy",
-                    args.haproxy.display()
-                );
-                eprintln!("mesh_bench: skipping the HAProxy pair: {why}");
-                return Ok(Start::Skipped(PathReport::skipped(kind.name(), why)));
+                return Ok(skip(kind, "haproxy", &args.haproxy));
             }
             Running::Haproxy(HaproxyPair::start(
                 &args.haproxy,
@@ -560,6 +567,7 @@ async fn run_scenarios(
                     streams: args.grpc_streams,
                     duration: args.grpc_duration,
                     warmup: args.grpc_warmup,
+                    rounds: args.grpc_rounds,
                 };
                 scenarios::grpc(&ctx, &params).await?
             }

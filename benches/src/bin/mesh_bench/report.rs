@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::load::Outcome;
+use crate::spread::Spread;
 
 /// Target: latency a sluice pair (plaintext or mTLS) adds at p50, at the fixed rate.
 pub const TARGET_ADDED_P50_MS: f64 = 0.2;
@@ -677,55 +678,6 @@ fn ratio_to_nginx(
     (b > 0.0).then(|| a / b)
 }
 
-/// The median and range of one ratio over the rounds that measured it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-    rounds: usize,
-}
-
-impl Spread {
-    fn of(values: impl Iterator<Item = Option<f64>>) -> Option<Spread> {
-        let mut v: Vec<f64> = values.flatten().filter(|x| x.is_finite()).collect();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = match n {
-            0 => return None,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        };
-        Some(Spread {
-            median,
-            min: v[0],
-            max: v[n - 1],
-            rounds: n,
-        })
-    }
-}
-
-impl Spread {
-    /// As milliseconds added: `+0.120 (+0.090 to +0.300)`.
-    fn ms(&self) -> String {
-        if self.rounds == 1 {
-            format!("{:+.3}", self.median)
-        } else {
-            format!("{:+.3} ({:+.3} to {:+.3})", self.median, self.min, self.max)
-        }
-    }
-}
-
-impl std::fmt::Display for Spread {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.rounds == 1 {
-            write!(f, "{:.2}×", self.median)
-        } else {
-            write!(f, "{:.2}× ({:.2}–{:.2}×)", self.median, self.min, self.max)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -903,12 +855,5 @@ mod tests {
             out.contains("| sluice pair | 1.10× ✓ (≥ 1.0) | 0.90× ✓ (≤ 1.0) |"),
             "{out}"
         );
-    }
-
-    #[test]
-    fn a_spread_ignores_rounds_that_did_not_measure_it() {
-        let s = Spread::of([Some(2.0), None, Some(1.0)].into_iter()).expect("two values");
-        assert_eq!((s.median, s.min, s.max, s.rounds), (1.5, 1.0, 2.0, 2));
-        assert_eq!(Spread::of([None].into_iter()), None);
     }
 }
