@@ -842,4 +842,106 @@ mod tests {
             .expect("the body flows: its window is given back as it is read");
         assert_eq!(len, BODY);
     }
+
+    /// A response body sent by a [`Pipe`] on a server stream, and the client's side of that
+    /// stream: its response head and its request body, left open so the client can reset
+    /// the stream with a reason of its choosing.
+    async fn piped(
+        body: Body,
+    ) -> (
+        tokio::task::JoinHandle<(Result<(), BoxError>, bool)>,
+        http::Response<RecvStream>,
+        SendStream<Bytes>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let piping = tokio::spawn(async move {
+            let (io, _) = listener.accept().await.expect("accept");
+            let mut conn = h2::server::handshake(io).await.expect("handshake");
+            let (_req, mut respond) = conn.accept().await.expect("a stream").expect("request");
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let send = respond
+                .send_response(http::Response::new(()), false)
+                .expect("head");
+            let mut pipe = Pipe::new(body, send);
+            let result = (&mut pipe).await;
+            (result, pipe.reset_by_peer)
+        });
+        let io = TcpStream::connect(addr).await.expect("connect");
+        let (send, conn) = h2::client::handshake(io).await.expect("handshake");
+        tokio::spawn(conn);
+        let mut send = send.ready().await.expect("ready");
+        let request = http::Request::post("http://a/")
+            .body(())
+            .expect("a request");
+        let (response, request_body) = send.send_request(request, false).expect("request");
+        let response = tokio::time::timeout(PATIENCE, response)
+            .await
+            .expect("a response head")
+            .expect("response");
+        (piping, response, request_body)
+    }
+
+    async fn ended(
+        piping: tokio::task::JoinHandle<(Result<(), BoxError>, bool)>,
+    ) -> (Result<(), BoxError>, bool) {
+        tokio::time::timeout(PATIENCE, piping)
+            .await
+            .expect("the pipe ends when its stream is reset")
+            .expect("join")
+    }
+
+    fn endless() -> Body {
+        let chunks = futures_util::stream::repeat_with(|| {
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(&[b'x'; 1_000])))
+        });
+        http_body_util::StreamBody::new(chunks).boxed_unsync()
+    }
+
+    fn silent() -> Body {
+        let nothing = futures_util::stream::pending::<Result<Frame<Bytes>, BoxError>>();
+        http_body_util::StreamBody::new(nothing).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn a_reset_ends_a_pipe_waiting_for_its_body() {
+        let (piping, _response, mut request) = piped(silent()).await;
+        request.send_reset(h2::Reason::CANCEL);
+        let (result, reset_by_peer) = ended(piping).await;
+        assert!(result.is_err(), "{result:?}");
+        assert!(
+            reset_by_peer,
+            "the peer's reset is told apart from a failure"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reset_with_no_error_ends_a_pipe_without_failing_it() {
+        // RFC 9113 §8.1: the peer has all it wants and stops the rest.
+        let (piping, _response, mut request) = piped(silent()).await;
+        request.send_reset(h2::Reason::NO_ERROR);
+        let (result, reset_by_peer) = ended(piping).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert!(!reset_by_peer);
+    }
+
+    #[tokio::test]
+    async fn a_reset_ends_a_pipe_while_its_body_flows() {
+        let (piping, response, mut request) = piped(endless()).await;
+        // Some data arrives, then the client cancels; the body would go on for ever.
+        let mut body = response.into_body();
+        let chunk = tokio::time::timeout(PATIENCE, body.data())
+            .await
+            .expect("data flows")
+            .expect("a chunk")
+            .expect("data");
+        assert!(!chunk.is_empty());
+        request.send_reset(h2::Reason::CANCEL);
+        let (result, reset_by_peer) = ended(piping).await;
+        assert!(result.is_err(), "{result:?}");
+        assert!(
+            reset_by_peer,
+            "a send refused after the reset is put down to the reset"
+        );
+    }
 }
