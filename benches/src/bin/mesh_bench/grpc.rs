@@ -73,7 +73,7 @@ pub struct GrpcParams {
     /// Discarded warm-up.
     pub warmup: Duration,
     /// Rounds, each running every path once per call (the table shows the first).
-    pub rounds: usize,
+    pub rounds: u32,
 }
 
 impl GrpcParams {

@@ -130,8 +130,8 @@ struct Args {
     /// gRPC: rounds, each running every path once per call with the pairs kept running, the
     /// paths in turn and backwards every other round; the ratios to HAProxy are the medians of
     /// the rounds. One h2load run is easily off by a third on a host with steal.
-    #[arg(long, default_value_t = 1)]
-    grpc_rounds: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    grpc_rounds: u32,
     /// gRPC: HTTP/2 connections.
     #[arg(long, default_value_t = 4)]
     grpc_connections: usize,
@@ -451,13 +451,8 @@ async fn run(args: Args) -> Result<(), BenchError> {
             }
             started
         };
-        // Interleaved, every other round runs the paths backwards, so that over two rounds
-        // each path has run as often before its neighbour as after it.
-        let order: Vec<usize> = if args.interleave && round % 2 == 0 {
-            (0..started.len()).rev().collect()
-        } else {
-            (0..started.len()).collect()
-        };
+        // Rounds of separately started pairs keep one order; interleaved ones alternate it.
+        let order = spread::turn_order(started.len(), if args.interleave { round } else { 1 });
         let mut measured: Vec<Option<PathReport>> = started.iter().map(|_| None).collect();
         for i in order {
             let path = &mut started[i];

@@ -16,6 +16,7 @@ use crate::mtls::MeshFiles;
 use crate::procs::{HaproxyPair, Hop, NginxPair, ProcSample, SluiceOptions, SluicePair, Watched};
 use crate::report;
 use crate::soak;
+use crate::spread;
 use crate::upstream::{
     GRPC_MESSAGE, GRPC_STREAM, GRPC_UNARY, GrpcUpstream, STREAM_MESSAGES, TcpUpstream, Upstream,
 };
@@ -108,11 +109,7 @@ pub async fn grpc(ctx: &Ctx<'_>, params: &GrpcParams) -> Result<Section, BenchEr
     let total = params.rounds.max(1);
     let mut rounds: Vec<Vec<GrpcRow>> = Vec::new();
     for round in 1..=total {
-        let order: Vec<usize> = if round % 2 == 0 {
-            (0..pairs.len()).rev().collect()
-        } else {
-            (0..pairs.len()).collect()
-        };
+        let order = spread::turn_order(pairs.len(), round);
         let mut rows = Vec::new();
         for (call, path) in [("unary", GRPC_UNARY), ("server stream", GRPC_STREAM)] {
             for &i in &order {
@@ -138,7 +135,17 @@ pub async fn grpc(ctx: &Ctx<'_>, params: &GrpcParams) -> Result<Section, BenchEr
     // h2load counts any `200` as a success, and a proxy answers a refused or failed gRPC call
     // with `200` and a `grpc-status` (as gRPC requires): a row without its messages measured
     // something else. Every round's rows are checked, not only the table's.
-    for r in rounds.iter().flatten() {
+    let several = rounds.len() > 1;
+    for (n, r) in rounds
+        .iter()
+        .enumerate()
+        .flat_map(|(i, rows)| rows.iter().map(move |r| (i + 1, r)))
+    {
+        let round = if several {
+            format!(" (round {n})")
+        } else {
+            String::new()
+        };
         let messages = if r.call == "unary" {
             1
         } else {
@@ -146,7 +153,7 @@ pub async fn grpc(ctx: &Ctx<'_>, params: &GrpcParams) -> Result<Section, BenchEr
         };
         if r.data_bytes_per_call < f64::from(messages) * GRPC_MESSAGE.len() as f64 * 0.9 {
             note.push_str(&format!(
-                "- ✗ {} {}: {:.0} DATA bytes per call where {messages} message(s) are at least \
+                "- ✗ {} {}{round}: {:.0} DATA bytes per call where {messages} message(s) are at least \
                  {:.0}: the calls were answered without their messages (a refusal or an error \
                  in `grpc-status`), so this row does not measure the path\n",
                 r.path,

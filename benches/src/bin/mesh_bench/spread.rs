@@ -1,6 +1,18 @@
-//! The median and range of a figure over several rounds of one run. A ratio between two
-//! paths is taken within each round (the two runs seconds apart), then summarised here, so
-//! one round caught in a burst of host steal does not decide the figure.
+//! Rounds of one run: the order each round runs its paths in, and the median and range of a
+//! figure over the rounds. A ratio between two paths is taken within each round (the two runs
+//! seconds apart), then summarised here, so one round caught in a burst of host steal does
+//! not decide the figure.
+
+/// The order in which round `round` (from 1) runs `paths` paths: in turn, backwards every
+/// other round, so that over two rounds each path has run as often before its neighbour as
+/// after it.
+pub fn turn_order(paths: usize, round: u32) -> Vec<usize> {
+    if round.is_multiple_of(2) {
+        (0..paths).rev().collect()
+    } else {
+        (0..paths).collect()
+    }
+}
 
 /// The median and range of one ratio over the rounds that measured it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,6 +69,14 @@ impl std::fmt::Display for Spread {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_other_round_runs_the_paths_backwards() {
+        assert_eq!(turn_order(3, 1), [0, 1, 2]);
+        assert_eq!(turn_order(3, 2), [2, 1, 0]);
+        assert_eq!(turn_order(3, 3), [0, 1, 2]);
+        assert!(turn_order(0, 2).is_empty());
+    }
 
     #[test]
     fn a_spread_ignores_rounds_that_did_not_measure_it() {
