@@ -99,7 +99,10 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
     S: Svc<Infallible>,
 {
+    let (io, uncork) = super::cork::cork(io);
     let mut conn = server_builder().handshake::<_, Bytes>(io).await?;
+    // From here, what a turn writes leaves in one write, after the turn (`cork`).
+    uncork.start_holding();
     let mut keepalive = conn
         .ping_pong()
         .map(|ping| KeepAlive::new(ping, config.h2_keepalive));
@@ -110,7 +113,7 @@ where
     let mut signaled = pin!(drain.signaled());
     let mut draining = false;
     let mut closed = false;
-    std::future::poll_fn(|cx| -> Poll<Result<(), h2::Error>> {
+    let mut poll_turn = |cx: &mut Context<'_>| -> Poll<Result<(), h2::Error>> {
         if !draining && signaled.as_mut().poll(cx).is_ready() {
             draining = true;
             conn.graceful_shutdown();
@@ -156,6 +159,11 @@ where
                 Poll::Pending => return Poll::Pending,
             }
         }
+    };
+    std::future::poll_fn(|cx| {
+        let polled = poll_turn(cx);
+        uncork.poll_uncork(cx);
+        polled
     })
     .await?;
     if let Some(resets) = calmed {
@@ -796,6 +804,56 @@ mod tests {
             .expect("the client's side ends")
             .expect("join");
         assert!(closed.is_ok(), "{closed:?}");
+    }
+
+    /// A response whose chunks are all ready (what a relay finds after one read from the
+    /// upstream) leaves in a write or two, not in a write per DATA frame: h2 alone flushes
+    /// after every frame of 256 bytes or more (`cork`).
+    #[tokio::test]
+    async fn a_turns_data_frames_leave_in_one_write() {
+        const CHUNKS: usize = 50;
+        const CHUNK: usize = 300;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, peer) = listener.accept().await.expect("accept");
+        let (server, writes) = crate::http::cork::tests::Counting::new(server);
+        let ctx = Arc::new(ConnCtx::new(Direction::Inbound, peer, addr));
+        let svc = tower::service_fn(|_req: super::super::Request| -> BoxFuture<_> {
+            Box::pin(async {
+                let chunks = (0..CHUNKS)
+                    .map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; CHUNK]))));
+                let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+                Ok::<_, Infallible>(http::Response::new(body.boxed_unsync()))
+            })
+        });
+        let config = ServerConfig {
+            header_read_timeout: PATIENCE,
+            h2_keepalive: PATIENCE,
+            rapid_reset: super::super::RapidReset::default(),
+        };
+        let (_signal, watch) = drain::channel();
+        tokio::spawn(serve(server, ctx, svc, config, watch));
+        let (send, conn) = h2::client::handshake(client).await.expect("handshake");
+        tokio::spawn(conn);
+        // Settled first: the handshake's own writes are not what is counted.
+        let warm = get(send.clone()).await.await.expect("response");
+        let _ = RecvBody::new(warm.into_body()).collect().await;
+        let before = writes.load(std::sync::atomic::Ordering::Relaxed);
+        let response = get(send).await.await.expect("response");
+        let body = RecvBody::new(response.into_body());
+        let len = tokio::time::timeout(PATIENCE, body.collect())
+            .await
+            .expect("the body arrives")
+            .expect("body")
+            .to_bytes()
+            .len();
+        assert_eq!(len, CHUNKS * CHUNK);
+        let made = writes.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(
+            made <= 3,
+            "{made} writes for a response of {CHUNKS} ready DATA frames"
+        );
     }
 
     /// A response body three times HTTP/2's default window (65,535 bytes), sent in small

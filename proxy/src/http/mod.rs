@@ -9,6 +9,7 @@
 pub mod access;
 pub mod authz;
 pub mod coalesce;
+pub mod cork;
 pub mod denial;
 pub mod errors;
 pub mod forward;

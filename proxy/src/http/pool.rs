@@ -401,10 +401,13 @@ impl H2Pool {
 
     async fn open(self: &Arc<Self>) -> Result<Arc<Shared>, ForwardError> {
         let io = self.connector.connect().await?;
-        let (sender, mut conn) = h2_builder()
-            .handshake::<_, Bytes>(io.into_inner())
+        let (io, uncork) = super::cork::cork(io.into_inner());
+        let (sender, conn) = h2_builder()
+            .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| self.connector.connect_error(e))?;
+        // What a turn of the connection writes leaves in one write, after the turn (`cork`).
+        let mut conn = super::cork::Driven::new(conn, uncork);
         let closed = Arc::new(AtomicBool::new(false));
         let (last_sender, pool_let_go) = tokio::sync::oneshot::channel();
         let ended = closed.clone();
