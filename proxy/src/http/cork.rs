@@ -29,8 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// would overflow it is taken in part (as a socket takes what fits).
 const HOLD_AT_MOST: usize = 64 * 1024;
 
-/// A drained buffer with more capacity than this is let go: an idle connection keeps no
-/// more than h2's own write buffer (16 KiB) here.
+/// A buffer's first allocation, and what it may keep after a turn that wrote less than this:
+/// a quiet connection keeps no more than h2's own write buffer (16 KiB) here.
 const KEEP_CAPACITY: usize = 16 * 1024;
 
 /// The I/O handed to h2 (see the module docs).
@@ -94,13 +94,24 @@ impl<T: AsyncWrite + Unpin> Cork<T> {
                 Err(e) => return Poll::Ready(Err(self.fail(e.kind()))),
             }
         }
-        if self.buf.capacity() > KEEP_CAPACITY {
+        // A busy connection keeps its buffer, so that it does not grow it again, by doubling,
+        // every turn; a turn that wrote little (a quiet connection's last, typically) lets a
+        // large one go.
+        if self.buf.len() < KEEP_CAPACITY && self.buf.capacity() > KEEP_CAPACITY {
             self.buf = Vec::new();
         } else {
             self.buf.clear();
         }
         self.written = 0;
         Poll::Ready(Ok(()))
+    }
+
+    /// Room for `n` more bytes, allocated as [`KEEP_CAPACITY`] at least: a turn's writes
+    /// then fit without reallocating as they come.
+    fn reserve(&mut self, n: usize) {
+        if self.buf.capacity() - self.buf.len() < n {
+            self.buf.reserve(n.max(KEEP_CAPACITY));
+        }
     }
 
     fn fail(&mut self, kind: io::ErrorKind) -> io::Error {
@@ -175,6 +186,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Corked<T> {
         }
         let room = ready!(cork.poll_room(cx))?;
         let taken = &data[..data.len().min(room)];
+        cork.reserve(taken.len());
         cork.buf.extend_from_slice(taken);
         Poll::Ready(Ok(taken.len()))
     }
@@ -189,6 +201,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Corked<T> {
             return Pin::new(&mut cork.io).poll_write_vectored(cx, bufs);
         }
         let mut room = ready!(cork.poll_room(cx))?;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        cork.reserve(total.min(room));
         let mut n = 0;
         for buf in bufs {
             let taken = &buf[..buf.len().min(room)];
