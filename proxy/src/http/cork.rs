@@ -81,8 +81,8 @@ fn lock<T>(shared: &Mutex<Cork<T>>) -> MutexGuard<'_, Cork<T>> {
 }
 
 impl<T: AsyncWrite + Unpin> Cork<T> {
-    /// Writes what is held until it is all written (then lets the buffer's memory go if it
-    /// grew) or the socket is full (`Pending`, with this task woken when it drains).
+    /// Writes what is held until it is all written or the socket is full (`Pending`, with
+    /// this task woken when it drains).
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Some(kind) = self.failed {
             return Poll::Ready(Err(kind.into()));
