@@ -681,15 +681,6 @@ mod tests {
         tokio::task::JoinHandle<Result<(), ServeError>>,
         drain::Signal,
     ) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let client = TcpStream::connect(addr).await.expect("connect");
-        let (server, peer) = listener.accept().await.expect("accept");
-        let ctx = Arc::new(ConnCtx::new(
-            Direction::Inbound,
-            peer,
-            SocketAddr::from(([127, 0, 0, 1], addr.port())),
-        ));
         let svc = tower::service_fn(|_req: super::super::Request| -> BoxFuture<_> {
             Box::pin(async {
                 Ok::<_, Infallible>(http::Response::new(
@@ -699,6 +690,31 @@ mod tests {
                 ))
             })
         });
+        let (client, serving, signal, _writes) = served_by(keepalive, svc).await;
+        (client, serving, signal)
+    }
+
+    /// Serves one connection on a loopback port with `svc`: the client's end of it, and the
+    /// writes that reached the server's socket so far.
+    async fn served_by<S: Svc<Infallible> + Send + 'static>(
+        keepalive: Duration,
+        svc: S,
+    ) -> (
+        TcpStream,
+        tokio::task::JoinHandle<Result<(), ServeError>>,
+        drain::Signal,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, peer) = listener.accept().await.expect("accept");
+        let (server, writes) = crate::http::cork::tests::Counting::new(server);
+        let ctx = Arc::new(ConnCtx::new(
+            Direction::Inbound,
+            peer,
+            SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        ));
         let config = ServerConfig {
             header_read_timeout: PATIENCE,
             h2_keepalive: keepalive,
@@ -706,7 +722,7 @@ mod tests {
         };
         let (signal, watch) = drain::channel();
         let serving = tokio::spawn(serve(server, ctx, svc, config, watch));
-        (client, serving, signal)
+        (client, serving, signal, writes)
     }
 
     /// `GET http://a/` on a client connection that must still be open.
@@ -816,12 +832,6 @@ mod tests {
     async fn a_turns_data_frames_leave_in_one_write() {
         const CHUNKS: usize = 50;
         const CHUNK: usize = 300;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let client = TcpStream::connect(addr).await.expect("connect");
-        let (server, peer) = listener.accept().await.expect("accept");
-        let (server, writes) = crate::http::cork::tests::Counting::new(server);
-        let ctx = Arc::new(ConnCtx::new(Direction::Inbound, peer, addr));
         let svc = tower::service_fn(|_req: super::super::Request| -> BoxFuture<_> {
             Box::pin(async {
                 let chunks = (0..CHUNKS)
@@ -830,13 +840,7 @@ mod tests {
                 Ok::<_, Infallible>(http::Response::new(body.boxed_unsync()))
             })
         });
-        let config = ServerConfig {
-            header_read_timeout: PATIENCE,
-            h2_keepalive: PATIENCE,
-            rapid_reset: super::super::RapidReset::default(),
-        };
-        let (_signal, watch) = drain::channel();
-        tokio::spawn(serve(server, ctx, svc, config, watch));
+        let (client, _serving, _signal, writes) = served_by(PATIENCE, svc).await;
         let (send, conn) = h2::client::handshake(client).await.expect("handshake");
         tokio::spawn(conn);
         // Settled first: the handshake's own writes are not what is counted.
