@@ -13,10 +13,10 @@
 //! [`cork`] wraps the connection's I/O: once the connection is up, what h2 writes is copied
 //! into a buffer, h2's flushes return at once, and the task that polls the connection writes
 //! the buffer with [`Uncork::poll_uncork`] after each poll, so one turn makes one write. A
-//! full buffer (64 KiB) is written as soon as it fills, and waits for the socket
-//! like any write: h2 is told to wait, so memory stays bounded against a slow reader. While
-//! h2 does its handshake the wrapper passes everything through, so the handshake's writes
-//! and flushes are h2's own.
+//! full buffer (64 KiB) is written as soon as it fills, and waits for the socket like any
+//! write: h2 is told to wait, so memory stays bounded against a slow reader. While h2 does
+//! its handshake the wrapper passes everything through, so the handshake's writes and
+//! flushes are h2's own.
 
 use std::io;
 use std::pin::Pin;

@@ -555,9 +555,9 @@ fn reset_reason(error: &(dyn std::error::Error + 'static)) -> h2::Reason {
 
 /// A body read from its HTTP/2 stream (a response upstream, a request downstream): data as it
 /// arrives, then the trailers. The flow-control window is given back as the reader takes the
-/// data (so the relay's own buffering is bounded by its reader), in one call per 16 KiB
-/// or per turn of the reader, whichever comes first: a call per chunk
-/// cost 5% of a relayed stream of small gRPC messages (benches/README.md).
+/// data (so the relay's own buffering is bounded by its reader), in one call per 16 KiB or
+/// per turn of the reader, whichever comes first: a call per chunk cost 5% of a relayed
+/// stream of small gRPC messages (benches/README.md).
 #[derive(Debug)]
 pub struct RecvBody {
     recv: RecvStream,
